@@ -425,7 +425,7 @@ def to_torch_llama(cfg: LlamaConfig, params, dtype=None):
   hf_conf = conf_cls(**{k: v for k, v in conf.items() if k not in ("architectures", "model_type")})
   hf_conf._attn_implementation = "sdpa"
   model = cls(hf_conf)
-  sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in to_hf_state_dict(cfg, params).items()}
+  sd = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in to_hf_state_dict(cfg, params).items()}
   missing, unexpected = model.load_state_dict(sd, strict=False)
   missing = [m for m in missing if "rotary_emb" not in m]
   if missing or unexpected:

@@ -10,7 +10,7 @@ Pure use (what training code should do)::
 
     model = Llama(smollm2_135m(), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model, nnx.Param)       # once
-    params = state.to_pure_dict()                       # plain nested dict of arrays
+    params = nnx.to_pure_dict(state)                     # plain nested dict of arrays
     apply = make_apply(model.cfg)                       # apply(params, tokens_BxT) -> logits_BxTxV
     loss = jax.jit(jax.grad(lambda p: apply(p, tokens_BxT).mean()))(params)
 
@@ -114,10 +114,10 @@ class Llama(nnx.Module):
       self.lm_head = nnx.Param(init(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32))
 
   def __call__(self, tokens_BxT, **kw):
-    return forward(self.cfg, nnx.state(self, nnx.Param).to_pure_dict(), tokens_BxT, **kw)
+    return forward(self.cfg, nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens_BxT, **kw)
 
   def params(self) -> Params:
-    return nnx.state(self, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(self, nnx.Param))
 
 
 def init_params(cfg: LlamaConfig, seed: int = 0) -> Params:
@@ -135,7 +135,7 @@ def load_params(model: Llama, params: Params) -> Llama:
 
 def _pure(params) -> Params:
   if isinstance(params, nnx.State):
-    return params.to_pure_dict()
+    return nnx.to_pure_dict(params)
   return params
 
 
