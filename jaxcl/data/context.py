@@ -1,0 +1,87 @@
+"""Data transforms that carry a method's on-device context into the batch.
+
+Loss wrappers read everything beyond the parameters from the batch; these transforms keep that
+context in the train state and add it to every batch:
+
+* :func:`teacher` keeps a frozen copy of a model's parameters and adds its logits
+  (``batch['ref_logits']``, with ``batch['ref_logits_on']``) for :func:`jaxcl.losses.with_kl`.
+* :func:`ewc_anchor` keeps EWC's anchor ``theta*`` and Fisher ``F`` and adds them as
+  ``batch['ewc']`` for :func:`jaxcl.losses.with_ewc_penalty`.
+
+Consolidating after a task is a state change made with the matching ``set_*`` function.
+:func:`chain` composes data transforms, each with its own slot of state.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ..engine import DataTransform
+
+
+def zeros_like_tree(tree):
+    """Zeros shaped like ``tree``, whose leaves may be arrays or ``jax.ShapeDtypeStruct``."""
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
+
+
+def chain(*transforms: DataTransform) -> DataTransform:
+    """Apply data transforms in order; the state is a tuple with one entry per transform."""
+
+    def init(example):
+        states = []
+        for t in transforms:
+            states.append(t.init(example))
+        return tuple(states)
+
+    def update(batch, state, key):
+        new_states = []
+        for i, (t, s) in enumerate(zip(transforms, state)):
+            batch, s = t.update(batch, s, jax.random.fold_in(key, i))
+            new_states.append(s)
+        return batch, tuple(new_states)
+
+    return DataTransform(init, update)
+
+
+def teacher(apply_fn: Callable, params_like, *, key: str = "ref_logits") -> DataTransform:
+    """Frozen reference model; state ``{'params', 'on'}``; ``on`` starts at 0 (no teacher)."""
+
+    def init(example):
+        del example
+        return {"params": zeros_like_tree(params_like), "on": jnp.zeros((), jnp.float32)}
+
+    def update(batch, state, rng):
+        del rng
+        logits = jax.lax.stop_gradient(apply_fn(state["params"], batch["x"]))
+        return {**batch, key: logits, key + "_on": state["on"]}, state
+
+    return DataTransform(init, update)
+
+
+def set_teacher(state, params):
+    """Make ``params`` the teacher (e.g. at the end of a task for LwF)."""
+    return {"params": jax.tree.map(jax.lax.stop_gradient, params), "on": jnp.ones((), jnp.float32)}
+
+
+def ewc_anchor(params_like, *, key: str = "ewc") -> DataTransform:
+    """EWC's anchor and accumulated Fisher diagonal; state ``{'anchor', 'fisher'}``."""
+
+    def init(example):
+        del example
+        zeros = zeros_like_tree(params_like)
+        return {"anchor": zeros, "fisher": zeros}
+
+    def update(batch, state, rng):
+        del rng
+        return {**batch, key: state}, state
+
+    return DataTransform(init, update)
+
+
+def set_ewc_anchor(state, params, fisher, *, decay=1.0):
+    """After a task: anchor at ``params``; Fisher ``decay * F_old + F_new`` (online EWC,
+    Schwarz et al. 2018, with ``decay = 1`` the sum of per-task Fishers)."""
+    new_f = jax.tree.map(lambda old, new: decay * old + new, state["fisher"], fisher)
+    return {"anchor": jax.tree.map(jax.lax.stop_gradient, params), "fisher": new_f}

