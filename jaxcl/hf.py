@@ -433,3 +433,11 @@ def to_torch_llama(cfg: LlamaConfig, params, dtype=None):
   if dtype is not None:
     model = model.to(dtype)
   return model.eval()
+
+
+# ============================================================================ datasets
+
+def load_hub_dataset(repo: str, config: str | None = None, split: str = "train") -> list[dict]:
+  """Rows of a hub dataset as dicts (needs internet; local copies are preferred by callers)."""
+  import datasets
+  return [dict(r) for r in datasets.load_dataset(repo, config, split=split)]
