@@ -54,21 +54,29 @@ def _leaf_dot(a, b):
 
 def _mgs(hist, hvalid, dot, eps):
     """Modified Gram-Schmidt over the K rows of ``hist`` (a pytree with a leading K axis),
-    newest first; rows that are invalid or whose residual norm is <= eps are dropped."""
+    newest (last slot) first; rows that are invalid or whose residual norm is <= eps are
+    dropped (zero vector, ``valid`` False). Loops are ``fori_loop`` so the program stays small."""
     k = hvalid.shape[0]
-    rows = [jax.tree.map(lambda a: a[i].astype(jnp.float32), hist) for i in range(k)]
-    basis, valid = [], []
-    for i in reversed(range(k)):  # newest (last slot) first
-        v = rows[i]
-        for u, ok in zip(basis, valid):
-            c = jnp.where(ok, dot(v, u), 0.0)
-            v = jax.tree.map(lambda a, b: a - c * b, v, u)
+    row = lambda t, i: jax.tree.map(lambda a: a[i].astype(jnp.float32), t)
+
+    def outer(n, carry):
+        basis, valid = carry
+        i = k - 1 - n  # history slot, newest first; basis slot n
+
+        def inner(j, v):
+            u = row(basis, j)
+            c = jnp.where(valid[j] & (j < n), dot(v, u), 0.0)
+            return jax.tree.map(lambda a, b: a - c * b, v, u)
+
+        v = jax.lax.fori_loop(0, k, inner, row(hist, i))
         norm = jnp.sqrt(jnp.maximum(dot(v, v), 0.0))
         ok = hvalid[i] & (norm > eps)
-        basis.append(jax.tree.map(lambda a: jnp.where(ok, a / jnp.maximum(norm, eps), 0.0), v))
-        valid.append(ok)
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *basis)
-    return stacked, jnp.stack(valid)
+        v = jax.tree.map(lambda a: jnp.where(ok, a / jnp.maximum(norm, eps), 0.0), v)
+        basis = jax.tree.map(lambda b, x: b.at[n].set(x), basis, v)
+        return basis, valid.at[n].set(ok)
+
+    basis0 = jax.tree.map(lambda h: jnp.zeros(h.shape, jnp.float32), hist)
+    return jax.lax.fori_loop(0, k, outer, (basis0, jnp.zeros((k,), bool)))
 
 
 def _push(hist, hvalid, g):
@@ -78,14 +86,15 @@ def _push(hist, hvalid, g):
 
 
 def _project(basis, valid, g, dot):
-    """``g - sum_k valid_k (g . u_k) u_k`` (sequential, i.e. modified Gram-Schmidt order)."""
+    """``g - sum_k valid_k (g . u_k) u_k``, sequentially (modified Gram-Schmidt order)."""
     k = valid.shape[0]
-    out = g
-    for i in range(k):
+
+    def body(i, out):
         u = jax.tree.map(lambda b: b[i], basis)
         c = jnp.where(valid[i], dot(out, u), 0.0)
-        out = jax.tree.map(lambda a, b: (a - c * b.astype(a.dtype)).astype(a.dtype), out, u)
-    return out
+        return jax.tree.map(lambda a, b: (a - c * b.astype(a.dtype)).astype(a.dtype), out, u)
+
+    return jax.lax.fori_loop(0, k, body, g)
 
 
 def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = False,
@@ -175,3 +184,51 @@ def project(updates, basis, valid, *, mode: str = "per_tensor"):
     if mode == "per_tensor":
         return jax.tree.map(lambda g, b, v: _project(b, v, g, _leaf_dot), updates, basis, valid)
     return _project(basis, valid, updates, tree_dot)
+
+
+# --- GU attached to GA, GradDiff and NPO (the unlearning runs of the study) -------------------
+
+def retain_grads_args(apply_fn):
+    """``extra_args`` for :func:`jaxcl.engine.make_step`: the gradient of the retain loss on the
+    retain half of the batch (``batch['retain_x']``, ``batch['retain_y']``)."""
+    import optax as _optax
+
+    def ce(params, x, y):
+        return _optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()
+
+    grad = jax.grad(ce)
+
+    def extra(params, batch, key):
+        del key
+        return {"retain_grads": grad(params, batch["retain_x"], batch["retain_y"])}
+
+    return extra
+
+
+BASES = ("ga", "graddiff", "npo")
+
+
+def make_tx(lr, *, rank=8, mode="per_tensor", preconditioned=False, add_retain=False):
+    """GU's projection chained with the inner optimizer (Adam; SGD in whitened coordinates)."""
+    proj = project_out(rank, mode, preconditioned, add_retain)
+    inner = optax.sgd(lr) if preconditioned else optax.adam(lr)
+    return optax.chain(proj, inner)
+
+
+def run(model, params, data, key, cfg, *, base: str = "ga"):
+    """GU on top of ``base``: the base's *forget* loss, projected; GradDiff's retain term is the
+    added-back retain gradient (``add_retain=True``)."""
+    from . import ga, npo
+    from .common import run_steps
+
+    if base not in BASES:
+        raise ValueError(f"GU attaches to {BASES}, got {base!r}")
+    name = f"gu-{base}"
+    tx = make_tx(cfg.lr_of(name), rank=cfg.gu_rank, mode=cfg.gu_mode,
+                 preconditioned=cfg.gu_preconditioned, add_retain=base == "graddiff")
+    extra = retain_grads_args(model.apply)
+    if base == "npo":
+        return npo.run(model, params, data, key, cfg, tx=tx, name=name, extra_args=extra)
+    out, _ = run_steps(ga.loss(model.apply), tx, params, key,
+                       lambda k: ga.forget_batch(data, k, cfg.batch), cfg.steps, extra_args=extra)
+    return out

@@ -1,0 +1,64 @@
+"""A small Vision Transformer (Dosovitskiy et al., 2021) for 28x28 inputs, in flax NNX.
+
+Patches of ``patch x patch`` pixels (4: 7x7 = 49 tokens), a learned position embedding, a class
+token, ``depth`` pre-norm blocks (multi-head self-attention, GELU MLP), final LayerNorm; the
+penultimate features are the normalised class token. No BatchNorm, so ``apply`` is the only mode.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .base import PureModel, pure, to_float
+
+
+class Block(nnx.Module):
+    def __init__(self, dim: int, heads: int, mlp: int, *, rngs: nnx.Rngs):
+        self.ln1 = nnx.LayerNorm(dim, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(heads, dim, decode=False, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(dim, rngs=rngs)
+        self.fc1 = nnx.Linear(dim, mlp, rngs=rngs)
+        self.fc2 = nnx.Linear(mlp, dim, rngs=rngs)
+
+    def __call__(self, h_BxTxD):
+        h_BxTxD = h_BxTxD + self.attn(self.ln1(h_BxTxD))
+        return h_BxTxD + self.fc2(jax.nn.gelu(self.fc1(self.ln2(h_BxTxD))))
+
+
+class ViT(nnx.Module):
+    def __init__(self, input_shape, n_classes, patch=4, dim=64, depth=4, heads=4, mlp=128, *,
+                 rngs: nnx.Rngs):
+        h, w, c = input_shape
+        if h % patch or w % patch:
+            raise ValueError(f"ViT: input {h}x{w} is not divisible by patch={patch}")
+        self.patch = patch
+        n_tok = (h // patch) * (w // patch)
+        self.embed = nnx.Linear(patch * patch * c, dim, rngs=rngs)
+        self.cls = nnx.Param(jnp.zeros((1, 1, dim)))
+        self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, n_tok + 1, dim)))
+        self.blocks = nnx.List([Block(dim, heads, mlp, rngs=rngs) for _ in range(depth)])
+        self.ln = nnx.LayerNorm(dim, rngs=rngs)
+        self.head = nnx.Linear(dim, n_classes, rngs=rngs)
+
+    def features(self, x_BxHxWxC):
+        x = to_float(x_BxHxWxC)
+        b, h, w, c = x.shape
+        p = self.patch
+        tok_BxTxP = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+            b, (h // p) * (w // p), p * p * c)
+        h_BxTxD = self.embed(tok_BxTxP)
+        cls = jnp.broadcast_to(self.cls[...], (b, 1, h_BxTxD.shape[-1]))
+        h_BxTxD = jnp.concatenate([cls, h_BxTxD], axis=1) + self.pos[...]
+        for blk in self.blocks:
+            h_BxTxD = blk(h_BxTxD)
+        return self.ln(h_BxTxD[:, 0])
+
+    def __call__(self, x_BxHxWxC):
+        return self.head(self.features(x_BxHxWxC))
+
+
+def vit(input_shape: tuple, n_classes: int, patch: int = 4, dim: int = 64, depth: int = 4,
+        heads: int = 4, mlp: int = 128) -> PureModel:
+    return pure(lambda rngs: ViT(input_shape, n_classes, patch, dim, depth, heads, mlp, rngs=rngs),
+                input_shape, n_classes, f"vit-d{dim}-l{depth}")
