@@ -138,11 +138,13 @@ def check_finite(nonfinite_step, *, where: str = "") -> None:
     import numpy as np
 
     arr = np.asarray(nonfinite_step)
-    bad = np.argwhere(arr >= 0)
+    batched = arr.ndim > 0
+    flat = np.atleast_1d(arr)
+    bad = np.argwhere(flat >= 0)
     if bad.size:
-        idx = tuple(bad[0])
-        step = int(arr[idx])
-        run = f"  (run index {idx}, e.g. the seed)" if arr.ndim else ""
+        idx = tuple(int(i) for i in bad[0])
+        step = int(flat[idx])
+        run = f" (run index {idx}, e.g. the seed)" if batched else ""
         raise NonFiniteLossError(
             f"the loss became non-finite at step {step}{run}{' ' + where if where else ''}. "
             "Lower the learning rate, check the inputs for NaNs, or pass skip_nonfinite=True "

@@ -54,9 +54,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _candidate_dirs(path: Optional[str], sub: str, system: Optional[str]) -> list[Path]:
+    if path:  # an explicit location is the only place looked at
+        return [Path(path)]
     dirs = []
-    if path:
-        dirs.append(Path(path))
     env = os.environ.get("JAXCL_DATA")
     if env:
         dirs += [Path(env) / sub, Path(env)]

@@ -111,7 +111,7 @@ def permuted(data: Dataset, n_tasks: int, *, seed: int = 0, max_train_per_task: 
 
 
 def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate N x H x W x C uint8 images about their centre (bilinear, zero fill)."""
+    """Rotate N x H x W x C uint8 images clockwise about their centre (bilinear, zero fill)."""
     n, h, w, c = x.shape
     th = np.deg2rad(degrees)
     yy, xx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")

@@ -29,7 +29,8 @@ def pure(build: Callable[[nnx.Rngs], nnx.Module], input_shape: tuple, n_classes:
 
     def init(key):
         module = build(nnx.Rngs(params=key))
-        return nnx.split(module, nnx.Param)[1].to_pure_dict()
+        state = nnx.split(module, nnx.Param)[1]
+        return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
 
     def apply(params, x):
         return nnx.merge(graphdef, params)(x)
