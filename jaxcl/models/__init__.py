@@ -2,8 +2,10 @@
 from .base import PureModel, check_input_shape, pure, to_float
 from .cnn import cnn
 from .mlp import mlp
+from .resnet import resnet18
+from .vit import vit
 
-MODELS = {"mlp": mlp, "cnn": cnn}
+MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "vit": vit}
 
 
 def make_model(name: str, input_shape: tuple, n_classes: int, **kwargs) -> PureModel:

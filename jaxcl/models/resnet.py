@@ -99,7 +99,7 @@ def resnet18(input_shape: tuple, n_classes: int, width: int = 64) -> PureModel:
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
 
     def init(key):
-        return nnx.split(build(nnx.Rngs(params=key)), nnx.Param)[1].to_pure_dict()
+        return nnx.to_pure_dict(nnx.split(build(nnx.Rngs(params=key)), nnx.Param)[1])
 
     def apply(params, x):
         return nnx.merge(graphdef, params)(x, MODE_EVAL)
@@ -113,7 +113,7 @@ def resnet18(input_shape: tuple, n_classes: int, width: int = 64) -> PureModel:
     def batch_stats(params, x):
         m = nnx.merge(graphdef, params, copy=True)
         m(x, MODE_CALIB)
-        return nnx.split(m, nnx.Param)[1].to_pure_dict()
+        return nnx.to_pure_dict(nnx.split(m, nnx.Param)[1])
 
     def recalibrate(params, x_NxHxWxC, chunk: int = 500):
         n = x_NxHxWxC.shape[0]
