@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on the default Python (3.11, jax 0.10.x), then the core
+# tests on Python 3.12 (jax 0.11.x, what Colab and GPU machines run) when it is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+python3 -m pytest -p no:cacheprovider tests "$@"
+
+PY312="${PY312:-/root/.pyenv/versions/3.12.1/bin/python3}"
+if [ -x "$PY312" ] && [ -z "${JAXCL_SKIP_312:-}" ]; then
+  echo "== core tests on $("$PY312" --version) =="
+  VENV=".venv312"
+  [ -x "$VENV/bin/python" ] || "$PY312" -m venv "$VENV"
+  PYTHON="$VENV/bin/python" bash scripts/setup.sh
+  "$VENV/bin/python" -m pytest -p no:cacheprovider tests/test_engine.py tests/test_conformance.py \
+    tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py tests/test_data.py \
+    tests/test_cl_study.py
+fi
