@@ -23,6 +23,7 @@ from .data.streams import Stream
 from .engine import TrainState, init_state, make_step
 from .methods.base import MethodSpec
 from .models.base import PureModel, check_input_shape
+from .parallel import check_divides, replicated, shard_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,13 @@ def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: 
 class Experiment:
     """A model, a method and a loop configuration, as pure functions of ``(key, stream, hp)``."""
 
-    def __init__(self, model: PureModel, method: MethodSpec, loop: LoopConfig, **options: Any):
+    def __init__(self, model: PureModel, method: MethodSpec, loop: LoopConfig, *,
+                 mesh: Optional[jax.sharding.Mesh] = None, **options: Any):
+        """``mesh``: an optional ``(seeds, data)`` mesh (:func:`jaxcl.parallel.make_mesh`);
+        batches are then sharded over ``data`` inside the compiled loop."""
         loop.validate()
+        check_divides(mesh, batch_size=loop.batch_size)
+        self.mesh = mesh
         unknown = set(options) - set(method.options)
         if unknown:
             raise ValueError(f"method {method.name!r} has no option(s) {sorted(unknown)}; "
@@ -92,8 +98,9 @@ class Experiment:
         else:
             t_B = jnp.full((size,), t, jnp.int32)
         idx_B = jax.random.randint(k_idx, (size,), 0, stream.train_n[t_B])
-        return {"x": stream.train_x[t_B, idx_B], "y": stream.train_y[t_B, idx_B],
-                "t": t_B, "mask": stream.masks[t_B]}
+        batch = {"x": stream.train_x[t_B, idx_B], "y": stream.train_y[t_B, idx_B],
+                 "t": t_B, "mask": stream.masks[t_B]}
+        return shard_batch(batch, self.mesh)
 
     def check(self, stream: Stream) -> None:
         """Shape checks that run before any compilation."""
@@ -161,11 +168,24 @@ def seeds_keys(seed: int, n: int) -> jax.Array:
     return jax.random.split(jax.random.key(seed), n)
 
 
+def vmap_seeds(fn, exp: Experiment, in_axes):
+    """``vmap`` over seeds; with a mesh, the seed axis is sharded over its ``seeds`` axis."""
+    if exp.mesh is None:
+        return jax.vmap(fn, in_axes=in_axes)
+    return jax.vmap(fn, in_axes=in_axes, spmd_axis_name="seeds")
+
+
 def run_seeds(exp: Experiment, stream: Stream, hp: dict, keys) -> dict:
-    """Run every key in ``keys`` as one vmapped, jitted program."""
+    """Run every key in ``keys`` as one vmapped, jitted program (sharded when ``exp.mesh``)."""
     exp.check(stream)
-    fn = jax.jit(jax.vmap(exp.run, in_axes=(0, None, None)))
-    return fn(keys, stream, hp)
+    fn = vmap_seeds(exp.run, exp, (0, None, None))
+    if exp.mesh is None:
+        return jax.jit(fn)(keys, stream, hp)
+    check_divides(exp.mesh, batch_size=exp.loop.batch_size, n_seeds=len(keys))
+    rep = replicated(exp.mesh)
+    keys = jax.device_put(keys, jax.sharding.NamedSharding(exp.mesh, jax.sharding.PartitionSpec("seeds")))
+    stream, hp = jax.device_put((stream, hp), rep)
+    return jax.jit(fn)(keys, stream, hp)
 
 
 def run_grid(exp: Experiment, stream: Stream, hp_grid: dict, keys) -> dict:
