@@ -128,7 +128,7 @@ class TorchTrain:
       self.opt.zero_grad(set_to_none=True)
     if self.dev == "cuda":
       torch.cuda.synchronize()
-    return float(loss)
+    return loss.item()
 
 
 class JaxGen:
