@@ -6,9 +6,9 @@ forgetting with metrics a head-only edit cannot fool (see :mod:`jaxcl.unlearn.ev
 [--scenario full-class|sub-class|random] [--seeds N] [--tiny]``
 
 Default size (2-core CPU, under 10 minutes): ResNet-18 at width 8 (channels 8-16-32-64,
-0.18M parameters; ``--model`` and the ``SIZES`` table change it) on 300 training examples per
-class (3000) and 1000 test examples, 400 Adam steps of batch 64 for the original and the oracle,
-25 unlearning steps per method. ``--tiny``: an MLP 784-128-64-10 on 100 examples
+0.18M parameters; ``--model`` and the ``SIZES`` table change it) on 200 training examples per
+class (2000) and 1000 test examples, 250 Adam steps of batch 64 (8 epochs) for the original and
+the oracle, 20 unlearning steps per method. ``--tiny``: an MLP 784-128-64-10 on 100 examples
 per class, in well under a minute. Prints one table and writes ``results.json``,
 ``forget_vs_retain.png`` and ``relearn.png`` to ``--out``.
 """
@@ -46,8 +46,8 @@ SIZES = {
     "tiny": dict(model="mlp", model_kw=dict(hidden=(128, 64)), n_per_class=100,
                  n_test=500, cfg=UnlearnConfig(train_steps=150, steps=15, eval_cap=300,
                                                relearn_steps=10, relearn_every=5, relearn_n=32)),
-    "default": dict(model="resnet18", model_kw=dict(width=8), n_per_class=300, n_test=1000,
-                    cfg=UnlearnConfig(train_steps=400, steps=25, eval_cap=500, relearn_steps=10,
+    "default": dict(model="resnet18", model_kw=dict(width=8), n_per_class=200, n_test=1000,
+                    cfg=UnlearnConfig(train_steps=250, steps=20, eval_cap=400, relearn_steps=10,
                                       relearn_every=5)),
 }
 
