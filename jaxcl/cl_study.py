@@ -90,31 +90,106 @@ def build_stream(cfg: CLStudyConfig) -> streams.Stream:
     return streams.make_stream(data, cfg.scenario, cfg.n_tasks, seed=cfg.seed, **kw)
 
 
-def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None) -> dict:
-    """All seeds of one method, vmapped; returns numpy arrays with a leading seed axis."""
+def _segments(chunks_per_task: int, every: Optional[int]) -> list[int]:
+    """Chunk counts of the calls that make up one task (one call unless checkpointing)."""
+    if not every or every >= chunks_per_task:
+        return [chunks_per_task]
+    n, rest = divmod(chunks_per_task, every)
+    return [every] * n + ([rest] if rest else [])
+
+
+def _kill_hook(saves: int) -> None:
+    """Fault injection for the resume tests: SIGKILL this process after N checkpoint saves."""
+    n = os.environ.get("JAXCL_KILL_AFTER_SAVES")
+    if n and saves >= int(n):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_dir: Optional[str] = None,
+               checkpoint_every: Optional[int] = None, resume: bool = False) -> dict:
+    """All seeds of one method, vmapped; returns numpy arrays with a leading seed axis.
+
+    With ``ckpt_dir`` a checkpoint is saved at every task end and, with ``checkpoint_every``,
+    every that many steps inside a task; ``resume`` continues from the newest good checkpoint
+    and gives the same result as an uninterrupted run.
+    """
     model = make_model(cfg.model, stream.input_shape, stream.n_classes, **dict(cfg.model_kwargs))
     exp = Experiment(model, get_method(method), cfg.loop, **cfg.method_options(method))
     exp.check(stream)  # shape mismatches are reported here, before any compilation
+    if checkpoint_every is not None and (checkpoint_every <= 0 or checkpoint_every % cfg.loop.eval_every):
+        raise ValueError(f"--checkpoint-every {checkpoint_every} must be a positive multiple of "
+                         f"eval_every={cfg.loop.eval_every}")
     hp = exp.default_hparams(**cfg.method_hparams(method))
     keys = seeds_keys(cfg.seed, cfg.seeds)
+    T, E = stream.n_tasks, exp.chunks_per_task
+    segments = _segments(E, checkpoint_every // cfg.loop.eval_every if checkpoint_every else None)
     init = jax.jit(jax.vmap(exp.init, in_axes=(0, None, None)))
     acc0 = jax.jit(jax.vmap(exp.initial_accuracy, in_axes=(0, None)))
-    task = jax.jit(jax.vmap(exp.train_task, in_axes=(0, None, None, None)), donate_argnums=0)
+    chunk_fns = {n: jax.jit(jax.vmap(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n),
+                                     in_axes=(0, None, None, None)), donate_argnums=0)
+                 for n in set(segments)}
+    end_task = jax.jit(jax.vmap(exp.end_task, in_axes=(0, None, None, None)), donate_argnums=0)
+
     t0 = time.perf_counter()
     state = init(keys, stream, hp)
-    R0 = acc0(state, stream)
-    Rs, traces = [], []
-    for t in range(stream.n_tasks):
-        state, out = task(state, stream, hp, jnp.asarray(t, jnp.int32))
-        check_finite(state.nonfinite_step, where=f"(method {method}, task {t})")
-        Rs.append(out["R"])
-        traces.append(out["trace"])
+    out = {"R0": acc0(state, stream), "R": np.zeros((cfg.seeds, T, T), np.float32), "trace": None}
+    pos_task, pos_chunk, elapsed = 0, 0, 0.0
+    ckpt = None
+    if ckpt_dir:
+        from .checkpoint import Checkpointer
+
+        conf = {**report.to_jsonable(dataclasses.asdict(cfg)), "method": method,
+                "checkpoint_every": checkpoint_every}
+        conf.pop("methods")
+        ckpt = Checkpointer(os.path.join(ckpt_dir, method), conf)
+    # the trace arrays are shaped by one call of train_chunks (S x T x E [x T])
+    shapes = jax.eval_shape(chunk_fns[segments[0]], state, stream, hp, jnp.int32(0))[1]
+    out["trace"] = {k: np.zeros((cfg.seeds, T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
+    if ckpt is not None and resume:
+        restored = ckpt.restore_latest({"state": state, **out})
+        if restored is not None:
+            payload, meta = restored
+            state = payload["state"]
+            out = {"R0": payload["R0"], "R": np.array(payload["R"]),
+                   "trace": jax.tree.map(np.array, payload["trace"])}
+            pos_task, pos_chunk, elapsed = meta["task"], meta["chunk"], meta.get("seconds", 0.0)
+            if progress is not None:
+                progress.update(pos_task)
+    saves = 0
+
+    def save(task, chunk):
+        nonlocal saves
+        if ckpt is None:
+            return
+        ckpt.save(task * (E + 1) + chunk, {"state": state, **out},
+                  {"task": task, "chunk": chunk, "seconds": elapsed + time.perf_counter() - t0})
+        saves += 1
+        _kill_hook(saves)
+
+    for t in range(pos_task, T):
+        done = pos_chunk if t == pos_task else 0
+        start = 0
+        for n in segments:
+            if start + n <= done:
+                start += n
+                continue
+            state, tr = chunk_fns[n](state, stream, hp, jnp.asarray(t, jnp.int32))
+            check_finite(state.nonfinite_step, where=f"(method {method}, task {t})")
+            for k, v in tr.items():
+                out["trace"][k][:, t, start:start + n] = np.asarray(v)
+            start += n
+            if start < E:
+                save(t, start)
+        state, r_row = end_task(state, stream, hp, jnp.asarray(t, jnp.int32))
+        out["R"][:, t] = np.asarray(r_row)
+        save(t + 1, 0)
         if progress is not None:
             progress.update(1)
-    jax.block_until_ready(Rs[-1])
-    seconds = time.perf_counter() - t0
-    trace = jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a], 1), *traces)  # S x T x E ...
-    return {"R0": np.asarray(R0), "R": np.stack([np.asarray(r) for r in Rs], 1),
+    seconds = elapsed + time.perf_counter() - t0
+    trace = out["trace"]
+    return {"R0": np.asarray(out["R0"]), "R": out["R"],
             "acc_trace": trace["acc"], "loss": trace["loss"], "grad_norm": trace["grad_norm"],
             "param_norm": trace["param_norm"], "seconds": seconds,
             "hparams": {k: float(v) for k, v in hp.items()}, "options": exp.options,
@@ -125,7 +200,10 @@ COLUMNS = [("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forge
            ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC")]
 
 
-def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: bool = True) -> dict:
+def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: bool = True,
+              checkpoint: bool = True, checkpoint_every: Optional[int] = None, resume: bool = False) -> dict:
+    """Run every method of ``cfg``; with ``out_dir``, checkpoints go to ``out_dir/checkpoints``
+    (task ends, and every ``checkpoint_every`` steps) and ``resume`` continues from them."""
     from tqdm.auto import tqdm
 
     for m in cfg.methods:
@@ -139,7 +217,9 @@ def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: boo
               disable=not verbose) as bar:
         for m in cfg.methods:
             bar.set_postfix_str(f"{m} x {cfg.seeds} seeds")
-            r = run_method(cfg, stream, m, progress=bar)
+            ckpt_dir = os.path.join(out_dir, "checkpoints") if (out_dir and checkpoint) else None
+            r = run_method(cfg, stream, m, progress=bar, ckpt_dir=ckpt_dir,
+                           checkpoint_every=checkpoint_every, resume=resume)
             raw[m] = r
             rows = M.per_seed(r["R"], r["R0"], r["acc_trace"], cfg.wf_window)
             results["methods"][m] = {
@@ -207,13 +287,22 @@ def _add_args(parser):
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every method")
     parser.add_argument("--skip-nonfinite", action="store_true",
                         help="skip updates whose loss is not finite instead of stopping")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="also checkpoint every N steps inside a task (always at task ends)")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="continue the run whose --out was DIR from its newest good checkpoint")
+    parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
 
 
 def _register(name: str, summary: str):
     def run(args):
         cfg = config_from_args(name, args)
-        out = args.out or os.path.join("runs", name + ("-tiny" if args.tiny else ""))
-        return run_study(cfg, out)
+        out = args.resume or args.out or os.path.join("runs", name + ("-tiny" if args.tiny else ""))
+        if args.resume and not os.path.isdir(os.path.join(args.resume, "checkpoints")):
+            raise FileNotFoundError(f"--resume {args.resume}: no checkpoints folder there; pass the "
+                                    f"--out directory of the run to continue")
+        return run_study(cfg, out, checkpoint=not args.no_checkpoint,
+                         checkpoint_every=args.checkpoint_every, resume=bool(args.resume))
 
     register_study(Study(name, summary, run, _add_args, tuple(sorted(METHODS))))
 

@@ -117,9 +117,11 @@ class Experiment:
         example = self._batch(stream, 0, k_init, method, self.loop.batch_size)
         return init_state(params, method.tx, k_run, method.data, example)
 
-    def train_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, dict]:
-        """Train on task ``t`` (traced) for ``steps_per_task`` steps, evaluating every
-        ``eval_every`` steps on all tasks; consolidate; evaluate on the full test sets."""
+    def train_chunks(self, state: TrainState, stream: Stream, hp: dict, t, n_chunks: int
+                     ) -> tuple[TrainState, dict]:
+        """``n_chunks`` chunks of ``eval_every`` steps on task ``t`` (traced), each followed by an
+        evaluation on every task. Splitting a task into several calls (to checkpoint every N
+        steps) gives the same result as one call: batches depend only on the state's step."""
         cfg = self.loop
         method = self._method(hp)
         step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args,
@@ -137,16 +139,32 @@ class Experiment:
             means = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
             return s, {"acc": acc_T, **means}
 
-        state, trace = jax.lax.scan(chunk, state, None, length=cfg.steps_per_task // cfg.eval_every)
+        return jax.lax.scan(chunk, state, None, length=n_chunks)
+
+    def end_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, jax.Array]:
+        """Consolidate after task ``t`` (a state change) and evaluate on the full test sets:
+        row ``t`` of the accuracy matrix."""
+        method = self._method(hp)
         if method.consolidate is not None:
-            k = jax.random.fold_in(batch_key, -1 - t)
-            n = cfg.consolidate_samples
+            k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
+            n = self.loop.consolidate_samples
             idx = jax.random.randint(k, (n,), 0, stream.train_n[t])
             task_batch = {"x": stream.train_x[t, idx], "y": stream.train_y[t, idx],
                           "t": jnp.full((n,), t, jnp.int32), "mask": stream.masks[t][None].repeat(n, 0)}
             state = method.consolidate(state, task_batch, k)
         r_row = accuracy_per_task(self.model.apply, state.params, stream.test_x, stream.test_y,
                                   stream.test_n, stream.masks)
+        return state, r_row
+
+    @property
+    def chunks_per_task(self) -> int:
+        return self.loop.steps_per_task // self.loop.eval_every
+
+    def train_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, dict]:
+        """Train on task ``t`` (traced) for ``steps_per_task`` steps, evaluating every
+        ``eval_every`` steps on all tasks; consolidate; evaluate on the full test sets."""
+        state, trace = self.train_chunks(state, stream, hp, t, self.chunks_per_task)
+        state, r_row = self.end_task(state, stream, hp, t)
         return state, {"trace": trace, "R": r_row}
 
     def initial_accuracy(self, state: TrainState, stream: Stream) -> jax.Array:
