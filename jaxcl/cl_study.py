@@ -201,7 +201,8 @@ COLUMNS = [("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forge
 
 
 def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: bool = True,
-              checkpoint: bool = True, checkpoint_every: Optional[int] = None, resume: bool = False) -> dict:
+              checkpoint: bool = True, checkpoint_every: Optional[int] = None, resume: bool = False,
+              tensorboard: bool = False) -> dict:
     """Run every method of ``cfg``; with ``out_dir``, checkpoints go to ``out_dir/checkpoints``
     (task ends, and every ``checkpoint_every`` steps) and ``resume`` continues from them."""
     from tqdm.auto import tqdm
@@ -238,6 +239,8 @@ def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: boo
         rows.append([m] + [report.fmt(s[k]["mean"], s[k]["std"]) for k, _ in COLUMNS]
                     + [report.fmt(s[wf]["mean"], s[wf]["std"]), f"{res['seconds']:.1f}"])
     results["table"] = report.table(rows, header)
+    if tensorboard and out_dir:
+        results["tensorboard"] = write_tensorboard(raw, cfg, os.path.join(out_dir, "tensorboard"))
     if verbose:
         print(f"\n{cfg.name}: {cfg.scenario}, {cfg.n_tasks} tasks, {cfg.model}, {cfg.seeds} seeds "
               f"(vmapped), {cfg.loop.steps_per_task} steps/task, eval every {cfg.loop.eval_every} "
@@ -256,6 +259,25 @@ def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: boo
             print(f"\nwrote {out_dir}/results.json, accuracy_matrix.png, stability_gap.png")
     results["raw"] = raw
     return results
+
+
+def write_tensorboard(raw: dict, cfg: CLStudyConfig, logdir: str) -> str:
+    """Per-iteration evaluation curves (mean over seeds) as TensorBoard event files, one run per
+    method: ``acc/task_j``, ``loss``, ``grad_norm``, ``param_norm`` against the training step."""
+    from tensorboardX import SummaryWriter
+
+    for m, r in raw.items():
+        with SummaryWriter(os.path.join(logdir, m)) as w:
+            acc = r["acc_trace"].mean(0)  # T x E x T
+            T, E = acc.shape[:2]
+            for i in range(T):
+                for e in range(E):
+                    step = (i * E + e + 1) * cfg.loop.eval_every
+                    for j in range(T):
+                        w.add_scalar(f"acc/task_{j}", float(acc[i, e, j]), step)
+                    for k in ("loss", "grad_norm", "param_norm"):
+                        w.add_scalar(k, float(r[k][:, i, e].mean()), step)
+    return logdir
 
 
 def config_from_args(name: str, args) -> CLStudyConfig:
@@ -292,6 +314,8 @@ def _add_args(parser):
     parser.add_argument("--resume", default=None, metavar="DIR",
                         help="continue the run whose --out was DIR from its newest good checkpoint")
     parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files (OUT/tensorboard/<method>)")
 
 
 def _register(name: str, summary: str):
@@ -302,7 +326,8 @@ def _register(name: str, summary: str):
             raise FileNotFoundError(f"--resume {args.resume}: no checkpoints folder there; pass the "
                                     f"--out directory of the run to continue")
         return run_study(cfg, out, checkpoint=not args.no_checkpoint,
-                         checkpoint_every=args.checkpoint_every, resume=bool(args.resume))
+                         checkpoint_every=args.checkpoint_every, resume=bool(args.resume),
+                         tensorboard=args.tensorboard)
 
     register_study(Study(name, summary, run, _add_args, tuple(sorted(METHODS))))
 

@@ -1,4 +1,4 @@
-"""``jaxcl`` command line: ``jaxcl list`` and ``jaxcl run <study> [options]``."""
+"""``jaxcl`` command line: ``jaxcl list``, ``jaxcl run <study> [options]``, ``jaxcl sweep``."""
 from __future__ import annotations
 
 import argparse
@@ -60,13 +60,19 @@ def _run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n\n  jaxcl list\n  jaxcl run <study> [--method M ...] [--seeds N] [--tiny] [--out DIR]")
+        print(__doc__.strip() + "\n\n  jaxcl list\n  jaxcl run <study> [--method M ...] [--seeds N] [--tiny] [--out DIR]"
+              "\n  jaxcl sweep <study> --method M --grid name=v1,v2 [--grid ...] [--seeds N] [--chunk K]")
         return 0
     if argv[0] == "list":
         return _list()
     if argv[0] == "run":
         return _run(argv[1:])
-    print(f"error: unknown command {argv[0]!r}; use 'jaxcl list' or 'jaxcl run <study>'", file=sys.stderr)
+    if argv[0] == "sweep":
+        from .sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    print(f"error: unknown command {argv[0]!r}; use 'jaxcl list', 'jaxcl run <study>' or "
+          "'jaxcl sweep <study>'", file=sys.stderr)
     return 2
 
 
