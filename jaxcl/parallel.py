@@ -89,3 +89,52 @@ def sharded_empirical_fisher(loss_fn: LossFn, params, batch: dict, key, mesh) ->
 
     fn = jax.shard_map(local, mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False)
     return fn(params, batch)
+
+
+def initialize_multihost(coordinator_address: str, num_processes: int, process_id: int, *,
+                         timeout_s: int = 60, cpu_collectives: Optional[str] = "gloo") -> None:
+    """Join a multi-controller JAX run (``jax.distributed.initialize``), as TPU pods and GPU
+    clusters run it. Every process then sees the global device list and the same jitted program
+    runs on all of them. ``cpu_collectives="gloo"`` makes collectives work between CPU processes
+    (tests on one machine). A coordinator that does not answer within ``timeout_s`` raises a
+    ``TimeoutError`` naming it instead of hanging."""
+    if cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    if process_id != 0:  # the runtime aborts the process on a missing coordinator: check first
+        _wait_for_coordinator(coordinator_address, timeout_s, process_id, num_processes)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout_s)
+    except Exception as e:  # the runtime raises various errors on a missing coordinator
+        raise TimeoutError(
+            f"process {process_id} of {num_processes} could not join the coordinator at "
+            f"{coordinator_address} within {timeout_s} s ({type(e).__name__}: {str(e)[:300]}). Start "
+            f"process 0 (it hosts the coordinator), check the address and port, or raise the timeout."
+        ) from e
+
+
+def global_array(local, mesh, spec=P()):
+    """A global ``jax.Array`` from data every process holds in full (replicated) or in part."""
+    import numpy as np
+
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local)
+
+
+def _wait_for_coordinator(address: str, timeout_s: float, process_id: int, num_processes: int) -> None:
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"process {process_id} of {num_processes}: no coordinator answered at {address} "
+                    f"within {timeout_s} s ({e}). Start process 0 (it hosts the coordinator), check "
+                    f"the address and port, or raise the timeout.") from None
+            time.sleep(0.2)
