@@ -38,6 +38,9 @@ def _run(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if study.main is not None:  # the study parses its own arguments
+        study.main(argv[1:])
+        return 0
     p = argparse.ArgumentParser(prog=f"jaxcl run {study.name}", description=study.summary)
     p.add_argument("--method", action="append", default=None,
                    help=f"method to run (repeatable; default: the study's set); one of: {', '.join(study.methods)}")

@@ -19,18 +19,30 @@ class Study:
     run: Callable  # (argparse.Namespace) -> dict
     add_args: Optional[Callable] = None  # (argparse.ArgumentParser) -> None
     methods: tuple = ()
+    main: Optional[Callable] = None  # (argv) -> Any: a study that parses its own arguments
 
 
 STUDIES: dict[str, Study] = {}
 
 # modules that register studies when imported; a module that fails to import (a missing optional
 # dependency) only hides its own studies.
-STUDY_MODULES = ["jaxcl.cl_study", "jaxcl.unlearn.study", "jaxcl.tofu.study"]
+STUDY_MODULES = ["jaxcl.cl_study", "jaxcl.unlearn.study"]
 
 
 def register_study(study: Study) -> Study:
     STUDIES[study.name] = study
     return study
+
+
+def _tofu_main(argv):
+    from .tofu.cli import main
+
+    return main(argv)
+
+
+register_study(Study("tofu", "TOFU LLM unlearning: GA/GradDiff/NPO/IDK, each with and without GU "
+                     "(--model smollm2-135m|tiny, --split forget01|05|10, --tiny)", run=None,
+                     main=_tofu_main))
 
 
 def load_all() -> dict[str, Study]:
