@@ -289,6 +289,8 @@ def config_from_args(name: str, args) -> CLStudyConfig:
         over["methods"] = tuple(args.method)
     if getattr(args, "seeds", None):
         over["seeds"] = args.seeds
+    if getattr(args, "model", None) and args.model != cfg.model:
+        over["model"], over["model_kwargs"] = args.model, ()
     if getattr(args, "steps_per_task", None) or getattr(args, "skip_nonfinite", False):
         loop = cfg.loop
         if getattr(args, "steps_per_task", None):
@@ -305,6 +307,7 @@ def config_from_args(name: str, args) -> CLStudyConfig:
 
 
 def _add_args(parser):
+    parser.add_argument("--model", default=None, choices=["mlp", "cnn"], help="network (default: the study's MLP)")
     parser.add_argument("--steps-per-task", type=int, default=None, help="training steps per task")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every method")
     parser.add_argument("--skip-nonfinite", action="store_true",

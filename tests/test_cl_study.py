@@ -157,3 +157,11 @@ def test_divergent_run_stops_with_the_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+"):
         cli.main(["run", "split-digits", "--tiny", "--method", "finetune", "--lr", "1e30",
                   "--out", str(tmp_path)])
+
+
+def test_cnn_study_runs(tmp_path):
+    assert cli.main(["run", "split-digits", "--tiny", "--model", "cnn", "--method", "er", "--no-checkpoint",
+                     "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["model"] == "cnn"
+    assert np.diag(np.asarray(res["methods"]["er"]["R_mean"])).mean() > 0.5
