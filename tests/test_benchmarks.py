@@ -1,0 +1,34 @@
+"""The speed benchmarks run at a tiny size and write well-formed JSON lines (no timing checks)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_er_stream_tiny_writes_json_lines(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "er.jsonl"
+    out.write_text('{"earlier": "line"}\n')  # the script appends
+    script = os.path.join(ROOT, "benchmarks_speed", "er_stream.py")
+    proc = subprocess.run([sys.executable, script, "--tiny", "--seeds", "1", "2", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "ratio" in proc.stdout
+    lines = out.read_text().splitlines()
+    assert json.loads(lines[0]) == {"earlier": "line"}
+    rows = [json.loads(l) for l in lines[1:]]
+    assert [r["sizes"]["seeds"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["workload"] == "er_stream" and r["peer"] == "torch-eager"
+        assert r["sizes"]["tiny"] is True and r["sizes"]["steps_per_task"] == 10
+        assert {"jax", "torch", "flax"} <= set(r["versions"]) and r["device"]["device_kind"]
+        assert isinstance(r["git_commit"], str)
+        for side in ("jaxcl", "torch"):
+            s = r[side]
+            assert s["min_s"] <= s["median_s"] <= s["max_s"] and s["first_call_s"] > 0
+            assert 0.0 <= s["final_acc_mean"] <= 1.0
+        assert r["ratio"] > 0
