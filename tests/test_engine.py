@@ -10,7 +10,6 @@ from jaxcl.engine import NonFiniteLossError, check_finite, init_state, make_step
 from jaxcl.losses import classification_loss
 from jaxcl.models import mlp
 
-torch = pytest.importorskip("torch")
 
 
 def _batch(n=16, seed=0):
@@ -20,6 +19,7 @@ def _batch(n=16, seed=0):
 
 
 def test_sgd_step_matches_pytorch():
+    torch = pytest.importorskip("torch")
     model = mlp((8, 8, 1), 10, hidden=(32,))
     params = model.init(jax.random.key(0))
     batch = _batch()
