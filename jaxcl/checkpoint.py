@@ -72,7 +72,7 @@ def _from_host(tree, like):
 class Checkpointer:
     """``Checkpointer(directory, config)``; ``config`` is a JSON-able dict checked on restore."""
 
-    def __init__(self, directory: str, config: dict, *, max_to_keep: int = 3):
+    def __init__(self, directory: str, config: dict, *, max_to_keep: int = 2):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp

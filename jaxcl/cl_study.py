@@ -143,7 +143,12 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
         conf = {**report.to_jsonable(dataclasses.asdict(cfg)), "method": method,
                 "checkpoint_every": checkpoint_every}
         conf.pop("methods")
-        ckpt = Checkpointer(os.path.join(ckpt_dir, method), conf)
+        method_dir = os.path.join(ckpt_dir, method)
+        if not resume and os.path.isdir(method_dir):
+            import shutil
+
+            shutil.rmtree(method_dir)  # a fresh run: old checkpoints must not be resumed later
+        ckpt = Checkpointer(method_dir, conf)
     # the trace arrays are shaped by one call of train_chunks (S x T x E [x T])
     shapes = jax.eval_shape(chunk_fns[segments[0]], state, stream, hp, jnp.int32(0))[1]
     out["trace"] = {k: np.zeros((cfg.seeds, T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
