@@ -9,7 +9,9 @@ transform in front of Adam:
 * ``gu-rank-R``: ``project_out(rank=R, add_retain=True)`` (per-tensor basis of the last R retain
   gradients by modified Gram-Schmidt, projection, retain gradient added back).
 
-Both run ``--steps`` steps inside one ``lax.scan``; time per step is reported. A PyTorch eager
+Both run ``--steps`` steps inside one fully unrolled ``lax.scan`` (a rolled scan on XLA:CPU
+slows convolutions ~20x, jax-ml/jax#12868, and would hide the overhead); time per step is
+reported. A PyTorch eager
 GradDiff step (same model, fused Adam) is timed side by side as the peer.
 
     python benchmarks_speed/gu_overhead.py            # width 16, batch 64, rank 8
@@ -30,7 +32,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rank", type=int, nargs="+", default=[8])
     ap.add_argument("--mode", default="per_tensor")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
@@ -76,7 +78,9 @@ def main(argv=None):
                 return step(s, {"x": data["xf"][fi], "y": data["yf"][fi],
                                 "retain_x": data["x"][ri], "retain_y": data["y"][ri]})
 
-            s, m = jax.lax.scan(body, state, jnp.arange(a.steps))
+            # unrolled: XLA:CPU runs convolutions in a loop body ~20x slower (jax-ml/jax#12868),
+            # which would hide the projection's cost behind an inflated baseline
+            s, m = jax.lax.scan(body, state, jnp.arange(a.steps), unroll=True)
             return s.params
         return run
 

@@ -82,7 +82,7 @@ def test_bad_forget_sets_are_refused():
 
 
 def test_bad_hyperparameters_are_refused_before_compute():
-    for kw in (dict(ssd_alpha=0.0), dict(ssd_lambda=-1.0), dict(steps=0)):
+    for kw in (dict(ssd_alpha=0.0), dict(ssd_lambda=-1.0), dict(steps=0), dict(gu_rank=16)):
         with pytest.raises(ValueError):
             dataclasses.replace(CFG, **kw).validate()
     args = argparse.Namespace(method=["nope"], seeds=1, tiny=True, out=None, forget_class=3,

@@ -71,6 +71,12 @@ class UnlearnConfig:
         if self.ssd_alpha <= 0 or self.ssd_lambda <= 0:
             raise ValueError(f"SSD needs alpha > 0 and lambda > 0, got alpha={self.ssd_alpha}, "
                              f"lambda={self.ssd_lambda}")
+        if self.gu_rank > self.steps:
+            raise ValueError(f"GU rank {self.gu_rank} is larger than the history of retain "
+                             f"gradients ({self.steps} unlearning steps): the basis could never "
+                             "fill; lower --gu-rank or raise the number of steps")
+        if self.gu_mode not in ("per_tensor", "global"):
+            raise ValueError(f"gu_mode must be per_tensor or global, got {self.gu_mode!r}")
         if self.npo_beta <= 0:
             raise ValueError(f"NPO needs beta > 0, got {self.npo_beta}")
         if self.relearn_steps % self.relearn_every:
