@@ -31,6 +31,10 @@ import statistics
 import sys
 import time
 
+# OpenMP's default spin-waiting makes 2-thread PyTorch erratic on a shared CPU (see
+# benchmarks_speed/README.md); passive waiting only ever helps the PyTorch side.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 
 if __package__ in (None, ""):
