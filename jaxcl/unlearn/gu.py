@@ -4,16 +4,36 @@ Paper: "Geometric-Disentanglement Unlearning" (2025). A forget update ``g`` is s
 component inside the span of recent retain gradients and the component orthogonal to it; only the
 orthogonal part is applied, so the retain loss is unchanged to first order:
 
-    B      <- orthonormal basis of the last ``rank`` retain gradients (modified Gram-Schmidt,
-              a new vector is kept only when its residual norm exceeds eps = 1e-6)
-    g_perp  = g - sum_k (g . u_k) u_k
+    B      <- orthonormal basis of the last ``rank`` retain gradients
+    g_perp  = g - B^T (B g)
     update  = g_perp (+ g_retain when ``add_retain``: the joint forget/retain objective)
 
 ``mode='per_tensor'`` (the reference) keeps one basis per parameter tensor; ``mode='global'``
-keeps one basis over the whole flattened parameter vector. The state keeps the last ``rank``
-retain gradients (a FIFO) and rebuilds their orthonormal basis every step by modified Gram-Schmidt,
-newest first, so the update is orthogonal to *every* kept retain gradient (cost per step:
-``rank^2 / 2`` dot products and axpys over the parameters, plus ``rank`` for the projection).
+keeps one basis over the whole flattened parameter vector.
+
+Algorithm (per tensor, or once over the tree): the state keeps the last K = ``rank`` retain
+gradients H (K rows, a ring buffer: the newest overwrites the oldest slot) and their K x K Gram
+matrix G = H H^T, updated incrementally: pushing a gradient costs K dot products (its new row and
+column of G). The basis is then built from G by shifted CholeskyQR3, with a K x K symmetric
+eigendecomposition in place of the Cholesky factor (u = float32 unit roundoff):
+
+    G  = V diag(l) V^T;  drop l_i <= max(eps^2, 64 u^2 max diag G)          (eps = 1e-6)
+    B1 = diag(1 / sqrt(max(l_i, s))) V^T H,  shift s = 16 K u max diag G   (kept rows only)
+    twice:  G' = B B^T = V' diag(l') V'^T;  drop l'_i <= 16 K u max(1, max diag G');
+            B <- diag(1 / sqrt(l'_i)) V'^T B
+
+The shift bounds the amplification of G's float32 rounding in the first pass, and the two
+re-orthonormalisation passes (each on a freshly computed Gram matrix of the current rows) bring
+B to orthonormal rows at float32 precision even for ill-conditioned histories (checked up to
+cond(G) ~ 1e6, where one Gram pass alone drops or garbles directions). Directions at the noise
+level (duplicated or collinear retain gradients, zero gradients) are dropped: their rows of
+``basis`` are zero and ``valid`` is False, so a rank-deficient history gives a smaller basis of
+its span (modified Gram-Schmidt with an absolute eps kept rounding-noise residuals of duplicated
+gradients as extra directions). Everything over the parameters is a K x n matrix product: ~11K
+passes (K for G's new row, 3 x (Gram + recombination), 2K to project g - B^T (B g)) instead of
+modified Gram-Schmidt's ~K^2 dot+axpy passes; the K x K eigendecompositions are negligible at run
+time (but lengthen compilation). The projected update is orthogonal to every kept retain gradient,
+and projecting twice changes nothing (B has orthonormal rows).
 
 ``preconditioned=True`` projects in Adam-whitened coordinates (the later version of the paper):
 the transform keeps Adam's second moment ``v`` of the incoming forget updates (b2 = 0.999, bias
@@ -33,68 +53,99 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..transforms.project import tree_dot
 
 GS_EPS = 1e-6
 MODES = ("per_tensor", "global")
+_HI = jax.lax.Precision.HIGHEST
 
 
 class ProjectOutState(NamedTuple):
-    history: object  # tree like params, each leaf K x shape: the last K retain gradients
+    history: object  # tree like params, each leaf K x shape: the last K retain gradients (ring)
     hvalid: jax.Array  # (K,) bool, which history slots are filled
     basis: object  # tree like params, each leaf K x shape: orthonormal basis of the history
     valid: object  # per_tensor: tree of (K,) bool; global: (K,) bool
     count: jax.Array  # number of retain gradients seen (int32)
     nu: object  # Adam second moment (preconditioned) or ()
+    gram: object = ()  # per_tensor: tree of (K, K); global: (K, K): Gram matrix of ``history``
 
 
-def _leaf_dot(a, b):
-    return jnp.vdot(a.astype(jnp.float32), b.astype(jnp.float32))
+def _rows(a):
+    return a.reshape(a.shape[0], -1).astype(jnp.float32)
 
 
-def _mgs(hist, hvalid, dot, eps):
-    """Modified Gram-Schmidt over the K rows of ``hist`` (a pytree with a leading K axis),
-    newest (last slot) first; rows that are invalid or whose residual norm is <= eps are
-    dropped (zero vector, ``valid`` False). Loops are ``fori_loop`` so the program stays small."""
+def _leaf_hdot(h, x):
+    """(K,) dot products of the K rows of ``h`` with ``x``."""
+    return jnp.dot(_rows(h), x.reshape(-1).astype(jnp.float32), precision=_HI)
+
+
+def _leaf_gram(a):
+    r = _rows(a)
+    return jnp.dot(r, r.T, precision=_HI)
+
+
+def _leaf_comb(w, h):
+    """``w @ h`` over the leading K axis: rows of the result are combinations of rows of h."""
+    return jnp.dot(w, _rows(h), precision=_HI).reshape((w.shape[0],) + h.shape[1:])
+
+
+def _tree_hdot(h, x):
+    return sum(jax.tree.leaves(jax.tree.map(_leaf_hdot, h, x)))
+
+
+def _tree_gram(a):
+    return sum(jax.tree.leaves(jax.tree.map(_leaf_gram, a)))
+
+
+def _whiten(gram, floor, drop):
+    """``W`` (K x K) with ``W G W^T`` ~ I on the kept eigen-directions of ``gram`` (eigenvalues
+    ``l > drop``; dropped ones give zero rows), each eigenvalue clamped from below to ``floor``
+    (the shift that bounds the amplification of rounding noise), and the kept mask."""
+    gram = 0.5 * (gram + gram.T)
+    lam, vec = jnp.linalg.eigh(gram)
+    keep = lam > drop
+    inv = jnp.where(keep, jax.lax.rsqrt(jnp.maximum(lam, floor)), 0.0)
+    return inv[:, None] * vec.T, keep
+
+
+def _basis(hist, gram, hvalid, gram_fn, comb, eps):
+    """Orthonormal basis (zero rows where dropped) and validity mask from the history and its
+    Gram matrix: shifted CholeskyQR3 with eigendecompositions (see the module docstring)."""
     k = hvalid.shape[0]
-    row = lambda t, i: jax.tree.map(lambda a: a[i].astype(jnp.float32), t)
-
-    def outer(n, carry):
-        basis, valid = carry
-        i = k - 1 - n  # history slot, newest first; basis slot n
-
-        def inner(j, v):
-            u = row(basis, j)
-            c = jnp.where(valid[j] & (j < n), dot(v, u), 0.0)
-            return jax.tree.map(lambda a, b: a - c * b, v, u)
-
-        v = jax.lax.fori_loop(0, k, inner, row(hist, i))
-        norm = jnp.sqrt(jnp.maximum(dot(v, v), 0.0))
-        ok = hvalid[i] & (norm > eps)
-        v = jax.tree.map(lambda a: jnp.where(ok, a / jnp.maximum(norm, eps), 0.0), v)
-        basis = jax.tree.map(lambda b, x: b.at[n].set(x), basis, v)
-        return basis, valid.at[n].set(ok)
-
-    basis0 = jax.tree.map(lambda h: jnp.zeros(h.shape, jnp.float32), hist)
-    return jax.lax.fori_loop(0, k, outer, (basis0, jnp.zeros((k,), bool)))
+    m = hvalid[:, None] & hvalid[None, :]
+    gram = jnp.where(m, gram, 0.0)
+    u = float(jnp.finfo(jnp.float32).eps)
+    shift = 16 * k * u * jnp.max(jnp.diagonal(gram))
+    w, _ = _whiten(gram, shift, jnp.maximum(eps * eps, 64 * u * u * jnp.max(jnp.diagonal(gram))))
+    b = comb(w, hist)
+    for _ in range(2):
+        g2 = gram_fn(b)
+        w, keep = _whiten(g2, 0.0, 16 * k * u * jnp.maximum(jnp.max(jnp.diagonal(g2)), 1.0))
+        b = comb(w, b)
+    return b, keep
 
 
-def _push(hist, hvalid, g):
-    """FIFO of the last K retain gradients: drop the oldest (slot 0), append ``g`` at the end."""
-    hist = jax.tree.map(lambda h, x: jnp.roll(h, -1, axis=0).at[-1].set(x.astype(h.dtype)), hist, g)
-    return hist, jnp.roll(hvalid, -1).at[-1].set(True)
+def _project(basis, valid, g, dot=None):
+    """``g - sum_k valid_k (g . u_k) u_k`` for one leaf (orthonormal rows ``u_k``)."""
+    del dot
+    c = jnp.where(valid, _leaf_hdot(basis, g), 0.0)
+    p = _leaf_comb(c[None, :], basis)[0]
+    return (g.astype(jnp.float32) - p).astype(g.dtype)
 
 
-def _project(basis, valid, g, dot):
-    """``g - sum_k valid_k (g . u_k) u_k``, sequentially (modified Gram-Schmidt order)."""
-    k = valid.shape[0]
+def _project_tree(basis, valid, g):
+    c = jnp.where(valid, _tree_hdot(basis, g), 0.0)
+    return jax.tree.map(
+        lambda x, b: (x.astype(jnp.float32) - _leaf_comb(c[None, :], b)[0]).astype(x.dtype),
+        g, basis)
 
-    def body(i, out):
-        u = jax.tree.map(lambda b: b[i], basis)
-        c = jnp.where(valid[i], dot(out, u), 0.0)
-        return jax.tree.map(lambda a, b: (a - c * b.astype(a.dtype)).astype(a.dtype), out, u)
 
-    return jax.lax.fori_loop(0, k, body, g)
+def _push(hist, gram, hvalid, slot, x, hdot):
+    """Write ``x`` into ring slot ``slot`` and update the Gram matrix's row/column."""
+    hist = jax.tree.map(lambda h, v: h.at[slot].set(v.astype(h.dtype)), hist, x)
+    hvalid = hvalid.at[slot].set(True)
+    d = jnp.where(hvalid, hdot(hist, x), 0.0)
+    gram = gram.at[slot, :].set(d).at[:, slot].set(d)
+    return hist, gram, hvalid
 
 
 def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = False,
@@ -107,6 +158,8 @@ def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = 
       mode: ``'per_tensor'`` (one basis per leaf) or ``'global'`` (one over the whole tree).
       preconditioned: project Adam-whitened updates (chain with ``optax.sgd``).
       add_retain: add the retain gradient back after projection (joint objective).
+      eps: directions of the history with norm <= eps are dropped (as well as those at the
+        float32 noise level of the Gram matrix).
     """
     if not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"project_out: rank must be a positive int, got {rank!r}")
@@ -117,18 +170,20 @@ def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = 
         hist = jax.tree.map(lambda p: jnp.zeros((rank,) + p.shape, jnp.float32), params)
         if mode == "per_tensor":
             valid = jax.tree.map(lambda p: jnp.zeros((rank,), bool), params)
+            gram = jax.tree.map(lambda p: jnp.zeros((rank, rank), jnp.float32), params)
         else:
             valid = jnp.zeros((rank,), bool)
+            gram = jnp.zeros((rank, rank), jnp.float32)
         nu = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params) if preconditioned else ()
         return ProjectOutState(hist, jnp.zeros((rank,), bool), hist, valid,
-                               jnp.zeros((), jnp.int32), nu)
+                               jnp.zeros((), jnp.int32), nu, gram)
 
     def update(updates, state, params=None, *, retain_grads=None, **extra):
         del params, extra
         if retain_grads is None:
             raise ValueError("project_out (GU) needs the extra arg retain_grads= (the gradient "
                              "of the retain loss); pass it through make_step(extra_args=...)")
-        nu, count = state.nu, state.count + 1
+        nu, slot, count = state.nu, state.count % rank, state.count + 1
         if preconditioned:
             nu = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * jnp.square(g.astype(jnp.float32)),
                               nu, updates)
@@ -137,25 +192,32 @@ def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = 
                              updates, nu)
         else:
             g = updates
-        hist, hvalid = _push(state.history, state.hvalid, retain_grads)
         if mode == "per_tensor":
-            bv = jax.tree.map(lambda h: _mgs(h, hvalid, _leaf_dot, eps), hist)
-            is_pair = lambda x: isinstance(x, tuple)
-            basis = jax.tree.map(lambda t: t[0], bv, is_leaf=is_pair)
-            valid = jax.tree.map(lambda t: t[1], bv, is_leaf=is_pair)
-            new = jax.tree.map(lambda x, b, v: _project(b, v, x, _leaf_dot), g, basis, valid)
+            def leaf(h, gr, x, gf):
+                h, gr, hv = _push(h, gr, state.hvalid, slot, x, _leaf_hdot)
+                b, v = _basis(h, gr, hv, _leaf_gram, _leaf_comb, eps)
+                return h, gr, hv, b, v, _project(b, v, gf)
+
+            res = jax.tree.map(leaf, state.history, state.gram, retain_grads, g)
+            is_res = lambda x: isinstance(x, tuple)
+            pick = lambda i: jax.tree.map(lambda t: t[i], res, is_leaf=is_res)
+            hist, gram, basis, valid, new = pick(0), pick(1), pick(3), pick(4), pick(5)
+            hvalid = state.hvalid.at[slot].set(True)
         else:
-            basis, valid = _mgs(hist, hvalid, tree_dot, eps)
-            new = _project(basis, valid, g, tree_dot)
+            hist, gram, hvalid = _push(state.history, state.gram, state.hvalid, slot,
+                                       retain_grads, _tree_hdot)
+            comb = lambda w, t: jax.tree.map(lambda h: _leaf_comb(w, h), t)
+            basis, valid = _basis(hist, gram, hvalid, _tree_gram, comb, eps)
+            new = _project_tree(basis, valid, g)
         if add_retain:
             new = jax.tree.map(lambda a, r: (a + r.astype(a.dtype)).astype(a.dtype), new, retain_grads)
-        return new, ProjectOutState(hist, hvalid, basis, valid, count, nu)
+        return new, ProjectOutState(hist, hvalid, basis, valid, count, nu, gram)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 def basis_from_history(history, rank: int, *, mode: str = "per_tensor", eps: float = GS_EPS):
-    """Orthonormal basis (modified Gram-Schmidt) of a stack of H retain gradients.
+    """Orthonormal basis of a stack of H retain gradients (as :func:`project_out` builds it).
 
     ``history`` leaves have a leading axis H (oldest first). Returns ``(basis, valid)`` in the
     layout of :class:`ProjectOutState`, built from the most recent ``rank`` gradients. Raises
@@ -182,8 +244,8 @@ def basis_from_history(history, rank: int, *, mode: str = "per_tensor", eps: flo
 def project(updates, basis, valid, *, mode: str = "per_tensor"):
     """Remove from ``updates`` its component in the span of ``basis`` (as built above)."""
     if mode == "per_tensor":
-        return jax.tree.map(lambda g, b, v: _project(b, v, g, _leaf_dot), updates, basis, valid)
-    return _project(basis, valid, updates, tree_dot)
+        return jax.tree.map(lambda g, b, v: _project(b, v, g), updates, basis, valid)
+    return _project_tree(basis, valid, updates)
 
 
 # --- GU attached to GA, GradDiff and NPO (the unlearning runs of the study) -------------------
