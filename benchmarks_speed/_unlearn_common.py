@@ -108,3 +108,14 @@ def write_jsonl(path, rows):
                 f.write(json.dumps(r) + "\n")
     for r in rows:
         print(json.dumps(r))
+
+
+def common_args(ap, out_name: str) -> None:
+    """The options every unlearning benchmark shares."""
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for both sides (default 1: on the shared, oversubscribed "
+                         "2-core machine torch's spinning OpenMP threads otherwise run ~10-100x "
+                         "slower; 0 = each library's default)")
+    ap.add_argument("--out", default=f"benchmarks_speed/results/{out_name}")

@@ -23,7 +23,7 @@ import argparse
 
 import numpy as np
 
-from _unlearn_common import set_threads, fmnist_subset, interleave, meta, torch_float, torch_resnet18, write_jsonl
+from _unlearn_common import common_args, set_threads, fmnist_subset, interleave, meta, torch_float, torch_resnet18, write_jsonl
 
 
 def main(argv=None):
@@ -33,13 +33,7 @@ def main(argv=None):
     ap.add_argument("--rank", type=int, nargs="+", default=[8])
     ap.add_argument("--mode", default="per_tensor")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for both sides (default 1: on the shared, oversubscribed "
-                         "2-core machine torch's spinning OpenMP threads otherwise run ~10-100x "
-                         "slower; 0 = each library's default)")
-    ap.add_argument("--out", default="benchmarks_speed/results.jsonl")
+    common_args(ap, "gu_overhead_cpu.jsonl")
     a = ap.parse_args(argv)
     if a.tiny:
         a.width, a.batch, a.steps, a.repeats = 4, 16, 4, 1
