@@ -249,9 +249,11 @@ def plot(payload: dict, out_dir: str) -> None:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     steps = payload["relearn_steps"]
-    for name, r in payload["results"].items():
+    colours = plt.get_cmap("tab20").colors  # 12+ methods: tab10 would repeat colours
+    for i, (name, r) in enumerate(payload["results"].items()):
         c = np.asarray(r["relearn_curve"])
-        ax.plot(steps, c.mean(0), "k--" if name == "oracle" else "-", marker="o", ms=3, label=name)
+        ax.plot(steps, c.mean(0), "k--" if name == "oracle" else "-", marker="o", ms=3, label=name,
+                **({} if name == "oracle" else {"color": colours[i % len(colours)]}))
     ax.set_xlabel("relearning steps on the forget slice")
     ax.set_ylabel("forget accuracy (held-out forget examples)")
     ax.legend(fontsize=7)
