@@ -7,13 +7,14 @@ import jax
 from flax import nnx
 
 from .base import PureModel, pure, to_float
+from .conv import Conv
 
 
 class SmallCNN(nnx.Module):
     def __init__(self, in_channels: int, hw: tuple, n_classes: int, channels: Sequence[int] = (32, 64),
                  hidden: int = 128, *, rngs: nnx.Rngs):
         chans = [in_channels, *channels]
-        self.convs = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
+        self.convs = nnx.List([Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
         h, w = hw
         for _ in channels:
             h, w = h // 2, w // 2

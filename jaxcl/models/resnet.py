@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .base import PureModel, to_float
+from .conv import Conv
 
 MODE_EVAL, MODE_TRAIN, MODE_CALIB = 0, 1, 2
 
@@ -51,13 +52,13 @@ class BatchNorm(nnx.Module):
 
 class BasicBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
+        self.conv1 = Conv(cin, cout, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
         self.bn1 = BatchNorm(cout)
-        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding=1, use_bias=False, rngs=rngs)
+        self.conv2 = Conv(cout, cout, (3, 3), padding=1, use_bias=False, rngs=rngs)
         self.bn2 = BatchNorm(cout)
         self.has_proj = stride != 1 or cin != cout
         if self.has_proj:
-            self.proj = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.proj = Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
             self.bn_proj = BatchNorm(cout)
 
     def __call__(self, x, mode):
@@ -69,7 +70,7 @@ class BasicBlock(nnx.Module):
 
 class ResNet18(nnx.Module):
     def __init__(self, in_channels: int, n_classes: int, width: int = 64, *, rngs: nnx.Rngs):
-        self.stem = nnx.Conv(in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs)
+        self.stem = Conv(in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs)
         self.bn = BatchNorm(width)
         blocks, cin = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
