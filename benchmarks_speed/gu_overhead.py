@@ -9,9 +9,9 @@ transform in front of Adam:
 * ``gu-rank-R``: ``project_out(rank=R, add_retain=True)`` (per-tensor basis of the last R retain
   gradients by modified Gram-Schmidt, projection, retain gradient added back).
 
-Both run ``--steps`` steps inside one fully unrolled ``lax.scan`` (a rolled scan on XLA:CPU
-slows convolutions ~20x, jax-ml/jax#12868, and would hide the overhead); time per step is
-reported. A PyTorch eager
+Both run ``--steps`` steps inside one rolled ``lax.scan``, as the unlearning loops do (the
+models' convolutions keep their gradients fast in a loop body on XLA:CPU, see
+:mod:`jaxcl.models.conv`); time per step is reported. A PyTorch eager
 GradDiff step (same model, fused Adam) is timed side by side as the peer.
 
     python benchmarks_speed/gu_overhead.py            # width 16, batch 64, rank 8
@@ -72,9 +72,7 @@ def main(argv=None):
                 return step(s, {"x": data["xf"][fi], "y": data["yf"][fi],
                                 "retain_x": data["x"][ri], "retain_y": data["y"][ri]})
 
-            # unrolled: XLA:CPU runs convolutions in a loop body ~20x slower (jax-ml/jax#12868),
-            # which would hide the projection's cost behind an inflated baseline
-            s, m = jax.lax.scan(body, state, jnp.arange(a.steps), unroll=True)
+            s, m = jax.lax.scan(body, state, jnp.arange(a.steps))
             return s.params
         return run
 

@@ -8,8 +8,7 @@ lambda 1. Random initial weights (the cost does not depend on them).
 * jaxcl: ``jax.jit`` of ``ssd.importance`` twice (``lax.scan`` over minibatches) and
   ``ssd.dampen``; data passed as arguments.
 * torch-eager: ``model.eval()``, a loop over minibatches with ``loss.backward()`` and
-  ``torch._foreach_addcmul_`` accumulation of squared gradients, the edit under ``no_grad``;
-  channels-last when ``--channels-last``.
+  ``torch._foreach_addcmul_`` accumulation of squared gradients, the edit under ``no_grad``.
 
 ratio = torch median / jaxcl median (> 1: jaxcl faster). Target: >= 1.3 on a GPU, >= 1 on CPU.
 
