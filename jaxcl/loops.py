@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .data.streams import Stream
+from .batching import over_seeds
 from .engine import TrainState, init_state, make_step
 from .methods.base import MethodSpec
 from .models.base import PureModel, check_input_shape
@@ -187,9 +188,10 @@ def seeds_keys(seed: int, n: int) -> jax.Array:
 
 
 def vmap_seeds(fn, exp: Experiment, in_axes):
-    """``vmap`` over seeds; with a mesh, the seed axis is sharded over its ``seeds`` axis."""
+    """Over seeds: ``vmap`` (with a mesh, the seed axis sharded over its ``seeds`` axis), or a
+    compiled ``lax.map`` for convolutional models on the CPU (:mod:`jaxcl.batching`)."""
     if exp.mesh is None:
-        return jax.vmap(fn, in_axes=in_axes)
+        return over_seeds(fn, in_axes, model=exp.model)
     return jax.vmap(fn, in_axes=in_axes, spmd_axis_name="seeds")
 
 

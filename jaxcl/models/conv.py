@@ -26,6 +26,7 @@ layout). :class:`Conv` is ``nnx.Conv`` (same parameters, names and initialisatio
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import jax
@@ -83,7 +84,8 @@ def conv_padding(padding, kernel_hw: tuple, stride: tuple, in_hw: tuple) -> tupl
 
 def conv2d(x_NxHxWxCi, w_KHxKWxCixCo, stride=1, padding="SAME", *, impl: str = "auto"):
     """``NHWC x HWIO -> NHWC`` convolution. ``impl``: ``'auto'`` (the canonical-gradient version
-    on the CPU backend, ``lax`` elsewhere), ``'canonical'`` or ``'lax'``."""
+    on the CPU backend, ``lax`` elsewhere; the environment variable ``JAXCL_CONV_IMPL`` overrides
+    it, e.g. to time both), ``'canonical'`` or ``'lax'``."""
     if x_NxHxWxCi.ndim != 4 or w_KHxKWxCixCo.ndim != 4:
         raise ValueError(f"conv2d expects x (N, H, W, C) and w (KH, KW, Cin, Cout), got shapes "
                          f"{x_NxHxWxCi.shape} and {w_KHxKWxCixCo.shape}")
@@ -92,6 +94,8 @@ def conv2d(x_NxHxWxCi, w_KHxKWxCixCo, stride=1, padding="SAME", *, impl: str = "
                          f"expects {w_KHxKWxCixCo.shape[2]}")
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
     pads = conv_padding(padding, w_KHxKWxCixCo.shape[:2], stride, x_NxHxWxCi.shape[1:3])
+    if impl == "auto":
+        impl = os.environ.get("JAXCL_CONV_IMPL", "auto")
     if impl == "auto":
         impl = "canonical" if jax.default_backend() == "cpu" else "lax"
     if impl == "canonical":

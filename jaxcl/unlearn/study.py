@@ -1,5 +1,6 @@
 """The ``unlearn-class`` study: train an original classifier once, run every unlearning method
-from it (each under ``vmap`` over seeds, one compiled program per method), and measure
+from it (over seeds: ``vmap``, or a compiled ``lax.map`` for convolutional models on the CPU; one
+compiled program per method), and measure
 forgetting with metrics a head-only edit cannot fool (see :mod:`jaxcl.unlearn.eval`).
 
 ``jaxcl run unlearn-class [--method ssd --method gu-npo ...] [--forget-class 3]
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..batching import over_seeds
 from ..studies import Study, register_study
 from . import eval as ev
 from . import finetune, ga, graddiff, gu, iau, npo, oracle, random_label, scenarios, ssd
@@ -130,6 +132,8 @@ def run(args) -> dict:
                           getattr(args, "forget_class", 3), n_per_class=size["n_per_class"],
                           n_test=size["n_test"])
     model = _build_model(model_name, size["model_kw"] if model_name == size["model"] else {})
+    # seeds: vmap, or a compiled lax.map for convolutional models on the CPU (jaxcl.batching)
+    seeds = lambda fn, in_axes: over_seeds(fn, in_axes, model=model)
     keys = jax.random.split(jax.random.key(0), n_seeds)
     k_orig = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     k_meth = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
@@ -143,31 +147,29 @@ def run(args) -> dict:
     print(f"unlearn-class: {model.name}, scenario {getattr(args, 'scenario', 'full-class')}, "
           f"class {getattr(args, 'forget_class', 3)}, {data.x_train.shape[0]} train "
           f"({data.x_forget.shape[0]} forget), {n_seeds} seed(s)", flush=True)
-    p_orig, c_s, t_s = _timed(jax.vmap(train_orig, in_axes=(0, None)), k_orig, data)
+    p_orig, c_s, t_s = _timed(seeds(train_orig, (0, None)), k_orig, data)
     timing = {"original_train": {"compile_s": c_s, "time_s": t_s}}
     p_oracle, c_s, t_s = _timed(
-        jax.vmap(lambda p, k, d: oracle.run(model, p, d, k, cfg), in_axes=(0, 0, None)),
+        seeds(lambda p, k, d: oracle.run(model, p, d, k, cfg), (0, 0, None)),
         p_orig, k_meth, data)
     timing["oracle"] = {"compile_s": c_s, "time_s": t_s}
     print(f"  original {timing['original_train']['time_s']:.1f}s, oracle {t_s:.1f}s", flush=True)
     p_iau_orig = None
     if "iau" in methods and getattr(args, "iau_reg_train", False):
-        p_iau_orig, c_s, t_s = _timed(jax.vmap(lambda k, d: train_orig(k, d, True), in_axes=(0, None)),
+        p_iau_orig, c_s, t_s = _timed(seeds(lambda k, d: train_orig(k, d, True), (0, None)),
                                       k_orig, data)
         timing["iau_reg_original"] = {"compile_s": c_s, "time_s": t_s}
 
-    eval_fn = jax.jit(jax.vmap(lambda p, d, po, pr: ev.evaluate(model, p, d, po, pr, cfg),
-                               in_axes=(0, None, 0, 0)))
-    relearn_fn = jax.jit(jax.vmap(lambda p, d, k: ev.relearn(model, p, d, k, cfg),
-                                  in_axes=(0, None, 0)))
+    eval_fn = jax.jit(seeds(lambda p, d, po, pr: ev.evaluate(model, p, d, po, pr, cfg),
+                            (0, None, 0, 0)))
+    relearn_fn = jax.jit(seeds(lambda p, d, k: ev.relearn(model, p, d, k, cfg), (0, None, 0)))
     results = {}
     for name in ["oracle"] + methods:
         if name == "oracle":
             params = p_oracle
         else:
             start = p_iau_orig if (name == "iau" and p_iau_orig is not None) else p_orig
-            fn = jax.vmap(lambda p, k, d, _n=name: METHODS[_n](model, p, d, k, cfg),
-                          in_axes=(0, 0, None))
+            fn = seeds(lambda p, k, d, _n=name: METHODS[_n](model, p, d, k, cfg), (0, 0, None))
             params, c_s, t_s = _timed(fn, start, k_meth, data)
             timing[name] = {"compile_s": c_s, "time_s": t_s}
         m = jax.device_get(eval_fn(params, data, p_orig, p_oracle))
