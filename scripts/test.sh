@@ -14,5 +14,6 @@ if [ -x "$PY312" ] && [ -z "${JAXCL_SKIP_312:-}" ]; then
   PYTHON="$VENV/bin/python" bash scripts/setup.sh
   "$VENV/bin/python" -m pytest -p no:cacheprovider tests/test_engine.py tests/test_conformance.py \
     tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py tests/test_data.py \
-    tests/test_cl_study.py tests/test_parallel.py tests/test_checkpoint.py
+    tests/test_cl_study.py tests/test_parallel.py tests/test_checkpoint.py tests/test_conv.py \
+    tests/test_batching.py
 fi
