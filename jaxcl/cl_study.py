@@ -1,10 +1,10 @@
 """Continual-learning studies: a data set, a scenario, a model, methods and seeds.
 
-``run_study(config)`` runs every method with all seeds vmapped into one program (one compiled
-``train_task`` per method, called once per task with the task index traced, so it compiles
-once), checks for non-finite losses at every task end, computes the metrics of
-:mod:`jaxcl.metrics` per seed, prints a mean ± std table and writes ``results.json`` and the
-plots of :mod:`jaxcl.plots`.
+``run_study(config)`` runs every method with all seeds batched into one program (``vmap``, or a
+compiled ``lax.map`` for convolutional models on the CPU); one compiled ``train_task`` per
+method, called once per task with the task index traced, so it compiles once; checks for
+non-finite losses at every task end, computes the metrics of :mod:`jaxcl.metrics` per seed,
+prints a mean ± std table and writes ``results.json`` and the plots of :mod:`jaxcl.plots`.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 from . import metrics as M
 from . import plots, report
 from .data import loaders, streams
+from .batching import over_seeds, resolve_mode
 from .engine import check_finite
 from .loops import Experiment, LoopConfig, seeds_keys
 from .methods import METHODS, get_method
@@ -109,7 +110,7 @@ def _kill_hook(saves: int) -> None:
 
 def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_dir: Optional[str] = None,
                checkpoint_every: Optional[int] = None, resume: bool = False) -> dict:
-    """All seeds of one method, vmapped; returns numpy arrays with a leading seed axis.
+    """All seeds of one method in one program (:func:`jaxcl.batching.over_seeds`); returns numpy arrays with a leading seed axis.
 
     With ``ckpt_dir`` a checkpoint is saved at every task end and, with ``checkpoint_every``,
     every that many steps inside a task; ``resume`` continues from the newest good checkpoint
@@ -125,12 +126,13 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
     keys = seeds_keys(cfg.seed, cfg.seeds)
     T, E = stream.n_tasks, exp.chunks_per_task
     segments = _segments(E, checkpoint_every // cfg.loop.eval_every if checkpoint_every else None)
-    init = jax.jit(jax.vmap(exp.init, in_axes=(0, None, None)))
-    acc0 = jax.jit(jax.vmap(exp.initial_accuracy, in_axes=(0, None)))
-    chunk_fns = {n: jax.jit(jax.vmap(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n),
-                                     in_axes=(0, None, None, None)), donate_argnums=0)
+    seeds = lambda fn, in_axes: over_seeds(fn, in_axes, model=model)  # vmap, or lax.map (CPU convs)
+    init = jax.jit(seeds(exp.init, (0, None, None)))
+    acc0 = jax.jit(seeds(exp.initial_accuracy, (0, None)))
+    chunk_fns = {n: jax.jit(seeds(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n),
+                                  (0, None, None, None)), donate_argnums=0)
                  for n in set(segments)}
-    end_task = jax.jit(jax.vmap(exp.end_task, in_axes=(0, None, None, None)), donate_argnums=0)
+    end_task = jax.jit(seeds(exp.end_task, (0, None, None, None)), donate_argnums=0)
 
     t0 = time.perf_counter()
     state = init(keys, stream, hp)
@@ -217,7 +219,9 @@ def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: boo
     stream = build_stream(cfg)
     stream = jax.device_put(stream)
     results = {"study": cfg.name, "config": dataclasses.asdict(cfg), "versions": report.versions(),
-               "device": report.device_info(), "git_commit": report.git_commit(), "methods": {}}
+               "device": report.device_info(), "git_commit": report.git_commit(), "methods": {},
+               "seed_batching": resolve_mode("auto", make_model(cfg.model, stream.input_shape, stream.n_classes,
+                                                                **dict(cfg.model_kwargs)))}
     raw = {}
     with tqdm(total=len(cfg.methods) * stream.n_tasks, desc=cfg.name, unit="task",
               disable=not verbose) as bar:
@@ -247,8 +251,9 @@ def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: boo
     if tensorboard and out_dir:
         results["tensorboard"] = write_tensorboard(raw, cfg, os.path.join(out_dir, "tensorboard"))
     if verbose:
+        batching = "vmapped" if results.get("seed_batching", "vmap") == "vmap" else "in a compiled loop"
         print(f"\n{cfg.name}: {cfg.scenario}, {cfg.n_tasks} tasks, {cfg.model}, {cfg.seeds} seeds "
-              f"(vmapped), {cfg.loop.steps_per_task} steps/task, eval every {cfg.loop.eval_every} "
+              f"({batching}), {cfg.loop.steps_per_task} steps/task, eval every {cfg.loop.eval_every} "
               f"steps on {cfg.loop.eval_per_task} test examples/task; accuracies in %, mean ± std\n")
         print(results["table"])
     if out_dir:

@@ -44,7 +44,7 @@ def _run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog=f"jaxcl run {study.name}", description=study.summary)
     p.add_argument("--method", action="append", default=None,
                    help=f"method to run (repeatable; default: the study's set); one of: {', '.join(study.methods)}")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (vmapped into one program)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (batched into one program: vmap, or a compiled loop for conv models on CPU)")
     p.add_argument("--tiny", action="store_true", help="the seconds-long version the tests run")
     p.add_argument("--out", default=None, help="output directory (default runs/<study>)")
     if study.add_args:

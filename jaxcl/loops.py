@@ -212,6 +212,6 @@ def run_grid(exp: Experiment, stream: Stream, hp_grid: dict, keys) -> dict:
     """Every (hyperparameter cell, seed) pair as one program: ``vmap`` over cells of ``vmap``
     over seeds. ``hp_grid`` leaves have a leading axis of cells."""
     exp.check(stream)
-    per_cell = jax.vmap(exp.run, in_axes=(0, None, None))
+    per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
     fn = jax.jit(jax.vmap(per_cell, in_axes=(None, None, 0)))
     return fn(keys, stream, hp_grid)

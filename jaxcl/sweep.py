@@ -24,6 +24,7 @@ import numpy as np
 
 from . import metrics as M
 from . import report
+from .batching import over_seeds
 from .cl_study import CONFIGS, CLStudyConfig, build_stream, tiny
 from .loops import Experiment, seeds_keys
 from .methods import get_method
@@ -82,7 +83,7 @@ def run_sweep(cfg: CLStudyConfig, method: str, grid: dict[str, list[float]], *, 
     hp_grid = {k: jnp.asarray([dict(zip(names, c)).get(k, float(v)) for c in cells], jnp.float32)
                for k, v in base.items()}
     keys = seeds_keys(cfg.seed, seeds)
-    per_cell = jax.vmap(exp.run, in_axes=(0, None, None))
+    per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
 
     def summarise(out):  # keep what the metrics need, drop the final params
         return {"R": out["R"], "R0": out["R0"], "acc": out["trace"]["acc"], "nonfinite": out["nonfinite_step"]}

@@ -32,3 +32,16 @@ def test_er_stream_tiny_writes_json_lines(tmp_path):
             assert s["min_s"] <= s["median_s"] <= s["max_s"] and s["first_call_s"] > 0
             assert 0.0 <= s["final_acc_mean"] <= 1.0
         assert r["ratio"] > 0
+
+
+def test_conv_cpu_tiny_writes_json_lines(tmp_path):
+    out = tmp_path / "conv.jsonl"
+    script = os.path.join(ROOT, "benchmarks_speed", "conv_cpu.py")
+    proc = subprocess.run([sys.executable, script, "--tiny", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["conv-lax-1seed", "conv-canonical-1seed", "seeds-vmap", "seeds-map"]
+    assert [r["seeds"] for r in rows] == [1, 1, 2, 2]
+    assert all(r["s_per_step_per_seed"] > 0 and r["width"] == 4 for r in rows)
+    assert "speed-up in a scan" in proc.stdout
