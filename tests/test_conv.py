@@ -111,3 +111,18 @@ def test_gradient_in_a_loop_equals_and_is_as_fast_as_outside():
         return min(ts)
 
     assert best(rolled) < 4 * best(unrolled)
+
+
+def test_second_order_gradients_match_jax_rule():
+    """IAU's regulariser differentiates a gradient norm: the custom backward pass must itself be
+    differentiable, with the same result as JAX's rule."""
+    x, kern = _data(9, 8, 3, 4, 3, seed=2)
+
+    def gn(impl):
+        def f(x, w):
+            g = jax.grad(lambda w: (jnp.tanh(conv2d(x, w, 2, 1, impl=impl)) ** 2).sum())(w)
+            return (g ** 2).sum()
+        return jax.grad(f, argnums=(0, 1))(x, kern)
+
+    for a, b in zip(gn("canonical"), gn("lax")):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-3)
