@@ -210,8 +210,9 @@ def run_seeds(exp: Experiment, stream: Stream, hp: dict, keys) -> dict:
 
 def run_grid(exp: Experiment, stream: Stream, hp_grid: dict, keys) -> dict:
     """Every (hyperparameter cell, seed) pair as one program: ``vmap`` over cells of ``vmap``
-    over seeds. ``hp_grid`` leaves have a leading axis of cells."""
+    over seeds (compiled loops instead for convolutional models on the CPU, see
+    :mod:`jaxcl.batching`). ``hp_grid`` leaves have a leading axis of cells."""
     exp.check(stream)
     per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
-    fn = jax.jit(jax.vmap(per_cell, in_axes=(None, None, 0)))
+    fn = jax.jit(over_seeds(per_cell, (None, None, 0), model=exp.model))
     return fn(keys, stream, hp_grid)

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import metrics as M
 from . import report
-from .batching import over_seeds
+from .batching import over_seeds, resolve_mode
 from .cl_study import CONFIGS, CLStudyConfig, build_stream, tiny
 from .loops import Experiment, seeds_keys
 from .methods import get_method
@@ -93,6 +93,8 @@ def run_sweep(cfg: CLStudyConfig, method: str, grid: dict[str, list[float]], *, 
     t0 = time.perf_counter()
     compiled_one = one_cell.lower(keys, stream, one_hp).compile()
     cell_bytes = program_bytes(compiled_one)
+    if chunk is None and resolve_mode("auto", exp.model) == "map":
+        chunk = 1  # vmapping cells would group the convolutions, slow on XLA:CPU (jaxcl.batching)
     if chunk is None:
         budget = int(0.5 * available_memory_bytes())
         chunk = len(cells) if not cell_bytes else max(1, min(len(cells), budget // max(cell_bytes, 1)))

@@ -90,8 +90,10 @@ def test_seeds_in_one_program_equal_separate_runs(stream):
     assert not np.allclose(np.asarray(together["trace"]["loss"][0]), np.asarray(together["trace"]["loss"][1]))
 
 
-def test_sweep_over_traced_hparams_equals_separate_runs(stream):
-    model = make_model("mlp", stream.input_shape, 10, hidden=(32,))
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])  # cnn: compiled loops over cells and seeds on CPU
+def test_sweep_over_traced_hparams_equals_separate_runs(stream, model_name):
+    kw = dict(hidden=(32,)) if model_name == "mlp" else dict(channels=(4, 8), hidden=16)
+    model = make_model(model_name, stream.input_shape, 10, **kw)
     loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
     exp = Experiment(model, get_method("er"), loop, capacity=64)
     grid = {"lr": jnp.array([1e-3, 3e-3]), "replay_fraction": jnp.array([0.25, 0.75])}
