@@ -81,6 +81,8 @@ def test_bad_input_is_a_clear_error():
         conv2d(x, jnp.zeros((3, 3, 3, 5)), impl="fast")
     with pytest.raises(ValueError, match="dilation"):
         Conv(3, 4, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="padding"):
+        Conv(3, 4, (3, 3), padding="CIRCULAR", rngs=nnx.Rngs(0))
 
 
 def test_gradient_in_a_loop_equals_and_is_as_fast_as_outside():

@@ -116,6 +116,11 @@ class Conv(nnx.Conv):
                 d not in (None, 1, (1, 1)) for d in (self.input_dilation, self.kernel_dilation)):
             raise ValueError("jaxcl Conv supports 2-D kernels without dilation or feature groups; "
                              "use flax.nnx.Conv for those")
+        pad = self.padding
+        if (isinstance(pad, str) and pad.upper() not in ("SAME", "VALID", "SAME_LOWER")) or \
+                getattr(self, "mask", None) is not None or self.dtype not in (None, jnp.float32):
+            raise ValueError(f"jaxcl Conv supports SAME/VALID/explicit padding, no mask and float32 "
+                             f"compute (got padding={pad!r}); use flax.nnx.Conv for the rest")
 
     def __call__(self, x_NxHxWxCi):
         s = self.strides
