@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -109,3 +110,50 @@ def test_tiny_study_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["table"]["oracle"]["forget_acc"][0] < 0.1
     assert set(saved["table"]["ssd"]) == set(study.COLUMNS)
+
+
+def test_study_reuses_the_original_and_finished_methods(tmp_path, capsys):
+    """A rerun loads the original/oracle and every finished method (the issue's "trains (or
+    loads) the original model"; an interrupted run loses nothing); other options never load the
+    wrong models; a corrupt models checkpoint is reported and retrained to the same result."""
+    try:
+        fmnist()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+    def run(methods, **kw):
+        args = argparse.Namespace(**{"method": methods, "seeds": 1, "tiny": True, "out": str(tmp_path),
+                                     "forget_class": 3, "scenario": "full-class", **kw})
+        out = study.run(args)
+        return out, capsys.readouterr().out
+
+    first, log = run(["ssd"])
+    assert "saved to" in log and "(cached)" not in log
+    second, log = run(["ssd", "ga"])
+    assert "loaded from" in log
+    assert "ssd           forget" in log and log.count("(cached)") == 2  # oracle and ssd
+    assert second["results"]["ssd"] == first["results"]["ssd"]
+    # another unlearning option: same original, every metric computed again
+    third, log = run(["ssd"], ssd_alpha=50.0)
+    assert "loaded from" in log and "ssd           forget" in log and "(cached)" not in log
+    assert third["table"]["ssd"]["forget_acc"] != first["table"]["ssd"]["forget_acc"] or \
+        third["results"]["ssd"]["weight_change"] != first["results"]["ssd"]["weight_change"]
+    # another forget class: other models
+    _, log = run(["ssd"], forget_class=5)
+    assert "loaded from" not in log and "saved to" in log
+    # corrupt the class-3 models: reported, retrained, same numbers (training is deterministic)
+    models = [d for d in (tmp_path / "cache").iterdir() if d.name.startswith("models-")]
+    for d in models:
+        for f in d.rglob("*"):
+            if f.is_file() and f.parent.name == "d":
+                f.write_bytes(b"\0garbage")
+    shutil.rmtree(next(d for d in (tmp_path / "cache").iterdir() if d.name.startswith("methods-")
+                       and (d / "ga.json").exists()))  # so SSD is evaluated on the retrained models
+    again, log = run(["ssd"])
+    assert "truncated or corrupted" in log and "saved to" in log and "loaded from" not in log
+    np.testing.assert_allclose(again["results"]["ssd"]["metrics"]["forget_acc"],
+                               first["results"]["ssd"]["metrics"]["forget_acc"])
+    _, log = run(["ssd"])
+    assert "loaded from" in log  # the retrained models replaced the corrupt checkpoint
+    _, log = run(["ssd"], fresh=True)
+    assert "(cached)" not in log and "loaded from" not in log and "saved to" in log

@@ -11,7 +11,9 @@ Default size (2-core CPU, about 4 minutes): ResNet-18 at width 16 (channels 16-3
 class (5000) and 1000 test examples, 500 Adam steps of batch 64 (6.4 epochs) for the original
 and the oracle, 15 unlearning steps per method. ``--tiny``: an MLP 784-128-64-10 on 100 examples
 per class, in well under a minute. Prints one table and writes ``results.json``,
-``forget_vs_retain.png`` and ``relearn.png`` to ``--out``.
+``forget_vs_retain.png`` and ``relearn.png`` to ``--out``; the original, the oracle and each
+finished method are kept under ``<out>/cache`` and reused by the next run (:mod:`.store`;
+``--fresh`` ignores them).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from ..studies import Study, register_study
 from . import eval as ev
 from . import finetune, ga, graddiff, gu, iau, npo, oracle, random_label, scenarios, ssd
 from .common import UnlearnConfig, train_classifier
+from .store import RunStore
 
 METHODS = {
     "original": lambda model, p, d, k, cfg: p,
@@ -64,6 +67,8 @@ COLUMNS = ["forget_acc", "retain_acc", "test_acc", "test_forget_acc", "gap", "mi
 
 def add_args(p):
     p.add_argument("--forget-class", type=int, default=3, help="class to forget (default 3: dress)")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain the original and oracle and rerun every method, ignoring <out>/cache")
     p.add_argument("--scenario", default="full-class", choices=scenarios.SCENARIOS)
     p.add_argument("--model", default=None, help="resnet18 (default), vit, cnn, mlp")
     p.add_argument("--ssd-alpha", type=float, default=None, help="SSD alpha (10; 5 for vit)")
@@ -147,13 +152,33 @@ def run(args) -> dict:
     print(f"unlearn-class: {model.name}, scenario {getattr(args, 'scenario', 'full-class')}, "
           f"class {getattr(args, 'forget_class', 3)}, {data.x_train.shape[0]} train "
           f"({data.x_forget.shape[0]} forget), {n_seeds} seed(s)", flush=True)
-    p_orig, c_s, t_s = _timed(seeds(train_orig, (0, None)), k_orig, data)
-    timing = {"original_train": {"compile_s": c_s, "time_s": t_s}}
-    p_oracle, c_s, t_s = _timed(
-        seeds(lambda p, k, d: oracle.run(model, p, d, k, cfg), (0, 0, None)),
-        p_orig, k_meth, data)
-    timing["oracle"] = {"compile_s": c_s, "time_s": t_s}
-    print(f"  original {timing['original_train']['time_s']:.1f}s, oracle {t_s:.1f}s", flush=True)
+    scenario, forget_class = getattr(args, "scenario", "full-class"), getattr(args, "forget_class", 3)
+    models_key = {"model": model.name, "model_kw": size["model_kw"] if model_name == size["model"] else {},
+                  "scenario": scenario, "forget_class": forget_class, "n_per_class": size["n_per_class"],
+                  "n_test": size["n_test"], "n_train": int(data.x_train.shape[0]),
+                  "n_forget": int(data.x_forget.shape[0]), "seeds": n_seeds,
+                  "train": [cfg.train_steps, cfg.train_lr, cfg.batch]}
+    store = RunStore(out_dir, models_key, {"config": dataclasses.asdict(cfg),
+                                           "iau_reg_train": bool(getattr(args, "iau_reg_train", False))},
+                     fresh=bool(getattr(args, "fresh", False)))
+    train_oracle = seeds(lambda p, k, d: oracle.run(model, p, d, k, cfg), (0, 0, None))
+    like = jax.eval_shape(seeds(train_orig, (0, None)), k_orig, data)
+    cached = store.load_models({"original": like, "oracle": like})
+    if cached is not None:
+        (models, meta) = cached
+        p_orig, p_oracle = models["original"], models["oracle"]
+        timing = {**meta["timing"], "loaded_from": store.models_dir}
+        print(f"  original and oracle loaded from {store.models_dir} (trained in "
+              f"{timing['original_train']['time_s']:.1f}s and {timing['oracle']['time_s']:.1f}s; "
+              f"--fresh retrains)", flush=True)
+    else:
+        p_orig, c_s, t_s = _timed(seeds(train_orig, (0, None)), k_orig, data)
+        timing = {"original_train": {"compile_s": c_s, "time_s": t_s}}
+        p_oracle, c_s, t_s = _timed(train_oracle, p_orig, k_meth, data)
+        timing["oracle"] = {"compile_s": c_s, "time_s": t_s}
+        store.save_models({"original": p_orig, "oracle": p_oracle}, {"timing": timing})
+        print(f"  original {timing['original_train']['time_s']:.1f}s, oracle {t_s:.1f}s "
+              f"(saved to {store.models_dir})", flush=True)
     p_iau_orig = None
     if "iau" in methods and getattr(args, "iau_reg_train", False):
         p_iau_orig, c_s, t_s = _timed(seeds(lambda k, d: train_orig(k, d, True), (0, None)),
@@ -165,6 +190,13 @@ def run(args) -> dict:
     relearn_fn = jax.jit(seeds(lambda p, d, k: ev.relearn(model, p, d, k, cfg), (0, None, 0)))
     results = {}
     for name in ["oracle"] + methods:
+        done = store.load_method(name)
+        if done is not None:
+            results[name] = done
+            timing[name] = done["timing"]
+            print(f"  {name:13s} forget {np.mean(done['metrics']['forget_acc']):.3f} retain "
+                  f"{np.mean(done['metrics']['retain_acc']):.3f} (cached)", flush=True)
+            continue
         if name == "oracle":
             params = p_oracle
         else:
@@ -179,6 +211,7 @@ def run(args) -> dict:
         results[name] = {"metrics": {k: np.asarray(v).tolist() for k, v in m.items()},
                          "relearn_curve": curve.tolist(), "weight_change": moved,
                          "timing": timing[name]}
+        store.save_method(name, results[name])
         print(f"  {name:13s} forget {np.mean(m['forget_acc']):.3f} retain "
               f"{np.mean(m['retain_acc']):.3f} ({timing[name]['time_s']:.2f}s)", flush=True)
     table = summarise(results)
