@@ -162,7 +162,7 @@ def run(args) -> dict:
                                            "iau_reg_train": bool(getattr(args, "iau_reg_train", False))},
                      fresh=bool(getattr(args, "fresh", False)))
     train_oracle = seeds(lambda p, k, d: oracle.run(model, p, d, k, cfg), (0, 0, None))
-    like = jax.eval_shape(seeds(train_orig, (0, None)), k_orig, data)
+    like = jax.eval_shape(jax.vmap(model.init), k_orig)  # trained params keep init's structure
     cached = store.load_models({"original": like, "oracle": like})
     if cached is not None:
         (models, meta) = cached
