@@ -1,5 +1,6 @@
 """Shared helpers of the unlearning speed benchmarks (ssd.py, gu_overhead.py): the PyTorch
 ResNet-18 twin of :mod:`jaxcl.models.resnet`, data, timing and JSON-lines output."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ def set_threads(n: int) -> None:
     if n <= 0:
         return
     if n == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
     import torch
 
     torch.set_num_threads(n)
@@ -84,8 +87,10 @@ def interleave(sides: dict, repeats: int) -> dict:
     for _ in range(repeats):
         for k, f in sides.items():
             times[k] += timed(f, 1)
-    return {k: {"first_s": first[k], "median_s": statistics.median(v), "min_s": min(v),
-                "max_s": max(v)} for k, v in times.items()}
+    return {
+        k: {"first_s": first[k], "median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        for k, v in times.items()
+    }
 
 
 def meta() -> dict:
@@ -93,12 +98,21 @@ def meta() -> dict:
     import torch
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(__file__)).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip()
     except Exception:
         commit = ""
-    return {"device": str(jax.devices()[0].device_kind), "platform": platform.machine(),
-            "jax": jax.__version__, "torch": torch.__version__, "commit": commit}
+    return {
+        "device": str(jax.devices()[0].device_kind),
+        "platform": platform.machine(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "commit": commit,
+    }
 
 
 def write_jsonl(path, rows):
@@ -114,8 +128,12 @@ def common_args(ap, out_name: str) -> None:
     """The options every unlearning benchmark shares."""
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for both sides (default 1: on the shared, oversubscribed "
-                         "2-core machine torch's spinning OpenMP threads otherwise run ~10-100x "
-                         "slower; 0 = each library's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for both sides (default 1: on the shared, oversubscribed "
+        "2-core machine torch's spinning OpenMP threads otherwise run ~10-100x "
+        "slower; 0 = each library's default)",
+    )
     ap.add_argument("--out", default=f"benchmarks_speed/results/{out_name}")

@@ -14,6 +14,7 @@ environment), one thread, and reports seconds per training step per seed after c
     python benchmarks_speed/conv_cpu.py            # width 16, 10 steps, 2 seeds
     python benchmarks_speed/conv_cpu.py --tiny
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def child(width: int, steps: int, seeds: int, mode: str) -> float:
             p, o = carry
             xb = jax.lax.dynamic_slice_in_dim(x, (i % 8) * 64, 64)
             yb = jax.lax.dynamic_slice_in_dim(y, (i % 8) * 64, 64)
-            g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-                model.apply_train(p, xb), yb).mean())(p)
+            g = jax.grad(
+                lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply_train(p, xb), yb).mean()
+            )(p)
             u, o = tx.update(g, o, p)
             return (optax.apply_updates(p, u), o), None
 
@@ -84,27 +86,65 @@ def main(argv=None):
     rows = []
     for name, (impl, mode, many) in VARIANTS.items():
         n = a.seeds if many else 1
-        env = dict(os.environ, JAXCL_CONV_IMPL=impl,
-                   XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
-                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-        out = subprocess.run([sys.executable, __file__, "--child", f"{impl}:{mode}:{n}",
-                              "--width", str(a.width), "--steps", str(a.steps)],
-                             env=env, capture_output=True, text=True, check=True)
+        env = dict(
+            os.environ,
+            JAXCL_CONV_IMPL=impl,
+            XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        )
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{impl}:{mode}:{n}",
+                "--width",
+                str(a.width),
+                "--steps",
+                str(a.steps),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"workload": "resnet18-train-scan", "variant": name, "conv": impl, "seed_batching": mode,
-                     "seeds": n, "width": a.width, "steps": a.steps, **r})
+        rows.append(
+            {
+                "workload": "resnet18-train-scan",
+                "variant": name,
+                "conv": impl,
+                "seed_batching": mode,
+                "seeds": n,
+                "width": a.width,
+                "steps": a.steps,
+                **r,
+            }
+        )
         print(f"{name:22s} {r['s_per_step_per_seed'] * 1000:9.1f} ms/step/seed", flush=True)
     by = {r["variant"]: r["s_per_step_per_seed"] for r in rows}
-    print(f"canonical conv speed-up in a scan: {by['conv-lax-1seed'] / by['conv-canonical-1seed']:.1f}x; "
-          f"lax.map over vmap for {a.seeds} seeds: {by['seeds-vmap'] / by['seeds-map']:.1f}x")
+    print(
+        f"canonical conv speed-up in a scan: {by['conv-lax-1seed'] / by['conv-canonical-1seed']:.1f}x; "
+        f"lax.map over vmap for {a.seeds} seeds: {by['seeds-vmap'] / by['seeds-map']:.1f}x"
+    )
     if a.out:
         import jax
 
         with open(a.out, "a") as f:
             for r in rows:
-                f.write(json.dumps({**r, "jax": jax.__version__, "threads": 1,
-                                    "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                                             capture_output=True, text=True).stdout.strip()}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            **r,
+                            "jax": jax.__version__,
+                            "threads": 1,
+                            "commit": subprocess.run(
+                                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                            ).stdout.strip(),
+                        }
+                    )
+                    + "\n"
+                )
     return rows
 
 

@@ -27,6 +27,7 @@ per (seeds, peer) row is appended to ``--out``.
     python benchmarks_speed/er_stream.py                       # full main-job size
     python benchmarks_speed/er_stream.py --tiny --out /tmp/x.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def build_stream(max_train_per_task=None, max_test_per_task=None):
     from jaxcl.data import loaders, streams
 
     data = loaders.fashion_mnist()
-    return streams.split_classes(data, N_TASKS, seed=0, max_train_per_task=max_train_per_task,
-                                 max_test_per_task=max_test_per_task)
+    return streams.split_classes(
+        data, N_TASKS, seed=0, max_train_per_task=max_train_per_task, max_test_per_task=max_test_per_task
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,8 +90,10 @@ class JaxclSide:
 
     @staticmethod
     def summary(out):
-        return {"final_acc_mean": float(np.asarray(out["R"])[:, -1].mean()),
-                "final_acc_per_seed": np.asarray(out["R"])[:, -1].mean(-1).round(4).tolist()}
+        return {
+            "final_acc_mean": float(np.asarray(out["R"])[:, -1].mean()),
+            "final_acc_per_seed": np.asarray(out["R"])[:, -1].mean(-1).round(4).tolist(),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +117,8 @@ class TorchSide:
         test_x, test_y = f(stream.test_x), torch.from_numpy(np.asarray(stream.test_y, np.int64))
         self.test_n = [int(n) for n in stream.test_n]
         # eval subsets of every task, concatenated: one forward pass per evaluation
-        self.eval_x = torch.cat([test_x[t, :min(m, n)] for t, n in enumerate(self.test_n)]).contiguous()
-        self.eval_y = torch.cat([test_y[t, :min(m, n)] for t, n in enumerate(self.test_n)])
+        self.eval_x = torch.cat([test_x[t, : min(m, n)] for t, n in enumerate(self.test_n)]).contiguous()
+        self.eval_y = torch.cat([test_y[t, : min(m, n)] for t, n in enumerate(self.test_n)])
         self.eval_sizes = [min(m, n) for n in self.test_n]
         self.full_x = torch.cat([test_x[t, :n] for t, n in enumerate(self.test_n)]).contiguous()
         self.full_y = torch.cat([test_y[t, :n] for t, n in enumerate(self.test_n)])
@@ -181,7 +185,7 @@ class TorchSide:
                     xb, yb = x, y
                 # reservoir write of the incoming batch (drawn before, so no self-replay)
                 i = seen + ar
-                r = torch.randint(0, 2 ** 31 - 1, (BATCH,), generator=gen) % (i + 1)
+                r = torch.randint(0, 2**31 - 1, (BATCH,), generator=gen) % (i + 1)
                 slot = torch.where(i < CAPACITY, i, r)
                 keep = slot < CAPACITY
                 buf_x[slot[keep]] = x[keep]
@@ -198,8 +202,7 @@ class TorchSide:
                         acc_trace.append(self._accuracy(fwd, self.eval_x, self.eval_y, self.eval_sizes))
             with torch.inference_mode():
                 R.append(self._accuracy(fwd, self.full_x, self.full_y, self.test_n))
-        return {"R0": R0, "R": torch.stack(R), "acc": torch.stack(acc_trace),
-                "loss": torch.stack(losses)}
+        return {"R0": R0, "R": torch.stack(R), "acc": torch.stack(acc_trace), "loss": torch.stack(losses)}
 
     def __call__(self):
         return [self.run_seed(s) for s in range(self.n_seeds)]
@@ -207,8 +210,10 @@ class TorchSide:
     @staticmethod
     def summary(outs):
         per_seed = [float(o["R"][-1].mean()) for o in outs]
-        return {"final_acc_mean": float(np.mean(per_seed)),
-                "final_acc_per_seed": [round(a, 4) for a in per_seed]}
+        return {
+            "final_acc_mean": float(np.mean(per_seed)),
+            "final_acc_per_seed": [round(a, 4) for a in per_seed],
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,20 +226,28 @@ def timed(fn):
 
 
 def stats(ts):
-    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-            "times_s": [round(t, 4) for t in ts]}
+    return {
+        "median_s": statistics.median(ts),
+        "min_s": min(ts),
+        "max_s": max(ts),
+        "times_s": [round(t, 4) for t in ts],
+    }
 
 
 def meta():
-    import jax
     import torch
 
     from jaxcl import report
 
-    return {"versions": {**report.versions(), "torch": torch.__version__},
-            "device": {**report.device_info(), "processor": platform.processor(),
-                       "torch_threads": torch.get_num_threads()},
-            "git_commit": report.git_commit()}
+    return {
+        "versions": {**report.versions(), "torch": torch.__version__},
+        "device": {
+            **report.device_info(),
+            "processor": platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "git_commit": report.git_commit(),
+    }
 
 
 def run_row(stream, loop, n_seeds, repeats, peers, log):
@@ -255,18 +268,23 @@ def run_row(stream, loop, n_seeds, repeats, peers, log):
             continue
         first[side.name] = t
         summaries[side.name] = side.summary(out)
-        log(f"  {n_seeds} seed(s) {side.name}: first call {t:.2f}s, "
-            f"final ACC {summaries[side.name]['final_acc_mean']:.3f}")
+        log(
+            f"  {n_seeds} seed(s) {side.name}: first call {t:.2f}s, "
+            f"final ACC {summaries[side.name]['final_acc_mean']:.3f}"
+        )
     sides = [s for s in sides if s.name not in failed]
     times = {s.name: [] for s in sides}
     load = [os.getloadavg()[0]]
     for r in range(repeats):
-        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        order = sides[r % len(sides) :] + sides[: r % len(sides)]
         for side in order:
             t, _ = timed(side)
             times[side.name].append(t)
         load.append(os.getloadavg()[0])
-        log(f"  repeat {r + 1}/{repeats} (load {load[-1]:.1f}): " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+        log(
+            f"  repeat {r + 1}/{repeats} (load {load[-1]:.1f}): "
+            + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+        )
     extra = {s.name: {"optimizer": s.optimizer_kind} for s in sides if isinstance(s, TorchSide)}
     extra["loadavg_1min"] = [round(v, 2) for v in load]
     return first, times, summaries, failed, extra
@@ -280,15 +298,24 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--eval-per-task", type=int, default=1000)
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: os.cpu_count())")
-    ap.add_argument("--omp-active", action="store_true",
-                    help="leave OMP_WAIT_POLICY unset (default sets PASSIVE when unset)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="seconds-long run: 10 steps/task, eval every 5 on 50/task, 300 train and "
-                         "100 test examples per task, seeds 1 2 and 1 repeat unless given")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "results", "er_stream_cpu.jsonl"))
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: os.cpu_count())"
+    )
+    ap.add_argument(
+        "--omp-active",
+        action="store_true",
+        help="leave OMP_WAIT_POLICY unset (default sets PASSIVE when unset)",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="seconds-long run: 10 steps/task, eval every 5 on 50/task, 300 train and "
+        "100 test examples per task, seeds 1 2 and 1 repeat unless given",
+    )
+    ap.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "er_stream_cpu.jsonl"),
+    )
     ap.add_argument("--note", default="", help="free text stored in every JSON line")
     args = ap.parse_args(argv)
 
@@ -309,17 +336,23 @@ def main(argv=None):
         args.seeds, args.repeats = args.seeds or [1, 2], args.repeats or 1
         max_train, max_test = 300, 100
     args.seeds, args.repeats = args.seeds or [1, 16], args.repeats or 3
-    loop = LoopConfig(steps_per_task=args.steps_per_task, batch_size=BATCH,
-                      eval_every=args.eval_every, eval_per_task=args.eval_per_task)
+    loop = LoopConfig(
+        steps_per_task=args.steps_per_task,
+        batch_size=BATCH,
+        eval_every=args.eval_every,
+        eval_per_task=args.eval_per_task,
+    )
     stream = build_stream(max_train, max_test)
     peers = ["torch-eager"] + (["torch-compile"] if args.compile else [])
     info = meta()
     log = lambda s: print(s, flush=True)
-    log(f"er_stream: split-fashion-mnist class-IL, {N_TASKS} tasks, mlp-784-256-256-10, adam lr {LR}, "
+    log(
+        f"er_stream: split-fashion-mnist class-IL, {N_TASKS} tasks, mlp-784-256-256-10, adam lr {LR}, "
         f"batch {BATCH}, {args.steps_per_task} steps/task, ER reservoir {CAPACITY} @ "
         f"{REPLAY_FRACTION}, eval every {args.eval_every} steps on {args.eval_per_task}/task; "
         f"{info['device']['device_kind']}, {info['device']['cpu_count']} cpus, "
-        f"torch threads {torch.get_num_threads()}")
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     rows = []
     if args.out:
@@ -329,18 +362,32 @@ def main(argv=None):
         jx = stats(times["jaxcl"])
         for peer in peers:
             line = {
-                "workload": "er_stream", "benchmark": "benchmarks_speed/er_stream.py",
+                "workload": "er_stream",
+                "benchmark": "benchmarks_speed/er_stream.py",
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "sizes": {"dataset": "fashion-mnist", "scenario": "class-incremental",
-                          "n_tasks": N_TASKS, "model": "mlp-784-256-256-10", "batch": BATCH,
-                          "lr": LR, "optimizer": "adam", "steps_per_task": args.steps_per_task,
-                          "eval_every": args.eval_every, "eval_per_task": args.eval_per_task,
-                          "buffer_capacity": CAPACITY, "replay_fraction": REPLAY_FRACTION,
-                          "train_per_task": [int(v) for v in stream.train_n],
-                          "test_per_task": [int(v) for v in stream.test_n],
-                          "seeds": n, "repeats": args.repeats, "tiny": args.tiny},
+                "sizes": {
+                    "dataset": "fashion-mnist",
+                    "scenario": "class-incremental",
+                    "n_tasks": N_TASKS,
+                    "model": "mlp-784-256-256-10",
+                    "batch": BATCH,
+                    "lr": LR,
+                    "optimizer": "adam",
+                    "steps_per_task": args.steps_per_task,
+                    "eval_every": args.eval_every,
+                    "eval_per_task": args.eval_per_task,
+                    "buffer_capacity": CAPACITY,
+                    "replay_fraction": REPLAY_FRACTION,
+                    "train_per_task": [int(v) for v in stream.train_n],
+                    "test_per_task": [int(v) for v in stream.test_n],
+                    "seeds": n,
+                    "repeats": args.repeats,
+                    "tiny": args.tiny,
+                },
                 "jaxcl_impl": "jit(vmap(Experiment.run)) over seed keys",
-                "peer": peer, **info, "note": args.note,
+                "peer": peer,
+                **info,
+                "note": args.note,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                 "loadavg_1min": extra["loadavg_1min"],
             }
@@ -353,28 +400,45 @@ def main(argv=None):
                     torch={"first_call_s": first[peer], **pt, **summ[peer], **extra[peer]},
                     ratio=pt["median_s"] / jx["median_s"],
                     ratio_first_call=first[peer] / first["jaxcl"],
-                    seed_steps_per_s={"jaxcl": n * N_TASKS * args.steps_per_task / jx["median_s"],
-                                      peer: n * N_TASKS * args.steps_per_task / pt["median_s"]})
+                    seed_steps_per_s={
+                        "jaxcl": n * N_TASKS * args.steps_per_task / jx["median_s"],
+                        peer: n * N_TASKS * args.steps_per_task / pt["median_s"],
+                    },
+                )
             rows.append(line)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(line) + "\n")
 
-    hdr = ["seeds", "peer", "jaxcl first", "peer first", "jaxcl med [min-max]",
-           "peer med [min-max]", "ratio"]
+    hdr = ["seeds", "peer", "jaxcl first", "peer first", "jaxcl med [min-max]", "peer med [min-max]", "ratio"]
     table = []
     for l in rows:
         j = l["jaxcl"]
         if "skipped" in l:
-            table.append([l["sizes"]["seeds"], l["peer"], f"{j['first_call_s']:.2f}s", "-",
-                          f"{j['median_s']:.2f}s", "skipped", "-"])
+            table.append(
+                [
+                    l["sizes"]["seeds"],
+                    l["peer"],
+                    f"{j['first_call_s']:.2f}s",
+                    "-",
+                    f"{j['median_s']:.2f}s",
+                    "skipped",
+                    "-",
+                ]
+            )
             continue
         p = l["torch"]
-        table.append([l["sizes"]["seeds"], l["peer"], f"{j['first_call_s']:.2f}s",
-                      f"{p['first_call_s']:.2f}s",
-                      f"{j['median_s']:.2f}s [{j['min_s']:.2f}-{j['max_s']:.2f}]",
-                      f"{p['median_s']:.2f}s [{p['min_s']:.2f}-{p['max_s']:.2f}]",
-                      f"{l['ratio']:.2f}x"])
+        table.append(
+            [
+                l["sizes"]["seeds"],
+                l["peer"],
+                f"{j['first_call_s']:.2f}s",
+                f"{p['first_call_s']:.2f}s",
+                f"{j['median_s']:.2f}s [{j['min_s']:.2f}-{j['max_s']:.2f}]",
+                f"{p['median_s']:.2f}s [{p['min_s']:.2f}-{p['max_s']:.2f}]",
+                f"{l['ratio']:.2f}x",
+            ]
+        )
     from jaxcl.report import table as fmt_table
 
     print()

@@ -17,13 +17,22 @@ GradDiff step (same model, fused Adam) is timed side by side as the peer.
     python benchmarks_speed/gu_overhead.py            # width 16, batch 64, rank 8
     python benchmarks_speed/gu_overhead.py --tiny
 """
+
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
-
-from _unlearn_common import common_args, set_threads, fmnist_subset, interleave, meta, torch_float, torch_resnet18, write_jsonl
+from _unlearn_common import (
+    common_args,
+    fmnist_subset,
+    interleave,
+    meta,
+    set_threads,
+    torch_float,
+    torch_resnet18,
+    write_jsonl,
+)
 
 
 def main(argv=None):
@@ -55,6 +64,7 @@ def main(argv=None):
     def sum_retain():
         def update(u, s, p=None, *, retain_grads, **kw):
             return jax.tree.map(lambda g, r: g + r, u, retain_grads), s
+
         return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
 
     def build(proj):
@@ -69,11 +79,19 @@ def main(argv=None):
                 k1, k2 = jax.random.split(jax.random.fold_in(key, i))
                 fi = jax.random.randint(k1, (a.batch,), 0, data["xf"].shape[0])
                 ri = jax.random.randint(k2, (a.batch,), 0, data["x"].shape[0])
-                return step(s, {"x": data["xf"][fi], "y": data["yf"][fi],
-                                "retain_x": data["x"][ri], "retain_y": data["y"][ri]})
+                return step(
+                    s,
+                    {
+                        "x": data["xf"][fi],
+                        "y": data["yf"][fi],
+                        "retain_x": data["x"][ri],
+                        "retain_y": data["y"][ri],
+                    },
+                )
 
             s, m = jax.lax.scan(body, state, jnp.arange(a.steps))
             return s.params
+
         return run
 
     key = jax.random.key(1)
@@ -82,7 +100,7 @@ def main(argv=None):
     sides["no-projection"] = lambda: jax.block_until_ready(base(params, data, key))
     for r in a.rank:
         f = build(gu.project_out(rank=r, mode=a.mode, add_retain=True))
-        sides[f"gu-rank-{r}"] = (lambda f=f: jax.block_until_ready(f(params, data, key)))
+        sides[f"gu-rank-{r}"] = lambda f=f: jax.block_until_ready(f(params, data, key))
 
     tm = torch_resnet18(a.width).eval()
     opt = torch.optim.Adam(tm.parameters(), lr=1e-4)
@@ -107,9 +125,18 @@ def main(argv=None):
     rows = []
     print(f"{'side':22s} {'first_s':>9s} {'ms/step':>9s} {'vs no-proj':>10s}")
     for k, r in res.items():
-        row = {"workload": "gu-overhead", "side": k, "model": f"resnet18-w{a.width}", "batch": a.batch,
-               "steps": a.steps, "mode": a.mode, **m, **r, "ms_per_step": 1e3 * r["median_s"] / a.steps,
-               "ratio_vs_no_projection": r["median_s"] / base_t}
+        row = {
+            "workload": "gu-overhead",
+            "side": k,
+            "model": f"resnet18-w{a.width}",
+            "batch": a.batch,
+            "steps": a.steps,
+            "mode": a.mode,
+            **m,
+            **r,
+            "ms_per_step": 1e3 * r["median_s"] / a.steps,
+            "ratio_vs_no_projection": r["median_s"] / base_t,
+        }
         rows.append(row)
         print(f"{k:22s} {r['first_s']:9.3f} {row['ms_per_step']:9.2f} {row['ratio_vs_no_projection']:10.3f}")
     write_jsonl(a.out, rows)

@@ -22,6 +22,7 @@ tokens (+ 6 * d * V * tokens for the output projection).
     python benchmarks_speed/llm_step.py --layers 30 --batch 16 --seq 1024 --dtype bfloat16 --compile  # GPU
     python benchmarks_speed/llm_step.py --tiny --out /tmp/x.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,238 +39,301 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 
 if __package__ in (None, ""):
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def stats(ts):
-  return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-          "times_s": [round(t, 4) for t in ts]}
+    return {
+        "median_s": statistics.median(ts),
+        "min_s": min(ts),
+        "max_s": max(ts),
+        "times_s": [round(t, 4) for t in ts],
+    }
 
 
 def meta():
-  import torch
-  from jaxcl import report
-  return {"versions": {**report.versions(), "torch": torch.__version__},
-          "device": {**report.device_info(), "torch_threads": torch.get_num_threads()},
-          "git_commit": report.git_commit()}
+    import torch
+
+    from jaxcl import report
+
+    return {
+        "versions": {**report.versions(), "torch": torch.__version__},
+        "device": {**report.device_info(), "torch_threads": torch.get_num_threads()},
+        "git_commit": report.git_commit(),
+    }
 
 
 def model_flops_per_token(cfg, T):
-  D, F, L, V, hd = cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.vocab_size, cfg.hd
-  per_layer = D * (cfg.n_heads * hd) * 2 + D * (cfg.n_kv_heads * hd) * 2 + 3 * D * F
-  return 6 * (L * per_layer + D * V) + 12 * L * T * D
+    D, F, L, V, hd = cfg.d_model, cfg.d_ff, cfg.n_layers, cfg.vocab_size, cfg.hd
+    per_layer = D * (cfg.n_heads * hd) * 2 + D * (cfg.n_kv_heads * hd) * 2 + 3 * D * F
+    return 6 * (L * per_layer + D * V) + 12 * L * T * D
 
 
 def matmul_peak_flops():
-  import jax
-  import jax.numpy as jnp
-  n = 8192
-  a = jnp.ones((n, n), jnp.bfloat16)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  ts = []
-  for _ in range(5):
-    t = time.perf_counter()
+    import jax
+    import jax.numpy as jnp
+
+    n = 8192
+    a = jnp.ones((n, n), jnp.bfloat16)
+    f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
-    ts.append(time.perf_counter() - t)
-  return 2 * n ** 3 / min(ts)
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / min(ts)
 
 
 class JaxTrain:
-  name = "jaxcl"
+    name = "jaxcl"
 
-  def __init__(self, cfg, params, tokens, steps, lr):
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from jaxcl import engine
-    from jaxcl.models import llama
-    self.jax = jax
-    tx = optax.adamw(lr)
+    def __init__(self, cfg, params, tokens, steps, lr):
+        import jax
+        import jax.numpy as jnp
+        import optax
 
-    def loss_fn(p, batch, key):
-      lp = llama.token_logprobs(cfg, p, batch)
-      return -lp.mean(), {}
-    step = engine.make_step(loss_fn, tx)
+        from jaxcl import engine
+        from jaxcl.models import llama
 
-    @jax.jit
-    def run(state, toks_SxBxT):
-      return jax.lax.scan(step, state, toks_SxBxT)
-    self.run = run
-    self.state = engine.init_state(params, tx, 0)
-    self.toks = jnp.broadcast_to(jnp.asarray(tokens), (steps, *tokens.shape))
+        self.jax = jax
+        tx = optax.adamw(lr)
 
-  def __call__(self):
-    self.state, m = self.run(self.state, self.toks)
-    self.jax.block_until_ready(self.state.params)
-    return float(m["loss"][-1])
+        def loss_fn(p, batch, key):
+            lp = llama.token_logprobs(cfg, p, batch)
+            return -lp.mean(), {}
+
+        step = engine.make_step(loss_fn, tx)
+
+        @jax.jit
+        def run(state, toks_SxBxT):
+            return jax.lax.scan(step, state, toks_SxBxT)
+
+        self.run = run
+        self.state = engine.init_state(params, tx, 0)
+        self.toks = jnp.broadcast_to(jnp.asarray(tokens), (steps, *tokens.shape))
+
+    def __call__(self):
+        self.state, m = self.run(self.state, self.toks)
+        self.jax.block_until_ready(self.state.params)
+        return float(m["loss"][-1])
 
 
 class TorchTrain:
-  def __init__(self, cfg, params, tokens, steps, lr, dtype, compile_):
-    import torch
-    from jaxcl import hf
-    self.torch, self.steps = torch, steps
-    self.name = "torch-compile" if compile_ else "torch-eager"
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    self.model = hf.to_torch_llama(cfg, params).to(dev).train()
-    self.fwd = torch.compile(self.model) if compile_ else self.model
-    try:
-      self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4, fused=True)
-    except (RuntimeError, TypeError):
-      self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
-    self.ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=dev)
-    self.amp = dtype == "bfloat16"
-    self.dev = dev
+    def __init__(self, cfg, params, tokens, steps, lr, dtype, compile_):
+        import torch
 
-  def __call__(self):
-    torch = self.torch
-    for _ in range(self.steps):
-      with torch.autocast(self.dev, dtype=torch.bfloat16, enabled=self.amp):
-        loss = self.fwd(self.ids, labels=self.ids).loss
-      loss.backward()
-      self.opt.step()
-      self.opt.zero_grad(set_to_none=True)
-    if self.dev == "cuda":
-      torch.cuda.synchronize()
-    return loss.item()
+        from jaxcl import hf
+
+        self.torch, self.steps = torch, steps
+        self.name = "torch-compile" if compile_ else "torch-eager"
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = hf.to_torch_llama(cfg, params).to(dev).train()
+        self.fwd = torch.compile(self.model) if compile_ else self.model
+        try:
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4, fused=True)
+        except (RuntimeError, TypeError):
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
+        self.ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=dev)
+        self.amp = dtype == "bfloat16"
+        self.dev = dev
+
+    def __call__(self):
+        torch = self.torch
+        for _ in range(self.steps):
+            with torch.autocast(self.dev, dtype=torch.bfloat16, enabled=self.amp):
+                loss = self.fwd(self.ids, labels=self.ids).loss
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        if self.dev == "cuda":
+            torch.cuda.synchronize()
+        return loss.item()
 
 
 class JaxGen:
-  name = "jaxcl"
+    name = "jaxcl"
 
-  def __init__(self, cfg, params, prompts, new):
-    from jaxcl import generate
-    self.f = lambda: np.asarray(generate.generate(cfg, params, prompts, max_new_tokens=new,
-                                                  pad_multiple=1))
+    def __init__(self, cfg, params, prompts, new):
+        from jaxcl import generate
 
-  def __call__(self):
-    return self.f()
+        self.f = lambda: np.asarray(
+            generate.generate(cfg, params, prompts, max_new_tokens=new, pad_multiple=1)
+        )
+
+    def __call__(self):
+        return self.f()
 
 
 class TorchGen:
-  name = "transformers-generate"
+    name = "transformers-generate"
 
-  def __init__(self, cfg, params, prompts, new, dtype):
-    import torch
-    from jaxcl import hf
-    self.torch = torch
-    self.dev = "cuda" if torch.cuda.is_available() else "cpu"
-    tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    self.model = hf.to_torch_llama(cfg, params, dtype=tdt).to(self.dev).eval()
-    self.ids = torch.as_tensor(np.asarray(prompts), dtype=torch.long, device=self.dev)
-    self.new = new
+    def __init__(self, cfg, params, prompts, new, dtype):
+        import torch
 
-  def __call__(self):
-    torch = self.torch
-    with torch.inference_mode():
-      out = self.model.generate(self.ids, attention_mask=torch.ones_like(self.ids), do_sample=False,
-                                max_new_tokens=self.new, min_new_tokens=self.new, pad_token_id=0)
-    if self.dev == "cuda":
-      torch.cuda.synchronize()
-    return out[:, self.ids.shape[1]:].cpu().numpy()
+        from jaxcl import hf
+
+        self.torch = torch
+        self.dev = "cuda" if torch.cuda.is_available() else "cpu"
+        tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        self.model = hf.to_torch_llama(cfg, params, dtype=tdt).to(self.dev).eval()
+        self.ids = torch.as_tensor(np.asarray(prompts), dtype=torch.long, device=self.dev)
+        self.new = new
+
+    def __call__(self):
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model.generate(
+                self.ids,
+                attention_mask=torch.ones_like(self.ids),
+                do_sample=False,
+                max_new_tokens=self.new,
+                min_new_tokens=self.new,
+                pad_token_id=0,
+            )
+        if self.dev == "cuda":
+            torch.cuda.synchronize()
+        return out[:, self.ids.shape[1] :].cpu().numpy()
 
 
 def bench(sides, repeats, log):
-  first = {}
-  for s in sides:
-    t = time.perf_counter()
-    s()
-    first[s.name] = time.perf_counter() - t
-    log(f"  first call {s.name}: {first[s.name]:.2f}s")
-  times = {s.name: [] for s in sides}
-  for r in range(repeats):
-    order = sides[r % len(sides):] + sides[:r % len(sides)]
-    for s in order:
-      t = time.perf_counter()
-      s()
-      times[s.name].append(time.perf_counter() - t)
-  return first, {k: stats(v) for k, v in times.items()}
+    first = {}
+    for s in sides:
+        t = time.perf_counter()
+        s()
+        first[s.name] = time.perf_counter() - t
+        log(f"  first call {s.name}: {first[s.name]:.2f}s")
+    times = {s.name: [] for s in sides}
+    for r in range(repeats):
+        order = sides[r % len(sides) :] + sides[: r % len(sides)]
+        for s in order:
+            t = time.perf_counter()
+            s()
+            times[s.name].append(time.perf_counter() - t)
+    return first, {k: stats(v) for k, v in times.items()}
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--layers", type=int, default=4, help="SmolLM2-135M has 30")
-  p.add_argument("--batch", type=int, default=4)
-  p.add_argument("--seq", type=int, default=256)
-  p.add_argument("--steps", type=int, default=3, help="training steps per timed call")
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--prompt", type=int, default=64)
-  p.add_argument("--new", type=int, default=32)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--compile", action="store_true", help="add a torch.compile row (training)")
-  p.add_argument("--no-generate", action="store_true")
-  p.add_argument("--tiny", action="store_true", help="tiny model, for a quick check")
-  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               "results", "llm_step_cpu.jsonl"))
-  a = p.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--layers", type=int, default=4, help="SmolLM2-135M has 30")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3, help="training steps per timed call")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prompt", type=int, default=64)
+    p.add_argument("--new", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="add a torch.compile row (training)")
+    p.add_argument("--no-generate", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="tiny model, for a quick check")
+    p.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "llm_step_cpu.jsonl"),
+    )
+    a = p.parse_args(argv)
 
-  import jax
-  import torch
-  from jaxcl.models import llama
-  cfg = (llama.tiny(vocab_size=512) if a.tiny
-         else llama.smollm2_135m(n_layers=a.layers)).replace(compute_dtype=a.dtype)
-  if a.tiny:
-    a.batch, a.seq, a.steps, a.prompt, a.new, a.repeats = 2, 32, 2, 8, 4, 2
-  params = llama.init_params(cfg, seed=0)
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, cfg.vocab_size, (a.batch, a.seq)).astype(np.int32)
-  info = meta()
-  on_gpu = jax.default_backend() == "gpu"
-  peak = matmul_peak_flops() if on_gpu else None
-  log = lambda s: print(s, flush=True)
-  log(f"[llm_step] {info['device']} torch {torch.__version__}; cfg layers {cfg.n_layers} d "
-      f"{cfg.d_model} vocab {cfg.vocab_size}, B {a.batch} T {a.seq}, {a.dtype}")
-  rows = []
+    import jax
+    import torch
 
-  sides = [JaxTrain(cfg, params, tokens, a.steps, 1e-4),
-           TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, False)]
-  if a.compile:
-    try:
-      side = TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, True)
-      side()
-      sides.append(side)
-    except Exception as e:  # torch.compile may lack a compiler here
-      log(f"  torch-compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-  first, st = bench(sides, a.repeats, log)
-  n_tok = a.batch * a.seq * a.steps
-  fpt = model_flops_per_token(cfg, a.seq)
-  for name, s in st.items():
-    tps = n_tok / s["median_s"]
-    row = dict(workload="llm_train_step", side=name, layers=cfg.n_layers, d_model=cfg.d_model,
-               vocab=cfg.vocab_size, batch=a.batch, seq=a.seq, steps_per_call=a.steps, dtype=a.dtype,
-               tokens_per_s=tps, first_call_s=first[name], **s,
-               ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
-               mfu=(tps * fpt / peak) if peak else None, **info)
-    rows.append(row)
+    from jaxcl.models import llama
 
-  if not a.no_generate:
-    prompts = rng.integers(0, cfg.vocab_size, (a.batch, a.prompt)).astype(np.int32)
-    gsides = [JaxGen(cfg, params, prompts, a.new), TorchGen(cfg, params, prompts, a.new, a.dtype)]
-    first, st = bench(gsides, a.repeats, log)
-    same = (gsides[0]() == gsides[1]()).mean()
-    n_tok = a.batch * a.new
+    cfg = (llama.tiny(vocab_size=512) if a.tiny else llama.smollm2_135m(n_layers=a.layers)).replace(
+        compute_dtype=a.dtype
+    )
+    if a.tiny:
+        a.batch, a.seq, a.steps, a.prompt, a.new, a.repeats = 2, 32, 2, 8, 4, 2
+    params = llama.init_params(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, (a.batch, a.seq)).astype(np.int32)
+    info = meta()
+    on_gpu = jax.default_backend() == "gpu"
+    peak = matmul_peak_flops() if on_gpu else None
+    log = lambda s: print(s, flush=True)
+    log(
+        f"[llm_step] {info['device']} torch {torch.__version__}; cfg layers {cfg.n_layers} d "
+        f"{cfg.d_model} vocab {cfg.vocab_size}, B {a.batch} T {a.seq}, {a.dtype}"
+    )
+    rows = []
+
+    sides = [
+        JaxTrain(cfg, params, tokens, a.steps, 1e-4),
+        TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, False),
+    ]
+    if a.compile:
+        try:
+            side = TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, True)
+            side()
+            sides.append(side)
+        except Exception as e:  # torch.compile may lack a compiler here
+            log(f"  torch-compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    first, st = bench(sides, a.repeats, log)
+    n_tok = a.batch * a.seq * a.steps
+    fpt = model_flops_per_token(cfg, a.seq)
     for name, s in st.items():
-      tps = n_tok / s["median_s"]
-      rows.append(dict(workload="llm_generate", side=name, layers=cfg.n_layers, batch=a.batch,
-                       prompt=a.prompt, new=a.new, dtype=a.dtype, tokens_per_s=tps,
-                       first_call_s=first[name], **s, greedy_token_agreement=float(same),
-                       ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps, **info))
+        tps = n_tok / s["median_s"]
+        row = dict(
+            workload="llm_train_step",
+            side=name,
+            layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            vocab=cfg.vocab_size,
+            batch=a.batch,
+            seq=a.seq,
+            steps_per_call=a.steps,
+            dtype=a.dtype,
+            tokens_per_s=tps,
+            first_call_s=first[name],
+            **s,
+            ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
+            mfu=(tps * fpt / peak) if peak else None,
+            **info,
+        )
+        rows.append(row)
 
-  log(f"{'workload':16s} {'side':22s} {'tokens/s':>10s} {'median s':>9s} {'first s':>8s} "
-      f"{'jaxcl x':>8s}" + ("  MFU" if peak else ""))
-  for r in rows:
-    log(f"{r['workload']:16s} {r['side']:22s} {r['tokens_per_s']:10.1f} {r['median_s']:9.3f} "
-        f"{r['first_call_s']:8.2f} {r['ratio_jaxcl_over_this']:8.2f}"
-        + (f"  {r['mfu']:.1%}" if peak and r.get("mfu") else ""))
-  if a.out:
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "a") as f:
-      for r in rows:
-        f.write(json.dumps(r, default=str) + "\n")
-    log(f"appended {len(rows)} rows to {a.out}")
-  return rows
+    if not a.no_generate:
+        prompts = rng.integers(0, cfg.vocab_size, (a.batch, a.prompt)).astype(np.int32)
+        gsides = [JaxGen(cfg, params, prompts, a.new), TorchGen(cfg, params, prompts, a.new, a.dtype)]
+        first, st = bench(gsides, a.repeats, log)
+        same = (gsides[0]() == gsides[1]()).mean()
+        n_tok = a.batch * a.new
+        for name, s in st.items():
+            tps = n_tok / s["median_s"]
+            rows.append(
+                dict(
+                    workload="llm_generate",
+                    side=name,
+                    layers=cfg.n_layers,
+                    batch=a.batch,
+                    prompt=a.prompt,
+                    new=a.new,
+                    dtype=a.dtype,
+                    tokens_per_s=tps,
+                    first_call_s=first[name],
+                    **s,
+                    greedy_token_agreement=float(same),
+                    ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
+                    **info,
+                )
+            )
+
+    log(
+        f"{'workload':16s} {'side':22s} {'tokens/s':>10s} {'median s':>9s} {'first s':>8s} "
+        f"{'jaxcl x':>8s}" + ("  MFU" if peak else "")
+    )
+    for r in rows:
+        log(
+            f"{r['workload']:16s} {r['side']:22s} {r['tokens_per_s']:10.1f} {r['median_s']:9.3f} "
+            f"{r['first_call_s']:8.2f} {r['ratio_jaxcl_over_this']:8.2f}"
+            + (f"  {r['mfu']:.1%}" if peak and r.get("mfu") else "")
+        )
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r, default=str) + "\n")
+        log(f"appended {len(rows)} rows to {a.out}")
+    return rows
 
 
 if __name__ == "__main__":
-  main()
+    main()

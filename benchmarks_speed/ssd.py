@@ -16,13 +16,22 @@ ratio = torch median / jaxcl median (> 1: jaxcl faster). Target: >= 1.3 on a GPU
     python benchmarks_speed/ssd.py --width 64 --n-train 10000   # the paper's width (GPU)
     python benchmarks_speed/ssd.py --tiny
 """
+
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
-
-from _unlearn_common import common_args, set_threads, fmnist_subset, interleave, meta, torch_float, torch_resnet18, write_jsonl
+from _unlearn_common import (
+    common_args,
+    fmnist_subset,
+    interleave,
+    meta,
+    set_threads,
+    torch_float,
+    torch_resnet18,
+    write_jsonl,
+)
 
 
 def main(argv=None):
@@ -64,7 +73,7 @@ def main(argv=None):
         b = min(a.batch, len(xs))
         for i in range(nb):
             tm.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(tm(xs[i * b:(i + 1) * b]), ys[i * b:(i + 1) * b])
+            loss = torch.nn.functional.cross_entropy(tm(xs[i * b : (i + 1) * b]), ys[i * b : (i + 1) * b])
             loss.backward()
             grads = [p.grad for p in plist]
             torch._foreach_addcmul_(imp, grads, grads)
@@ -79,15 +88,27 @@ def main(argv=None):
                 beta = torch.clamp(d / torch.where(sel, f, torch.ones_like(f)), max=1.0)
                 p.copy_(torch.where(sel, p * beta, p))
 
-    sides = {"jaxcl": lambda: jax.block_until_ready(jax_ssd(params, dx, dy, dxf, dyf)),
-             "torch-eager": torch_ssd}
+    sides = {
+        "jaxcl": lambda: jax.block_until_ready(jax_ssd(params, dx, dy, dxf, dyf)),
+        "torch-eager": torch_ssd,
+    }
     res = interleave(sides, a.repeats)
     m = dict(meta(), threads=a.threads)
     rows = []
     for k, r in res.items():
-        rows.append({"workload": "ssd-end-to-end", "side": k, "model": f"resnet18-w{a.width}",
-                     "n_train": a.n_train, "n_forget": int(len(xf)), "batch": a.batch, **m, **r,
-                     "ratio_torch_over_jaxcl": res["torch-eager"]["median_s"] / res["jaxcl"]["median_s"]})
+        rows.append(
+            {
+                "workload": "ssd-end-to-end",
+                "side": k,
+                "model": f"resnet18-w{a.width}",
+                "n_train": a.n_train,
+                "n_forget": int(len(xf)),
+                "batch": a.batch,
+                **m,
+                **r,
+                "ratio_torch_over_jaxcl": res["torch-eager"]["median_s"] / res["jaxcl"]["median_s"],
+            }
+        )
     print(f"{'side':12s} {'first_s':>9s} {'median_s':>9s}")
     for k, r in res.items():
         print(f"{k:12s} {r['first_s']:9.3f} {r['median_s']:9.3f}")

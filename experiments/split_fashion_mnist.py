@@ -14,6 +14,7 @@ the last task), EWC ~20% (EWC does not help in class-incremental learning; see v
 2022), ER ~79%, joint ~82%; ER shows a clear stability gap (min-ACC ~11% against ACC ~79%).
 Writes runs/split-fashion-mnist/{results.json, accuracy_matrix.png, stability_gap.png}.
 """
+
 import sys
 
 from jaxcl import cli

@@ -21,15 +21,16 @@ so ROUGE and model utility are ~0). With SmolLM2: GA drives forget probability t
 utility down with it; GradDiff/NPO keep more utility; GU variants change the forget set less per
 step but keep retain probability and model utility closer to the target model's.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 
 if __package__ in (None, ""):  # `python experiments/tofu.py` from the repository root
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxcl.tofu.cli import config_from_args, main, parse  # noqa: E402,F401
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -35,6 +35,7 @@ separate methods on this data: dress is linearly decodable even from the oracle'
 (probe 0.79).
 Writes runs/unlearn-class/{results.json, forget_vs_retain.png, relearn.png}.
 """
+
 import sys
 
 from jaxcl import cli

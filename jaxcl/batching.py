@@ -12,10 +12,11 @@ convolutions natively, so there ``vmap`` is kept.
 the model's forward pass contains a convolution, ``vmap`` otherwise. Both give the same stacked
 outputs (seed axis first), so callers do not care which ran.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -12,15 +12,15 @@ optimizer and method state, replay buffer, RNG key, step, non-finite marker), th
 * A checkpoint written under a different config is refused with :class:`ConfigMismatchError`
   naming the field that differs.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import jax
-import numpy as np
 
 
 class ConfigMismatchError(ValueError):
@@ -31,7 +31,7 @@ class CheckpointCorruptWarning(UserWarning):
     """A checkpoint could not be read and an older one was used."""
 
 
-def _diff(saved: Any, current: Any, path: str = "") -> Optional[str]:
+def _diff(saved: Any, current: Any, path: str = "") -> str | None:
     if isinstance(saved, dict) and isinstance(current, dict):
         for k in sorted(set(saved) | set(current)):
             if k not in saved or k not in current:
@@ -54,10 +54,12 @@ def _lookup(tree: Any, path: str) -> Any:
 
 def _to_host(tree):
     """Typed PRNG keys become their raw uint32 data (orbax stores plain arrays)."""
+
     def conv(a):
         if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             return {"__prng_key__": jax.random.key_data(a)}
         return a
+
     return jax.tree.map(conv, tree)
 
 
@@ -66,6 +68,7 @@ def _from_host(tree, like):
         if isinstance(ref, jax.Array) and jax.dtypes.issubdtype(ref.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(saved["__prng_key__"])
         return saved
+
     return jax.tree.map(conv, tree, like, is_leaf=lambda x: isinstance(x, dict) and "__prng_key__" in x)
 
 
@@ -79,27 +82,35 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.config = json.loads(json.dumps(config))
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        )
 
     def save(self, index: int, payload: Any, meta: dict) -> None:
         ocp = self._ocp
         if index in self.manager.all_steps():  # a corrupt checkpoint we fell back from: replace it
             self.manager.delete(index)
-        self.manager.save(index, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_host(payload)),
-            meta=ocp.args.JsonSave({**meta, "config": self.config})), force=True)
+        self.manager.save(
+            index,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_host(payload)),
+                meta=ocp.args.JsonSave({**meta, "config": self.config}),
+            ),
+            force=True,
+        )
         self.manager.wait_until_finished()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore_latest(self, like: Any) -> Optional[tuple[Any, dict]]:
+    def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
         """Newest readable checkpoint as ``(payload, meta)``, or None when there is none."""
         ocp = self._ocp
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_host(like))
         for index in reversed(self.steps()):
             try:
-                meta = self.manager.restore(index, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                meta = self.manager.restore(index, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                    "meta"
+                ]
             except Exception as e:  # unreadable metadata: a corrupt checkpoint
                 self._warn(index, e)
                 continue
@@ -109,10 +120,12 @@ class Checkpointer:
                     f"the checkpoint in {self.directory}/{index} was written with a different "
                     f"configuration: field '{field}' is {_lookup(meta.get('config'), field)!r} there "
                     f"and {_lookup(self.config, field)!r} now. Resume with the same options, or "
-                    f"start a new run in another --out directory.")
+                    f"start a new run in another --out directory."
+                )
             try:
-                out = self.manager.restore(index, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract)))["state"]
+                out = self.manager.restore(
+                    index, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )["state"]
             except Exception as e:
                 self._warn(index, e)
                 continue
@@ -120,7 +133,9 @@ class Checkpointer:
         return None
 
     def _warn(self, index: int, err: Exception) -> None:
-        msg = (f"checkpoint {self.directory}/{index} is truncated or corrupted "
-               f"({type(err).__name__}: {str(err)[:200]}); falling back to the previous one")
+        msg = (
+            f"checkpoint {self.directory}/{index} is truncated or corrupted "
+            f"({type(err).__name__}: {str(err)[:200]}); falling back to the previous one"
+        )
         warnings.warn(msg, CheckpointCorruptWarning, stacklevel=3)
         print("warning:", msg, flush=True)

@@ -6,12 +6,12 @@ method, called once per task with the task index traced, so it compiles once; ch
 non-finite losses at every task end, computes the metrics of :mod:`jaxcl.metrics` per seed,
 prints a mean ± std table and writes ``results.json`` and the plots of :mod:`jaxcl.plots`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,13 @@ import numpy as np
 
 from . import metrics as M
 from . import plots, report
-from .data import loaders, streams
 from .batching import over_seeds, resolve_mode
+from .data import loaders, streams
 from .engine import check_finite
 from .loops import Experiment, LoopConfig, seeds_keys
 from .methods import METHODS, get_method
 from .models import make_model
 from .studies import Study, register_study
-
 
 # the stability-gap protocol evaluates every iteration on ~1000 test samples per task; every 2nd
 # step keeps the 5-seed, 4-method main job well inside 5 minutes on a 2-core CPU
@@ -45,8 +44,8 @@ class CLStudyConfig:
     seeds: int = 5
     seed: int = 0
     loop: LoopConfig = MAIN_LOOP
-    max_train_per_task: Optional[int] = None
-    max_test_per_task: Optional[int] = None
+    max_train_per_task: int | None = None
+    max_test_per_task: int | None = None
     hparams: tuple = ()  # ((method, ((name, value), ...)), ...)
     options: tuple = ()  # ((method, ((name, value), ...)), ...)
     wf_window: int = 10
@@ -57,22 +56,30 @@ class CLStudyConfig:
     def method_options(self, method: str) -> dict:
         return dict(dict(self.options).get(method, ()))
 
-TINY_LOOP = LoopConfig(steps_per_task=40, batch_size=32, eval_every=5, eval_per_task=100,
-                       consolidate_samples=64)
-TINY = dict(max_train_per_task=1000, max_test_per_task=200, seeds=2, loop=TINY_LOOP,
-            model_kwargs=(("hidden", (64,)),))
+
+TINY_LOOP = LoopConfig(
+    steps_per_task=40, batch_size=32, eval_every=5, eval_per_task=100, consolidate_samples=64
+)
+TINY = dict(
+    max_train_per_task=1000, max_test_per_task=200, seeds=2, loop=TINY_LOOP, model_kwargs=(("hidden", (64,)),)
+)
 
 CONFIGS = {
     "split-fashion-mnist": CLStudyConfig("split-fashion-mnist"),
     "split-fashion-mnist-til": CLStudyConfig("split-fashion-mnist-til", scenario="task-incremental"),
-    "permuted-fashion-mnist": CLStudyConfig("permuted-fashion-mnist", scenario="permuted",
-                                            max_train_per_task=10000),
-    "rotated-fashion-mnist": CLStudyConfig("rotated-fashion-mnist", scenario="rotated",
-                                           max_train_per_task=10000),
+    "permuted-fashion-mnist": CLStudyConfig(
+        "permuted-fashion-mnist", scenario="permuted", max_train_per_task=10000
+    ),
+    "rotated-fashion-mnist": CLStudyConfig(
+        "rotated-fashion-mnist", scenario="rotated", max_train_per_task=10000
+    ),
     "split-mnist": CLStudyConfig("split-mnist", dataset="mnist-10k"),
-    "split-digits": CLStudyConfig("split-digits", dataset="digits", model_kwargs=(("hidden", (128,)),),
-                                  loop=LoopConfig(steps_per_task=100, batch_size=32, eval_every=5,
-                                                  eval_per_task=1000)),
+    "split-digits": CLStudyConfig(
+        "split-digits",
+        dataset="digits",
+        model_kwargs=(("hidden", (128,)),),
+        loop=LoopConfig(steps_per_task=100, batch_size=32, eval_every=5, eval_per_task=1000),
+    ),
 }
 
 
@@ -91,7 +98,7 @@ def build_stream(cfg: CLStudyConfig) -> streams.Stream:
     return streams.make_stream(data, cfg.scenario, cfg.n_tasks, seed=cfg.seed, **kw)
 
 
-def _segments(chunks_per_task: int, every: Optional[int]) -> list[int]:
+def _segments(chunks_per_task: int, every: int | None) -> list[int]:
     """Chunk counts of the calls that make up one task (one call unless checkpointing)."""
     if not every or every >= chunks_per_task:
         return [chunks_per_task]
@@ -108,9 +115,18 @@ def _kill_hook(saves: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_dir: Optional[str] = None,
-               checkpoint_every: Optional[int] = None, resume: bool = False) -> dict:
-    """All seeds of one method in one program (:func:`jaxcl.batching.over_seeds`); returns numpy arrays with a leading seed axis.
+def run_method(
+    cfg: CLStudyConfig,
+    stream,
+    method: str,
+    *,
+    progress=None,
+    ckpt_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+) -> dict:
+    """All seeds of one method in one program (:func:`jaxcl.batching.over_seeds`); returns numpy
+    arrays with a leading seed axis.
 
     With ``ckpt_dir`` a checkpoint is saved at every task end and, with ``checkpoint_every``,
     every that many steps inside a task; ``resume`` continues from the newest good checkpoint
@@ -120,8 +136,10 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
     exp = Experiment(model, get_method(method), cfg.loop, **cfg.method_options(method))
     exp.check(stream)  # shape mismatches are reported here, before any compilation
     if checkpoint_every is not None and (checkpoint_every <= 0 or checkpoint_every % cfg.loop.eval_every):
-        raise ValueError(f"--checkpoint-every {checkpoint_every} must be a positive multiple of "
-                         f"eval_every={cfg.loop.eval_every}")
+        raise ValueError(
+            f"--checkpoint-every {checkpoint_every} must be a positive multiple of "
+            f"eval_every={cfg.loop.eval_every}"
+        )
     hp = exp.default_hparams(**cfg.method_hparams(method))
     keys = seeds_keys(cfg.seed, cfg.seeds)
     T, E = stream.n_tasks, exp.chunks_per_task
@@ -129,9 +147,13 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
     seeds = lambda fn, in_axes: over_seeds(fn, in_axes, model=model)  # vmap, or lax.map (CPU convs)
     init = jax.jit(seeds(exp.init, (0, None, None)))
     acc0 = jax.jit(seeds(exp.initial_accuracy, (0, None)))
-    chunk_fns = {n: jax.jit(seeds(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n),
-                                  (0, None, None, None)), donate_argnums=0)
-                 for n in set(segments)}
+    chunk_fns = {
+        n: jax.jit(
+            seeds(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n), (0, None, None, None)),
+            donate_argnums=0,
+        )
+        for n in set(segments)
+    }
     end_task = jax.jit(seeds(exp.end_task, (0, None, None, None)), donate_argnums=0)
 
     t0 = time.perf_counter()
@@ -142,8 +164,11 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
     if ckpt_dir:
         from .checkpoint import Checkpointer
 
-        conf = {**report.to_jsonable(dataclasses.asdict(cfg)), "method": method,
-                "checkpoint_every": checkpoint_every}
+        conf = {
+            **report.to_jsonable(dataclasses.asdict(cfg)),
+            "method": method,
+            "checkpoint_every": checkpoint_every,
+        }
         conf.pop("methods")
         method_dir = os.path.join(ckpt_dir, method)
         if not resume and os.path.isdir(method_dir):
@@ -159,8 +184,11 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
         if restored is not None:
             payload, meta = restored
             state = payload["state"]
-            out = {"R0": payload["R0"], "R": np.array(payload["R"]),
-                   "trace": jax.tree.map(np.array, payload["trace"])}
+            out = {
+                "R0": payload["R0"],
+                "R": np.array(payload["R"]),
+                "trace": jax.tree.map(np.array, payload["trace"]),
+            }
             pos_task, pos_chunk, elapsed = meta["task"], meta["chunk"], meta.get("seconds", 0.0)
             if progress is not None:
                 progress.update(pos_task)
@@ -170,8 +198,11 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
         nonlocal saves
         if ckpt is None:
             return
-        ckpt.save(task * (E + 1) + chunk, {"state": state, **out},
-                  {"task": task, "chunk": chunk, "seconds": elapsed + time.perf_counter() - t0})
+        ckpt.save(
+            task * (E + 1) + chunk,
+            {"state": state, **out},
+            {"task": task, "chunk": chunk, "seconds": elapsed + time.perf_counter() - t0},
+        )
         saves += 1
         _kill_hook(saves)
 
@@ -185,7 +216,7 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
             state, tr = chunk_fns[n](state, stream, hp, jnp.asarray(t, jnp.int32))
             check_finite(state.nonfinite_step, where=f"(method {method}, task {t})")
             for k, v in tr.items():
-                out["trace"][k][:, t, start:start + n] = np.asarray(v)
+                out["trace"][k][:, t, start : start + n] = np.asarray(v)
             start += n
             if start < E:
                 save(t, start)
@@ -196,20 +227,40 @@ def run_method(cfg: CLStudyConfig, stream, method: str, *, progress=None, ckpt_d
             progress.update(1)
     seconds = elapsed + time.perf_counter() - t0
     trace = out["trace"]
-    return {"R0": np.asarray(out["R0"]), "R": out["R"],
-            "acc_trace": trace["acc"], "loss": trace["loss"], "grad_norm": trace["grad_norm"],
-            "param_norm": trace["param_norm"], "seconds": seconds,
-            "hparams": {k: float(v) for k, v in hp.items()}, "options": exp.options,
-            "final_params": state.params}
+    return {
+        "R0": np.asarray(out["R0"]),
+        "R": out["R"],
+        "acc_trace": trace["acc"],
+        "loss": trace["loss"],
+        "grad_norm": trace["grad_norm"],
+        "param_norm": trace["param_norm"],
+        "seconds": seconds,
+        "hparams": {k: float(v) for k, v in hp.items()},
+        "options": exp.options,
+        "final_params": state.params,
+    }
 
 
-COLUMNS = [("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"),
-           ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC")]
+COLUMNS = [
+    ("acc", "ACC"),
+    ("bwt", "BWT"),
+    ("fwt", "FWT"),
+    ("forgetting", "Forgetting"),
+    ("min_acc", "min-ACC"),
+    ("wc_acc", "WC-ACC"),
+]
 
 
-def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: bool = True,
-              checkpoint: bool = True, checkpoint_every: Optional[int] = None, resume: bool = False,
-              tensorboard: bool = False) -> dict:
+def run_study(
+    cfg: CLStudyConfig,
+    out_dir: str | None = None,
+    *,
+    verbose: bool = True,
+    checkpoint: bool = True,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    tensorboard: bool = False,
+) -> dict:
     """Run every method of ``cfg``; with ``out_dir``, checkpoints go to ``out_dir/checkpoints``
     (task ends, and every ``checkpoint_every`` steps) and ``resume`` continues from them."""
     from tqdm.auto import tqdm
@@ -218,52 +269,87 @@ def run_study(cfg: CLStudyConfig, out_dir: Optional[str] = None, *, verbose: boo
         get_method(m)  # unknown names fail here, with the list of valid ones
     stream = build_stream(cfg)
     stream = jax.device_put(stream)
-    results = {"study": cfg.name, "config": dataclasses.asdict(cfg), "versions": report.versions(),
-               "device": report.device_info(), "git_commit": report.git_commit(), "methods": {},
-               "seed_batching": resolve_mode("auto", make_model(cfg.model, stream.input_shape, stream.n_classes,
-                                                                **dict(cfg.model_kwargs)))}
+    results = {
+        "study": cfg.name,
+        "config": dataclasses.asdict(cfg),
+        "versions": report.versions(),
+        "device": report.device_info(),
+        "git_commit": report.git_commit(),
+        "methods": {},
+        "seed_batching": resolve_mode(
+            "auto", make_model(cfg.model, stream.input_shape, stream.n_classes, **dict(cfg.model_kwargs))
+        ),
+    }
     raw = {}
-    with tqdm(total=len(cfg.methods) * stream.n_tasks, desc=cfg.name, unit="task",
-              disable=not verbose) as bar:
+    with tqdm(
+        total=len(cfg.methods) * stream.n_tasks, desc=cfg.name, unit="task", disable=not verbose
+    ) as bar:
         for m in cfg.methods:
             bar.set_postfix_str(f"{m} x {cfg.seeds} seeds")
             ckpt_dir = os.path.join(out_dir, "checkpoints") if (out_dir and checkpoint) else None
-            r = run_method(cfg, stream, m, progress=bar, ckpt_dir=ckpt_dir,
-                           checkpoint_every=checkpoint_every, resume=resume)
+            r = run_method(
+                cfg,
+                stream,
+                m,
+                progress=bar,
+                ckpt_dir=ckpt_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
             raw[m] = r
             rows = M.per_seed(r["R"], r["R0"], r["acc_trace"], cfg.wf_window)
             results["methods"][m] = {
-                "summary": M.summary(rows), "per_seed": rows, "seconds": r["seconds"],
-                "hparams": r["hparams"], "options": r["options"],
-                "R_mean": r["R"].mean(0), "R_std": r["R"].std(0), "R_per_seed": r["R"],
-                "R0_per_seed": r["R0"], "acc_trace_mean": r["acc_trace"].mean(0),
-                "acc_trace_std": r["acc_trace"].std(0), "loss_trace_mean": r["loss"].mean(0),
+                "summary": M.summary(rows),
+                "per_seed": rows,
+                "seconds": r["seconds"],
+                "hparams": r["hparams"],
+                "options": r["options"],
+                "R_mean": r["R"].mean(0),
+                "R_std": r["R"].std(0),
+                "R_per_seed": r["R"],
+                "R0_per_seed": r["R0"],
+                "acc_trace_mean": r["acc_trace"].mean(0),
+                "acc_trace_std": r["acc_trace"].std(0),
+                "loss_trace_mean": r["loss"].mean(0),
                 "grad_norm_trace_mean": r["grad_norm"].mean(0),
-                "param_norm_trace_mean": r["param_norm"].mean(0)}
+                "param_norm_trace_mean": r["param_norm"].mean(0),
+            }
     wf = f"wf{cfg.wf_window}"
     header = ["method"] + [c for _, c in COLUMNS] + [f"WF{cfg.wf_window}", "time (s)"]
     rows = []
     for m, res in results["methods"].items():
         s = res["summary"]
-        rows.append([m] + [report.fmt(s[k]["mean"], s[k]["std"]) for k, _ in COLUMNS]
-                    + [report.fmt(s[wf]["mean"], s[wf]["std"]), f"{res['seconds']:.1f}"])
+        rows.append(
+            [m]
+            + [report.fmt(s[k]["mean"], s[k]["std"]) for k, _ in COLUMNS]
+            + [report.fmt(s[wf]["mean"], s[wf]["std"]), f"{res['seconds']:.1f}"]
+        )
     results["table"] = report.table(rows, header)
     if tensorboard and out_dir:
         results["tensorboard"] = write_tensorboard(raw, cfg, os.path.join(out_dir, "tensorboard"))
     if verbose:
         batching = "vmapped" if results.get("seed_batching", "vmap") == "vmap" else "in a compiled loop"
-        print(f"\n{cfg.name}: {cfg.scenario}, {cfg.n_tasks} tasks, {cfg.model}, {cfg.seeds} seeds "
-              f"({batching}), {cfg.loop.steps_per_task} steps/task, eval every {cfg.loop.eval_every} "
-              f"steps on {cfg.loop.eval_per_task} test examples/task; accuracies in %, mean ± std\n")
+        print(
+            f"\n{cfg.name}: {cfg.scenario}, {cfg.n_tasks} tasks, {cfg.model}, {cfg.seeds} seeds "
+            f"({batching}), {cfg.loop.steps_per_task} steps/task, eval every {cfg.loop.eval_every} "
+            f"steps on {cfg.loop.eval_per_task} test examples/task; accuracies in %, mean ± std\n"
+        )
         print(results["table"])
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         results["plots"] = [
-            plots.accuracy_matrices({m: r["R"] for m, r in raw.items()}, os.path.join(out_dir, "accuracy_matrix.png"),
-                                    f"{cfg.name}: accuracy matrix (mean ± std over {cfg.seeds} seeds)"),
-            plots.stability_gap({m: r["acc_trace"] for m, r in raw.items()}, cfg.loop.eval_every,
-                                os.path.join(out_dir, "stability_gap.png"),
-                                f"{cfg.name}: per-task accuracy over training (mean ± std over {cfg.seeds} seeds)")]
+            plots.accuracy_matrices(
+                {m: r["R"] for m, r in raw.items()},
+                os.path.join(out_dir, "accuracy_matrix.png"),
+                f"{cfg.name}: accuracy matrix (mean ± std over {cfg.seeds} seeds)",
+            ),
+            plots.stability_gap(
+                {m: r["acc_trace"] for m, r in raw.items()},
+                cfg.loop.eval_every,
+                os.path.join(out_dir, "stability_gap.png"),
+                f"{cfg.name}: per-task accuracy over training (mean ± std over {cfg.seeds} seeds)",
+            ),
+        ]
         report.write_json(os.path.join(out_dir, "results.json"), results)
         if verbose:
             print(f"\nwrote {out_dir}/results.json, accuracy_matrix.png, stability_gap.png")
@@ -317,18 +403,34 @@ def config_from_args(name: str, args) -> CLStudyConfig:
 
 
 def _add_args(parser):
-    parser.add_argument("--model", default=None, choices=["mlp", "cnn"], help="network (default: the study's MLP)")
+    parser.add_argument(
+        "--model", default=None, choices=["mlp", "cnn"], help="network (default: the study's MLP)"
+    )
     parser.add_argument("--steps-per-task", type=int, default=None, help="training steps per task")
     parser.add_argument("--lr", type=float, default=None, help="learning rate for every method")
-    parser.add_argument("--skip-nonfinite", action="store_true",
-                        help="skip updates whose loss is not finite instead of stopping")
-    parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help="also checkpoint every N steps inside a task (always at task ends)")
-    parser.add_argument("--resume", default=None, metavar="DIR",
-                        help="continue the run whose --out was DIR from its newest good checkpoint")
+    parser.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip updates whose loss is not finite instead of stopping",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="also checkpoint every N steps inside a task (always at task ends)",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue the run whose --out was DIR from its newest good checkpoint",
+    )
     parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
-    parser.add_argument("--tensorboard", action="store_true",
-                        help="also write TensorBoard event files (OUT/tensorboard/<method>)")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files (OUT/tensorboard/<method>)",
+    )
 
 
 def _register(name: str, summary: str):
@@ -336,11 +438,18 @@ def _register(name: str, summary: str):
         cfg = config_from_args(name, args)
         out = args.resume or args.out or os.path.join("runs", name + ("-tiny" if args.tiny else ""))
         if args.resume and not os.path.isdir(os.path.join(args.resume, "checkpoints")):
-            raise FileNotFoundError(f"--resume {args.resume}: no checkpoints folder there; pass the "
-                                    f"--out directory of the run to continue")
-        return run_study(cfg, out, checkpoint=not args.no_checkpoint,
-                         checkpoint_every=args.checkpoint_every, resume=bool(args.resume),
-                         tensorboard=args.tensorboard)
+            raise FileNotFoundError(
+                f"--resume {args.resume}: no checkpoints folder there; pass the "
+                f"--out directory of the run to continue"
+            )
+        return run_study(
+            cfg,
+            out,
+            checkpoint=not args.no_checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=bool(args.resume),
+            tensorboard=args.tensorboard,
+        )
 
     register_study(Study(name, summary, run, _add_args, tuple(sorted(METHODS))))
 

@@ -1,4 +1,5 @@
 """``jaxcl`` command line: ``jaxcl list``, ``jaxcl run <study> [options]``, ``jaxcl sweep``."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,18 @@ def _run(argv: list[str]) -> int:
         study.main(argv[1:])
         return 0
     p = argparse.ArgumentParser(prog=f"jaxcl run {study.name}", description=study.summary)
-    p.add_argument("--method", action="append", default=None,
-                   help=f"method to run (repeatable; default: the study's set); one of: {', '.join(study.methods)}")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (batched into one program: vmap, or a compiled loop for conv models on CPU)")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help=f"method to run (repeatable; default: the study's set); one of: {', '.join(study.methods)}",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="number of seeds (batched into one program: vmap, or a compiled loop for conv models on CPU)",
+    )
     p.add_argument("--tiny", action="store_true", help="the seconds-long version the tests run")
     p.add_argument("--out", default=None, help="output directory (default runs/<study>)")
     if study.add_args:
@@ -63,8 +73,11 @@ def _run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n\n  jaxcl list\n  jaxcl run <study> [--method M ...] [--seeds N] [--tiny] [--out DIR]"
-              "\n  jaxcl sweep <study> --method M --grid name=v1,v2 [--grid ...] [--seeds N] [--chunk K]")
+        print(
+            __doc__.strip()
+            + "\n\n  jaxcl list\n  jaxcl run <study> [--method M ...] [--seeds N] [--tiny] [--out DIR]"
+            "\n  jaxcl sweep <study> --method M --grid name=v1,v2 [--grid ...] [--seeds N] [--chunk K]"
+        )
         return 0
     if argv[0] == "list":
         return _list()
@@ -74,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from .sweep import main as sweep_main
 
         return sweep_main(argv[1:])
-    print(f"error: unknown command {argv[0]!r}; use 'jaxcl list', 'jaxcl run <study>' or "
-          "'jaxcl sweep <study>'", file=sys.stderr)
+    print(
+        f"error: unknown command {argv[0]!r}; use 'jaxcl list', 'jaxcl run <study>' or 'jaxcl sweep <study>'",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -2,6 +2,7 @@
 
 SSD's Fisher dampening (:mod:`jaxcl.unlearn.ssd`) is an edit; so are these two classics.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,8 +21,10 @@ def shrink_perturb(params, key, *, shrink=0.4, noise=0.01):
     restore plasticity."""
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
-    new = [(shrink * p + noise * jax.random.normal(k, p.shape, jnp.float32)).astype(p.dtype)
-           for p, k in zip(leaves, keys)]
+    new = [
+        (shrink * p + noise * jax.random.normal(k, p.shape, jnp.float32)).astype(p.dtype)
+        for p, k in zip(leaves, keys)
+    ]
     return jax.tree.unflatten(tree, new)
 
 

@@ -15,9 +15,11 @@ Because the step is pure it can be scanned, vmapped over seeds and hyperparamete
 Per-step randomness is ``fold_in(state.key, state.step)``: the same seed gives the same run
 whatever the loop structure around the step.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,25 +62,39 @@ def as_typed_key(key) -> jax.Array:
     return jax.random.wrap_key_data(key)
 
 
-def init_state(params: PyTree, tx: optax.GradientTransformation, key,
-               data: Optional[DataTransform] = None, example_batch: Optional[dict] = None
-               ) -> TrainState:
+def init_state(
+    params: PyTree,
+    tx: optax.GradientTransformation,
+    key,
+    data: DataTransform | None = None,
+    example_batch: dict | None = None,
+) -> TrainState:
     """Build the initial :class:`TrainState` (pure: works under ``jit`` and ``vmap``)."""
     if data is not None and example_batch is None:
         raise ValueError("init_state: a data transform needs example_batch to size its state")
     data_state = data.init(example_batch) if data is not None else ()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      data_state=data_state, key=as_typed_key(key),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        data_state=data_state,
+        key=as_typed_key(key),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
 
 
 def global_norm(tree: PyTree) -> jax.Array:
     return optax.global_norm(tree)
 
 
-def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, data: Optional[DataTransform] = None,
-              *, extra_args: Optional[Callable[[PyTree, dict, jax.Array], dict]] = None,
-              skip_nonfinite: bool = False) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    data: DataTransform | None = None,
+    *,
+    extra_args: Callable[[PyTree, dict, jax.Array], dict] | None = None,
+    skip_nonfinite: bool = False,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Return the pure training step ``(state, batch) -> (state, metrics)``.
 
     Args:
@@ -114,13 +130,16 @@ def make_step(loss_fn: LossFn, tx: optax.GradientTransformation, data: Optional[
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
             params = keep(params, state.params)
             opt_state = keep(opt_state, state.opt_state)
-        nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
-                                   state.nonfinite_step)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  data_state=data_state, nonfinite_step=nonfinite_step)
+        nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            data_state=data_state,
+            nonfinite_step=nonfinite_step,
+        )
         metrics = {k: v for k, v in aux.items() if k != "logits" and jnp.ndim(v) == 0}
-        metrics.update(loss=loss, grad_norm=grad_norm, param_norm=global_norm(params),
-                       finite=finite)
+        metrics.update(loss=loss, grad_norm=grad_norm, param_norm=global_norm(params), finite=finite)
         return new_state, metrics
 
     return step
@@ -148,4 +167,5 @@ def check_finite(nonfinite_step, *, where: str = "") -> None:
         raise NonFiniteLossError(
             f"the loss became non-finite at step {step}{run}{' ' + where if where else ''}. "
             "Lower the learning rate, check the inputs for NaNs, or pass skip_nonfinite=True "
-            "(CLI: --skip-nonfinite) to skip such updates as optax.apply_if_finite does.")
+            "(CLI: --skip-nonfinite) to skip such updates as optax.apply_if_finite does."
+        )

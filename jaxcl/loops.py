@@ -11,16 +11,17 @@ tested on task j); ``R0`` is the accuracy of the initial model (for forward tran
 Everything here is pure: ``Experiment.run(key, stream, hp)`` is one program; the stream is an
 argument (never closed over), so it is not baked into the compiled code as a constant.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from .data.streams import Stream
 from .batching import over_seeds
+from .data.streams import Stream
 from .engine import TrainState, init_state, make_step
 from .methods.base import MethodSpec
 from .models.base import PureModel, check_input_shape
@@ -41,13 +42,14 @@ class LoopConfig:
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
         if self.steps_per_task % self.eval_every:
-            raise ValueError(f"steps_per_task={self.steps_per_task} must be a multiple of "
-                             f"eval_every={self.eval_every}")
+            raise ValueError(
+                f"steps_per_task={self.steps_per_task} must be a multiple of eval_every={self.eval_every}"
+            )
         if self.consolidate_samples % 32:
             raise ValueError("consolidate_samples must be a multiple of 32 (Fisher chunk size)")
 
 
-def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: Optional[int] = None):
+def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: int | None = None):
     """Accuracy of ``params`` on every task; only the first ``min(limit, n_T[t])`` examples count."""
     if limit is not None:
         x_TxM, y_TxM = x_TxM[:, :limit], y_TxM[:, :limit]
@@ -66,8 +68,15 @@ def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: 
 class Experiment:
     """A model, a method and a loop configuration, as pure functions of ``(key, stream, hp)``."""
 
-    def __init__(self, model: PureModel, method: MethodSpec, loop: LoopConfig, *,
-                 mesh: Optional[jax.sharding.Mesh] = None, **options: Any):
+    def __init__(
+        self,
+        model: PureModel,
+        method: MethodSpec,
+        loop: LoopConfig,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        **options: Any,
+    ):
         """``mesh``: an optional ``(seeds, data)`` mesh (:func:`jaxcl.parallel.make_mesh`);
         batches are then sharded over ``data`` inside the compiled loop."""
         loop.validate()
@@ -75,8 +84,9 @@ class Experiment:
         self.mesh = mesh
         unknown = set(options) - set(method.options)
         if unknown:
-            raise ValueError(f"method {method.name!r} has no option(s) {sorted(unknown)}; "
-                             f"valid: {sorted(method.options)}")
+            raise ValueError(
+                f"method {method.name!r} has no option(s) {sorted(unknown)}; valid: {sorted(method.options)}"
+            )
         self.model, self.spec, self.loop = model, method, loop
         self.options = {**method.options, **options}
 
@@ -84,8 +94,10 @@ class Experiment:
     def default_hparams(self, **overrides) -> dict:
         unknown = set(overrides) - set(self.spec.hparams)
         if unknown:
-            raise ValueError(f"method {self.spec.name!r} has no hyperparameter(s) {sorted(unknown)}; "
-                             f"valid: {sorted(self.spec.hparams)}")
+            raise ValueError(
+                f"method {self.spec.name!r} has no hyperparameter(s) {sorted(unknown)}; "
+                f"valid: {sorted(self.spec.hparams)}"
+            )
         return {k: jnp.asarray(overrides.get(k, v), jnp.float32) for k, v in self.spec.hparams.items()}
 
     def _method(self, hp):
@@ -99,16 +111,22 @@ class Experiment:
         else:
             t_B = jnp.full((size,), t, jnp.int32)
         idx_B = jax.random.randint(k_idx, (size,), 0, stream.train_n[t_B])
-        batch = {"x": stream.train_x[t_B, idx_B], "y": stream.train_y[t_B, idx_B],
-                 "t": t_B, "mask": stream.masks[t_B]}
+        batch = {
+            "x": stream.train_x[t_B, idx_B],
+            "y": stream.train_y[t_B, idx_B],
+            "t": t_B,
+            "mask": stream.masks[t_B],
+        }
         return shard_batch(batch, self.mesh)
 
     def check(self, stream: Stream) -> None:
         """Shape checks that run before any compilation."""
         check_input_shape(self.model, stream.input_shape)
         if stream.n_classes != self.model.n_classes:
-            raise ValueError(f"the stream has {stream.n_classes} classes but model {self.model.name!r} "
-                             f"has {self.model.n_classes} outputs")
+            raise ValueError(
+                f"the stream has {stream.n_classes} classes but model {self.model.name!r} "
+                f"has {self.model.n_classes} outputs"
+            )
 
     # -- pure functions ------------------------------------------------------------------------
     def init(self, key, stream: Stream, hp: dict) -> TrainState:
@@ -118,15 +136,21 @@ class Experiment:
         example = self._batch(stream, 0, k_init, method, self.loop.batch_size)
         return init_state(params, method.tx, k_run, method.data, example)
 
-    def train_chunks(self, state: TrainState, stream: Stream, hp: dict, t, n_chunks: int
-                     ) -> tuple[TrainState, dict]:
+    def train_chunks(
+        self, state: TrainState, stream: Stream, hp: dict, t, n_chunks: int
+    ) -> tuple[TrainState, dict]:
         """``n_chunks`` chunks of ``eval_every`` steps on task ``t`` (traced), each followed by an
         evaluation on every task. Splitting a task into several calls (to checkpoint every N
         steps) gives the same result as one call: batches depend only on the state's step."""
         cfg = self.loop
         method = self._method(hp)
-        step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args,
-                         skip_nonfinite=cfg.skip_nonfinite)
+        step = make_step(
+            method.loss_fn,
+            method.tx,
+            method.data,
+            extra_args=method.extra_args,
+            skip_nonfinite=cfg.skip_nonfinite,
+        )
         batch_key = jax.random.fold_in(state.key, 0x5EED)
 
         def one_step(s, _):
@@ -135,8 +159,15 @@ class Experiment:
 
         def chunk(s, _):
             s, m = jax.lax.scan(one_step, s, None, length=cfg.eval_every)
-            acc_T = accuracy_per_task(self.model.apply, s.params, stream.test_x, stream.test_y,
-                                      stream.test_n, stream.masks, limit=cfg.eval_per_task)
+            acc_T = accuracy_per_task(
+                self.model.apply,
+                s.params,
+                stream.test_x,
+                stream.test_y,
+                stream.test_n,
+                stream.masks,
+                limit=cfg.eval_per_task,
+            )
             means = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
             return s, {"acc": acc_T, **means}
 
@@ -150,11 +181,16 @@ class Experiment:
             k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
             n = self.loop.consolidate_samples
             idx = jax.random.randint(k, (n,), 0, stream.train_n[t])
-            task_batch = {"x": stream.train_x[t, idx], "y": stream.train_y[t, idx],
-                          "t": jnp.full((n,), t, jnp.int32), "mask": stream.masks[t][None].repeat(n, 0)}
+            task_batch = {
+                "x": stream.train_x[t, idx],
+                "y": stream.train_y[t, idx],
+                "t": jnp.full((n,), t, jnp.int32),
+                "mask": stream.masks[t][None].repeat(n, 0),
+            }
             state = method.consolidate(state, task_batch, k)
-        r_row = accuracy_per_task(self.model.apply, state.params, stream.test_x, stream.test_y,
-                                  stream.test_n, stream.masks)
+        r_row = accuracy_per_task(
+            self.model.apply, state.params, stream.test_x, stream.test_y, stream.test_n, stream.masks
+        )
         return state, r_row
 
     @property
@@ -169,17 +205,24 @@ class Experiment:
         return state, {"trace": trace, "R": r_row}
 
     def initial_accuracy(self, state: TrainState, stream: Stream) -> jax.Array:
-        return accuracy_per_task(self.model.apply, state.params, stream.test_x, stream.test_y,
-                                 stream.test_n, stream.masks)
+        return accuracy_per_task(
+            self.model.apply, state.params, stream.test_x, stream.test_y, stream.test_n, stream.masks
+        )
 
     def run(self, key, stream: Stream, hp: dict) -> dict:
         """The whole stream as one program: ``lax.scan`` over tasks of :meth:`train_task`."""
         state = self.init(key, stream, hp)
         r0 = self.initial_accuracy(state, stream)
-        state, out = jax.lax.scan(lambda s, t: self.train_task(s, stream, hp, t), state,
-                                  jnp.arange(stream.n_tasks))
-        return {"R0": r0, "R": out["R"], "trace": out["trace"], "nonfinite_step": state.nonfinite_step,
-                "final_params": state.params}
+        state, out = jax.lax.scan(
+            lambda s, t: self.train_task(s, stream, hp, t), state, jnp.arange(stream.n_tasks)
+        )
+        return {
+            "R0": r0,
+            "R": out["R"],
+            "trace": out["trace"],
+            "nonfinite_step": state.nonfinite_step,
+            "final_params": state.params,
+        }
 
 
 def seeds_keys(seed: int, n: int) -> jax.Array:

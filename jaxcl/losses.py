@@ -6,9 +6,10 @@ outside the parameters (a teacher's logits, an EWC anchor and Fisher, a traced l
 the batch, filled in by a data transform whose state lives on the device (see
 :mod:`jaxcl.data.context`): no array is ever closed over.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -19,6 +19,7 @@ identifying the stability gap" (ICLR 2023):
 * WF_w (windowed forgetting): for each task j, the largest drop ``A[e1, j] - A[e2, j]`` with
   ``ends[j] <= e1 < e2 < e1 + w``; the maximum over tasks j < T-1 (the paper reports the max).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,7 +59,7 @@ def flatten_trace(trace: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def min_acc(A: np.ndarray, ends: np.ndarray) -> float:
     T = A.shape[1]
-    vals = [A[ends[j] + 1:, j].min() for j in range(T - 1) if ends[j] + 1 < len(A)]
+    vals = [A[ends[j] + 1 :, j].min() for j in range(T - 1) if ends[j] + 1 < len(A)]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -73,9 +74,9 @@ def windowed_forgetting(A: np.ndarray, ends: np.ndarray, w: int) -> float:
     T = A.shape[1]
     worst = 0.0
     for j in range(T - 1):
-        a = A[ends[j]:, j]
+        a = A[ends[j] :, j]
         for e1 in range(len(a)):
-            window = a[e1 + 1: e1 + w]
+            window = a[e1 + 1 : e1 + w]
             if window.size:
                 worst = max(worst, float(a[e1] - window.min()))
     return worst
@@ -85,8 +86,15 @@ def all_metrics(R: np.ndarray, b: np.ndarray, trace: np.ndarray, w: int = 10) ->
     """Every metric of one run (one seed)."""
     A, ends = flatten_trace(np.asarray(trace))
     R, b = np.asarray(R), np.asarray(b)
-    return {"acc": acc(R), "bwt": bwt(R), "fwt": fwt(R, b), "forgetting": forgetting(R),
-            "min_acc": min_acc(A, ends), "wc_acc": wc_acc(A, ends), f"wf{w}": windowed_forgetting(A, ends, w)}
+    return {
+        "acc": acc(R),
+        "bwt": bwt(R),
+        "fwt": fwt(R, b),
+        "forgetting": forgetting(R),
+        "min_acc": min_acc(A, ends),
+        "wc_acc": wc_acc(A, ends),
+        f"wf{w}": windowed_forgetting(A, ends, w),
+    }
 
 
 def per_seed(R_S: np.ndarray, b_S: np.ndarray, trace_S: np.ndarray, w: int = 10) -> list[dict]:
@@ -96,5 +104,7 @@ def per_seed(R_S: np.ndarray, b_S: np.ndarray, trace_S: np.ndarray, w: int = 10)
 def summary(rows: list[dict]) -> dict:
     """Mean and (population) standard deviation over seeds of every metric."""
     keys = rows[0].keys()
-    return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
-            for k in keys}
+    return {
+        k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
+        for k in keys
+    }

@@ -13,18 +13,17 @@
 
 ``jax.pmap`` is not used: it is in maintenance mode and since JAX 0.10 wraps ``jit(shard_map)``.
 """
+
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
-import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .engine import LossFn
 
 
-def make_mesh(data: Optional[int] = None, seeds: int = 1, devices=None) -> jax.sharding.Mesh:
+def make_mesh(data: int | None = None, seeds: int = 1, devices=None) -> jax.sharding.Mesh:
     """A ``(seeds, data)`` mesh; ``data`` defaults to every device left after ``seeds``."""
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
@@ -33,36 +32,41 @@ def make_mesh(data: Optional[int] = None, seeds: int = 1, devices=None) -> jax.s
             raise ValueError(f"{n} devices cannot be split into a seeds axis of {seeds}")
         data = n // seeds
     if data * seeds != n and data * seeds > n:
-        raise ValueError(f"a mesh of seeds={seeds} x data={data} needs {data * seeds} devices; "
-                         f"this process sees {n}")
+        raise ValueError(
+            f"a mesh of seeds={seeds} x data={data} needs {data * seeds} devices; this process sees {n}"
+        )
     auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh((seeds, data), ("seeds", "data"), axis_types=(auto, auto),
-                         devices=devices[: data * seeds])
+    return jax.make_mesh(
+        (seeds, data), ("seeds", "data"), axis_types=(auto, auto), devices=devices[: data * seeds]
+    )
 
 
-def axis_size(mesh: Optional[jax.sharding.Mesh], name: str) -> int:
+def axis_size(mesh: jax.sharding.Mesh | None, name: str) -> int:
     return 1 if mesh is None else int(mesh.shape[name])
 
 
-def check_divides(mesh, *, batch_size: int, n_seeds: Optional[int] = None) -> None:
+def check_divides(mesh, *, batch_size: int, n_seeds: int | None = None) -> None:
     """Clear errors, before compiling, for a mesh that does not divide the work."""
     if mesh is None:
         return
     d, s = axis_size(mesh, "data"), axis_size(mesh, "seeds")
     if batch_size % d:
-        raise ValueError(f"the batch size {batch_size} is not divisible by the mesh's data axis of "
-                         f"{d} devices; use a batch size that is a multiple of {d}")
+        raise ValueError(
+            f"the batch size {batch_size} is not divisible by the mesh's data axis of "
+            f"{d} devices; use a batch size that is a multiple of {d}"
+        )
     if n_seeds is not None and n_seeds % s:
-        raise ValueError(f"{n_seeds} seeds are not divisible by the mesh's seeds axis of {s}; "
-                         f"use a multiple of {s} seeds or a smaller seeds axis")
+        raise ValueError(
+            f"{n_seeds} seeds are not divisible by the mesh's seeds axis of {s}; "
+            f"use a multiple of {s} seeds or a smaller seeds axis"
+        )
 
 
 def shard_batch(batch, mesh):
     """Constrain every leaf of a batch to be sharded over ``data`` along its leading axis."""
     if mesh is None or axis_size(mesh, "data") == 1:
         return batch
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P("data"))),
-                        batch)
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P("data"))), batch)
 
 
 def replicated(mesh):
@@ -91,8 +95,14 @@ def sharded_empirical_fisher(loss_fn: LossFn, params, batch: dict, key, mesh) ->
     return fn(params, batch)
 
 
-def initialize_multihost(coordinator_address: str, num_processes: int, process_id: int, *,
-                         timeout_s: int = 60, cpu_collectives: Optional[str] = "gloo") -> None:
+def initialize_multihost(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    timeout_s: int = 60,
+    cpu_collectives: str | None = "gloo",
+) -> None:
     """Join a multi-controller JAX run (``jax.distributed.initialize``), as TPU pods and GPU
     clusters run it. Every process then sees the global device list and the same jitted program
     runs on all of them. ``cpu_collectives="gloo"`` makes collectives work between CPU processes
@@ -103,8 +113,12 @@ def initialize_multihost(coordinator_address: str, num_processes: int, process_i
     if process_id != 0:  # the runtime aborts the process on a missing coordinator: check first
         _wait_for_coordinator(coordinator_address, timeout_s, process_id, num_processes)
     try:
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id, initialization_timeout=timeout_s)
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=timeout_s,
+        )
     except Exception as e:  # the runtime raises various errors on a missing coordinator
         raise TimeoutError(
             f"process {process_id} of {num_processes} could not join the coordinator at "
@@ -136,5 +150,6 @@ def _wait_for_coordinator(address: str, timeout_s: float, process_id: int, num_p
                 raise TimeoutError(
                     f"process {process_id} of {num_processes}: no coordinator answered at {address} "
                     f"within {timeout_s} s ({e}). Start process 0 (it hosts the coordinator), check "
-                    f"the address and port, or raise the timeout.") from None
+                    f"the address and port, or raise the timeout."
+                ) from None
             time.sleep(0.2)

@@ -1,6 +1,7 @@
 """Figures of a continual-learning study (matplotlib, Agg): the accuracy matrix as a heat map
 and the per-iteration accuracy of every task over training (the stability-gap picture), both
 as mean (± std bands) over seeds."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -21,8 +22,15 @@ def accuracy_matrices(R_by_method: dict, path: str, title: str = "") -> str:
         ax.imshow(mean, vmin=0, vmax=1, cmap="viridis")
         for i in range(T):
             for j in range(T):
-                ax.text(j, i, f"{mean[i, j]:.2f}\n±{std[i, j]:.2f}", ha="center", va="center",
-                        fontsize=6, color="w" if mean[i, j] < 0.6 else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{mean[i, j]:.2f}\n±{std[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="w" if mean[i, j] < 0.6 else "k",
+                )
         ax.set_title(name)
         ax.set_xlabel("evaluated on task j")
         ax.set_ylabel("trained through task i")

@@ -1,4 +1,5 @@
 """Helpers every study shares: run metadata, tables, results.json."""
+
 from __future__ import annotations
 
 import json
@@ -16,23 +17,38 @@ def versions() -> dict:
     import jaxlib
     import optax
 
-    return {"python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
+    return {
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def device_info() -> dict:
     import jax
 
     d = jax.devices()[0]
-    return {"platform": d.platform, "device_kind": d.device_kind, "n_devices": jax.device_count(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count()}
+    return {
+        "platform": d.platform,
+        "device_kind": d.device_kind,
+        "n_devices": jax.device_count(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def git_commit() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except Exception:
         return "unknown"
 

@@ -5,11 +5,12 @@ options, and ``run(args) -> dict``. Common options every study gets: ``--method`
 ``--seeds``, ``--tiny``, ``--out``. Study modules are imported lazily by name so that
 ``jaxcl list`` stays fast and a study's heavy imports load only when it runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,9 +18,9 @@ class Study:
     name: str
     summary: str
     run: Callable  # (argparse.Namespace) -> dict
-    add_args: Optional[Callable] = None  # (argparse.ArgumentParser) -> None
+    add_args: Callable | None = None  # (argparse.ArgumentParser) -> None
     methods: tuple = ()
-    main: Optional[Callable] = None  # (argv) -> Any: a study that parses its own arguments
+    main: Callable | None = None  # (argv) -> Any: a study that parses its own arguments
 
 
 STUDIES: dict[str, Study] = {}
@@ -40,9 +41,15 @@ def _tofu_main(argv):
     return main(argv)
 
 
-register_study(Study("tofu", "TOFU LLM unlearning: GA/GradDiff/NPO/IDK, each with and without GU "
-                     "(--model smollm2-135m|tiny, --split forget01|05|10, --tiny)", run=None,
-                     main=_tofu_main))
+register_study(
+    Study(
+        "tofu",
+        "TOFU LLM unlearning: GA/GradDiff/NPO/IDK, each with and without GU "
+        "(--model smollm2-135m|tiny, --split forget01|05|10, --tiny)",
+        run=None,
+        main=_tofu_main,
+    )
+)
 
 
 def load_all() -> dict[str, Study]:

@@ -9,6 +9,7 @@ the compiled program's memory analysis and the memory available (or set with ``-
 peak memory (XLA's estimate for the program, and the process's resident peak) is reported in
 results.json.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,6 @@ import itertools
 import os
 import resource
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,7 @@ def available_memory_bytes() -> int:
         return 8 << 30
 
 
-def program_bytes(compiled) -> Optional[int]:
+def program_bytes(compiled) -> int | None:
     try:
         ma = compiled.memory_analysis()
         return int(ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes)
@@ -67,8 +67,16 @@ def program_bytes(compiled) -> Optional[int]:
         return None
 
 
-def run_sweep(cfg: CLStudyConfig, method: str, grid: dict[str, list[float]], *, seeds: int,
-              chunk: Optional[int] = None, out_dir: Optional[str] = None, verbose: bool = True) -> dict:
+def run_sweep(
+    cfg: CLStudyConfig,
+    method: str,
+    grid: dict[str, list[float]],
+    *,
+    seeds: int,
+    chunk: int | None = None,
+    out_dir: str | None = None,
+    verbose: bool = True,
+) -> dict:
     stream = jax.device_put(build_stream(cfg))
     model = make_model(cfg.model, stream.input_shape, stream.n_classes, **dict(cfg.model_kwargs))
     exp = Experiment(model, get_method(method), cfg.loop, **cfg.method_options(method))
@@ -76,17 +84,25 @@ def run_sweep(cfg: CLStudyConfig, method: str, grid: dict[str, list[float]], *, 
     base = exp.default_hparams(**cfg.method_hparams(method))
     unknown = set(grid) - set(base)
     if unknown:
-        raise ValueError(f"method {method!r} has no hyperparameter(s) {sorted(unknown)}; "
-                         f"sweepable: {sorted(base)}")
+        raise ValueError(
+            f"method {method!r} has no hyperparameter(s) {sorted(unknown)}; sweepable: {sorted(base)}"
+        )
     names = list(grid)
     cells = list(itertools.product(*(grid[n] for n in names)))
-    hp_grid = {k: jnp.asarray([dict(zip(names, c)).get(k, float(v)) for c in cells], jnp.float32)
-               for k, v in base.items()}
+    hp_grid = {
+        k: jnp.asarray([dict(zip(names, c)).get(k, float(v)) for c in cells], jnp.float32)
+        for k, v in base.items()
+    }
     keys = seeds_keys(cfg.seed, seeds)
     per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
 
     def summarise(out):  # keep what the metrics need, drop the final params
-        return {"R": out["R"], "R0": out["R0"], "acc": out["trace"]["acc"], "nonfinite": out["nonfinite_step"]}
+        return {
+            "R": out["R"],
+            "R0": out["R0"],
+            "acc": out["trace"]["acc"],
+            "nonfinite": out["nonfinite_step"],
+        }
 
     one_cell = jax.jit(lambda k, s, h: summarise(per_cell(k, s, h)))
     one_hp = jax.tree.map(lambda a: a[0], hp_grid)
@@ -109,36 +125,58 @@ def run_sweep(cfg: CLStudyConfig, method: str, grid: dict[str, list[float]], *, 
     rows, table_rows = [], []
     cols = [("acc", "ACC"), ("forgetting", "Forgetting"), ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC")]
     for i, c in enumerate(cells):
-        per_seed = M.per_seed(np.asarray(out["R"][i]), np.asarray(out["R0"][i]), np.asarray(out["acc"][i]),
-                              cfg.wf_window)
+        per_seed = M.per_seed(
+            np.asarray(out["R"][i]), np.asarray(out["R0"][i]), np.asarray(out["acc"][i]), cfg.wf_window
+        )
         summ = M.summary(per_seed)
         diverged = int((nf[i] >= 0).sum())
-        rows.append({"cell": dict(zip(names, c)), "summary": summ, "per_seed": per_seed,
-                     "diverged_seeds": diverged})
-        table_rows.append([", ".join(f"{n}={v:g}" for n, v in zip(names, c))]
-                          + [report.fmt(summ[k]["mean"], summ[k]["std"]) for k, _ in cols]
-                          + [str(diverged)])
+        rows.append(
+            {"cell": dict(zip(names, c)), "summary": summ, "per_seed": per_seed, "diverged_seeds": diverged}
+        )
+        table_rows.append(
+            [", ".join(f"{n}={v:g}" for n, v in zip(names, c))]
+            + [report.fmt(summ[k]["mean"], summ[k]["std"]) for k, _ in cols]
+            + [str(diverged)]
+        )
     table = report.table(table_rows, ["cell"] + [h for _, h in cols] + ["diverged"])
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     dev = jax.devices()[0]
     dev_peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if hasattr(dev, "memory_stats") else None
-    res = {"study": cfg.name, "method": method, "grid": grid, "seeds": seeds, "config": dataclasses.asdict(cfg),
-           "versions": report.versions(), "device": report.device_info(), "git_commit": report.git_commit(),
-           "cells": rows, "table": table, "chunk": chunk, "n_cells": len(cells),
-           "memory": {"program_bytes_one_cell": cell_bytes, "program_bytes": program_bytes(compiled),
-                      "device_peak_bytes": dev_peak, "process_peak_rss_bytes": peak_rss},
-           "seconds": {"compile": compile_s, "run": run_s}}
+    res = {
+        "study": cfg.name,
+        "method": method,
+        "grid": grid,
+        "seeds": seeds,
+        "config": dataclasses.asdict(cfg),
+        "versions": report.versions(),
+        "device": report.device_info(),
+        "git_commit": report.git_commit(),
+        "cells": rows,
+        "table": table,
+        "chunk": chunk,
+        "n_cells": len(cells),
+        "memory": {
+            "program_bytes_one_cell": cell_bytes,
+            "program_bytes": program_bytes(compiled),
+            "device_peak_bytes": dev_peak,
+            "process_peak_rss_bytes": peak_rss,
+        },
+        "seconds": {"compile": compile_s, "run": run_s},
+    }
     if verbose:
-        print(f"\n{cfg.name} sweep of {method}: {len(cells)} cells x {seeds} seeds in one program "
-              f"({chunk} cells at a time); accuracies in %, mean ± std over seeds; "
-              f"compile {compile_s:.1f} s, run {run_s:.1f} s\n")
+        print(
+            f"\n{cfg.name} sweep of {method}: {len(cells)} cells x {seeds} seeds in one program "
+            f"({chunk} cells at a time); accuracies in %, mean ± std over seeds; "
+            f"compile {compile_s:.1f} s, run {run_s:.1f} s\n"
+        )
         print(table)
         mb = lambda b: "n/a" if b is None else f"{b / 2**20:.0f} MiB"
-        print(f"\npeak memory: program {mb(res['memory']['program_bytes'])}, "
-              f"process RSS {mb(peak_rss)}")
+        print(f"\npeak memory: program {mb(res['memory']['program_bytes'])}, process RSS {mb(peak_rss)}")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        res["plot"] = plot_sweep(rows, names, grid, os.path.join(out_dir, "sweep.png"), f"{cfg.name}: {method}")
+        res["plot"] = plot_sweep(
+            rows, names, grid, os.path.join(out_dir, "sweep.png"), f"{cfg.name}: {method}"
+        )
         report.write_json(os.path.join(out_dir, "results.json"), res)
         if verbose:
             print(f"wrote {out_dir}/results.json, sweep.png")
@@ -167,8 +205,14 @@ def plot_sweep(rows, names, grid, path, title):
     else:
         labels = [", ".join(f"{k}={v:g}" for k, v in r["cell"].items()) for r in rows]
         for key, lab in (("acc", "ACC"), ("min_acc", "min-ACC"), ("wc_acc", "WC-ACC")):
-            ax.errorbar(range(len(rows)), [r["summary"][key]["mean"] for r in rows],
-                        yerr=[r["summary"][key]["std"] for r in rows], marker="o", capsize=3, label=lab)
+            ax.errorbar(
+                range(len(rows)),
+                [r["summary"][key]["mean"] for r in rows],
+                yerr=[r["summary"][key]["std"] for r in rows],
+                marker="o",
+                capsize=3,
+                label=lab,
+            )
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("accuracy (mean ± std over seeds)")
         ax.legend()
@@ -182,7 +226,9 @@ def plot_sweep(rows, names, grid, path, title):
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="jaxcl sweep", description="a grid of hyperparameters x seeds as one program")
+    p = argparse.ArgumentParser(
+        prog="jaxcl sweep", description="a grid of hyperparameters x seeds as one program"
+    )
     p.add_argument("study", choices=sorted(CONFIGS))
     p.add_argument("--method", default="er")
     p.add_argument("--grid", action="append", default=[], help="name=v1,v2,... (repeatable)")

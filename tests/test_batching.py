@@ -1,5 +1,6 @@
 """jaxcl.batching.over_seeds: vmap and the compiled loop give the same per-seed results, and the
 automatic choice follows the model and the backend."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,9 @@ def test_map_and_vmap_agree_on_a_training_step_per_seed():
         p = model.init(key)
 
         def body(p, i):
-            g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-                model.apply(p, x * scale), y).mean())(p)
+            g = jax.grad(
+                lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x * scale), y).mean()
+            )(p)
             u, _ = tx.update(g, tx.init(p), p)
             return optax.apply_updates(p, u), None
 

@@ -1,4 +1,5 @@
 """The speed benchmarks run at a tiny size and write well-formed JSON lines (no timing checks)."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,12 @@ def test_er_stream_tiny_writes_json_lines(tmp_path):
     out = tmp_path / "er.jsonl"
     out.write_text('{"earlier": "line"}\n')  # the script appends
     script = os.path.join(ROOT, "benchmarks_speed", "er_stream.py")
-    proc = subprocess.run([sys.executable, script, "--tiny", "--seeds", "1", "2", "--repeats", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, script, "--tiny", "--seeds", "1", "2", "--repeats", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "ratio" in proc.stdout
     lines = out.read_text().splitlines()
@@ -37,11 +42,21 @@ def test_er_stream_tiny_writes_json_lines(tmp_path):
 def test_conv_cpu_tiny_writes_json_lines(tmp_path):
     out = tmp_path / "conv.jsonl"
     script = os.path.join(ROOT, "benchmarks_speed", "conv_cpu.py")
-    proc = subprocess.run([sys.executable, script, "--tiny", "--out", str(out)], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, script, "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = [json.loads(l) for l in out.read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["conv-lax-1seed", "conv-canonical-1seed", "seeds-vmap", "seeds-map"]
+    assert [r["variant"] for r in rows] == [
+        "conv-lax-1seed",
+        "conv-canonical-1seed",
+        "seeds-vmap",
+        "seeds-map",
+    ]
     assert [r["seeds"] for r in rows] == [1, 1, 2, 2]
     assert all(r["s_per_step_per_seed"] > 0 and r["width"] == 4 for r in rows)
     assert "speed-up in a scan" in proc.stdout

@@ -1,8 +1,8 @@
 """Checkpoints that survive SIGKILL: resume equals an uninterrupted run exactly (CPU); a corrupt
 latest checkpoint falls back to the previous one; another config is refused by field."""
+
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,14 +19,17 @@ ARGS = ["run", "split-digits", "--tiny", "--method", "er", "--method", "ewc", "-
 
 def jaxcl(args, **env):
     e = {**os.environ, "TQDM_DISABLE": "1", **env}
-    return subprocess.run([sys.executable, "-m", "jaxcl.cli", *args], env=e, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxcl.cli", *args], env=e, capture_output=True, text=True, timeout=600
+    )
 
 
 def results(path):
     r = json.loads((path / "results.json").read_text())
-    return {m: (np.asarray(v["R_per_seed"]), np.asarray(v["acc_trace_mean"]), np.asarray(v["loss_trace_mean"]))
-            for m, v in r["methods"].items()}
+    return {
+        m: (np.asarray(v["R_per_seed"]), np.asarray(v["acc_trace_mean"]), np.asarray(v["loss_trace_mean"]))
+        for m, v in r["methods"].items()
+    }
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The main job end to end (tiny), methods that must do something, seeds and sweeps as one
 program, and bad input."""
+
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +11,8 @@ import pytest
 from jaxcl import cli
 from jaxcl.cl_study import CONFIGS, build_stream, tiny
 from jaxcl.engine import NonFiniteLossError
-from jaxcl.losses import ewc_penalty
 from jaxcl.loops import Experiment, LoopConfig, run_grid, run_seeds, seeds_keys
+from jaxcl.losses import ewc_penalty
 from jaxcl.methods import get_method
 from jaxcl.models import make_model
 
@@ -71,22 +71,33 @@ def test_ewc_moves_less_than_finetune(stream):
     for x, y in zip(jax.tree.leaves(a0), jax.tree.leaves(anchors["finetune"])):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)  # same first task for both
     pen = {n: float(ewc_penalty(final[n], a0["anchor"], a0["fisher"])) for n in final}
-    drift = {n: float(sum(jnp.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(final[n]),
-                                                                  jax.tree.leaves(a0["anchor"])))) for n in final}
+    drift = {
+        n: float(
+            sum(
+                jnp.sum((p - a) ** 2)
+                for p, a in zip(jax.tree.leaves(final[n]), jax.tree.leaves(a0["anchor"]))
+            )
+        )
+        for n in final
+    }
     assert pen["ewc"] < 0.5 * pen["finetune"], pen
     assert drift["ewc"] < drift["finetune"], drift
 
 
 def test_seeds_in_one_program_equal_separate_runs(stream):
     model = make_model("mlp", stream.input_shape, 10, hidden=(32,))
-    loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
+    loop = LoopConfig(
+        steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32
+    )
     exp = Experiment(model, get_method("er"), loop, capacity=64)
     hp = exp.default_hparams()
     keys = seeds_keys(0, 3)
     together = run_seeds(exp, stream, hp, keys)
     one = jax.jit(exp.run)(keys[1], stream, hp)
     np.testing.assert_allclose(np.asarray(together["R"][1]), np.asarray(one["R"]), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(together["trace"]["loss"][1]), np.asarray(one["trace"]["loss"]), rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(together["trace"]["loss"][1]), np.asarray(one["trace"]["loss"]), rtol=1e-4
+    )
     assert not np.allclose(np.asarray(together["trace"]["loss"][0]), np.asarray(together["trace"]["loss"][1]))
 
 
@@ -94,7 +105,9 @@ def test_seeds_in_one_program_equal_separate_runs(stream):
 def test_sweep_over_traced_hparams_equals_separate_runs(stream, model_name):
     kw = dict(hidden=(32,)) if model_name == "mlp" else dict(channels=(4, 8), hidden=16)
     model = make_model(model_name, stream.input_shape, 10, **kw)
-    loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
+    loop = LoopConfig(
+        steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32
+    )
     exp = Experiment(model, get_method("er"), loop, capacity=64)
     grid = {"lr": jnp.array([1e-3, 3e-3]), "replay_fraction": jnp.array([0.25, 0.75])}
     keys = seeds_keys(0, 2)
@@ -120,7 +133,9 @@ def test_other_methods_run_and_learn(stream, method):
 def test_lwf_and_agem_change_the_update(stream):
     """Against fine-tuning from the same init and batches, their second task must differ."""
     model = make_model("mlp", stream.input_shape, 10, hidden=(32,))
-    loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
+    loop = LoopConfig(
+        steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32
+    )
     res = {}
     for m in ("finetune", "lwf", "agem"):
         exp = Experiment(model, get_method(m), loop)
@@ -157,13 +172,29 @@ def test_shape_mismatch_reported_before_compiling(stream):
 def test_divergent_run_stops_with_the_step(tmp_path):
     # a learning rate of 1e30 sends the loss to inf/nan within a few steps
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step \d+"):
-        cli.main(["run", "split-digits", "--tiny", "--method", "finetune", "--lr", "1e30",
-                  "--out", str(tmp_path)])
+        cli.main(
+            ["run", "split-digits", "--tiny", "--method", "finetune", "--lr", "1e30", "--out", str(tmp_path)]
+        )
 
 
 def test_cnn_study_runs(tmp_path):
-    assert cli.main(["run", "split-digits", "--tiny", "--model", "cnn", "--method", "er", "--no-checkpoint",
-                     "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "split-digits",
+                "--tiny",
+                "--model",
+                "cnn",
+                "--method",
+                "er",
+                "--no-checkpoint",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["config"]["model"] == "cnn"
     assert np.diag(np.asarray(res["methods"]["er"]["R_mean"])).mean() > 0.5

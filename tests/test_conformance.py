@@ -1,6 +1,7 @@
 """One table of checks run on every wrapper, at each of the four levels (optax-style):
 it jits, it traces once for repeated calls, it keeps tree structure and dtypes, and it works
 under vmap (matching a Python loop over the batch)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,16 +21,21 @@ PARAMS_LIKE = jax.eval_shape(MODEL.init, jax.random.key(0))
 
 def batch(seed=0, n=6):
     rng = np.random.default_rng(seed)
-    return {"x": jnp.asarray(rng.integers(0, 256, (n, 4, 4, 1)), jnp.uint8),
-            "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
-            "t": jnp.zeros((n,), jnp.int32), "mask": jnp.ones((n, 3), bool)}
+    return {
+        "x": jnp.asarray(rng.integers(0, 256, (n, 4, 4, 1)), jnp.uint8),
+        "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
+        "t": jnp.zeros((n,), jnp.int32),
+        "mask": jnp.ones((n, 3), bool),
+    }
 
 
 def full_batch(seed=0):
     b = batch(seed)
     b["ref_logits"] = jnp.asarray(np.random.default_rng(seed + 1).normal(size=(6, 3)), jnp.float32)
-    b["ewc"] = {"anchor": jax.tree.map(lambda p: p + 0.1, PARAMS),
-                "fisher": jax.tree.map(lambda p: jnp.full_like(p, 0.5), PARAMS)}
+    b["ewc"] = {
+        "anchor": jax.tree.map(lambda p: p + 0.1, PARAMS),
+        "fisher": jax.tree.map(lambda p: jnp.full_like(p, 0.5), PARAMS),
+    }
     return b
 
 
@@ -63,7 +69,9 @@ def test_loss_wrapper_conformance(name):
     # vmap over a stack of batches equals a loop
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), full_batch(0), full_batch(1))
     (lv, _), _ = jax.vmap(f, in_axes=(None, 0, None))(PARAMS, stacked, jax.random.key(0))
-    np.testing.assert_allclose(np.asarray(lv), [float(l1), float(jf(PARAMS, full_batch(1), jax.random.key(0))[0][0])], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(lv), [float(l1), float(jf(PARAMS, full_batch(1), jax.random.key(0))[0][0])], rtol=1e-5
+    )
 
 
 # -- level: gradient transforms ---------------------------------------------------------------
@@ -118,8 +126,10 @@ def test_data_transform_conformance(name):
     b2, s2 = ju(batch(1), s1, jax.random.key(1))
     assert len(traces) == 1
     assert jax.tree.structure(s2) == jax.tree.structure(state0)
-    assert all(a.dtype == b.dtype and a.shape == b.shape
-               for a, b in zip(jax.tree.leaves(s2), jax.tree.leaves(state0)))
+    assert all(
+        a.dtype == b.dtype and a.shape == b.shape
+        for a, b in zip(jax.tree.leaves(s2), jax.tree.leaves(state0))
+    )
     for k in ("x", "y"):
         assert b2[k].shape == batch(1)[k].shape and b2[k].dtype == batch(1)[k].dtype
     # vmap over independent states (seeds) equals a loop

@@ -1,5 +1,6 @@
 """jaxcl.models.conv: the canonical-gradient convolution against PyTorch and JAX's own rule, and
 its reason to exist (gradients inside a compiled loop as fast as outside, on XLA:CPU)."""
+
 import time
 
 import jax
@@ -22,14 +23,17 @@ CASES = [  # (H, W, Cin, Cout, K, stride, padding)
 
 def _data(h, w, ci, co, k, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((2, h, w, ci)).astype(np.float32),
-            rng.standard_normal((k, k, ci, co)).astype(np.float32),)
+    return (
+        rng.standard_normal((2, h, w, ci)).astype(np.float32),
+        rng.standard_normal((k, k, ci, co)).astype(np.float32),
+    )
 
 
 def _loss(impl, stride, padding):
     def f(x, w):
         y = conv2d(x, w, stride, padding, impl=impl)
-        return (y ** 3).sum() + y.sum()
+        return (y**3).sum() + y.sum()
+
     return f
 
 
@@ -42,11 +46,12 @@ def test_canonical_gradient_matches_torch(case):
     gx, gw = jax.grad(_loss("canonical", stride, padding), argnums=(0, 1))(x, kern)
 
     from jaxcl.models.conv import conv_padding
+
     (pt, pb), (pl, pr) = conv_padding(padding, (k, k), (stride, stride), (h, w))
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
     tw = torch.tensor(kern.transpose(3, 2, 0, 1), requires_grad=True)
     ty = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (pl, pr, pt, pb)), tw, stride=stride)
-    ((ty ** 3).sum() + ty.sum()).backward()
+    ((ty**3).sum() + ty.sum()).backward()
     np.testing.assert_allclose(np.asarray(y), ty.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(gx), tx.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(np.asarray(gw), tw.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-3, atol=1e-2)
@@ -65,7 +70,10 @@ def test_canonical_gradient_matches_jax_rule(case):
 def test_conv_module_is_nnx_conv_with_the_same_parameters():
     for kw in (dict(kernel_size=(3, 3), padding=1, use_bias=False, strides=2), dict(kernel_size=(3, 3))):
         ref, ours = nnx.Conv(4, 8, rngs=nnx.Rngs(0), **kw), Conv(4, 8, rngs=nnx.Rngs(0), **kw)
-        assert nnx.to_pure_dict(nnx.state(ref, nnx.Param)).keys() == nnx.to_pure_dict(nnx.state(ours, nnx.Param)).keys()
+        assert (
+            nnx.to_pure_dict(nnx.state(ref, nnx.Param)).keys()
+            == nnx.to_pure_dict(nnx.state(ours, nnx.Param)).keys()
+        )
         np.testing.assert_array_equal(ref.kernel[...], ours.kernel[...])
         x = jax.random.normal(jax.random.key(1), (2, 9, 9, 4))
         np.testing.assert_allclose(ref(x), ours(x), rtol=1e-5, atol=1e-5)
@@ -94,8 +102,11 @@ def test_gradient_in_a_loop_equals_and_is_as_fast_as_outside():
 
     def total(impl, unroll):
         g = lambda xb: jax.grad(lambda w: (conv2d(xb, w, 1, 1, impl=impl) ** 2).sum())(kern)
-        return jax.jit(lambda xs: jax.lax.scan(lambda c, xb: (c + g(xb), None), jnp.zeros_like(kern), xs,
-                                               unroll=unroll)[0])
+        return jax.jit(
+            lambda xs: jax.lax.scan(lambda c, xb: (c + g(xb), None), jnp.zeros_like(kern), xs, unroll=unroll)[
+                0
+            ]
+        )
 
     rolled, unrolled = total("canonical", 1), total("canonical", True)
     np.testing.assert_allclose(rolled(xs), unrolled(xs), rtol=1e-4, atol=1e-3)
@@ -123,7 +134,8 @@ def test_second_order_gradients_match_jax_rule():
     def gn(impl):
         def f(x, w):
             g = jax.grad(lambda w: (jnp.tanh(conv2d(x, w, 2, 1, impl=impl)) ** 2).sum())(w)
-            return (g ** 2).sum()
+            return (g**2).sum()
+
         return jax.grad(f, argnums=(0, 1))(x, kern)
 
     for a, b in zip(gn("canonical"), gn("lax")):

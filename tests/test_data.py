@@ -1,4 +1,5 @@
 """Loaders (on small files the tests write) and streams."""
+
 import gzip
 import json
 

@@ -1,5 +1,6 @@
 """The pure step: one step against a plain PyTorch reference, metrics, determinism, non-finite
 handling."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,11 +12,12 @@ from jaxcl.losses import classification_loss
 from jaxcl.models import mlp
 
 
-
 def _batch(n=16, seed=0):
     rng = np.random.default_rng(seed)
-    return {"x": jnp.asarray(rng.integers(0, 256, (n, 8, 8, 1)), jnp.uint8),
-            "y": jnp.asarray(rng.integers(0, 10, n), jnp.int32)}
+    return {
+        "x": jnp.asarray(rng.integers(0, 256, (n, 8, 8, 1)), jnp.uint8),
+        "y": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+    }
 
 
 def test_sgd_step_matches_pytorch():
@@ -39,8 +41,9 @@ def test_sgd_step_matches_pytorch():
     np.testing.assert_allclose(float(m["loss"]), loss.item(), rtol=1e-5)
     gn = torch.sqrt(sum((p.grad**2).sum() for p in (W1, b1, W2, b2))).item()
     np.testing.assert_allclose(float(m["grad_norm"]), gn, rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(new.params["head"]["kernel"]),
-                               (W2 - 0.1 * W2.grad).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(new.params["head"]["kernel"]), (W2 - 0.1 * W2.grad).detach().numpy(), rtol=1e-5, atol=1e-6
+    )
     assert int(new.step) == 1
     for k in ("loss", "grad_norm", "param_norm", "finite", "train_acc"):
         assert k in m
@@ -67,6 +70,7 @@ def _nan_loss_fn(model):
     def loss_fn(p, b, key):
         loss, aux = classification_loss(model.apply)(p, b, key)
         return loss * jnp.where(b["poison"], jnp.nan, 1.0), aux
+
     return loss_fn
 
 

@@ -1,12 +1,11 @@
 """Metrics against hand-computed values."""
+
 import numpy as np
 import pytest
 
 from jaxcl import metrics as M
 
-R = np.array([[0.9, 0.1, 0.0],
-              [0.6, 0.8, 0.2],
-              [0.5, 0.7, 0.95]])
+R = np.array([[0.9, 0.1, 0.0], [0.6, 0.8, 0.2], [0.5, 0.7, 0.95]])
 B = np.array([0.1, 0.2, 0.3])
 
 

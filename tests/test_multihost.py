@@ -1,5 +1,6 @@
 """Two JAX processes on localhost (jax.distributed, CPU collectives over gloo) run a small study
 as one multi-controller program and agree with a single-process run."""
+
 import json
 import os
 import socket
@@ -26,8 +27,16 @@ def last_json(text):
 def test_two_processes_agree_with_one():
     port = free_port()
     env = {**os.environ, "TQDM_DISABLE": "1", "XLA_FLAGS": ""}
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(port), str(i), "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(port), str(i), "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = []
     for p in procs:
         try:
@@ -38,8 +47,9 @@ def test_two_processes_agree_with_one():
             pytest.fail("the 2-process run hung")
         assert p.returncode == 0, e[-2000:]
         outs.append(last_json(o))
-    single = subprocess.run([sys.executable, str(SCRIPT), "0", "0", "1"], env=env, capture_output=True,
-                            text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(SCRIPT), "0", "0", "1"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     one = last_json(single.stdout)
     assert [o["devices"] for o in outs] == [2, 2] and one["devices"] == 1
@@ -49,8 +59,10 @@ def test_two_processes_agree_with_one():
 
 
 def test_missing_coordinator_times_out_with_a_clear_error():
-    code = ("from jaxcl.parallel import initialize_multihost\n"
-            f"initialize_multihost('127.0.0.1:{free_port()}', 2, 1, timeout_s=2)")
+    code = (
+        "from jaxcl.parallel import initialize_multihost\n"
+        f"initialize_multihost('127.0.0.1:{free_port()}', 2, 1, timeout_s=2)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert "no coordinator answered" in p.stderr and "Start process 0" in p.stderr

@@ -1,6 +1,6 @@
 """Execute the quickstart notebook's code cells so it cannot rot (shell lines are skipped)."""
+
 import json
-import os
 from pathlib import Path
 
 import matplotlib

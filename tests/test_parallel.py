@@ -1,4 +1,5 @@
 """Many devices (8 forced host devices, in a subprocess): same results as one device."""
+
 import json
 import os
 import subprocess

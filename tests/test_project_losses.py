@@ -1,11 +1,19 @@
 """A-GEM projection, KL and EWC wrappers and the empirical Fisher against numpy references."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from jaxcl.losses import classification_loss, empirical_fisher, ewc_penalty, kl_divergence, with_ewc_penalty, with_kl
+from jaxcl.losses import (
+    classification_loss,
+    empirical_fisher,
+    ewc_penalty,
+    kl_divergence,
+    with_ewc_penalty,
+    with_kl,
+)
 from jaxcl.models import mlp
 from jaxcl.transforms import project_conflicting, project_out_basis
 
@@ -59,8 +67,10 @@ MODEL = mlp((4, 4, 1), 3, hidden=(8,))
 
 def _batch(n=32):
     rng = np.random.default_rng(1)
-    return {"x": jnp.asarray(rng.integers(0, 256, (n, 4, 4, 1)), jnp.uint8),
-            "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32)}
+    return {
+        "x": jnp.asarray(rng.integers(0, 256, (n, 4, 4, 1)), jnp.uint8),
+        "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
+    }
 
 
 def test_with_kl_adds_scaled_term_and_switch():
@@ -94,7 +104,7 @@ def test_empirical_fisher_matches_per_example_loop():
     fisher = empirical_fisher(base, p, b, None, chunk=32)
     acc = jax.tree.map(jnp.zeros_like, p)
     for i in range(64):
-        one = jax.tree.map(lambda a: a[i:i + 1], b)
+        one = jax.tree.map(lambda a: a[i : i + 1], b)
         g = jax.grad(lambda q: base(q, one, None)[0])(p)
         acc = jax.tree.map(lambda s, gi: s + gi**2 / 64, acc, g)
     for a, c in zip(jax.tree.leaves(fisher), jax.tree.leaves(acc)):

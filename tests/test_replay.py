@@ -1,5 +1,6 @@
 """Reservoir replay: exact fill order, uniform inclusion probability, mixing fraction, and the
 separate-memory mode A-GEM uses."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
 """Sweeps as one program (chunked or not, the numbers agree) and TensorBoard event files."""
+
 import json
 import struct
 
@@ -28,8 +29,24 @@ def test_sweep_chunked_equals_unchunked_and_reports_memory(tmp_path):
 
 
 def test_sweep_cli_and_bad_grid(tmp_path, capsys):
-    assert cli.main(["sweep", "split-digits", "--tiny", "--method", "ewc", "--grid", "ewc_lambda=0,1000",
-                     "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "sweep",
+                "split-digits",
+                "--tiny",
+                "--method",
+                "ewc",
+                "--grid",
+                "ewc_lambda=0,1000",
+                "--seeds",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "ewc_lambda=1000" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no hyperparameter"):
         run_sweep(tiny(CONFIGS["split-digits"]), "er", {"momentum": [0.9]}, seeds=1, verbose=False)
@@ -42,8 +59,8 @@ def read_scalars(path):
 
     data, out, i = open(path, "rb").read(), {}, 0
     while i < len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
-        ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
         i += 12 + n + 4
         for v in ev.summary.value:
             out.setdefault(v.tag, []).append((ev.step, v.simple_value))
@@ -51,8 +68,22 @@ def read_scalars(path):
 
 
 def test_tensorboard_event_files(tmp_path):
-    assert cli.main(["run", "split-digits", "--tiny", "--method", "er", "--tensorboard", "--no-checkpoint",
-                     "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "split-digits",
+                "--tiny",
+                "--method",
+                "er",
+                "--tensorboard",
+                "--no-checkpoint",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     files = list((tmp_path / "tensorboard" / "er").glob("events.out.tfevents.*"))
     assert len(files) == 1
     sc = read_scalars(files[0])

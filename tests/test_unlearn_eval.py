@@ -1,5 +1,6 @@
 """Forgetting metrics (jaxcl.unlearn.eval): CKA properties, AUC against scikit-learn, the
 logistic-regression attack separates separable data."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +28,12 @@ def test_auc_matches_sklearn():
 
 
 def test_logistic_regression_separates():
-    x = jnp.concatenate([jax.random.normal(jax.random.key(0), (100, 2)) + 3,
-                         jax.random.normal(jax.random.key(1), (100, 2)) - 3])
+    x = jnp.concatenate(
+        [
+            jax.random.normal(jax.random.key(0), (100, 2)) + 3,
+            jax.random.normal(jax.random.key(1), (100, 2)) - 3,
+        ]
+    )
     y = jnp.r_[jnp.ones(100), jnp.zeros(100)]
     p = ev.predict_proba(ev.logistic_regression(x, y), x)
     assert float(((p > 0.5) == (y > 0.5)).mean()) > 0.97

@@ -4,6 +4,7 @@ The projected update is orthogonal to every kept retain gradient (and basis vect
 twice changes nothing, the basis is orthonormal, and the transform keeps dtypes and tree
 structure, traces once and runs under vmap. Tolerances: float32, |dot| < 1e-4 relative.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +27,7 @@ def _feed(tx, n, seed=0):
     state = tx.init(PARAMS)
     retain, key = [], jax.random.key(seed)
     upd = jax.jit(tx.update)
-    for i in range(n):
+    for _ in range(n):
         key, k1, k2 = jax.random.split(key, 3)
         r, g = _rand_like(k1, PARAMS), _rand_like(k2, PARAMS)
         out, state = upd(g, state, None, retain_grads=r)
@@ -53,9 +54,20 @@ def test_projected_update_is_orthogonal_to_every_basis_vector_and_kept_gradient(
         assert max(abs(d) for d in dots) < 1e-5 * scale * 10
     # the basis is orthonormal (per leaf, or over the tree)
     if mode == "global":
-        gram = np.array([[float(tree_dot(jax.tree.map(lambda b: b[i], state.basis),
-                                         jax.tree.map(lambda b: b[j], state.basis)))
-                          for j in range(rank)] for i in range(rank)])
+        gram = np.array(
+            [
+                [
+                    float(
+                        tree_dot(
+                            jax.tree.map(lambda b: b[i], state.basis),
+                            jax.tree.map(lambda b: b[j], state.basis),
+                        )
+                    )
+                    for j in range(rank)
+                ]
+                for i in range(rank)
+            ]
+        )
         np.testing.assert_allclose(gram, np.eye(rank), atol=1e-5)
     else:
         for b in jax.tree.leaves(state.basis):
@@ -128,8 +140,9 @@ def test_chain_with_optimizer_keeps_structure_dtypes_traces_once_and_vmaps():
     state = tx.init(PARAMS)
     p = PARAMS
     for i in range(3):
-        p, state = f(p, state, _rand_like(jax.random.key(i), PARAMS),
-                     _rand_like(jax.random.key(10 + i), PARAMS))
+        p, state = f(
+            p, state, _rand_like(jax.random.key(i), PARAMS), _rand_like(jax.random.key(10 + i), PARAMS)
+        )
     assert len(traces) == 1
     assert jax.tree.structure(p) == jax.tree.structure(PARAMS)
     assert all(a.dtype == b.dtype for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(PARAMS)))
@@ -139,7 +152,6 @@ def test_chain_with_optimizer_keeps_structure_dtypes_traces_once_and_vmaps():
     rs = jax.vmap(lambda k: _rand_like(k, PARAMS))(jax.random.split(jax.random.key(1), 3))
     states = jax.vmap(tx.init)(ps)
     out, _ = jax.jit(jax.vmap(step))(ps, states, gs, rs)
-    one, _ = step(PARAMS, tx.init(PARAMS), jax.tree.map(lambda a: a[1], gs),
-                  jax.tree.map(lambda a: a[1], rs))
+    one, _ = step(PARAMS, tx.init(PARAMS), jax.tree.map(lambda a: a[1], gs), jax.tree.map(lambda a: a[1], rs))
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(one)):
         np.testing.assert_allclose(a[1], b, atol=1e-6)

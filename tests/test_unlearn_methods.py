@@ -3,6 +3,7 @@ forgotten), under vmap over 2 seeds: it moves the weights and lowers forget accu
 original's; the retrained oracle's retain accuracy stays in the band [0.75, 1.0] and its forget
 accuracy is below 0.2. Plus the bad-input errors and the tiny study end to end.
 """
+
 import argparse
 import dataclasses
 import json
@@ -20,8 +21,9 @@ from jaxcl.unlearn import eval as ev
 
 fmnist = pytest.importorskip("jaxcl.data.loaders").fashion_mnist
 
-CFG = common.UnlearnConfig(train_steps=150, steps=15, eval_cap=200, relearn_steps=4,
-                           relearn_every=2, relearn_n=16)
+CFG = common.UnlearnConfig(
+    train_steps=150, steps=15, eval_cap=200, relearn_steps=4, relearn_every=2, relearn_n=16
+)
 SEEDS = 2
 
 
@@ -34,8 +36,12 @@ def setup():
     data = scenarios.make(ds, "full-class", 3, n_per_class=40, n_test=300)
     model = mlp((28, 28, 1), 10, hidden=(64,))
     keys = jax.random.split(jax.random.key(0), SEEDS)
-    train = jax.jit(jax.vmap(lambda k, d: common.train_classifier(
-        model, model.init(k), k, d.x_train, d.y_train, CFG)[0], in_axes=(0, None)))
+    train = jax.jit(
+        jax.vmap(
+            lambda k, d: common.train_classifier(model, model.init(k), k, d.x_train, d.y_train, CFG)[0],
+            in_axes=(0, None),
+        )
+    )
     p_orig = train(keys, data)
     acc = jax.jit(jax.vmap(lambda p, x, y: ev.accuracy(model.apply, p, x, y), in_axes=(0, None, None)))
     return model, data, keys, p_orig, acc
@@ -52,8 +58,9 @@ def test_method_moves_weights_and_lowers_forget_accuracy_under_vmap(setup, name)
     out = _run(model, name, p_orig, keys, data)
     assert jax.tree.structure(out) == jax.tree.structure(p_orig)
     for s in range(SEEDS):
-        moved = sum(float(jnp.abs(a[s] - b[s]).sum()) for a, b in
-                    zip(jax.tree.leaves(out), jax.tree.leaves(p_orig)))
+        moved = sum(
+            float(jnp.abs(a[s] - b[s]).sum()) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(p_orig))
+        )
         assert moved > 0, f"{name} did not change the weights of seed {s}"
     f_before = np.asarray(acc(p_orig, data.x_forget, data.y_forget))
     f_after = np.asarray(acc(out, data.x_forget, data.y_forget))
@@ -86,12 +93,14 @@ def test_bad_hyperparameters_are_refused_before_compute():
     for kw in (dict(ssd_alpha=0.0), dict(ssd_lambda=-1.0), dict(steps=0), dict(gu_rank=16)):
         with pytest.raises(ValueError):
             dataclasses.replace(CFG, **kw).validate()
-    args = argparse.Namespace(method=["nope"], seeds=1, tiny=True, out=None, forget_class=3,
-                              scenario="full-class")
+    args = argparse.Namespace(
+        method=["nope"], seeds=1, tiny=True, out=None, forget_class=3, scenario="full-class"
+    )
     with pytest.raises(ValueError, match="unknown unlearning method"):
         study.run(args)
-    args = argparse.Namespace(method=["ssd"], seeds=1, tiny=True, out=None, forget_class=3,
-                              scenario="full-class", ssd_alpha=-1.0)
+    args = argparse.Namespace(
+        method=["ssd"], seeds=1, tiny=True, out=None, forget_class=3, scenario="full-class", ssd_alpha=-1.0
+    )
     with pytest.raises(ValueError, match="SSD needs"):
         study.run(args)
 
@@ -101,8 +110,9 @@ def test_tiny_study_end_to_end(tmp_path):
         fmnist()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    args = argparse.Namespace(method=["ssd", "gu-npo"], seeds=1, tiny=True, out=str(tmp_path),
-                              forget_class=3, scenario="full-class")
+    args = argparse.Namespace(
+        method=["ssd", "gu-npo"], seeds=1, tiny=True, out=str(tmp_path), forget_class=3, scenario="full-class"
+    )
     out = study.run(args)
     assert set(out["table"]) == {"oracle", "ssd", "gu-npo"}
     for f in ("results.json", "forget_vs_retain.png", "relearn.png"):
@@ -122,8 +132,17 @@ def test_study_reuses_the_original_and_finished_methods(tmp_path, capsys):
         pytest.skip(str(e))
 
     def run(methods, **kw):
-        args = argparse.Namespace(**{"method": methods, "seeds": 1, "tiny": True, "out": str(tmp_path),
-                                     "forget_class": 3, "scenario": "full-class", **kw})
+        args = argparse.Namespace(
+            **{
+                "method": methods,
+                "seeds": 1,
+                "tiny": True,
+                "out": str(tmp_path),
+                "forget_class": 3,
+                "scenario": "full-class",
+                **kw,
+            }
+        )
         out = study.run(args)
         return out, capsys.readouterr().out
 
@@ -136,8 +155,10 @@ def test_study_reuses_the_original_and_finished_methods(tmp_path, capsys):
     # another unlearning option: same original, every metric computed again
     third, log = run(["ssd"], ssd_alpha=50.0)
     assert "loaded from" in log and "ssd           forget" in log and "(cached)" not in log
-    assert third["table"]["ssd"]["forget_acc"] != first["table"]["ssd"]["forget_acc"] or \
-        third["results"]["ssd"]["weight_change"] != first["results"]["ssd"]["weight_change"]
+    assert (
+        third["table"]["ssd"]["forget_acc"] != first["table"]["ssd"]["forget_acc"]
+        or third["results"]["ssd"]["weight_change"] != first["results"]["ssd"]["weight_change"]
+    )
     # another forget class: other models
     _, log = run(["ssd"], forget_class=5)
     assert "loaded from" not in log and "saved to" in log
@@ -147,12 +168,18 @@ def test_study_reuses_the_original_and_finished_methods(tmp_path, capsys):
         for f in d.rglob("*"):
             if f.is_file() and f.parent.name == "d":
                 f.write_bytes(b"\0garbage")
-    shutil.rmtree(next(d for d in (tmp_path / "cache").iterdir() if d.name.startswith("methods-")
-                       and (d / "ga.json").exists()))  # so SSD is evaluated on the retrained models
+    shutil.rmtree(
+        next(
+            d
+            for d in (tmp_path / "cache").iterdir()
+            if d.name.startswith("methods-") and (d / "ga.json").exists()
+        )
+    )  # so SSD is evaluated on the retrained models
     again, log = run(["ssd"])
     assert "truncated or corrupted" in log and "saved to" in log and "loaded from" not in log
-    np.testing.assert_allclose(again["results"]["ssd"]["metrics"]["forget_acc"],
-                               first["results"]["ssd"]["metrics"]["forget_acc"])
+    np.testing.assert_allclose(
+        again["results"]["ssd"]["metrics"]["forget_acc"], first["results"]["ssd"]["metrics"]["forget_acc"]
+    )
     _, log = run(["ssd"])
     assert "loaded from" in log  # the retrained models replaced the corrupt checkpoint
     _, log = run(["ssd"], fresh=True)

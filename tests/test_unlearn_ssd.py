@@ -3,8 +3,8 @@ definition (Foster et al. 2023, reference code's loop: per minibatch, mean cross
 backward, add grad**2; divide by the number of minibatches; select I_Df > alpha * I_D; multiply
 by min(lambda * I_D / I_Df, 1)). Tolerance: float32, rtol 1e-4 on importances, 1e-5 on params.
 """
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,9 +24,15 @@ def _problem():
 
 
 def _torch_importance(params, x, y, batch, per_example=False):
-    t = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in
-         {"w0": params["layers"][0]["kernel"], "b0": params["layers"][0]["bias"],
-          "w1": params["head"]["kernel"], "b1": params["head"]["bias"]}.items()}
+    t = {
+        k: torch.tensor(np.asarray(v), requires_grad=True)
+        for k, v in {
+            "w0": params["layers"][0]["kernel"],
+            "b0": params["layers"][0]["bias"],
+            "w1": params["head"]["kernel"],
+            "b1": params["head"]["bias"],
+        }.items()
+    }
     xf = torch.tensor(x.reshape(len(x), -1).astype(np.float32) / 127.5 - 1.0)
     yt = torch.tensor(y, dtype=torch.long)
     imp = {k: torch.zeros_like(v) for k, v in t.items()}
@@ -35,8 +41,8 @@ def _torch_importance(params, x, y, batch, per_example=False):
     for i in range(0, len(x) - len(x) % size, size):
         for v in t.values():
             v.grad = None
-        h = torch.relu(xf[i:i + size] @ t["w0"] + t["b0"])
-        loss = torch.nn.functional.cross_entropy(h @ t["w1"] + t["b1"], yt[i:i + size])
+        h = torch.relu(xf[i : i + size] @ t["w0"] + t["b0"])
+        loss = torch.nn.functional.cross_entropy(h @ t["w1"] + t["b1"], yt[i : i + size])
         loss.backward()
         for k, v in t.items():
             imp[k] += v.grad.detach() ** 2
@@ -45,15 +51,20 @@ def _torch_importance(params, x, y, batch, per_example=False):
 
 
 def _flat(tree):
-    return {"w0": tree["layers"][0]["kernel"], "b0": tree["layers"][0]["bias"],
-            "w1": tree["head"]["kernel"], "b1": tree["head"]["bias"]}
+    return {
+        "w0": tree["layers"][0]["kernel"],
+        "b0": tree["layers"][0]["bias"],
+        "w1": tree["head"]["kernel"],
+        "b1": tree["head"]["bias"],
+    }
 
 
 @pytest.mark.parametrize("per_example", [False, True])
 def test_importance_matches_pytorch(per_example):
     model, params, x, y = _problem()
-    ours = jax.jit(lambda p, x, y: ssd.importance(model.apply, p, x, y, batch_size=16,
-                                                  per_example=per_example))(params, x, y)
+    ours = jax.jit(
+        lambda p, x, y: ssd.importance(model.apply, p, x, y, batch_size=16, per_example=per_example)
+    )(params, x, y)
     ref = _torch_importance(params, x, y, 16, per_example)
     for k, v in _flat(ours).items():
         np.testing.assert_allclose(np.asarray(v), ref[k], rtol=1e-4, atol=1e-9)

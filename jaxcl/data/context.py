@@ -11,9 +11,10 @@ context in the train state and add it to every batch:
 Consolidating after a task is a state change made with the matching ``set_*`` function.
 :func:`chain` composes data transforms, each with its own slot of state.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

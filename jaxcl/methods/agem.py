@@ -9,6 +9,7 @@ episodic memory (here a reservoir buffer on the device),
 The projection is the optax transform :func:`jaxcl.transforms.project_conflicting`, fed
 ``ref_grads`` through the step's ``extra_args``.
 """
+
 import jax
 import optax
 
@@ -27,10 +28,17 @@ def build(model, hp, params_like, *, capacity=1000, memory_batch=64, optim="adam
         return {"ref_grads": g_ref}
 
     tx = optax.chain(project_conflicting(), optimizer(optim, hp["lr"], momentum))
-    return Method(base, tx, data=reservoir(capacity, mode="separate", memory_size=memory_batch),
-                  extra_args=extra_args)
+    return Method(
+        base, tx, data=reservoir(capacity, mode="separate", memory_size=memory_batch), extra_args=extra_args
+    )
 
 
-SPEC = register(MethodSpec("agem", build, {"lr": 0.001},
-                           {"capacity": 1000, "memory_batch": 64, "optim": "adam", "momentum": 0.0},
-                           "A-GEM: project the gradient when it conflicts with the memory gradient"))
+SPEC = register(
+    MethodSpec(
+        "agem",
+        build,
+        {"lr": 0.001},
+        {"capacity": 1000, "memory_batch": 64, "optim": "adam", "momentum": 0.0},
+        "A-GEM: project the gradient when it conflicts with the memory gradient",
+    )
+)

@@ -6,10 +6,12 @@ options: a loss, an optax transform, an optional data transform, optional extra 
 transform, and an optional ``consolidate(state, task_batch, key) -> state`` applied at the end of
 every task (a pure state change, not a hook).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import optax
 
@@ -19,9 +21,9 @@ from ..engine import DataTransform, LossFn
 class Method(NamedTuple):
     loss_fn: LossFn
     tx: optax.GradientTransformation
-    data: Optional[DataTransform] = None
-    extra_args: Optional[Callable] = None
-    consolidate: Optional[Callable] = None
+    data: DataTransform | None = None
+    extra_args: Callable | None = None
+    consolidate: Callable | None = None
     sample_seen: bool = False  # draw batches from every task seen so far (joint training)
 
 

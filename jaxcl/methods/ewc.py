@@ -8,7 +8,7 @@ of the diagonal empirical Fisher (mean squared per-example gradient on ``fisher_
 examples of the task). The anchor and Fisher are on-device state of an ``ewc_anchor`` data
 transform; consolidation at a task end is a state change.
 """
-import jax
+
 
 from ..data.context import ewc_anchor, set_ewc_anchor
 from ..losses import classification_loss, empirical_fisher, with_ewc_penalty
@@ -20,13 +20,22 @@ def build(model, hp, params_like, *, optim="adam", momentum=0.0, decay=1.0):
 
     def consolidate(state, task_batch, key):
         fisher = empirical_fisher(base, state.params, task_batch, key)
-        return state.replace(data_state=set_ewc_anchor(state.data_state, state.params, fisher,
-                                                       decay=decay))
+        return state.replace(data_state=set_ewc_anchor(state.data_state, state.params, fisher, decay=decay))
 
-    return Method(with_ewc_penalty(base, lam=hp["ewc_lambda"]), optimizer(optim, hp["lr"], momentum),
-                  data=ewc_anchor(params_like), consolidate=consolidate)
+    return Method(
+        with_ewc_penalty(base, lam=hp["ewc_lambda"]),
+        optimizer(optim, hp["lr"], momentum),
+        data=ewc_anchor(params_like),
+        consolidate=consolidate,
+    )
 
 
-SPEC = register(MethodSpec("ewc", build, {"lr": 0.001, "ewc_lambda": 1000.0},
-                           {"optim": "adam", "momentum": 0.0, "decay": 1.0},
-                           "elastic weight consolidation (online, empirical Fisher)"))
+SPEC = register(
+    MethodSpec(
+        "ewc",
+        build,
+        {"lr": 0.001, "ewc_lambda": 1000.0},
+        {"optim": "adam", "momentum": 0.0, "decay": 1.0},
+        "elastic weight consolidation (online, empirical Fisher)",
+    )
+)

@@ -5,6 +5,7 @@
 with ``f_old`` the model at the end of the previous task (a frozen teacher kept on the device)
 and T = 2. On the first task there is no teacher and the term is off.
 """
+
 from ..data.context import set_teacher, teacher
 from ..losses import classification_loss, with_kl
 from .base import Method, MethodSpec, optimizer, register
@@ -16,10 +17,20 @@ def build(model, hp, params_like, *, temperature=2.0, optim="adam", momentum=0.0
         return state.replace(data_state=set_teacher(state.data_state, state.params))
 
     loss = with_kl(classification_loss(model.apply), weight=hp["lwf_alpha"], temperature=temperature)
-    return Method(loss, optimizer(optim, hp["lr"], momentum), data=teacher(model.apply, params_like),
-                  consolidate=consolidate)
+    return Method(
+        loss,
+        optimizer(optim, hp["lr"], momentum),
+        data=teacher(model.apply, params_like),
+        consolidate=consolidate,
+    )
 
 
-SPEC = register(MethodSpec("lwf", build, {"lr": 0.001, "lwf_alpha": 1.0},
-                           {"temperature": 2.0, "optim": "adam", "momentum": 0.0},
-                           "learning without forgetting (distillation to the previous model)"))
+SPEC = register(
+    MethodSpec(
+        "lwf",
+        build,
+        {"lr": 0.001, "lwf_alpha": 1.0},
+        {"temperature": 2.0, "optim": "adam", "momentum": 0.0},
+        "learning without forgetting (distillation to the previous model)",
+    )
+)

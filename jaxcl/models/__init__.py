@@ -1,4 +1,5 @@
 """Models in flax NNX, each turned into a :class:`PureModel` (``init``/``apply``) once."""
+
 from .base import PureModel, check_input_shape, pure, to_float
 from .cnn import cnn
 from .mlp import mlp

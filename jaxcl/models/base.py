@@ -4,9 +4,11 @@ The module is split once (``nnx.split(model, nnx.Param)``); the graph definition
 the parameters are a plain pytree, so ``init`` works under ``vmap`` (one model per seed) and
 ``apply`` under ``jit``/``grad``/``vmap`` with no NNX machinery in the hot loop.
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,7 @@ class PureModel(NamedTuple):
     name: str
 
 
-def pure(build: Callable[[nnx.Rngs], nnx.Module], input_shape: tuple, n_classes: int,
-         name: str) -> PureModel:
+def pure(build: Callable[[nnx.Rngs], nnx.Module], input_shape: tuple, n_classes: int, name: str) -> PureModel:
     """Wrap ``build(rngs) -> module`` (a module with ``__call__`` and ``features``)."""
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
 
@@ -53,6 +54,8 @@ def check_input_shape(model: PureModel, x_shape: tuple) -> None:
     want = tuple(model.input_shape)
     got = tuple(x_shape)
     if want != got:
-        raise ValueError(f"model {model.name!r} expects inputs of shape {want} (H, W, C) but the "
-                         f"data has examples of shape {got}; build the model with "
-                         f"input_shape={got} or pick a data set of the right shape")
+        raise ValueError(
+            f"model {model.name!r} expects inputs of shape {want} (H, W, C) but the "
+            f"data has examples of shape {got}; build the model with "
+            f"input_shape={got} or pick a data set of the right shape"
+        )

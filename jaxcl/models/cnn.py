@@ -1,7 +1,8 @@
 """A small CNN in flax NNX: two 3x3 conv + 2x2 max-pool blocks and a linear head."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 from flax import nnx
@@ -11,8 +12,16 @@ from .conv import Conv
 
 
 class SmallCNN(nnx.Module):
-    def __init__(self, in_channels: int, hw: tuple, n_classes: int, channels: Sequence[int] = (32, 64),
-                 hidden: int = 128, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int,
+        hw: tuple,
+        n_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        *,
+        rngs: nnx.Rngs,
+    ):
         chans = [in_channels, *channels]
         self.convs = nnx.List([Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
         h, w = hw
@@ -31,7 +40,13 @@ class SmallCNN(nnx.Module):
         return self.head(self.features(x_BxHxWxC))
 
 
-def cnn(input_shape: tuple, n_classes: int, channels: Sequence[int] = (32, 64), hidden: int = 128) -> PureModel:
+def cnn(
+    input_shape: tuple, n_classes: int, channels: Sequence[int] = (32, 64), hidden: int = 128
+) -> PureModel:
     h, w, c = input_shape
-    return pure(lambda rngs: SmallCNN(c, (h, w), n_classes, channels, hidden, rngs=rngs),
-                input_shape, n_classes, "cnn")
+    return pure(
+        lambda rngs: SmallCNN(c, (h, w), n_classes, channels, hidden, rngs=rngs),
+        input_shape,
+        n_classes,
+        "cnn",
+    )

@@ -24,6 +24,7 @@ the tests), only expressed so that the CPU backend needs no canonicalisation. On
 ``conv2d`` is the plain ``lax.conv_general_dilated`` (cuDNN and the TPU compiler handle any
 layout). :class:`Conv` is ``nnx.Conv`` (same parameters, names and initialisation) calling it.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv(x, w, stride, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
-    return jax.lax.conv_general_dilated(x, w, stride, padding, lhs_dilation=lhs_dilation,
-                                        rhs_dilation=rhs_dilation, dimension_numbers=_DN)
+    return jax.lax.conv_general_dilated(
+        x, w, stride, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=_DN
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -87,11 +89,15 @@ def conv2d(x_NxHxWxCi, w_KHxKWxCixCo, stride=1, padding="SAME", *, impl: str = "
     on the CPU backend, ``lax`` elsewhere; the environment variable ``JAXCL_CONV_IMPL`` overrides
     it, e.g. to time both), ``'canonical'`` or ``'lax'``."""
     if x_NxHxWxCi.ndim != 4 or w_KHxKWxCixCo.ndim != 4:
-        raise ValueError(f"conv2d expects x (N, H, W, C) and w (KH, KW, Cin, Cout), got shapes "
-                         f"{x_NxHxWxCi.shape} and {w_KHxKWxCixCo.shape}")
+        raise ValueError(
+            f"conv2d expects x (N, H, W, C) and w (KH, KW, Cin, Cout), got shapes "
+            f"{x_NxHxWxCi.shape} and {w_KHxKWxCixCo.shape}"
+        )
     if x_NxHxWxCi.shape[-1] != w_KHxKWxCixCo.shape[2]:
-        raise ValueError(f"conv2d: input has {x_NxHxWxCi.shape[-1]} channels but the kernel "
-                         f"expects {w_KHxKWxCixCo.shape[2]}")
+        raise ValueError(
+            f"conv2d: input has {x_NxHxWxCi.shape[-1]} channels but the kernel "
+            f"expects {w_KHxKWxCixCo.shape[2]}"
+        )
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
     pads = conv_padding(padding, w_KHxKWxCixCo.shape[:2], stride, x_NxHxWxCi.shape[1:3])
     if impl == "auto":
@@ -112,15 +118,25 @@ class Conv(nnx.Conv):
     def __init__(self, in_features: int, out_features: int, kernel_size, **kwargs):
         super().__init__(in_features, out_features, kernel_size, **kwargs)
         ks = self.kernel_size
-        if len(tuple(ks)) != 2 or self.feature_group_count != 1 or any(
-                d not in (None, 1, (1, 1)) for d in (self.input_dilation, self.kernel_dilation)):
-            raise ValueError("jaxcl Conv supports 2-D kernels without dilation or feature groups; "
-                             "use flax.nnx.Conv for those")
+        if (
+            len(tuple(ks)) != 2
+            or self.feature_group_count != 1
+            or any(d not in (None, 1, (1, 1)) for d in (self.input_dilation, self.kernel_dilation))
+        ):
+            raise ValueError(
+                "jaxcl Conv supports 2-D kernels without dilation or feature groups; "
+                "use flax.nnx.Conv for those"
+            )
         pad = self.padding
-        if (isinstance(pad, str) and pad.upper() not in ("SAME", "VALID", "SAME_LOWER")) or \
-                getattr(self, "mask", None) is not None or self.dtype not in (None, jnp.float32):
-            raise ValueError(f"jaxcl Conv supports SAME/VALID/explicit padding, no mask and float32 "
-                             f"compute (got padding={pad!r}); use flax.nnx.Conv for the rest")
+        if (
+            (isinstance(pad, str) and pad.upper() not in ("SAME", "VALID", "SAME_LOWER"))
+            or getattr(self, "mask", None) is not None
+            or self.dtype not in (None, jnp.float32)
+        ):
+            raise ValueError(
+                f"jaxcl Conv supports SAME/VALID/explicit padding, no mask and float32 "
+                f"compute (got padding={pad!r}); use flax.nnx.Conv for the rest"
+            )
 
     def __call__(self, x_NxHxWxCi):
         s = self.strides

@@ -18,6 +18,7 @@ Pure use (what training code should do)::
 their storage dtype (fp32 master weights); with `compute_dtype="bfloat16"` they are cast inside
 the forward, norms/softmax/logits stay fp32.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,42 +34,62 @@ Params = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-  vocab_size: int
-  d_model: int
-  n_layers: int
-  n_heads: int
-  n_kv_heads: int
-  d_ff: int
-  head_dim: int | None = None
-  rope_theta: float = 10000.0
-  norm_eps: float = 1e-5
-  max_seq_len: int = 2048
-  tie_embeddings: bool = True
-  attn_bias: bool = False          # Qwen2-style q/k/v bias
-  compute_dtype: str = "float32"   # "bfloat16": bf16 matmuls on fp32 master weights
-  remat: bool = False              # jax.checkpoint around each layer
-  init_std: float = 0.02
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    max_seq_len: int = 2048
+    tie_embeddings: bool = True
+    attn_bias: bool = False  # Qwen2-style q/k/v bias
+    compute_dtype: str = "float32"  # "bfloat16": bf16 matmuls on fp32 master weights
+    remat: bool = False  # jax.checkpoint around each layer
+    init_std: float = 0.02
 
-  @property
-  def hd(self) -> int:
-    return self.head_dim or self.d_model // self.n_heads
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
 
-  def replace(self, **kw) -> "LlamaConfig":
-    return dataclasses.replace(self, **kw)
+    def replace(self, **kw) -> LlamaConfig:
+        return dataclasses.replace(self, **kw)
 
 
 def smollm2_135m(**kw) -> LlamaConfig:
-  """SmolLM2-135M(-Instruct): 30 layers, d 576, 9 heads / 3 KV heads, FFN 1536, vocab 49152."""
-  base = dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
-              rope_theta=100000.0, norm_eps=1e-5, max_seq_len=8192, tie_embeddings=True)
-  return LlamaConfig(**{**base, **kw})
+    """SmolLM2-135M(-Instruct): 30 layers, d 576, 9 heads / 3 KV heads, FFN 1536, vocab 49152."""
+    base = dict(
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_ff=1536,
+        rope_theta=100000.0,
+        norm_eps=1e-5,
+        max_seq_len=8192,
+        tie_embeddings=True,
+    )
+    return LlamaConfig(**{**base, **kw})
 
 
 def tiny(**kw) -> LlamaConfig:
-  """A 2-layer model for tests (GQA 4/2 heads, head dim 16); vocab fits the byte tokenizer."""
-  base = dict(vocab_size=272, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-              rope_theta=10000.0, norm_eps=1e-5, max_seq_len=1024, tie_embeddings=True)
-  return LlamaConfig(**{**base, **kw})
+    """A 2-layer model for tests (GQA 4/2 heads, head dim 16); vocab fits the byte tokenizer."""
+    base = dict(
+        vocab_size=272,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=128,
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        max_seq_len=1024,
+        tie_embeddings=True,
+    )
+    return LlamaConfig(**{**base, **kw})
 
 
 CONFIGS = {"smollm2-135m": smollm2_135m, "tiny": tiny}
@@ -78,201 +99,233 @@ LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 def layer_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-  D, F, hd = cfg.d_model, cfg.d_ff, cfg.hd
-  s = dict(attn_norm=(D,), wq=(D, cfg.n_heads * hd), wk=(D, cfg.n_kv_heads * hd),
-           wv=(D, cfg.n_kv_heads * hd), wo=(cfg.n_heads * hd, D), mlp_norm=(D,),
-           w_gate=(D, F), w_up=(D, F), w_down=(F, D))
-  if cfg.attn_bias:
-    s.update(bq=(cfg.n_heads * hd,), bk=(cfg.n_kv_heads * hd,), bv=(cfg.n_kv_heads * hd,))
-  return s
+    D, F, hd = cfg.d_model, cfg.d_ff, cfg.hd
+    s = dict(
+        attn_norm=(D,),
+        wq=(D, cfg.n_heads * hd),
+        wk=(D, cfg.n_kv_heads * hd),
+        wv=(D, cfg.n_kv_heads * hd),
+        wo=(cfg.n_heads * hd, D),
+        mlp_norm=(D,),
+        w_gate=(D, F),
+        w_up=(D, F),
+        w_down=(F, D),
+    )
+    if cfg.attn_bias:
+        s.update(bq=(cfg.n_heads * hd,), bk=(cfg.n_kv_heads * hd,), bv=(cfg.n_kv_heads * hd,))
+    return s
 
 
 class Layers(nnx.Module):
-  """All decoder layers, each parameter stacked on a leading layer axis."""
+    """All decoder layers, each parameter stacked on a leading layer axis."""
 
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    init = nnx.initializers.normal(cfg.init_std)
-    for name, shape in layer_shapes(cfg).items():
-      full = (cfg.n_layers, *shape)
-      if name.endswith("norm"):
-        value = jnp.ones(full, jnp.float32)
-      elif name.startswith("b"):
-        value = jnp.zeros(full, jnp.float32)
-      else:
-        value = init(rngs.params(), full, jnp.float32)
-      setattr(self, name, nnx.Param(value))
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(cfg.init_std)
+        for name, shape in layer_shapes(cfg).items():
+            full = (cfg.n_layers, *shape)
+            if name.endswith("norm"):
+                value = jnp.ones(full, jnp.float32)
+            elif name.startswith("b"):
+                value = jnp.zeros(full, jnp.float32)
+            else:
+                value = init(rngs.params(), full, jnp.float32)
+            setattr(self, name, nnx.Param(value))
 
 
 class Llama(nnx.Module):
-  def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    init = nnx.initializers.normal(cfg.init_std)
-    self.embed = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32))
-    self.layers = Layers(cfg, rngs=rngs)
-    self.final_norm = nnx.Param(jnp.ones((cfg.d_model,), jnp.float32))
-    if not cfg.tie_embeddings:
-      self.lm_head = nnx.Param(init(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32))
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        init = nnx.initializers.normal(cfg.init_std)
+        self.embed = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32))
+        self.layers = Layers(cfg, rngs=rngs)
+        self.final_norm = nnx.Param(jnp.ones((cfg.d_model,), jnp.float32))
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Param(init(rngs.params(), (cfg.d_model, cfg.vocab_size), jnp.float32))
 
-  def __call__(self, tokens_BxT, **kw):
-    return forward(self.cfg, nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens_BxT, **kw)
+    def __call__(self, tokens_BxT, **kw):
+        return forward(self.cfg, nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens_BxT, **kw)
 
-  def params(self) -> Params:
-    return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    def params(self) -> Params:
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
 
 
 def init_params(cfg: LlamaConfig, seed: int = 0) -> Params:
-  """Random parameters as a pure dict (same structure as `Llama(...).params()`)."""
-  return Llama(cfg, rngs=nnx.Rngs(seed)).params()
+    """Random parameters as a pure dict (same structure as `Llama(...).params()`)."""
+    return Llama(cfg, rngs=nnx.Rngs(seed)).params()
 
 
 def load_params(model: Llama, params: Params) -> Llama:
-  """Write a pure param dict back into an NNX model (in place) and return it."""
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, params)
-  nnx.update(model, state)
-  return model
+    """Write a pure param dict back into an NNX model (in place) and return it."""
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
 
 
 def _pure(params) -> Params:
-  if isinstance(params, nnx.State):
-    return nnx.to_pure_dict(params)
-  return params
+    if isinstance(params, nnx.State):
+        return nnx.to_pure_dict(params)
+    return params
 
 
 def param_count(params) -> int:
-  return sum(x.size for x in jax.tree.leaves(_pure(params)))
+    return sum(x.size for x in jax.tree.leaves(_pure(params)))
 
 
 # ----------------------------------------------------------------------------- building blocks
 
+
 def rms_norm(x_BxTxD, w_D, eps):
-  x = x_BxTxD.astype(jnp.float32)
-  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-  return (x * w_D.astype(jnp.float32)).astype(x_BxTxD.dtype)
+    x = x_BxTxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x * w_D.astype(jnp.float32)).astype(x_BxTxD.dtype)
 
 
 def rope_tables(positions_BxT, hd, theta):
-  inv = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
-  ang_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * inv
-  ang_BxTxHD = jnp.concatenate([ang_BxTxH2, ang_BxTxH2], axis=-1)
-  return jnp.cos(ang_BxTxHD)[:, :, None, :], jnp.sin(ang_BxTxHD)[:, :, None, :]
+    inv = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    ang_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * inv
+    ang_BxTxHD = jnp.concatenate([ang_BxTxH2, ang_BxTxH2], axis=-1)
+    return jnp.cos(ang_BxTxHD)[:, :, None, :], jnp.sin(ang_BxTxHD)[:, :, None, :]
 
 
 def apply_rope(x_BxTxNxH, cos, sin):
-  x = x_BxTxNxH.astype(jnp.float32)
-  h = x.shape[-1] // 2
-  rot = jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
-  return (x * cos + rot * sin).astype(x_BxTxNxH.dtype)
+    x = x_BxTxNxH.astype(jnp.float32)
+    h = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+    return (x * cos + rot * sin).astype(x_BxTxNxH.dtype)
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
-  """KV cache: k/v (L, B, S, K, hd), `valid` (B, S) key mask, `index` = next free slot."""
-  dtype = jnp.dtype(dtype or cfg.compute_dtype)
-  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.hd)
-  return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-              valid=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+    """KV cache: k/v (L, B, S, K, hd), `valid` (B, S) key mask, `index` = next free slot."""
+    dtype = jnp.dtype(dtype or cfg.compute_dtype)
+    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.hd)
+    return dict(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        valid=jnp.zeros((batch, max_len), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
 
 
 def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS):
-  B, T, _ = x_BxTxD.shape
-  H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.hd
-  lp = jax.tree.map(lambda a: a.astype(dt), lp)
-  h = rms_norm(x_BxTxD, lp["attn_norm"], cfg.norm_eps)
-  q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
-  if cfg.attn_bias:
-    q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-  q_BxTxHxE = apply_rope(q.reshape(B, T, H, hd), cos, sin)
-  k_BxTxKxE = apply_rope(k.reshape(B, T, K, hd), cos, sin)
-  v_BxTxKxE = v.reshape(B, T, K, hd)
-  if kv is None:     # training / scoring: plain causal attention
-    o = jax.nn.dot_product_attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, is_causal=True)
-    new_kv = None
-  else:              # cached: write the new keys at `index`, attend over the whole cache
-    k_BxSxKxE, v_BxSxKxE, index = kv
-    k_BxSxKxE = jax.lax.dynamic_update_slice(k_BxSxKxE, k_BxTxKxE.astype(k_BxSxKxE.dtype), (0, index, 0, 0))
-    v_BxSxKxE = jax.lax.dynamic_update_slice(v_BxSxKxE, v_BxTxKxE.astype(v_BxSxKxE.dtype), (0, index, 0, 0))
-    o = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE.astype(dt), v_BxSxKxE.astype(dt),
-                                     mask=mask_Bx1xTxS)
-    new_kv = (k_BxSxKxE, v_BxSxKxE)
-  x_BxTxD = x_BxTxD + o.reshape(B, T, H * hd) @ lp["wo"]
-  h = rms_norm(x_BxTxD, lp["mlp_norm"], cfg.norm_eps)
-  x_BxTxD = x_BxTxD + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
-  return x_BxTxD, new_kv
+    B, T, _ = x_BxTxD.shape
+    H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+    lp = jax.tree.map(lambda a: a.astype(dt), lp)
+    h = rms_norm(x_BxTxD, lp["attn_norm"], cfg.norm_eps)
+    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    if cfg.attn_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    q_BxTxHxE = apply_rope(q.reshape(B, T, H, hd), cos, sin)
+    k_BxTxKxE = apply_rope(k.reshape(B, T, K, hd), cos, sin)
+    v_BxTxKxE = v.reshape(B, T, K, hd)
+    if kv is None:  # training / scoring: plain causal attention
+        o = jax.nn.dot_product_attention(q_BxTxHxE, k_BxTxKxE, v_BxTxKxE, is_causal=True)
+        new_kv = None
+    else:  # cached: write the new keys at `index`, attend over the whole cache
+        k_BxSxKxE, v_BxSxKxE, index = kv
+        k_BxSxKxE = jax.lax.dynamic_update_slice(
+            k_BxSxKxE, k_BxTxKxE.astype(k_BxSxKxE.dtype), (0, index, 0, 0)
+        )
+        v_BxSxKxE = jax.lax.dynamic_update_slice(
+            v_BxSxKxE, v_BxTxKxE.astype(v_BxSxKxE.dtype), (0, index, 0, 0)
+        )
+        o = jax.nn.dot_product_attention(
+            q_BxTxHxE, k_BxSxKxE.astype(dt), v_BxSxKxE.astype(dt), mask=mask_Bx1xTxS
+        )
+        new_kv = (k_BxSxKxE, v_BxSxKxE)
+    x_BxTxD = x_BxTxD + o.reshape(B, T, H * hd) @ lp["wo"]
+    h = rms_norm(x_BxTxD, lp["mlp_norm"], cfg.norm_eps)
+    x_BxTxD = x_BxTxD + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+    return x_BxTxD, new_kv
 
 
-def forward(cfg: LlamaConfig, params, tokens_BxT, *, positions_BxT=None, token_mask_BxT=None,
-            cache: dict | None = None, return_hidden: bool = False):
-  """Logits (float32) for `tokens_BxT`; with `cache`, returns `(logits_BxTxV, new_cache)`.
+def forward(
+    cfg: LlamaConfig,
+    params,
+    tokens_BxT,
+    *,
+    positions_BxT=None,
+    token_mask_BxT=None,
+    cache: dict | None = None,
+    return_hidden: bool = False,
+):
+    """Logits (float32) for `tokens_BxT`; with `cache`, returns `(logits_BxTxV, new_cache)`.
 
-  With a cache, the T new tokens go to slots [index, index+T); `token_mask_BxT` marks real
-  tokens (False for left padding) and `positions_BxT` are their RoPE positions.
-  """
-  params = _pure(params)
-  dt = jnp.dtype(cfg.compute_dtype)
-  B, T = tokens_BxT.shape
-  if positions_BxT is None:
-    start = 0 if cache is None else cache["index"]
-    positions_BxT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
-  cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
-  x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
-  layers = params["layers"]
+    With a cache, the T new tokens go to slots [index, index+T); `token_mask_BxT` marks real
+    tokens (False for left padding) and `positions_BxT` are their RoPE positions.
+    """
+    params = _pure(params)
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, T = tokens_BxT.shape
+    if positions_BxT is None:
+        start = 0 if cache is None else cache["index"]
+        positions_BxT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+    cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
+    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
+    layers = params["layers"]
 
-  if cache is None:
-    def body(x, lp):
-      return _block(cfg, dt, x, lp, cos, sin, None, None)[0], None
-    if cfg.remat:
-      body = jax.checkpoint(body)
-    x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, layers)
-    new_cache = None
-  else:
-    index, S = cache["index"], cache["k"].shape[2]
-    if token_mask_BxT is None:
-      token_mask_BxT = jnp.ones((B, T), bool)
-    valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], token_mask_BxT, (0, index))
-    slot_S = jnp.arange(S)
-    causal_TxS = slot_S[None, :] <= (index + jnp.arange(T))[:, None]
-    mask_Bx1xTxS = (valid_BxS[:, None, :] & causal_TxS[None])[:, None]
+    if cache is None:
 
-    def body(carry, lp):
-      x, k_all, v_all, l = carry
-      kv = (k_all[l], v_all[l], index)
-      x, (k_l, v_l) = _block(cfg, dt, x, lp, cos, sin, kv, mask_Bx1xTxS)
-      k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_l, l, 0)
-      v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_l, l, 0)
-      return (x, k_all, v_all, l + 1), None
-    (x_BxTxD, k_all, v_all, _), _ = jax.lax.scan(
-        body, (x_BxTxD, cache["k"], cache["v"], jnp.zeros((), jnp.int32)), layers)
-    new_cache = dict(k=k_all, v=v_all, valid=valid_BxS, index=index + T)
+        def body(x, lp):
+            return _block(cfg, dt, x, lp, cos, sin, None, None)[0], None
 
-  x_BxTxD = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
-  out = x_BxTxD if return_hidden else head(cfg, params, x_BxTxD)
-  return out if cache is None else (out, new_cache)
+        if cfg.remat:
+            body = jax.checkpoint(body)
+        x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, layers)
+        new_cache = None
+    else:
+        index, S = cache["index"], cache["k"].shape[2]
+        if token_mask_BxT is None:
+            token_mask_BxT = jnp.ones((B, T), bool)
+        valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], token_mask_BxT, (0, index))
+        slot_S = jnp.arange(S)
+        causal_TxS = slot_S[None, :] <= (index + jnp.arange(T))[:, None]
+        mask_Bx1xTxS = (valid_BxS[:, None, :] & causal_TxS[None])[:, None]
+
+        def body(carry, lp):
+            x, k_all, v_all, l = carry
+            kv = (k_all[l], v_all[l], index)
+            x, (k_l, v_l) = _block(cfg, dt, x, lp, cos, sin, kv, mask_Bx1xTxS)
+            k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_l, l, 0)
+            v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_l, l, 0)
+            return (x, k_all, v_all, l + 1), None
+
+        (x_BxTxD, k_all, v_all, _), _ = jax.lax.scan(
+            body, (x_BxTxD, cache["k"], cache["v"], jnp.zeros((), jnp.int32)), layers
+        )
+        new_cache = dict(k=k_all, v=v_all, valid=valid_BxS, index=index + T)
+
+    x_BxTxD = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
+    out = x_BxTxD if return_hidden else head(cfg, params, x_BxTxD)
+    return out if cache is None else (out, new_cache)
 
 
 def head(cfg: LlamaConfig, params, h_BxTxD):
-  """Output projection of final-norm hidden states: float32 logits (tied or untied)."""
-  params = _pure(params)
-  w_DxV = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-  return jnp.einsum("...d,dv->...v", h_BxTxD, w_DxV.astype(h_BxTxD.dtype),
-                    preferred_element_type=jnp.float32)
+    """Output projection of final-norm hidden states: float32 logits (tied or untied)."""
+    params = _pure(params)
+    w_DxV = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+    return jnp.einsum(
+        "...d,dv->...v", h_BxTxD, w_DxV.astype(h_BxTxD.dtype), preferred_element_type=jnp.float32
+    )
 
 
 def make_apply(cfg: LlamaConfig):
-  """`apply(params, tokens_BxT) -> logits_BxTxV`, pure: use inside jit/grad/vmap."""
-  return functools.partial(forward, cfg)
+    """`apply(params, tokens_BxT) -> logits_BxTxV`, pure: use inside jit/grad/vmap."""
+    return functools.partial(forward, cfg)
 
 
 # ----------------------------------------------------------------------------- losses
 
+
 def token_logprobs(cfg: LlamaConfig, params, tokens_BxT):
-  """log p(tokens[t+1] | tokens[:t+1]) for t < T-1, shape (B, T-1), float32."""
-  logits = forward(cfg, params, tokens_BxT[:, :-1])
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+    """log p(tokens[t+1] | tokens[:t+1]) for t < T-1, shape (B, T-1), float32."""
+    logits = forward(cfg, params, tokens_BxT[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
 
 
 def masked_nll(cfg: LlamaConfig, params, tokens_BxT, loss_mask_BxT):
-  """Per-sequence (sum NLL, count) over positions where `loss_mask_BxT[:, 1:]` is set."""
-  lp_BxT1 = token_logprobs(cfg, params, tokens_BxT)
-  m = loss_mask_BxT[:, 1:].astype(jnp.float32)
-  return -(lp_BxT1 * m).sum(-1), m.sum(-1)
+    """Per-sequence (sum NLL, count) over positions where `loss_mask_BxT[:, 1:]` is set."""
+    lp_BxT1 = token_logprobs(cfg, params, tokens_BxT)
+    m = loss_mask_BxT[:, 1:].astype(jnp.float32)
+    return -(lp_BxT1 * m).sum(-1), m.sum(-1)

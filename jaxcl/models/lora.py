@@ -28,10 +28,11 @@ Targets are '/'-joined key paths into the params dict (e.g. "layers/wq" for the 
 weights of `jaxcl.models.llama`, whose leading layer axis is kept as a batch axis). A target may
 end in '*' to match a prefix.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,79 +43,85 @@ LLAMA_ALL = LLAMA_ATTN + ("layers/w_gate", "layers/w_up", "layers/w_down")
 
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
-  targets: tuple[str, ...] = ("layers/wq", "layers/wv")
-  rank: int = 8
-  alpha: float = 16.0
+    targets: tuple[str, ...] = ("layers/wq", "layers/wv")
+    rank: int = 8
+    alpha: float = 16.0
 
-  @property
-  def scale(self) -> float:
-    return self.alpha / self.rank
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
 
 
 def _path_str(path) -> str:
-  parts = []
-  for p in path:
-    parts.append(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))))
-  return "/".join(parts)
+    parts = []
+    for p in path:
+        parts.append(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))))
+    return "/".join(parts)
 
 
 def _matches(spec: LoraSpec, name: str) -> bool:
-  return any(name == t or (t.endswith("*") and name.startswith(t[:-1])) for t in spec.targets)
+    return any(name == t or (t.endswith("*") and name.startswith(t[:-1])) for t in spec.targets)
 
 
 def target_paths(spec: LoraSpec, params) -> list[str]:
-  names = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  found = [n for n in names if _matches(spec, n)]
-  missing = [t for t in spec.targets if not any(_matches(LoraSpec((t,)), n) for n in found)]
-  if missing:
-    raise ValueError(f"LoRA targets {missing} not found in params; available: {names}")
-  return found
+    names = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    found = [n for n in names if _matches(spec, n)]
+    missing = [t for t in spec.targets if not any(_matches(LoraSpec((t,)), n) for n in found)]
+    if missing:
+        raise ValueError(f"LoRA targets {missing} not found in params; available: {names}")
+    return found
 
 
 def init(spec: LoraSpec, params, key) -> dict[str, dict[str, jax.Array]]:
-  """Adapters `{path: {"a": (..., in, r), "b": (..., r, out)}}`; B = 0 so merge(base) == base."""
-  flat = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  out = {}
-  for i, name in enumerate(target_paths(spec, params)):
-    w = flat[name]
-    if w.ndim < 2:
-      raise ValueError(f"LoRA target {name} has shape {w.shape}; need a (..., in, out) weight")
-    *lead, d_in, d_out = w.shape
-    a = jax.random.normal(jax.random.fold_in(key, i), (*lead, d_in, spec.rank), jnp.float32)
-    out[name] = {"a": a / jnp.sqrt(d_in), "b": jnp.zeros((*lead, spec.rank, d_out), jnp.float32)}
-  return out
+    """Adapters `{path: {"a": (..., in, r), "b": (..., r, out)}}`; B = 0 so merge(base) == base."""
+    flat = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    out = {}
+    for i, name in enumerate(target_paths(spec, params)):
+        w = flat[name]
+        if w.ndim < 2:
+            raise ValueError(f"LoRA target {name} has shape {w.shape}; need a (..., in, out) weight")
+        *lead, d_in, d_out = w.shape
+        a = jax.random.normal(jax.random.fold_in(key, i), (*lead, d_in, spec.rank), jnp.float32)
+        out[name] = {"a": a / jnp.sqrt(d_in), "b": jnp.zeros((*lead, spec.rank, d_out), jnp.float32)}
+    return out
 
 
 def delta(spec: LoraSpec, ad: dict[str, jax.Array]):
-  return spec.scale * jnp.einsum("...ir,...ro->...io", ad["a"], ad["b"])
+    return spec.scale * jnp.einsum("...ir,...ro->...io", ad["a"], ad["b"])
 
 
 def merge(spec: LoraSpec, base, adapters):
-  """Params with every target replaced by `W + scale * A @ B` (pure, differentiable in both)."""
-  def f(path, w):
-    name = _path_str(path)
-    if name in adapters:
-      return (w + delta(spec, adapters[name]).astype(w.dtype))
-    return w
-  return jax.tree_util.tree_map_with_path(f, base)
+    """Params with every target replaced by `W + scale * A @ B` (pure, differentiable in both)."""
+
+    def f(path, w):
+        name = _path_str(path)
+        if name in adapters:
+            return w + delta(spec, adapters[name]).astype(w.dtype)
+        return w
+
+    return jax.tree_util.tree_map_with_path(f, base)
 
 
 def wrap_apply(spec: LoraSpec, apply: Callable) -> Callable:
-  """`apply(params, *a, **k)` -> `apply_lora(adapters, base, *a, **k)`."""
-  def apply_lora(adapters, base, *args, **kwargs):
-    return apply(merge(spec, base, adapters), *args, **kwargs)
-  return apply_lora
+    """`apply(params, *a, **k)` -> `apply_lora(adapters, base, *a, **k)`."""
+
+    def apply_lora(adapters, base, *args, **kwargs):
+        return apply(merge(spec, base, adapters), *args, **kwargs)
+
+    return apply_lora
 
 
 def wrap_loss(spec: LoraSpec, loss_fn: Callable, base) -> Callable:
-  """A `LossFn` over the adapters: `(adapters, batch, key) -> loss_fn(merge(base, adapters), ...)`.
+    """A `LossFn` over the adapters: `(adapters, batch, key) -> loss_fn(merge(base, adapters), ...)`.
 
-  Call it where `base` is a traced value (inside the jitted run), not a global array.
-  """
-  def lora_loss(adapters, batch, key):
-    return loss_fn(merge(spec, base, adapters), batch, key)
-  return lora_loss
+    Call it where `base` is a traced value (inside the jitted run), not a global array.
+    """
+
+    def lora_loss(adapters, batch, key):
+        return loss_fn(merge(spec, base, adapters), batch, key)
+
+    return lora_loss
 
 
 def count(adapters) -> int:
-  return sum(x.size for x in jax.tree.leaves(adapters))
+    return sum(x.size for x in jax.tree.leaves(adapters))

@@ -1,7 +1,8 @@
 """Multi-layer perceptron in flax NNX (the MLP of most CL benchmarks, e.g. 784-256-256-10)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -28,5 +29,9 @@ class MLP(nnx.Module):
 
 def mlp(input_shape: tuple, n_classes: int, hidden: Sequence[int] = (256, 256)) -> PureModel:
     d_in = int(np.prod(input_shape))
-    return pure(lambda rngs: MLP(d_in, hidden, n_classes, rngs=rngs), input_shape, n_classes,
-                f"mlp-{'-'.join(map(str, hidden))}")
+    return pure(
+        lambda rngs: MLP(d_in, hidden, n_classes, rngs=rngs),
+        input_shape,
+        n_classes,
+        f"mlp-{'-'.join(map(str, hidden))}",
+    )

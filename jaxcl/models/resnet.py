@@ -17,6 +17,7 @@ optimizers leave them alone (Adam's update of a zero gradient is zero), SSD neve
   the batch statistics of the given data ("precise BN", Wu and Johnson 2021), once after
   training. There is no EMA inside the training step, so the step stays ``(params) -> params``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -123,8 +124,7 @@ def resnet18(input_shape: tuple, n_classes: int, width: int = 64) -> PureModel:
         stats = jax.lax.map(lambda xb: batch_stats(params, xb), xs)
         mean = jax.tree.map(lambda s: s.mean(0), stats)
         is_stat = lambda path: path[-1].key in ("mean", "var") if hasattr(path[-1], "key") else False
-        return jax.tree_util.tree_map_with_path(
-            lambda path, p, s: s if is_stat(path) else p, params, mean)
+        return jax.tree_util.tree_map_with_path(lambda path, p, s: s if is_stat(path) else p, params, mean)
 
     model = BNPureModel(init, apply, features, tuple(input_shape), n_classes, f"resnet18-w{width}")
     model.apply_train = apply_train

@@ -4,6 +4,7 @@ Patches of ``patch x patch`` pixels (4: 7x7 = 49 tokens), a learned position emb
 token, ``depth`` pre-norm blocks (multi-head self-attention, GELU MLP), final LayerNorm; the
 penultimate features are the normalised class token. No BatchNorm, so ``apply`` is the only mode.
 """
+
 from __future__ import annotations
 
 import jax
@@ -27,8 +28,7 @@ class Block(nnx.Module):
 
 
 class ViT(nnx.Module):
-    def __init__(self, input_shape, n_classes, patch=4, dim=64, depth=4, heads=4, mlp=128, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, input_shape, n_classes, patch=4, dim=64, depth=4, heads=4, mlp=128, *, rngs: nnx.Rngs):
         h, w, c = input_shape
         if h % patch or w % patch:
             raise ValueError(f"ViT: input {h}x{w} is not divisible by patch={patch}")
@@ -45,8 +45,11 @@ class ViT(nnx.Module):
         x = to_float(x_BxHxWxC)
         b, h, w, c = x.shape
         p = self.patch
-        tok_BxTxP = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(
-            b, (h // p) * (w // p), p * p * c)
+        tok_BxTxP = (
+            x.reshape(b, h // p, p, w // p, p, c)
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(b, (h // p) * (w // p), p * p * c)
+        )
         h_BxTxD = self.embed(tok_BxTxP)
         cls = jnp.broadcast_to(self.cls[...], (b, 1, h_BxTxD.shape[-1]))
         h_BxTxD = jnp.concatenate([cls, h_BxTxD], axis=1) + self.pos[...]
@@ -58,7 +61,18 @@ class ViT(nnx.Module):
         return self.head(self.features(x_BxHxWxC))
 
 
-def vit(input_shape: tuple, n_classes: int, patch: int = 4, dim: int = 64, depth: int = 4,
-        heads: int = 4, mlp: int = 128) -> PureModel:
-    return pure(lambda rngs: ViT(input_shape, n_classes, patch, dim, depth, heads, mlp, rngs=rngs),
-                input_shape, n_classes, f"vit-d{dim}-l{depth}")
+def vit(
+    input_shape: tuple,
+    n_classes: int,
+    patch: int = 4,
+    dim: int = 64,
+    depth: int = 4,
+    heads: int = 4,
+    mlp: int = 128,
+) -> PureModel:
+    return pure(
+        lambda rngs: ViT(input_shape, n_classes, patch, dim, depth, heads, mlp, rngs=rngs),
+        input_shape,
+        n_classes,
+        f"vit-d{dim}-l{depth}",
+    )

@@ -15,11 +15,12 @@ normalised answer probability). On each evaluation set:
 - model utility: harmonic mean of the nine probability / truth-ratio / ROUGE values on the retain,
   real-authors and world-facts sets.
 """
+
 from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,107 +35,143 @@ UTILITY_SETS = ("retain", "real_authors", "world_facts")
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _chunk_nll(params, tokens_BxT, mask_BxT, *, cfg):
-  s, n = llama.masked_nll(cfg, params, tokens_BxT, mask_BxT)
-  return s / jnp.maximum(n, 1.0)
+    s, n = llama.masked_nll(cfg, params, tokens_BxT, mask_BxT)
+    return s / jnp.maximum(n, 1.0)
 
 
 def avg_nll(cfg, params, tokens, mask, batch_size: int) -> np.ndarray:
-  """Mean answer-token NLL per row (N,), in fixed-size jitted chunks (one compile per shape)."""
-  N = len(tokens)
-  pad = -N % batch_size
-  tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
-  mask = np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
-  out = [np.asarray(_chunk_nll(params, tokens[i:i + batch_size], mask[i:i + batch_size], cfg=cfg))
-         for i in range(0, len(tokens), batch_size)]
-  return np.concatenate(out)[:N]
+    """Mean answer-token NLL per row (N,), in fixed-size jitted chunks (one compile per shape)."""
+    N = len(tokens)
+    pad = -N % batch_size
+    tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
+    mask = np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
+    out = [
+        np.asarray(_chunk_nll(params, tokens[i : i + batch_size], mask[i : i + batch_size], cfg=cfg))
+        for i in range(0, len(tokens), batch_size)
+    ]
+    return np.concatenate(out)[:N]
 
 
 def _words(s: str) -> list[str]:
-  return re.sub(r"[^a-z0-9]+", " ", s.lower()).split()
+    return re.sub(r"[^a-z0-9]+", " ", s.lower()).split()
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
-  p, r = _words(prediction), _words(reference)
-  if not r or not p:
-    return 0.0
-  prev = [0] * (len(p) + 1)
-  for rw in r:                              # LCS by dynamic programming
-    cur = [0]
-    for j, pw in enumerate(p):
-      cur.append(prev[j] + 1 if rw == pw else max(prev[j + 1], cur[j]))
-    prev = cur
-  return prev[-1] / len(r)
+    p, r = _words(prediction), _words(reference)
+    if not r or not p:
+        return 0.0
+    prev = [0] * (len(p) + 1)
+    for rw in r:  # LCS by dynamic programming
+        cur = [0]
+        for j, pw in enumerate(p):
+            cur.append(prev[j] + 1 if rw == pw else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1] / len(r)
 
 
-def greedy_answers(cfg, params, tokenizer, questions: Sequence[str], *, batch_size: int,
-                   max_new_tokens: int, prompt_len: int) -> list[str]:
-  """Greedy answers with the KV cache, prompts left-padded to `prompt_len` (one compile)."""
-  prompts = tdata.encode_prompts(tokenizer, questions)
-  prompts = [p[-prompt_len:] for p in prompts]
-  out = []
-  for i in range(0, len(prompts), batch_size):
-    chunk = prompts[i:i + batch_size]
-    n = len(chunk)
-    chunk = chunk + [chunk[0]] * (batch_size - n)
-    toks, mask = gen.pad_left(chunk, tokenizer.pad_id)
-    full = np.full((batch_size, prompt_len), tokenizer.pad_id, np.int32)
-    fmask = np.zeros((batch_size, prompt_len), bool)
-    full[:, -toks.shape[1]:], fmask[:, -toks.shape[1]:] = toks, mask
-    ids = np.asarray(gen.generate(cfg, params, full, mask=fmask, max_new_tokens=max_new_tokens,
-                                  eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-    for row in ids[:n]:
-      row = list(row)
-      if tokenizer.eos_id in row:
-        row = row[:row.index(tokenizer.eos_id)]
-      out.append(tokenizer.decode(row).strip())
-  return out
+def greedy_answers(
+    cfg, params, tokenizer, questions: Sequence[str], *, batch_size: int, max_new_tokens: int, prompt_len: int
+) -> list[str]:
+    """Greedy answers with the KV cache, prompts left-padded to `prompt_len` (one compile)."""
+    prompts = tdata.encode_prompts(tokenizer, questions)
+    prompts = [p[-prompt_len:] for p in prompts]
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        n = len(chunk)
+        chunk = chunk + [chunk[0]] * (batch_size - n)
+        toks, mask = gen.pad_left(chunk, tokenizer.pad_id)
+        full = np.full((batch_size, prompt_len), tokenizer.pad_id, np.int32)
+        fmask = np.zeros((batch_size, prompt_len), bool)
+        full[:, -toks.shape[1] :], fmask[:, -toks.shape[1] :] = toks, mask
+        ids = np.asarray(
+            gen.generate(
+                cfg,
+                params,
+                full,
+                mask=fmask,
+                max_new_tokens=max_new_tokens,
+                eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id,
+            )
+        )
+        for row in ids[:n]:
+            row = list(row)
+            if tokenizer.eos_id in row:
+                row = row[: row.index(tokenizer.eos_id)]
+            out.append(tokenizer.decode(row).strip())
+    return out
 
 
 def _qa_nll(cfg, params, tokenizer, qs, answers, max_len, bs):
-  t, m = tdata.encode_qa(tokenizer, qs, answers, max_len)
-  return avg_nll(cfg, params, t, m, bs)
+    t, m = tdata.encode_qa(tokenizer, qs, answers, max_len)
+    return avg_nll(cfg, params, t, m, bs)
 
 
-def eval_set(cfg, params, tokenizer, rows: list[dict], kind: str, *, max_len: int,
-             batch_size: int, max_new_tokens: int, prompt_len: int) -> dict:
-  """Probability, truth ratio and ROUGE-L on one set; `kind` in forget/retain/real_authors/world_facts."""
-  qs = [r["question"] for r in rows]
-  n_pert = min(len(r["perturbed_answer"]) for r in rows)
-  nll_true = _qa_nll(cfg, params, tokenizer, qs, [r["answer"] for r in rows], max_len, batch_size)
-  pert_q = [q for q in qs for _ in range(n_pert)]
-  pert_a = [a for r in rows for a in r["perturbed_answer"][:n_pert]]
-  nll_pert = _qa_nll(cfg, params, tokenizer, pert_q, pert_a, max_len, batch_size).reshape(-1, n_pert)
-  if kind in ("forget", "retain"):
-    nll_para = _qa_nll(cfg, params, tokenizer, qs, [r["paraphrased_answer"] for r in rows],
-                       max_len, batch_size)
-    prob = float(np.mean(np.exp(-nll_true)))
-  else:
-    nll_para = nll_true
-    p_all = np.exp(-np.concatenate([nll_true[:, None], nll_pert], axis=1))
-    prob = float(np.mean(p_all[:, 0] / p_all.sum(1)))
-  tr = np.exp(nll_para - nll_pert.mean(1))      # p(perturbed) / p(correct)
-  tr_stat = np.minimum(tr, 1 / tr) if kind == "forget" else np.maximum(0.0, 1 - tr)
-  gens = greedy_answers(cfg, params, tokenizer, qs, batch_size=batch_size,
-                        max_new_tokens=max_new_tokens, prompt_len=prompt_len)
-  rouge = [rouge_l_recall(g, r["answer"]) for g, r in zip(gens, rows)]
-  return dict(prob=prob, truth_ratio=float(np.mean(tr_stat)), rouge=float(np.mean(rouge)),
-              truth_ratios=tr, generations=gens)
+def eval_set(
+    cfg,
+    params,
+    tokenizer,
+    rows: list[dict],
+    kind: str,
+    *,
+    max_len: int,
+    batch_size: int,
+    max_new_tokens: int,
+    prompt_len: int,
+) -> dict:
+    """Probability, truth ratio and ROUGE-L on one set; `kind` in forget/retain/real_authors/world_facts."""
+    qs = [r["question"] for r in rows]
+    n_pert = min(len(r["perturbed_answer"]) for r in rows)
+    nll_true = _qa_nll(cfg, params, tokenizer, qs, [r["answer"] for r in rows], max_len, batch_size)
+    pert_q = [q for q in qs for _ in range(n_pert)]
+    pert_a = [a for r in rows for a in r["perturbed_answer"][:n_pert]]
+    nll_pert = _qa_nll(cfg, params, tokenizer, pert_q, pert_a, max_len, batch_size).reshape(-1, n_pert)
+    if kind in ("forget", "retain"):
+        nll_para = _qa_nll(
+            cfg, params, tokenizer, qs, [r["paraphrased_answer"] for r in rows], max_len, batch_size
+        )
+        prob = float(np.mean(np.exp(-nll_true)))
+    else:
+        nll_para = nll_true
+        p_all = np.exp(-np.concatenate([nll_true[:, None], nll_pert], axis=1))
+        prob = float(np.mean(p_all[:, 0] / p_all.sum(1)))
+    tr = np.exp(nll_para - nll_pert.mean(1))  # p(perturbed) / p(correct)
+    tr_stat = np.minimum(tr, 1 / tr) if kind == "forget" else np.maximum(0.0, 1 - tr)
+    gens = greedy_answers(
+        cfg,
+        params,
+        tokenizer,
+        qs,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prompt_len=prompt_len,
+    )
+    rouge = [rouge_l_recall(g, r["answer"]) for g, r in zip(gens, rows)]
+    return dict(
+        prob=prob,
+        truth_ratio=float(np.mean(tr_stat)),
+        rouge=float(np.mean(rouge)),
+        truth_ratios=tr,
+        generations=gens,
+    )
 
 
 def forget_quality(tr_unlearned, tr_retain_model) -> float:
-  from scipy.stats import ks_2samp
-  return float(ks_2samp(np.asarray(tr_unlearned), np.asarray(tr_retain_model)).pvalue)
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(np.asarray(tr_unlearned), np.asarray(tr_retain_model)).pvalue)
 
 
 def model_utility(results: dict) -> float:
-  vals = [results[s][m] for s in UTILITY_SETS for m in ("prob", "truth_ratio", "rouge")]
-  if min(vals) <= 0:
-    return 0.0
-  return float(len(vals) / sum(1.0 / v for v in vals))
+    vals = [results[s][m] for s in UTILITY_SETS for m in ("prob", "truth_ratio", "rouge")]
+    if min(vals) <= 0:
+        return 0.0
+    return float(len(vals) / sum(1.0 / v for v in vals))
 
 
 def evaluate(cfg, params, tokenizer, sets: dict[str, list[dict]], **kw) -> dict:
-  """All sets -> {set: {prob, truth_ratio, rouge, truth_ratios, generations}, model_utility}."""
-  res = {name: eval_set(cfg, params, tokenizer, rows, name, **kw) for name, rows in sets.items()}
-  res["model_utility"] = model_utility(res)
-  return res
+    """All sets -> {set: {prob, truth_ratio, rouge, truth_ratios, generations}, model_utility}."""
+    res = {name: eval_set(cfg, params, tokenizer, rows, name, **kw) for name, rows in sets.items()}
+    res["model_utility"] = model_utility(res)
+    return res

@@ -10,6 +10,7 @@ component of ``g`` in the span of an orthonormal basis ``{u_k}`` (``g - sum_k (g
 the operation GU builds on. Both take their reference as keyword-only extra args, so they chain
 with any optimizer: ``optax.chain(project_conflicting(), optax.sgd(lr))``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -52,4 +53,6 @@ def project_out_basis(updates, basis):
     coefs_K = jax.vmap(lambda u: tree_dot(updates, u))(basis)
     return jax.tree.map(
         lambda g, u: (g - jnp.tensordot(coefs_K, u.astype(jnp.float32), axes=1)).astype(g.dtype),
-        updates, basis)
+        updates,
+        basis,
+    )

@@ -6,6 +6,7 @@ seeds): ``oracle`` (retrain on the retain set), ``finetune``, ``ga``, ``graddiff
 GradDiff and NPO) and ``iau``. ``eval`` holds the forgetting metrics; ``study`` registers the
 ``unlearn-class`` study.
 """
+
 from .gu import project_out
 
 __all__ = ["project_out"]

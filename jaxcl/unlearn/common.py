@@ -4,10 +4,11 @@ the compiled training loop, the configuration, and input checks.
 An :class:`UnlearnData` is a pytree of device arrays passed as an *argument* to every jitted
 function (never closed over), so one compiled program serves every seed under ``vmap``.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,16 @@ class UnlearnConfig:
     batch: int = 64
     # unlearning
     steps: int = 40
-    lr: tuple = (("finetune", 1e-3), ("ga", 2e-5), ("graddiff", 5e-5), ("npo", 1e-4),
-                 ("random_label", 1e-4), ("gu-ga", 2e-5), ("gu-graddiff", 5e-5), ("gu-npo", 1e-4))
+    lr: tuple = (
+        ("finetune", 1e-3),
+        ("ga", 2e-5),
+        ("graddiff", 5e-5),
+        ("npo", 1e-4),
+        ("random_label", 1e-4),
+        ("gu-ga", 2e-5),
+        ("gu-graddiff", 5e-5),
+        ("gu-npo", 1e-4),
+    )
     npo_beta: float = 0.1
     gu_rank: int = 8
     gu_mode: str = "per_tensor"
@@ -64,17 +73,28 @@ class UnlearnConfig:
         return dict(self.lr)[method]
 
     def validate(self):
-        for f in ("train_steps", "batch", "steps", "gu_rank", "eval_cap", "relearn_steps",
-                  "relearn_every", "relearn_n"):
+        for f in (
+            "train_steps",
+            "batch",
+            "steps",
+            "gu_rank",
+            "eval_cap",
+            "relearn_steps",
+            "relearn_every",
+            "relearn_n",
+        ):
             if getattr(self, f) <= 0:
                 raise ValueError(f"UnlearnConfig.{f} must be positive, got {getattr(self, f)}")
         if self.ssd_alpha <= 0 or self.ssd_lambda <= 0:
-            raise ValueError(f"SSD needs alpha > 0 and lambda > 0, got alpha={self.ssd_alpha}, "
-                             f"lambda={self.ssd_lambda}")
+            raise ValueError(
+                f"SSD needs alpha > 0 and lambda > 0, got alpha={self.ssd_alpha}, lambda={self.ssd_lambda}"
+            )
         if self.gu_rank > self.steps:
-            raise ValueError(f"GU rank {self.gu_rank} is larger than the history of retain "
-                             f"gradients ({self.steps} unlearning steps): the basis could never "
-                             "fill; lower --gu-rank or raise the number of steps")
+            raise ValueError(
+                f"GU rank {self.gu_rank} is larger than the history of retain "
+                f"gradients ({self.steps} unlearning steps): the basis could never "
+                "fill; lower --gu-rank or raise the number of steps"
+            )
         if self.gu_mode not in ("per_tensor", "global"):
             raise ValueError(f"gu_mode must be per_tensor or global, got {self.gu_mode!r}")
         if self.npo_beta <= 0:
@@ -100,8 +120,9 @@ def sample(x, y, key, n: int) -> dict:
     return {"x": x[idx], "y": y[idx]}
 
 
-def run_steps(loss_fn, tx, params, key, make_batch: Callable, steps: int, *, data=None,
-              data_state=None, extra_args=None):
+def run_steps(
+    loss_fn, tx, params, key, make_batch: Callable, steps: int, *, data=None, data_state=None, extra_args=None
+):
     """``steps`` pure training steps under ``lax.scan``; ``make_batch(key) -> batch``.
 
     ``data_state`` (optional) replaces the data transform's initial state (e.g. a teacher set
@@ -121,15 +142,31 @@ def run_steps(loss_fn, tx, params, key, make_batch: Callable, steps: int, *, dat
     return state.params, metrics
 
 
-def train_classifier(model, params, key, x, y, cfg: UnlearnConfig, *, steps: Optional[int] = None,
-                     lr: Optional[float] = None, loss_wrap=None):
+def train_classifier(
+    model,
+    params,
+    key,
+    x,
+    y,
+    cfg: UnlearnConfig,
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+    loss_wrap=None,
+):
     """Adam on the mean cross-entropy (training mode), then BatchNorm recalibration on ``x``."""
     loss = classification_loss(train_apply(model))
     if loss_wrap is not None:
         loss = loss_wrap(loss)
     tx = optax.adam(cfg.train_lr if lr is None else lr)
-    params, m = run_steps(loss, tx, params, key, lambda k: sample(x, y, k, cfg.batch),
-                          cfg.train_steps if steps is None else steps)
+    params, m = run_steps(
+        loss,
+        tx,
+        params,
+        key,
+        lambda k: sample(x, y, k, cfg.batch),
+        cfg.train_steps if steps is None else steps,
+    )
     return recalibrate(model, params, x[: min(x.shape[0], 4000)]), m
 
 
@@ -143,13 +180,14 @@ def check_forget_indices(forget_idx, n_train: int) -> np.ndarray:
     subset of the training data (out of range or repeated indices)."""
     idx = np.asarray(forget_idx)
     if idx.size == 0:
-        raise ValueError("the forget set is empty: nothing to unlearn (check --forget-class and "
-                         "--scenario)")
+        raise ValueError("the forget set is empty: nothing to unlearn (check --forget-class and --scenario)")
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError("the forget set must be a 1-d array of integer training-set indices")
     if idx.min() < 0 or idx.max() >= n_train:
-        raise ValueError(f"the forget set is not a subset of the training data: indices must be in "
-                         f"[0, {n_train}), got [{idx.min()}, {idx.max()}]")
+        raise ValueError(
+            f"the forget set is not a subset of the training data: indices must be in "
+            f"[0, {n_train}), got [{idx.min()}, {idx.max()}]"
+        )
     if np.unique(idx).size != idx.size:
         raise ValueError("the forget set is not a subset of the training data: repeated indices")
     if idx.size >= n_train:
@@ -168,7 +206,9 @@ def locate_in_train(x_forget: np.ndarray, x_train: np.ndarray) -> np.ndarray:
     for j, row in enumerate(np.asarray(x_forget)):
         i = table.get(row.tobytes())
         if i is None:
-            raise ValueError(f"the forget set is not a subset of the training data: example {j} "
-                             "does not occur in the training set")
+            raise ValueError(
+                f"the forget set is not a subset of the training data: example {j} "
+                "does not occur in the training set"
+            )
         out.append(i)
     return np.asarray(out)

@@ -15,6 +15,7 @@
   slice of the forget set and record forget accuracy (on the rest of the forget set) along the
   way; compare with the oracle under the same attack.
 """
+
 from __future__ import annotations
 
 import jax
@@ -99,8 +100,7 @@ def mia(apply_fn, params, data: UnlearnData, cap: int = 2000):
     acc = 0.5 * ((p_mem > 0.5).mean() + (p_non <= 0.5).mean())
     f_forget = output_features(apply_fn, params, data.x_forget[:cap], data.y_forget[:cap])
     p_forget = predict_proba(lr_p, f_forget)
-    return {"mia_attack_acc": acc, "mia_attack_auc": auc(p_mem, p_non),
-            "mia_forget": (p_forget > 0.5).mean()}
+    return {"mia_attack_acc": acc, "mia_attack_auc": auc(p_mem, p_non), "mia_forget": (p_forget > 0.5).mean()}
 
 
 def linear_cka(x_NxA, y_NxB):
@@ -112,8 +112,9 @@ def linear_cka(x_NxA, y_NxB):
     return num / jnp.maximum(den, 1e-12)
 
 
-def linear_probe(feat_fn, params, x_train, y_train, x_eval, y_eval, n_classes: int, *,
-                 steps: int = 300, lr: float = 0.05):
+def linear_probe(
+    feat_fn, params, x_train, y_train, x_eval, y_eval, n_classes: int, *, steps: int = 300, lr: float = 0.05
+):
     """Softmax regression on frozen features; accuracy on ``(x_eval, y_eval)``."""
     f_tr = batched(feat_fn, params, x_train)
     f_ev = batched(feat_fn, params, x_eval)
@@ -148,9 +149,15 @@ def evaluate(model, params, data: UnlearnData, params_orig, params_oracle, cfg: 
     feats = batched(model.features, params, xf)
     out["cka_orig"] = linear_cka(feats, batched(model.features, params_orig, xf))
     out["cka_oracle"] = linear_cka(feats, batched(model.features, params_oracle, xf))
-    out["probe_forget_acc"] = linear_probe(model.features, params, data.x_train[:cap],
-                                           data.y_train[:cap], data.x_test_forget[:cap],
-                                           data.y_test_forget[:cap], model.n_classes)
+    out["probe_forget_acc"] = linear_probe(
+        model.features,
+        params,
+        data.x_train[:cap],
+        data.y_train[:cap],
+        data.x_test_forget[:cap],
+        data.y_test_forget[:cap],
+        model.n_classes,
+    )
     return out
 
 
@@ -159,7 +166,7 @@ def relearn(model, params, data: UnlearnData, key, cfg: UnlearnConfig):
     0, every, 2*every, ..., k steps of Adam on the first ``relearn_n`` forget examples."""
     n = min(cfg.relearn_n, data.x_forget.shape[0] - 1)
     xs, ys = data.x_forget[:n], data.y_forget[:n]
-    xe, ye = data.x_forget[n: n + cfg.eval_cap], data.y_forget[n: n + cfg.eval_cap]
+    xe, ye = data.x_forget[n : n + cfg.eval_cap], data.y_forget[n : n + cfg.eval_cap]
     loss = ce_loss(model.apply)
     tx = optax.adam(cfg.relearn_lr)
     b = min(cfg.batch, n)
@@ -168,8 +175,12 @@ def relearn(model, params, data: UnlearnData, key, cfg: UnlearnConfig):
     state = init_state(params, tx, key)
 
     def chunk(s, _):
-        s, _ = jax.lax.scan(lambda s, _: step(s, sample(xs, ys, jax.random.fold_in(key, s.step), b)),
-                            s, None, length=cfg.relearn_every)
+        s, _ = jax.lax.scan(
+            lambda s, _: step(s, sample(xs, ys, jax.random.fold_in(key, s.step), b)),
+            s,
+            None,
+            length=cfg.relearn_every,
+        )
         return s, accuracy(model.apply, s.params, xe, ye)
 
     acc0 = accuracy(model.apply, params, xe, ye)

@@ -4,6 +4,7 @@ Loss: ``-CE(f_theta(x_f), y_f)``, minimised with Adam for ``cfg.steps`` steps. U
 eventually destroys the model, so the learning rate and step count are small. ``loss(apply)``
 is reused by GU's ``gu-ga``.
 """
+
 from __future__ import annotations
 
 import optax
@@ -18,8 +19,12 @@ def forget_batch(data: UnlearnData, key, n: int) -> dict:
     k1, k2 = jax.random.split(key)
     i = jax.random.randint(k1, (n,), 0, data.x_forget.shape[0])
     j = jax.random.randint(k2, (n,), 0, data.x_retain.shape[0])
-    return {"x": data.x_forget[i], "y": data.y_forget[i],
-            "retain_x": data.x_retain[j], "retain_y": data.y_retain[j]}
+    return {
+        "x": data.x_forget[i],
+        "y": data.y_forget[i],
+        "retain_x": data.x_retain[j],
+        "retain_y": data.y_retain[j],
+    }
 
 
 def loss(apply_fn):
@@ -34,6 +39,7 @@ def loss(apply_fn):
 
 def run(model, params, data: UnlearnData, key, cfg: UnlearnConfig, *, tx=None, name="ga"):
     tx = optax.adam(cfg.lr_of(name)) if tx is None else tx
-    out, _ = run_steps(loss(model.apply), tx, params, key,
-                       lambda k: forget_batch(data, k, cfg.batch), cfg.steps)
+    out, _ = run_steps(
+        loss(model.apply), tx, params, key, lambda k: forget_batch(data, k, cfg.batch), cfg.steps
+    )
     return out

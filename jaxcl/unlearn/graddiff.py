@@ -5,6 +5,7 @@ Loss: ``-CE(forget batch) + retain_weight * CE(retain batch)``, Adam, ``cfg.step
 (``gu-graddiff``) the ascent part is projected and the retain gradient added back
 (``project_out(add_retain=True)``), which is the same joint objective.
 """
+
 from __future__ import annotations
 
 import optax
@@ -25,6 +26,12 @@ def loss(apply_fn, retain_weight: float = 1.0):
 
 
 def run(model, params, data: UnlearnData, key, cfg: UnlearnConfig):
-    out, _ = run_steps(loss(model.apply), optax.adam(cfg.lr_of("graddiff")), params, key,
-                       lambda k: forget_batch(data, k, cfg.batch), cfg.steps)
+    out, _ = run_steps(
+        loss(model.apply),
+        optax.adam(cfg.lr_of("graddiff")),
+        params,
+        key,
+        lambda k: forget_batch(data, k, cfg.batch),
+        cfg.steps,
+    )
     return out

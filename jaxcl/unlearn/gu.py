@@ -45,6 +45,7 @@ momentum), not with Adam. Without it, chain the projection before any optimizer:
 The retain gradients arrive as the keyword extra arg ``retain_grads=`` (see
 :func:`jaxcl.engine.make_step`'s ``extra_args``); arrays are never closed over.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -52,7 +53,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
 
 GS_EPS = 1e-6
 MODES = ("per_tensor", "global")
@@ -135,8 +135,8 @@ def _project(basis, valid, g, dot=None):
 def _project_tree(basis, valid, g):
     c = jnp.where(valid, _tree_hdot(basis, g), 0.0)
     return jax.tree.map(
-        lambda x, b: (x.astype(jnp.float32) - _leaf_comb(c[None, :], b)[0]).astype(x.dtype),
-        g, basis)
+        lambda x, b: (x.astype(jnp.float32) - _leaf_comb(c[None, :], b)[0]).astype(x.dtype), g, basis
+    )
 
 
 def _push(hist, gram, hvalid, slot, x, hdot):
@@ -148,9 +148,16 @@ def _push(hist, gram, hvalid, slot, x, hdot):
     return hist, gram, hvalid
 
 
-def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = False,
-                add_retain: bool = False, *, eps: float = GS_EPS, b2: float = 0.999,
-                precond_eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
+def project_out(
+    rank: int = 8,
+    mode: str = "per_tensor",
+    preconditioned: bool = False,
+    add_retain: bool = False,
+    *,
+    eps: float = GS_EPS,
+    b2: float = 0.999,
+    precond_eps: float = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
     """GU's projection; ``update(g, state, params, *, retain_grads=g_r)``.
 
     Args:
@@ -175,24 +182,28 @@ def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = 
             valid = jnp.zeros((rank,), bool)
             gram = jnp.zeros((rank, rank), jnp.float32)
         nu = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params) if preconditioned else ()
-        return ProjectOutState(hist, jnp.zeros((rank,), bool), hist, valid,
-                               jnp.zeros((), jnp.int32), nu, gram)
+        return ProjectOutState(
+            hist, jnp.zeros((rank,), bool), hist, valid, jnp.zeros((), jnp.int32), nu, gram
+        )
 
     def update(updates, state, params=None, *, retain_grads=None, **extra):
         del params, extra
         if retain_grads is None:
-            raise ValueError("project_out (GU) needs the extra arg retain_grads= (the gradient "
-                             "of the retain loss); pass it through make_step(extra_args=...)")
+            raise ValueError(
+                "project_out (GU) needs the extra arg retain_grads= (the gradient "
+                "of the retain loss); pass it through make_step(extra_args=...)"
+            )
         nu, slot, count = state.nu, state.count % rank, state.count + 1
         if preconditioned:
-            nu = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * jnp.square(g.astype(jnp.float32)),
-                              nu, updates)
+            nu = jax.tree.map(lambda n, g: b2 * n + (1 - b2) * jnp.square(g.astype(jnp.float32)), nu, updates)
             corr = 1 - b2 ** count.astype(jnp.float32)
-            g = jax.tree.map(lambda g, n: (g / (jnp.sqrt(n / corr) + precond_eps)).astype(g.dtype),
-                             updates, nu)
+            g = jax.tree.map(
+                lambda g, n: (g / (jnp.sqrt(n / corr) + precond_eps)).astype(g.dtype), updates, nu
+            )
         else:
             g = updates
         if mode == "per_tensor":
+
             def leaf(h, gr, x, gf):
                 h, gr, hv = _push(h, gr, state.hvalid, slot, x, _leaf_hdot)
                 b, v = _basis(h, gr, hv, _leaf_gram, _leaf_comb, eps)
@@ -204,8 +215,9 @@ def project_out(rank: int = 8, mode: str = "per_tensor", preconditioned: bool = 
             hist, gram, basis, valid, new = pick(0), pick(1), pick(3), pick(4), pick(5)
             hvalid = state.hvalid.at[slot].set(True)
         else:
-            hist, gram, hvalid = _push(state.history, state.gram, state.hvalid, slot,
-                                       retain_grads, _tree_hdot)
+            hist, gram, hvalid = _push(
+                state.history, state.gram, state.hvalid, slot, retain_grads, _tree_hdot
+            )
             comb = lambda w, t: jax.tree.map(lambda h: _leaf_comb(w, h), t)
             basis, valid = _basis(hist, gram, hvalid, _tree_gram, comb, eps)
             new = _project_tree(basis, valid, g)
@@ -228,8 +240,10 @@ def basis_from_history(history, rank: int, *, mode: str = "per_tensor", eps: flo
         raise ValueError("basis_from_history: empty history")
     h = leaves[0].shape[0]
     if rank <= 0 or rank > h:
-        raise ValueError(f"basis_from_history: rank={rank} must be in [1, H] with H={h} retain "
-                         "gradients in the history; keep more gradients or lower the rank")
+        raise ValueError(
+            f"basis_from_history: rank={rank} must be in [1, H] with H={h} retain "
+            "gradients in the history; keep more gradients or lower the rank"
+        )
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     tx = project_out(rank, mode, eps=eps)
@@ -249,6 +263,7 @@ def project(updates, basis, valid, *, mode: str = "per_tensor"):
 
 
 # --- GU attached to GA, GradDiff and NPO (the unlearning runs of the study) -------------------
+
 
 def retain_grads_args(apply_fn):
     """``extra_args`` for :func:`jaxcl.engine.make_step`: the gradient of the retain loss on the
@@ -286,11 +301,23 @@ def run(model, params, data, key, cfg, *, base: str = "ga"):
     if base not in BASES:
         raise ValueError(f"GU attaches to {BASES}, got {base!r}")
     name = f"gu-{base}"
-    tx = make_tx(cfg.lr_of(name), rank=cfg.gu_rank, mode=cfg.gu_mode,
-                 preconditioned=cfg.gu_preconditioned, add_retain=base == "graddiff")
+    tx = make_tx(
+        cfg.lr_of(name),
+        rank=cfg.gu_rank,
+        mode=cfg.gu_mode,
+        preconditioned=cfg.gu_preconditioned,
+        add_retain=base == "graddiff",
+    )
     extra = retain_grads_args(model.apply)
     if base == "npo":
         return npo.run(model, params, data, key, cfg, tx=tx, name=name, extra_args=extra)
-    out, _ = run_steps(ga.loss(model.apply), tx, params, key,
-                       lambda k: ga.forget_batch(data, k, cfg.batch), cfg.steps, extra_args=extra)
+    out, _ = run_steps(
+        ga.loss(model.apply),
+        tx,
+        params,
+        key,
+        lambda k: ga.forget_batch(data, k, cfg.batch),
+        cfg.steps,
+        extra_args=extra,
+    )
     return out

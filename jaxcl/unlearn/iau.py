@@ -13,6 +13,7 @@ Two parts:
 The study trains the shared original model without the regulariser (so that every method starts
 from the same model); ``--iau-reg-train`` trains IAU's own regularised original instead.
 """
+
 from __future__ import annotations
 
 import jax

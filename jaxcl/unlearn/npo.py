@@ -11,6 +11,7 @@ The reference log-probabilities reach the loss through the batch: a teacher data
 ``batch['ref_logits']``; nothing is closed over. Bounded below by 0, so unlike GA it does not run
 away; as beta -> 0 it becomes GA with adaptive weights.
 """
+
 from __future__ import annotations
 
 import jax
@@ -42,11 +43,18 @@ def teacher_of(model, params):
     return t, context.set_teacher(None, params)
 
 
-def run(model, params, data: UnlearnData, key, cfg: UnlearnConfig, *, tx=None, name="npo",
-        extra_args=None):
+def run(model, params, data: UnlearnData, key, cfg: UnlearnConfig, *, tx=None, name="npo", extra_args=None):
     tx = optax.adam(cfg.lr_of(name)) if tx is None else tx
     t, t_state = teacher_of(model, params)
-    out, _ = run_steps(loss(model.apply, cfg.npo_beta), tx, params, key,
-                       lambda k: forget_batch(data, k, cfg.batch), cfg.steps, data=t,
-                       data_state=t_state, extra_args=extra_args)
+    out, _ = run_steps(
+        loss(model.apply, cfg.npo_beta),
+        tx,
+        params,
+        key,
+        lambda k: forget_batch(data, k, cfg.batch),
+        cfg.steps,
+        data=t,
+        data_state=t_state,
+        extra_args=extra_args,
+    )
     return out

@@ -4,6 +4,7 @@ method is measured against; exact unlearning by definition).
 Same recipe as the original model (:func:`jaxcl.unlearn.common.train_classifier`): Adam, the same
 number of steps and batch size, a fresh initialisation drawn from ``key``.
 """
+
 from __future__ import annotations
 
 from .common import UnlearnConfig, UnlearnData, train_classifier

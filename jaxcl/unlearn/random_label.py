@@ -6,6 +6,7 @@ Loss: ``CE(f(x_f), y_rand) + retain_weight * CE(f(x_r), y_r)`` with ``y_rand`` u
 other classes, drawn afresh every step; ``retain_weight = 1`` keeps the retain accuracy (set it
 to 0 for the pure forget-set variant).
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,7 +30,12 @@ def loss(apply_fn, n_classes: int, retain_weight: float = 1.0):
 
 
 def run(model, params, data: UnlearnData, key, cfg: UnlearnConfig, *, retain_weight: float = 1.0):
-    out, _ = run_steps(loss(model.apply, model.n_classes, retain_weight),
-                       optax.adam(cfg.lr_of("random_label")), params, key,
-                       lambda k: forget_batch(data, k, cfg.batch), cfg.steps)
+    out, _ = run_steps(
+        loss(model.apply, model.n_classes, retain_weight),
+        optax.adam(cfg.lr_of("random_label")),
+        params,
+        key,
+        lambda k: forget_batch(data, k, cfg.batch),
+        cfg.steps,
+    )
     return out

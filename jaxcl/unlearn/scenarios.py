@@ -11,6 +11,7 @@
 
 The training set is subsampled per class (``n_per_class``) so the default study fits the CPU.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -24,14 +25,14 @@ SCENARIOS = ("full-class", "sub-class", "random")
 def _subsample(x, y, n_per_class, rng):
     if n_per_class is None:
         return x, y
-    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n_per_class]
-                          for c in np.unique(y)])
+    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:n_per_class] for c in np.unique(y)])
     idx = rng.permutation(idx)
     return x[idx], y[idx]
 
 
-def from_indices(x_train, y_train, x_test, y_test, forget_idx, test_forget_mask, *, seed: int = 0
-                 ) -> UnlearnData:
+def from_indices(
+    x_train, y_train, x_test, y_test, forget_idx, test_forget_mask, *, seed: int = 0
+) -> UnlearnData:
     """An :class:`UnlearnData` from a forget set given as training-set indices.
 
     ``test_forget_mask`` marks test examples of the forgotten class / sub-class (all ``True`` for
@@ -52,13 +53,30 @@ def from_indices(x_train, y_train, x_test, y_test, forget_idx, test_forget_mask,
         if forget_test_idx.size == 0:
             raise ValueError("no test example belongs to the forget class / sub-class")
     a = lambda v: jnp.asarray(v)
-    return UnlearnData(a(x_train), a(y_train), a(x_train[retain_idx]), a(y_train[retain_idx]),
-                       a(x_train[forget_idx]), a(y_train[forget_idx]), a(x_test[test_idx]),
-                       a(y_test[test_idx]), a(x_test[forget_test_idx]), a(y_test[forget_test_idx]))
+    return UnlearnData(
+        a(x_train),
+        a(y_train),
+        a(x_train[retain_idx]),
+        a(y_train[retain_idx]),
+        a(x_train[forget_idx]),
+        a(y_train[forget_idx]),
+        a(x_test[test_idx]),
+        a(y_test[test_idx]),
+        a(x_test[forget_test_idx]),
+        a(y_test[forget_test_idx]),
+    )
 
 
-def make(ds, scenario: str = "full-class", forget_class: int = 3, *, n_per_class=None,
-         n_test=None, random_fraction: float = 0.1, seed: int = 0) -> UnlearnData:
+def make(
+    ds,
+    scenario: str = "full-class",
+    forget_class: int = 3,
+    *,
+    n_per_class=None,
+    n_test=None,
+    random_fraction: float = 0.1,
+    seed: int = 0,
+) -> UnlearnData:
     """Build the forgetting problem; every check runs before any array reaches the device."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")

@@ -24,10 +24,11 @@ scale largely cancels, but the selection differs, most for small forget sets.
 The minibatch pass drops the last partial minibatch (the reference averages it in with equal
 weight), so use a batch size that divides the set for exact agreement.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,9 @@ def _ce(apply_fn):
     return loss
 
 
-def importance(apply_fn, params, x, y, *, batch_size: int = 64, per_example: bool = False, key=None,
-               unroll: int = 1):
+def importance(
+    apply_fn, params, x, y, *, batch_size: int = 64, per_example: bool = False, key=None, unroll: int = 1
+):
     """SSD importance of every parameter on ``(x, y)`` (see the module docstring).
 
     ``unroll``: passed to the ``lax.scan`` over minibatches (1: a rolled loop, compiled once for any
@@ -63,8 +65,9 @@ def importance(apply_fn, params, x, y, *, batch_size: int = 64, per_example: boo
     loss = _ce(apply_fn)
     if per_example:
         key = jax.random.key(0) if key is None else key
-        return empirical_fisher(loss, params, {"x": xs.reshape((nb * b,) + x.shape[1:]),
-                                               "y": ys.reshape(-1)}, key, chunk=b)
+        return empirical_fisher(
+            loss, params, {"x": xs.reshape((nb * b,) + x.shape[1:]), "y": ys.reshape(-1)}, key, chunk=b
+        )
     grad = jax.grad(lambda p, xb, yb: loss(p, {"x": xb, "y": yb})[0])
 
     def body(acc, xy):
@@ -109,8 +112,22 @@ def selected_fraction(imp_forget, imp_train, *, alpha=10.0):
 
 def run(model, params, data: UnlearnData, key, cfg: UnlearnConfig):
     kf, kd = jax.random.split(key)
-    i_f = importance(model.apply, params, data.x_forget, data.y_forget, batch_size=cfg.batch,
-                     per_example=cfg.ssd_per_example, key=kf)
-    i_d = importance(model.apply, params, data.x_train, data.y_train, batch_size=cfg.batch,
-                     per_example=cfg.ssd_per_example, key=kd)
+    i_f = importance(
+        model.apply,
+        params,
+        data.x_forget,
+        data.y_forget,
+        batch_size=cfg.batch,
+        per_example=cfg.ssd_per_example,
+        key=kf,
+    )
+    i_d = importance(
+        model.apply,
+        params,
+        data.x_train,
+        data.y_train,
+        batch_size=cfg.batch,
+        per_example=cfg.ssd_per_example,
+        key=kd,
+    )
     return dampen(params, i_f, i_d, alpha=cfg.ssd_alpha, lam=cfg.ssd_lambda, exclude=cfg.ssd_exclude)

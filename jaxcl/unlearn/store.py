@@ -13,13 +13,14 @@ Under ``<out>/cache/``:
 
 ``--fresh`` ignores both and overwrites them.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 from ..checkpoint import Checkpointer
 
@@ -37,7 +38,7 @@ class RunStore:
         self.methods_dir = os.path.join(root, f"methods-{fingerprint({**models_key, **run_key})}")
         self.fresh = fresh
 
-    def load_models(self, like: Any) -> Optional[tuple[Any, dict]]:
+    def load_models(self, like: Any) -> tuple[Any, dict] | None:
         """``(payload, meta)`` of the cached original/oracle, or None (none yet, or ``fresh``)."""
         if self.fresh or not os.path.isdir(self.models_dir):
             return None
@@ -49,7 +50,7 @@ class RunStore:
     def _method_path(self, name: str) -> str:
         return os.path.join(self.methods_dir, f"{name}.json")
 
-    def load_method(self, name: str) -> Optional[dict]:
+    def load_method(self, name: str) -> dict | None:
         path = self._method_path(name)
         if self.fresh or not os.path.exists(path):
             return None
@@ -57,7 +58,7 @@ class RunStore:
             with open(path) as f:
                 return json.load(f)
         except (OSError, ValueError) as e:
-            warnings.warn(f"cached result {path} is unreadable ({e}); running {name} again")
+            warnings.warn(f"cached result {path} is unreadable ({e}); running {name} again", stacklevel=2)
             return None
 
     def save_method(self, name: str, result: dict) -> None:

@@ -4,6 +4,7 @@ Checks that the plain step (fine-tune), replay (ER, buffer identical on every de
 the projection transform (A-GEM) give the same results on 1 and 8 devices, and that the
 shard_map Fisher equals the single-device one. Prints one JSON line of results.
 """
+
 import json
 import sys
 
@@ -12,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcl.cl_study import CONFIGS, build_stream, tiny
-from jaxcl.losses import classification_loss, empirical_fisher
 from jaxcl.loops import Experiment, LoopConfig, run_seeds, seeds_keys
+from jaxcl.losses import classification_loss, empirical_fisher
 from jaxcl.methods import get_method
 from jaxcl.models import make_model
 from jaxcl.parallel import make_mesh, sharded_empirical_fisher
@@ -23,7 +24,9 @@ stream = build_stream(tiny(CONFIGS["split-digits"]))
 model = make_model("mlp", stream.input_shape, 10, hidden=(32,))
 loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
 out = {"methods": {}}
-maxdiff = lambda a, b: max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+maxdiff = lambda a, b: max(
+    float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+)
 for m in ["finetune", "er", "ewc", "agem"]:
     single = Experiment(model, get_method(m), loop)
     ref = run_seeds(single, jax.device_put(stream), single.default_hparams(), seeds_keys(0, 2))
@@ -32,8 +35,10 @@ for m in ["finetune", "er", "ewc", "agem"]:
         mesh = make_mesh(data=data_axis, seeds=seeds_axis)
         exp = Experiment(model, get_method(m), loop, mesh=mesh)
         got = run_seeds(exp, stream, exp.default_hparams(), seeds_keys(0, 2))
-        row[f"{seeds_axis}x{data_axis}"] = {"params": maxdiff(ref["final_params"], got["final_params"]),
-                                            "R": float(jnp.abs(ref["R"] - got["R"]).max())}
+        row[f"{seeds_axis}x{data_axis}"] = {
+            "params": maxdiff(ref["final_params"], got["final_params"]),
+            "R": float(jnp.abs(ref["R"] - got["R"]).max()),
+        }
     out["methods"][m] = row
 
 # the replay buffer after a task on 8 devices: one array, the same on every device

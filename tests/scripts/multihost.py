@@ -3,6 +3,7 @@
 usage: multihost.py PORT PROCESS_ID NUM_PROCESSES  -> prints a JSON line with the results.
 With NUM_PROCESSES=1 it runs the same study in a single process for comparison.
 """
+
 import json
 import sys
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxcl.parallel import initialize_multihost, make_mesh, global_array
+from jaxcl.parallel import global_array, initialize_multihost, make_mesh
 
 port, pid, nproc = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 if nproc > 1:
