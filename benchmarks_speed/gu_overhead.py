@@ -53,8 +53,10 @@ def main(argv=None):
     import torch
 
     from jaxcl.engine import init_state, make_step
+    from jaxcl.methods import ga
+    from jaxcl.methods.unlearning import retain_grads_args
     from jaxcl.models.resnet import resnet18
-    from jaxcl.unlearn import ga, gu
+    from jaxcl.transforms import project_out
 
     x, y, xf, yf = fmnist_subset(2048)
     model = resnet18((28, 28, 1), 10, width=a.width)
@@ -69,7 +71,8 @@ def main(argv=None):
 
     def build(proj):
         tx = optax.chain(proj, optax.adam(1e-4))
-        step = make_step(ga.loss(model.apply), tx, extra_args=gu.retain_grads_args(model.apply))
+        loss = ga.forget_term(model, {}, None)[0]
+        step = make_step(loss, tx, extra_args=retain_grads_args(model, {"retain_weight": 1.0}))
 
         @jax.jit
         def run(params, data, key):
@@ -82,10 +85,9 @@ def main(argv=None):
                 return step(
                     s,
                     {
-                        "x": data["xf"][fi],
-                        "y": data["yf"][fi],
-                        "retain_x": data["x"][ri],
-                        "retain_y": data["y"][ri],
+                        "x": data["x"][ri],
+                        "y": data["y"][ri],
+                        "forget": {"x": data["xf"][fi], "y": data["yf"][fi]},
                     },
                 )
 
@@ -99,7 +101,7 @@ def main(argv=None):
     base = build(sum_retain())
     sides["no-projection"] = lambda: jax.block_until_ready(base(params, data, key))
     for r in a.rank:
-        f = build(gu.project_out(rank=r, mode=a.mode, add_retain=True))
+        f = build(project_out(rank=r, mode=a.mode))
         sides[f"gu-rank-{r}"] = lambda f=f: jax.block_until_ready(f(params, data, key))
 
     tm = torch_resnet18(a.width).eval()

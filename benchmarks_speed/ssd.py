@@ -48,8 +48,9 @@ def main(argv=None):
     import jax.numpy as jnp
     import torch
 
+    from jaxcl.edits import ssd_dampen
+    from jaxcl.losses import minibatch_importance
     from jaxcl.models.resnet import resnet18
-    from jaxcl.unlearn import ssd
 
     x, y, xf, yf = fmnist_subset(a.n_train)
     model = resnet18((28, 28, 1), 10, width=a.width)
@@ -58,9 +59,9 @@ def main(argv=None):
 
     @jax.jit
     def jax_ssd(params, x, y, xf, yf):
-        i_f = ssd.importance(model.apply, params, xf, yf, batch_size=a.batch)
-        i_d = ssd.importance(model.apply, params, x, y, batch_size=a.batch)
-        return ssd.dampen(params, i_f, i_d, alpha=10.0, lam=1.0)
+        i_f = minibatch_importance(model, params, {"x": xf, "y": yf}, batch_size=a.batch)
+        i_d = minibatch_importance(model, params, {"x": x, "y": y}, batch_size=a.batch)
+        return ssd_dampen(params, i_f, i_d, alpha=10.0, lam=1.0)
 
     tm = torch_resnet18(a.width).eval()
     tx, ty = torch_float(x), torch.from_numpy(y.astype(np.int64))

@@ -1,97 +1,162 @@
-"""``jaxcl`` command line: ``jaxcl list``, ``jaxcl run <study> [options]``, ``jaxcl sweep``."""
+"""``jaxcl`` command line: the one parser.
+
+    jaxcl list
+    jaxcl run CONFIG [--tiny] [--set key=value ...] [--method M ...] [--seeds N] [--out DIR]
+                     [--resume DIR] [--fresh] [--tensorboard]
+    jaxcl sweep CONFIG --grid <method>.<hparam>=v1,v2 [--grid ...] [--tiny] [--set ...] [--seeds N] [--chunk K]
+
+CONFIG is a config file's name in ``experiments/`` (``split-fashion-mnist``, ``unlearn-class``,
+``tofu`` ...) or a path. ``--set`` reaches any key of the config (``er.replay_fraction=0.3``,
+``ssd.alpha=5``, ``loop.eval_every=5``, ``methods=er,ewc``); the short flags ``--lr``,
+``--steps-per-task``, ``--skip-nonfinite``, ``--checkpoint-every``, ``--no-checkpoint`` and
+``--model`` are spellings of such keys. Every value is checked before anything is compiled;
+errors name the key and the valid values and exit with status 2, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+USAGE = __doc__.split("\n\n")[1]
 
-def _list() -> int:
-    from .methods import METHODS
-    from .studies import load_all
 
-    studies = load_all()
-    print("studies:")
-    for name in sorted(studies):
-        print(f"  {name:28s} {studies[name].summary}")
-    print("\ncontinual-learning methods (--method):")
-    for name in sorted(METHODS):
-        spec = METHODS[name]
-        hp = ", ".join(f"{k}={v}" for k, v in spec.hparams.items())
-        print(f"  {name:10s} {spec.summary}  [{hp}]")
-    for name in sorted(studies):
-        st = studies[name]
-        extra = sorted(set(st.methods) - set(METHODS))
-        if extra:
-            print(f"\nmethods of {name}: {', '.join(extra)}")
-    return 0
+def _parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"jaxcl {cmd}", description="see `jaxcl list` for the configs and methods"
+    )
+    p.add_argument("config", help="a config name from experiments/ (see `jaxcl list`) or a path to one")
+    p.add_argument("--tiny", action="store_true", help="the seconds-long variant the tests run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument(
+        "--method", action="append", default=None, help="method(s) to run (repeatable or comma list)"
+    )
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, batched into one program")
+    p.add_argument("--out", default=None, help="output folder (default runs/<config>[-tiny])")
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate of every method run (= --set <m>.lr=)"
+    )
+    p.add_argument("--steps-per-task", type=int, default=None, help="= --set loop.steps_per_task=N")
+    p.add_argument("--skip-nonfinite", action="store_true", help="= --set loop.skip_nonfinite=true")
+    p.add_argument("--model", default=None, help="= --set model.name=NAME")
+    if cmd == "run":
+        p.add_argument("--checkpoint-every", type=int, default=None, help="= --set loop.checkpoint_every=N")
+        p.add_argument("--no-checkpoint", action="store_true", help="= --set loop.checkpoint=false")
+        p.add_argument("--resume", default=None, metavar="DIR", help="continue the run whose --out was DIR")
+        p.add_argument("--fresh", action="store_true", help="ignore cached results under the output folder")
+        p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+    else:
+        p.add_argument("--grid", action="append", default=[], help="<method>.<hparam>=v1,v2,... (repeatable)")
+        p.add_argument(
+            "--chunk", type=int, default=None, help="cells vmapped at a time (default: from memory)"
+        )
+    return p
+
+
+def _sets(args, cfg: dict) -> list[str]:
+    """The short flags as ``--set`` items (applied before the explicit ``--set``s)."""
+    sets = []
+    if args.method:
+        sets.append("methods=" + ",".join(m for a in args.method for m in a.split(",") if m))
+    if args.seeds is not None:
+        sets.append(f"seeds={args.seeds}")
+    if args.steps_per_task is not None:
+        sets.append(f"loop.steps_per_task={args.steps_per_task}")
+    if args.skip_nonfinite:
+        sets.append("loop.skip_nonfinite=true")
+    if args.model is not None:
+        sets.append(f"model.name={args.model}")
+    if getattr(args, "checkpoint_every", None) is not None:
+        sets.append(f"loop.checkpoint_every={args.checkpoint_every}")
+    if getattr(args, "no_checkpoint", False):
+        sets.append("loop.checkpoint=false")
+    if args.lr is not None:
+        methods = cfg.get("methods", ())
+        for item in sets:  # --method given: the learning rate of those
+            if item.startswith("methods="):
+                methods = item.split("=", 1)[1].split(",")
+        from .methods import METHODS
+
+        sets.extend(f"{m}.lr={args.lr!r}" for m in methods if m in METHODS and "lr" in METHODS[m].hparams)
+    return sets + list(args.set)
+
+
+def _prepare(cmd: str, argv: list[str]):
+    from . import config
+    from .studies import get_runner
+
+    args = _parser(cmd).parse_args(argv)
+    cfg = config.load(args.config, tiny=args.tiny)
+    runner = get_runner(cfg.get("study", ""))
+    cfg = config.resolve(cfg, _sets(args, cfg), defaults=runner.DEFAULTS)
+    runner.validate(cfg)
+    return args, cfg, runner
 
 
 def _run(argv: list[str]) -> int:
-    from .studies import get_study, load_all
+    args, cfg, runner = _prepare("run", argv)
+    if args.resume and not os.path.isdir(args.resume):
+        raise FileNotFoundError(
+            f"--resume {args.resume}: no such folder; pass the --out folder of the run to continue"
+        )
+    out = args.resume or args.out or os.path.join("runs", cfg["name"] + ("-tiny" if args.tiny else ""))
+    runner.run(cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard)
+    return 0
 
-    if not argv or argv[0].startswith("-"):
-        names = ", ".join(sorted(load_all()))
-        print(f"usage: jaxcl run <study> [options]; studies: {names}", file=sys.stderr)
-        return 2
-    try:
-        study = get_study(argv[0])
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if study.main is not None:  # the study parses its own arguments
-        study.main(argv[1:])
-        return 0
-    p = argparse.ArgumentParser(prog=f"jaxcl run {study.name}", description=study.summary)
-    p.add_argument(
-        "--method",
-        action="append",
-        default=None,
-        help=f"method to run (repeatable; default: the study's set); one of: {', '.join(study.methods)}",
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help="number of seeds (batched into one program: vmap, or a compiled loop for conv models on CPU)",
-    )
-    p.add_argument("--tiny", action="store_true", help="the seconds-long version the tests run")
-    p.add_argument("--out", default=None, help="output directory (default runs/<study>)")
-    if study.add_args:
-        study.add_args(p)
-    args = p.parse_args(argv[1:])
-    if args.method and study.methods:
-        bad = [m for m in args.method if m not in study.methods]
-        if bad:
-            p.error(f"unknown method(s) {bad}; valid methods: {', '.join(study.methods)}")
-    if args.seeds is not None and args.seeds <= 0:
-        p.error("--seeds must be positive")
-    study.run(args)
+
+def _sweep(argv: list[str]) -> int:
+    from .sweep import parse_grid
+
+    args, cfg, runner = _prepare("sweep", argv)
+    grid = parse_grid(args.grid)
+    out = args.out or os.path.join("runs", f"sweep-{cfg['name']}" + ("-tiny" if args.tiny else ""))
+    runner.sweep(cfg, grid, chunk=args.chunk, out=out)
+    return 0
+
+
+def _list() -> int:
+    from . import config
+    from .methods import METHODS
+
+    print("configs (jaxcl run CONFIG):")
+    for name in config.available():
+        try:
+            study = config.load(name).get("study", "?")
+        except Exception as e:  # a broken config file is listed, not fatal
+            study = f"unreadable: {e}"
+        print(f"  {name:28s} ({study})")
+    for kind, title in (("cl", "continual-learning"), ("unlearn", "unlearning")):
+        print(f"\n{title} methods (traced hyperparameters with defaults):")
+        for name, spec in sorted(METHODS.items()):
+            if spec.applies_to(kind):
+                hp = ", ".join(f"{k}={h.default:g}" for k, h in spec.hparams.items())
+                print(f"  {name:13s} {spec.summary}  [{hp}]")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            __doc__.strip()
-            + "\n\n  jaxcl list\n  jaxcl run <study> [--method M ...] [--seeds N] [--tiny] [--out DIR]"
-            "\n  jaxcl sweep <study> --method M --grid name=v1,v2 [--grid ...] [--seeds N] [--chunk K]"
-        )
+        print(__doc__.strip())
         return 0
-    if argv[0] == "list":
-        return _list()
-    if argv[0] == "run":
-        return _run(argv[1:])
-    if argv[0] == "sweep":
-        from .sweep import main as sweep_main
+    commands = {"list": lambda a: _list(), "run": _run, "sweep": _sweep}
+    if argv[0] not in commands:
+        print(
+            f"error: unknown command {argv[0]!r}; use one of: {', '.join(commands)}\n{USAGE}", file=sys.stderr
+        )
+        return 2
+    from .engine import NonFiniteLossError
+    from .report import OutputDirError
 
-        return sweep_main(argv[1:])
-    print(
-        f"error: unknown command {argv[0]!r}; use 'jaxcl list', 'jaxcl run <study>' or 'jaxcl sweep <study>'",
-        file=sys.stderr,
-    )
-    return 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, OutputDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""Edits: pure functions ``(params, *stats, **hparams) -> params`` applied after training.
+"""The edit level: pure functions ``(params, *stats, **hparams) -> params`` applied after
+training (hyperparameters may be traced, so an edit sweeps under ``vmap``).
 
-SSD's Fisher dampening (:mod:`jaxcl.unlearn.ssd`) is an edit; so are these two classics.
+* :func:`ssd_dampen`: Selective Synaptic Dampening's edit (the SSD method is
+  :mod:`jaxcl.methods.ssd`).
+* :func:`interpolate`, :func:`shrink_perturb`: weight averaging and shrink-and-perturb.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +33,23 @@ def shrink_perturb(params, key, *, shrink=0.4, noise=0.01):
     return jax.tree.unflatten(tree, new)
 
 
-def compose(*edits):
-    """Apply edits ``params -> params`` in order."""
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
-    def edit(params):
-        for e in edits:
-            params = e(params)
-        return params
 
-    return edit
+def ssd_dampen(params, imp_forget, imp_train, *, alpha=10.0, lam=1.0, exclude: Sequence[str] = ()):
+    """SSD's edit (Foster, Schoepf and Brintrup, AAAI 2024), per parameter:
+
+        theta <- theta * beta   where I_Df > alpha * I_D,   beta = min(lam * I_D / I_Df, 1)
+
+    ``alpha`` and ``lam`` may be traced (swept); ``exclude`` names parameter path fragments to
+    leave alone."""
+
+    def edit(path, p, f, d):
+        if any(e in _path_str(path) for e in exclude):
+            return p
+        sel = f > alpha * d
+        beta = jnp.minimum(lam * d / jnp.where(sel, f, 1.0), 1.0)
+        return jnp.where(sel, p * beta, p).astype(p.dtype)
+
+    return jax.tree_util.tree_map_with_path(edit, params, imp_forget, imp_train)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from .batching import over_seeds
 from .data.streams import Stream
 from .engine import TrainState, init_state, make_step
-from .methods.base import MethodSpec
+from .losses import mean_nll
+from .methods.base import Method, MethodSpec
 from .models.base import PureModel, check_input_shape
 from .parallel import check_divides, replicated, shard_batch
 
@@ -65,6 +66,41 @@ def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: 
     return jax.lax.map(lambda a: one(*a), (x_TxM, y_TxM, n_T, masks_TxC))
 
 
+def run_chunks(step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len: int):
+    """The one training loop: ``n_chunks`` chunks of ``chunk_len`` steps under nested
+    ``lax.scan``, each chunk followed by ``evaluate(params) -> dict`` (continual evaluation).
+
+    ``draw(key) -> batch`` with ``key = fold_in(fold_in(state.key, 0x5EED), state.step)``: batches
+    depend only on the run's key and the step counter, so splitting the chunks over several
+    calls (to checkpoint) gives the same run as one call. Returns the state and the trace
+    ``{eval keys: (n_chunks, ...), metric: (n_chunks,)}`` (step metrics averaged per chunk).
+    """
+    batch_key = jax.random.fold_in(state.key, 0x5EED)
+
+    def one_step(s, _):
+        return step(s, draw(jax.random.fold_in(batch_key, s.step)))
+
+    def chunk(s, _):
+        s, m = jax.lax.scan(one_step, s, None, length=chunk_len)
+        means = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
+        return s, {**evaluate(s.params), **means}
+
+    return jax.lax.scan(chunk, state, None, length=n_chunks)
+
+
+def build_method(spec: MethodSpec, model, hp: dict, options: dict) -> Method:
+    """``spec.build`` with the abstract parameters of ``model`` (nothing is computed)."""
+    params_like = jax.eval_shape(model.init, jax.random.key(0))
+    return spec.build(model, hp, params_like, **options)
+
+
+def as_hparams(spec: MethodSpec, values: dict | None = None) -> dict:
+    """A method's traced hyperparameters as float32 arrays (defaults, overridden by ``values``,
+    each checked against its valid range)."""
+    hp, _ = spec.split(dict(values or {}))
+    return {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
+
+
 class Experiment:
     """A model, a method and a loop configuration, as pure functions of ``(key, stream, hp)``."""
 
@@ -82,27 +118,15 @@ class Experiment:
         loop.validate()
         check_divides(mesh, batch_size=loop.batch_size)
         self.mesh = mesh
-        unknown = set(options) - set(method.options)
-        if unknown:
-            raise ValueError(
-                f"method {method.name!r} has no option(s) {sorted(unknown)}; valid: {sorted(method.options)}"
-            )
+        _, self.options = method.split(options)  # unknown or invalid options fail here
         self.model, self.spec, self.loop = model, method, loop
-        self.options = {**method.options, **options}
 
     # -- pieces --------------------------------------------------------------------------------
     def default_hparams(self, **overrides) -> dict:
-        unknown = set(overrides) - set(self.spec.hparams)
-        if unknown:
-            raise ValueError(
-                f"method {self.spec.name!r} has no hyperparameter(s) {sorted(unknown)}; "
-                f"valid: {sorted(self.spec.hparams)}"
-            )
-        return {k: jnp.asarray(overrides.get(k, v), jnp.float32) for k, v in self.spec.hparams.items()}
+        return as_hparams(self.spec, overrides)
 
     def _method(self, hp):
-        params_like = jax.eval_shape(self.model.init, jax.random.key(0))
-        return self.spec.build(self.model, hp, params_like, **self.options)
+        return build_method(self.spec, self.model, hp, self.options)
 
     def _batch(self, stream, t, key, method, size):
         k_task, k_idx = jax.random.split(key)
@@ -151,27 +175,21 @@ class Experiment:
             extra_args=method.extra_args,
             skip_nonfinite=cfg.skip_nonfinite,
         )
-        batch_key = jax.random.fold_in(state.key, 0x5EED)
+        draw = lambda key: self._batch(stream, t, key, method, cfg.batch_size)
 
-        def one_step(s, _):
-            batch = self._batch(stream, t, jax.random.fold_in(batch_key, s.step), method, cfg.batch_size)
-            return step(s, batch)
-
-        def chunk(s, _):
-            s, m = jax.lax.scan(one_step, s, None, length=cfg.eval_every)
+        def evaluate(params):
             acc_T = accuracy_per_task(
                 self.model.apply,
-                s.params,
+                params,
                 stream.test_x,
                 stream.test_y,
                 stream.test_n,
                 stream.masks,
                 limit=cfg.eval_per_task,
             )
-            means = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
-            return s, {"acc": acc_T, **means}
+            return {"acc": acc_T}
 
-        return jax.lax.scan(chunk, state, None, length=n_chunks)
+        return run_chunks(step, state, draw, evaluate, n_chunks, cfg.eval_every)
 
     def end_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, jax.Array]:
         """Consolidate after task ``t`` (a state change) and evaluate on the full test sets:
@@ -226,8 +244,9 @@ class Experiment:
 
 
 def seeds_keys(seed: int, n: int) -> jax.Array:
-    """``n`` independent run keys from one integer seed."""
-    return jax.random.split(jax.random.key(seed), n)
+    """Run keys of seeds ``0..n-1`` under the integer ``seed``: seed i's key is
+    ``fold_in(key(seed), i)``, the same whatever ``n`` (``--seeds 1`` runs seed 0 of a 5-seed run)."""
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
 
 
 def vmap_seeds(fn, exp: Experiment, in_axes):
@@ -259,3 +278,90 @@ def run_grid(exp: Experiment, stream: Stream, hp_grid: dict, keys) -> dict:
     per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
     fn = jax.jit(over_seeds(per_cell, (None, None, 0), model=exp.model))
     return fn(keys, stream, hp_grid)
+
+
+# -- unlearning and fine-tuning phases on a forgetting problem --------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseConfig:
+    """One training phase on a problem (unlearning, or training the original / the oracle)."""
+
+    steps: int = 15
+    batch_size: int = 64
+    eval_every: int = 5
+    eval_size: int = 400  # examples of the forget and the retain set in the continual evaluation
+    skip_nonfinite: bool = False
+
+    def validate(self, where: str = "phase"):
+        for f in ("steps", "batch_size", "eval_every", "eval_size"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{where}.{f} must be positive, got {getattr(self, f)}")
+        if self.steps % self.eval_every:
+            raise ValueError(
+                f"{where}.steps={self.steps} must be a multiple of {where}.eval_every={self.eval_every}"
+            )
+        return self
+
+
+class Phase:
+    """A model, a method and a :class:`PhaseConfig` as one pure function
+    ``run(params, key, problem, hp) -> {'params', 'trace', 'nonfinite_step'}``.
+
+    ``problem`` follows the protocol of :class:`jaxcl.unlearn.common.UnlearnData` (``draw(key, n)``
+    and the ``forget_set`` / ``retain_set`` / ``train_set`` sub-batches); every argument is traced,
+    so one compiled program serves all seeds (``over_seeds``) and hyperparameter cells. The
+    method's ``consolidate`` runs first (the starting model becomes the reference: NPO), then
+    :func:`run_chunks` with the forget and retain NLL evaluated every ``eval_every`` steps, then
+    the method's edit (SSD, IAU).
+    """
+
+    def __init__(self, model, method: MethodSpec, phase: PhaseConfig, *, mesh=None, **options: Any):
+        self.phase = phase.validate()
+        check_divides(mesh, batch_size=phase.batch_size)
+        _, self.options = method.split(options)
+        if "rank" in self.options and self.options["rank"] > phase.steps:
+            raise ValueError(
+                f"{method.name}.rank={self.options['rank']} is larger than the history of retain gradients "
+                f"({phase.steps} steps): the basis could never fill; lower the rank or raise the steps"
+            )
+        self.model, self.spec, self.mesh = model, method, mesh
+
+    def evaluate(self, params, problem) -> dict:
+        nll = mean_nll(self.model)
+        cap = lambda sub: jax.tree.map(lambda a: a[: self.phase.eval_size], sub)
+        return {
+            "forget_nll": nll(params, cap(problem.forget_set)),
+            "retain_nll": nll(params, cap(problem.retain_set)),
+        }
+
+    def run(self, params, key, problem, hp: dict) -> dict:
+        cfg = self.phase
+        method = build_method(self.spec, self.model, hp, self.options)
+        k_state, k_edit = jax.random.split(key)
+        trace, nonfinite = {}, jnp.full((), -1, jnp.int32)
+        if method.trains:
+            draw = lambda k: shard_batch(problem.draw(k, cfg.batch_size), self.mesh)
+            example = draw(k_state)
+            state = init_state(params, method.tx, k_state, method.data, example)
+            if method.consolidate is not None:
+                state = method.consolidate(state, example, k_state)
+            step = make_step(
+                method.loss_fn,
+                method.tx,
+                method.data,
+                extra_args=method.extra_args,
+                skip_nonfinite=cfg.skip_nonfinite,
+            )
+            state, trace = run_chunks(
+                step,
+                state,
+                draw,
+                lambda p: self.evaluate(p, problem),
+                cfg.steps // cfg.eval_every,
+                cfg.eval_every,
+            )
+            params, nonfinite = state.params, state.nonfinite_step
+        if method.edit is not None:
+            params = method.edit(params, problem, hp, k_edit)
+        return {"params": params, "trace": trace, "nonfinite_step": nonfinite}

@@ -124,3 +124,111 @@ def empirical_fisher(loss_fn: LossFn, params, batch: dict, key, *, chunk: int = 
     zeros = jax.tree.map(jnp.zeros_like, params)
     total, _ = jax.lax.scan(body, zeros, chunks)
     return jax.tree.map(lambda s: s / n, total)
+
+
+# -- likelihood of a sub-batch: one definition for classifiers and language models -------------
+
+
+def nll_per_example(model) -> Callable:
+    """``(params, sub_batch) -> (nll_B, count_B)``: the summed negative log-likelihood of each
+    example and the number of scored targets in it.
+
+    Classifiers (``model.apply(params, x) -> logits``): the cross-entropy of ``sub['y']`` given
+    ``sub['x']``, count 1. Language models (``model.nll``, see :func:`jaxcl.models.llama.lm_model`):
+    the sum over the masked target tokens of ``sub['tokens']``, count = the number of such tokens.
+    """
+    if hasattr(model, "nll"):
+        return model.nll
+
+    def nll(params, sub):
+        logits_BxC = masked_logits(model.apply(params, sub["x"]), sub)
+        ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, sub["y"])
+        return ce_B, jnp.ones_like(ce_B)
+
+    return nll
+
+
+def mean_nll(model) -> Callable:
+    """``(params, sub_batch) -> scalar``: NLL per scored target (mean cross-entropy of a
+    classifier; token-mean NLL of a language model)."""
+    nll = nll_per_example(model)
+
+    def fn(params, sub):
+        s_B, n_B = nll(params, sub)
+        return s_B.sum() / jnp.maximum(n_B.sum(), 1.0)
+
+    return fn
+
+
+def npo_loss(nll_B: jax.Array, ref_nll_B: jax.Array, beta) -> jax.Array:
+    """NPO (Zhang et al., 2024): ``(2/beta) * mean softplus(beta * (log pi - log pi_ref))`` with
+    ``log pi = -nll``; bounded below by 0; ``beta -> 0`` gives gradient ascent."""
+    log_ratio_B = -nll_B + jax.lax.stop_gradient(ref_nll_B)
+    return (2.0 / beta) * jax.nn.softplus(beta * log_ratio_B).mean()
+
+
+def with_grad_norm(loss_fn: LossFn, *, weight=0.005) -> LossFn:
+    """``L + weight * ||dL/dtheta||^2`` (IAU's training regulariser; double backprop)."""
+
+    def wrapped(params, batch, key):
+        (l, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+        gn = sum(jnp.vdot(x, x) for x in jax.tree.leaves(g))
+        return l + weight * gn, {**aux, "grad_norm_sq": gn}
+
+    return wrapped
+
+
+def supervised_loss(model) -> LossFn:
+    """The plain training loss of a model: :func:`classification_loss` for a classifier, the
+    token-mean NLL (:func:`mean_nll`) for a language model (``model.nll``)."""
+    if not hasattr(model, "nll"):
+        return classification_loss(model.apply)
+    nll = mean_nll(model)
+
+    def loss_fn(params, batch, key):
+        del key
+        loss = nll(params, batch)
+        return loss, {"nll": loss}
+
+    return loss_fn
+
+
+def minibatch_importance(
+    model, params, sub: dict, *, batch_size: int = 64, per_example: bool = False, key=None
+):
+    """SSD's parameter importance on a data set ``sub`` (leaves with a leading example axis):
+
+        I = (1 / M) * sum_{minibatches m} (d/d theta  mean_{i in m} NLL_i(theta))^2
+
+    over the M full minibatches of ``batch_size`` (the last partial one is dropped), under a
+    rolled ``lax.scan``; ``per_example=True`` gives the empirical Fisher instead (mean squared
+    per-example gradient, :func:`empirical_fisher`), which does not depend on the batch size.
+    """
+    n = jax.tree.leaves(sub)[0].shape[0]
+    if n == 0:
+        raise ValueError("importance: empty data set")
+    b = min(batch_size, n)
+    nb = n // b
+    chunks = jax.tree.map(lambda a: a[: nb * b].reshape((nb, b) + a.shape[1:]), sub)
+    nll = mean_nll(model)
+    if per_example:
+        flat = jax.tree.map(lambda a: a.reshape((nb * b,) + a.shape[2:]), chunks)
+        loss = lambda p, batch, k: (nll(p, batch), {})
+        return empirical_fisher(loss, params, flat, jax.random.key(0) if key is None else key, chunk=b)
+    grad = jax.grad(nll)
+
+    def body(acc, mb):
+        return jax.tree.map(lambda a, g: a + jnp.square(g), acc, grad(params, mb)), None
+
+    total, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), chunks)
+    return jax.tree.map(lambda t: t / nb, total)
+
+
+def mean_grad(model, params, sub: dict, *, chunk: int = 500):
+    """Gradient of the mean NLL over ``sub`` (full chunks of ``chunk`` examples, ``lax.map``)."""
+    n = jax.tree.leaves(sub)[0].shape[0]
+    c = min(chunk, n)
+    nb = n // c
+    chunks = jax.tree.map(lambda a: a[: nb * c].reshape((nb, c) + a.shape[1:]), sub)
+    g = jax.lax.map(lambda mb: jax.grad(mean_nll(model))(params, mb), chunks)
+    return jax.tree.map(lambda a: a.mean(0), g)

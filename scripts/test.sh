@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+python3 -m ruff check .
+python3 -m ruff format --check .
 python3 -m pytest -p no:cacheprovider tests "$@"
 
 PY312="${PY312:-/root/.pyenv/versions/3.12.1/bin/python3}"
@@ -15,5 +17,5 @@ if [ -x "$PY312" ] && [ -z "${JAXCL_SKIP_312:-}" ]; then
   "$VENV/bin/python" -m pytest -p no:cacheprovider tests/test_engine.py tests/test_conformance.py \
     tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py tests/test_data.py \
     tests/test_cl_study.py tests/test_parallel.py tests/test_checkpoint.py tests/test_conv.py \
-    tests/test_batching.py
+    tests/test_batching.py tests/test_registry.py
 fi

@@ -28,7 +28,7 @@ def results(path):
     r = json.loads((path / "results.json").read_text())
     return {
         m: (np.asarray(v["R_per_seed"]), np.asarray(v["acc_trace_mean"]), np.asarray(v["loss_trace_mean"]))
-        for m, v in r["methods"].items()
+        for m, v in r["rows"].items()
     }
 
 
@@ -81,9 +81,9 @@ def test_other_config_is_refused_naming_the_field(tmp_path):
     assert p.returncode == -signal.SIGKILL
     p = jaxcl(ARGS + ["--resume", str(out), "--lr", "0.5"])
     assert p.returncode != 0
-    assert "field 'hparams" in p.stderr and "Resume with the same options" in p.stderr
+    assert "field 'er.lr'" in p.stderr and "Resume with the same options" in p.stderr
     p = jaxcl(["run", "split-digits", "--tiny", "--resume", str(tmp_path / "nothing")])
-    assert p.returncode != 0 and "no checkpoints folder" in p.stderr
+    assert p.returncode == 2 and "no such folder" in p.stderr
 
 
 def test_checkpointer_roundtrip_with_typed_keys(tmp_path):

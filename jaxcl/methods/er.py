@@ -6,16 +6,27 @@ A reservoir buffer of ``capacity`` examples lives on the device; every batch has
 """
 
 from ..data.replay import reservoir
-from ..losses import classification_loss
-from .base import Method, MethodSpec, optimizer, register
+from ..losses import supervised_loss
+from .base import (
+    LR,
+    OPTIMIZER_OPTIONS,
+    OPTIMIZERS,
+    Hparam,
+    Method,
+    MethodSpec,
+    optimizer_from,
+    pop_optimizer,
+    register,
+)
 
 
-def build(model, hp, params_like, *, capacity=1000, optim="adam", momentum=0.0):
+def build(model, hp, params_like, **options):
     del params_like
+    opt = pop_optimizer(options)
     return Method(
-        classification_loss(model.apply),
-        optimizer(optim, hp["lr"], momentum),
-        data=reservoir(capacity, hp["replay_fraction"]),
+        supervised_loss(model),
+        optimizer_from(opt, hp["lr"]),
+        data=reservoir(options["capacity"], hp["replay_fraction"]),
     )
 
 
@@ -23,8 +34,10 @@ SPEC = register(
     MethodSpec(
         "er",
         build,
-        {"lr": 0.001, "replay_fraction": 0.5},
-        {"capacity": 1000, "optim": "adam", "momentum": 0.0},
+        {"lr": LR(1e-3), "replay_fraction": Hparam(0.5, 0.0, 1.0, help="replayed rows per batch")},
+        {"capacity": 1000, **OPTIMIZER_OPTIONS},
         "experience replay, reservoir buffer mixed into every batch",
+        paper="Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning",
+        choices={"optim": OPTIMIZERS},
     )
 )

@@ -1,23 +1,28 @@
-"""Fine-tuning: plain SGD on each task in turn, the lower bound of every CL study.
+"""Fine-tuning: plain training on the data a problem gives, the lower bound of every CL study
+and the weakest unlearning baseline (continue training on the retain set only, hoping that
+catastrophic forgetting removes the forget set; e.g. Golatkar et al., 2020).
 
-Update: ``theta <- theta - lr * grad L_t(theta)`` on batches of the current task only.
+Update: ``theta <- theta - lr * grad L(theta)`` on batches of the current task (continual
+learning) or of the retain set (unlearning); the optimizer is Adam by default.
 """
 
-from ..losses import classification_loss
-from .base import Method, MethodSpec, optimizer, register
+from ..losses import supervised_loss
+from .base import LR, OPTIMIZER_OPTIONS, OPTIMIZERS, Method, MethodSpec, optimizer_from, register
 
 
-def build(model, hp, params_like, *, optim="adam", momentum=0.0):
+def build(model, hp, params_like, **options):
     del params_like
-    return Method(classification_loss(model.apply), optimizer(optim, hp["lr"], momentum))
+    return Method(supervised_loss(model), optimizer_from(options, hp["lr"]))
 
 
 SPEC = register(
     MethodSpec(
         "finetune",
         build,
-        {"lr": 0.001},
-        {"optim": "adam", "momentum": 0.0},
-        "fine-tune on each task in turn (lower bound)",
+        {"lr": LR(1e-3)},
+        dict(OPTIMIZER_OPTIONS),
+        "fine-tune on the current task / the retain set",
+        kind="any",
+        choices={"optim": OPTIMIZERS},
     )
 )

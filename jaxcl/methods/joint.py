@@ -3,21 +3,22 @@
 The usual upper bound (the i.i.d. learner); update ``theta <- theta - lr * grad L_{0..t}(theta)``.
 """
 
-from ..losses import classification_loss
-from .base import Method, MethodSpec, optimizer, register
+from ..losses import supervised_loss
+from .base import LR, OPTIMIZER_OPTIONS, OPTIMIZERS, Method, MethodSpec, optimizer_from, register
 
 
-def build(model, hp, params_like, *, optim="adam", momentum=0.0):
+def build(model, hp, params_like, **options):
     del params_like
-    return Method(classification_loss(model.apply), optimizer(optim, hp["lr"], momentum), sample_seen=True)
+    return Method(supervised_loss(model), optimizer_from(options, hp["lr"]), sample_seen=True)
 
 
 SPEC = register(
     MethodSpec(
         "joint",
         build,
-        {"lr": 0.001},
-        {"optim": "adam", "momentum": 0.0},
+        {"lr": LR(1e-3)},
+        dict(OPTIMIZER_OPTIONS),
         "joint training on all tasks seen so far (upper bound)",
+        choices={"optim": OPTIMIZERS},
     )
 )

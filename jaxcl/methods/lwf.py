@@ -8,20 +8,31 @@ and T = 2. On the first task there is no teacher and the term is off.
 
 from ..data.context import set_teacher, teacher
 from ..losses import classification_loss, with_kl
-from .base import Method, MethodSpec, optimizer, register
+from .base import (
+    LR,
+    OPTIMIZER_OPTIONS,
+    OPTIMIZERS,
+    Hparam,
+    Method,
+    MethodSpec,
+    optimizer_from,
+    pop_optimizer,
+    register,
+)
 
 
-def build(model, hp, params_like, *, temperature=2.0, optim="adam", momentum=0.0):
+def build(model, hp, params_like, **options):
+    opt = pop_optimizer(options)
+
     def consolidate(state, task_batch, key):
         del task_batch, key
         return state.replace(data_state=set_teacher(state.data_state, state.params))
 
-    loss = with_kl(classification_loss(model.apply), weight=hp["lwf_alpha"], temperature=temperature)
+    loss = with_kl(
+        classification_loss(model.apply), weight=hp["lwf_alpha"], temperature=options["temperature"]
+    )
     return Method(
-        loss,
-        optimizer(optim, hp["lr"], momentum),
-        data=teacher(model.apply, params_like),
-        consolidate=consolidate,
+        loss, optimizer_from(opt, hp["lr"]), data=teacher(model.apply, params_like), consolidate=consolidate
     )
 
 
@@ -29,8 +40,10 @@ SPEC = register(
     MethodSpec(
         "lwf",
         build,
-        {"lr": 0.001, "lwf_alpha": 1.0},
-        {"temperature": 2.0, "optim": "adam", "momentum": 0.0},
+        {"lr": LR(1e-3), "lwf_alpha": Hparam(1.0, 0.0, None, help="distillation weight")},
+        {"temperature": 2.0, **OPTIMIZER_OPTIONS},
         "learning without forgetting (distillation to the previous model)",
+        paper="Li and Hoiem 2016, Learning without Forgetting",
+        choices={"optim": OPTIMIZERS},
     )
 )

@@ -8,8 +8,9 @@ normalised answer probability). On each evaluation set:
 - truth ratio `R = mean_k p(perturbed_k|q)^... / p(paraphrased|q)` with the mean of normalised
   NLLs (a geometric mean of probabilities); real authors / world facts use the answer itself.
   Reported as `mean(min(R, 1/R))` on the forget set and `mean(max(0, 1 - R))` elsewhere.
-- ROUGE-L recall of the greedy answer (KV-cache generation) against the gold answer, on words
-  (lower-cased, split on non-alphanumerics; rouge_score's tokenisation without the stemmer).
+- ROUGE-L recall of the greedy answer (KV-cache generation) against the gold answer, with
+  `rouge_score`'s scorer and its Porter stemmer, as open-unlearning computes it
+  (`RougeScorer(["rougeL"], use_stemmer=True)`, the `recall` field).
 - forget quality: p-value of the two-sample KS test between the forget-set truth ratios of the
   model and of the retain-only model.
 - model utility: harmonic mean of the nine probability / truth-ratio / ROUGE values on the retain,
@@ -19,7 +20,6 @@ normalised answer probability). On each evaluation set:
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 
 import jax
@@ -52,21 +52,18 @@ def avg_nll(cfg, params, tokens, mask, batch_size: int) -> np.ndarray:
     return np.concatenate(out)[:N]
 
 
-def _words(s: str) -> list[str]:
-    return re.sub(r"[^a-z0-9]+", " ", s.lower()).split()
+@functools.cache
+def _rouge_l_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def rouge_l_recall(prediction: str, reference: str) -> float:
-    p, r = _words(prediction), _words(reference)
-    if not r or not p:
-        return 0.0
-    prev = [0] * (len(p) + 1)
-    for rw in r:  # LCS by dynamic programming
-        cur = [0]
-        for j, pw in enumerate(p):
-            cur.append(prev[j] + 1 if rw == pw else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1] / len(r)
+    """ROUGE-L recall of `prediction` against `reference`: the longest common subsequence of
+    their words (lower-cased, split on non-alphanumerics, Porter-stemmed) over the reference's
+    word count; 0.0 when either has no words."""
+    return float(_rouge_l_scorer().score(reference, prediction)["rougeL"].recall)
 
 
 def greedy_answers(

@@ -1,5 +1,12 @@
-"""Gradient transforms: plain optax transforms, extra inputs as keyword-only extra args."""
+"""The gradient level: plain optax ``GradientTransformationExtraArgs``; extra inputs (reference
+gradients) arrive as keyword-only extra args from :func:`jaxcl.engine.make_step`'s ``extra_args``.
 
-from .project import project_conflicting, project_out_basis, tree_dot
+* :func:`project_conflicting`: A-GEM's projection (``ref_grads=``).
+* :func:`project_out`: GU's projection onto the orthogonal complement of recent retain gradients
+  (``retain_grads=``, ``retain_scale=``), for classifiers and language models alike.
+"""
 
-__all__ = ["project_conflicting", "project_out_basis", "tree_dot"]
+from .gu import basis_from_history, basis_of, project, project_out
+from .project import project_conflicting, tree_dot
+
+__all__ = ["basis_from_history", "basis_of", "project", "project_conflicting", "project_out", "tree_dot"]

@@ -5,10 +5,9 @@ A-GEM", ICLR 2019): with ``g`` the update and ``g_ref`` a reference gradient (on
 
     g <- g - (g . g_ref / g_ref . g_ref) g_ref    if g . g_ref < 0,  else g unchanged,
 
-with dot products over the whole flattened parameter vector. ``project_out_basis`` removes the
-component of ``g`` in the span of an orthonormal basis ``{u_k}`` (``g - sum_k (g . u_k) u_k``),
-the operation GU builds on. Both take their reference as keyword-only extra args, so they chain
-with any optimizer: ``optax.chain(project_conflicting(), optax.sgd(lr))``.
+with dot products over the whole flattened parameter vector. It takes its reference as a
+keyword-only extra arg, so it chains with any optimizer:
+``optax.chain(project_conflicting(), optax.sgd(lr))``. GU's projection is in :mod:`.gu`.
 """
 
 from __future__ import annotations
@@ -42,17 +41,3 @@ def project_conflicting(eps: float = 1e-12) -> optax.GradientTransformationExtra
         return new, state
 
     return optax.GradientTransformationExtraArgs(init, update)
-
-
-def project_out_basis(updates, basis):
-    """Remove from ``updates`` its component in the span of ``basis``.
-
-    ``basis`` has the structure of ``updates`` with a leading axis K of orthonormal vectors
-    (orthonormal over the whole tree). Returns ``g - sum_k (g . u_k) u_k``.
-    """
-    coefs_K = jax.vmap(lambda u: tree_dot(updates, u))(basis)
-    return jax.tree.map(
-        lambda g, u: (g - jnp.tensordot(coefs_K, u.astype(jnp.float32), axes=1)).astype(g.dtype),
-        updates,
-        basis,
-    )

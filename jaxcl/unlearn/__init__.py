@@ -1,12 +1,3 @@
-"""Machine unlearning for classifiers: one module per method, plus evaluation and scenarios.
-
-Methods (each a pure, jittable function of the original parameters and a key, vmappable over
-seeds): ``oracle`` (retrain on the retain set), ``finetune``, ``ga``, ``graddiff``, ``npo``,
-``random_label``, ``ssd`` (a parameter edit), ``gu`` (an optax transform attached to GA,
-GradDiff and NPO) and ``iau``. ``eval`` holds the forgetting metrics; ``study`` registers the
-``unlearn-class`` study.
-"""
-
-from .gu import project_out
-
-__all__ = ["project_out"]
+"""Unlearning problems for classifiers: the forgetting problem (``common.UnlearnData``), its
+scenarios, the forgetting metrics (``eval``) and the run cache (``store``). The methods are in
+the one registry (:mod:`jaxcl.methods`); the study is :mod:`jaxcl.studies.unlearn_class`."""

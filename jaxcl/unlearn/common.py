@@ -1,5 +1,4 @@
-"""Shared pieces of the unlearning methods: the data of a forgetting problem, batch sampling,
-the compiled training loop, the configuration, and input checks.
+"""A forgetting problem for classifiers (:class:`UnlearnData`) and its input checks.
 
 An :class:`UnlearnData` is a pytree of device arrays passed as an *argument* to every jitted
 function (never closed over), so one compiled program serves every seed under ``vmap``.
@@ -7,17 +6,9 @@ function (never closed over), so one compiled program serves every seed under ``
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
-
-from ..engine import init_state, make_step
-from ..losses import classification_loss
 
 
 @struct.dataclass
@@ -33,146 +24,40 @@ class UnlearnData:
     x_test_forget: jax.Array  # test examples of the forget class / sub-class
     y_test_forget: jax.Array
 
+    # the problem protocol the unlearning loop (jaxcl.loops.Unlearning) and the edits use
+    @property
+    def forget_set(self) -> dict:
+        return {"x": self.x_forget, "y": self.y_forget}
 
-@dataclasses.dataclass(frozen=True)
-class UnlearnConfig:
-    # the original model and the oracle (retrain) share this recipe
-    train_steps: int = 600
-    train_lr: float = 1e-3
-    batch: int = 64
-    # unlearning
-    steps: int = 40
-    lr: tuple = (
-        ("finetune", 1e-3),
-        ("ga", 2e-5),
-        ("graddiff", 5e-5),
-        ("npo", 1e-4),
-        ("random_label", 1e-4),
-        ("gu-ga", 2e-5),
-        ("gu-graddiff", 5e-5),
-        ("gu-npo", 1e-4),
-    )
-    npo_beta: float = 0.1
-    gu_rank: int = 8
-    gu_mode: str = "per_tensor"
-    gu_preconditioned: bool = False
-    ssd_alpha: float = 10.0
-    ssd_lambda: float = 1.0
-    ssd_per_example: bool = False
-    ssd_exclude: tuple = ()
-    iau_lr: float = 1e-3
-    iau_reg: float = 0.005
-    # evaluation
-    eval_cap: int = 2000  # examples per split in the representation / MIA metrics
-    relearn_steps: int = 20
-    relearn_every: int = 5
-    relearn_n: int = 64  # size of the forget slice the attacker fine-tunes on
-    relearn_lr: float = 1e-4
+    @property
+    def retain_set(self) -> dict:
+        return {"x": self.x_retain, "y": self.y_retain}
 
-    def lr_of(self, method: str) -> float:
-        return dict(self.lr)[method]
+    @property
+    def train_set(self) -> dict:
+        return {"x": self.x_train, "y": self.y_train}
 
-    def validate(self):
-        for f in (
-            "train_steps",
-            "batch",
-            "steps",
-            "gu_rank",
-            "eval_cap",
-            "relearn_steps",
-            "relearn_every",
-            "relearn_n",
-        ):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"UnlearnConfig.{f} must be positive, got {getattr(self, f)}")
-        if self.ssd_alpha <= 0 or self.ssd_lambda <= 0:
-            raise ValueError(
-                f"SSD needs alpha > 0 and lambda > 0, got alpha={self.ssd_alpha}, lambda={self.ssd_lambda}"
-            )
-        if self.gu_rank > self.steps:
-            raise ValueError(
-                f"GU rank {self.gu_rank} is larger than the history of retain "
-                f"gradients ({self.steps} unlearning steps): the basis could never "
-                "fill; lower --gu-rank or raise the number of steps"
-            )
-        if self.gu_mode not in ("per_tensor", "global"):
-            raise ValueError(f"gu_mode must be per_tensor or global, got {self.gu_mode!r}")
-        if self.npo_beta <= 0:
-            raise ValueError(f"NPO needs beta > 0, got {self.npo_beta}")
-        if self.relearn_steps % self.relearn_every:
-            raise ValueError("relearn_steps must be a multiple of relearn_every")
-        return self
+    def draw(self, key, n: int) -> dict:
+        """A batch: ``n`` retain examples at the top level, ``n`` forget examples in ``'forget'``."""
+        k_r, k_f = jax.random.split(key)
+        return {**sample(self.retain_set, k_r, n), "forget": sample(self.forget_set, k_f, n)}
+
+    def learning(self, x, y) -> UnlearnData:
+        """The problem whose retain data is ``(x, y)`` (training the original on the whole
+        training set, the oracle on the retain set, an attacker on a forget slice)."""
+        return self.replace(x_retain=x, y_retain=y)
 
 
-def train_apply(model) -> Callable:
-    """The training-mode forward pass (batch statistics for BatchNorm models)."""
-    return getattr(model, "apply_train", model.apply)
+def sample(sub: dict, key, n: int) -> dict:
+    """``n`` examples of ``sub`` drawn uniformly with replacement."""
+    idx = jax.random.randint(key, (n,), 0, jax.tree.leaves(sub)[0].shape[0])
+    return jax.tree.map(lambda a: a[idx], sub)
 
 
 def recalibrate(model, params, x):
     """Refresh BatchNorm running statistics on ``x`` (identity for models without BN)."""
     fn = getattr(model, "recalibrate", None)
     return params if fn is None else fn(params, x)
-
-
-def sample(x, y, key, n: int) -> dict:
-    idx = jax.random.randint(key, (n,), 0, x.shape[0])
-    return {"x": x[idx], "y": y[idx]}
-
-
-def run_steps(
-    loss_fn, tx, params, key, make_batch: Callable, steps: int, *, data=None, data_state=None, extra_args=None
-):
-    """``steps`` pure training steps under ``lax.scan``; ``make_batch(key) -> batch``.
-
-    ``data_state`` (optional) replaces the data transform's initial state (e.g. a teacher set
-    to the original parameters). Returns ``(params, metrics_per_step)``.
-    """
-    k_state, k_batch = jax.random.split(key)
-    example = make_batch(k_batch) if data is not None else None
-    state = init_state(params, tx, k_state, data, example)
-    if data_state is not None:
-        state = state.replace(data_state=data_state)
-    step = make_step(loss_fn, tx, data, extra_args=extra_args)
-
-    def body(s, i):
-        return step(s, make_batch(jax.random.fold_in(k_batch, i)))
-
-    state, metrics = jax.lax.scan(body, state, jnp.arange(steps))
-    return state.params, metrics
-
-
-def train_classifier(
-    model,
-    params,
-    key,
-    x,
-    y,
-    cfg: UnlearnConfig,
-    *,
-    steps: int | None = None,
-    lr: float | None = None,
-    loss_wrap=None,
-):
-    """Adam on the mean cross-entropy (training mode), then BatchNorm recalibration on ``x``."""
-    loss = classification_loss(train_apply(model))
-    if loss_wrap is not None:
-        loss = loss_wrap(loss)
-    tx = optax.adam(cfg.train_lr if lr is None else lr)
-    params, m = run_steps(
-        loss,
-        tx,
-        params,
-        key,
-        lambda k: sample(x, y, k, cfg.batch),
-        cfg.train_steps if steps is None else steps,
-    )
-    return recalibrate(model, params, x[: min(x.shape[0], 4000)]), m
-
-
-def ce_loss(apply_fn):
-    """Mean cross-entropy of ``apply_fn`` on ``batch['x'], batch['y']`` (eval mode)."""
-    return classification_loss(apply_fn)
 
 
 def check_forget_indices(forget_idx, n_train: int) -> np.ndarray:

@@ -12,15 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcl.cl_study import CONFIGS, build_stream, tiny
+from jaxcl import config
 from jaxcl.loops import Experiment, LoopConfig, run_seeds, seeds_keys
 from jaxcl.losses import classification_loss, empirical_fisher
 from jaxcl.methods import get_method
 from jaxcl.models import make_model
 from jaxcl.parallel import make_mesh, sharded_empirical_fisher
+from jaxcl.studies.cl import build_stream
 
 assert jax.device_count() == 8, jax.devices()
-stream = build_stream(tiny(CONFIGS["split-digits"]))
+stream = build_stream(config.resolve(config.load("split-digits", tiny=True)))
 model = make_model("mlp", stream.input_shape, 10, hidden=(32,))
 loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
 out = {"methods": {}}

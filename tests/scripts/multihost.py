@@ -18,12 +18,13 @@ port, pid, nproc = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 if nproc > 1:
     initialize_multihost(f"127.0.0.1:{port}", nproc, pid, timeout_s=60)
 
-from jaxcl.cl_study import CONFIGS, build_stream, tiny  # noqa: E402
+from jaxcl import config  # noqa: E402
 from jaxcl.loops import Experiment, LoopConfig  # noqa: E402
 from jaxcl.methods import get_method  # noqa: E402
 from jaxcl.models import make_model  # noqa: E402
+from jaxcl.studies.cl import build_stream  # noqa: E402
 
-stream = build_stream(tiny(CONFIGS["split-digits"]))
+stream = build_stream(config.resolve(config.load("split-digits", tiny=True)))
 model = make_model("mlp", stream.input_shape, 10, hidden=(32,))
 loop = LoopConfig(steps_per_task=10, batch_size=16, eval_every=5, eval_per_task=50, consolidate_samples=32)
 mesh = make_mesh(data=jax.device_count())

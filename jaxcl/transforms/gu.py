@@ -62,11 +62,9 @@ _HI = jax.lax.Precision.HIGHEST
 class ProjectOutState(NamedTuple):
     history: object  # tree like params, each leaf K x shape: the last K retain gradients (ring)
     hvalid: jax.Array  # (K,) bool, which history slots are filled
-    basis: object  # tree like params, each leaf K x shape: orthonormal basis of the history
-    valid: object  # per_tensor: tree of (K,) bool; global: (K,) bool
     count: jax.Array  # number of retain gradients seen (int32)
     nu: object  # Adam second moment (preconditioned) or ()
-    gram: object = ()  # per_tensor: tree of (K, K); global: (K, K): Gram matrix of ``history``
+    gram: object  # per_tensor: tree of (K, K); global: (K, K): Gram matrix of ``history``
 
 
 def _rows(a):
@@ -152,19 +150,21 @@ def project_out(
     rank: int = 8,
     mode: str = "per_tensor",
     preconditioned: bool = False,
-    add_retain: bool = False,
     *,
     eps: float = GS_EPS,
     b2: float = 0.999,
     precond_eps: float = 1e-8,
 ) -> optax.GradientTransformationExtraArgs:
-    """GU's projection; ``update(g, state, params, *, retain_grads=g_r)``.
+    """GU's projection; ``update(g, state, params, *, retain_grads=g_r, retain_scale=w)``.
+
+    The state keeps the history and its Gram matrix only (K x parameters, float32); the basis is
+    rebuilt from them at every update and never stored. ``retain_scale`` (default 0, may be
+    traced) adds ``w * g_r`` to the projected update: the joint forget/retain objective.
 
     Args:
       rank: at most this many recent retain gradients span the protected subspace.
       mode: ``'per_tensor'`` (one basis per leaf) or ``'global'`` (one over the whole tree).
       preconditioned: project Adam-whitened updates (chain with ``optax.sgd``).
-      add_retain: add the retain gradient back after projection (joint objective).
       eps: directions of the history with norm <= eps are dropped (as well as those at the
         float32 noise level of the Gram matrix).
     """
@@ -176,17 +176,13 @@ def project_out(
     def init(params):
         hist = jax.tree.map(lambda p: jnp.zeros((rank,) + p.shape, jnp.float32), params)
         if mode == "per_tensor":
-            valid = jax.tree.map(lambda p: jnp.zeros((rank,), bool), params)
             gram = jax.tree.map(lambda p: jnp.zeros((rank, rank), jnp.float32), params)
         else:
-            valid = jnp.zeros((rank,), bool)
             gram = jnp.zeros((rank, rank), jnp.float32)
         nu = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params) if preconditioned else ()
-        return ProjectOutState(
-            hist, jnp.zeros((rank,), bool), hist, valid, jnp.zeros((), jnp.int32), nu, gram
-        )
+        return ProjectOutState(hist, jnp.zeros((rank,), bool), jnp.zeros((), jnp.int32), nu, gram)
 
-    def update(updates, state, params=None, *, retain_grads=None, **extra):
+    def update(updates, state, params=None, *, retain_grads=None, retain_scale=0.0, **extra):
         del params, extra
         if retain_grads is None:
             raise ValueError(
@@ -212,7 +208,7 @@ def project_out(
             res = jax.tree.map(leaf, state.history, state.gram, retain_grads, g)
             is_res = lambda x: isinstance(x, tuple)
             pick = lambda i: jax.tree.map(lambda t: t[i], res, is_leaf=is_res)
-            hist, gram, basis, valid, new = pick(0), pick(1), pick(3), pick(4), pick(5)
+            hist, gram, new = pick(0), pick(1), pick(5)
             hvalid = state.hvalid.at[slot].set(True)
         else:
             hist, gram, hvalid = _push(
@@ -221,9 +217,10 @@ def project_out(
             comb = lambda w, t: jax.tree.map(lambda h: _leaf_comb(w, h), t)
             basis, valid = _basis(hist, gram, hvalid, _tree_gram, comb, eps)
             new = _project_tree(basis, valid, g)
-        if add_retain:
-            new = jax.tree.map(lambda a, r: (a + r.astype(a.dtype)).astype(a.dtype), new, retain_grads)
-        return new, ProjectOutState(hist, hvalid, basis, valid, count, nu, gram)
+        new = jax.tree.map(
+            lambda a, r: (a + retain_scale * r.astype(a.dtype)).astype(a.dtype), new, retain_grads
+        )
+        return new, ProjectOutState(hist, hvalid, count, nu, gram)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -252,7 +249,23 @@ def basis_from_history(history, rank: int, *, mode: str = "per_tensor", eps: flo
     zeros = jax.tree.map(jnp.zeros_like, like)
     for i in range(h - rank, h):
         _, state = tx.update(zeros, state, retain_grads=jax.tree.map(lambda a: a[i], history))
-    return state.basis, state.valid
+    return basis_of(state, mode=mode, eps=eps)
+
+
+def basis_of(state: ProjectOutState, *, mode: str = "per_tensor", eps: float = GS_EPS):
+    """``(basis, valid)`` that :func:`project_out` builds from ``state`` (for inspection and
+    tests): basis leaves K x shape with orthonormal rows (zero where dropped); ``valid`` a tree of
+    (K,) masks (``per_tensor``) or one (K,) mask (``global``)."""
+    if mode == "per_tensor":
+        res = jax.tree.map(
+            lambda h, gr: _basis(h, gr, state.hvalid, _leaf_gram, _leaf_comb, eps), state.history, state.gram
+        )
+        is_res = lambda x: isinstance(x, tuple)
+        return jax.tree.map(lambda t: t[0], res, is_leaf=is_res), jax.tree.map(
+            lambda t: t[1], res, is_leaf=is_res
+        )
+    comb = lambda w, t: jax.tree.map(lambda h: _leaf_comb(w, h), t)
+    return _basis(state.history, state.gram, state.hvalid, _tree_gram, comb, eps)
 
 
 def project(updates, basis, valid, *, mode: str = "per_tensor"):
@@ -260,64 +273,3 @@ def project(updates, basis, valid, *, mode: str = "per_tensor"):
     if mode == "per_tensor":
         return jax.tree.map(lambda g, b, v: _project(b, v, g), updates, basis, valid)
     return _project_tree(basis, valid, updates)
-
-
-# --- GU attached to GA, GradDiff and NPO (the unlearning runs of the study) -------------------
-
-
-def retain_grads_args(apply_fn):
-    """``extra_args`` for :func:`jaxcl.engine.make_step`: the gradient of the retain loss on the
-    retain half of the batch (``batch['retain_x']``, ``batch['retain_y']``)."""
-    import optax as _optax
-
-    def ce(params, x, y):
-        return _optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()
-
-    grad = jax.grad(ce)
-
-    def extra(params, batch, key):
-        del key
-        return {"retain_grads": grad(params, batch["retain_x"], batch["retain_y"])}
-
-    return extra
-
-
-BASES = ("ga", "graddiff", "npo")
-
-
-def make_tx(lr, *, rank=8, mode="per_tensor", preconditioned=False, add_retain=False):
-    """GU's projection chained with the inner optimizer (Adam; SGD in whitened coordinates)."""
-    proj = project_out(rank, mode, preconditioned, add_retain)
-    inner = optax.sgd(lr) if preconditioned else optax.adam(lr)
-    return optax.chain(proj, inner)
-
-
-def run(model, params, data, key, cfg, *, base: str = "ga"):
-    """GU on top of ``base``: the base's *forget* loss, projected; GradDiff's retain term is the
-    added-back retain gradient (``add_retain=True``)."""
-    from . import ga, npo
-    from .common import run_steps
-
-    if base not in BASES:
-        raise ValueError(f"GU attaches to {BASES}, got {base!r}")
-    name = f"gu-{base}"
-    tx = make_tx(
-        cfg.lr_of(name),
-        rank=cfg.gu_rank,
-        mode=cfg.gu_mode,
-        preconditioned=cfg.gu_preconditioned,
-        add_retain=base == "graddiff",
-    )
-    extra = retain_grads_args(model.apply)
-    if base == "npo":
-        return npo.run(model, params, data, key, cfg, tx=tx, name=name, extra_args=extra)
-    out, _ = run_steps(
-        ga.loss(model.apply),
-        tx,
-        params,
-        key,
-        lambda k: ga.forget_batch(data, k, cfg.batch),
-        cfg.steps,
-        extra_args=extra,
-    )
-    return out

@@ -1,0 +1,223 @@
+"""The one config system: a config file per experiment, ``--set key=value`` for anything in it.
+
+A config file is ``experiments/<name>.py`` (the command and the measured result in its header)
+with ``get_config(tiny: bool) -> dict``: the seconds-long variant the tests run is inside it, as
+big_vision's ``configs/*.py`` do. A config is a nested dict of plain values:
+
+* ``study``: which runner runs it (``cl``, ``unlearn-class``, ``tofu``; :mod:`jaxcl.studies`),
+* the runner's sections (``data``, ``model``, ``loop`` ...; every key and its type is declared by
+  the runner's ``DEFAULTS``),
+* ``methods``: the methods to run, and one section per registered method that applies to the
+  study, holding its traced hyperparameters and static options (defaults from the registry,
+  overridden by the file's own section of that name, then by ``--set``).
+
+:func:`load` reads a file (by name, from ``experiments/``, or by path), :func:`resolve` fills in
+the defaults, applies ``--set`` overrides (``er.replay_fraction=0.3``, ``ssd.alpha=5``,
+``loop.eval_every=5``, ``methods=er,ewc``) parsing each value with the type of the key it sets,
+and validates every value before anything is compiled. Unknown keys and bad values raise
+:class:`ConfigError` naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import importlib.util
+import os
+from typing import Any
+
+from .methods import METHODS
+
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist or a value that is not valid."""
+
+
+def available() -> list[str]:
+    """Names of the config files in ``experiments/`` (``split_fashion_mnist.py`` ->
+    ``split-fashion-mnist``)."""
+    if not os.path.isdir(EXPERIMENTS_DIR):
+        return []
+    return sorted(
+        f[:-3].replace("_", "-")
+        for f in os.listdir(EXPERIMENTS_DIR)
+        if f.endswith(".py") and not f.startswith("_")
+    )
+
+
+def config_path(name: str) -> str:
+    if name.endswith(".py") or os.sep in name:
+        if not os.path.isfile(name):
+            raise ConfigError(f"config file {name!r} does not exist")
+        return name
+    path = os.path.join(EXPERIMENTS_DIR, name.replace("-", "_") + ".py")
+    if not os.path.isfile(path):
+        close = difflib.get_close_matches(name, available(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"unknown config {name!r}{hint}; valid: {', '.join(available())}, or a path to a config file"
+        )
+    return path
+
+
+def load(name: str, *, tiny: bool = False) -> dict:
+    """The config of ``experiments/<name>.py`` (or of the file at ``name``), tiny or not."""
+    path = config_path(name)
+    spec = importlib.util.spec_from_file_location(f"jaxcl_config_{abs(hash(path))}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise ConfigError(f"{path} has no get_config(tiny) function")
+    cfg = mod.get_config(tiny=tiny)
+    cfg.setdefault("name", os.path.basename(path)[:-3].replace("_", "-"))
+    cfg["tiny"] = bool(tiny)
+    return cfg
+
+
+def method_kind(study: str) -> str:
+    return "cl" if study == "cl" else "unlearn"
+
+
+def _merge(defaults: dict, given: dict, where: str) -> dict:
+    out = copy.deepcopy(defaults)
+    for k, v in given.items():
+        if k not in defaults:
+            raise ConfigError(_unknown(f"{where}{k}", defaults, where))
+        if isinstance(defaults[k], dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}{k} is a section; give a dict, got {v!r}")
+            out[k] = _merge(defaults[k], v, f"{where}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def _unknown(key: str, level: dict, where: str) -> str:
+    valid = sorted(level)
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3)
+    hint = f" (did you mean {', '.join(where + c for c in close)}?)" if close else ""
+    return f"unknown config key {key!r}{hint}; valid keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(valid)}"
+
+
+def parse_value(key: str, text: str, like: Any):
+    """``text`` as a value of the type of ``like`` (the key's current value)."""
+    t = text.strip()
+    try:
+        if isinstance(like, bool):
+            if t.lower() in ("1", "true", "yes", "on"):
+                return True
+            if t.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(like, int):
+            return int(t)
+        if isinstance(like, float):
+            return float(t)
+        if isinstance(like, tuple | list):
+            if t in ("", "()", "[]"):
+                return ()
+            items = [s.strip() for s in t.strip("()[]").split(",") if s.strip()]
+            elem = like[0] if like else ""
+            return tuple(parse_value(key, s, elem) for s in items)
+        if like is None:
+            if t.lower() == "none":
+                return None
+            try:
+                return ast.literal_eval(t)
+            except (ValueError, SyntaxError):
+                return t
+        return t
+    except ValueError:
+        raise ConfigError(
+            f"--set {key}={text}: expected a value of type {type(like).__name__} (now {like!r})"
+        ) from None
+
+
+def set_value(cfg: dict, item: str) -> dict:
+    """Apply one ``key=value`` override (dotted key) to ``cfg`` in place; returns ``cfg``."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. loop.eval_every=5")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    level, where = cfg, ""
+    for p in parts[:-1]:
+        if p not in level or not isinstance(level[p], dict):
+            raise ConfigError(
+                _unknown(where + p, {k: v for k, v in level.items() if isinstance(v, dict)}, where)
+            )
+        level, where = level[p], where + p + "."
+    last = parts[-1]
+    if last not in level or isinstance(level[last], dict):
+        raise ConfigError(_unknown(key, {k: v for k, v in level.items() if not isinstance(v, dict)}, where))
+    level[last] = parse_value(key, text, level[last])
+    return cfg
+
+
+def resolve(cfg: dict, sets: list[str] | tuple = (), *, defaults: dict | None = None) -> dict:
+    """Fill in defaults (the runner's ``DEFAULTS`` and the registry's method sections), apply the
+    ``--set`` overrides and validate the method sections. The runner validates its own sections."""
+    if defaults is None:
+        from .studies import get_runner
+
+        defaults = get_runner(cfg.get("study", "")).DEFAULTS
+    kind = method_kind(cfg.get("study", ""))
+    applicable = {n: s for n, s in METHODS.items() if s.applies_to(kind)}
+    full_defaults = {
+        **copy.deepcopy(defaults),
+        "study": cfg.get("study"),
+        "name": cfg.get("name", ""),
+        "tiny": False,
+    }
+    full_defaults.update({n: s.defaults() for n, s in applicable.items()})
+    out = _merge(full_defaults, cfg, "")
+    for item in sets:
+        set_value(out, item)
+    out["methods"] = tuple(out["methods"])
+    check_methods(out, kind)
+    return out
+
+
+def check_methods(cfg: dict, kind: str) -> None:
+    """Every listed method exists and applies; every method section's values are valid."""
+    if not cfg["methods"]:
+        raise ConfigError("no methods to run; set methods=<name>[,<name>...]")
+    for m in cfg["methods"]:
+        if m not in METHODS or not METHODS[m].applies_to(kind):
+            valid = sorted(n for n, s in METHODS.items() if s.applies_to(kind))
+            raise ConfigError(f"unknown method {m!r} for a {cfg['study']} study; valid: {', '.join(valid)}")
+    for name, spec in METHODS.items():
+        if name in cfg:
+            try:
+                spec.split(cfg[name])
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
+def method_settings(cfg: dict, name: str) -> tuple[dict, dict]:
+    """``(hparams, options)`` of method ``name`` in a resolved config."""
+    return METHODS[name].split(cfg[name])
+
+
+def check_positive(cfg: dict, keys: list[str]) -> None:
+    """Each dotted key must hold a positive number."""
+    for key in keys:
+        v = cfg
+        for p in key.split("."):
+            v = v[p]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise ConfigError(f"{key}={v!r} must be a positive number")
+
+
+def flat(cfg: dict, prefix: str = "") -> dict:
+    """``{'loop.eval_every': 2, ...}``: every leaf under its dotted key."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

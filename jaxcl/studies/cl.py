@@ -1,0 +1,503 @@
+"""The continual-learning runner (``study: cl``): a data set cut into a stream of tasks, a model,
+methods and seeds; for every method all seeds in one program (``over_seeds``: ``vmap``, or a
+compiled ``lax.map`` for convolutional models on the CPU).
+
+Without checkpoints a method's whole stream is one compiled program (``Experiment.run``: a
+``lax.scan`` over tasks of the one loop, :func:`jaxcl.loops.run_chunks`). With checkpoints (the
+default) the run is cut where checkpoints are written: at task ends, and every
+``loop.checkpoint_every`` steps; batches depend only on the run key and the step counter, so both
+give the same run (a test pins it). Prints one table of ACC, BWT, FWT, forgetting, min-ACC,
+WC-ACC and WF_w (mean ± std over seeds) and writes results.json (:mod:`jaxcl.results`),
+``accuracy_matrix.png`` and ``stability_gap.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import metrics as M
+from .. import plots, report, results
+from .. import sweep as sweep_mod
+from ..batching import over_seeds, resolve_mode
+from ..config import ConfigError, check_positive, method_settings
+from ..data import loaders, streams
+from ..engine import check_finite
+from ..loops import Experiment, LoopConfig, seeds_keys
+from ..methods import get_method
+from ..models import MODELS, from_config, model_config
+
+DEFAULTS = {
+    "data": {
+        "dataset": "fashion-mnist",
+        "scenario": "class-incremental",
+        "n_tasks": 5,
+        "max_train_per_task": 0,
+        "max_test_per_task": 0,
+    },  # 0: every example
+    "model": model_config("mlp"),
+    "loop": {
+        "steps_per_task": 200,
+        "batch_size": 64,
+        "eval_every": 2,
+        "eval_per_task": 1000,
+        "consolidate_samples": 256,
+        "skip_nonfinite": False,
+        "checkpoint": True,
+        "checkpoint_every": 0,
+    },
+    "methods": ("finetune", "er", "ewc", "joint"),
+    "seeds": 5,
+    "seed": 0,
+    "wf_window": 10,
+}
+
+
+TINY = {
+    "data": {"max_train_per_task": 1000, "max_test_per_task": 200},
+    "seeds": 2,
+    "loop": {
+        "steps_per_task": 40,
+        "batch_size": 32,
+        "eval_every": 5,
+        "eval_per_task": 100,
+        "consolidate_samples": 64,
+    },
+    "model": {"mlp": {"hidden": (64,)}},
+}
+
+
+def tiny(cfg: dict) -> dict:
+    """The seconds-long variant of a continual-learning config (what the tests run)."""
+    out = {**cfg, "seeds": TINY["seeds"]}
+    for sec in ("data", "loop"):
+        out[sec] = {**cfg.get(sec, {}), **TINY[sec]}
+    out["model"] = {
+        **cfg.get("model", {}),
+        "mlp": {**cfg.get("model", {}).get("mlp", {}), **TINY["model"]["mlp"]},
+    }
+    return out
+
+
+def loop_config(cfg: dict) -> LoopConfig:
+    l = cfg["loop"]
+    return LoopConfig(
+        l["steps_per_task"],
+        l["batch_size"],
+        l["eval_every"],
+        l["eval_per_task"],
+        l["consolidate_samples"],
+        l["skip_nonfinite"],
+    )
+
+
+def build_model(cfg: dict, stream):
+    """The config's model for the stream's input shape and classes (the one model factory)."""
+    return from_config(cfg["model"], stream.input_shape, stream.n_classes)
+
+
+def validate(cfg: dict) -> None:
+    """Every value checked before any data is loaded or anything compiled."""
+    check_positive(
+        cfg,
+        [
+            "data.n_tasks",
+            "loop.steps_per_task",
+            "loop.batch_size",
+            "loop.eval_every",
+            "loop.eval_per_task",
+            "loop.consolidate_samples",
+            "seeds",
+            "wf_window",
+        ],
+    )
+    for k in ("data.max_train_per_task", "data.max_test_per_task", "loop.checkpoint_every"):
+        a, b = k.split(".")
+        if cfg[a][b] < 0:
+            raise ConfigError(f"{k}={cfg[a][b]} must be >= 0 (0: {'all' if a == 'data' else 'off'})")
+    if cfg["data"]["dataset"] not in loaders.LOADERS:
+        raise ConfigError(
+            f"data.dataset={cfg['data']['dataset']!r}; valid: {', '.join(sorted(loaders.LOADERS))}"
+        )
+    if cfg["data"]["scenario"] not in streams.SCENARIOS:
+        raise ConfigError(f"data.scenario={cfg['data']['scenario']!r}; valid: {', '.join(streams.SCENARIOS)}")
+    if cfg["model"]["name"] not in MODELS:
+        raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
+    try:
+        loop_config(cfg).validate()
+    except ValueError as e:
+        raise ConfigError(f"loop: {e}") from None
+    every = cfg["loop"]["checkpoint_every"]
+    if every and every % cfg["loop"]["eval_every"]:
+        raise ConfigError(
+            f"loop.checkpoint_every={every} must be a multiple of loop.eval_every={cfg['loop']['eval_every']}"
+        )
+
+
+def build_stream(cfg: dict) -> streams.Stream:
+    d = cfg["data"]
+    kw = {k: d[k] for k in ("max_train_per_task", "max_test_per_task") if d[k]}
+    return streams.make_stream(
+        loaders.load(d["dataset"]), d["scenario"], d["n_tasks"], seed=cfg["seed"], **kw
+    )
+
+
+def experiment(cfg: dict, stream, method: str, *, mesh=None) -> tuple[Experiment, dict]:
+    """The :class:`Experiment` of one method of the config, and its traced hyperparameters."""
+    hp, opts = method_settings(cfg, method)
+    exp = Experiment(build_model(cfg, stream), get_method(method, "cl"), loop_config(cfg), mesh=mesh, **opts)
+    exp.check(stream)  # shape mismatches are reported here, before any compilation
+    return exp, exp.default_hparams(**hp)
+
+
+def _finite(nonfinite_step, cfg: dict, where: str) -> None:
+    if cfg["loop"]["skip_nonfinite"]:
+        return  # such updates were skipped; the count is reported at the end
+    check_finite(nonfinite_step, where=where)
+
+
+def _segments(chunks_per_task: int, every: int | None) -> list[int]:
+    """Chunk counts of the calls that make up one task (one call unless checkpointing)."""
+    if not every or every >= chunks_per_task:
+        return [chunks_per_task]
+    n, rest = divmod(chunks_per_task, every)
+    return [every] * n + ([rest] if rest else [])
+
+
+def _kill_hook(saves: int) -> None:
+    """Fault injection for the resume tests: SIGKILL this process after N checkpoint saves."""
+    n = os.environ.get("JAXCL_KILL_AFTER_SAVES")
+    if n and saves >= int(n):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_method(
+    cfg: dict,
+    stream,
+    method: str,
+    *,
+    progress=None,
+    ckpt_dir: str | None = None,
+    resume: bool = False,
+    mesh=None,
+) -> dict:
+    """All seeds of one method (:func:`jaxcl.batching.over_seeds`); numpy arrays with a leading
+    seed axis.
+
+    Without ``ckpt_dir``: the whole stream as one compiled program (:meth:`Experiment.run`). With
+    it: a checkpoint at every task end and every ``loop.checkpoint_every`` steps; ``resume``
+    continues from the newest good checkpoint and gives the same result as an uninterrupted run.
+    """
+    exp, hp = experiment(cfg, stream, method, mesh=mesh)
+    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    T = stream.n_tasks
+    seeds = lambda fn, in_axes: over_seeds(fn, in_axes, model=exp.model)  # vmap, or lax.map (CPU convs)
+    t0 = time.perf_counter()
+    if not ckpt_dir:
+        out = jax.jit(seeds(exp.run, (0, None, None)))(keys, stream, hp)
+        _finite(out["nonfinite_step"], cfg, f"(method {method})")
+        if progress is not None:
+            progress.update(T)
+        state_params, nonfinite = out["final_params"], out["nonfinite_step"]
+        out = {
+            "R0": np.asarray(out["R0"]),
+            "R": np.asarray(out["R"]),
+            "trace": jax.tree.map(np.asarray, out["trace"]),
+        }
+        elapsed = 0.0
+    else:
+        out, state, elapsed = _segmented(
+            cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, progress
+        )
+        state_params, nonfinite = state.params, state.nonfinite_step
+    trace = out["trace"]
+    return {
+        "R0": np.asarray(out["R0"]),
+        "R": np.asarray(out["R"]),
+        "acc_trace": trace["acc"],
+        "loss": trace["loss"],
+        "grad_norm": trace["grad_norm"],
+        "param_norm": trace["param_norm"],
+        "seconds": elapsed + time.perf_counter() - t0,
+        "hparams": {k: float(v) for k, v in hp.items()},
+        "options": exp.options,
+        "final_params": state_params,
+        "skipped_steps": int(np.sum(np.asarray(nonfinite) >= 0)),
+    }
+
+
+def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, progress):
+    """The stream cut where checkpoints are written (task ends, every ``checkpoint_every``)."""
+    from ..checkpoint import Checkpointer
+
+    T, E, S = stream.n_tasks, exp.chunks_per_task, cfg["seeds"]
+    every = cfg["loop"]["checkpoint_every"]
+    segments = _segments(E, every // cfg["loop"]["eval_every"] if every else None)
+    init = jax.jit(seeds(exp.init, (0, None, None)))
+    acc0 = jax.jit(seeds(exp.initial_accuracy, (0, None)))
+    chunk_fns = {
+        n: jax.jit(
+            seeds(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n), (0, None, None, None)),
+            donate_argnums=0,
+        )
+        for n in set(segments)
+    }
+    end_task = jax.jit(seeds(exp.end_task, (0, None, None, None)), donate_argnums=0)
+    t0 = time.perf_counter()
+    state = init(keys, stream, hp)
+    out = {"R0": acc0(state, stream), "R": np.zeros((S, T, T), np.float32), "trace": None}
+    pos_task, pos_chunk, elapsed = 0, 0, 0.0
+    conf = report.to_jsonable({k: v for k, v in cfg.items() if k not in ("methods", "tiny")})
+    conf["method"] = method
+    method_dir = os.path.join(ckpt_dir, method)
+    if not resume and os.path.isdir(method_dir):
+        import shutil
+
+        shutil.rmtree(method_dir)  # a fresh run: old checkpoints must not be resumed later
+    ckpt = Checkpointer(method_dir, conf)
+    shapes = jax.eval_shape(chunk_fns[segments[0]], state, stream, hp, jnp.int32(0))[1]
+    out["trace"] = {k: np.zeros((S, T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
+    if resume:
+        restored = ckpt.restore_latest({"state": state, **out})
+        if restored is not None:
+            payload, meta = restored
+            state = payload["state"]
+            out = {
+                "R0": payload["R0"],
+                "R": np.array(payload["R"]),
+                "trace": jax.tree.map(np.array, payload["trace"]),
+            }
+            pos_task, pos_chunk, elapsed = meta["task"], meta["chunk"], meta.get("seconds", 0.0)
+            if progress is not None:
+                progress.update(pos_task)
+    saves = 0
+
+    def save(task, chunk):
+        nonlocal saves
+        meta = {"task": task, "chunk": chunk, "seconds": elapsed + time.perf_counter() - t0}
+        ckpt.save(task * (E + 1) + chunk, {"state": state, **out}, meta)
+        saves += 1
+        _kill_hook(saves)
+
+    for t in range(pos_task, T):
+        done = pos_chunk if t == pos_task else 0
+        start = 0
+        for n in segments:
+            if start + n <= done:
+                start += n
+                continue
+            state, tr = chunk_fns[n](state, stream, hp, jnp.asarray(t, jnp.int32))
+            _finite(state.nonfinite_step, cfg, f"(method {method}, task {t})")
+            for k, v in tr.items():
+                out["trace"][k][:, t, start : start + n] = np.asarray(v)
+            start += n
+            if start < E:
+                save(t, start)
+        state, r_row = end_task(state, stream, hp, jnp.asarray(t, jnp.int32))
+        out["R"][:, t] = np.asarray(r_row)
+        save(t + 1, 0)
+        if progress is not None:
+            progress.update(1)
+    return out, state, elapsed
+
+
+COLUMNS = [
+    ("acc", "ACC", "pct"),
+    ("bwt", "BWT", "pct"),
+    ("fwt", "FWT", "pct"),
+    ("forgetting", "Forgetting", "pct"),
+    ("min_acc", "min-ACC", "pct"),
+    ("wc_acc", "WC-ACC", "pct"),
+]
+
+
+def _columns(cfg):
+    return COLUMNS + [
+        (f"wf{cfg['wf_window']}", f"WF{cfg['wf_window']}", "pct"),
+        ("time_s", "time (s)", "seconds"),
+    ]
+
+
+def _per_seed(rows: list[dict]) -> dict:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def run(
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume: bool = False,
+    fresh: bool = False,
+    tensorboard: bool = False,
+    verbose: bool = True,
+    mesh=None,
+) -> dict:
+    """Run every method of the config; with ``out``, checkpoints go to ``out/checkpoints``
+    (unless ``loop.checkpoint`` is off) and ``resume`` continues from them."""
+
+    del fresh
+    validate(cfg)
+    if out:
+        report.prepare_out_dir(out)
+        with report.lock_out_dir(out):
+            return _run(cfg, out, resume, tensorboard, verbose, mesh)
+    return _run(cfg, out, resume, tensorboard, verbose, mesh)
+
+
+def _run(cfg, out, resume, tensorboard, verbose, mesh):
+    from tqdm.auto import tqdm
+
+    stream = jax.device_put(build_stream(cfg))
+    batching = resolve_mode("auto", build_model(cfg, stream))
+    rows, raw = {}, {}
+    ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["loop"]["checkpoint"]) else None
+    with tqdm(
+        total=len(cfg["methods"]) * stream.n_tasks, desc=cfg["name"], unit="task", disable=not verbose
+    ) as bar:
+        for m in cfg["methods"]:
+            bar.set_postfix_str(f"{m} x {cfg['seeds']} seeds")
+            r = run_method(cfg, stream, m, progress=bar, ckpt_dir=ckpt_dir, resume=resume, mesh=mesh)
+            raw[m] = r
+            per_seed = _per_seed(M.per_seed(r["R"], r["R0"], r["acc_trace"], cfg["wf_window"]))
+            per_seed["time_s"] = [r["seconds"]]
+            rows[m] = results.row(
+                per_seed,
+                hparams=r["hparams"],
+                options=r["options"],
+                skipped_steps=r["skipped_steps"],
+                R_mean=r["R"].mean(0).tolist(),
+                R_std=r["R"].std(0).tolist(),
+                R_per_seed=r["R"].tolist(),
+                R0_per_seed=r["R0"].tolist(),
+                acc_trace_mean=r["acc_trace"].mean(0).tolist(),
+                acc_trace_std=r["acc_trace"].std(0).tolist(),
+                loss_trace_mean=r["loss"].mean(0).tolist(),
+                grad_norm_trace_mean=r["grad_norm"].mean(0).tolist(),
+                param_norm_trace_mean=r["param_norm"].mean(0).tolist(),
+            )
+    res = results.make(
+        "cl",
+        cfg,
+        rows,
+        _columns(cfg),
+        timing={m: r["seconds"] for m, r in raw.items()},
+        extra={"seed_batching": batching},
+    )
+    if verbose:
+        l, d = cfg["loop"], cfg["data"]
+        how = "vmapped" if batching == "vmap" else "in a compiled loop"
+        print(
+            f"\n{cfg['name']}: {d['scenario']}, {d['n_tasks']} tasks, {cfg['model']['name']}, {cfg['seeds']} seeds "
+            f"({how}), {l['steps_per_task']} steps/task, eval every {l['eval_every']} steps on "
+            f"{l['eval_per_task']} test examples/task; accuracies in %, mean ± std\n"
+        )
+        print(res["table"])
+        for m, r in raw.items():
+            if r["skipped_steps"]:
+                print(
+                    f"note: {m}: {r['skipped_steps']} seed(s) skipped non-finite updates (loop.skip_nonfinite)"
+                )
+    if out:
+        plot_files = [
+            plots.accuracy_matrices(
+                {m: r["R"] for m, r in raw.items()},
+                os.path.join(out, "accuracy_matrix.png"),
+                f"{cfg['name']}: accuracy matrix (mean ± std over {cfg['seeds']} seeds)",
+            ),
+            plots.stability_gap(
+                {m: r["acc_trace"] for m, r in raw.items()},
+                cfg["loop"]["eval_every"],
+                os.path.join(out, "stability_gap.png"),
+                f"{cfg['name']}: per-task accuracy over training (mean ± std over {cfg['seeds']} seeds)",
+            ),
+        ]
+        if tensorboard:
+            res["extra"]["tensorboard"] = write_tensorboard(raw, cfg, os.path.join(out, "tensorboard"))
+        results.write(out, res, plot_files)
+        if verbose:
+            print(f"\nwrote {out}/results.json, accuracy_matrix.png, stability_gap.png")
+    res["raw"] = raw
+    return res
+
+
+def write_tensorboard(raw: dict, cfg: dict, logdir: str) -> str:
+    """Per-iteration evaluation curves (mean over seeds) as TensorBoard event files, one run per
+    method: ``acc/task_j``, ``loss``, ``grad_norm``, ``param_norm`` against the training step."""
+    from tensorboardX import SummaryWriter
+
+    for m, r in raw.items():
+        with SummaryWriter(os.path.join(logdir, m)) as w:
+            acc = r["acc_trace"].mean(0)  # T x E x T
+            T, E = acc.shape[:2]
+            for i in range(T):
+                for e in range(E):
+                    step = (i * E + e + 1) * cfg["loop"]["eval_every"]
+                    for j in range(T):
+                        w.add_scalar(f"acc/task_{j}", float(acc[i, e, j]), step)
+                    for k in ("loss", "grad_norm", "param_norm"):
+                        w.add_scalar(k, float(r[k][:, i, e].mean()), step)
+    return logdir
+
+
+def sweep(
+    cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
+) -> dict:
+    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed as one
+    program: ``over_seeds`` inside ``lax.map`` over cells, ``chunk`` cells at a time (from the
+    memory analysis when not given)."""
+    validate(cfg)
+    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
+    if out:
+        report.prepare_out_dir(out)
+    stream = jax.device_put(build_stream(cfg))
+    exp, base = experiment(cfg, stream, method)
+    hp_grid = sweep_mod.stack_cells(base, names, cells)
+    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
+
+    def summarise(o):  # what the metrics need; the final params stay on the device
+        return {"R": o["R"], "R0": o["R0"], "acc": o["trace"]["acc"], "nonfinite": o["nonfinite_step"]}
+
+    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
+        lambda k, s, h: summarise(per_cell(k, s, h)),
+        (keys, stream),
+        hp_grid,
+        len(cells),
+        chunk,
+        conv_cpu=resolve_mode("auto", exp.model) == "map",
+    )
+    t1 = time.perf_counter()
+    o = jax.block_until_ready(run_cells(keys, stream, hp_grid))
+    run_s = time.perf_counter() - t1
+    rows = {}
+    for i, c in enumerate(cells):
+        per_seed = _per_seed(
+            M.per_seed(
+                np.asarray(o["R"][i]), np.asarray(o["R0"][i]), np.asarray(o["acc"][i]), cfg["wf_window"]
+            )
+        )
+        per_seed["diverged"] = [float((np.asarray(o["nonfinite"][i]) >= 0).sum())]
+        rows[sweep_mod.cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)))
+    cols = [
+        ("acc", "ACC", "pct"),
+        ("forgetting", "Forgetting", "pct"),
+        ("min_acc", "min-ACC", "pct"),
+        ("wc_acc", "WC-ACC", "pct"),
+        ("diverged", "diverged seeds", "float"),
+    ]
+    res = results.make(
+        "sweep",
+        cfg,
+        rows,
+        cols,
+        first="cell",
+        timing={"compile": compile_s, "run": run_s},
+        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
+    )
+    return sweep_mod.finish(res, names, grid, out, verbose, "acc", "ACC")

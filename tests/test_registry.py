@@ -1,0 +1,162 @@
+"""Conformance tests generated from the method registry (as optax's alias_test.py runs every
+optimizer through one table of checks): for every registered method, on a tiny problem, the step
+(or edit) is pure, jit equals no jit, two seeds batched equal two separate runs, the train state
+round-trips through a checkpoint, losses stay finite, and one step matches a stored golden value
+(so an accidental change of any method shows). ``JAXCL_UPDATE_GOLDEN=1`` rewrites the golden
+file after an intended change; say why in the commit."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from jaxcl.checkpoint import Checkpointer
+from jaxcl.engine import init_state, make_step
+from jaxcl.loops import Phase, PhaseConfig, as_hparams, build_method
+from jaxcl.methods import METHODS
+from jaxcl.models import mlp
+from jaxcl.unlearn.common import UnlearnData
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "methods.json")
+MODEL = mlp((4, 4, 1), 3, hidden=(8,))
+
+
+@struct.dataclass
+class WithAlternatives(UnlearnData):
+    """The classifier problem plus alternative targets for the forget examples (what IDK's
+    refusal answers are for a language model)."""
+
+    def draw(self, key, n):
+        b = super().draw(key, n)
+        return {**b, "forget_alt": {"x": b["forget"]["x"], "y": (b["forget"]["y"] + 1) % 3}}
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.integers(0, 256, (48, 4, 4, 1)), jnp.uint8)
+    y = jnp.asarray(rng.integers(0, 3, 48), jnp.int32)
+    f = y == 0
+    return WithAlternatives(x, y, x[~f], y[~f], x[f], y[f], x[:8], y[:8], x[f][:4], y[f][:4])
+
+
+PROBLEM = _data()
+CL_BATCH = {  # 32 rows: EWC's Fisher runs in chunks of 32
+    "x": PROBLEM.x_train[:32],
+    "y": PROBLEM.y_train[:32],
+    "t": jnp.zeros((32,), jnp.int32),
+    "mask": jnp.ones((32, 3), bool),
+}
+
+
+def one_step(name: str, key):
+    """One step (or the edit) of method ``name`` from fixed parameters: ``(params, metrics, state)``."""
+    spec = METHODS[name]
+    hp = as_hparams(spec)
+    _, opts = spec.split({})
+    method = build_method(spec, MODEL, hp, opts)
+    params = MODEL.init(jax.random.key(0))
+    if not method.trains:
+        return method.edit(params, PROBLEM, hp, key), {}, None
+    batch = CL_BATCH if spec.kind == "cl" else PROBLEM.draw(jax.random.key(3), 6)
+    state = init_state(params, method.tx, key, method.data, batch)
+    if method.consolidate is not None:
+        state = method.consolidate(state, batch, key)  # CL: as after a first task; unlearning: the start
+    step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args)
+    state, metrics = step(state, batch)
+    return state.params, metrics, state
+
+
+NAMES = sorted(METHODS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_is_pure_jit_equals_eager_and_finite(name):
+    key = jax.random.key(1)
+    p1, m1, _ = one_step(name, key)
+    p2, m2, _ = one_step(name, key)
+    p3, m3, _ = jax.jit(one_step, static_argnums=0)(name, key)
+    for a, b, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), jax.tree.leaves(p3)):
+        np.testing.assert_array_equal(a, b)  # pure: same inputs, same outputs
+        np.testing.assert_allclose(a, c, rtol=2e-5, atol=1e-6)  # jit equals no jit
+        assert np.all(np.isfinite(a))
+    for k, v in m1.items():
+        assert np.all(np.isfinite(np.asarray(v))), (name, k)
+    moved = sum(
+        float(jnp.abs(a - b).sum())
+        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(MODEL.init(jax.random.key(0))))
+    )
+    assert moved > 0, f"{name} changed nothing"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_seeds_batched_equal_separate_runs(name):
+    spec = METHODS[name]
+    kind = "unlearn" if spec.kind != "cl" else "cl"
+    if kind == "cl":
+        keys = jax.random.split(jax.random.key(5), 2)
+        batched = jax.vmap(lambda k: one_step(name, k)[0])(keys)
+        for i in range(2):
+            single = one_step(name, keys[i])[0]
+            for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+                np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-6)
+        return
+    _, opts = spec.split({})
+    if "rank" in opts:
+        opts["rank"] = 2
+    phase = Phase(MODEL, spec, PhaseConfig(steps=4, batch_size=6, eval_every=2, eval_size=8), **opts)
+    params = MODEL.init(jax.random.key(0))
+    hp = as_hparams(spec)
+    keys = jax.random.split(jax.random.key(5), 2)
+    run = jax.jit(lambda k: phase.run(params, k, PROBLEM, hp)["params"])
+    batched = jax.jit(jax.vmap(lambda k: phase.run(params, k, PROBLEM, hp)["params"]))(keys)
+    for i in range(2):
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(run(keys[i]))):
+            np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in NAMES if METHODS[n].hparams.get("lr") is not None and n not in ("iau",)]
+)
+def test_train_state_round_trips_through_a_checkpoint(name, tmp_path):
+    _, _, state = one_step(name, jax.random.key(2))
+    ck = Checkpointer(str(tmp_path / name), {"method": name})
+    ck.save(1, {"state": state}, {})
+    restored, _ = ck.restore_latest({"state": state})
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored["state"])):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _golden_values():
+    out = {}
+    for name in NAMES:
+        params, _, _ = one_step(name, jax.random.key(1))
+        leaves = jax.tree.leaves(params)
+        out[name] = [float(sum(jnp.sum(a) for a in leaves)), float(sum(jnp.sum(a * a) for a in leaves))]
+    return out
+
+
+def test_golden_one_step_values():
+    got = _golden_values()
+    if os.environ.get("JAXCL_UPDATE_GOLDEN") or not os.path.exists(GOLDEN):
+        os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
+        with open(GOLDEN, "w") as f:
+            json.dump(got, f, indent=1, sort_keys=True)
+        if not os.environ.get("JAXCL_UPDATE_GOLDEN"):
+            pytest.fail(f"no golden file; wrote {GOLDEN}: commit it")
+    want = json.load(open(GOLDEN))
+    assert set(want) == set(got), (
+        f"methods registered changed: {sorted(set(want) ^ set(got))}; update {GOLDEN}"
+    )
+    for name in got:
+        np.testing.assert_allclose(
+            got[name],
+            want[name],
+            rtol=1e-4,
+            err_msg=f"one step of {name!r} changed behaviour; if intended, rerun with JAXCL_UPDATE_GOLDEN=1",
+        )
