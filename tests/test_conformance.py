@@ -10,9 +10,16 @@ import pytest
 
 from jaxcl import edits
 from jaxcl.data import context, replay
-from jaxcl.losses import classification_loss, with_ewc_penalty, with_kl
+from jaxcl.losses import (
+    classification_loss,
+    nll_per_example,
+    npo_loss,
+    with_ewc_penalty,
+    with_grad_norm,
+    with_kl,
+)
 from jaxcl.models import mlp
-from jaxcl.transforms import project_conflicting
+from jaxcl.transforms import project_conflicting, project_out
 
 MODEL = mlp((4, 4, 1), 3, hidden=(8,))
 PARAMS = MODEL.init(jax.random.key(0))
@@ -32,6 +39,7 @@ def batch(seed=0, n=6):
 def full_batch(seed=0):
     b = batch(seed)
     b["ref_logits"] = jnp.asarray(np.random.default_rng(seed + 1).normal(size=(6, 3)), jnp.float32)
+    b["ref_nll"] = jnp.asarray(np.random.default_rng(seed + 2).uniform(0.5, 2.0, 6), jnp.float32)
     b["ewc"] = {
         "anchor": jax.tree.map(lambda p: p + 0.1, PARAMS),
         "fisher": jax.tree.map(lambda p: jnp.full_like(p, 0.5), PARAMS),
@@ -47,6 +55,8 @@ LOSSES = {
     "with_kl": with_kl(BASE, weight=0.7, temperature=2.0),
     "with_ewc_penalty": with_ewc_penalty(BASE, lam=3.0),
     "kl_then_ewc": with_ewc_penalty(with_kl(BASE), lam=1.0),
+    "with_grad_norm": with_grad_norm(BASE, weight=0.01),
+    "npo": lambda p, b, k: (npo_loss(nll_per_example(MODEL)(p, b)[0], b["ref_nll"], 0.1), {}),
 }
 
 
@@ -75,30 +85,47 @@ def test_loss_wrapper_conformance(name):
 
 
 # -- level: gradient transforms ---------------------------------------------------------------
-def test_projection_transform_conformance():
-    tx = optax.chain(project_conflicting(), optax.sgd(0.1))
-    tx = optax.with_extra_args_support(tx)
+REF = jax.tree.map(
+    lambda p: -jnp.ones_like(p) * 0.5 + 0.1 * jnp.arange(p.size).reshape(p.shape) / p.size, PARAMS
+)
+TRANSFORMS = {  # name: (transform, its keyword extra args)
+    "project_conflicting": (project_conflicting(), {"ref_grads": REF}),
+    "gu_per_tensor": (project_out(rank=2), {"retain_grads": REF}),
+    "gu_global_retain_scale": (
+        project_out(rank=2, mode="global"),
+        {"retain_grads": REF, "retain_scale": 0.5},
+    ),
+    "gu_preconditioned": (project_out(rank=2, preconditioned=True), {"retain_grads": REF}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_gradient_transform_conformance(name):
+    proj, extra = TRANSFORMS[name]
+    tx = optax.with_extra_args_support(optax.chain(proj, optax.sgd(0.1)))
     state = tx.init(PARAMS)
     g = jax.tree.map(lambda p: jnp.ones_like(p), PARAMS)
-    ref = jax.tree.map(lambda p: -jnp.ones_like(p) * 0.5, PARAMS)
     traces = []
 
-    def upd(g, s, ref):
+    def upd(g, s):
         traces.append(1)
-        return tx.update(g, s, PARAMS, ref_grads=ref)
+        return tx.update(g, s, PARAMS, **extra)
 
     ju = jax.jit(upd)
-    u1, s1 = ju(g, state, ref)
-    u2, _ = ju(jax.tree.map(lambda a: 2 * a, g), s1, ref)
-    assert len(traces) == 1
+    u1, s1 = ju(g, state)
+    u2, s2 = ju(jax.tree.map(lambda a: 2 * a, g), s1)
+    assert len(traces) == 1, "retraced on a second call with the same shapes"
     assert jax.tree.structure(u1) == jax.tree.structure(PARAMS)
+    assert jax.tree.structure(s2) == jax.tree.structure(state)
     assert all(a.dtype == b.dtype for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(PARAMS)))
-    gs = jax.tree.map(lambda a: jnp.stack([a, -a]), g)
-    uv, _ = jax.vmap(upd, in_axes=(0, None, None))(gs, state, ref)
-    u_neg, _ = ju(jax.tree.map(lambda a: -a, g), state, ref)
-    for a, b, c in zip(jax.tree.leaves(uv), jax.tree.leaves(u1), jax.tree.leaves(u_neg)):
-        np.testing.assert_allclose(a[0], b, rtol=1e-6)
-        np.testing.assert_allclose(a[1], c, rtol=1e-6)
+    assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(u2))
+    # vmap over a stack of gradients equals a loop
+    gs = jax.tree.map(lambda a: jnp.stack([a, -3 * a]), g)
+    uv, _ = jax.vmap(upd, in_axes=(0, None))(gs, state)
+    u_other, _ = ju(jax.tree.map(lambda a: -3 * a, g), state)
+    for a, b, c in zip(jax.tree.leaves(uv), jax.tree.leaves(u1), jax.tree.leaves(u_other)):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a[1], c, rtol=1e-5, atol=1e-7)
 
 
 # -- level: data transforms -------------------------------------------------------------------
@@ -145,8 +172,15 @@ def test_data_transform_conformance(name):
 
 
 # -- level: edits ------------------------------------------------------------------------------
+IMP_F = jax.tree.map(
+    lambda p: jnp.abs(jnp.sin(jnp.arange(p.size, dtype=jnp.float32))).reshape(p.shape) * 10, PARAMS
+)
+IMP_D = jax.tree.map(
+    lambda p: jnp.abs(jnp.cos(jnp.arange(p.size, dtype=jnp.float32))).reshape(p.shape), PARAMS
+)
 EDITS = {
     "interpolate": lambda p, k: edits.interpolate(p, jax.tree.map(jnp.zeros_like, p), 0.25),
+    "ssd_dampen": lambda p, k: edits.ssd_dampen(p, IMP_F, IMP_D, alpha=2.0, lam=1.0),
     "shrink_perturb": lambda p, k: edits.shrink_perturb(p, k),
 }
 

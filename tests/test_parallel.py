@@ -46,3 +46,16 @@ def test_mesh_errors_name_the_sizes(result):
     batch_msg, seeds_msg = result["errors"]
     assert "batch size 12" in batch_msg and "8 devices" in batch_msg
     assert "3 seeds" in seeds_msg and "seeds axis of 4" in seeds_msg
+
+
+@pytest.mark.parametrize("method", ["gu-graddiff", "ssd", "npo"])
+def test_unlearning_phases_on_one_and_eight_devices_agree(result, method):
+    r = result["unlearn"][method]
+    assert r["moved"] > 1e-4, r  # the phase did something
+    assert r["diff"] < 1e-5, r
+
+
+def test_gu_state_holds_history_and_adam_not_a_second_basis(result):
+    # rank 2: history 2 floats per parameter, Adam's two moments 2 more; the old state kept the
+    # basis too (2 more), i.e. 6
+    assert result["gu_state_floats_per_param"] < 4.2, result["gu_state_floats_per_param"]

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcl.transforms.project import tree_dot
+from jaxcl.transforms import tree_dot
 from jaxcl.unlearn import gu
 
 PARAMS = {"w": jnp.ones((6, 4)), "b": jnp.ones((3,)), "head": {"k": jnp.ones((4, 2))}}

@@ -7,6 +7,6 @@ gradients) arrive as keyword-only extra args from :func:`jaxcl.engine.make_step`
 """
 
 from .gu import basis_from_history, basis_of, project, project_out
-from .project import project_conflicting, tree_dot
+from .conflicting import project_conflicting, tree_dot
 
 __all__ = ["basis_from_history", "basis_of", "project", "project_conflicting", "project_out", "tree_dot"]

@@ -71,6 +71,36 @@ f8 = sharded_empirical_fisher(base, params, batch, None, mesh)
 out["fisher_diff"] = maxdiff(f1, f8)
 out["fisher_scale"] = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(f1))
 
+# unlearning phases (GU's projection, SSD's edit) take the same mesh: 1 vs 8 devices, same params
+from jaxcl.loops import Phase, PhaseConfig, as_hparams  # noqa: E402
+from jaxcl.unlearn.common import UnlearnData  # noqa: E402
+
+x, y = jnp.asarray(stream.train_x[0, :256]), jnp.asarray(stream.train_y[0, :256])
+f = y == y[0]
+problem = UnlearnData(x, y, x[~f], y[~f], x[f], y[f], x[:32], y[:32], x[f][:8], y[f][:8])
+params = model.init(jax.random.key(2))
+out["unlearn"] = {}
+for m in ("gu-graddiff", "ssd", "npo"):
+    spec = get_method(m)
+    opts = {"rank": 2} if m.startswith("gu-") else {}
+    cfg_u = PhaseConfig(steps=4, batch_size=16, eval_every=2, eval_size=32)
+    hp_u = as_hparams(spec)
+    ref_u = jax.jit(Phase(model, spec, cfg_u, **opts).run)(params, jax.random.key(3), problem, hp_u)["params"]
+    got_u = jax.jit(Phase(model, spec, cfg_u, mesh=make_mesh(data=8), **opts).run)(
+        params, jax.random.key(3), problem, hp_u
+    )["params"]
+    out["unlearn"][m] = {"diff": maxdiff(ref_u, got_u), "moved": maxdiff(ref_u, params)}
+gu_tx_state = jax.eval_shape(
+    lambda p: (
+        get_method("gu-ga")
+        .build(model, as_hparams(get_method("gu-ga")), p, **{**get_method("gu-ga").options, "rank": 2})
+        .tx.init(p)
+    ),
+    params,
+)
+n_params = sum(a.size for a in jax.tree.leaves(params))
+out["gu_state_floats_per_param"] = sum(a.size for a in jax.tree.leaves(gu_tx_state)) / n_params
+
 # bad input: a mesh that does not divide the batch or the seeds
 msgs = []
 try:
