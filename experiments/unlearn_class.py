@@ -1,44 +1,88 @@
 """Class unlearning on Fashion-MNIST: SSD, GU and IAU against the baselines and the oracle.
 
-    jaxcl run unlearn-class                              # this study from the command line
-    python experiments/unlearn_class.py [--tiny] [--seeds N] [--method ssd --method gu-npo ...]
-        [--forget-class 3] [--scenario full-class|sub-class|random] [--model resnet18|vit|cnn|mlp]
+    jaxcl run unlearn-class                                    # this config (ResNet-18)
+    jaxcl run unlearn-class --tiny                             # seconds; what the tests run
+    jaxcl run unlearn-class --set ssd.alpha=5 --set methods=ssd,gu-npo --seeds 3
+    jaxcl run unlearn-class --set data.scenario=sub-class --set data.forget_class=0
+    jaxcl run unlearn-class --model vit --set ssd.alpha=5      # ViT: the SSD paper's alpha
+    jaxcl run unlearn-class --set iau_reg_train=true           # IAU from its own regularised original
+    jaxcl sweep unlearn-class --tiny --grid ssd.alpha=5,10,20 [--grid ssd.lambda=0.5,1]
 
 An original ResNet-18 (28x28 variant, width 16, pure BatchNorm: batch statistics in training,
 recalibrated running statistics afterwards) is trained once on 5000 training examples (500 per
-class, Adam 1e-3, 500 steps of 64), then every method unlearns class 3 (dress) from it: oracle
-(retrain on the retain set), fine-tune, GA, GradDiff, NPO (beta 0.1), random labels, SSD
-(alpha 10, lambda 1), GU on GA / GradDiff / NPO (rank 8, per tensor), IAU (one Adam step);
-15 unlearning steps each, every method vmapped over the seeds in one compiled program.
-Metrics: forget / retain / test accuracy and the mean gap to the oracle, a loss/entropy
-membership-inference attack (fraction of forget examples called members), linear CKA of
-penultimate features on forget examples to the original and the oracle, a linear probe for the
-forgotten class on penultimate features, a 10-step relearning attack, wall-clock per method.
+class, the registry's finetune: Adam 1e-3, 500 steps of 64), then every method unlearns class 3
+(dress) from it: oracle (the same recipe from scratch on the retain set), fine-tune, GA,
+GradDiff, NPO (beta 0.1), random labels, SSD (alpha 10, lambda 1), GU on GA / GradDiff / NPO
+(rank 8, per tensor), IAU (one Adam step); 15 unlearning steps each, all seeds of a method in one
+compiled program. The unlearning learning rates below are the ResNet table (the MLP ones, the
+registry defaults, destroy the ResNet's retain accuracy for NPO and GradDiff). Metrics: forget /
+retain / test accuracy and the mean gap to the oracle, a loss/entropy membership-inference
+attack (fraction of forget examples called members), linear CKA of penultimate features on
+forget examples to the original and the oracle, a linear probe for the forgotten class, a
+10-step relearning attack, wall-clock per method. A ViT no longer switches SSD to alpha 5 by
+itself: pass --set ssd.alpha=5.
 
-Expected runtime: default size 3.6 minutes wall on the 2-core CPU (original and oracle about
-41 s of training each, the rest mostly compilation); a rerun into the same --out loads the
-original, the oracle and every finished method from <out>/cache (3.6 s; --fresh recomputes);
---tiny (MLP 784-128-64-10, 100 examples per class) about 20 s; not measured on a GPU.
-Expected result (default, one seed, commit 7c2ffa6; two --fresh runs agree to the last digit):
-oracle forget 0.00 / retain 0.98 / test 0.84, MIA_f 0.00, relearn 0.02; original forget 0.98,
-test 0.84, MIA_f 0.88. SSD (alpha 10, lambda 1) forgets fully at retain 0.93 (gap 0.03) and is
-the only retain-preserving method the relearning attack does not undo (0.19 after 10 steps);
-GA, NPO, GU-GA and GU-NPO leave forget 0.11-0.15 at retain 0.93-0.95; random labels and
-GU-GradDiff forget fully at retain 0.90 / 0.87; fine-tuning on the retain set forgets (0.00) at
-retain 0.86; plain GradDiff at lr 1e-5 barely forgets (0.70); IAU's single reference step (lr
-1e-3, original trained without the regulariser) costs retain (0.22). Every method that keeps
-retain accuracy except SSD relearns the class to 1.00 within 10 steps, and CKA to the original
-stays 0.49-0.98 against the oracle's 0.42. SSD's retain accuracy depends on the original model:
-an earlier original of the same recipe (before seeds of convolutional models ran under lax.map,
-which changes the floating-point summation order) gave retain 0.18. The linear probe does not
-separate methods on this data: dress is linearly decodable even from the oracle's features
-(probe 0.79).
-Writes runs/unlearn-class/{results.json, forget_vs_retain.png, relearn.png}.
+Expected runtime (2-core CPU, one seed, measured after the redesign): default size 6.2 minutes
+wall (original and oracle about 70 s of training each, each method 3-9 s plus compilation; the
+pre-redesign code takes the same 71 s for the original on this machine: the 3.6 minutes of the
+old header came from a faster one); --tiny (MLP 784-128-64-10, 100 examples per class, 150
+training steps) 32 s. A rerun into the same --out loads the original, the oracle and every
+finished method from <out>/cache (5 s default, 3 s tiny; --fresh recomputes). Not measured on a
+GPU.
+
+Expected result, default size (one seed, measured after the redesign): oracle forget 0.00 /
+retain 0.98 / test 0.84, MIA_f 0.00, relearn 0.02; original forget 0.98 / retain 0.98 / test
+0.85, MIA_f 0.78. Random labels forget fully at retain 0.96 (gap 0.007, the closest to the
+oracle), GU-GradDiff fully at retain 0.94; GA and NPO leave forget 0.07-0.08 at retain 0.96,
+GU-GA and GU-NPO 0.16 at retain 0.975 (GU keeps retain closer, forgets less in 15 steps);
+fine-tuning on the retain set leaves forget 0.34 at retain 0.86; plain GradDiff at lr 1e-5
+barely forgets (0.65). SSD (alpha 10, lambda 1) and IAU's single reference step (lr 1e-3,
+original trained without the regulariser) forget fully but destroy retain accuracy with this
+original (0.28 and 0.34; SSD's retain accuracy depends on the original: earlier originals of the
+same recipe gave 0.93 and 0.18), and they are the only methods the relearning attack does not
+undo (0.01 after 10 steps); every method that keeps retain accuracy relearns the class to 1.00
+within 10 steps. CKA to the original is 0.47-0.97 against the oracle's 0.36. The linear probe
+does not separate methods on this data: dress is linearly decodable even from the oracle's
+features (probe 0.77).
+Expected result, --tiny (one seed): oracle forget 0.00 / retain 0.90 / test 0.79; original
+forget 0.90 / retain 0.89; fine-tune 0.04 / 0.91, NPO 0.02 / 0.85, GU-NPO 0.05 / 0.84, random
+labels 0.21 / 0.91, IAU 0.24 / 0.89, GradDiff 0.46 and GU-GradDiff 0.51, GA and GU-GA 0.78 at
+retain 0.89 / 0.88, SSD 0.04 / 0.69.
+Writes runs/unlearn-class[-tiny]/{results.json, forget_vs_retain.png, relearn.png} and <out>/cache.
 """
 
-import sys
+# unlearning learning rates for the ResNet (IAU keeps the reference 1e-3)
+RESNET_LR = {
+    "finetune": 1e-3,
+    "ga": 2e-5,
+    "graddiff": 1e-5,
+    "npo": 2e-5,
+    "random_label": 1e-4,
+    "gu-ga": 2e-5,
+    "gu-graddiff": 5e-5,
+    "gu-npo": 2e-5,
+}
 
-from jaxcl import cli
 
-if __name__ == "__main__":
-    sys.exit(cli.main(["run", "unlearn-class", *sys.argv[1:]]))
+def get_config(tiny: bool = False) -> dict:
+    cfg = {
+        "study": "unlearn-class",
+        "data": {"forget_class": 3, "scenario": "full-class", "n_per_class": 500, "n_test": 1000},
+        "model": {"name": "resnet18", "resnet18": {"width": 16}},
+        "train": {"steps": 500, "lr": 1e-3, "batch_size": 64, "eval_every": 50},
+        "unlearn": {"steps": 15, "batch_size": 64, "eval_every": 5},
+        "eval": {"eval_cap": 400, "relearn_steps": 10, "relearn_every": 5, "relearn_n": 64},
+        "seeds": 1,
+        **{m: {"lr": lr} for m, lr in RESNET_LR.items()},
+    }
+    if tiny:  # MLP 784-128-64-10; its learning rates are the registry defaults
+        cfg.update(
+            data={"forget_class": 3, "scenario": "full-class", "n_per_class": 100, "n_test": 500},
+            model={"name": "mlp", "mlp": {"hidden": (128, 64)}},
+            train={"steps": 150, "lr": 1e-3, "batch_size": 64, "eval_every": 50},
+            eval={"eval_cap": 300, "relearn_steps": 10, "relearn_every": 5, "relearn_n": 32},
+            iau={"max_examples": 600},
+        )
+        for m in RESNET_LR:
+            del cfg[m]
+    return cfg

@@ -1,8 +1,10 @@
-"""GU's projection (jaxcl.unlearn.gu.project_out): property tests.
+"""GU's projection (:func:`jaxcl.transforms.gu.project_out`; the methods are ``gu-<base>`` in
+:mod:`jaxcl.methods.gu`): property tests.
 
-The projected update is orthogonal to every kept retain gradient (and basis vector), projecting
-twice changes nothing, the basis is orthonormal, and the transform keeps dtypes and tree
-structure, traces once and runs under vmap. Tolerances: float32, |dot| < 1e-4 relative.
+The projected update is orthogonal to every kept retain gradient (and basis vector, rebuilt by
+``basis_of`` from the state, which keeps no basis), projecting twice changes nothing, the basis is
+orthonormal, ``retain_scale`` adds the scaled retain gradient, and the transform keeps dtypes
+and tree structure, traces once and runs under vmap. Tolerances: float32, |dot| < 1e-4 relative.
 """
 
 import jax
@@ -11,8 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcl.transforms import tree_dot
-from jaxcl.unlearn import gu
+from jaxcl.transforms import gu, tree_dot
 
 PARAMS = {"w": jnp.ones((6, 4)), "b": jnp.ones((3,)), "head": {"k": jnp.ones((4, 2))}}
 
@@ -44,12 +45,13 @@ def _leaf_dots(a, b):
 def test_projected_update_is_orthogonal_to_every_basis_vector_and_kept_gradient(mode, rank):
     tx = gu.project_out(rank=rank, mode=mode)
     out, state, retain, g = _feed(tx, 5)
+    basis, _ = gu.basis_of(state, mode=mode)
     scale = float(jnp.sqrt(tree_dot(g, g)))
     for r in retain[-rank:]:  # the kept history
         dots = _leaf_dots(out, r) if mode == "per_tensor" else [float(tree_dot(out, r))]
         assert max(abs(d) for d in dots) < 1e-4 * scale * 10
     for k in range(rank):
-        u = jax.tree.map(lambda b: b[k], state.basis)
+        u = jax.tree.map(lambda b: b[k], basis)
         dots = _leaf_dots(out, u) if mode == "per_tensor" else [float(tree_dot(out, u))]
         assert max(abs(d) for d in dots) < 1e-5 * scale * 10
     # the basis is orthonormal (per leaf, or over the tree)
@@ -59,8 +61,8 @@ def test_projected_update_is_orthogonal_to_every_basis_vector_and_kept_gradient(
                 [
                     float(
                         tree_dot(
-                            jax.tree.map(lambda b: b[i], state.basis),
-                            jax.tree.map(lambda b: b[j], state.basis),
+                            jax.tree.map(lambda b: b[i], basis),
+                            jax.tree.map(lambda b: b[j], basis),
                         )
                     )
                     for j in range(rank)
@@ -70,7 +72,7 @@ def test_projected_update_is_orthogonal_to_every_basis_vector_and_kept_gradient(
         )
         np.testing.assert_allclose(gram, np.eye(rank), atol=1e-5)
     else:
-        for b in jax.tree.leaves(state.basis):
+        for b in jax.tree.leaves(basis):
             m = b.reshape(rank, -1)
             np.testing.assert_allclose(m @ m.T, np.eye(rank), atol=1e-5)
 
@@ -79,20 +81,22 @@ def test_projected_update_is_orthogonal_to_every_basis_vector_and_kept_gradient(
 def test_projecting_twice_changes_nothing(mode):
     tx = gu.project_out(rank=3, mode=mode)
     out, state, _, _ = _feed(tx, 4)
-    twice = gu.project(out, state.basis, state.valid, mode=mode)
+    twice = gu.project(out, *gu.basis_of(state, mode=mode), mode=mode)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(twice)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_add_retain_adds_the_retain_gradient_and_first_step_removes_it():
+def test_retain_scale_adds_the_retain_gradient_and_first_step_removes_it():
     plain = gu.project_out(rank=2)
-    joint = gu.project_out(rank=2, add_retain=True)
     g = _rand_like(jax.random.key(1), PARAMS)
     r = _rand_like(jax.random.key(2), PARAMS)
     a, _ = plain.update(g, plain.init(PARAMS), retain_grads=r)
-    b, _ = joint.update(g, joint.init(PARAMS), retain_grads=r)
-    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(r)):
-        np.testing.assert_allclose(y, x + z, atol=1e-6)
+    # retain_scale is a traced extra arg (a method's retain weight): one program for every value
+    joint = jax.jit(lambda w: plain.update(g, plain.init(PARAMS), retain_grads=r, retain_scale=w)[0])
+    for w in (1.0, 0.5):
+        b = joint(w)
+        for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(r)):
+            np.testing.assert_allclose(y, x + w * z, atol=1e-6)
     # with r == g the forget update is entirely in the span: nothing is left
     c, _ = plain.update(g, plain.init(PARAMS), retain_grads=g)
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(c)) < 1e-5
@@ -111,7 +115,7 @@ def test_rank_and_missing_args_are_refused():
     with pytest.raises(ValueError, match="mode"):
         gu.project_out(mode="layer")
     hist = jax.tree.map(lambda p: jnp.stack([p, 2 * p]), PARAMS)
-    with pytest.raises(ValueError, match="larger than the history|rank=3"):
+    with pytest.raises(ValueError, match=r"rank=3 must be in \[1, H\] with H=2"):
         gu.basis_from_history(hist, 3)
     tx = gu.project_out()
     with pytest.raises(ValueError, match="retain_grads"):

@@ -1,15 +1,21 @@
-"""SSD (jaxcl.unlearn.ssd) against an independent PyTorch reference written from the paper's
-definition (Foster et al. 2023, reference code's loop: per minibatch, mean cross-entropy,
-backward, add grad**2; divide by the number of minibatches; select I_Df > alpha * I_D; multiply
-by min(lambda * I_D / I_Df, 1)). Tolerance: float32, rtol 1e-4 on importances, 1e-5 on params.
+"""SSD's pieces (:mod:`jaxcl.methods.ssd`): the importance
+(:func:`jaxcl.losses.minibatch_importance`) against an independent PyTorch reference written from
+the paper's definition (Foster et al. 2023, reference code's loop: per minibatch, mean
+cross-entropy, backward, add grad**2; divide by the number of minibatches), and the edit
+(:func:`jaxcl.edits.ssd_dampen`: select I_Df > alpha * I_D; multiply by min(lambda * I_D / I_Df,
+1)) against numpy. Tolerance: float32, rtol 1e-4 on importances, 1e-6 on params.
 """
 
 import jax
 import numpy as np
 import pytest
 
+from jaxcl import config
+from jaxcl.edits import ssd_dampen
+from jaxcl.loops import as_hparams
+from jaxcl.losses import minibatch_importance
+from jaxcl.methods import get_method
 from jaxcl.models import mlp
-from jaxcl.unlearn import ssd
 
 torch = pytest.importorskip("torch")
 
@@ -63,8 +69,8 @@ def _flat(tree):
 def test_importance_matches_pytorch(per_example):
     model, params, x, y = _problem()
     ours = jax.jit(
-        lambda p, x, y: ssd.importance(model.apply, p, x, y, batch_size=16, per_example=per_example)
-    )(params, x, y)
+        lambda p, sub: minibatch_importance(model, p, sub, batch_size=16, per_example=per_example)
+    )(params, {"x": x, "y": y})
     ref = _torch_importance(params, x, y, 16, per_example)
     for k, v in _flat(ours).items():
         np.testing.assert_allclose(np.asarray(v), ref[k], rtol=1e-4, atol=1e-9)
@@ -72,10 +78,10 @@ def test_importance_matches_pytorch(per_example):
 
 def test_dampen_matches_numpy_reference_and_selects_something():
     model, params, x, y = _problem()
-    i_f = ssd.importance(model.apply, params, x[y == 0], y[y == 0], batch_size=8)
-    i_d = ssd.importance(model.apply, params, x, y, batch_size=16)
+    i_f = minibatch_importance(model, params, {"x": x[y == 0], "y": y[y == 0]}, batch_size=8)
+    i_d = minibatch_importance(model, params, {"x": x, "y": y}, batch_size=16)
     alpha, lam = 1.5, 0.7
-    new = jax.jit(lambda p, f, d: ssd.dampen(p, f, d, alpha=alpha, lam=lam))(params, i_f, i_d)
+    new = jax.jit(lambda p, f, d, a, l: ssd_dampen(p, f, d, alpha=a, lam=l))(params, i_f, i_d, alpha, lam)
     n_sel = 0
     for p, f, d, q in zip(*(jax.tree.leaves(t) for t in (params, i_f, i_d, new))):
         p, f, d = map(np.asarray, (p, f, d))
@@ -86,12 +92,17 @@ def test_dampen_matches_numpy_reference_and_selects_something():
         np.testing.assert_allclose(np.asarray(q), want, rtol=1e-6, atol=1e-7)
     assert n_sel > 0
     # excluded layers are untouched
-    kept = ssd.dampen(params, i_f, i_d, alpha=alpha, lam=lam, exclude=("head",))
+    kept = ssd_dampen(params, i_f, i_d, alpha=alpha, lam=lam, exclude=("head",))
     np.testing.assert_array_equal(kept["head"]["kernel"], params["head"]["kernel"])
 
 
 @pytest.mark.parametrize("alpha,lam", [(0.0, 1.0), (-1.0, 1.0), (10.0, 0.0), (10.0, -2.0)])
 def test_bad_hyperparameters_are_refused_before_compute(alpha, lam):
-    _, params, _, _ = _problem()
-    with pytest.raises(ValueError, match="SSD needs"):
-        ssd.dampen(params, params, params, alpha=alpha, lam=lam)
+    """Refused by the registry's ranges, in the config (``--set``) and in ``as_hparams``, with
+    the key and the valid interval in the message."""
+    bad = "alpha" if alpha <= 0 else "lambda"
+    match = rf"ssd\.{bad}=-?[0-9.]+ is out of range; valid: \(0, inf\]"
+    with pytest.raises(config.ConfigError, match=match):
+        config.resolve(config.load("unlearn-class", tiny=True), [f"ssd.alpha={alpha}", f"ssd.lambda={lam}"])
+    with pytest.raises(ValueError, match=match):
+        as_hparams(get_method("ssd"), {"alpha": alpha, "lambda": lam})

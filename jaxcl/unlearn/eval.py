@@ -11,9 +11,10 @@
   original and of the oracle; and a linear probe (softmax regression on frozen penultimate
   features, all classes, training examples) scored on the forget class's test examples. A method
   that only edits the head keeps a high probe accuracy and CKA ~ 1 to the original.
-* Relearning attack (``relearn``): fine-tune the unlearned model for k steps (Adam) on a small
-  slice of the forget set and record forget accuracy (on the rest of the forget set) along the
-  way; compare with the oracle under the same attack.
+* Relearning attack (``relearn``): fine-tune the unlearned model for k steps (the registry's
+  ``finetune``, Adam, through the one loop :class:`jaxcl.loops.Phase`) on a small slice of the
+  forget set and record forget accuracy (on the rest of the forget set) along the way; compare
+  with the oracle under the same attack.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..engine import init_state, make_step
-from .common import UnlearnConfig, UnlearnData, ce_loss, sample
+from ..loops import Phase, PhaseConfig, as_hparams
+from ..methods import get_method
+from .common import UnlearnData
 
 
 def batched(fn, params, x, chunk: int = 500):
@@ -135,9 +137,22 @@ def linear_probe(
     return ((z_ev @ p[0] + p[1]).argmax(-1) == y_eval).mean()
 
 
-def evaluate(model, params, data: UnlearnData, params_orig, params_oracle, cfg: UnlearnConfig):
-    """All scalar metrics of one unlearned model (pure; vmap over seeds)."""
-    cap = cfg.eval_cap
+def evaluate(
+    model,
+    params,
+    data: UnlearnData,
+    params_orig,
+    params_oracle,
+    *,
+    eval_cap: int = 400,
+    n_classes: int | None = None,
+):
+    """All scalar metrics of one unlearned model (pure; over seeds with ``over_seeds``).
+
+    ``eval_cap`` bounds the examples per split of the MIA, CKA and probe metrics (the retain
+    accuracy uses ``4 * eval_cap``); ``n_classes`` defaults to ``model.n_classes``.
+    """
+    cap = eval_cap
     out = {
         "forget_acc": accuracy(model.apply, params, data.x_forget, data.y_forget),
         "retain_acc": accuracy(model.apply, params, data.x_retain[: 4 * cap], data.y_retain[: 4 * cap]),
@@ -156,33 +171,47 @@ def evaluate(model, params, data: UnlearnData, params_orig, params_oracle, cfg: 
         data.y_train[:cap],
         data.x_test_forget[:cap],
         data.y_test_forget[:cap],
-        model.n_classes,
+        model.n_classes if n_classes is None else n_classes,
     )
     return out
 
 
-def relearn(model, params, data: UnlearnData, key, cfg: UnlearnConfig):
-    """Relearning attack: forget accuracy (on the forget set minus the attack slice) after
-    0, every, 2*every, ..., k steps of Adam on the first ``relearn_n`` forget examples."""
-    n = min(cfg.relearn_n, data.x_forget.shape[0] - 1)
-    xs, ys = data.x_forget[:n], data.y_forget[:n]
-    xe, ye = data.x_forget[n : n + cfg.eval_cap], data.y_forget[n : n + cfg.eval_cap]
-    loss = ce_loss(model.apply)
-    tx = optax.adam(cfg.relearn_lr)
-    b = min(cfg.batch, n)
-
-    step = make_step(loss, tx)
-    state = init_state(params, tx, key)
-
-    def chunk(s, _):
-        s, _ = jax.lax.scan(
-            lambda s, _: step(s, sample(xs, ys, jax.random.fold_in(key, s.step), b)),
-            s,
-            None,
-            length=cfg.relearn_every,
+def relearn(
+    model,
+    params,
+    data: UnlearnData,
+    key,
+    *,
+    steps: int = 10,
+    every: int = 5,
+    n: int = 64,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+    eval_cap: int = 400,
+):
+    """Relearning attack: forget accuracy (on up to ``eval_cap`` forget examples outside the
+    attack slice) after 0, every, 2*every, ..., ``steps`` steps of the registry's ``finetune``
+    (Adam, ``lr``, batches of ``min(batch_size, n)`` drawn with replacement) on the first ``n``
+    forget examples: one :class:`jaxcl.loops.Phase` on ``data.learning(slice)``."""
+    n = min(n, data.x_forget.shape[0] - 1)
+    if n <= 0:
+        raise ValueError(
+            f"relearn: the forget set has {data.x_forget.shape[0]} example(s); it needs 2 or more"
         )
-        return s, accuracy(model.apply, s.params, xe, ye)
+    held_out = (data.x_forget[n : n + eval_cap], data.y_forget[n : n + eval_cap])
+    problem = data.learning(data.x_forget[:n], data.y_forget[:n]).replace(
+        x_forget=held_out[0], y_forget=held_out[1]
+    )
+    finetune = get_method("finetune")
+    phase = AttackPhase(model, finetune, PhaseConfig(steps, min(batch_size, n), every, eval_cap))
+    trace = phase.run(params, key, problem, as_hparams(finetune, {"lr": lr}))["trace"]
+    acc0 = accuracy(model.apply, params, *held_out)
+    return jnp.concatenate([acc0[None], trace["forget_acc"]])
 
-    acc0 = accuracy(model.apply, params, xe, ye)
-    _, accs = jax.lax.scan(chunk, state, None, length=cfg.relearn_steps // cfg.relearn_every)
-    return jnp.concatenate([acc0[None], accs])
+
+class AttackPhase(Phase):
+    """A :class:`jaxcl.loops.Phase` whose continual evaluation is the accuracy on the problem's
+    forget set (the relearning attack's held-out forget examples)."""
+
+    def evaluate(self, params, problem):
+        return {"forget_acc": accuracy(self.model.apply, params, problem.x_forget, problem.y_forget)}
