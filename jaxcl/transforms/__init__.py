@@ -6,7 +6,7 @@ gradients) arrive as keyword-only extra args from :func:`jaxcl.engine.make_step`
   (``retain_grads=``, ``retain_scale=``), for classifiers and language models alike.
 """
 
-from .gu import basis_from_history, basis_of, project, project_out
 from .conflicting import project_conflicting, tree_dot
+from .gu import basis_from_history, basis_of, project, project_out
 
 __all__ = ["basis_from_history", "basis_of", "project", "project_conflicting", "project_out", "tree_dot"]
