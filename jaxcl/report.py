@@ -180,3 +180,16 @@ def lock_out_dir(path: str) -> Iterator[str]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def timed_jit(fn, *args):
+    """``(outputs, compile seconds, run seconds)`` of ``jax.jit(fn)(*args)``."""
+    import time
+
+    import jax
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, t1 - t0, time.perf_counter() - t1

@@ -324,15 +324,6 @@ def unlearner(model: LanguageModel, cfg: dict, name: str, n_f: int) -> tuple[Pha
 # -- running -----------------------------------------------------------------------------------
 
 
-def _timed(fn, *args):
-    """``(outputs, compile seconds, run seconds)`` of ``jit(fn)(*args)``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    return out, t1 - t0, time.perf_counter() - t1
-
-
 @dataclasses.dataclass
 class Context:
     """What a run and a sweep share: the model, the problem, the evaluation sets, the target and
@@ -397,7 +388,7 @@ def prepare(cfg: dict, verbose: bool = True) -> Context:
     ):
         phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
         fn = lambda p, k, prob, phase=phase, hp=hp: phase.run(p, k, prob, hp)  # noqa: E731
-        o, c_s, t_s = _timed(fn, params0, jax.random.fold_in(key, role), problem.learning(**rows))
+        o, c_s, t_s = report.timed_jit(fn, params0, jax.random.fold_in(key, role), problem.learning(**rows))
         check_finite(o["nonfinite_step"], where=f"(fine-tuning the {name} model)")
         params[name] = o["params"]
         nll = np.asarray(o["trace"]["nll"])
@@ -453,7 +444,7 @@ def _run(cfg: dict, out: str | None, verbose: bool) -> dict:
     key = jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN)  # every method: the same batches
     for name in cfg["methods"]:
         phase, hp = unlearner(ctx.model, cfg, name, n_f)
-        o, c_s, t_s = _timed(phase.run, ctx.params["target"], key, ctx.problem, hp)
+        o, c_s, t_s = report.timed_jit(phase.run, ctx.params["target"], key, ctx.problem, hp)
         nonfinite[name] = int(o["nonfinite_step"])
         if nonfinite[name] >= 0:
             ctx.say(f"  note: {name}: the loss became non-finite at step {nonfinite[name]}")

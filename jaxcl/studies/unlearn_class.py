@@ -235,15 +235,6 @@ def evaluator(model, cfg: dict):
     return fn
 
 
-def _timed(fn, *args):
-    """``(outputs, compile seconds, run seconds)`` of ``jit(fn)(*args)``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    return out, t1 - t0, time.perf_counter() - t1
-
-
 @dataclasses.dataclass
 class Context:
     """What every run and sweep of a config shares: the problem, the model, the cache, the
@@ -276,7 +267,7 @@ class Context:
             fn = over_seeds(trainer(self.model, self.cfg, spec), (0, None, None), model=self.model)
             hp = as_hparams(get_method("finetune"), {"lr": self.cfg["train"]["lr"]})
             problem = self.data.learning(self.data.x_train, self.data.y_train)
-            (p, bad), c_s, t_s = _timed(fn, role_keys(self.cfg, ORIGINAL), problem, hp)
+            (p, bad), c_s, t_s = report.timed_jit(fn, role_keys(self.cfg, ORIGINAL), problem, hp)
             check_finite(bad, where="(training IAU's regularised original)")
             self.params["iau_original"] = p
             self.timing["iau_original"] = {"compile_s": c_s, "time_s": t_s}
@@ -334,7 +325,7 @@ def prepare(cfg: dict, out: str | None, *, fresh: bool = False, verbose: bool = 
         ("original", k_orig, data.learning(data.x_train, data.y_train)),
         ("oracle", k_oracle, data.learning(data.x_retain, data.y_retain)),
     ):
-        (params[name], bad), c_s, t_s = _timed(fn, keys, problem, hp)
+        (params[name], bad), c_s, t_s = report.timed_jit(fn, keys, problem, hp)
         check_finite(bad, where=f"(training the {name})")
         timing[name] = {"compile_s": c_s, "time_s": t_s}
     where = ""
@@ -364,7 +355,7 @@ def unlearn(ctx: Context, name: str) -> dict:
     phase, hp = unlearner(ctx.model, ctx.cfg, name)
     start = ctx.start(name)
     fn = over_seeds(phase.run, (0, 0, None, None), model=ctx.model)
-    o, c_s, t_s = _timed(fn, start, role_keys(ctx.cfg, UNLEARN), ctx.data, hp)
+    o, c_s, t_s = report.timed_jit(fn, start, role_keys(ctx.cfg, UNLEARN), ctx.data, hp)
     nonfinite = np.asarray(o["nonfinite_step"]).reshape(-1)
     if (nonfinite >= 0).any():
         ctx.say(f"  note: {name}: the loss became non-finite (first step per seed {nonfinite.tolist()})")
