@@ -3,7 +3,7 @@ optimizer through one table of checks): for every registered method, on a tiny p
 (or edit) is pure, jit equals no jit, two seeds batched equal two separate runs, the train state
 round-trips through a checkpoint, losses stay finite, and one step matches a stored golden value
 (so an accidental change of any method shows). ``JAXCL_UPDATE_GOLDEN=1`` rewrites the golden
-file after an intended change; say why in the commit."""
+files after an intended change; say why in the commit."""
 
 import json
 import os
@@ -21,7 +21,7 @@ from jaxcl.methods import METHODS
 from jaxcl.models import mlp
 from jaxcl.unlearn.common import UnlearnData
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "methods.json")
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "methods")
 MODEL = mlp((4, 4, 1), 3, hidden=(8,))
 
 
@@ -132,31 +132,34 @@ def test_train_state_round_trips_through_a_checkpoint(name, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _golden_values():
-    out = {}
-    for name in NAMES:
-        params, _, _ = one_step(name, jax.random.key(1))
-        leaves = jax.tree.leaves(params)
-        out[name] = [float(sum(jnp.sum(a) for a in leaves)), float(sum(jnp.sum(a * a) for a in leaves))]
-    return out
+def _golden_value(name):
+    params, _, _ = one_step(name, jax.random.key(1))
+    leaves = jax.tree.leaves(params)
+    return [float(sum(jnp.sum(a) for a in leaves)), float(sum(jnp.sum(a * a) for a in leaves))]
 
 
-def test_golden_one_step_values():
-    got = _golden_values()
-    if os.environ.get("JAXCL_UPDATE_GOLDEN") or not os.path.exists(GOLDEN):
-        os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
-        with open(GOLDEN, "w") as f:
-            json.dump(got, f, indent=1, sort_keys=True)
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_one_step_values(name):
+    """One file per method (``tests/golden/methods/<name>.json``), so methods added side by side
+    never touch the same golden file."""
+    got = _golden_value(name)
+    path = os.path.join(GOLDEN, f"{name}.json")
+    if os.environ.get("JAXCL_UPDATE_GOLDEN") or not os.path.exists(path):
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(got, f, indent=1)
+            f.write("\n")
         if not os.environ.get("JAXCL_UPDATE_GOLDEN"):
-            pytest.fail(f"no golden file; wrote {GOLDEN}: commit it")
-    want = json.load(open(GOLDEN))
-    assert set(want) == set(got), (
-        f"methods registered changed: {sorted(set(want) ^ set(got))}; update {GOLDEN}"
+            pytest.fail(f"no golden value for {name!r}; wrote {path}: commit it")
+    want = json.load(open(path))
+    np.testing.assert_allclose(
+        got,
+        want,
+        rtol=1e-4,
+        err_msg=f"one step of {name!r} changed behaviour; if intended, rerun with JAXCL_UPDATE_GOLDEN=1",
     )
-    for name in got:
-        np.testing.assert_allclose(
-            got[name],
-            want[name],
-            rtol=1e-4,
-            err_msg=f"one step of {name!r} changed behaviour; if intended, rerun with JAXCL_UPDATE_GOLDEN=1",
-        )
+
+
+def test_no_golden_values_of_unregistered_methods():
+    stale = sorted(set(f[: -len(".json")] for f in os.listdir(GOLDEN)) - set(NAMES))
+    assert not stale, f"golden values of methods no longer registered: {stale}; delete them from {GOLDEN}"
