@@ -1,5 +1,18 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # keep tests deterministic and light on the 2-core CI machine
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+# One persistent XLA compilation cache for this test session (a fresh folder, so no result depends
+# on an earlier run): the many tests and subprocesses that compile the same tiny programs compile
+# them once. Set JAXCL_TEST_NO_XLA_CACHE=1 to compile everything afresh.
+if not os.environ.get("JAXCL_TEST_NO_XLA_CACHE") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="jaxcl-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
