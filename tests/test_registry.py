@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 from flax import struct
 
+from jaxcl import grpo, tasks
 from jaxcl.checkpoint import Checkpointer
 from jaxcl.engine import init_state, make_step
+from jaxcl.hf import ByteTokenizer
 from jaxcl.loops import Phase, PhaseConfig, as_hparams, build_method
 from jaxcl.methods import METHODS
-from jaxcl.models import mlp
+from jaxcl.methods import grpo as grpo_method
+from jaxcl.models import llama, mlp
+from jaxcl.studies.tofu import lm_model
 from jaxcl.unlearn.common import UnlearnData
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "methods")
@@ -52,9 +56,43 @@ CL_BATCH = {  # 32 rows: EWC's Fisher runs in chunks of 32
 }
 
 
+# reinforcement fine-tuning (kind "rl"): a 1-layer byte-level Llama, 2 prompts x 2 completions of
+# 3 tokens, rewarded by the fraction of ASCII tokens (dense, so one iteration moves the policy)
+RL_CFG = llama.tiny(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, max_seq_len=32)
+RL_MODEL = lm_model(RL_CFG, "tiny")
+RL_PROMPTS = {
+    k: jnp.asarray(v)
+    for k, v in tasks.encode_prompts(
+        ByteTokenizer(), tasks.generate("add", 4, digits=1), prompt_len=8, answer_width=3
+    ).items()
+}
+RL_ENV = grpo.Env(lambda c, m, r: (c < 128).mean(-1).astype(jnp.float32), 258, 256)
+
+
+def rl_one_step(spec, key):
+    """One RL iteration (rollout + mu updates) of an RL method from fixed parameters."""
+    hp = as_hparams(spec)
+    _, opts = spec.split({"group_size": 2, "max_new_tokens": 3})
+    method = build_method(spec, RL_MODEL, hp, opts)
+    params = RL_MODEL.init(jax.random.key(0))
+    prompts = jax.tree.map(lambda a: a[: grpo_method.prompt_rows(opts, 2)], RL_PROMPTS)
+    ex = grpo.example_batch(prompts, group_size=2, max_new_tokens=3, pad_id=256)
+    ex = jax.tree.map(lambda a: a[:4], ex)
+    state = init_state(params, method.tx, key, method.data, ex)
+    state = method.consolidate(state, ex, key)
+    state, metrics = grpo.make_iteration(method, RL_ENV)(state, prompts)
+    return state.params, metrics, state
+
+
+def init_params(name: str):
+    return (RL_MODEL if METHODS[name].kind == "rl" else MODEL).init(jax.random.key(0))
+
+
 def one_step(name: str, key):
     """One step (or the edit) of method ``name`` from fixed parameters: ``(params, metrics, state)``."""
     spec = METHODS[name]
+    if spec.kind == "rl":
+        return rl_one_step(spec, key)
     hp = as_hparams(spec)
     _, opts = spec.split({})
     method = build_method(spec, MODEL, hp, opts)
@@ -86,8 +124,7 @@ def test_step_is_pure_jit_equals_eager_and_finite(name):
     for k, v in m1.items():
         assert np.all(np.isfinite(np.asarray(v))), (name, k)
     moved = sum(
-        float(jnp.abs(a - b).sum())
-        for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(MODEL.init(jax.random.key(0))))
+        float(jnp.abs(a - b).sum()) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(init_params(name)))
     )
     assert moved > 0, f"{name} changed nothing"
 
@@ -95,7 +132,7 @@ def test_step_is_pure_jit_equals_eager_and_finite(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_two_seeds_batched_equal_separate_runs(name):
     spec = METHODS[name]
-    kind = "unlearn" if spec.kind != "cl" else "cl"
+    kind = "unlearn" if spec.kind not in ("cl", "rl") else "cl"
     if kind == "cl":
         keys = jax.random.split(jax.random.key(5), 2)
         batched = jax.vmap(lambda k: one_step(name, k)[0])(keys)

@@ -32,7 +32,7 @@ import optax
 
 from ..engine import DataTransform, LossFn
 
-KINDS = ("cl", "unlearn", "any")
+KINDS = ("cl", "unlearn", "any", "rl")
 
 
 class Method(NamedTuple):
@@ -44,6 +44,7 @@ class Method(NamedTuple):
     sample_seen: bool = False  # draw batches from every task seen so far (joint training)
     edit: Callable | None = None  # (params, data, hp, key) -> params, after the training steps
     trains: bool = True  # False: the method is only an edit (no training steps)
+    rollout: Any = None  # RL methods: a jaxcl.grpo.Rollout (fn, mu); iterations by grpo.make_iteration
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,357 @@
+"""KL-regularised reinforcement fine-tuning of a language model: GRPO, its KL penalty as a loss
+wrapper, rollouts inside the compiled program, and rollout-based instance filtering (RIF).
+
+GRPO (Shao et al., "DeepSeekMath", 2024). For each prompt ``q`` the sampling policy
+``pi_old`` (the parameters at the start of the iteration) draws ``G`` completions ``o_1..o_G``
+with rewards ``r_1..r_G``. Group-relative advantages (one value per completion, shared by its
+tokens)::
+
+    A_i = (r_i - mean(r)) / (std(r) + eps)        # scale="std" (std with ddof=1, as TRL)
+    A_i =  r_i - mean(r)                          # scale="none" (Dr. GRPO, Liu et al. 2025)
+    A_i =  r_i - (sum_j r_j - r_i) / (G - 1)      # baseline="rloo" (leave-one-out, Ahmadian et al. 2024)
+
+The clipped surrogate (PPO, Schulman et al. 2017) on every completion token ``t``, with the ratio
+``rho_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)``::
+
+    l_it = -min(rho_it A_i, clip(rho_it, 1 - eps_clip, 1 + eps_clip) A_i)
+
+averaged over all completion tokens of the batch (``norm="token"``, DAPO's token-level
+normalisation) or per completion then over completions (``norm="sequence"``, the DeepSeekMath
+paper). ``mu > 1`` inner updates reuse one rollout; with ``mu = 1`` the ratio is 1 and the loss
+is the policy gradient.
+
+The KL penalty to a frozen reference ``pi_ref`` (:func:`with_kl_penalty`, a ``LossFn`` wrapper
+whose coefficient ``beta`` may be traced, so it sweeps) adds ``beta * KL`` with, per token,
+
+    k3:    exp(log pi_ref - log pi_theta) - (log pi_ref - log pi_theta) - 1     (Schulman 2020)
+    exact: sum_v pi_theta(v) (log pi_theta(v) - log pi_ref(v))                  (over the vocabulary)
+
+normalised as the policy loss. The reference log-probs reach the loss in the batch
+(``batch['ref_logp']``, ``batch['ref_logits']`` for the exact KL), computed by a
+:func:`jaxcl.data.context.reference` data transform whose state holds the reference parameters,
+as LwF's teacher logits are.
+
+RIF-RFT ("Reinforcement Fine-Tuning Naturally Mitigates Forgetting in Continual
+Post-Training", 2025): prompts whose ``G`` rollouts all get the same reward have zero advantage and
+give no learning signal; :func:`rif_keep` marks the others, the batch is refilled from a larger
+pool of prompts, and the kept fraction is reported per iteration.
+
+One RL iteration (rollout of ``B x G`` completions with the KV cache of :mod:`jaxcl.generate`,
+rewards in JAX, advantages, ``mu`` updates) is one pure function (:func:`make_iteration`) that
+:func:`jaxcl.loops.run_chunks` scans like any training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .engine import LossFn, make_step
+from .generate import Sampling, _generate
+from .models import llama
+
+SCALES = ("std", "none")
+BASELINES = ("mean", "rloo")
+NORMS = ("token", "sequence")
+KL_ESTIMATORS = ("k3", "exact")
+
+
+# -- the objective --------------------------------------------------------------------------------
+
+
+def group_advantages(r_BxG, *, scale: str = "std", baseline: str = "mean", eps: float = 1e-4):
+    """Advantages of ``G`` completions per prompt (equations in the module docstring)."""
+    G = r_BxG.shape[-1]
+    if G < 2:
+        raise ValueError(
+            f"group_size G={G}: group-relative advantages need at least 2 completions per prompt; "
+            "set group_size >= 2"
+        )
+    if scale not in SCALES or baseline not in BASELINES:
+        raise ValueError(f"scale must be one of {SCALES} and baseline one of {BASELINES}")
+    r = r_BxG.astype(jnp.float32)
+    if baseline == "mean":
+        b = r.mean(-1, keepdims=True)
+    else:
+        b = (r.sum(-1, keepdims=True) - r) / (G - 1)
+    a = r - b
+    if scale == "std":
+        a = a / (jnp.std(r, axis=-1, keepdims=True, ddof=1) + eps)
+    return a
+
+
+def normalise(x_BxN, mask_BxN, norm: str = "token"):
+    """Mean of per-token values over the masked-in tokens (``token``) or per row then over rows
+    with at least one token (``sequence``)."""
+    m = mask_BxN.astype(jnp.float32)
+    if norm == "token":
+        return (x_BxN * m).sum() / jnp.maximum(m.sum(), 1.0)
+    n_B = m.sum(-1)
+    per_B = (x_BxN * m).sum(-1) / jnp.maximum(n_B, 1.0)
+    return per_B.sum() / jnp.maximum((n_B > 0).sum(), 1)
+
+
+def clipped_policy_loss(logp_BxN, old_logp_BxN, adv_B, mask_BxN, *, clip_eps=0.2, norm: str = "token"):
+    """The clipped surrogate loss ``mean -min(rho A, clip(rho, 1-e, 1+e) A)`` and the clipped
+    fraction of tokens."""
+    ratio = jnp.exp(logp_BxN - old_logp_BxN)
+    a = adv_B[:, None]
+    per_tok = -jnp.minimum(ratio * a, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a)
+    clipped = (jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)
+    return normalise(per_tok, mask_BxN, norm), normalise(clipped, mask_BxN, "token")
+
+
+def kl_k3(logp_BxN, ref_logp_BxN):
+    """Per-token k3 estimate of KL(pi || pi_ref) from the sampled tokens' log-probs (>= 0)."""
+    d = ref_logp_BxN - logp_BxN
+    return jnp.exp(d) - d - 1.0
+
+
+def kl_exact(logits_BxNxV, ref_logits_BxNxV):
+    """Per-token KL(pi || pi_ref) over the whole vocabulary."""
+    logp = jax.nn.log_softmax(logits_BxNxV, axis=-1)
+    ref = jax.nn.log_softmax(ref_logits_BxNxV, axis=-1)
+    return (jnp.exp(logp) * (logp - ref)).sum(-1)
+
+
+def masked_forward(cfg, params, tokens_BxT, valid_BxT):
+    """Logits of a left-padded batch: padded positions are masked out of attention and every row's
+    RoPE positions start at its first real token (as :func:`jaxcl.generate.generate` sees it)."""
+    B, T = tokens_BxT.shape
+    pos = jnp.maximum(jnp.cumsum(valid_BxT, axis=1) - 1, 0).astype(jnp.int32)
+    cache = llama.init_cache(cfg, B, T)
+    logits, _ = llama.forward(
+        cfg, params, tokens_BxT, positions_BxT=pos, token_mask_BxT=valid_BxT, cache=cache
+    )
+    return logits
+
+
+def completion_logits(cfg, params, tokens_BxT, valid_BxT, n_completion: int):
+    """Logits predicting the last ``n_completion`` tokens: ``(B, N, V)``."""
+    logits = masked_forward(cfg, params, tokens_BxT[:, :-1], valid_BxT[:, :-1])
+    return logits[:, -n_completion:]
+
+
+def completion_logp(cfg, params, tokens_BxT, valid_BxT, n_completion: int, *, logits=None):
+    """log pi(token) of the last ``n_completion`` tokens given everything before: ``(B, N)``."""
+    if logits is None:
+        logits = completion_logits(cfg, params, tokens_BxT, valid_BxT, n_completion)
+    lp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(lp, tokens_BxT[:, -n_completion:, None], axis=-1)[..., 0]
+
+
+def grpo_loss(cfg, *, clip_eps=0.2, norm: str = "token", keep_logits: bool = False) -> LossFn:
+    """The GRPO policy loss on a rollout batch ``{'tokens', 'valid', 'completion_mask', 'old_logp',
+    'adv', 'weight'}`` (``weight``: 0 for rows RIF could not fill). ``aux`` carries the policy's
+    ``logp`` (and ``logits`` with ``keep_logits``) for :func:`with_kl_penalty`."""
+
+    def loss_fn(params, batch, key):
+        del key
+        n = batch["completion_mask"].shape[1]
+        logits = completion_logits(cfg, params, batch["tokens"], batch["valid"], n)
+        logp = completion_logp(cfg, params, batch["tokens"], batch["valid"], n, logits=logits)
+        mask = batch["completion_mask"] & (batch["weight"][:, None] > 0)
+        loss, clipped = clipped_policy_loss(
+            logp, batch["old_logp"], batch["adv"], mask, clip_eps=clip_eps, norm=norm
+        )
+        aux = {"policy_loss": loss, "clip_frac": clipped, "logp": logp, "mask": mask}
+        if keep_logits:
+            aux["logits"] = logits
+        return loss, aux
+
+    return loss_fn
+
+
+def with_kl_penalty(loss_fn: LossFn, *, beta, estimator: str = "k3", norm: str = "token") -> LossFn:
+    """``loss + beta * KL(pi_theta || pi_ref)`` per completion token (k3 or exact; see the module
+    docstring). Reads ``aux['logp']`` / ``aux['logits']`` and ``aux['mask']`` of the wrapped loss and
+    ``batch['ref_logp']`` / ``batch['ref_logits']``; ``beta`` may be traced."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl={estimator!r} is not valid; valid: {', '.join(KL_ESTIMATORS)}")
+
+    def wrapped(params, batch, key):
+        loss, aux = loss_fn(params, batch, key)
+        if estimator == "k3":
+            kl_BxN = kl_k3(aux["logp"], batch["ref_logp"])
+        else:
+            kl_BxN = kl_exact(aux["logits"], batch["ref_logits"])
+        kl = normalise(kl_BxN, aux["mask"], norm)
+        out = {k: v for k, v in aux.items() if k not in ("logp", "mask", "logits")}
+        return loss + beta * kl, {**out, "kl": kl}
+
+    return wrapped
+
+
+def rif_keep(r_BxG):
+    """RIF: True for prompts whose rollouts do not all get the same reward."""
+    return jnp.any(r_BxG != r_BxG[:, :1], axis=-1)
+
+
+# -- rollouts -------------------------------------------------------------------------------------
+
+
+class Env(NamedTuple):
+    """What a rollout needs from the problem: the reward of completions and the special tokens.
+
+    ``reward(completion_BxN, mask_BxN, prompts_batch_rows) -> r_B`` with ``mask`` the completion
+    tokens before the end token and ``prompts_batch_rows`` the prompt batch's entries repeated per
+    completion."""
+
+    reward: Callable
+    eos_id: int
+    pad_id: int
+
+
+class Rollout(NamedTuple):
+    """A method's rollout ``fn(params, prompts, key, env) -> (batch, metrics)`` and its number of
+    inner updates per rollout (``mu``)."""
+
+    fn: Callable
+    mu: int = 1
+
+
+def end_mask(tokens_BxN, eos_id: int):
+    """``(through_eos, before_eos)``: completion tokens up to and including the first end token,
+    and those strictly before it."""
+    is_eos = tokens_BxN == eos_id
+    seen = jnp.cumsum(is_eos, axis=1)
+    before = seen == 0
+    through = before | (is_eos & (seen == 1))
+    return through, before
+
+
+def check_rewards(r, n: int, where: str = "reward"):
+    """Trace-time shape check of a reward function's output."""
+    if r.shape != (n,):
+        raise ValueError(
+            f"the {where} function returned shape {tuple(r.shape)}; it must return one float per "
+            f"completion, shape ({n},)"
+        )
+    return r.astype(jnp.float32)
+
+
+def make_rollout(
+    cfg,
+    *,
+    group_size: int = 8,
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    scale: str = "std",
+    baseline: str = "mean",
+    rif: bool = False,
+    rif_pool: int = 1,
+) -> Callable:
+    """``rollout(params, prompts, key, env) -> (batch, metrics)``.
+
+    ``prompts`` holds ``prompt`` (B, P) left-padded token ids with ``prompt_valid`` (B, P) and any
+    per-prompt fields the reward reads. Every prompt gets ``group_size`` sampled completions of
+    ``max_new_tokens`` tokens (one batch through the KV cache); rewards, advantages and the
+    sampling policy's log-probs (``old_logp``) go into the batch. With ``rif``, the ``B`` prompts
+    are a pool of ``rif_pool`` batches: prompts with mixed rewards fill the ``B // rif_pool`` rows of
+    the batch (mixed first, in pool order), rows left without one get ``weight`` 0."""
+    G = group_size
+    if G < 2:
+        raise ValueError(
+            f"group_size={G}: GRPO's group-relative advantages need at least 2 completions per "
+            "prompt; set group_size >= 2"
+        )
+    sampling = Sampling(float(temperature), 0, float(top_p))
+
+    def rollout(params, prompts, key, env: Env):
+        P = prompts["prompt"].shape[1]
+        if P + max_new_tokens > cfg.max_seq_len:
+            raise ValueError(
+                f"prompt length {P} + max_new_tokens {max_new_tokens} exceeds the model's context "
+                f"(max_seq_len {cfg.max_seq_len}); shorten the prompts or max_new_tokens"
+            )
+        B = prompts["prompt"].shape[0]
+        rep = lambda a: jnp.repeat(a, G, axis=0)
+        tok = rep(prompts["prompt"])
+        valid = rep(prompts["prompt_valid"])
+        comp = _generate(
+            jax.lax.stop_gradient(params),
+            tok,
+            valid,
+            key,
+            cfg=cfg,
+            max_new_tokens=max_new_tokens,
+            cache_len=P + max_new_tokens,
+            sampling=sampling,
+            eos_id=env.eos_id,
+            pad_id=env.pad_id,
+        )
+        through, before = end_mask(comp, env.eos_id)
+        rows = jax.tree.map(rep, prompts)
+        r = check_rewards(env.reward(comp, before, rows), B * G)
+        r_BxG = r.reshape(B, G)
+        adv_BxG = group_advantages(r_BxG, scale=scale, baseline=baseline)
+        keep_B = rif_keep(r_BxG)
+        weight_B = jnp.ones((B,), jnp.float32)
+        metrics = {"reward": r.mean(), "reward_finite": jnp.all(jnp.isfinite(r)), "kept": keep_B.mean()}
+        tokens = jnp.concatenate([tok, comp], axis=1)
+        full_valid = jnp.concatenate([valid, through], axis=1)
+        if rif:
+            n = B // rif_pool
+            order = jnp.argsort(~keep_B, stable=True)[:n]  # mixed prompts first, pool order
+            weight_B = keep_B[order].astype(jnp.float32)
+            sel = (order[:, None] * G + jnp.arange(G)).reshape(-1)
+            tokens, full_valid, through = tokens[sel], full_valid[sel], through[sel]
+            adv_BxG, r_BxG = adv_BxG[order], r_BxG[order]
+            metrics["reward_kept"] = (r_BxG.mean(-1) * weight_B).sum() / jnp.maximum(weight_B.sum(), 1)
+        old_logp = completion_logp(cfg, jax.lax.stop_gradient(params), tokens, full_valid, max_new_tokens)
+        batch = {
+            "tokens": tokens,
+            "valid": full_valid,
+            "completion_mask": through,
+            "old_logp": jax.lax.stop_gradient(old_logp),
+            "adv": adv_BxG.reshape(-1),
+            "weight": jnp.repeat(weight_B, G),
+        }
+        metrics["completion_len"] = through.sum(-1).mean()
+        return batch, metrics
+
+    return rollout
+
+
+def make_iteration(method, env: Env, *, skip_nonfinite: bool = False):
+    """One RL iteration as a pure step ``(state, prompts) -> (state, metrics)`` for
+    :func:`jaxcl.loops.run_chunks`: the method's rollout with the current parameters, then ``mu``
+    steps of :func:`jaxcl.engine.make_step` on that batch (``lax.scan``). Metrics: the step
+    metrics averaged over the inner steps, plus the rollout's (``reward``, ``kept``, ...)."""
+    if method.rollout is None:
+        raise ValueError("make_iteration needs a method with a rollout (an RL method such as grpo)")
+    step = make_step(method.loss_fn, method.tx, method.data, skip_nonfinite=skip_nonfinite)
+    mu = int(method.rollout.mu)
+
+    def iteration(state, prompts):
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0x0A11), state.step)
+        batch, rmetrics = method.rollout.fn(state.params, prompts, key, env)
+        state, m = jax.lax.scan(lambda s, _: step(s, batch), state, None, length=mu)
+        metrics = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
+        finite = rmetrics.pop("reward_finite")
+        metrics.update({k: v.astype(jnp.float32) for k, v in rmetrics.items()})
+        metrics["reward_finite"] = finite.astype(jnp.float32)
+        bad = (state.nonfinite_step < 0) & ~finite
+        state = state.replace(nonfinite_step=jnp.where(bad, state.step, state.nonfinite_step))
+        return state, metrics
+
+    return iteration
+
+
+def example_batch(prompts, *, group_size: int, max_new_tokens: int, pad_id: int):
+    """A rollout-shaped batch of zeros for ``init_state`` (sizes data-transform state)."""
+    B, P = prompts["prompt"].shape
+    n = B * group_size
+    T = P + max_new_tokens
+    return {
+        "tokens": jnp.full((n, T), pad_id, jnp.int32),
+        "valid": jnp.ones((n, T), bool),
+        "completion_mask": jnp.ones((n, max_new_tokens), bool),
+        "old_logp": jnp.zeros((n, max_new_tokens), jnp.float32),
+        "adv": jnp.zeros((n,), jnp.float32),
+        "weight": jnp.ones((n,), jnp.float32),
+    }

@@ -1,0 +1,140 @@
+"""GRPO with a KL penalty (Shao et al., "DeepSeekMath", 2024), and RIF-RFT ("Reinforcement
+Fine-Tuning Naturally Mitigates Forgetting in Continual Post-Training", 2025): reinforcement
+fine-tuning of a language model on verifiable tasks (equations in :mod:`jaxcl.grpo`)::
+
+    L(theta) = clipped policy loss(theta; A, pi_old) + beta * KL(pi_theta || pi_ref)
+
+``beta`` is traced (it sweeps; ``beta = 0`` is RFT without the KL, MLLM-CTBench's ablation).
+``pi_ref`` is a frozen copy of the policy kept in the data transform's state: the model when the
+current task began (``reference="task"``, a state change made by ``consolidate``) or the model
+when post-training began (``reference="base"``). RIF-RFT is the option ``rif=True`` (rollout-based
+instance filtering): the prompt batch is a pool of ``rif_pool`` batches, all rolled out, and
+the prompts whose ``G`` rewards are not all equal fill one batch (so a runner draws
+``rif_pool * batch`` prompts for it: :func:`prompt_rows`).
+
+Batches are prompt batches; an iteration is :func:`jaxcl.grpo.make_iteration` (``rollout``).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from .. import grpo
+from ..data.context import reference, set_teacher
+from .base import (
+    LR,
+    OPTIMIZER_OPTIONS,
+    OPTIMIZERS,
+    Hparam,
+    Method,
+    MethodSpec,
+    optimizer_from,
+    pop_optimizer,
+    register,
+)
+
+OPTIONS = {
+    "group_size": 8,
+    "mu": 1,
+    "max_new_tokens": 8,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "scale": "std",
+    "baseline": "mean",
+    "norm": "token",
+    "kl": "k3",
+    "reference": "task",
+    "rif": False,
+    "rif_pool": 2,
+    **OPTIMIZER_OPTIONS,
+}
+CHOICES = {
+    "optim": OPTIMIZERS,
+    "scale": grpo.SCALES,
+    "baseline": grpo.BASELINES,
+    "norm": grpo.NORMS,
+    "kl": grpo.KL_ESTIMATORS,
+    "reference": ("task", "base"),
+    "rif": (False, True),
+}
+
+
+def build(model, hp, params_like, **options):
+    opt = pop_optimizer(options)
+    cfg = model.cfg
+    G, n_new = int(options["group_size"]), int(options["max_new_tokens"])
+    if options["mu"] < 1:
+        raise ValueError(f"mu={options['mu']} must be >= 1 (inner updates per rollout)")
+    if options["rif"] and options["rif_pool"] < 1:
+        raise ValueError(f"rif_pool={options['rif_pool']} must be >= 1")
+    exact = options["kl"] == "exact"
+    loss = grpo.grpo_loss(cfg, clip_eps=hp["clip_eps"], norm=options["norm"], keep_logits=exact)
+    loss = grpo.with_kl_penalty(loss, beta=hp["beta"], estimator=options["kl"], norm=options["norm"])
+
+    def ref_fn(p, b):
+        if exact:
+            return grpo.completion_logits(cfg, p, b["tokens"], b["valid"], n_new)
+        return grpo.completion_logp(cfg, p, b["tokens"], b["valid"], n_new)
+
+    data = reference(ref_fn, params_like, key="ref_logits" if exact else "ref_logp")
+
+    def consolidate(state, batch, key):
+        """Make the current policy the reference (at a task start; once with reference='base')."""
+        del batch, key
+        new = set_teacher(state.data_state, state.params)
+        if options["reference"] == "base":
+            on = state.data_state["on"] > 0
+            new = {
+                "params": jax.tree.map(
+                    lambda old, cur: jnp.where(on, old, cur), state.data_state["params"], new["params"]
+                ),
+                "on": new["on"],
+            }
+        return state.replace(data_state=new)
+
+    rollout = grpo.make_rollout(
+        cfg,
+        group_size=G,
+        max_new_tokens=n_new,
+        temperature=options["temperature"],
+        top_p=options["top_p"],
+        scale=options["scale"],
+        baseline=options["baseline"],
+        rif=bool(options["rif"]),
+        rif_pool=int(options["rif_pool"]) if options["rif"] else 1,
+    )
+
+    return Method(
+        loss,
+        optimizer_from(opt, hp["lr"]),
+        data=data,
+        consolidate=consolidate,
+        rollout=grpo.Rollout(rollout, int(options["mu"])),
+    )
+
+
+def prompt_rows(options: dict, batch: int) -> int:
+    """How many prompts a runner draws per iteration for a batch of ``batch`` prompts."""
+    return batch * (int(options["rif_pool"]) if options["rif"] else 1)
+
+
+HPARAMS = {
+    "lr": LR(1e-4),
+    "beta": Hparam(0.04, 0.0, None, help="KL penalty coefficient"),
+    "clip_eps": Hparam(0.2, 0.0, None, low_open=True, help="ratio clipping"),
+}
+PAPER = "Shao et al. 2024, DeepSeekMath (GRPO)"
+
+SPEC = register(
+    MethodSpec(
+        "grpo",
+        build,
+        HPARAMS,
+        dict(OPTIONS),
+        "GRPO reinforcement fine-tuning with a KL penalty to a frozen reference (language models); "
+        "rif=True: RIF-RFT (train on the prompts whose rollouts disagree)",
+        kind="rl",
+        paper=PAPER + "; RIF-RFT: Reinforcement Fine-Tuning Naturally Mitigates Forgetting in Continual "
+        "Post-Training, 2025",
+        choices=CHOICES,
+    )
+)
