@@ -317,11 +317,16 @@ def make_rollout(
     return rollout
 
 
-def make_iteration(method, env: Env, *, skip_nonfinite: bool = False):
+def make_iteration(method, env: Env, *, skip_nonfinite: bool = False, mesh=None):
     """One RL iteration as a pure step ``(state, prompts) -> (state, metrics)`` for
     :func:`jaxcl.loops.run_chunks`: the method's rollout with the current parameters, then ``mu``
     steps of :func:`jaxcl.engine.make_step` on that batch (``lax.scan``). Metrics: the step
-    metrics averaged over the inner steps, plus the rollout's (``reward``, ``kept``, ...)."""
+    metrics averaged over the inner steps, plus the rollout's (``reward``, ``kept``, ...). With a
+    ``mesh`` (:func:`jaxcl.parallel.make_mesh`) the prompts and the rollout batch are sharded over
+    its ``data`` axis (the parameters replicated): same result as one device.
+    """
+    from .parallel import shard_batch
+
     if method.rollout is None:
         raise ValueError("make_iteration needs a method with a rollout (an RL method such as grpo)")
     step = make_step(method.loss_fn, method.tx, method.data, skip_nonfinite=skip_nonfinite)
@@ -329,7 +334,8 @@ def make_iteration(method, env: Env, *, skip_nonfinite: bool = False):
 
     def iteration(state, prompts):
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0x0A11), state.step)
-        batch, rmetrics = method.rollout.fn(state.params, prompts, key, env)
+        batch, rmetrics = method.rollout.fn(state.params, shard_batch(prompts, mesh), key, env)
+        batch = shard_batch(batch, mesh)
         state, m = jax.lax.scan(lambda s, _: step(s, batch), state, None, length=mu)
         metrics = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
         finite = rmetrics.pop("reward_finite")

@@ -12,6 +12,11 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
+# the KJV bible from Debian (the rft-continual study's general-ability corpus)
+if ! command -v bible >/dev/null; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bible-kjv >/dev/null
+fi
 
 # the package, with test and PyTorch-reference extras (torch==2.13.0 is a local CPU build here)
 extras="dev"

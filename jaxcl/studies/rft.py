@@ -519,7 +519,10 @@ def _run(cfg, out, resume, verbose):
     from ..checkpoint import Checkpointer
 
     model, tok, pretrained, chat = load_model(cfg)
-    data = jax.device_put(jax.tree.map(jnp.asarray, build_data(cfg, tok, chat)))
+    try:
+        data = jax.device_put(jax.tree.map(jnp.asarray, build_data(cfg, tok, chat)))
+    except ValueError as e:  # a prompt or answer longer than data.prompt_len / data.answer_len
+        raise ConfigError(str(e)) from None
     env = tasks.env(tok, partial=cfg["data"]["partial_reward"])
     study = Study(cfg, model, tok, data, env)
     T, S = study.T, cfg["seeds"]
@@ -618,6 +621,7 @@ def _run(cfg, out, resume, verbose):
         if verbose:
             print(f"\nwrote {out}/results.json, accuracy_matrix.png, accuracy_over_training.png")
     res["raw"] = raw
+    res["study"], res["base_params"], res["keys"] = study, base_params, keys  # in memory only
     return res
 
 
