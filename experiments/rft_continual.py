@@ -18,8 +18,8 @@ Writes runs/rft-continual[-tiny]/{results.json, accuracy_matrix.png, accuracy_ov
 def get_config(tiny: bool = False) -> dict:
     cfg = {
         "study": "rft",
-        "finetune": {"lr": 1e-3},
-        "grpo": {"lr": 1e-3, "beta": 0.05, "group_size": 8, "max_new_tokens": 8, "rif_pool": 2},
+        "finetune": {"lr": 1e-4},
+        "grpo": {"lr": 1e-4, "beta": 0.1, "group_size": 8, "max_new_tokens": 8, "rif_pool": 2},
     }
     if tiny:
         cfg.update(

