@@ -145,7 +145,8 @@ def completion_logp(cfg, params, tokens_BxT, valid_BxT, n_completion: int, *, lo
 
 def grpo_loss(cfg, *, clip_eps=0.2, norm: str = "token", keep_logits: bool = False) -> LossFn:
     """The GRPO policy loss on a rollout batch ``{'tokens', 'valid', 'completion_mask', 'old_logp',
-    'adv', 'weight'}`` (``weight``: 0 for rows RIF could not fill). ``aux`` carries the policy's
+    'adv', 'weight'}`` (without ``old_logp`` (``mu = 1``) the ratio is taken against the policy's own
+    log-probs with the gradient stopped: ratio 1, the same gradient, one forward pass fewer) (``weight``: 0 for rows RIF could not fill). ``aux`` carries the policy's
     ``logp`` (and ``logits`` with ``keep_logits``) for :func:`with_kl_penalty`."""
 
     def loss_fn(params, batch, key):
@@ -155,7 +156,12 @@ def grpo_loss(cfg, *, clip_eps=0.2, norm: str = "token", keep_logits: bool = Fal
         logp = completion_logp(cfg, params, batch["tokens"], batch["valid"], n, logits=logits)
         mask = batch["completion_mask"] & (batch["weight"][:, None] > 0)
         loss, clipped = clipped_policy_loss(
-            logp, batch["old_logp"], batch["adv"], mask, clip_eps=clip_eps, norm=norm
+            logp,
+            batch.get("old_logp", jax.lax.stop_gradient(logp)),
+            batch["adv"],
+            mask,
+            clip_eps=clip_eps,
+            norm=norm,
         )
         aux = {"policy_loss": loss, "clip_frac": clipped, "logp": logp, "mask": mask}
         if keep_logits:
@@ -244,13 +250,15 @@ def make_rollout(
     baseline: str = "mean",
     rif: bool = False,
     rif_pool: int = 1,
+    sampling_logp: bool = True,
 ) -> Callable:
     """``rollout(params, prompts, key, env) -> (batch, metrics)``.
 
     ``prompts`` holds ``prompt`` (B, P) left-padded token ids with ``prompt_valid`` (B, P) and any
     per-prompt fields the reward reads. Every prompt gets ``group_size`` sampled completions of
     ``max_new_tokens`` tokens (one batch through the KV cache); rewards, advantages and the
-    sampling policy's log-probs (``old_logp``) go into the batch. With ``rif``, the ``B`` prompts
+    sampling policy's log-probs (``old_logp``, only with ``sampling_logp``: needed for ``mu > 1``)
+    go into the batch. With ``rif``, the ``B`` prompts
     are a pool of ``rif_pool`` batches: prompts with mixed rewards fill the ``B // rif_pool`` rows of
     the batch (mixed first, in pool order), rows left without one get ``weight`` 0."""
     G = group_size
@@ -302,15 +310,16 @@ def make_rollout(
             tokens, full_valid, through = tokens[sel], full_valid[sel], through[sel]
             adv_BxG, r_BxG = adv_BxG[order], r_BxG[order]
             metrics["reward_kept"] = (r_BxG.mean(-1) * weight_B).sum() / jnp.maximum(weight_B.sum(), 1)
-        old_logp = completion_logp(cfg, jax.lax.stop_gradient(params), tokens, full_valid, max_new_tokens)
         batch = {
             "tokens": tokens,
             "valid": full_valid,
             "completion_mask": through,
-            "old_logp": jax.lax.stop_gradient(old_logp),
             "adv": adv_BxG.reshape(-1),
             "weight": jnp.repeat(weight_B, G),
         }
+        if sampling_logp:
+            p = jax.lax.stop_gradient(params)
+            batch["old_logp"] = completion_logp(cfg, p, tokens, full_valid, max_new_tokens)
         metrics["completion_len"] = through.sum(-1).mean()
         return batch, metrics
 
@@ -348,7 +357,7 @@ def make_iteration(method, env: Env, *, skip_nonfinite: bool = False, mesh=None)
     return iteration
 
 
-def example_batch(prompts, *, group_size: int, max_new_tokens: int, pad_id: int):
+def example_batch(prompts, *, group_size: int, max_new_tokens: int, pad_id: int, mu: int = 1):
     """A rollout-shaped batch of zeros for ``init_state`` (sizes data-transform state)."""
     B, P = prompts["prompt"].shape
     n = B * group_size
@@ -357,7 +366,6 @@ def example_batch(prompts, *, group_size: int, max_new_tokens: int, pad_id: int)
         "tokens": jnp.full((n, T), pad_id, jnp.int32),
         "valid": jnp.ones((n, T), bool),
         "completion_mask": jnp.ones((n, max_new_tokens), bool),
-        "old_logp": jnp.zeros((n, max_new_tokens), jnp.float32),
         "adv": jnp.zeros((n,), jnp.float32),
         "weight": jnp.ones((n,), jnp.float32),
-    }
+    } | ({"old_logp": jnp.zeros((n, max_new_tokens), jnp.float32)} if mu > 1 else {})

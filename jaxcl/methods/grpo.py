@@ -101,6 +101,7 @@ def build(model, hp, params_like, **options):
         baseline=options["baseline"],
         rif=bool(options["rif"]),
         rif_pool=int(options["rif_pool"]) if options["rif"] else 1,
+        sampling_logp=int(options["mu"]) > 1,
     )
 
     return Method(
