@@ -14,8 +14,8 @@ transformers' ``generate``, on the same random Llama (byte-sized vocabulary, 272
   min_new_tokens=L)`` for the B*G rows: rollout tokens/s.
 
 FLOPs per iteration (reported as achieved GFLOP/s against a measured float32 matmul peak):
-``N*T*f`` for each of the rollout, the sampling log-probs and the reference log-probs, and
-``3*N*T*f`` per update, with ``N = B*G``, ``T = P + L``, ``f = 2 * (params in matmuls) + 4 * layers
+``N*T*f`` for each of the rollout, the reference log-probs and (``mu > 1`` only) the sampling
+log-probs, and ``3*N*T*f`` per update, with ``N = B*G``, ``T = P + L``, ``f = 2 * (params in matmuls) + 4 * layers
 * T * d`` per token. Shapes: ``small`` (4 layers, d 256, B 4, G 8, L 16) and ``medium`` (4 layers,
 d 512, B 8, G 8, L 32); ``--layers/--d-model/--batch/--group/--new`` for GPU sizes.
 
@@ -71,7 +71,7 @@ def flops_per_iteration(cfg, a):
     mat = L * (D * cfg.n_heads * hd * 2 + D * cfg.n_kv_heads * hd * 2 + 3 * D * F) + D * V
     f = 2 * mat + 4 * L * T * D
     N = a.batch * a.group
-    return N * T * f * (3 + 3 * a.mu)
+    return N * T * f * (2 + (a.mu > 1) + 3 * a.mu)
 
 
 def matmul_peak():

@@ -43,7 +43,7 @@ def get_config(tiny: bool = False) -> dict:
                 "answer_len": 4,
             },
             base={"steps": 20, "batch_size": 16, "lr": 3e-3, "corpus_fraction": 0.5, "eval_every": 10},
-            post={"steps_per_task": 4, "batch_size": 4, "eval_every": 2},
+            post={"steps_per_task": 4, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2},
             rows=("sft", "rft", "rft-nokl", "mtl-sft"),
             seeds=2,
         )

@@ -42,8 +42,8 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
     cfg, out, res = tiny_run
     row_dir = os.path.join(out, "checkpoints", "rft")
     steps = sorted(int(d) for d in os.listdir(row_dir) if d.isdigit())
-    assert steps[-1] == len(cfg["data"]["tasks"])
-    shutil.rmtree(os.path.join(row_dir, str(steps[-1])))  # as if killed during the last task
+    assert steps[-1] == 2 * len(cfg["data"]["tasks"])  # a checkpoint every 2 of the 4 iterations of a task
+    shutil.rmtree(os.path.join(row_dir, str(steps[-1])))  # as if killed in the middle of the last task
     again = rft.run_row(
         res["study"],
         "rft",
@@ -69,6 +69,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
         (["rows=sft,ppo"], "unknown row 'ppo'"),
         (["post.eval_every=3"], "multiple of post.eval_every=3"),
         (["data.corpus=wiki"], "data.corpus='wiki' is not valid"),
+        (["post.checkpoint_every=3"], "checkpoint_every=3 must be 0"),
     ],
 )
 def test_bad_configs_are_clear_errors(sets, match):

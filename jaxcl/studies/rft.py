@@ -78,7 +78,14 @@ DEFAULTS = {
         "partial_reward": False,
     },
     "base": {"steps": 1000, "batch_size": 32, "lr": 3e-3, "corpus_fraction": 0.5, "eval_every": 500},
-    "post": {"steps_per_task": 40, "batch_size": 8, "eval_every": 10, "checkpoint": True},
+    # checkpoint_every: steps / iterations between checkpoints (0: at task ends only)
+    "post": {
+        "steps_per_task": 40,
+        "batch_size": 8,
+        "eval_every": 10,
+        "checkpoint": True,
+        "checkpoint_every": 0,
+    },
     "rows": ROWS,
     "methods": ("finetune", "grpo"),
     "seeds": 3,
@@ -137,6 +144,12 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"post.steps_per_task={cfg['post']['steps_per_task']} must be a multiple of "
             f"post.eval_every={cfg['post']['eval_every']}"
+        )
+    ce = cfg["post"]["checkpoint_every"]
+    if ce < 0 or (ce and (ce % cfg["post"]["eval_every"] or cfg["post"]["steps_per_task"] % ce)):
+        raise ConfigError(
+            f"post.checkpoint_every={ce} must be 0 (task ends) or a multiple of post.eval_every="
+            f"{cfg['post']['eval_every']} that divides post.steps_per_task={cfg['post']['steps_per_task']}"
         )
     if cfg["base"]["steps"] < 0 or (
         cfg["base"]["steps"] and cfg["base"]["steps"] % cfg["base"]["eval_every"]
@@ -384,7 +397,8 @@ class Study:
         if kind not in self._programs:
             init = jax.jit(jax.vmap(lambda p, k: self.init(kind, p, k)))
             task = jax.vmap(
-                lambda s, t, h, seen: self.task(kind, s, t, h, seen), in_axes=(0, None, None, None)
+                lambda s, t, h, seen, first: self.task(kind, s, t, h, seen, first),
+                in_axes=(0, None, None, None, None),
             )
             self._programs[kind] = (init, jax.jit(task, donate_argnums=0))
         return self._programs[kind]
@@ -403,24 +417,32 @@ class Study:
             )
         return init_state(params, method.tx, key, method.data, example)
 
-    def task(self, row: str, state, t, hp, seen):
-        """Post-train on task ``t`` (traced) and, with ``seen`` (traced), on every task before it:
-        consolidate (RL: the reference), then ``steps_per_task`` steps / iterations with
-        evaluation every ``eval_every``."""
+    @property
+    def chunks_per_call(self) -> int:
+        """Evaluation chunks per call of a task program: ``post.checkpoint_every`` steps (0: the
+        whole task)."""
+        p = self.cfg["post"]
+        return (p["checkpoint_every"] or p["steps_per_task"]) // p["eval_every"]
+
+    def task(self, row: str, state, t, hp, seen, first):
+        """Post-train on task ``t`` (traced; with ``seen``, traced, on every task up to it) for
+        :attr:`chunks_per_call` chunks of ``eval_every`` steps / iterations, each followed by the
+        evaluation. ``first`` (traced): the task starts here, so an RL method consolidates first
+        (the reference becomes the current policy)."""
         p = self.cfg["post"]
         spec, _, opts, _ = self.row_method(row)
         method = build_method(spec, self.model, hp, opts)
         if spec.kind == "rl":
-            state = method.consolidate(state, None, None)
+            new = method.consolidate(state, None, None).data_state
+            keep = jax.tree.map(lambda a, b: jnp.where(first, a, b), new, state.data_state)
+            state = state.replace(data_state=keep)
             step = grpo.make_iteration(method, self.env)
             n = grpo_method.prompt_rows(opts, p["batch_size"])
             draw = lambda k: rl_draw(self.data, t, k, n)
         else:
             step = make_step(method.loss_fn, method.tx)
             draw = lambda k: sft_draw(self.data, t, seen, k, p["batch_size"])
-        return run_chunks(
-            step, state, draw, self.evaluate, p["steps_per_task"] // p["eval_every"], p["eval_every"]
-        )
+        return run_chunks(step, state, draw, self.evaluate, self.chunks_per_call, p["eval_every"])
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -432,7 +454,9 @@ def _hp(study: Study, row: str) -> dict:
 
 
 def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=False, progress=None):
-    """Every task of one row for all seeds (vmapped); a checkpoint after every task."""
+    """Every task of one row for all seeds (vmapped); a checkpoint after every call (every
+    ``post.checkpoint_every`` steps, and at every task end), so a resumed run loses nothing
+    but the unfinished call."""
     from ..checkpoint import Checkpointer
     from .cl import _kill_hook
 
@@ -440,11 +464,14 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
     hp = _hp(study, row)
     init, task_fn = study.programs(row)
     seen = jnp.asarray(study.row_method(row)[3])
-    task = lambda s, t, h: task_fn(s, t, h, seen)
+    task = lambda s, t, h, first: task_fn(s, t, h, seen, jnp.asarray(first))
+    C = study.chunks_per_call
+    E = study.cfg["post"]["steps_per_task"] // study.cfg["post"]["eval_every"]
+    calls = E // C
     t0 = time.perf_counter()
     state = init(base_params, jax.vmap(lambda k: jax.random.fold_in(k, POST))(keys))
-    shapes = jax.eval_shape(task, state, jnp.int32(0), hp)[1]
-    traces = {k: np.zeros((len(keys), T) + v.shape[1:], np.float32) for k, v in shapes.items()}
+    shapes = jax.eval_shape(task, state, jnp.int32(0), hp, True)[1]
+    traces = {k: np.zeros((len(keys), T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
     start, elapsed = 0, 0.0
     ckpt = None
     if ckpt_dir:
@@ -459,12 +486,13 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
             if got is not None:
                 payload, meta = got
                 state, traces = payload["state"], jax.tree.map(np.array, payload["traces"])
-                start, elapsed = meta["task"], meta.get("seconds", 0.0)
+                start, elapsed = meta["call"], meta.get("seconds", 0.0)
                 if progress is not None:
-                    progress.update(start)
+                    progress.update(start // calls)
     saves = 0
-    for t in range(start, T):
-        state, tr = task(state, jnp.int32(t), hp)
+    for pos in range(start, T * calls):
+        t, c = divmod(pos, calls)
+        state, tr = task(state, jnp.int32(t), hp, c == 0)
         if float(np.min(np.asarray(tr.get("reward_finite", 1.0)))) < 1.0:
             raise FloatingPointError(
                 f"row {row}, task {study.cfg['data']['tasks'][t]!r}: the reward function returned a "
@@ -472,16 +500,16 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
             )
         check_finite(state.nonfinite_step, where=f"(row {row}, task {t})")
         for k, v in tr.items():
-            traces[k][:, t] = np.asarray(v)
+            traces[k][:, t, c * C : (c + 1) * C] = np.asarray(v)
         if ckpt is not None:
             ckpt.save(
-                t + 1,
+                pos + 1,
                 {"state": state, "traces": traces},
-                {"task": t + 1, "seconds": elapsed + time.perf_counter() - t0},
+                {"call": pos + 1, "seconds": elapsed + time.perf_counter() - t0},
             )
             saves += 1
             _kill_hook(saves)
-        if progress is not None:
+        if progress is not None and c == calls - 1:
             progress.update(1)
     return {"traces": traces, "params": state.params, "seconds": elapsed + time.perf_counter() - t0}
 
