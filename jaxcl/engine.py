@@ -34,10 +34,14 @@ class DataTransform(NamedTuple):
     """A transform of the batch that reaches the step, with on-device state.
 
     ``init(example_batch) -> state`` and ``update(batch, state, key) -> (batch, state)``.
+    Optional ``after(batch, state, params, aux, key) -> state`` runs after the loss, with the
+    batch the loss saw, the parameters before the update and the loss's ``aux`` (DER's buffer
+    stores the logits of the step's own forward pass: ``aux['store_logits']``).
     """
 
     init: Callable[[dict], PyTree]
     update: Callable[[dict, PyTree, jax.Array], tuple[dict, PyTree]]
+    after: Callable | None = None
 
 
 @struct.dataclass
@@ -121,6 +125,8 @@ def make_step(
         if data is not None:
             batch, data_state = data.update(batch, data_state, k_data)
         (loss, aux), grads = grad_fn(state.params, batch, k_loss)
+        if data is not None and data.after is not None:
+            data_state = data.after(batch, data_state, state.params, aux, jax.random.fold_in(k_data, 1))
         kwargs = extra_args(state.params, batch, k_extra) if extra_args is not None else {}
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **kwargs)
         params = optax.apply_updates(state.params, updates)

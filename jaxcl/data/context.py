@@ -45,7 +45,13 @@ def chain(*transforms: DataTransform) -> DataTransform:
             new_states.append(s)
         return batch, tuple(new_states)
 
-    return DataTransform(init, update)
+    def after(batch, state, params, aux, key):
+        return tuple(
+            s if t.after is None else t.after(batch, s, params, aux, jax.random.fold_in(key, i))
+            for i, (t, s) in enumerate(zip(transforms, state))
+        )
+
+    return DataTransform(init, update, after if any(t.after is not None for t in transforms) else None)
 
 
 def reference(fn: Callable, params_like, *, key: str, field: str | None = None) -> DataTransform:
