@@ -567,9 +567,10 @@ def _run(cfg, out, resume, verbose):
         if ckpt_dir
         else None
     )
-    base_fn = jax.jit(jax.vmap(lambda k: study.base(jax.random.fold_in(k, BASE), pretrained)))
+    # pretrained parameters are an argument (never a constant baked into the program)
+    base_fn = jax.jit(jax.vmap(lambda k, p: study.base(jax.random.fold_in(k, BASE), p), in_axes=(0, None)))
     if base_ck is not None and resume:
-        base_like = jax.eval_shape(base_fn, keys)
+        base_like = jax.eval_shape(base_fn, keys, pretrained)
         got = base_ck.restore_latest(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), base_like))
         base = got[0] if got is not None else None
     else:
@@ -577,7 +578,7 @@ def _run(cfg, out, resume, verbose):
     if base is None:
         if verbose:
             print(f"base SFT: {cfg['base']['steps']} steps on the mix ({S} seeds)...", flush=True)
-        base = jax.tree.map(np.asarray, base_fn(keys))
+        base = jax.tree.map(np.asarray, base_fn(keys, pretrained))
         if "nonfinite_step" in base:
             check_finite(base["nonfinite_step"], where="(base SFT)")
         if base_ck is not None:
