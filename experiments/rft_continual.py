@@ -7,9 +7,23 @@ scratch (byte tokenizer) on the KJV bible and examples of every task.
     jaxcl run rft-continual --set rows=sft,rft --set grpo.beta=0.1 --set seeds=1
     jaxcl run rft-continual --set model.name=smollm2-135m --set base.steps=0   # a GPU run
 
-Expected runtime: --tiny: see tests/test_rft_study.py; default: measured below.
+Expected runtime (2-core CPU): --tiny 21 s (a 1-layer d-32 model, add -> rev, 20 base steps, 4
+iterations per task, 2 seeds; mostly compiling the base, SFT and GRPO programs); default 3.0 min
+idle, 5.9 min with other jobs running (base SFT 55-130 s, then sft 12 s, rft 36 s, rft-nokl 29 s
+(shares rft's program), rif-rft 42 s, mtl-sft 5 s).
 
-Measured result: see the README section "Reinforcement fine-tuning and forgetting".
+Measured result, default (3 seeds, mean ± std; deterministic; forgetting in %, ΔNLL in nats/byte
+of held-out bible verses, base-task = `sub`, seen in the base mix only):
+
+    row       ACC    BWT    Forgetting  learning acc  ΔNLL corpus  base-task acc
+    sft       75.9   -8.5   10.2        82.3          0.006        75.0
+    rft       65.4  -21.2   22.6        81.2          0.005        79.7
+    rft-nokl  68.2  -18.9   19.6        82.4          0.006        82.3
+    rif-rft   66.3  -20.0   21.2        81.2          0.006        81.2
+    mtl-sft   82.6   -0.2    2.4        82.7          0.006        79.2
+
+RFT forgets earlier tasks more than SFT here, removing the KL does not make it worse (README:
+"Reinforcement fine-tuning and forgetting", with the papers' findings beside these numbers).
 
 Writes runs/rft-continual[-tiny]/{results.json, accuracy_matrix.png, accuracy_over_training.png}.
 """
