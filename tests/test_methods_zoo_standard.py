@@ -1,0 +1,190 @@
+"""The standard continual-learning methods of the zoo against hand-computed numpy references on a
+linear softmax classifier (SI's path integral and importance, MAS's importance, online EWC's
+decayed Fisher, DER/DER++'s loss and logit buffer, ER-ACE's masking) and GEM's projection against
+scipy's non-negative least squares (its dual)."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+
+from jaxcl.engine import init_state, make_step
+from jaxcl.loops import as_hparams, build_method
+from jaxcl.methods import METHODS
+from jaxcl.methods.der import der_loss
+from jaxcl.methods.er_ace import ace_loss
+from jaxcl.transforms.gem import project_gem
+
+D, C, B = 5, 3, 8
+RNG = np.random.default_rng(0)
+W0 = RNG.normal(size=(D, C)).astype(np.float32) * 0.5
+B0 = RNG.normal(size=C).astype(np.float32) * 0.1
+LIN = types.SimpleNamespace(
+    apply=lambda p, x: x @ p["W"] + p["b"],
+    init=lambda key: {"W": jnp.asarray(W0), "b": jnp.asarray(B0)},
+    n_classes=C,
+)
+
+
+def batch(seed, n=B, t=0):
+    r = np.random.default_rng(seed)
+    return {
+        "x": jnp.asarray(r.normal(size=(n, D)), jnp.float32),
+        "y": jnp.asarray(r.integers(0, C, n), jnp.int32),
+        "t": jnp.full((n,), t, jnp.int32),
+        "mask": jnp.ones((n, C), bool),
+    }
+
+
+def np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_ce(z, y):
+    return -np.log(np_softmax(z)[np.arange(len(y)), y])
+
+
+def np_grads(W, b, x, y):
+    """Per-example gradients of the softmax cross-entropy of ``x @ W + b``."""
+    x, y = np.asarray(x, np.float64), np.asarray(y)
+    d = np_softmax(x @ W + b) - np.eye(C)[y]
+    return np.einsum("bd,bc->bdc", x, d), d
+
+
+def method(name, **opts):
+    spec = METHODS[name]
+    hp_vals = {k: v for k, v in opts.items() if k in spec.hparams}
+    _, o = spec.split({k: v for k, v in opts.items() if k not in spec.hparams})
+    hp = as_hparams(spec, hp_vals)
+    return build_method(spec, LIN, hp, o), hp
+
+
+def test_si_path_integral_importance_and_penalty_by_hand():
+    m, _ = method("si", optim="sgd", lr=0.1, si_c=0.5, si_xi=0.1)
+    state = init_state(LIN.init(None), m.tx, jax.random.key(0), m.data, batch(0))
+    step = jax.jit(make_step(m.loss_fn, m.tx, m.data))
+    W, b = W0.astype(np.float64), B0.astype(np.float64)
+    w_W, w_b = np.zeros_like(W), np.zeros_like(b)
+    for s in range(3):
+        bt = batch(s)
+        state, _ = step(state, bt)
+        gW, gb = np_grads(W, b, bt["x"], bt["y"])
+        gW, gb = gW.mean(0), gb.mean(0)
+        w_W += 0.1 * gW**2  # -g * (-lr g)
+        w_b += 0.1 * gb**2
+        W, b = W - 0.1 * gW, b - 0.1 * gb
+    np.testing.assert_allclose(state.opt_state["w"]["W"], w_W, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(state.params["W"], W, rtol=1e-5, atol=1e-6)
+    state = m.consolidate(state, batch(9), jax.random.key(1))
+    omega = w_W / ((W - W0) ** 2 + 0.1)
+    np.testing.assert_allclose(state.data_state["fisher"]["W"], omega, rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(state.opt_state["w"]["W"], 0.0)
+    np.testing.assert_allclose(state.opt_state["start"]["W"], W, rtol=1e-5)
+    # the penalty: c * sum Omega (theta - theta*)^2
+    moved = jax.tree.map(lambda a: a + 0.3, state.params)
+    bt = batch(5)
+    bt2, _ = m.data.update(bt, state.data_state, jax.random.key(0))
+    loss, aux = m.loss_fn(moved, bt2, None)
+    omega_b = w_b / ((b - B0) ** 2 + 0.1)
+    want = 0.5 * 0.09 * (omega.sum() + omega_b.sum())
+    np.testing.assert_allclose(float(loss - aux["ce"]), want, rtol=1e-3)
+
+
+def test_mas_importance_by_hand_and_its_decay():
+    m, _ = method("mas", mas_alpha=0.25)
+    state = init_state(LIN.init(None), m.tx, jax.random.key(0), m.data, batch(0))
+
+    def np_mas(W, b, x):
+        f = np.asarray(x, np.float64) @ W + b
+        return np.abs(2 * np.einsum("bd,bc->bdc", np.asarray(x, np.float64), f)).mean(0), np.abs(2 * f).mean(
+            0
+        )
+
+    b1, b2 = batch(1, 32), batch(2, 32)
+    state = m.consolidate(state, b1, jax.random.key(0))
+    iW1, ib1 = np_mas(W0, B0, b1["x"])
+    np.testing.assert_allclose(state.data_state["fisher"]["W"], iW1, rtol=1e-4)
+    np.testing.assert_allclose(state.data_state["fisher"]["b"], ib1, rtol=1e-4)
+    new_params = {"W": jnp.asarray(W0 * 0.5), "b": jnp.asarray(B0)}
+    state = m.consolidate(state.replace(params=new_params), b2, jax.random.key(0))
+    iW2, _ = np_mas(W0 * 0.5, B0, b2["x"])
+    np.testing.assert_allclose(state.data_state["fisher"]["W"], 0.25 * iW1 + 0.75 * iW2, rtol=1e-4)
+
+
+def test_online_ewc_decays_the_fisher():
+    m, _ = method("ewc_online", ewc_gamma=0.5)
+    state = init_state(LIN.init(None), m.tx, jax.random.key(0), m.data, batch(0))
+    b1, b2 = batch(1, 32), batch(2, 32)
+    state = m.consolidate(state, b1, jax.random.key(0))
+    f1 = (np_grads(W0, B0, b1["x"], b1["y"])[0] ** 2).mean(0)
+    np.testing.assert_allclose(state.data_state["fisher"]["W"], f1, rtol=1e-4, atol=1e-7)
+    state = m.consolidate(state.replace(params={"W": jnp.asarray(W0 * 2), "b": jnp.asarray(B0)}), b2, None)
+    f2 = (np_grads(W0 * 2, B0, b2["x"], b2["y"])[0] ** 2).mean(0)
+    np.testing.assert_allclose(state.data_state["fisher"]["W"], 0.5 * f1 + f2, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(state.data_state["anchor"]["W"], W0 * 2)
+
+
+def test_der_loss_by_hand_and_the_buffer_keeps_the_pre_update_logits():
+    params = LIN.init(None)
+    cur, m1, m2 = batch(1), batch(2, 4), batch(3, 4)
+    z1 = np.asarray(RNG.normal(size=(4, C)), np.float32)
+    w1 = np.array([1, 1, 0, 1], np.float32)
+    mem1 = {**m1, "logits": jnp.asarray(z1), "weight": jnp.asarray(w1)}
+    mem2 = {**m2, "weight": jnp.ones(4)}
+    loss, aux = der_loss(LIN.apply, 0.3, 0.7)(params, {**cur, "memory": mem1, "memory2": mem2}, None)
+    f = lambda x: np.asarray(x, np.float64) @ W0 + B0
+    mse = (((f(m1["x"]) - z1) ** 2).mean(-1) * w1).sum() / w1.sum()
+    want = (
+        np_ce(f(cur["x"]), np.asarray(cur["y"])).mean() + 0.3 * mse + 0.7 * np_ce(f(m2["x"]), m2["y"]).mean()
+    )
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(aux["store_logits"], f(cur["x"]), rtol=1e-5, atol=1e-6)
+
+    m, _ = method("derpp", capacity=20, memory_batch=4, lr=0.5)
+    state = init_state(params, m.tx, jax.random.key(0), m.data, cur)
+    step = jax.jit(make_step(m.loss_fn, m.tx, m.data))
+    s1, _ = step(state, cur)
+    buf = s1.data_state["buffer"]
+    assert int(s1.data_state["seen"]) == B
+    np.testing.assert_allclose(buf["logits"][:B], f(cur["x"]), rtol=1e-5, atol=1e-6)  # before the update
+    np.testing.assert_array_equal(buf["y"][:B], cur["y"])
+    s2, _ = step(s1, batch(4))
+    after = LIN.apply(s1.params, batch(4)["x"])  # the second step stores the logits of the params it saw
+    np.testing.assert_allclose(s2.data_state["buffer"]["logits"][B : 2 * B], after, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(after), f(batch(4)["x"]), atol=1e-3)  # the params did move
+
+
+def test_er_ace_masks_the_incoming_batch_to_its_own_classes():
+    cur = {**batch(1), "y": jnp.asarray([0, 1, 0, 1, 1, 0, 0, 1], jnp.int32)}
+    mem = {**batch(2, 4), "y": jnp.asarray([2, 2, 0, 1], jnp.int32), "weight": jnp.ones(4)}
+    loss, aux = ace_loss(LIN.apply, C)(LIN.init(None), {**cur, "memory": mem}, None)
+    f = lambda x: np.asarray(x, np.float64) @ W0 + B0
+    ce_in = np_ce(f(cur["x"])[:, :2], np.asarray(cur["y"])).mean()  # softmax over classes {0, 1} only
+    ce_mem = np_ce(f(mem["x"]), np.asarray(mem["y"])).mean()  # over all classes
+    np.testing.assert_allclose(float(aux["ce"]), ce_in, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), ce_in + ce_mem, rtol=1e-5)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_gem_projection_matches_scipy_nnls_on_the_dual(margin):
+    rng = np.random.default_rng(1)
+    for T in (2, 3, 5):
+        for trial in range(4):
+            G = rng.normal(size=(T, 30)).astype(np.float32)
+            G[:, :4] *= 10 if trial % 2 else 1
+            g = rng.normal(size=30).astype(np.float32)
+            u, _ = nnls(G.T.astype(np.float64), -(g + margin * G.sum(0)).astype(np.float64), maxiter=1000)
+            want = G.T @ (u + margin) + g if np.any(G @ g < 0) else g
+            got = np.asarray(project_gem(jnp.asarray(g), jnp.asarray(G), jnp.ones(T), margin))
+            np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+            assert np.all(G @ got >= -1e-4 * np.abs(G).max() * np.abs(got).max())  # no conflict left
+    # an inactive task is ignored
+    G = rng.normal(size=(2, 30)).astype(np.float32)
+    g = -G[1]
+    got = project_gem(jnp.asarray(g), jnp.asarray(G), jnp.asarray([1.0, 0.0]), margin)
+    alone = project_gem(jnp.asarray(g), jnp.asarray(G[:1]), jnp.ones(1), margin)
+    np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)
