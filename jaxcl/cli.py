@@ -51,6 +51,11 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--chunk", type=int, default=None, help="cells vmapped at a time (default: from memory)"
         )
+    p.add_argument(
+        "--no-xla-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache (jaxcl.cache)",
+    )
     return p
 
 
@@ -83,10 +88,11 @@ def _sets(args, cfg: dict) -> list[str]:
 
 
 def _prepare(cmd: str, argv: list[str]):
-    from . import config
+    from . import cache, config
     from .studies import get_runner
 
     args = _parser(cmd).parse_args(argv)
+    cache.enable(False if args.no_xla_cache else None)
     cfg = config.load(args.config, tiny=args.tiny)
     runner = get_runner(cfg.get("study", ""))
     cfg = config.resolve(cfg, _sets(args, cfg), defaults=runner.DEFAULTS)
@@ -95,24 +101,46 @@ def _prepare(cmd: str, argv: list[str]):
 
 
 def _run(argv: list[str]) -> int:
+    from .cache import CompileStats
+
     args, cfg, runner = _prepare("run", argv)
     if args.resume and not os.path.isdir(args.resume):
         raise FileNotFoundError(
             f"--resume {args.resume}: no such folder; pass the --out folder of the run to continue"
         )
     out = args.resume or args.out or os.path.join("runs", cfg["name"] + ("-tiny" if args.tiny else ""))
-    runner.run(cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard)
+    with CompileStats() as stats:
+        runner.run(cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard)
+    _record_compiles(out, stats)
     return 0
 
 
 def _sweep(argv: list[str]) -> int:
+    from .cache import CompileStats
     from .sweep import parse_grid
 
     args, cfg, runner = _prepare("sweep", argv)
     grid = parse_grid(args.grid)
     out = args.out or os.path.join("runs", f"sweep-{cfg['name']}" + ("-tiny" if args.tiny else ""))
-    runner.sweep(cfg, grid, chunk=args.chunk, out=out)
+    with CompileStats() as stats:
+        runner.sweep(cfg, grid, chunk=args.chunk, out=out)
+    _record_compiles(out, stats)
     return 0
+
+
+def _record_compiles(out: str, stats) -> None:
+    """Print what the run compiled and add it to ``results.json`` under ``timing.xla``."""
+    import json
+
+    from .report import write_json
+
+    print(stats.line())
+    path = os.path.join(out, "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+        res.setdefault("timing", {})["xla"] = stats.summary()
+        write_json(path, res)
 
 
 def _list() -> int:
