@@ -66,7 +66,9 @@ def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: 
     return jax.lax.map(lambda a: one(*a), (x_TxM, y_TxM, n_T, masks_TxC))
 
 
-def run_chunks(step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len: int):
+def run_chunks(
+    step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len: int, *, eval_state: bool = False
+):
     """The one training loop: ``n_chunks`` chunks of ``chunk_len`` steps under nested
     ``lax.scan``, each chunk followed by ``evaluate(params) -> dict`` (continual evaluation).
 
@@ -74,6 +76,7 @@ def run_chunks(step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len
     depend only on the run's key and the step counter, so splitting the chunks over several
     calls (to checkpoint) gives the same run as one call. Returns the state and the trace
     ``{eval keys: (n_chunks, ...), metric: (n_chunks,)}`` (step metrics averaged per chunk).
+    ``eval_state=True``: ``evaluate`` receives the whole :class:`TrainState` instead.
     """
     batch_key = jax.random.fold_in(state.key, 0x5EED)
 
@@ -83,7 +86,7 @@ def run_chunks(step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len
     def chunk(s, _):
         s, m = jax.lax.scan(one_step, s, None, length=chunk_len)
         means = {k: v.astype(jnp.float32).mean() for k, v in m.items()}
-        return s, {**evaluate(s.params), **means}
+        return s, {**evaluate(s if eval_state else s.params), **means}
 
     return jax.lax.scan(chunk, state, None, length=n_chunks)
 
@@ -127,6 +130,13 @@ class Experiment:
 
     def _method(self, hp):
         return build_method(self.spec, self.model, hp, self.options)
+
+    def _apply(self, method: Method, state: TrainState):
+        """The classifier evaluated: ``method.predict`` with the state's data (iCaRL, BiC) or
+        the model."""
+        if method.predict is None:
+            return self.model.apply
+        return lambda p, x: method.predict(p, state.data_state, x)
 
     def _batch(self, stream, t, key, method, size):
         k_task, k_idx = jax.random.split(key)
@@ -177,10 +187,10 @@ class Experiment:
         )
         draw = lambda key: self._batch(stream, t, key, method, cfg.batch_size)
 
-        def evaluate(params):
+        def evaluate(s):
             acc_T = accuracy_per_task(
-                self.model.apply,
-                params,
+                self._apply(method, s),
+                s.params,
                 stream.test_x,
                 stream.test_y,
                 stream.test_n,
@@ -189,7 +199,7 @@ class Experiment:
             )
             return {"acc": acc_T}
 
-        return run_chunks(step, state, draw, evaluate, n_chunks, cfg.eval_every)
+        return run_chunks(step, state, draw, evaluate, n_chunks, cfg.eval_every, eval_state=True)
 
     def end_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, jax.Array]:
         """Consolidate after task ``t`` (a state change) and evaluate on the full test sets:
@@ -207,7 +217,12 @@ class Experiment:
             }
             state = method.consolidate(state, task_batch, k)
         r_row = accuracy_per_task(
-            self.model.apply, state.params, stream.test_x, stream.test_y, stream.test_n, stream.masks
+            self._apply(method, state),
+            state.params,
+            stream.test_x,
+            stream.test_y,
+            stream.test_n,
+            stream.masks,
         )
         return state, r_row
 
@@ -222,15 +237,16 @@ class Experiment:
         state, r_row = self.end_task(state, stream, hp, t)
         return state, {"trace": trace, "R": r_row}
 
-    def initial_accuracy(self, state: TrainState, stream: Stream) -> jax.Array:
+    def initial_accuracy(self, state: TrainState, stream: Stream, hp: dict | None = None) -> jax.Array:
+        apply_fn = self.model.apply if hp is None else self._apply(self._method(hp), state)
         return accuracy_per_task(
-            self.model.apply, state.params, stream.test_x, stream.test_y, stream.test_n, stream.masks
+            apply_fn, state.params, stream.test_x, stream.test_y, stream.test_n, stream.masks
         )
 
     def run(self, key, stream: Stream, hp: dict) -> dict:
         """The whole stream as one program: ``lax.scan`` over tasks of :meth:`train_task`."""
         state = self.init(key, stream, hp)
-        r0 = self.initial_accuracy(state, stream)
+        r0 = self.initial_accuracy(state, stream, hp)
         state, out = jax.lax.scan(
             lambda s, t: self.train_task(s, stream, hp, t), state, jnp.arange(stream.n_tasks)
         )

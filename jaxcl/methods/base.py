@@ -14,7 +14,10 @@ levels' pieces:
   (``trains=False`` for methods that are only an edit, such as SSD),
 * an optional ``consolidate(state, batch, key) -> state``: a pure state change when what has been
   learned so far becomes the past (end of a task in continual learning; the start of an
-  unlearning phase, where it makes the original model the reference).
+  unlearning phase, where it makes the original model the reference),
+* an optional ``predict(params, data_state, x) -> logits``: the classifier used at evaluation
+  when it is not the trained network alone (iCaRL's nearest mean of exemplars from its buffer,
+  BiC's bias correction); :class:`jaxcl.loops.Experiment` evaluates with it.
 
 ``kind`` says which problems a method applies to: ``"cl"`` (a stream of tasks), ``"unlearn"`` (a
 forgetting problem: batches carry the retain data at the top level and ``batch['forget']``), or
@@ -45,6 +48,9 @@ class Method(NamedTuple):
     edit: Callable | None = None  # (params, data, hp, key) -> params, after the training steps
     trains: bool = True  # False: the method is only an edit (no training steps)
     rollout: Any = None  # RL methods: a jaxcl.grpo.Rollout (fn, mu); iterations by grpo.make_iteration
+    # classifiers: (params, data_state, x) -> logits used at evaluation instead of model.apply (iCaRL's
+    # nearest-mean-of-exemplars, BiC's bias layer); None: model.apply
+    predict: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,7 +240,7 @@ def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, prog
     every = cfg["loop"]["checkpoint_every"]
     segments = _segments(E, every // cfg["loop"]["eval_every"] if every else None)
     init = jax.jit(seeds(exp.init, (0, None, None)))
-    acc0 = jax.jit(seeds(exp.initial_accuracy, (0, None)))
+    acc0 = jax.jit(seeds(exp.initial_accuracy, (0, None, None)))
     chunk_fns = {
         n: jax.jit(
             seeds(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n), (0, None, None, None)),
@@ -251,7 +251,7 @@ def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, prog
     end_task = jax.jit(seeds(exp.end_task, (0, None, None, None)), donate_argnums=0)
     t0 = time.perf_counter()
     state = init(keys, stream, hp)
-    out = {"R0": acc0(state, stream), "R": np.zeros((S, T, T), np.float32), "trace": None}
+    out = {"R0": acc0(state, stream, hp), "R": np.zeros((S, T, T), np.float32), "trace": None}
     pos_task, pos_chunk, elapsed = 0, 0, 0.0
     conf = report.to_jsonable({k: v for k, v in cfg.items() if k not in ("methods", "tiny")})
     conf["method"] = method
