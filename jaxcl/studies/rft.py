@@ -287,8 +287,8 @@ def load_model(cfg: dict):
 # -- evaluation -----------------------------------------------------------------------------------
 
 
-def evaluator(model, env: grpo.Env, data: dict, answer_len: int):
-    """``evaluate(params) -> {'acc': (K,), 'corpus_nll'}``: greedy accuracy on the held-out prompts
+def evaluator(model, env: grpo.Env, answer_len: int):
+    """``evaluate(params, data) -> {'acc': (K,), 'corpus_nll'}``: greedy accuracy on the held-out prompts
     of every task and the held-out corpus NLL per token (in the compiled loop)."""
     from ..generate import Sampling, _generate
 
@@ -311,7 +311,7 @@ def evaluator(model, env: grpo.Env, data: dict, answer_len: int):
         _, before = grpo.end_mask(comp, env.eos_id)
         return env.reward(comp, before, ev).mean()
 
-    def evaluate(params):
+    def evaluate(params, data):
         acc = jax.lax.map(lambda ev: acc_of_task(params, ev), data["eval"])
         s, n = model.nll(params, data["corpus_eval"])
         return {"acc": acc, "corpus_nll": s.sum() / jnp.maximum(n.sum(), 1.0)}
@@ -350,16 +350,18 @@ def rl_draw(data, t, key, n: int):
 
 
 class Study:
-    """The compiled pieces of a study (one model, data and environment)."""
+    """The pieces of a study (one model, data and environment). The data (on the device) is an
+    argument of every compiled program, never a constant inside it."""
 
     def __init__(self, cfg: dict, model, tok, data, env):
         self.cfg, self.model, self.tok, self.data, self.env = cfg, model, tok, data, env
-        self.evaluate = evaluator(model, env, data, cfg["data"]["answer_len"])
+        self.evaluate = evaluator(model, env, cfg["data"]["answer_len"])
         self.T = len(cfg["data"]["tasks"])
         self._programs = {}
 
     # base SFT on the mix: one program per seed batch
-    def base(self, key, params=None):
+    def base(self, key, params, data):
+        """Base SFT on the mix (``params`` None: from a random initialisation)."""
         b = self.cfg["base"]
         spec = get_method("finetune")
         hp = as_hparams(spec, {"lr": b["lr"]})
@@ -369,13 +371,12 @@ class Study:
         params = self.model.init(k_init) if params is None else params
         state = init_state(params, method.tx, k_run)
         step = make_step(method.loss_fn, method.tx)
-        K = self.data["sft"]["tokens"].shape[0]
-        draw = lambda k: sft_draw(self.data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K)
+        K = data["sft"]["tokens"].shape[0]
+        draw = lambda k: sft_draw(data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K)
+        evaluate = lambda p: self.evaluate(p, data)
         if b["steps"] == 0:
-            return {"params": params, "eval": jax.tree.map(lambda a: a[None], self.evaluate(params))}
-        state, trace = run_chunks(
-            step, state, draw, self.evaluate, b["steps"] // b["eval_every"], b["eval_every"]
-        )
+            return {"params": params, "eval": jax.tree.map(lambda a: a[None], evaluate(params))}
+        state, trace = run_chunks(step, state, draw, evaluate, b["steps"] // b["eval_every"], b["eval_every"])
         return {"params": state.params, "eval": trace, "nonfinite_step": state.nonfinite_step}
 
     def row_method(self, row: str):
@@ -395,20 +396,20 @@ class Study:
         traced values share them (sft and mtl-sft; rft and rft-nokl)."""
         kind = {"mtl-sft": "sft", "rft-nokl": "rft"}.get(row, row)
         if kind not in self._programs:
-            init = jax.jit(jax.vmap(lambda p, k: self.init(kind, p, k)))
+            init = jax.jit(jax.vmap(lambda p, k, d: self.init(kind, p, k, d), in_axes=(0, 0, None)))
             task = jax.vmap(
-                lambda s, t, h, seen, first: self.task(kind, s, t, h, seen, first),
-                in_axes=(0, None, None, None, None),
+                lambda s, t, h, seen, first, d: self.task(kind, s, t, h, seen, first, d),
+                in_axes=(0, None, None, None, None, None),
             )
             self._programs[kind] = (init, jax.jit(task, donate_argnums=0))
         return self._programs[kind]
 
-    def init(self, row, params, key):
+    def init(self, row, params, key, data):
         spec, hp, opts, _ = self.row_method(row)
         method = build_method(spec, self.model, as_hparams(spec, hp), opts)
         example = None
         if spec.kind == "rl":
-            prompts = rl_draw(self.data, 0, key, self.cfg["post"]["batch_size"])
+            prompts = rl_draw(data, 0, key, self.cfg["post"]["batch_size"])
             example = grpo.example_batch(
                 prompts,
                 group_size=opts["group_size"],
@@ -424,7 +425,7 @@ class Study:
         p = self.cfg["post"]
         return (p["checkpoint_every"] or p["steps_per_task"]) // p["eval_every"]
 
-    def task(self, row: str, state, t, hp, seen, first):
+    def task(self, row: str, state, t, hp, seen, first, data):
         """Post-train on task ``t`` (traced; with ``seen``, traced, on every task up to it) for
         :attr:`chunks_per_call` chunks of ``eval_every`` steps / iterations, each followed by the
         evaluation. ``first`` (traced): the task starts here, so an RL method consolidates first
@@ -438,11 +439,12 @@ class Study:
             state = state.replace(data_state=keep)
             step = grpo.make_iteration(method, self.env)
             n = grpo_method.prompt_rows(opts, p["batch_size"])
-            draw = lambda k: rl_draw(self.data, t, k, n)
+            draw = lambda k: rl_draw(data, t, k, n)
         else:
             step = make_step(method.loss_fn, method.tx)
-            draw = lambda k: sft_draw(self.data, t, seen, k, p["batch_size"])
-        return run_chunks(step, state, draw, self.evaluate, self.chunks_per_call, p["eval_every"])
+            draw = lambda k: sft_draw(data, t, seen, k, p["batch_size"])
+        evaluate = lambda params: self.evaluate(params, data)
+        return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"])
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -464,12 +466,12 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
     hp = _hp(study, row)
     init, task_fn = study.programs(row)
     seen = jnp.asarray(study.row_method(row)[3])
-    task = lambda s, t, h, first: task_fn(s, t, h, seen, jnp.asarray(first))
+    task = lambda s, t, h, first: task_fn(s, t, h, seen, jnp.asarray(first), study.data)
     C = study.chunks_per_call
     E = study.cfg["post"]["steps_per_task"] // study.cfg["post"]["eval_every"]
     calls = E // C
     t0 = time.perf_counter()
-    state = init(base_params, jax.vmap(lambda k: jax.random.fold_in(k, POST))(keys))
+    state = init(base_params, jax.vmap(lambda k: jax.random.fold_in(k, POST))(keys), study.data)
     shapes = jax.eval_shape(task, state, jnp.int32(0), hp, True)[1]
     traces = {k: np.zeros((len(keys), T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
     start, elapsed = 0, 0.0
@@ -568,9 +570,11 @@ def _run(cfg, out, resume, verbose):
         else None
     )
     # pretrained parameters are an argument (never a constant baked into the program)
-    base_fn = jax.jit(jax.vmap(lambda k, p: study.base(jax.random.fold_in(k, BASE), p), in_axes=(0, None)))
+    base_fn = jax.jit(
+        jax.vmap(lambda k, p, d: study.base(jax.random.fold_in(k, BASE), p, d), in_axes=(0, None, None))
+    )
     if base_ck is not None and resume:
-        base_like = jax.eval_shape(base_fn, keys, pretrained)
+        base_like = jax.eval_shape(base_fn, keys, pretrained, data)
         got = base_ck.restore_latest(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), base_like))
         base = got[0] if got is not None else None
     else:
@@ -578,7 +582,7 @@ def _run(cfg, out, resume, verbose):
     if base is None:
         if verbose:
             print(f"base SFT: {cfg['base']['steps']} steps on the mix ({S} seeds)...", flush=True)
-        base = jax.tree.map(np.asarray, base_fn(keys, pretrained))
+        base = jax.tree.map(np.asarray, base_fn(keys, pretrained, data))
         if "nonfinite_step" in base:
             check_finite(base["nonfinite_step"], where="(base SFT)")
         if base_ck is not None:
