@@ -194,3 +194,16 @@ def test_bad_rewards_and_prompts_are_clear_errors():
         jax.eval_shape(lambda p: long(p, problem(4), jax.random.key(0), wrong), p0)
     with pytest.raises(ValueError, match="prompt_len=4"):
         tasks.encode_prompts(TOK, [("add 1+2=", "3")], prompt_len=4, answer_width=2)
+
+
+def test_non_finite_rewards_are_flagged_for_the_runner():
+    spec = METHODS["grpo"]
+    _, opts = spec.split({"group_size": 2, "max_new_tokens": 2})
+    method = build_method(spec, MODEL, as_hparams(spec), opts)
+    prompts = problem(2)
+    env = grpo.Env(lambda c, m, r: jnp.where(c[:, 0] >= 0, jnp.nan, 0.0), TOK.eos_id, TOK.pad_id)
+    ex = grpo.example_batch(prompts, group_size=2, max_new_tokens=2, pad_id=TOK.pad_id)
+    state = init_state(MODEL.init(jax.random.key(0)), method.tx, jax.random.key(1), method.data, ex)
+    state, m = jax.jit(grpo.make_iteration(method, env))(state, prompts)
+    assert float(m["reward_finite"]) == 0.0
+    assert int(state.nonfinite_step) == 0  # the runner stops with a message naming the reward
