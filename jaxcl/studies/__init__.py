@@ -14,6 +14,7 @@ import importlib
 
 RUNNERS = {
     "cl": "jaxcl.studies.cl",
+    "cl-zoo": "jaxcl.studies.cl_zoo",
     "unlearn-class": "jaxcl.studies.unlearn_class",
     "tofu": "jaxcl.studies.tofu",
     "rft": "jaxcl.studies.rft",
