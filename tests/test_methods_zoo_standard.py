@@ -188,3 +188,58 @@ def test_gem_projection_matches_scipy_nnls_on_the_dual(margin):
     got = project_gem(jnp.asarray(g), jnp.asarray(G), jnp.asarray([1.0, 0.0]), margin)
     alone = project_gem(jnp.asarray(g), jnp.asarray(G[:1]), jnp.ones(1), margin)
     np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_mir_scores_and_retrieval_by_hand():
+    from jaxcl.methods.mir import mir_loss, mir_scores
+
+    cur, cand = batch(1), {**batch(2, 6), "weight": jnp.ones(6)}
+    params = LIN.init(None)
+    gW, gb = np_grads(W0, B0, cur["x"], cur["y"])
+    Wv, bv = W0 - 0.5 * gW.mean(0), B0 - 0.5 * gb.mean(0)
+    xc, yc = np.asarray(cand["x"], np.float64), np.asarray(cand["y"])
+    want = np_ce(xc @ Wv + bv, yc) - np_ce(xc @ W0 + B0, yc)
+    got = mir_scores(LIN.apply, params, cur, cand, 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    top = np.argsort(-want)[:2]
+    loss, aux = mir_loss(LIN.apply, 2, 0.5)(params, {**cur, "memory": cand}, None)
+    np.testing.assert_allclose(float(aux["ce_mem"]), np_ce(xc[top] @ W0 + B0, yc[top]).mean(), rtol=1e-5)
+
+
+def np_greedy_balanced(ys, capacity, n_classes):
+    """Class counts of GDumb's greedy balanced memory (the victim slot does not change counts)."""
+    counts, filled = np.zeros(n_classes, int), 0
+    for y in ys:
+        seen = ((counts > 0) | (np.arange(n_classes) == y)).sum()
+        if filled < capacity:
+            counts[y] += 1
+            filled += 1
+        elif counts[y] * seen < capacity:
+            counts[np.argmax(counts)] -= 1
+            counts[y] += 1
+    return counts
+
+
+def test_gdumb_memory_is_greedy_class_balanced_and_retrains_from_scratch():
+    from jaxcl.methods.gdumb import greedy_balanced
+
+    data = greedy_balanced(6, 4)
+    ys = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 1], np.int32)
+    b = {"x": jnp.arange(16, dtype=jnp.float32)[:, None], "y": jnp.asarray(ys)}
+    state = data.init(b)
+    _, state = jax.jit(data.update)(b, state, jax.random.key(0))
+    np.testing.assert_array_equal(state["counts"], np_greedy_balanced(ys, 6, 4))
+    np.testing.assert_array_equal(np.bincount(np.asarray(state["buffer"]["y"]), minlength=4), state["counts"])
+    assert int(state["filled"]) == 6
+    with pytest.raises(ValueError, match="capacity=2 is smaller than the 3 classes"):
+        method("gdumb", capacity=2)
+    m, _ = method("gdumb", capacity=24, retrain_steps=200, lr=0.05)
+    full = batch(1, 24)
+    st = init_state(LIN.init(None), m.tx, jax.random.key(0), m.data, full)
+    st, _ = make_step(m.loss_fn, m.tx, m.data)(st, full)
+    np.testing.assert_array_equal(st.params["W"], W0)  # the stream itself trains nothing
+    st = m.consolidate(st, full, jax.random.key(3))
+    ce = lambda p: np_ce(
+        np.asarray(full["x"], np.float64) @ np.asarray(p["W"]) + np.asarray(p["b"]), full["y"]
+    )
+    assert ce(st.params).mean() < 0.75 * ce(LIN.init(None)).mean()  # a network fitted to the memory (0.69x)
