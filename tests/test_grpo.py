@@ -182,6 +182,16 @@ def test_kl_penalty_is_zero_at_the_reference_and_positive_after_a_move():
     np.testing.assert_allclose(aux1["kl"], want, rtol=1e-5)
     assert float(aux1["kl"]) > 0
 
+    # beta is traced: the method built under vmap over beta values (a sweep) gives policy + beta * KL
+    def loss_at(beta):
+        m = build_method(spec, MODEL, {**hp, "beta": beta}, opts)
+        return m.loss_fn(p1, b, None)[0]
+
+    betas = jnp.array([0.0, 0.5, 2.0])
+    np.testing.assert_allclose(
+        jax.vmap(loss_at)(betas), aux1["policy_loss"] + betas * aux1["kl"], rtol=1e-5, atol=1e-6
+    )
+
 
 def test_bad_rewards_and_prompts_are_clear_errors():
     rollout = grpo.make_rollout(CFG, group_size=2, max_new_tokens=3)
