@@ -243,3 +243,49 @@ def test_gdumb_memory_is_greedy_class_balanced_and_retrains_from_scratch():
         np.asarray(full["x"], np.float64) @ np.asarray(p["W"]) + np.asarray(p["b"]), full["y"]
     )
     assert ce(st.params).mean() < 0.75 * ce(LIN.init(None)).mean()  # a network fitted to the memory (0.69x)
+
+
+def np_herding(f, m):
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    mu, acc, chosen = f.mean(0), np.zeros(f.shape[1]), []
+    for k in range(m):
+        d = np.linalg.norm(mu[None] - (acc[None] + f) / (k + 1), axis=1)
+        d[chosen] = np.inf
+        i = int(np.argmin(d))
+        chosen.append(i)
+        acc += f[i]
+    return chosen
+
+
+def test_icarl_herding_nme_and_buffer_checks():
+    from jaxcl.methods.icarl import herding
+
+    r = np.random.default_rng(3)
+    f = r.normal(size=(12, 4)).astype(np.float32)
+    valid = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], bool)
+    idx, ok = herding(jnp.asarray(f), jnp.asarray(valid), 5)
+    rows = np.flatnonzero(valid)
+    np.testing.assert_array_equal(np.asarray(idx), rows[np_herding(f[rows], 5)])
+    assert np.all(ok)
+    _, ok = herding(jnp.asarray(f), jnp.asarray(valid), 11)
+    assert int(ok.sum()) == valid.sum()  # past the class's examples the slots stay empty
+
+    with pytest.raises(ValueError, match="capacity=2 is smaller than the 3 classes"):
+        method("icarl", capacity=2)
+    feats = lambda p, x: x @ p["W"]  # a 5 -> 3 feature map
+    model = types.SimpleNamespace(**vars(LIN), features=feats)
+    spec = METHODS["icarl"]
+    _, o = spec.split({"capacity": 6})
+    m = build_method(spec, model, as_hparams(spec), o)
+    bt = batch(7, 32)
+    st = init_state(LIN.init(None), m.tx, jax.random.key(0), m.data, bt)
+    st = m.consolidate(st, {**bt, "y": jnp.where(bt["y"] == 2, 0, bt["y"])}, None)  # classes 0, 1 seen
+    assert np.asarray(st.data_state["valid"]).sum(1).tolist() == [2, 2, 0]
+    x_test = batch(8)["x"]
+    got = np.asarray(m.predict(st.params, st.data_state, x_test))
+    nf = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
+    ex = np.asarray(st.data_state["x"])[:2]  # (2 classes, 2 exemplars, D)
+    mu = nf(nf(ex @ W0).mean(1))
+    want = -((nf(np.asarray(x_test) @ W0)[:, None] - mu[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(got[:, :2], want, rtol=1e-4, atol=1e-5)
+    assert np.all(np.isneginf(got[:, 2]))  # no exemplars: never predicted
