@@ -153,3 +153,20 @@ def _wait_for_coordinator(address: str, timeout_s: float, process_id: int, num_p
                     f"the address and port, or raise the timeout."
                 ) from None
             time.sleep(0.2)
+
+
+def auto_mesh(n_seeds: int = 1, batch_size: int | None = None, devices=None) -> jax.sharding.Mesh | None:
+    """A mesh over every device for a study of ``n_seeds`` seeds and batches of ``batch_size``:
+    the seeds axis takes the largest share of the devices that divides the seeds, the data axis
+    the largest share of the rest that divides the batch (what a notebook on a TPU v2-8 / v5e-8,
+    a multi-GPU machine or a CPU with forced host devices wants). None on one device."""
+    import math
+
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if n == 1:
+        return None
+    s = math.gcd(n, max(int(n_seeds), 1))
+    rest = n // s
+    d = max(k for k in range(1, rest + 1) if rest % k == 0 and (batch_size is None or batch_size % k == 0))
+    return make_mesh(data=d, seeds=s, devices=devices)

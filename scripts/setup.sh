@@ -21,7 +21,7 @@ fi
 # the package, with test and PyTorch-reference extras (torch==2.13.0 is a local CPU build here)
 extras="dev"
 if [ "$("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
-  extras="dev,torch"
+  extras="dev,torch,docs"
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 # SmolLM2-135M-Instruct (GGUF) for the language-model tests and the TOFU study

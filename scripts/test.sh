@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 python3 -m ruff check .
 python3 -m ruff format --check .
+bash scripts/docs.sh "$(mktemp -d)"
 python3 -m pytest -p no:cacheprovider tests "$@"
 
 PY312="${PY312:-/root/.pyenv/versions/3.12.1/bin/python3}"
