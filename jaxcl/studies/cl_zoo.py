@@ -31,6 +31,9 @@ BENCHMARKS = {
     "mnist1d-class-il": {"dataset": "mnist-1d", "scenario": "class-incremental", "n_tasks": 5},
 }
 
+N_CLASSES = 10  # every benchmark above
+PER_CLASS_MEMORY = ("gdumb", "icarl")  # methods whose memory needs a slot per class
+
 
 def all_cl_methods() -> tuple:
     """Every registered method that applies to a continual-learning stream, sorted."""
@@ -55,6 +58,12 @@ def validate(cfg: dict) -> None:
         raise ConfigError("benchmarks is empty; set benchmarks=<name>[,<name>...]")
     if isinstance(cfg["buffer"], bool) or not isinstance(cfg["buffer"], int) or cfg["buffer"] <= 0:
         raise ConfigError(f"buffer={cfg['buffer']!r} must be a positive integer (examples in memory)")
+    for m in cfg["methods"]:
+        if m in PER_CLASS_MEMORY and cfg["buffer"] < N_CLASSES:
+            raise ConfigError(
+                f"buffer={cfg['buffer']} is smaller than the {N_CLASSES} classes of the benchmarks: {m} keeps "
+                "at least one example per class; raise buffer or drop the method"
+            )
     for b in cfg["benchmarks"]:
         cl.validate(sub_config(cfg, b))
 
