@@ -212,3 +212,9 @@ def load(name: str, **kwargs) -> Dataset:
     if name not in LOADERS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(LOADERS))}")
     return LOADERS[name](**kwargs)
+
+
+# CIFAR-10, CIFAR-100, Tiny-ImageNet: hub ids and an image-folder layout (jaxcl.data.benchmarks)
+from . import benchmarks as _benchmarks  # noqa: E402
+
+LOADERS.update(_benchmarks.LOADERS)
