@@ -543,11 +543,8 @@ def run(
     return _run(cfg, out, resume, verbose)
 
 
-def _run(cfg, out, resume, verbose):
-    from tqdm.auto import tqdm
-
-    from ..checkpoint import Checkpointer
-
+def prepare(cfg: dict) -> tuple[Study, jax.Array]:
+    """The model, the data (on the device), the environment, and the seeds' keys."""
     model, tok, pretrained, chat = load_model(cfg)
     try:
         data = jax.device_put(jax.tree.map(jnp.asarray, build_data(cfg, tok, chat)))
@@ -555,13 +552,15 @@ def _run(cfg, out, resume, verbose):
         raise ConfigError(str(e)) from None
     env = tasks.env(tok, partial=cfg["data"]["partial_reward"])
     study = Study(cfg, model, tok, data, env)
-    T, S = study.T, cfg["seeds"]
-    keys = seeds_keys(cfg["seed"], S)
-    ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["post"]["checkpoint"]) else None
-    timing = {}
+    study.pretrained = pretrained
+    return study, seeds_keys(cfg["seed"], cfg["seeds"])
 
-    t0 = time.perf_counter()
-    base_like = None
+
+def train_base(study: Study, keys, ckpt_dir=None, resume=False, verbose=True) -> dict:
+    """The base SFT of every seed (one program), restored from / saved to ``ckpt_dir/base``."""
+    from ..checkpoint import Checkpointer
+
+    cfg, data, pretrained = study.cfg, study.data, study.pretrained
     base_ck = (
         Checkpointer(
             os.path.join(ckpt_dir, "base"), report.to_jsonable(cfg["model"] | cfg["data"] | cfg["base"])
@@ -573,20 +572,31 @@ def _run(cfg, out, resume, verbose):
     base_fn = jax.jit(
         jax.vmap(lambda k, p, d: study.base(jax.random.fold_in(k, BASE), p, d), in_axes=(0, None, None))
     )
+    base = None
     if base_ck is not None and resume:
         base_like = jax.eval_shape(base_fn, keys, pretrained, data)
         got = base_ck.restore_latest(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), base_like))
         base = got[0] if got is not None else None
-    else:
-        base = None
     if base is None:
         if verbose:
-            print(f"base SFT: {cfg['base']['steps']} steps on the mix ({S} seeds)...", flush=True)
+            print(f"base SFT: {cfg['base']['steps']} steps on the mix ({len(keys)} seeds)...", flush=True)
         base = jax.tree.map(np.asarray, base_fn(keys, pretrained, data))
         if "nonfinite_step" in base:
             check_finite(base["nonfinite_step"], where="(base SFT)")
         if base_ck is not None:
             base_ck.save(1, base, {})
+    return base
+
+
+def _run(cfg, out, resume, verbose):
+    from tqdm.auto import tqdm
+
+    study, keys = prepare(cfg)
+    T, S = study.T, cfg["seeds"]
+    ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["post"]["checkpoint"]) else None
+    timing = {}
+    t0 = time.perf_counter()
+    base = train_base(study, keys, ckpt_dir, resume, verbose)
     timing["base"] = time.perf_counter() - t0
     base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
     base_params = jax.tree.map(jnp.asarray, base["params"])
@@ -658,7 +668,90 @@ def _run(cfg, out, resume, verbose):
     return res
 
 
-def sweep(cfg, grid, *, chunk=None, out=None, verbose=True):
-    raise ConfigError(
-        "jaxcl sweep is not supported for the rft study yet; run it with --set grpo.beta=... per value"
+def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True):
+    """Every cell of ``grid`` (``{"grpo.beta": [...]}``, ``{"finetune.lr": [...]}``: one method's
+    traced hyperparameters) post-trained from the same base models as one program: a ``lax.scan``
+    over the tasks' calls inside ``lax.map`` over cells (``chunk`` cells vmapped at a time), seeds
+    vmapped. The row is ``rft`` (``rif-rft`` when ``grpo.rif``) for grpo, ``sft`` for finetune."""
+    from .. import sweep as sweep_mod
+
+    validate(cfg)
+    method, names, cells = sweep_mod.cells_of(cfg, grid, "rl")
+    if method not in ("grpo", "finetune"):
+        raise ConfigError(f"--grid: the rft study sweeps grpo or finetune, not {method!r}")
+    if not out:
+        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
+    report.prepare_out_dir(out)
+    with report.lock_out_dir(out):
+        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+
+
+def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
+    from .. import sweep as sweep_mod
+
+    study, keys = prepare(cfg)
+    T = study.T
+    t0 = time.perf_counter()
+    base = train_base(study, keys, verbose=verbose)
+    base_s = time.perf_counter() - t0
+    base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
+    row = "sft" if method == "finetune" else ("rif-rft" if cfg["grpo"]["rif"] else "rft")
+    kind = {"mtl-sft": "sft", "rft-nokl": "rft"}.get(row, row)
+    init, _ = study.programs(row)
+    state = init(
+        jax.tree.map(jnp.asarray, base["params"]),
+        jax.vmap(lambda k: jax.random.fold_in(k, POST))(keys),
+        study.data,
     )
+    seen = jnp.asarray(study.row_method(row)[3])
+    task = jax.vmap(
+        lambda s, t, h, first, d: study.task(kind, s, t, h, seen, first, d),
+        in_axes=(0, None, None, None, None),
+    )
+    E = cfg["post"]["steps_per_task"] // cfg["post"]["eval_every"]
+    calls = E // study.chunks_per_call
+
+    def one_cell(state, data, hp):
+        def body(s, pos):
+            return task(s, pos // calls, hp, pos % calls == 0, data)
+
+        s, tr = jax.lax.scan(body, state, jnp.arange(T * calls))
+        return {"traces": tr, "nonfinite_step": s.nonfinite_step}
+
+    hp_grid = sweep_mod.stack_cells(_hp(study, row), names, cells)
+    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
+        one_cell, (state, study.data), hp_grid, len(cells), chunk, conv_cpu=False
+    )
+    t0 = time.perf_counter()
+    o = jax.tree.map(np.asarray, run_cells(state, study.data, hp_grid))
+    run_s = time.perf_counter() - t0
+    rows = {}
+    for i, c in enumerate(cells):
+        # (T * calls, S, chunks, ...) -> (S, T, E, ...)
+        tr = {
+            k: np.moveaxis(v[i], 1, 0).reshape((v.shape[2], T, E) + v.shape[4:])
+            for k, v in o["traces"].items()
+        }
+        per, R = row_metrics(tr, base_eval, T)
+        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
+        rows[sweep_mod.cell_name(names, c)] = results.row(
+            per, cell=dict(zip(names, c)), R_mean=R.mean(0).tolist()
+        )
+    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
+    res = results.make(
+        "sweep",
+        cfg,
+        rows,
+        cols,
+        first="cell",
+        timing={"compile": compile_s, "run": run_s, "base": base_s},
+        extra={
+            "method": method,
+            "row": row,
+            "grid": grid,
+            "chunk": chunk,
+            "n_cells": len(cells),
+            "memory": mem,
+        },
+    )
+    return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
