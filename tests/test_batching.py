@@ -53,3 +53,29 @@ def test_map_and_vmap_agree_on_a_training_step_per_seed():
     # the seeds really differ (a shared-key bug would make every row equal)
     k = jax.tree.leaves(out["map"])[0]
     assert not np.allclose(k[0], k[1])
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_accelerator_branches_forced_on_cpu(monkeypatch, backend):
+    """The choices that switch on the backend, taken as on an accelerator (the CPU runs them): seeds
+    of a convolutional model are vmapped, and convolutions use lax.conv, which gives the same values
+    and gradients as the CPU's canonical form."""
+    from jaxcl.models import conv
+
+    conv_model = cnn((8, 8, 1), 10, channels=(4,), hidden=8)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert resolve_mode("auto", conv_model) == "vmap"
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    loss = lambda impl: lambda w: jnp.sum(conv.conv2d(x, w, 2, "SAME", impl=impl) ** 2)
+    can_val, can_grad = jax.value_and_grad(loss("canonical"))(w)
+
+    def not_on_an_accelerator(*a):
+        raise AssertionError("auto took the CPU branch")
+
+    monkeypatch.setattr(conv, "_conv2d_canonical", not_on_an_accelerator)
+    auto_val, auto_grad = jax.value_and_grad(loss("auto"))(w)
+    lax_val, lax_grad = jax.value_and_grad(loss("lax"))(w)
+    np.testing.assert_array_equal(auto_val, lax_val)
+    np.testing.assert_allclose(lax_val, can_val, rtol=1e-5)
+    np.testing.assert_allclose(lax_grad, can_grad, rtol=1e-4, atol=1e-4)
