@@ -16,3 +16,9 @@ if not os.environ.get("JAXCL_TEST_NO_XLA_CACHE") and "JAX_COMPILATION_CACHE_DIR"
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The notebooks run last: they run the studies' tiny variants again, and so find most of
+    their programs in the session's compilation cache, compiled by the studies' own tests."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_notebooks.py"))
