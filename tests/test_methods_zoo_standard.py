@@ -289,3 +289,31 @@ def test_icarl_herding_nme_and_buffer_checks():
     want = -((nf(np.asarray(x_test) @ W0)[:, None] - mu[None]) ** 2).sum(-1)
     np.testing.assert_allclose(got[:, :2], want, rtol=1e-4, atol=1e-5)
     assert np.all(np.isneginf(got[:, 2]))  # no exemplars: never predicted
+
+
+def test_bic_bias_layer_matches_scipy_and_corrects_new_class_bias():
+    from scipy.optimize import minimize
+
+    from jaxcl.methods.bic import fit_bias
+
+    r = np.random.default_rng(4)
+    y = r.integers(0, 4, 200)
+    logits = r.normal(size=(200, 4)) + 2.0 * np.eye(4)[y]
+    new = np.array([False, False, True, True])
+    logits[:, new] += 2.5  # the new classes' logits are inflated
+    w = np.ones(200)
+
+    def ce(ab):
+        z = np.where(new, ab[0] * logits + ab[1], logits)
+        return np_ce(z, y).mean()
+
+    want = minimize(ce, [1.0, 0.0], method="BFGS").x
+    got = np.asarray(
+        fit_bias(jnp.asarray(logits, jnp.float32), jnp.asarray(y), jnp.asarray(w), new, 1500, 0.05)
+    )
+    np.testing.assert_allclose(got, want, atol=2e-2)
+    assert got[1] < -1.0  # the correction pulls the new classes' logits down
+    old_rows = y < 2
+    pred = lambda z: z.argmax(-1)[old_rows] == y[old_rows]
+    fixed = np.where(new, got[0] * logits + got[1], logits)
+    assert pred(fixed).mean() > pred(logits).mean() + 0.2
