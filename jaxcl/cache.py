@@ -136,5 +136,5 @@ class CompileStats:
         s = self.summary()
         return (
             f"XLA programs: {s['programs']} built in {s['compile_s']:.1f} s "
-            f"({s['cache_hits']} loaded from the persistent cache)"
+            f"({s['cache_hits']} found in the persistent cache)"
         )
