@@ -10,35 +10,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_er_stream_tiny_writes_json_lines(tmp_path):
-    pytest.importorskip("torch")
-    out = tmp_path / "er.jsonl"
-    out.write_text('{"earlier": "line"}\n')  # the script appends
-    script = os.path.join(ROOT, "benchmarks_speed", "er_stream.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--tiny", "--seeds", "1", "2", "--repeats", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "ratio" in proc.stdout
-    lines = out.read_text().splitlines()
-    assert json.loads(lines[0]) == {"earlier": "line"}
-    rows = [json.loads(l) for l in lines[1:]]
-    assert [r["sizes"]["seeds"] for r in rows] == [1, 2]
-    for r in rows:
-        assert r["workload"] == "er_stream" and r["peer"] == "torch-eager"
-        assert r["sizes"]["tiny"] is True and r["sizes"]["steps_per_task"] == 10
-        assert {"jax", "torch", "flax"} <= set(r["versions"]) and r["device"]["device_kind"]
-        assert isinstance(r["git_commit"], str)
-        for side in ("jaxcl", "torch"):
-            s = r[side]
-            assert s["min_s"] <= s["median_s"] <= s["max_s"] and s["first_call_s"] > 0
-            assert 0.0 <= s["final_acc_mean"] <= 1.0
-        assert r["ratio"] > 0
-
-
 def test_conv_cpu_tiny_writes_json_lines(tmp_path):
     out = tmp_path / "conv.jsonl"
     script = os.path.join(ROOT, "benchmarks_speed", "conv_cpu.py")
@@ -117,7 +88,8 @@ def test_run_all_tiny_runs_a_benchmark_twice_and_writes_one_table(tmp_path):
         "er_stream seeds=1 steps/task=10",
         "er_stream seeds=2 steps/task=10",
     ]
-    for r in rows:
+    for r in rows:  # (this is also the er_stream script's tiny run)
         assert r["matmul_peak_gflops"]["float32"] > 0 and r["sizes"] == "tiny"
+        assert {"jax", "torch", "flax"} <= set(r["versions"]) and r["device"]["device_kind"]
         assert r["peer"] == "torch-eager" and r["ratio"] > 0
         assert r["jaxcl_first_s"] > 0 and r["jaxcl_first_warm_s"] > 0  # cold process, then warm cache
