@@ -203,6 +203,19 @@ def run_one(
     return lines, err, secs
 
 
+def peer_versions() -> dict:
+    """Versions of the peers' libraries, without importing them."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "transformers", "trl"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -287,7 +300,7 @@ def main(argv=None) -> int:
         "benchmark": "benchmarks_speed/run_all.py",
         "sizes": sizes,
         "matmul_peak_gflops": peak,
-        "versions": report.versions(),
+        "versions": {**report.versions(), **peer_versions()},
         "device": report.device_info(),
         "git_commit": report.git_commit(),
         "loadavg": list(os.getloadavg()),
