@@ -178,10 +178,103 @@ def rotated(
     return _build(train, test, sets, data.n_classes, False)
 
 
-SCENARIOS = {"class-incremental", "task-incremental", "permuted", "rotated"}
+def scole(
+    data: Dataset,
+    n_tasks: int,
+    *,
+    classes_per_task: int = 2,
+    seed: int = 0,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+) -> Stream:
+    """SCoLe (Lesort et al., "Challenging Common Assumptions about Catastrophic Forgetting", CoLLAs
+    2023): a long stream of tasks, each made of ``classes_per_task`` classes drawn uniformly at
+    random (without replacement inside a task) from all the classes, so every class re-occurs
+    about ``n_tasks * classes_per_task / n_classes`` times. One shared head (class-incremental
+    masks); task t's test set holds the test examples of its classes, so the mean of a row of the
+    accuracy matrix is the accuracy on the classes in proportion to how often they occur."""
+    if not 1 <= classes_per_task <= data.n_classes:
+        raise ValueError(f"classes_per_task={classes_per_task} must be in 1..{data.n_classes}")
+    rng = np.random.default_rng(seed)
+    sets, train, test = [], [], []
+    for _ in range(n_tasks):
+        cs = sorted(rng.choice(data.n_classes, classes_per_task, replace=False).tolist())
+        sets.append(cs)
+        for (x, y), out, cap in (
+            ((data.x_train, data.y_train), train, max_train_per_task),
+            ((data.x_test, data.y_test), test, max_test_per_task),
+        ):
+            keep = np.isin(y, cs)
+            xs, ys = _shuffle(x[keep], y[keep], rng)
+            out.append((xs[:cap], ys[:cap]))
+    return _build(train, test, sets, data.n_classes, False)
+
+
+def power_law_counts(t: int, n: int, alpha: float) -> np.ndarray:
+    """How many of ``n`` rehearsal examples of task ``t`` come from each earlier task ``i < t``:
+    proportional to ``(t - i) ** -alpha`` (the time since task i was learned), rounded by largest
+    remainder so they sum to ``n`` (``alpha = 0``: uniform over the earlier tasks)."""
+    if t <= 0 or n <= 0:
+        return np.zeros(max(t, 0), np.int64)
+    w = (t - np.arange(t, dtype=np.float64)) ** -float(alpha)
+    share = n * w / w.sum()
+    counts = np.floor(share).astype(np.int64)
+    rest = n - counts.sum()
+    counts[np.argsort(-(share - counts), kind="stable")[:rest]] += 1
+    return counts
+
+
+def power_law_rehearsal(stream: Stream, fraction: float, alpha: float = 1.0, *, seed: int = 0) -> Stream:
+    """Power-law rehearsal (Gandhi, Shah, Marupudi and Varma, "Catastrophic Interference is
+    Mitigated in Naturalistic Power-Law Learning Environments", 2024): while task ``t`` is learned,
+    earlier tasks re-occur with a probability that decays as a power law of the time since they
+    were learned. Task ``t``'s training set gains ``n_reh = round(fraction / (1 - fraction) * n_t)``
+    examples of the earlier tasks, ``power_law_counts(t, n_reh, alpha)`` of them from task ``i``
+    (drawn with ``seed``), so a uniformly drawn training example of task ``t`` comes from task
+    ``i < t`` with probability ``fraction * (t - i)^-alpha / sum_j (t - j)^-alpha``. ``alpha = 0``
+    is uniform rehearsal, the paper's non-power-law control. The test sets are unchanged.
+
+    Task-incremental streams are refused: a rehearsed example would be trained under the current
+    task's logit mask, which excludes its label."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"rehearsal fraction={fraction} must be in [0, 1)")
+    if alpha < 0:
+        raise ValueError(f"rehearsal alpha={alpha} must be >= 0 (0: uniform rehearsal)")
+    if not stream.masks.all():
+        raise ValueError(
+            "power-law rehearsal needs a single-head stream (class-incremental or domain-incremental): "
+            "in a task-incremental stream a rehearsed example would be masked out of its own label"
+        )
+    if fraction == 0.0:
+        return stream
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for t in range(stream.n_tasks):
+        n_t = int(stream.train_n[t])
+        x, y = stream.train_x[t, :n_t], stream.train_y[t, :n_t]
+        counts = power_law_counts(t, int(round(fraction / (1.0 - fraction) * n_t)), alpha)
+        parts_x, parts_y = [x], [y]
+        for i, c in enumerate(counts):
+            if c:
+                n_i = int(stream.train_n[i])
+                idx = rng.choice(n_i, int(c), replace=bool(c > n_i))
+                parts_x.append(stream.train_x[i, idx])
+                parts_y.append(stream.train_y[i, idx])
+        xs.append(np.concatenate(parts_x))
+        ys.append(np.concatenate(parts_y))
+        p = rng.permutation(len(ys[-1]))
+        xs[-1], ys[-1] = xs[-1][p], ys[-1][p]
+    train_x, train_n = _stack(xs)
+    train_y, _ = _stack(ys)
+    return stream._replace(train_x=train_x, train_y=train_y.astype(stream.train_y.dtype), train_n=train_n)
+
+
+SCENARIOS = {"class-incremental", "task-incremental", "permuted", "rotated", "scole"}
 
 
 def make_stream(data: Dataset, scenario: str, n_tasks: int, **kwargs) -> Stream:
+    if scenario == "scole":
+        return scole(data, n_tasks, **kwargs)
     if scenario == "class-incremental":
         return split_classes(data, n_tasks, **kwargs)
     if scenario == "task-incremental":

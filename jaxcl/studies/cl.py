@@ -38,6 +38,9 @@ DEFAULTS = {
         "n_tasks": 5,
         "max_train_per_task": 0,
         "max_test_per_task": 0,
+        "classes_per_task": 2,  # scenario scole: classes drawn per task
+        "rehearsal_fraction": 0.0,  # > 0: power-law rehearsal of earlier tasks (streams.power_law_rehearsal)
+        "rehearsal_alpha": 1.0,  # its exponent (0: uniform rehearsal)
     },  # 0: every example
     "model": model_config("mlp"),
     "loop": {
@@ -125,6 +128,19 @@ def validate(cfg: dict) -> None:
         )
     if cfg["data"]["scenario"] not in streams.SCENARIOS:
         raise ConfigError(f"data.scenario={cfg['data']['scenario']!r}; valid: {', '.join(streams.SCENARIOS)}")
+    d = cfg["data"]
+    if not 0.0 <= d.get("rehearsal_fraction", 0.0) < 1.0 or d.get("rehearsal_alpha", 1.0) < 0:
+        raise ConfigError(
+            f"data.rehearsal_fraction={d.get('rehearsal_fraction')} must be in [0, 1) and "
+            f"data.rehearsal_alpha={d.get('rehearsal_alpha')} >= 0 (power-law rehearsal; 0: off / uniform)"
+        )
+    if d.get("rehearsal_fraction", 0.0) and d["scenario"] == "task-incremental":
+        raise ConfigError(
+            "data.rehearsal_fraction > 0 needs a single-head scenario (class-incremental, permuted, rotated, "
+            "scole): a rehearsed example would be masked out of its own label in a task-incremental stream"
+        )
+    if d["scenario"] == "scole" and d.get("classes_per_task", 2) < 1:
+        raise ConfigError(f"data.classes_per_task={d.get('classes_per_task')} must be >= 1")
     if cfg["model"]["name"] not in MODELS:
         raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
     try:
@@ -141,9 +157,16 @@ def validate(cfg: dict) -> None:
 def build_stream(cfg: dict) -> streams.Stream:
     d = cfg["data"]
     kw = {k: d[k] for k in ("max_train_per_task", "max_test_per_task") if d[k]}
-    return streams.make_stream(
+    if d["scenario"] == "scole":
+        kw["classes_per_task"] = d.get("classes_per_task", 2)
+    stream = streams.make_stream(
         loaders.load(d["dataset"]), d["scenario"], d["n_tasks"], seed=cfg["seed"], **kw
     )
+    if d.get("rehearsal_fraction", 0.0):
+        stream = streams.power_law_rehearsal(
+            stream, d["rehearsal_fraction"], d.get("rehearsal_alpha", 1.0), seed=cfg["seed"]
+        )
+    return stream
 
 
 def experiment(cfg: dict, stream, method: str, *, mesh=None) -> tuple[Experiment, dict]:
