@@ -16,7 +16,7 @@ from jaxcl.data import streams
 from jaxcl.data.loaders import Dataset
 from jaxcl.engine import init_state, make_step
 from jaxcl.loops import as_hparams
-from jaxcl.methods import METHODS, gere, uer
+from jaxcl.methods import METHODS, fpf, gere, kappatune, refresh, uer
 
 D, H, C, B = 6, 5, 4, 8
 RNG = np.random.default_rng(0)
@@ -200,3 +200,166 @@ def test_gere_collects_the_general_set_once():
     assert float(metrics["tm_loss"]) == 0.0
     later = m.consolidate(state, batch(7), None)  # a second task end keeps the first set
     np.testing.assert_array_equal(later.data_state["x"], b0["x"])
+
+
+# -- hand-computed gradients of the tiny network -----------------------------------------------
+
+
+def np_ce_grad(p, x, y):
+    """Mean cross-entropy of ``relu(x V) W + b`` and its gradient, by hand."""
+    x = np.asarray(x, np.float64).reshape(len(y), -1)
+    V, W, b = (np.asarray(a, np.float64) for a in (p["V"], p["head"]["kernel"], p["head"]["bias"]))
+    a = x @ V
+    h = np.maximum(a, 0)
+    z = h @ W + b
+    pr = np.exp(z - z.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+    n = len(y)
+    loss = -np.log(pr[np.arange(n), y]).mean()
+    dz = (pr - np.eye(C)[y]) / n
+    dh = dz @ W.T * (a > 0)
+    return loss, {"V": x.T @ dh, "head": {"kernel": h.T @ dz, "bias": dz.sum(0)}}
+
+
+def tree_close(a, b, **kw):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw)
+
+
+# -- FPF / k-FPF -------------------------------------------------------------------------------
+
+
+def test_fpf_module_change_and_selection():
+    p = jax.tree.map(jnp.asarray, P0)
+    moved = {"V": p["V"] * 1.5, "head": {"kernel": p["head"]["kernel"] * 1.1, "bias": p["head"]["bias"]}}
+    names, scores = fpf.module_change(moved, p)
+    assert names == ["", "head"]  # V is a top-level tensor: its own module
+    hk, hb = P0["head"]["kernel"], P0["head"]["bias"]
+    want_head = np.sqrt(((0.1 * hk) ** 2).sum()) / np.sqrt((hk**2).sum() + (hb**2).sum())
+    np.testing.assert_allclose(scores, [0.5, want_head], rtol=1e-5)
+    sel = fpf.prone_selection(moved, p, jnp.float32(1), 1)
+    assert float(sel["V"]) == 1 and float(sel["head"]["kernel"]) == 0 == float(sel["head"]["bias"])
+    sel0 = fpf.prone_selection(moved, p, jnp.float32(0), 1)  # no dynamics yet: the head
+    assert float(sel0["V"]) == 0 and float(sel0["head"]["kernel"]) == 1 == float(sel0["head"]["bias"])
+
+
+def test_fpf_finetunes_only_the_selected_tensors_by_sgd():
+    p = jax.tree.map(jnp.asarray, P0)
+    b = batch(8)
+    buf = {"x": b["x"], "y": b["y"], "mask": b["mask"]}
+    select = fpf.head_selection(p)
+    # one step on the whole (8-row) buffer drawn with replacement: compare with a numpy SGD step on
+    # the rows actually drawn
+    key = jax.random.key(3)
+    new = fpf.finetune_selected(NET.apply, p, select, buf, jnp.int32(8), key, steps=1, batch=8, lr=0.5)
+    idx = np.asarray(jax.random.randint(jax.random.split(key, 1)[0], (8,), 0, 8))
+    _, g = np_ce_grad(P0, np.asarray(b["x"])[idx], np.asarray(b["y"])[idx])
+    np.testing.assert_array_equal(new["V"], p["V"])
+    np.testing.assert_allclose(
+        new["head"]["kernel"], P0["head"]["kernel"] - 0.5 * g["head"]["kernel"], rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        new["head"]["bias"], P0["head"]["bias"] - 0.5 * g["head"]["bias"], rtol=1e-4, atol=1e-6
+    )
+    empty = fpf.finetune_selected(NET.apply, p, select, buf, jnp.int32(0), key, steps=3, batch=8, lr=0.5)
+    tree_close(empty, p, rtol=0, atol=0)  # an empty buffer changes nothing
+
+
+# -- refresh learning --------------------------------------------------------------------------
+
+
+def test_refresh_displacement_against_numpy_and_ascends_the_loss():
+    from jaxcl.losses import classification_loss
+
+    p = jax.tree.map(jnp.asarray, P0)
+    b = batch(9)
+    fisher = jax.tree.map(lambda a: jnp.full(a.shape, 2.0), p)
+    d = refresh.unlearn_displacement(
+        classification_loss(NET.apply),
+        p,
+        b,
+        fisher,
+        jax.random.key(0),
+        delta=1e-2,
+        noise=0.0,
+        fisher_coef=0.5,
+    )
+    loss0, g = np_ce_grad(P0, b["x"], np.asarray(b["y"]))
+    want = jax.tree.map(lambda a, gi: 1e-2 * gi * np.linalg.norm(a) / np.linalg.norm(gi) / 2.0, P0, g)
+    tree_close(d, want, rtol=1e-4, atol=1e-7)
+    loss1, _ = np_ce_grad(jax.tree.map(lambda a, di: a + np.asarray(di), P0, d), b["x"], np.asarray(b["y"]))
+    assert loss1 > loss0  # unlearning: the current data's loss goes up
+
+
+def test_refresh_step_is_unlearn_then_relearn():
+    """One refreshed SGD step: theta' = theta + Delta, then theta' - lr * grad CE(theta')."""
+    import optax
+
+    from jaxcl.losses import classification_loss
+    from jaxcl.methods.base import Method
+
+    host = Method(classification_loss(NET.apply), optax.sgd(0.1))
+    hp = {"refresh_delta": jnp.float32(1e-2), "refresh_noise": jnp.float32(0.0)}
+    m = refresh.refreshed(host, NET, hp, NET.init(None), 1e-3)
+    b = batch(10)
+    state = init_state(NET.init(None), m.tx, jax.random.key(1), m.data, b)
+    state, _ = make_step(m.loss_fn, m.tx, m.data, extra_args=m.extra_args)(state, b)
+    _, g = np_ce_grad(P0, b["x"], np.asarray(b["y"]))
+    scale = jax.tree.map(lambda a, gi: np.linalg.norm(a) / np.linalg.norm(gi), P0, g)
+    moved = jax.tree.map(lambda a, gi, s: a + 1e-2 * s * gi, P0, g, scale)  # F = 0 before any task end
+    _, g2 = np_ce_grad(moved, b["x"], np.asarray(b["y"]))
+    tree_close(state.params, jax.tree.map(lambda a, gi: a - 0.1 * gi, moved, g2), rtol=1e-4, atol=1e-6)
+
+
+def test_refresh_fisher_against_numpy():
+    p = jax.tree.map(jnp.asarray, P0)
+    b = batch(11, n=4)
+    f = refresh.task_fisher(NET.apply, p, b)
+    want = jax.tree.map(lambda a: np.zeros(a.shape), P0)
+    for i in range(4):
+        x, y = np.asarray(b["x"])[i : i + 1], np.asarray(b["y"])[i : i + 1]
+        nll, g = np_ce_grad(P0, x, y)
+        want = jax.tree.map(lambda w, gi: w + np.exp(-nll) * gi**2 / 4, want, g)
+    tree_close(f, want, rtol=1e-4, atol=1e-8)
+
+
+# -- KappaTune ---------------------------------------------------------------------------------
+
+
+def test_kappatune_condition_numbers_and_selection():
+    for w in (P0["V"], P0["head"]["kernel"], RNG.normal(size=(3, 2, 4))):
+        np.testing.assert_allclose(
+            kappatune.condition_number(jnp.asarray(w)), np.linalg.cond(w.reshape(-1, w.shape[-1])), rtol=1e-4
+        )
+    p = jax.tree.map(jnp.asarray, P0)
+    mask, kappas = kappatune.kappa_selection(p, 0.5)
+    smallest = "V" if np.linalg.cond(P0["V"]) < np.linalg.cond(P0["head"]["kernel"]) else "head"
+    assert float(mask["V"]) == (smallest == "V") and float(mask["head"]["kernel"]) == (smallest == "head")
+    assert float(mask["head"]["bias"]) == 0.0 and np.isinf(kappas["head"]["bias"])  # vectors: frozen
+    full, _ = kappatune.kappa_selection(p, 1.0)
+    assert float(full["V"]) == 1 == float(full["head"]["kernel"])
+
+
+def test_kappatune_leaves_unselected_tensors_unchanged():
+    spec = METHODS["kappatune"]
+    _, opts = spec.split({})
+    m = spec.build(NET, as_hparams(spec), NET.init(None), **opts)
+    b = batch(12)
+    state = init_state(NET.init(None), m.tx, jax.random.key(0), m.data, b)
+    step = jax.jit(make_step(m.loss_fn, m.tx, m.data))
+    first, _ = step(state, b)  # the first task adapts everything
+    assert all(
+        float(jnp.abs(u - v).max()) > 0
+        for u, v in zip(jax.tree.leaves(first.params), jax.tree.leaves(state.params))
+    )
+    state = m.consolidate(first, b, None)
+    mask = state.opt_state.mask
+    for _ in range(3):
+        state, _ = step(state, batch(13))
+    for new, old, k in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(first.params), jax.tree.leaves(mask)
+    ):
+        if float(k) == 0:
+            np.testing.assert_array_equal(new, old)
+        else:
+            assert float(jnp.abs(new - old).max()) > 0
