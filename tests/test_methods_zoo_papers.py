@@ -16,7 +16,7 @@ from jaxcl.data import streams
 from jaxcl.data.loaders import Dataset
 from jaxcl.engine import init_state, make_step
 from jaxcl.loops import as_hparams
-from jaxcl.methods import METHODS, fpf, gere, kappatune, refresh, uer
+from jaxcl.methods import METHODS, fpf, gere, kappatune, prd, refresh, uer, viewbatch
 
 D, H, C, B = 6, 5, 4, 8
 RNG = np.random.default_rng(0)
@@ -195,7 +195,7 @@ def test_gere_collects_the_general_set_once():
     np.testing.assert_array_equal(ds["x"], b0["x"])
     assert float(ds["on"]) == 1.0
     # the margin loss of the general rows is 0 under the params they were collected with
-    step = make_step(m.loss_fn, m.tx, m.data)
+    step = jax.jit(make_step(m.loss_fn, m.tx, m.data))
     _, metrics = step(state, batch(6))
     assert float(metrics["tm_loss"]) == 0.0
     later = m.consolidate(state, batch(7), None)  # a second task end keeps the first set
@@ -363,3 +363,104 @@ def test_kappatune_leaves_unselected_tensors_unchanged():
             np.testing.assert_array_equal(new, old)
         else:
             assert float(jnp.abs(new - old).max()) > 0
+
+
+# -- view-batch replay -------------------------------------------------------------------------
+
+
+def test_view_batch_replay_repeats_each_sample_as_shifted_views():
+    from jaxcl.data.replay import reservoir
+
+    r = np.random.default_rng(14)
+    b = {
+        "x": jnp.asarray(r.integers(1, 255, (12, 6, 6, 1)), jnp.uint8),
+        "y": jnp.asarray(r.integers(0, C, 12), jnp.int32),
+        "t": jnp.zeros((12,), jnp.int32),
+        "mask": jnp.ones((12, C), bool),
+    }
+    t = viewbatch.view_batch(reservoir(50, 0.0, fields=("x", "y", "t", "mask")), 4, 1)
+    out, st = jax.jit(t.update)(b, t.init(b), jax.random.key(2))
+    assert int(st["seen"]) == 3  # the buffer stores the 3 distinct samples learned, not 12 rows
+    np.testing.assert_array_equal(out["view"], np.tile(np.arange(4), 3))
+    np.testing.assert_array_equal(out["y"], np.repeat(np.asarray(b["y"][:3]), 4))
+    x, x0 = np.asarray(out["x"]), np.asarray(b["x"])
+    for i in range(3):
+        np.testing.assert_array_equal(x[4 * i], x0[i])  # view 0 as drawn
+        for v in range(1, 4):  # every other view is a shift by at most 1 pixel (zero fill)
+            pad = np.pad(x0[i], ((1, 1), (1, 1), (0, 0)))
+            shifts = [pad[dy : dy + 6, dx : dx + 6] for dy in range(3) for dx in range(3)]
+            assert any(np.array_equal(x[4 * i + v], s) for s in shifts)
+    with pytest.raises(ValueError, match="multiple of views"):
+        viewbatch.view_batch(reservoir(50, 0.0), 5, 1).update(b, t.init(b), jax.random.key(0))
+
+
+def test_view_consistency_against_numpy():
+    logits = RNG.normal(size=(8, C)).astype(np.float32)
+    got = viewbatch.view_consistency(jnp.asarray(logits), 4)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p = p.reshape(2, 4, C)
+    want = np.mean([(p[i, 0] * np.log(p[i, 0] / p[i, v])).sum() for i in range(2) for v in range(1, 4)])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+# -- prototype-sample relation distillation ----------------------------------------------------
+
+
+def test_prd_supcon_against_a_loop():
+    z = RNG.normal(size=(6, 3))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    y = np.array([0, 1, 0, 2, 1, 0])
+    tau = 0.5
+    per = []
+    for i in range(6):
+        den = sum(np.exp(z[i] @ z[a] / tau) for a in range(6) if a != i)
+        pos = [p for p in range(6) if p != i and y[p] == y[i]]
+        if pos:
+            per.append(-np.mean([np.log(np.exp(z[i] @ z[p] / tau) / den) for p in pos]))
+    got = prd.supcon_loss(jnp.asarray(z, jnp.float32), jnp.asarray(y), tau)
+    np.testing.assert_allclose(got, np.mean(per), rtol=1e-5)  # class 2 has no positive: left out
+
+
+def test_prd_distillation_keeps_old_relations_and_prototypes_do_not_move_features():
+    p = jax.tree.map(jnp.asarray, P0)
+    b = batch(15)
+    z, protos = prd.embed(NET, p, b["x"])
+    old = jnp.array([True, True, False, True])
+    teacher = np.asarray(z @ protos)
+    d = prd.relation_distillation(z, protos, jnp.asarray(teacher), old, 0.1)
+    assert abs(float(d)) < 1e-6  # the student is the teacher: nothing to distill
+    q = teacher * 0.5  # another teacher: KL over the old classes only, by hand
+    qs = np.exp(q[:, [0, 1, 3]] / 0.1)
+    qs /= qs.sum(1, keepdims=True)
+    ss = np.exp(teacher[:, [0, 1, 3]] / 0.1)
+    ss /= ss.sum(1, keepdims=True)
+    want = (qs * np.log(qs / ss)).sum(1).mean()
+    got = prd.relation_distillation(z, protos, jnp.asarray(q), old, 0.1)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    current = jnp.array([True, False, True, True])
+    y = jnp.array([0, 2, 3, 0, 2, 3, 0, 2])
+
+    def lp(params):
+        zz, pp = prd.embed(NET, params, b["x"])
+        return prd.prototype_loss(zz, pp, y, current, 0.1)
+
+    g = jax.grad(lp)(p)
+    assert float(jnp.abs(g["V"]).max()) == 0.0  # the prototype loss moves only the prototypes
+    assert float(jnp.abs(g["head"]["kernel"]).max()) > 0.0
+
+
+# -- SCoLe, end to end with the cl runner -------------------------------------------------------
+
+
+def test_scole_tiny_runs_end_to_end(tmp_path):
+    import json
+
+    from jaxcl import cli
+
+    assert cli.main(["run", "scole", "--tiny", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["data"]["scenario"] == "scole"
+    R = np.asarray(res["rows"]["finetune"]["R_mean"])
+    assert R.shape == (12, 12)
+    assert np.all(np.diag(R) > 0.6)  # every 2-class visit is learned while it is current
