@@ -37,8 +37,13 @@ class LoopConfig:
     eval_per_task: int = 500
     consolidate_samples: int = 256
     skip_nonfinite: bool = False
+    # "sequential": step i of a task reads its training rows i*B .. i*B+B-1 (modulo its size) in the
+    # stored order (a stream ordered by jaxcl.data.delt) instead of a uniform draw
+    order: str = "random"
 
     def validate(self):
+        if self.order not in ("random", "sequential"):
+            raise ValueError(f"order={self.order!r}; valid: random, sequential")
         for f in ("steps_per_task", "batch_size", "eval_every", "eval_per_task", "consolidate_samples"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
@@ -186,6 +191,8 @@ class Experiment:
             skip_nonfinite=cfg.skip_nonfinite,
         )
         draw = lambda key: self._batch(stream, t, key, method, cfg.batch_size)
+        if cfg.order == "sequential" and not method.sample_seen:
+            step = self._read_in_order(step, stream, t)
 
         def evaluate(s):
             acc_T = accuracy_per_task(
@@ -200,6 +207,25 @@ class Experiment:
             return {"acc": acc_T}
 
         return run_chunks(step, state, draw, evaluate, n_chunks, cfg.eval_every, eval_state=True)
+
+    def _read_in_order(self, step, stream: Stream, t):
+        """``step`` on the task's rows in stored order (``loop.order = "sequential"``); the uniform
+        draw it is handed is unused (and removed by the compiler)."""
+        b, steps = self.loop.batch_size, self.loop.steps_per_task
+
+        def ordered(state, batch):
+            del batch
+            pos = state.step - t * steps
+            idx_B = (pos * b + jnp.arange(b)) % stream.train_n[t]
+            rows = {
+                "x": stream.train_x[t, idx_B],
+                "y": stream.train_y[t, idx_B],
+                "t": jnp.full((b,), t, jnp.int32),
+                "mask": jnp.broadcast_to(stream.masks[t], (b, stream.masks.shape[1])),
+            }
+            return step(state, shard_batch(rows, self.mesh))
+
+        return ordered
 
     def end_task(self, state: TrainState, stream: Stream, hp: dict, t) -> tuple[TrainState, jax.Array]:
         """Consolidate after task ``t`` (a state change) and evaluate on the full test sets:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcl.data import streams
+from jaxcl.data import delt, streams
 from jaxcl.data.loaders import Dataset
 from jaxcl.engine import init_state, make_step
 from jaxcl.loops import as_hparams
@@ -464,3 +464,67 @@ def test_scole_tiny_runs_end_to_end(tmp_path):
     R = np.asarray(res["rows"]["finetune"]["R_mean"])
     assert R.shape == (12, 12)
     assert np.all(np.diag(R) > 0.6)  # every 2-class visit is learned while it is current
+
+
+# -- DELT: LQS scoring, folding ordering, reading a stream in order -------------------------------
+
+
+def test_folding_order_by_hand():
+    np.testing.assert_array_equal(delt.folding_order([5, 1, 4, 2, 3, 0], 2), [5, 3, 2, 1, 4, 0])
+    np.testing.assert_array_equal(delt.folding_order([3, 1, 2], 1), [1, 2, 0])  # one layer: a plain sort
+
+
+def test_lqs_scores_against_numpy():
+    p0 = jax.tree.map(jnp.asarray, P0)
+    p1 = jax.tree.map(lambda a: a * 0.9 + 0.05, p0)
+    ckpts = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
+    b, tb = batch(16, n=10), batch(17, n=6)
+    got = delt.lqs_scores(NET, ckpts, b["x"], b["y"], tb["x"], tb["y"], chunk=4)
+    flat = lambda g: np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)])  # noqa: E731
+    p1n = jax.tree.map(np.asarray, p1)
+    _, lam = np_ce_grad(P0, tb["x"], np.asarray(tb["y"]))
+    lam = flat(lam)
+    want = []
+    for i in range(10):
+        xi, yi = np.asarray(b["x"])[i : i + 1], np.asarray(b["y"])[i : i + 1]
+        g0, g1 = flat(np_ce_grad(P0, xi, yi)[1]), flat(np_ce_grad(p1n, xi, yi)[1])
+        cos = g0 @ lam / (np.linalg.norm(g0) * np.linalg.norm(lam))
+        want.append(np.linalg.norm(lam) * np.linalg.norm(g0) / np.linalg.norm(g1) * cos)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+
+
+def test_delt_orders_each_task_in_folds_and_selects():
+    from jaxcl.models import mlp
+
+    data = fake_data(n_classes=4, per_class=24)
+    s = streams.split_classes(data, 2)
+    model = mlp((2, 2, 1), 4, hidden=(8,))
+    out, scores = delt.delt(
+        s, model, layers=3, select=0.75, proxy_steps=6, checkpoints=3, target=16, chunk=16
+    )
+    assert list(out.train_n) == [36, 36]  # 75 % of the 48 examples of each task
+    for t in range(2):
+        sc = scores[t]
+        folds = np.array_split(np.arange(36), 3)
+        for f in folds:  # each fold ascends through the whole score range
+            assert np.all(np.diff(sc[f]) >= 0)
+        kept = set(np.asarray(out.train_x[t, :36, 0, 1, 0]).tolist())  # pixel 1: the example's index
+        assert len(kept) == 36 and set(np.asarray(out.train_y[t, :36]).tolist()) <= {2 * t, 2 * t + 1}
+
+
+def test_sequential_order_reads_each_task_in_stored_order():
+    from jaxcl.loops import Experiment, LoopConfig
+    from jaxcl.models import mlp
+
+    data = fake_data(n_classes=4, per_class=12)
+    s = jax.device_put(streams.split_classes(data, 2))
+    loop = LoopConfig(steps_per_task=4, batch_size=4, eval_every=2, eval_per_task=8, order="sequential")
+    exp = Experiment(mlp((2, 2, 1), 4, hidden=(4,)), METHODS["er"], loop, capacity=64)
+    hp = exp.default_hparams(replay_fraction=0.0)
+    state = exp.init(jax.random.key(0), s, hp)
+    train = jax.jit(exp.train_task)
+    state, _ = train(state, s, hp, jnp.int32(0))
+    state, _ = train(state, s, hp, jnp.int32(1))
+    buf = state.data_state["buffer"]["x"]  # reservoir slot i holds the i-th row trained on
+    np.testing.assert_array_equal(buf[:16], s.train_x[0, :16])
+    np.testing.assert_array_equal(buf[16:32], s.train_x[1, :16])

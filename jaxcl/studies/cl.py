@@ -41,6 +41,9 @@ DEFAULTS = {
         "classes_per_task": 2,  # scenario scole: classes drawn per task
         "rehearsal_fraction": 0.0,  # > 0: power-law rehearsal of earlier tasks (streams.power_law_rehearsal)
         "rehearsal_alpha": 1.0,  # its exponent (0: uniform rehearsal)
+        "order": "random",  # "delt": LQS-scored, folding-ordered tasks read in order (jaxcl.data.delt)
+        "delt_layers": 3,  # folding layers
+        "delt_select": 1.0,  # share of each task kept (highest LQS)
     },  # 0: every example
     "model": model_config("mlp"),
     "loop": {
@@ -95,6 +98,7 @@ def loop_config(cfg: dict) -> LoopConfig:
         l["eval_per_task"],
         l["consolidate_samples"],
         l["skip_nonfinite"],
+        order="sequential" if cfg["data"].get("order", "random") == "delt" else "random",
     )
 
 
@@ -139,6 +143,14 @@ def validate(cfg: dict) -> None:
             "data.rehearsal_fraction > 0 needs a single-head scenario (class-incremental, permuted, rotated, "
             "scole): a rehearsed example would be masked out of its own label in a task-incremental stream"
         )
+    if d.get("order", "random") not in ("random", "delt"):
+        raise ConfigError(f"data.order={d.get('order')!r}; valid: random, delt")
+    if d.get("order") == "delt" and not (
+        0.0 < d.get("delt_select", 1.0) <= 1.0 and d.get("delt_layers", 3) >= 1
+    ):
+        raise ConfigError(
+            f"data.delt_select={d.get('delt_select')} must be in (0, 1] and data.delt_layers={d.get('delt_layers')} >= 1"
+        )
     if d["scenario"] == "scole" and d.get("classes_per_task", 2) < 1:
         raise ConfigError(f"data.classes_per_task={d.get('classes_per_task')} must be >= 1")
     if cfg["model"]["name"] not in MODELS:
@@ -165,6 +177,16 @@ def build_stream(cfg: dict) -> streams.Stream:
     if d.get("rehearsal_fraction", 0.0):
         stream = streams.power_law_rehearsal(
             stream, d["rehearsal_fraction"], d.get("rehearsal_alpha", 1.0), seed=cfg["seed"]
+        )
+    if d.get("order", "random") == "delt":
+        from ..data.delt import delt
+
+        stream, _ = delt(
+            stream,
+            build_model(cfg, stream),
+            layers=d["delt_layers"],
+            select=d["delt_select"],
+            seed=cfg["seed"],
         )
     return stream
 
