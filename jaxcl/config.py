@@ -78,7 +78,7 @@ def load(name: str, *, tiny: bool = False) -> dict:
 
 
 def method_kind(study: str) -> str:
-    return {"cl": "cl", "cl-zoo": "cl", "rft": "rl"}.get(study, "unlearn")
+    return {"cl": "cl", "cl-zoo": "cl", "rft": "rl", "lm": "cl", "lm-memory": "cl"}.get(study, "unlearn")
 
 
 def _merge(defaults: dict, given: dict, where: str) -> dict:

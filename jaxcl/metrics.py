@@ -97,6 +97,45 @@ def all_metrics(R: np.ndarray, b: np.ndarray, trace: np.ndarray, w: int = 10) ->
     }
 
 
+def loss_metrics(L: np.ndarray, b: np.ndarray, trace: np.ndarray, w: int = 10) -> dict:
+    """The metrics of a loss matrix ``L[i, j]`` (held-out NLL per token on domain j after training
+    through domain i; lower is better, nats), by :func:`all_metrics` of ``-L``, in loss units:
+
+    * ``final_loss``: ``mean_j L[T-1, j]``; ``bwt``: ``mean_{j<T-1} (L[j, j] - L[T-1, j])``
+      (negative: the loss of earlier domains went up); ``fwt``: ``mean_{j>=1} (b[j] - L[j-1, j])``;
+    * ``forgetting``: ``mean_{j<T-1} (L[T-1, j] - min_{l<T-1} L[l, j])`` (>= 0);
+    * ``max_loss``: the highest loss on each learned domain at any later evaluation, averaged (the
+      worst case, min-ACC's analogue); ``wc_loss``: WC-ACC's analogue; ``wf<w>``: the largest
+      rise of a domain's loss within ``w`` evaluations.
+    """
+    m = all_metrics(-np.asarray(L), -np.asarray(b), -np.asarray(trace), w)
+    return {
+        "final_loss": -m["acc"],
+        "bwt": m["bwt"],
+        "fwt": m["fwt"],
+        "forgetting": m["forgetting"],
+        "max_loss": -m["min_acc"],
+        "wc_loss": -m["wc_acc"],
+        f"wf{w}": m[f"wf{w}"],
+    }
+
+
+def hedges_g(a, b) -> float:
+    """Hedges' g of ``mean(a) - mean(b)`` over independent samples (seeds): Cohen's d with the
+    pooled standard deviation ``sqrt(((n_a-1) s_a^2 + (n_b-1) s_b^2) / (n_a+n_b-2))`` (``ddof=1``)
+    times the small-sample correction ``J = 1 - 3 / (4 (n_a + n_b) - 9)``; NaN with fewer than
+    two samples on a side, +-inf when both samples are constant and differ."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return float("nan")
+    diff = a.mean() - b.mean()
+    sp = np.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
+    if sp == 0:
+        return 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
+    return float(diff / sp * (1 - 3 / (4 * (na + nb) - 9)))
+
+
 def per_seed(R_S: np.ndarray, b_S: np.ndarray, trace_S: np.ndarray, w: int = 10) -> list[dict]:
     return [all_metrics(R_S[s], b_S[s], trace_S[s], w) for s in range(len(R_S))]
 

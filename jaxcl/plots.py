@@ -11,15 +11,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def accuracy_matrices(R_by_method: dict, path: str, title: str = "") -> str:
-    """``R_by_method[name]``: S x T x T per-seed accuracy matrices."""
+def accuracy_matrices(
+    R_by_method: dict,
+    path: str,
+    title: str = "",
+    *,
+    value_range=(0.0, 1.0),
+    what: str = "task",
+    cmap="viridis",
+) -> str:
+    """``R_by_method[name]``: S x T x T per-seed accuracy matrices (``value_range=None``: the
+    colour scale of the data, e.g. for a loss matrix with ``cmap="viridis_r"``)."""
     names = list(R_by_method)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.3), squeeze=False)
     for ax, name in zip(axes[0], names):
         R = np.asarray(R_by_method[name])
         mean, std = R.mean(0), R.std(0)
         T = mean.shape[0]
-        ax.imshow(mean, vmin=0, vmax=1, cmap="viridis")
+        lo, hi = value_range or (float(np.min(mean)), float(np.max(mean)))
+        ax.imshow(mean, vmin=lo, vmax=hi, cmap=cmap)
+        bright = (mean - lo) / max(hi - lo, 1e-12) < 0.6
+        if cmap.endswith("_r"):
+            bright = ~bright
         for i in range(T):
             for j in range(T):
                 ax.text(
@@ -29,11 +42,11 @@ def accuracy_matrices(R_by_method: dict, path: str, title: str = "") -> str:
                     ha="center",
                     va="center",
                     fontsize=6,
-                    color="w" if mean[i, j] < 0.6 else "k",
+                    color="w" if bright[i, j] else "k",
                 )
         ax.set_title(name)
-        ax.set_xlabel("evaluated on task j")
-        ax.set_ylabel("trained through task i")
+        ax.set_xlabel(f"evaluated on {what} j")
+        ax.set_ylabel(f"trained through {what} i")
         ax.set_xticks(range(T))
         ax.set_yticks(range(T))
     fig.suptitle(title or "accuracy matrix R[i, j] (mean ± std over seeds)")
@@ -43,7 +56,16 @@ def accuracy_matrices(R_by_method: dict, path: str, title: str = "") -> str:
     return path
 
 
-def stability_gap(trace_by_method: dict, eval_every: int, path: str, title: str = "") -> str:
+def stability_gap(
+    trace_by_method: dict,
+    eval_every: int,
+    path: str,
+    title: str = "",
+    *,
+    ylabel: str = "accuracy",
+    ylim=(-0.02, 1.02),
+    what: str = "task",
+) -> str:
     """``trace_by_method[name]``: S x T x E x T per-seed accuracies (task trained, evaluation,
     task evaluated); one panel per method, one line per evaluated task, ± std bands."""
     names = list(trace_by_method)
@@ -55,15 +77,16 @@ def stability_gap(trace_by_method: dict, eval_every: int, path: str, title: str 
         steps = (np.arange(T * E) + 1) * eval_every
         mean, std = A.mean(0), A.std(0)
         for j in range(T):
-            ax.plot(steps, mean[:, j], lw=1, label=f"task {j}")
+            ax.plot(steps, mean[:, j], lw=1, label=f"{what} {j}")
             ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], alpha=0.2)
         for i in range(1, T):
             ax.axvline(i * E * eval_every, color="gray", lw=0.6, ls="--")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("accuracy")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel)
         ax.set_title(name, fontsize=9)
-    axes[-1, 0].set_xlabel("training step (dashed: task boundaries)")
-    axes[0, 0].legend(fontsize=7, ncol=min(T, 10), loc="lower left")
+    axes[-1, 0].set_xlabel(f"training step (dashed: {what} boundaries)")
+    axes[0, 0].legend(fontsize=7, ncol=min(T, 10), loc="lower left" if ylim is not None else "upper right")
     fig.suptitle(title or "per-iteration accuracy of every task (mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

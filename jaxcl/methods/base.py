@@ -149,6 +149,7 @@ OPTIMIZER_OPTIONS = {
     "weight_decay": 0.0,
     "clip_norm": 0.0,
     "warmup_cosine_steps": 0,
+    "lr_restart_every": 0,
 }
 
 
@@ -160,12 +161,15 @@ def optimizer(
     weight_decay: float = 0.0,
     clip_norm: float = 0.0,
     warmup_cosine_steps: int = 0,
+    lr_restart_every: int = 0,
 ) -> optax.GradientTransformation:
     """The inner optimizer of every method (``lr`` may be traced).
 
     ``clip_norm > 0`` clips the global gradient norm first; ``warmup_cosine_steps = N > 0`` warms
     the learning rate up linearly over N/10 steps and decays it by a cosine to lr/10 at step N
-    (TOFU's fine-tuning recipe).
+    (TOFU's fine-tuning recipe); ``lr_restart_every = M > 0`` restarts that schedule every M
+    steps (re-warming at each new domain of continual pre-training: Gupta et al., "Continual
+    Pre-Training of Large Language Models: How to (re)warm your model?", 2023).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -173,7 +177,10 @@ def optimizer(
     if warmup_cosine_steps:
         warm = max(1, warmup_cosine_steps // 10)
         unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, warm, max(warmup_cosine_steps, warm + 1), 0.1)
-        sched = lambda count: lr * unit(count)  # lr may be traced (swept)
+        if lr_restart_every:
+            sched = lambda count: lr * unit(count % lr_restart_every)
+        else:
+            sched = lambda count: lr * unit(count)  # lr may be traced (swept)
     if name == "sgd":
         tx = optax.sgd(sched, momentum=momentum or None)
     elif name == "adam":
@@ -192,6 +199,7 @@ def optimizer_from(options: dict, lr) -> optax.GradientTransformation:
         weight_decay=options["weight_decay"],
         clip_norm=options["clip_norm"],
         warmup_cosine_steps=options["warmup_cosine_steps"],
+        lr_restart_every=options.get("lr_restart_every", 0),
     )
 
 

@@ -26,7 +26,7 @@ def build(model, hp, params_like, **options):
     return Method(
         supervised_loss(model),
         optimizer_from(opt, hp["lr"]),
-        data=reservoir(options["capacity"], hp["replay_fraction"], fields=("x", "y", "t", "mask")),
+        data=reservoir(options["capacity"], hp["replay_fraction"], fields=("x", "y", "t", "mask", "tokens")),
     )
 
 

@@ -18,6 +18,9 @@ RUNNERS = {
     "unlearn-class": "jaxcl.studies.unlearn_class",
     "tofu": "jaxcl.studies.tofu",
     "rft": "jaxcl.studies.rft",
+    "lm-memory": "jaxcl.studies.lm_memory",
+    "lm": "jaxcl.studies.lm",
+    "lm-junk": "jaxcl.studies.lm_junk",
 }
 
 

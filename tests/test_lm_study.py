@@ -1,0 +1,131 @@
+"""Continual pre-training (study ``lm``): loss-matrix metrics against numpy, the learning-rate
+re-warming schedule, replay of token windows, the tiny study end to end, resuming, the sweep as
+one program, and bad configs."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcl import config
+from jaxcl import metrics as M
+from jaxcl.data.replay import reservoir
+from jaxcl.methods.base import optimizer
+from jaxcl.studies import lm
+
+
+def test_loss_metrics_by_hand():
+    L = np.array([[2.0, 5.0, 6.0], [2.5, 3.0, 5.5], [3.0, 3.5, 2.0]])
+    b = np.array([6.0, 6.0, 6.0])
+    trace = np.stack([L, L], 1)  # two evaluations per domain, both equal to the row
+    m = M.loss_metrics(L, b, trace, w=3)
+    assert m["final_loss"] == pytest.approx((3.0 + 3.5 + 2.0) / 3)
+    assert m["bwt"] == pytest.approx(((2.0 - 3.0) + (3.0 - 3.5)) / 2)  # losses rose: negative
+    assert m["forgetting"] == pytest.approx(((3.0 - 2.0) + (3.5 - 3.0)) / 2)
+    assert m["fwt"] == pytest.approx(((6.0 - 5.0) + (6.0 - 5.5)) / 2)
+    # worst loss on each learned domain after it was learned: domain 0 -> 3.0, domain 1 -> 3.5
+    assert m["max_loss"] == pytest.approx((3.0 + 3.5) / 2)
+
+
+def test_lr_restart_every_rewarms_the_schedule():
+    tx = optimizer("sgd", 1.0, warmup_cosine_steps=10, lr_restart_every=10)
+    p = jnp.zeros(())
+    s = tx.init(p)
+    lrs = []
+    for _ in range(25):
+        u, s = tx.update(jnp.ones(()), s, p)
+        lrs.append(-float(u))
+    unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, 1, 10, 0.1)
+    np.testing.assert_allclose(lrs, [float(unit(i % 10)) for i in range(25)], rtol=1e-6)
+    assert lrs[10] == lrs[0] and lrs[9] < lrs[1]
+
+
+def test_replay_keeps_and_mixes_token_windows():
+    t = reservoir(8, 0.5, fields=("x", "y", "t", "mask", "tokens"))
+    batch = {"tokens": jnp.arange(12).reshape(4, 3), "mask": jnp.ones((4, 3), bool)}
+    state = t.init(batch)
+    _, state = t.update(batch, state, jax.random.key(0))
+    new = {"tokens": 100 + jnp.arange(12).reshape(4, 3), "mask": jnp.ones((4, 3), bool)}
+    mixed, _ = t.update(new, state, jax.random.key(1))
+    old_rows = {tuple(r) for r in np.asarray(batch["tokens"])}
+    assert all(tuple(r) in old_rows for r in np.asarray(mixed["tokens"][:2]))  # replayed
+    np.testing.assert_array_equal(mixed["tokens"][2:], new["tokens"][2:])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("lm") / "out")
+    cfg = config.resolve(config.load("lm-cpt", tiny=True))
+    return cfg, out, lm.run(cfg, out, verbose=False)
+
+
+def test_tiny_study_writes_results_and_learns_each_domain(tiny_run):
+    cfg, out, res = tiny_run
+    saved = json.load(open(os.path.join(out, "results.json")))
+    assert saved["schema"] == "jaxcl-results/1" and saved["study"] == "lm"
+    assert list(saved["rows"]) == list(cfg["rows"])
+    assert {"loss_matrix.png", "loss_over_training.png"} <= set(saved["plots"])
+    T, S = len(cfg["data"]["domains"]), cfg["seeds"]
+    for name, row in saved["rows"].items():
+        L = np.asarray(row["L_per_seed"])
+        assert L.shape == (S, T, T) and np.all(np.isfinite(L))
+        b = np.asarray(row["b_mean"])
+        assert np.all(np.diag(L.mean(0)) < b), name  # every domain's loss fell below the initial one
+        np.testing.assert_allclose(row["per_seed"]["final_loss"], L[:, -1].mean(-1), rtol=1e-6)
+        assert np.std(row["per_seed"]["final_loss"]) > 0  # seeds differ
+        for k in ("bwt", "forgetting", "fwt", "max_loss", "final_ppl"):
+            assert np.all(np.isfinite(row["per_seed"][k])), (name, k)
+
+
+def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
+    cfg, out, res = tiny_run
+    row_dir = os.path.join(out, "checkpoints", "xs", "finetune+rewarm")
+    steps = sorted(int(d) for d in os.listdir(row_dir) if d.isdigit())
+    assert steps[-1] == len(cfg["data"]["domains"])
+    shutil.rmtree(os.path.join(row_dir, str(steps[-1])))  # as if killed during the last domain
+    model, pre = lm.load_model(cfg, "xs")
+    prog = lm.Program(cfg, model, pre, "finetune+rewarm")
+    again = lm.run_row(
+        prog, res["stream"], lm.seeds_keys(cfg["seed"], cfg["seeds"]), ckpt_dir=row_dir, resume=True
+    )
+    np.testing.assert_array_equal(again["loss"], res["raw"]["finetune+rewarm"]["trace"])
+
+
+def test_sweep_cell_without_replay_equals_the_finetune_row(tiny_run):
+    cfg, _, res = tiny_run
+    sw = lm.sweep(cfg, {"er.replay_fraction": [0.0, 0.5]}, verbose=False)
+    assert sw["extra"]["row"] == "er+rewarm"  # the config's only er row re-warms
+    # er at replay fraction 0 (same lr and schedule) is fine-tuning, row for row
+    np.testing.assert_allclose(
+        sw["rows"]["er.replay_fraction=0"]["L_mean"], res["rows"]["finetune+rewarm"]["L_mean"], rtol=2e-5
+    )
+    a, b = (np.asarray(sw["rows"][k]["L_mean"]) for k in sw["rows"])
+    assert not np.allclose(a, b)  # replay changes the run
+
+
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (["rows=finetune,ppo"], "unknown row 'ppo'"),
+        (["rows=ewc"], "needs 'ewc' in methods"),
+        (["model.sizes=xl"], "unknown size 'xl'"),
+        (["data.tokenizer=smollm2"], "tokenizer mismatch"),
+        (["data.domains=zen"], "at least 2 domains"),
+        (["train.eval_every=3"], "multiple of train.eval_every=3"),
+    ],
+)
+def test_bad_configs_are_clear_errors(sets, match):
+    cfg = config.resolve(config.load("lm-cpt", tiny=True), sets)
+    with pytest.raises(config.ConfigError, match=match):
+        lm.validate(cfg)
+
+
+def test_unknown_domain_is_a_clear_error():
+    cfg = config.resolve(config.load("lm-cpt", tiny=True), ["data.domains=zen,bible:laws"])
+    with pytest.raises(config.ConfigError, match="did you mean bible:law"):
+        lm.run(cfg, verbose=False)
