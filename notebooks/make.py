@@ -107,6 +107,21 @@ NOTEBOOKS = {
         "penalty, RIF-RFT and multi-task SFT: the accuracy matrix, forgetting and general ability.",
         study=("rft-continual", ["rows=sft,rft"], [], "rft_out", False),
     ),
+    "lm_cpt": dict(
+        title="Continual pre-training of a language model over text domains",
+        text="A Llama trained from scratch through four genres of the KJV bible: the held-out loss matrix "
+        "(evaluated inside the compiled loop), forgetting, replay, learning-rate re-warming and the joint "
+        "upper bound; three model sizes on an accelerator (`model.sizes=smollm2-135m` with "
+        "`data.tokenizer=smollm2` continues the pretrained SmolLM2-135M).",
+        study=("lm-cpt", [], ["model.sizes=xs,s,m"], "lm_out", False),
+    ),
+    "lm_junk": dict(
+        title="Junk-data decline: continual pre-training on junk vs control text",
+        text="A small Llama pre-trained on bible text and procedural tasks, then trained on mixtures of junk "
+        "(headlines, review snippets) and control text (speeches) at matched token counts: task accuracy and "
+        "general-text loss against the junk ratio, and Hedges' g over seeds.",
+        study=("lm-junk", [], [], "junk_out", False),
+    ),
 }
 
 SWEEP = """\
