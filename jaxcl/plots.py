@@ -65,9 +65,11 @@ def stability_gap(
     ylabel: str = "accuracy",
     ylim=(-0.02, 1.02),
     what: str = "task",
+    labels=None,
 ) -> str:
     """``trace_by_method[name]``: S x T x E x T per-seed accuracies (task trained, evaluation,
-    task evaluated); one panel per method, one line per evaluated task, ± std bands."""
+    task evaluated); one panel per method, one line per evaluated task (``labels``: their names),
+    ± std bands."""
     names = list(trace_by_method)
     fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.4 * len(names)), squeeze=False, sharex=True)
     for ax, name in zip(axes[:, 0], names):
@@ -77,7 +79,7 @@ def stability_gap(
         steps = (np.arange(T * E) + 1) * eval_every
         mean, std = A.mean(0), A.std(0)
         for j in range(T):
-            ax.plot(steps, mean[:, j], lw=1, label=f"{what} {j}")
+            ax.plot(steps, mean[:, j], lw=1, label=labels[j] if labels else f"{what} {j}")
             ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], alpha=0.2)
         for i in range(1, T):
             ax.axvline(i * E * eval_every, color="gray", lw=0.6, ls="--")

@@ -57,7 +57,7 @@ LM_METHODS = ("finetune", "er", "ewc")
 DEFAULTS = {
     "model": {"sizes": ("xs",), "compute_dtype": "float32"},
     "data": {
-        "domains": ("bible:law", "bible:history", "bible:prophets", "bible:gospels"),
+        "domains": ("bible:law", "tofu", "convention:democrat", "headlines"),
         "tokenizer": "byte",
         "seq_len": 64,
         "n_eval": 16,  # held-out windows per domain
@@ -387,6 +387,7 @@ def _run(cfg, out, resume, verbose):
                 ylabel="NLL (nats/token)",
                 ylim=None,
                 what="domain",
+                labels=list(d["domains"]),
             ),
         ]
         results.write(out, res, plot_files)
