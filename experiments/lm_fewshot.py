@@ -1,0 +1,49 @@
+"""Recognition, recall and retention of few-shot memories (study 3): a small Llama trained from
+scratch (byte tokenizer) on the books of the law (KJV), with sequences of 48 tokens from the
+gospels (outside the stream) seen 1, 2 or 4 times, all last seen at step 200; recognition is
+the AUC of seen vs 16 novel gospel sequences from the per-sequence loss, recall the greedy
+continuation of 32 tokens from a cue of 16.
+
+    jaxcl run lm-fewshot --tiny                            # seconds; what the tests run
+    jaxcl run lm-fewshot                                   # the default size (2-core CPU)
+    jaxcl run lm-fewshot --set fewshot.source=random       # stimuli without structure
+
+Expected runtime (2-core CPU): --tiny TBD; default TBD.
+
+Measured result, default: TBD.
+
+Writes runs/lm-fewshot[-tiny]/{results.json, retention.png}.
+"""
+
+
+def get_config(tiny: bool = False) -> dict:
+    cfg = {
+        "study": "lm-memory",
+        "finetune": {"lr": 3e-3, "clip_norm": 1.0},
+        "facts": {"per_condition": 0},
+        "fewshot": {
+            "per_condition": 16,
+            "exposures": (1, 2, 4),
+            "n_novel": 16,
+            "source": "bible:gospels",
+            "length": 48,
+            "cue_len": 16,
+        },
+    }
+    if tiny:
+        cfg.update(
+            model={"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64},
+            data={"domains": ("bible:ruth",), "seq_len": 32, "n_eval": 2},
+            train={"steps": 12, "batch_size": 4, "eval_every": 2, "checkpoint_every": 6},
+            inject={"last_step": 5, "spacing": 2, "per_step": 2},
+            fewshot={
+                "per_condition": 2,
+                "exposures": (1, 2),
+                "n_novel": 2,
+                "source": "random",
+                "length": 16,
+                "cue_len": 6,
+            },
+            seeds=2,
+        )
+    return cfg

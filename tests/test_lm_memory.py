@@ -1,0 +1,164 @@
+"""The lm-memory study (facts, few-shot memories, numeric / entity probes): both configs tiny end
+to end, the injection schedule and the injected batches, the host metrics against hand-built
+traces, resuming from a checkpoint, and bad configs."""
+
+import json
+import os
+import shutil
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcl import config
+from jaxcl.hf import ByteTokenizer
+from jaxcl.studies import get_runner, lm_memory
+
+
+@pytest.fixture(scope="module")
+def facts_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("lm_facts") / "out")
+    cfg = config.resolve(config.load("lm-facts", tiny=True))
+    return cfg, out, get_runner(cfg["study"]).run(cfg, out, verbose=False)
+
+
+def test_facts_tiny_writes_one_row_per_condition_and_probe(facts_run):
+    cfg, out, res = facts_run
+    saved = json.load(open(os.path.join(out, "results.json")))
+    assert saved["schema"] == "jaxcl-results/1" and saved["study"] == "lm-memory"
+    assert "retention.png" in saved["plots"] and os.path.exists(os.path.join(out, "retention.png"))
+    want = [f"facts {c} / {p}" for c in ("x1", "x2", "never seen") for p in lm_memory.FACT_PROBES]
+    want += ["numbers seen", "numbers unseen", "entities seen", "entities unseen"]
+    assert list(saved["rows"]) == want
+    S, E = cfg["seeds"], cfg["train"]["steps"] // cfg["train"]["eval_every"]
+    for name, row in saved["rows"].items():
+        for k in ("exact_after", "exact_final", "gain_after", "gain_final", "alpha", "r2"):
+            assert len(row["per_seed"][k]) == S, (name, k)
+        assert all(0 <= v <= 1 for v in row["per_seed"]["exact_final"])
+        assert len(row["curves_mean"]["gain"]) == E
+    # exposures: x2 at steps 3 and 5 (spacing 2, last step 5), x1 at step 5 or pushed to 4
+    rows = saved["rows"]
+    assert rows["facts x2 / memorization"]["exposure_steps"] == [[3, 5]]
+    # 4 items want step 5 but 2 fit a step: the numbers' and entities' exposures move earlier
+    assert rows["numbers seen"]["exposure_steps"] == [[3, 4]]
+    assert rows["entities seen"]["exposure_steps"] == [[2, 4]]
+    assert rows["facts never seen / paraphrase"]["exposure_steps"] == []
+    # the traces: the initial evaluation first, the evaluated metrics per chunk, finite
+    tr = res["traces"]
+    assert tr["facts_memorization_logp"].shape == (S, E, 3 * 3)  # 3 entities x 3 attributes
+    assert np.isfinite(tr["facts_memorization_logp"]).all() and np.isfinite(tr["loss"]).all()
+    assert (np.diff(tr["domain_nll"].mean((0, 2))) < 0).sum() >= E // 2  # the stream is being learned
+
+
+def test_injected_rows_replace_the_first_rows_at_their_steps(facts_run, monkeypatch):
+    cfg, _, res = facts_run
+    study = res["study"]
+    # the registry's step replaced by one that returns the batch it is given
+    monkeypatch.setattr(lm_memory, "make_step", lambda loss, tx: lambda s, b: (s, b))
+    step = study.step_fn(study.method(study.hp), study.data)
+    table = np.asarray(study.data["table"])
+    bank = np.asarray(study.data["bank"]["tokens"])
+    batch = study.draw(study.data, jax.random.key(0))
+    drawn = np.asarray(batch["tokens"])
+    J, seen = table.shape[1], []
+    every = jax.jit(jax.vmap(lambda s: step(types.SimpleNamespace(step=s), batch)[1]["tokens"]))
+    for s, got in enumerate(np.asarray(every(jnp.arange(cfg["train"]["steps"])))):
+        for j, r in enumerate(table[s]):
+            np.testing.assert_array_equal(got[j], bank[r] if r >= 0 else drawn[j])
+            seen += [r] if r >= 0 else []
+        np.testing.assert_array_equal(got[J:], drawn[J:])
+    for c in study.conds:  # every injected item appears as often as its exposures
+        for r in c.rows:
+            assert seen.count(r) == c.exposures
+
+
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(facts_run):
+    cfg, out, res = facts_run
+    ck = os.path.join(out, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(ck) if d.isdigit())
+    assert steps[-1] == 2  # two calls of 6 steps
+    shutil.rmtree(os.path.join(ck, str(steps[-1])))
+    again = lm_memory.train(res["study"], res["keys"], ckpt_dir=ck, resume=True)
+    for k in ("facts_composition_logp", "numeric_numbers_exact", "loss"):
+        np.testing.assert_array_equal(again["traces"][k], res["traces"][k])
+
+
+def test_fewshot_tiny_end_to_end(tmp_path):
+    cfg = config.resolve(config.load("lm-fewshot", tiny=True), ["train.checkpoint=false"])
+    res = lm_memory.run(cfg, str(tmp_path / "out"), verbose=False)
+    rows = res["rows"]
+    assert list(rows) == ["memories x1", "memories x2", "memories novel"]
+    for name in ("memories x1", "memories x2"):
+        for k in ("auc_after", "auc_final"):
+            assert all(0 <= v <= 1 for v in rows[name]["per_seed"][k])
+        assert all(0 <= v <= 1 for v in rows[name]["per_seed"]["recall_tok_final"])
+    tr = res["traces"]
+    S, E = cfg["seeds"], cfg["train"]["steps"] // cfg["train"]["eval_every"]
+    assert tr["fewshot_auc"].shape == (S, E, 2) and tr["fewshot_recall_tok"].shape == (S, E, 6)
+
+
+def test_metrics_against_hand_built_traces():
+    """A condition whose log-probability beats its control by 2 * t^-0.5 after its last exposure:
+    the power-law fit recovers alpha = 0.5 with R^2 = 1, gains are relative to the control."""
+    cfg = {"train": {"eval_every": 10, "steps": 100}, "inject": {"last_step": 29}}
+    c = lm_memory.Condition("facts x2", "facts", 2, [0], {"facts_memorization": [0]}, steps=[[19, 29]])
+    ctrl = lm_memory.Condition("facts never seen", "facts", 0, [], {"facts_memorization": [1]})
+    t = (np.arange(10) + 1) * 10 - 29  # steps since the last exposure at the evaluations (after 10, 20, ...)
+    excess = np.where(t > 0, 2.0 * np.maximum(t, 1) ** -0.5, 0.0)
+    generic = -3.0 + 0.1 * np.arange(10)  # what both learn
+    lp = np.stack([generic + excess, generic], -1)[None]  # (1 seed, 10 evaluations, 2 probes)
+    traces = {"facts_memorization_logp": lp, "facts_memorization_exact": (lp > -2.5).astype(float)}
+    got, idx = lm_memory.condition_metrics(cfg, c, [c, ctrl], traces)
+    assert idx == {"baseline_index": 0, "after_index": 2, "last_exposure": 29}
+    per, cur = got["facts x2 / memorization"]
+    assert per["alpha"][0] == pytest.approx(0.5) and per["r2"][0] == pytest.approx(1.0)
+    assert per["gain_after"][0] == pytest.approx(2.0)  # t = 1
+    assert per["gain_final"][0] == pytest.approx(2.0 * 71**-0.5)
+    np.testing.assert_allclose(cur["gain"][0], excess)
+    got, _ = lm_memory.condition_metrics(cfg, ctrl, [c, ctrl], traces)
+    per, _ = got["facts never seen / memorization"]
+    assert per["gain_final"][0] == pytest.approx(generic[-1] - generic[0])  # its own change
+
+
+def test_schedule_caps_rows_per_step_and_moves_exposures_earlier():
+    cfg = {"train": {"steps": 20, "eval_every": 2}, "inject": {"last_step": 10, "spacing": 3, "per_step": 2}}
+    a = lm_memory.Condition("a", "facts", 3, [0, 1, 2], {})
+    b = lm_memory.Condition("b", "facts", 1, [3], {})
+    table = lm_memory.schedule(cfg, [a, b])
+    assert table.shape == (20, 2)
+    counts = {r: int((table == r).sum()) for r in range(4)}
+    assert counts == {0: 3, 1: 3, 2: 3, 3: 1}
+    assert (table[11:] == -1).all()  # nothing after the last step
+    assert a.steps[0] == [4, 7, 10] and b.steps == [[9]]  # step 10 full: b moved to 9
+    assert a.steps[2] == [3, 6, 9] or a.steps[2][-1] < 10
+    with pytest.raises(config.ConfigError, match="does not fit"):
+        lm_memory.schedule({**cfg, "inject": {"last_step": 1, "spacing": 1, "per_step": 1}}, [a, b])
+
+
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (["data.domains=bible:lawz"], "unknown text domain 'bible:lawz'.*did you mean bible:law"),
+        (["inject.last_step=12"], "inject.last_step=12 is beyond the run"),
+        (["inject.spacing=6"], "starts at step -1, before the first evaluation"),
+        (["methods=er"], "trains with finetune only"),
+        (["fewshot.per_condition=2", "fewshot.source=bible:ruth"], "is a training domain"),
+        (["train.checkpoint_every=5"], "checkpoint_every=5 must be 0"),
+    ],
+)
+def test_bad_configs_are_clear_errors(sets, match):
+    cfg = config.resolve(config.load("lm-facts", tiny=True), sets)
+    with pytest.raises(config.ConfigError, match=match):
+        lm_memory.validate(cfg)
+
+
+def test_a_probe_longer_than_the_sequence_is_a_clear_error():
+    cfg = config.resolve(config.load("lm-facts", tiny=True), ["data.seq_len=64"])
+    lm_memory.validate(cfg)
+    with pytest.raises(config.ConfigError, match="more than the sequence length data.seq_len=64"):
+        lm_memory.build_items(cfg, ByteTokenizer())
+    cfg = config.resolve(config.load("lm-fewshot", tiny=True), ["fewshot.length=40"])
+    with pytest.raises(config.ConfigError, match="fewshot.length=40 is longer than the sequence length"):
+        lm_memory.validate(cfg)
