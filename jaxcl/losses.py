@@ -105,9 +105,10 @@ def empirical_fisher(loss_fn: LossFn, params, batch: dict, key, *, chunk: int = 
 
     Per-example gradients by ``vmap``, accumulated over chunks of ``chunk`` examples with
     ``lax.scan`` so memory stays at ``chunk`` gradients. ``batch`` leaves have a leading
-    example axis whose size must be a multiple of ``chunk``.
+    example axis whose size must be a multiple of ``chunk`` (or smaller than it: one chunk).
     """
     n = jax.tree.leaves(batch)[0].shape[0]
+    chunk = min(chunk, n)
     if n % chunk:
         raise ValueError(f"empirical_fisher: {n} examples is not a multiple of chunk={chunk}")
 

@@ -117,6 +117,7 @@ def test_sweep_cell_without_replay_equals_the_finetune_row(tiny_run):
         (["data.tokenizer=smollm2"], "tokenizer mismatch"),
         (["data.domains=zen"], "at least 2 domains"),
         (["train.eval_every=3"], "multiple of train.eval_every=3"),
+        (["train.consolidate_samples=40"], "multiple of 32"),
     ],
 )
 def test_bad_configs_are_clear_errors(sets, match):

@@ -134,6 +134,11 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
+    if t["consolidate_samples"] > 32 and t["consolidate_samples"] % 32:
+        raise ConfigError(
+            f"train.consolidate_samples={t['consolidate_samples']}: EWC's Fisher takes chunks of 32 "
+            "windows; give a multiple of 32 (or fewer than 32)"
+        )
     if t["steps_per_domain"] % t["eval_every"]:
         raise ConfigError(
             f"train.steps_per_domain={t['steps_per_domain']} must be a multiple of "
