@@ -19,6 +19,10 @@ Writes runs/lm-fewshot[-tiny]/{results.json, retention.png}.
 def get_config(tiny: bool = False) -> dict:
     cfg = {
         "study": "lm-memory",
+        "model": {"tokenizer": "smollm2"},
+        "data": {"domains": ("bible:law",), "seq_len": 64},
+        "train": {"steps": 400, "batch_size": 16, "eval_every": 20, "checkpoint_every": 100},
+        "inject": {"last_step": 219, "spacing": 8, "per_step": 8},
         "finetune": {"lr": 3e-3, "clip_norm": 1.0},
         "facts": {"per_condition": 0},
         "fewshot": {
@@ -32,7 +36,14 @@ def get_config(tiny: bool = False) -> dict:
     }
     if tiny:
         cfg.update(
-            model={"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64},
+            model={
+                "d_model": 32,
+                "n_layers": 1,
+                "n_heads": 2,
+                "n_kv_heads": 1,
+                "d_ff": 64,
+                "tokenizer": "smollm2",
+            },
             data={"domains": ("bible:ruth",), "seq_len": 32, "n_eval": 2},
             train={"steps": 12, "batch_size": 4, "eval_every": 2, "checkpoint_every": 6},
             inject={"last_step": 5, "spacing": 2, "per_step": 2},

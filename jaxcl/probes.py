@@ -155,6 +155,19 @@ def random_sequences(n: int, length: int, seed: int) -> list[str]:
     return out
 
 
+def counterfactual(segs: Segments, other: Segments) -> Segments:
+    """``segs`` with its target segments replaced, in order, by those of ``other`` (the same
+    probe of another item): the same context, a value the model never saw for it. The paired
+    difference ``log p(true) - log p(counterfactual)`` measures what was memorised, not what the
+    template or the stream taught (both targets gain from those alike)."""
+    alts = [t for t, is_t in other if is_t]
+    n = sum(is_t for _, is_t in segs)
+    if len(alts) != n:
+        raise ValueError(f"counterfactual: {n} target segments but the other probe has {len(alts)}")
+    it = iter(alts)
+    return [(next(it), True) if is_t else (t, False) for t, is_t in segs]
+
+
 # -- encoding -------------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ def test_facts_tiny_writes_one_row_per_condition_and_probe(facts_run):
     # the traces: the initial evaluation first, the evaluated metrics per chunk, finite
     tr = res["traces"]
     assert tr["facts_memorization_logp"].shape == (S, E, 3 * 3)  # 3 entities x 3 attributes
+    assert tr["facts_memorization_cf_logp"].shape == (S, E, 3 * 3)  # paired never-seen values
     assert np.isfinite(tr["facts_memorization_logp"]).all() and np.isfinite(tr["loss"]).all()
     assert (np.diff(tr["domain_nll"].mean((0, 2))) < 0).sum() >= E // 2  # the stream is being learned
 
@@ -114,12 +115,21 @@ def test_metrics_against_hand_built_traces():
     assert idx == {"baseline_index": 0, "after_index": 2, "last_exposure": 29}
     per, cur = got["facts x2 / memorization"]
     assert per["alpha"][0] == pytest.approx(0.5) and per["r2"][0] == pytest.approx(1.0)
-    assert per["gain_after"][0] == pytest.approx(2.0)  # t = 1
+    assert per["gain_after"][0] == pytest.approx(2.0) == per["gain_peak"][0]  # t = 1
     assert per["gain_final"][0] == pytest.approx(2.0 * 71**-0.5)
     np.testing.assert_allclose(cur["gain"][0], excess)
     got, _ = lm_memory.condition_metrics(cfg, ctrl, [c, ctrl], traces)
     per, _ = got["facts never seen / memorization"]
     assert per["gain_final"][0] == pytest.approx(generic[-1] - generic[0])  # its own change
+    # a peak after the first evaluation (Adam's momentum): retention and the fit start there
+    late = lp.copy()
+    late[0, 2, 0] -= 1.5  # the first evaluation after the exposure is lower than the next
+    per, _ = lm_memory.condition_metrics(cfg, c, [c, ctrl], {**traces, "facts_memorization_logp": late})[0][
+        "facts x2 / memorization"
+    ]
+    assert per["gain_peak"][0] == pytest.approx(2.0 * 11**-0.5)
+    assert per["alpha"][0] == pytest.approx(0.5) and per["r2"][0] == pytest.approx(1.0)
+    assert per["retained"][0] == pytest.approx((71 / 11) ** -0.5)
 
 
 def test_schedule_caps_rows_per_step_and_moves_exposures_earlier():

@@ -36,6 +36,12 @@ def test_probes_mark_the_value_and_memorisation_probes_are_prefixes_of_the_docum
         if r < 3:  # memorisation: the exact text the model was trained on
             assert list(p["tokens"][r, :n]) == doc[:n]
     assert "lives in " + e.city in tok.decode(p["tokens"][7])
+    o = probes.entities(2, 6)[1]
+    cf = probes.counterfactual(e.memorization()[2], o.memorization()[2])
+    assert [t for t, is_t in cf if not is_t] == [t for t, is_t in e.memorization()[2] if not is_t]
+    assert [t for t, is_t in cf if is_t] == [f" {o.profession}"]
+    with pytest.raises(ValueError, match="1 target segments but the other probe has 2"):
+        probes.counterfactual(e.paraphrase()[0], e.document())
     with pytest.raises(ValueError, match="more than the sequence length 10"):
         probes.encode_probes(tok, e.paraphrase(), tok.pad_id, length=10)
 

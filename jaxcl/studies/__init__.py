@@ -19,6 +19,7 @@ RUNNERS = {
     "tofu": "jaxcl.studies.tofu",
     "rft": "jaxcl.studies.rft",
     "lm-memory": "jaxcl.studies.lm_memory",
+    "restor": "jaxcl.studies.restor",
     "lm": "jaxcl.studies.lm",
     "lm-junk": "jaxcl.studies.lm_junk",
 }

@@ -26,9 +26,10 @@ Forecasts?" (2025; study 7). Protocol:
 
 Reported per seed (seeds vmapped), one row per (condition, probe kind): exact match before the
 first exposure, right after the last one and at the end; the log-probability gain per target
-token over the value before the first exposure (after / end / retained fraction); retention
-after the last exposure fitted by a power law ``gain = c * t ** -alpha`` (log-log least squares,
-``t`` steps since the last exposure; exponent and R^2); for few-shot rows the recognition AUC and
+token of the true value over a never-seen value in the same context (paired), from before the
+first exposure (right after, peak after, end; retained = end / peak; never-injected rows are the check: ~0); retention
+after the last exposure fitted by a power law ``gain = c * t ** -alpha`` from the peak on
+(log-log least squares, ``t`` steps since the last exposure; exponent and R^2); for few-shot rows the recognition AUC and
 recall. Batch size (``train.batch_size``) and duplication are config keys, the learning rate a
 traced hyperparameter (``jaxcl sweep ... --grid finetune.lr=...``). A checkpoint follows every
 call of ``train.checkpoint_every`` steps, so an interrupted run resumes where it stopped.
@@ -68,6 +69,8 @@ DEFAULTS = {
         "n_kv_heads": 2,
         "d_ff": 256,
         "compute_dtype": "float32",
+        # scratch models: byte, or smollm2 (SmolLM2's tokenizer, restricted to the run's ids)
+        "tokenizer": "byte",
     },
     # max_train 0: every window; duplication d: only the first 1/d of each domain's windows
     "data": {"domains": ("bible:law",), "seq_len": 128, "max_train": 0, "duplication": 1, "n_eval": 8},
@@ -94,6 +97,7 @@ COLUMNS = [
     ("exact_after", "exact after", "pct"),
     ("exact_final", "exact end", "pct"),
     ("gain_after", "Δlogp after", "float"),
+    ("gain_peak", "Δlogp peak", "float"),
     ("gain_final", "Δlogp end", "float"),
     ("retained", "retained", "float"),
     ("alpha", "α", "float"),
@@ -120,6 +124,10 @@ def validate(cfg: dict) -> None:
     f, fs, nm = cfg["facts"], cfg["fewshot"], cfg["numeric"]
     if m["name"] not in MODELS:
         raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
+    if m["tokenizer"] not in text.TOKENIZERS:
+        raise ConfigError(
+            f"model.tokenizer={m['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
+        )
     if tuple(cfg["methods"]) != ("finetune",):
         raise ConfigError(
             f"methods={','.join(cfg['methods'])}: the lm-memory study trains with finetune only "
@@ -245,12 +253,13 @@ def _memory_texts(cfg, tok, n: int) -> list[list[int]]:
                 f"fewshot.source={fs['source']!r} has {len(windows)} windows of {L} tokens; "
                 f"{n} are needed (lower fewshot.per_condition / n_novel or fewshot.length)"
             )
+        # in random order: every exposure group and the novel set sample the whole domain alike
         pick = np.random.default_rng(cfg["seed"] + 7).choice(len(windows), n, replace=False)
-        seqs = [list(windows[i]) for i in np.sort(pick)]
+        seqs = [list(windows[i]) for i in pick]
     return seqs
 
 
-def build_items(cfg: dict, tok) -> tuple[dict, list[Condition], np.ndarray]:
+def build_items(cfg: dict, tok, *, check_schedule: bool = True) -> tuple[dict, list[Condition], np.ndarray]:
     """The injected bank ``{'tokens', 'mask'}`` (R, seq_len), the probe sets, the conditions and
     the schedule table (steps, J) of bank rows (-1: none)."""
     T, seed, pad = cfg["data"]["seq_len"], cfg["seed"], _pad_id(tok)
@@ -263,23 +272,34 @@ def build_items(cfg: dict, tok) -> tuple[dict, list[Condition], np.ndarray]:
 
     if f["per_condition"]:
         groups = [*f["exposures"], 0]  # 0: the control, never injected
-        ents = probes.entities(f["per_condition"] * len(groups), seed)
-        mem, para, comp = [], [], []
+        n = f["per_condition"]
+        ents = probes.entities(n * len(groups), seed)
+        control = ents[-n:]
+        sets = {k: [] for k in FACT_PROBES}
+        cf = {k: [] for k in FACT_PROBES}
         for g, n_exp in enumerate(groups):
-            group = ents[g * f["per_condition"] : (g + 1) * f["per_condition"]]
+            group = ents[g * n : (g + 1) * n]
             rows = [add_bank(e.document()) for e in group] if n_exp else []
             idx = {f"facts_{k}": [] for k in FACT_PROBES}
-            for e in group:
-                for k, lst, items in (
-                    ("memorization", mem, e.memorization()),
-                    ("paraphrase", para, e.paraphrase()),
-                    ("composition", comp, e.composition()),
-                ):
-                    idx[f"facts_{k}"] += list(range(len(lst), len(lst) + len(items)))
-                    lst += items
+            for i, e in enumerate(group):
+                # the counterfactual values: a never-seen entity's (another one for the control)
+                o = next(
+                    (
+                        c
+                        for c in control[i:] + control[:i]
+                        if c != e and c.year != e.year and c.profession != e.profession
+                    ),
+                    control[(i + 1) % n],
+                )
+                for k in FACT_PROBES:
+                    items, alts = getattr(e, k)(), getattr(o, k)()
+                    idx[f"facts_{k}"] += list(range(len(sets[k]), len(sets[k]) + len(items)))
+                    sets[k] += items
+                    cf[k] += [probes.counterfactual(a, b) for a, b in zip(items, alts)]
             name = f"facts x{n_exp}" if n_exp else "facts never seen"
             conds.append(Condition(name, "facts", n_exp, rows, idx))
-        probe_sets.update(facts_memorization=mem, facts_paraphrase=para, facts_composition=comp)
+        for k in FACT_PROBES:
+            probe_sets[f"facts_{k}"], probe_sets[f"facts_{k}_cf"] = sets[k], cf[k]
     if nm["per_kind"]:
         n = nm["per_kind"]
         nums = probes.numeric_items(2 * n, seed + 1, digits=nm["digits"])
@@ -287,6 +307,9 @@ def build_items(cfg: dict, tok) -> tuple[dict, list[Condition], np.ndarray]:
         for kind, items in (("numbers", nums), ("entities", ents)):
             key = f"numeric_{kind}"
             probe_sets[key] = items
+            unseen = items[n:]  # counterfactual values: never-seen items' (another one for those)
+            alts = unseen + unseen[1:] + unseen[:1]
+            probe_sets[f"{key}_cf"] = [probes.counterfactual(a, b) for a, b in zip(items, alts)]
             seen = [add_bank(s) for s in items[:n]]
             conds.append(Condition(f"{kind} seen", "numeric", nm["exposures"], seen, {key: list(range(n))}))
             conds.append(Condition(f"{kind} unseen", "numeric", 0, [], {key: list(range(n, 2 * n))}))
@@ -342,7 +365,7 @@ def build_items(cfg: dict, tok) -> tuple[dict, list[Condition], np.ndarray]:
     data["span_offsets"] = offsets
     if fewshot is not None:
         data["probes"]["fewshot"] = {"tokens": fewshot}
-    table = schedule(cfg, conds)
+    table = schedule(cfg, conds) if check_schedule else None
     return data, conds, table
 
 
@@ -384,16 +407,69 @@ def schedule(cfg: dict, conds: list[Condition]) -> np.ndarray:
 # -- the model and the programs --------------------------------------------------------------------
 
 
+class _Recorder:
+    """A tokenizer that remembers every id it produced (the first pass of :class:`CompactTokenizer`)."""
+
+    def __init__(self, base):
+        self.base, self.ids = base, set()
+        self.eos_id, self.pad_id = text.end_id(base), _pad_id(base)
+
+    def encode(self, s: str) -> list[int]:
+        ids = self.base.encode(s)
+        self.ids.update(ids)
+        return ids
+
+    def decode(self, ids):
+        return self.base.decode(ids)
+
+
+class CompactTokenizer:
+    """A tokenizer restricted to the ids a run uses, renumbered densely: a scratch model's
+    embedding and output layer then hold only those (SmolLM2's 49152 ids -> a few thousand)."""
+
+    def __init__(self, base, ids):
+        self.base = base
+        eos, pad = text.end_id(base), _pad_id(base)
+        keep = sorted(set(int(i) for i in ids) | {eos, pad})
+        self.dense = {i: j for j, i in enumerate(keep)}
+        self.sparse = np.asarray(keep, np.int64)
+        self.vocab_size = len(keep)
+        self.eos_id, self.pad_id = self.dense[eos], self.dense[pad]
+
+    def encode(self, s: str) -> list[int]:
+        try:
+            return [self.dense[i] for i in self.base.encode(s)]
+        except KeyError:
+            raise ValueError(f"{s[:60]!r} has a token outside the run's compact vocabulary") from None
+
+    def decode(self, ids):
+        return self.base.decode([int(self.sparse[i]) for i in ids])
+
+
+def tokenizer_for(cfg: dict):
+    """``model.tokenizer`` of a scratch model: ``byte``, or ``smollm2`` restricted to the ids of
+    the run's domains and items (:class:`CompactTokenizer`)."""
+    from .. import hf
+
+    if cfg["model"]["tokenizer"] == "byte":
+        return hf.ByteTokenizer()
+    rec = _Recorder(text.tokenizer("smollm2"))
+    build_items(cfg, rec, check_schedule=False)
+    for name in cfg["data"]["domains"]:
+        text.encode_docs(rec, text.documents(name))
+    return CompactTokenizer(rec.base, rec.ids)
+
+
 def load_model(cfg: dict):
-    """``(model, tokenizer, pretrained params or None)``: a scratch Llama with the byte
-    tokenizer, or SmolLM2-135M (tofu.load_model's loader)."""
+    """``(model, tokenizer, pretrained params or None)``: a scratch Llama (``model.tokenizer``),
+    or SmolLM2-135M with its tokenizer (tofu.load_model's loader)."""
     from .. import hf
 
     m = cfg["model"]
     if m["name"] == "smollm2-135m":
         lc, params, tok = hf.load_gguf(compute_dtype=m["compute_dtype"])
         return lm_model(lc, m["name"]), tok, params
-    tok = hf.ByteTokenizer()
+    tok = tokenizer_for(cfg)
     lc = llama.LlamaConfig(
         vocab_size=tok.vocab_size,
         d_model=m["d_model"],
@@ -566,7 +642,9 @@ def train(study: Study, keys, hp=None, *, ckpt_dir=None, resume=False, progress=
     traces = {k: np.zeros((len(keys), n_chunks) + v.shape[2:], np.float32) for k, v in shapes.items()}
     start, elapsed, ckpt = 0, 0.0, None
     if ckpt_dir:
-        conf = report.to_jsonable({k: v for k, v in cfg.items() if k != "tiny"})
+        # what the run depends on (not every registered method's section: adding a method to the
+        # registry must not invalidate a checkpoint)
+        conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
         if not resume and os.path.isdir(ckpt_dir):
             shutil.rmtree(ckpt_dir)
         ckpt = Checkpointer(ckpt_dir, conf)
@@ -626,10 +704,12 @@ def control_of(c: Condition, conds: list[Condition]) -> Condition | None:
 
 
 def condition_metrics(cfg: dict, c: Condition, conds, traces: dict) -> tuple[dict, dict]:
-    """Per-seed metrics of one condition (one row per probe kind for facts). The gain of an
-    injected condition is its log-probability per target token minus its never-seen control's
-    at the same evaluation (what the stream and the templates teach), relative to that
-    difference before the first exposure; a control's gain is its own change (generic learning)."""
+    """Per-seed metrics of one condition (one row per probe kind for facts). The gain of a fact
+    or numeric / entity probe is paired: its target's log-probability per token minus that of a
+    never-seen value in the same context (:func:`jaxcl.probes.counterfactual`; what the stream
+    and the templates teach lifts both), relative to that difference before the first exposure.
+    A few-shot condition's gain is its sequences' log-likelihood per token minus the novel
+    sequences' (the novel row: its own change)."""
     E = cfg["train"]["eval_every"]
     b, a, last = _indices(cfg, c, conds)
     n_eval = next(iter(traces.values())).shape[1]
@@ -638,16 +718,24 @@ def condition_metrics(cfg: dict, c: Condition, conds, traces: dict) -> tuple[dic
     out = {}
 
     def fit(curves_SxI, prefix=""):
-        fits = [probes.power_law_fit(t_all[a:], g[a:]) for g in curves_SxI]
+        """Power law of each seed's curve from its peak after the last exposure on (Adam's
+        momentum keeps applying an exposure's gradient for ~10 steps, so the peak can come later
+        than the first evaluation); ``t``: steps since the last exposure."""
+        fits = []
+        for g in curves_SxI:
+            p = a + int(np.nanargmax(g[a:])) if np.isfinite(g[a:]).any() else a
+            fits.append(probes.power_law_fit(t_all[p:], g[p:]))
         return {f"alpha{prefix}": [f["alpha"] for f in fits], f"r2{prefix}": [f["r2"] for f in fits]}
 
     def gains(curve_SxI, ctrl_SxI):
         rel = curve_SxI if ctrl_SxI is None else curve_SxI - ctrl_SxI
         gain = rel - rel[:, b : b + 1]
+        peak = np.nanmax(gain[:, a:], axis=1)
         per = {
             "gain_after": gain[:, a],
+            "gain_peak": peak,
             "gain_final": gain[:, -1],
-            "retained": gain[:, -1] / np.where(np.abs(gain[:, a]) > 1e-9, gain[:, a], np.nan),
+            "retained": gain[:, -1] / np.where(np.abs(peak) > 1e-9, peak, np.nan),
             **fit(gain),
         }
         return per, gain
@@ -656,8 +744,11 @@ def condition_metrics(cfg: dict, c: Condition, conds, traces: dict) -> tuple[dic
         for key, idx in c.probe_rows.items():
             lp = traces[f"{key}_logp"][:, :, idx].mean(-1)
             ex = traces[f"{key}_exact"][:, :, idx].mean(-1)
-            lp_c = None if ctrl is None else traces[f"{key}_logp"][:, :, ctrl.probe_rows[key]].mean(-1)
-            per, gain = gains(lp, lp_c)
+            if f"{key}_cf_logp" in traces:  # paired: the true value vs a never-seen one, same context
+                per, gain = gains(lp - traces[f"{key}_cf_logp"][:, :, idx].mean(-1), None)
+            else:
+                lp_c = None if ctrl is None else traces[f"{key}_logp"][:, :, ctrl.probe_rows[key]].mean(-1)
+                per, gain = gains(lp, lp_c)
             per.update(exact_before=ex[:, b], exact_after=ex[:, a], exact_final=ex[:, -1])
             label = key.split("_", 1)[1] if c.kind == "facts" else ""
             out[f"{c.name} / {label}" if label else c.name] = (per, {"gain": gain, "exact": ex, "logp": lp})
@@ -748,8 +839,8 @@ def _run(cfg, out, resume, verbose):
         print(
             f"\n{cfg['name']}: {cfg['model']['name']} on {', '.join(cfg['data']['domains'])}, {t['steps']} steps of "
             f"{t['batch_size']} x {cfg['data']['seq_len']} tokens, {S} seeds ({r['seconds']:.1f}s); held-out NLL "
-            f"{d0:.2f} -> {d1:.2f} nats/token. Δlogp: log-probability gain per target token over the never-seen control (a control "
-            "row: its own gain), from before the first exposure; α, R²: its power law after the last exposure\n"
+            f"{d0:.2f} -> {d1:.2f} nats/token. Δlogp: gain of log p(true value) - log p(never-seen value) per target token (few-shot: "
+            "seen minus novel sequences), from before the first exposure; α, R²: its power law after the last exposure\n"
         )
         print(res["table"])
     if out:

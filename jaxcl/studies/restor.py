@@ -1,0 +1,358 @@
+"""The knowledge-recovery runner (``study: restor``): after unlearning a corruption, does the
+model get its original knowledge back, or does it only forget the corruption?
+
+Paper: "RESTOR: Knowledge Recovery in Machine Unlearning" (2024): an unlearning algorithm should
+not only forget what the removed data taught but recover the model's knowledge state as if it
+had never seen them; some algorithms only forget. Protocol (study 6 of issue 12):
+
+1. **clean**: a small Llama trained from scratch (``lm-memory``'s model and tokenizer) on a text
+   stream of ``data.domains`` mixed with the documents of ``data.n_facts`` fictional entities
+   (:mod:`jaxcl.probes`), each repeated ``clean.repeats`` times;
+2. **corrupted**: fine-tuned on the same documents with wrong values (a birth year, city and
+   profession of never-seen entities), ``corrupt.repeats`` times each, mixed with stream windows;
+3. **unlearned**: each method of ``methods`` (the registry's ``ga``, ``graddiff``, ``npo`` and
+   their ``gu-`` versions) unlearns the wrong documents from the corrupted model (forget set:
+   the wrong documents; retain set: stream windows), through :class:`jaxcl.loops.Phase` as in
+   the TOFU runner.
+
+Every model is scored on the facts' memorisation probes with the true values and with the wrong
+ones (teacher-forced, :func:`jaxcl.probes.span_scores`): ``pref`` = log p(true) - log p(wrong) per
+target token (> 0: the original fact is preferred), exact match of the true / wrong values, and
+the held-out stream NLL (utility). **Recovery** = (pref after unlearning - pref corrupted) /
+(pref clean - pref corrupted): 0 = no recovery, 1 = back to the clean model, <0 = worse.
+Seeds are vmapped; results.json through :mod:`jaxcl.results`, ``recovery.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import probes, report, results
+from ..config import ConfigError, check_positive
+from ..data import text
+from ..engine import check_finite
+from ..loops import seeds_keys
+from ..models import llama
+from . import lm_memory
+from .tofu import TofuProblem, lm_model, trainer, unlearner
+
+METHODS = ("ga", "graddiff", "npo", "gu-ga", "gu-graddiff", "gu-npo")
+CLEAN, CORRUPT, UNLEARN = 1, 2, 3  # key roles
+
+DEFAULTS = {
+    "model": {
+        "d_model": 96,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "d_ff": 256,
+        "compute_dtype": "float32",
+        "tokenizer": "smollm2",
+    },
+    "data": {"domains": ("bible:law",), "seq_len": 64, "n_facts": 16, "n_windows": 1600, "n_eval": 8},
+    "clean": {"repeats": 24},
+    "corrupt": {"repeats": 24, "n_windows": 384},
+    # the clean and the corrupting fine-tuning (tofu.trainer's recipe: AdamW, warm-up + cosine)
+    "train": {
+        "epochs": 1.0,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "weight_decay": 0.0,
+        "clip_norm": 1.0,
+        "eval_every": 0,
+    },
+    # unlearning: epochs over the wrong documents; eval_size rows in the traced forget / retain NLL
+    "unlearn": {"epochs": 8.0, "batch_size": 8, "eval_every": 0, "eval_size": 32},
+    "methods": METHODS,
+    "seeds": 3,
+    "seed": 0,
+}
+
+COLUMNS = [
+    ("pref", "log p(true) - log p(wrong)", "float"),
+    ("recovery", "recovery", "float"),
+    ("exact_true", "exact true", "pct"),
+    ("exact_wrong", "exact wrong", "pct"),
+    ("stream_nll", "stream NLL", "float"),
+    ("time_s", "time (s)", "seconds"),
+]
+
+
+def validate(cfg: dict) -> None:
+    d = cfg["data"]
+    for m in cfg["methods"]:
+        if m not in METHODS:
+            raise ConfigError(
+                f"methods: {m!r} is not valid for the restor study; valid: {', '.join(METHODS)}"
+            )
+    if not d["domains"]:
+        raise ConfigError("data.domains is empty: give at least one text domain")
+    valid = set(text.domain_names())
+    for name in d["domains"]:
+        if name not in valid:
+            raise ConfigError(text._unknown(name))
+    if cfg["model"]["tokenizer"] not in text.TOKENIZERS:
+        raise ConfigError(
+            f"model.tokenizer={cfg['model']['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
+        )
+    check_positive(
+        cfg,
+        ["data.seq_len", "data.n_facts", "data.n_windows", "data.n_eval", "clean.repeats"]
+        + ["corrupt.repeats", "corrupt.n_windows", "train.epochs", "train.batch_size", "train.lr"]
+        + ["unlearn.epochs", "unlearn.batch_size", "unlearn.eval_size", "seeds"],
+    )
+    if d["n_facts"] < 2:
+        raise ConfigError("data.n_facts must be >= 2")
+    from .tofu import check_methods
+
+    check_methods({**cfg, "data": {**d, "n_forget": d["n_facts"], "split": "forget01"}}, cfg["methods"])
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Data:
+    clean: dict  # {'tokens', 'mask'} (n_facts, T): the true documents
+    wrong: dict  # the documents with wrong values
+    windows: dict  # stream windows (n_windows, T)
+    probes_true: dict  # memorisation probes with the true values
+    probes_wrong: dict  # the same probes with the wrong values
+    held_out: jax.Array  # (M, T) held-out stream windows
+
+
+def _rows(tok, items, T, pad) -> dict:
+    toks = np.full((len(items), T), pad, np.int32)
+    mask = np.zeros((len(items), T), bool)
+    for r, segs in enumerate(items):
+        ids = probes.encode_segments(tok, segs)[0]
+        if len(ids) > T:
+            raise ConfigError(
+                f"a fact document has {len(ids)} tokens, more than data.seq_len={T}; raise data.seq_len"
+            )
+        toks[r, : len(ids)], mask[r, : len(ids)] = ids, True
+    return {"tokens": toks, "mask": mask}
+
+
+def facts(cfg: dict):
+    """The entities and, for each, one with its wrong values (never-seen entities' values)."""
+    n = cfg["data"]["n_facts"]
+    ents = probes.entities(2 * n, cfg["seed"])
+    true, alt = ents[:n], ents[n:]
+    wrong = []
+    for i, e in enumerate(true):
+        o = next((a for a in alt[i:] + alt[:i] if a.year != e.year and a.profession != e.profession), alt[i])
+        wrong.append(dataclasses.replace(e, year=o.year, city=o.city, profession=o.profession))
+    return true, wrong
+
+
+def tokenizer_for(cfg: dict):
+    from .. import hf
+
+    if cfg["model"]["tokenizer"] == "byte":
+        return hf.ByteTokenizer()
+    rec = lm_memory._Recorder(text.tokenizer("smollm2"))
+    true, wrong = facts(cfg)
+    for e in true + wrong:
+        probes.encode_segments(rec, e.document())
+    for name in cfg["data"]["domains"]:
+        text.encode_docs(rec, text.documents(name))
+    return lm_memory.CompactTokenizer(rec.base, rec.ids)
+
+
+def prepare(cfg: dict):
+    tok = tokenizer_for(cfg)
+    m, d = cfg["model"], cfg["data"]
+    T = d["seq_len"]
+    lc = llama.LlamaConfig(
+        vocab_size=tok.vocab_size,
+        d_model=m["d_model"],
+        n_layers=m["n_layers"],
+        n_heads=m["n_heads"],
+        n_kv_heads=m["n_kv_heads"],
+        d_ff=m["d_ff"],
+        max_seq_len=T + 8,
+        compute_dtype=m["compute_dtype"],
+    )
+    model = lm_model(lc, "scratch")
+    pad = lm_memory._pad_id(tok)
+    true, wrong = facts(cfg)
+    stream = text.build_stream(
+        list(d["domains"]),
+        tokenizer_name=tok,
+        seq_len=T,
+        n_eval=d["n_eval"],
+        max_train=d["n_windows"],
+        seed=cfg["seed"],
+    )
+    counts = np.asarray(stream.n_train)
+    win = np.concatenate([np.asarray(stream.train[k, : counts[k]]) for k in range(len(counts))])[
+        : d["n_windows"]
+    ]
+    mem_true = [p for e in true for p in e.memorization()]
+    # the same contexts as the true probes, the wrong values as targets
+    mem_wrong = [
+        probes.counterfactual(a, b) for a, b in zip(mem_true, [p for e in wrong for p in e.memorization()])
+    ]
+    both = probes.encode_probes(tok, mem_true + mem_wrong, pad)  # one length for both
+    n = len(mem_true)
+    pt, pw = ({k: v[sl] for k, v in both.items()} for sl in (slice(0, n), slice(n, None)))
+    data = Data(
+        clean=_rows(tok, [e.document() for e in true], T, pad),
+        wrong=_rows(tok, [e.document() for e in wrong], T, pad),
+        windows={"tokens": win, "mask": np.ones_like(win, bool)},
+        probes_true={"tokens": pt["tokens"], "target": pt["target"]},
+        probes_wrong={"tokens": pw["tokens"], "target": pw["target"]},
+        held_out=np.asarray(stream.eval).reshape(-1, T),
+    )
+    return model, tok, jax.tree.map(jnp.asarray, dataclasses.asdict(data))
+
+
+def _mix(a: dict, reps: int, b: dict) -> dict:
+    return {k: jnp.concatenate([jnp.tile(a[k], (reps, 1)), b[k]]) for k in a}
+
+
+def scores(model, params, data) -> dict:
+    """The facts' preference for the true values, exact matches and the held-out stream NLL."""
+    t = probes.span_scores(model.apply, params, data["probes_true"])
+    w = probes.span_scores(model.apply, params, data["probes_wrong"])
+    nll = probes.sequence_nll(model.apply, params, data["held_out"])
+    return {
+        "pref": (t["logp_tok"] - w["logp_tok"]).mean(),
+        "exact_true": t["exact"].mean(),
+        "exact_wrong": w["exact"].mean(),
+        "stream_nll": nll.mean(),
+    }
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def run(cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True):
+    """Clean -> corrupted -> every method; ``resume`` / ``fresh`` / ``tensorboard`` are accepted
+    for the runner contract (the phases are short; nothing is cached between runs)."""
+    del resume, fresh, tensorboard
+    validate(cfg)
+    if not out:
+        return _run(cfg, None, verbose)
+    report.prepare_out_dir(out)
+    with report.lock_out_dir(out):
+        return _run(cfg, out, verbose)
+
+
+def _run(cfg, out, verbose):
+    say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+    t_start = time.perf_counter()
+    model, tok, data = prepare(cfg)
+    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    S, rk = cfg["seeds"], cfg["clean"]["repeats"]
+    score = jax.jit(jax.vmap(lambda p, d: scores(model, p, d), in_axes=(0, None)))
+    init = jax.vmap(model.init)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
+    empty = {k: v[:1] for k, v in data["wrong"].items()}
+    timing, evaluated, traces = {}, {}, {}
+
+    def phase_run(phase, hp, params, role, problem):
+        fn = jax.vmap(
+            lambda p, k, prob: phase.run(p, jax.random.fold_in(k, role), prob, hp), in_axes=(0, 0, None)
+        )
+        o, c_s, t_s = report.timed_jit(fn, params, keys, problem)
+        check_finite(o["nonfinite_step"], where=f"(phase {role})")
+        return o, c_s, t_s
+
+    # 1. clean: the stream and the true documents
+    rows = _mix(data["clean"], rk, data["windows"])
+    phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
+    problem = TofuProblem(forget=empty, forget_alt=empty, retain=rows)
+    o, c_s, t_s = phase_run(phase, hp, init, CLEAN, problem)
+    clean = o["params"]
+    timing["clean"] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
+    evaluated["clean"] = jax.tree.map(np.asarray, score(clean, data))
+    say(
+        f"clean: {phase.phase.steps} steps ({t_s:.1f}s + {c_s:.1f}s compile), pref {evaluated['clean']['pref'].mean():.3f}"
+    )
+
+    # 2. corrupted: the wrong documents, with stream windows
+    win = {k: v[: cfg["corrupt"]["n_windows"]] for k, v in data["windows"].items()}
+    rows = _mix(data["wrong"], cfg["corrupt"]["repeats"], win)
+    phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
+    o, c_s, t_s = phase_run(phase, hp, clean, CORRUPT, problem.replace(retain=rows))
+    corrupted = o["params"]
+    timing["corrupted"] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
+    evaluated["corrupted"] = jax.tree.map(np.asarray, score(corrupted, data))
+    say(f"corrupted: {phase.phase.steps} steps, pref {evaluated['corrupted']['pref'].mean():.3f}")
+
+    # 3. unlearning the wrong documents (retain: stream windows)
+    problem = TofuProblem(forget=data["wrong"], forget_alt=data["clean"], retain=data["windows"])
+    for name in cfg["methods"]:
+        phase, hp = unlearner(model, cfg, name, cfg["data"]["n_facts"])
+        o, c_s, t_s = phase_run(phase, hp, corrupted, UNLEARN, problem)
+        evaluated[name] = jax.tree.map(np.asarray, score(o["params"], data))
+        timing[name] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
+        traces[name] = {k: np.asarray(v).mean(0).tolist() for k, v in o["trace"].items()}
+        say(
+            f"  {name:12s} {phase.phase.steps} steps: pref {evaluated[name]['pref'].mean():.3f} ({t_s:.1f}s + {c_s:.1f}s)"
+        )
+
+    p_clean, p_corr = evaluated["clean"]["pref"], evaluated["corrupted"]["pref"]
+    out_rows = {}
+    for name, ev in evaluated.items():
+        per = {k: np.asarray(v) for k, v in ev.items()}
+        per["recovery"] = (per["pref"] - p_corr) / np.where(
+            np.abs(p_clean - p_corr) > 1e-9, p_clean - p_corr, np.nan
+        )
+        per["time_s"] = [timing[name]["time_s"]]
+        out_rows[name] = results.row(
+            per, timing=timing[name], **({"trace": traces[name]} if name in traces else {})
+        )
+    timing["total_s"] = time.perf_counter() - t_start
+    res = results.make(
+        "restor",
+        cfg,
+        out_rows,
+        COLUMNS,
+        timing=timing,
+        extra={"n_facts": cfg["data"]["n_facts"]},
+        first="model",
+    )
+    say(
+        f"\n{cfg['name']}: {cfg['data']['n_facts']} facts, {S} seeds ({timing['total_s']:.1f}s); pref = log p(true) - "
+        "log p(wrong) per target token on the memorisation probes; recovery = (pref - corrupted) / (clean - corrupted)\n"
+    )
+    say(res["table"])
+    if out:
+        files = []
+        try:
+            files = [plot(res, os.path.join(out, "recovery.png"))]
+        except Exception as err:  # a plotting problem must not lose the results
+            say(f"warning: the plot could not be drawn ({err}); results.json is written")
+        results.write(out, res, files)
+        say(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
+    return res
+
+
+def plot(res: dict, path: str) -> str:
+    """Preference for the true values (bars, mean ± std over seeds) per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["rows"])
+    m = [res["rows"][n]["summary"]["pref"]["mean"] for n in names]
+    s = [res["rows"][n]["summary"]["pref"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2, 3.6))
+    ax.bar(range(len(names)), m, yerr=s, capsize=3, color=["g", "r"] + ["C0"] * (len(names) - 2))
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("log p(true) - log p(wrong) per token")
+    ax.set_title(f"{res['name']}: knowledge recovery")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
