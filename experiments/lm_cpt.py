@@ -1,14 +1,25 @@
-"""Continual pre-training of a small Llama over domains of the KJV bible (law, history, prophets,
-gospels): the held-out loss matrix, forgetting, the effect of replay, of re-warming the learning
-rate at each domain, and of model size.
+"""Continual pre-training of a small Llama over four text domains (bible:law, tofu,
+convention:democrat, headlines): the held-out loss matrix, forgetting, the effect of replay, of
+re-warming the learning rate at each domain, and of model size.
 
     jaxcl run lm-cpt --tiny                        # seconds; what the tests run
     jaxcl run lm-cpt                               # the default size (2-core CPU: see below)
     jaxcl sweep lm-cpt --grid er.replay_fraction=0,0.1,0.25,0.5 --set model.sizes=xs   # one program
     jaxcl run lm-cpt --set model.sizes=smollm2-135m --set data.tokenizer=smollm2 --set data.seq_len=256  # GPU
 
-Expected runtime (2-core CPU): --tiny ~15 s; default: measured in the README section
-"Language-model continual pre-training".
+Expected runtime (2-core CPU): --tiny ~30 s (mostly compiling); default 13.8 min with the machine
+loaded (load 5-10; about 2.5 min per row).
+
+Measured result, default (xs: 0.12M parameters, 3 seeds, held-out NLL per token in nats, mean):
+
+    row              final loss  BWT     forgetting  worst loss
+    finetune         2.396       -0.451  0.451       2.523
+    finetune+rewarm  2.421       -0.284  0.339       2.580
+    er               2.164       -0.159  0.178       2.226
+    er+rewarm        2.218       -0.038  0.130       2.394
+    joint            2.116        0.153  -0.046      2.190
+
+README: "Language-model continual pre-training", with the papers' findings beside these numbers.
 
 Writes runs/lm-cpt[-tiny]/{results.json, loss_matrix.png, loss_over_training.png}.
 """
