@@ -47,6 +47,18 @@ CAPACITY = 1000
 REPLAY_FRACTION = 0.5
 
 
+def flops_per_call(n_seeds, steps_per_task, eval_every, eval_per_task, test_n, input_dim=784, n_classes=10):
+    """Matmul FLOPs of one call (every seed): 6 * P * B per training step (forward and backward),
+    2 * P per evaluated example (the per-iteration evaluations on ``eval_per_task`` examples of
+    every task, the full test sets at each task end and before training); P = weights of the MLP."""
+    dims = (input_dim, *HIDDEN, n_classes)
+    P = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    train = N_TASKS * steps_per_task * 6 * P * BATCH
+    n_evals = N_TASKS * steps_per_task // eval_every
+    evals = 2 * P * (n_evals * eval_per_task * N_TASKS + (N_TASKS + 1) * int(sum(test_n)))
+    return n_seeds * (train + evals)
+
+
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
@@ -385,6 +397,13 @@ def main(argv=None):
                     "tiny": args.tiny,
                 },
                 "jaxcl_impl": "jit(vmap(Experiment.run)) over seed keys",
+                "flops": flops_per_call(
+                    n,
+                    args.steps_per_task,
+                    args.eval_every,
+                    min(args.eval_per_task, int(min(stream.test_n))),
+                    stream.test_n,
+                ),
                 "peer": peer,
                 **info,
                 "note": args.note,

@@ -93,6 +93,7 @@ def _er_stream(lines):
                 peer=d.get("peer"),
                 peer_s=t.get("median_s"),
                 first_s=j.get("first_call_s"),
+                flops=d.get("flops"),
             )
         )
     return out
