@@ -40,7 +40,7 @@ def test_probes_mark_the_value_and_memorisation_probes_are_prefixes_of_the_docum
     cf = probes.counterfactual(e.memorization()[2], o.memorization()[2])
     assert [t for t, is_t in cf if not is_t] == [t for t, is_t in e.memorization()[2] if not is_t]
     assert [t for t, is_t in cf if is_t] == [f" {o.profession}"]
-    with pytest.raises(ValueError, match="1 target segments but the other probe has 2"):
+    with pytest.raises(ValueError, match="1 target segments but the other probe has 3"):
         probes.counterfactual(e.paraphrase()[0], e.document())
     with pytest.raises(ValueError, match="more than the sequence length 10"):
         probes.encode_probes(tok, e.paraphrase(), tok.pad_id, length=10)
