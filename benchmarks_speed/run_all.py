@@ -42,6 +42,11 @@ BENCHES = {
         "cpu": ["--seeds", "1", "16", "--steps-per-task", "20", "--repeats", "2"],
         "gpu": ["--seeds", "1", "16", "--steps-per-task", "500", "--repeats", "3"],
     },
+    "replay_zoo": {
+        "tiny": ["--tiny"],
+        "cpu": ["--seeds", "1", "16", "--steps-per-task", "50", "--repeats", "2"],
+        "gpu": ["--seeds", "1", "16", "--steps-per-task", "500", "--repeats", "3"],
+    },
     "ssd": {
         "tiny": ["--tiny"],
         "cpu": ["--repeats", "2"],
@@ -63,7 +68,7 @@ BENCHES = {
         "gpu": ["--shape", "medium", "--layers", "8", "--d-model", "1024", "--batch", "16", "--new", "64"],
     },
 }
-CPU_ONLY_PEERS = {"er_stream", "ssd", "gu_overhead"}
+CPU_ONLY_PEERS = {"er_stream", "replay_zoo", "ssd", "gu_overhead"}
 
 
 def _row(workload, *, jaxcl_s=None, peer=None, peer_s=None, first_s=None, flops=None, **extra):
@@ -97,6 +102,20 @@ def _er_stream(lines):
             )
         )
     return out
+
+
+def _replay_zoo(lines):
+    return [
+        _row(
+            f"replay_zoo {d['method']} seeds={d['sizes']['seeds']} steps/task={d['sizes']['steps_per_task']}",
+            jaxcl_s=d["jaxcl"]["median_s"],
+            peer=d["peer"],
+            peer_s=d["torch"]["median_s"],
+            first_s=d["jaxcl"]["first_call_s"],
+        )
+        for d in lines
+        if "jaxcl" in d and "torch" in d
+    ]
 
 
 PEERS = ("torch", "transformers", "trl")
@@ -145,6 +164,7 @@ def _rft_step(lines):
 
 ADAPTERS = {
     "er_stream": _er_stream,
+    "replay_zoo": _replay_zoo,
     "ssd": lambda lines: _by_side(lines),
     "gu_overhead": lambda lines: _by_side(lines),
     "llm_step": lambda lines: _by_side(lines),
