@@ -12,10 +12,16 @@ evaluation every 10 steps on 200 test examples per task; GEM's constraint set si
 Table: ACC, BWT, FWT, forgetting, min-ACC, WC-ACC, WF, rank by ACC within each benchmark and
 the per-method wall time (compilation included); mean rank over benchmarks; ``zoo.png``.
 
-Expected runtime: measured 8 min 25 s for 17 methods on the 2-core CPU shared with other jobs
-(about 10 s per method and benchmark, compilation included); more with every method added.
-Measured result (README, method zoo): FMNIST class-IL ACC joint 78.1, GEM 77.3, GDumb 77.2,
-ER-ACE 76.6, DER++ 75.8, ER 74.0, iCaRL 72.9, fine-tune 19.9; task-IL 98.7 (DER++) to 86.0 (SI). --tiny: DER++ and iCaRL on two benchmarks, 2 seeds, well under a minute.
+Expected runtime: every registered method (28) was not run in one piece on the shared machine;
+measured in parts with this config: the first 17 methods 8 min 25 s; `--set methods=er,uer,gere,
+fpf,kfpf,er_refresh,derpp_refresh,kappatune,viewbatch,prd` 15 min 46 s wall at a 34 % share of
+the 2 cores (5 min 21 s of CPU time; load average 5-12); `--set methods=xder,derpp` 84 s. About
+25 min in total on that loaded machine (the refresh wrappers are the slowest, ~80 s per benchmark
+loaded); from the CPU times, about 15 min on the 2 cores alone (not measured in one piece).
+Measured result (README, method zoo): FMNIST class-IL ACC X-DER 78.4, joint 78.1, GEM 77.3,
+GDumb 77.2, FPF 76.7, ER-ACE 76.6, UER 75.8, DER++ 75.8, ER 74.0, iCaRL 72.9, fine-tune 19.9;
+task-IL 98.8 (X-DER, BiC) to 83.7 (LwF). --tiny: DER++ and iCaRL on two benchmarks, 2 seeds, well
+under a minute.
 Writes runs/cl-zoo/{results.json, zoo.png, <benchmark>/...}.
 """
 
