@@ -10,9 +10,24 @@ books of the law (KJV), with fictional facts injected 1, 4 and 16 times, all las
     jaxcl sweep lm-facts --grid finetune.lr=1e-3,3e-3
     jaxcl run lm-facts --set model.name=smollm2-135m --set data.seq_len=64   # an accelerator run
 
-Expected runtime (2-core CPU): --tiny TBD; default TBD.
+Expected runtime (2-core CPU): --tiny 14 s (mostly compiling); default 4 min on an idle machine,
+9-13 min with other jobs running (3 seeds vmapped, 400 steps of 16 x 64 tokens, 20 in-loop
+evaluations of 768 span probes).
 
-Measured result, default: TBD.
+Measured result, default (mean ± std over 3 seeds; Δlogp = gain of log p(true value) - log p(a
+never-seen value) per target token, paired, from before the first exposure; retained = end / peak;
+alpha: power law of the gain from its peak on, per seed):
+
+    memorisation probe   Δlogp peak   Δlogp end    retained   alpha
+    facts x1             0.87 ± 0.19  0.70 ± 0.16  0.80       0.10-0.14 (R² 0.43-0.66)
+    facts x4             1.34 ± 0.31  1.08 ± 0.24  0.81       0.11-0.18 (1 seed: no decay)
+    facts x16            1.69 ± 0.53  0.99 ± 0.39  0.57       0.09-0.19 (R² 0.34-0.87)
+    facts never seen     0.04         0.02         -          -
+    numbers seen/unseen  1.18 / 0.02  1.14 / 0.02  0.98       -
+    entities seen/unseen 2.69 / 0.04  2.17 / 0.01  0.81       0.12-0.28
+
+Exact match of the spans: 0-6 % everywhere (seen or not). README: "Language-model memory
+studies", with the papers' findings beside these numbers.
 
 Writes runs/lm-facts[-tiny]/{results.json, retention.png}.
 """

@@ -8,9 +8,14 @@ continuation of 32 tokens from a cue of 16.
     jaxcl run lm-fewshot                                   # the default size (2-core CPU)
     jaxcl run lm-fewshot --set fewshot.source=random       # stimuli without structure
 
-Expected runtime (2-core CPU): --tiny TBD; default TBD.
+Expected runtime (2-core CPU): --tiny 12 s; default about 4 min idle, 7 min with other jobs
+running (3 seeds vmapped).
 
-Measured result, default: TBD.
+Measured result, default (mean over 3 seeds, ± 0.01-0.02): recognition AUC before the first
+exposure / right after the last / at step 400: x1 0.56 / 0.65 / 0.74, x2 0.70 / 0.94 / 0.86,
+x4 0.67 / 1.00 / 0.89; recall of 32 tokens from a 16-token cue: 0 % exact, token accuracy 3-5 %
+for seen and novel sequences alike. Log-likelihood gain over the novel sequences (nats/token,
+peak -> end): x1 0.64 -> 0.49, x2 0.74 -> 0.52, x4 1.40 -> 0.71 (alpha 0.16-0.20).
 
 Writes runs/lm-fewshot[-tiny]/{results.json, retention.png}.
 """

@@ -882,8 +882,9 @@ def plot(res: dict, curves: dict, path: str) -> str:
                 ax.plot(steps, cur["recall_tok"], ls="--", color=line.get_color(), label=f"{name} recall tok")
                 ax.set_ylabel("recognition AUC / recall")
             elif p == "numeric" and r["kind"] == "numeric":
-                ax.plot(steps, cur["exact"], label=name)
-                ax.set_ylabel("exact recall")
+                (line,) = ax.plot(steps, cur["gain"], label=f"{name} Δ log p")
+                ax.plot(steps, cur["exact"], ls="--", color=line.get_color(), label=f"{name} exact")
+                ax.set_ylabel("Δ log p (true - never-seen) / exact recall")
         ax.axvline(res["config"]["inject"]["last_step"] + 1, color="k", lw=0.6, ls=":")
         ax.set_xlabel("step")
         ax.set_title(p if p not in FACT_PROBES else f"facts: {p}")
@@ -895,6 +896,7 @@ def plot(res: dict, curves: dict, path: str) -> str:
                 continue
             g = np.asarray(r["curves_mean"]["gain"])
             a, last = r["after_index"], r["last_exposure"]
+            a = a + int(np.nanargmax(g[a:]))  # from the peak on, as in the table
             tt = steps[a:] - last
             (line,) = ax.loglog(tt, np.where(g[a:] > 0, g[a:], np.nan), "o", ms=2, label=name)
             fit = probes.power_law_fit(tt, g[a:])
