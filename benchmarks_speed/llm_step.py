@@ -88,7 +88,7 @@ def matmul_peak_flops():
 class JaxTrain:
     name = "jaxcl"
 
-    def __init__(self, cfg, params, tokens, steps, lr):
+    def __init__(self, cfg, params, tokens, steps, lr, loss=None):
         import jax
         import jax.numpy as jnp
         import optax
@@ -100,6 +100,8 @@ class JaxTrain:
         tx = optax.adamw(lr)
 
         def loss_fn(p, batch, key):
+            if loss is not None:
+                return loss(p, batch), {}
             lp = llama.token_logprobs(cfg, p, batch)
             return -lp.mean(), {}
 
@@ -117,6 +119,89 @@ class JaxTrain:
         self.state, m = self.run(self.state, self.toks)
         self.jax.block_until_ready(self.state.params)
         return float(m["loss"][-1])
+
+
+class JaxUnfusedHead(JaxTrain):
+    """jaxcl before the fused head: the same step with ``log_softmax(logits)`` then a gather as
+    the loss (what ``llama.token_logprobs`` computed until the fused target log-prob head)."""
+
+    name = "jaxcl-unfused-head"
+
+    def __init__(self, cfg, params, tokens, steps, lr):
+        import jax
+
+        from jaxcl.models import llama
+
+        def loss(p, toks):
+            logits = llama.forward(cfg, p, toks[:, :-1])
+            lp = jax.nn.log_softmax(logits, axis=-1)
+            return -jax.numpy.take_along_axis(lp, toks[:, 1:, None], axis=-1).mean()
+
+        super().__init__(cfg, params, tokens, steps, lr, loss=loss)
+
+
+class JaxHandwritten:
+    """The same model and update written by hand in plain jax.numpy: own forward (a Python loop
+    over the layers, einsum attention with a causal mask), ``optax.softmax_cross_entropy_with_
+    integer_labels``, ``optax.adamw``, the steps in one jitted ``lax.scan``; no jaxcl code."""
+
+    name = "jax-handwritten"
+
+    def __init__(self, cfg, params, tokens, steps, lr):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        self.jax = jax
+        H, K, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.hd, cfg.norm_eps
+        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd))
+        T = tokens.shape[1] - 1
+        ang = np.arange(T, dtype=np.float32)[:, None] * inv
+        cos = jnp.asarray(np.cos(np.concatenate([ang, ang], -1))[None, :, None])
+        sin = jnp.asarray(np.sin(np.concatenate([ang, ang], -1))[None, :, None])
+        causal = jnp.asarray(np.tril(np.ones((T, T), bool)))
+
+        def norm(x, w):
+            return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+        def rope(x):
+            h = x.shape[-1] // 2
+            return x * cos + jnp.concatenate([-x[..., h:], x[..., :h]], -1) * sin
+
+        def loss(p, toks):
+            inp, tgt = toks[:, :-1], toks[:, 1:]
+            B = inp.shape[0]
+            x = p["embed"][inp]
+            for i in range(cfg.n_layers):
+                w = {k: v[i] for k, v in p["layers"].items()}
+                h = norm(x, w["attn_norm"])
+                q = rope((h @ w["wq"]).reshape(B, T, H, hd))
+                k = jnp.repeat(rope((h @ w["wk"]).reshape(B, T, K, hd)), H // K, axis=2)
+                v = jnp.repeat((h @ w["wv"]).reshape(B, T, K, hd), H // K, axis=2)
+                s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(hd)
+                a = jax.nn.softmax(jnp.where(causal, s, -1e30), axis=-1)
+                x = x + jnp.einsum("bhqk,bkhd->bqhd", a, v).reshape(B, T, H * hd) @ w["wo"]
+                h = norm(x, w["mlp_norm"])
+                x = x + (jax.nn.silu(h @ w["w_gate"]) * (h @ w["w_up"])) @ w["w_down"]
+            logits = norm(x, p["final_norm"]) @ p["embed"].T
+            return optax.softmax_cross_entropy_with_integer_labels(logits, tgt).mean()
+
+        tx = optax.adamw(lr)
+
+        def step(carry, toks):
+            p, o = carry
+            l, g = jax.value_and_grad(loss)(p, toks)
+            u, o = tx.update(g, o, p)
+            return (optax.apply_updates(p, u), o), l
+
+        self.run = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))
+        self.carry = (params, tx.init(params))
+        self.toks = jnp.broadcast_to(jnp.asarray(tokens), (steps, *tokens.shape))
+
+    def __call__(self):
+        self.carry, losses = self.run(self.carry, self.toks)
+        self.jax.block_until_ready(self.carry)
+        return float(losses[-1])
 
 
 class TorchTrain:
@@ -196,13 +281,17 @@ class TorchGen:
         return out[:, self.ids.shape[1] :].cpu().numpy()
 
 
-def bench(sides, repeats, log):
+def bench(sides, repeats, log, values=None):
     first = {}
     for s in sides:
         t = time.perf_counter()
-        s()
+        v = s()
         first[s.name] = time.perf_counter() - t
-        log(f"  first call {s.name}: {first[s.name]:.2f}s")
+        if values is not None:
+            values[s.name] = v
+        log(
+            f"  first call {s.name}: {first[s.name]:.2f}s" + (f", loss {v:.5f}" if values is not None else "")
+        )
     times = {s.name: [] for s in sides}
     for r in range(repeats):
         order = sides[r % len(sides) :] + sides[: r % len(sides)]
@@ -225,6 +314,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="add a torch.compile row (training)")
     p.add_argument("--no-generate", action="store_true")
+    p.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="skip the hand-written JAX step and jaxcl's former (unfused log_softmax) head",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny model, for a quick check")
     p.add_argument(
         "--out",
@@ -259,6 +353,11 @@ def main(argv=None):
         JaxTrain(cfg, params, tokens, a.steps, 1e-4),
         TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, False),
     ]
+    if not a.no_variants and a.dtype == "float32":  # the hand-written step has no bf16 casts
+        sides[1:1] = [
+            JaxHandwritten(cfg, params, tokens, a.steps, 1e-4),
+            JaxUnfusedHead(cfg, params, tokens, a.steps, 1e-4),
+        ]
     if a.compile:
         try:
             side = TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, True)
@@ -266,7 +365,8 @@ def main(argv=None):
             sides.append(side)
         except Exception as e:  # torch.compile may lack a compiler here
             log(f"  torch-compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-    first, st = bench(sides, a.repeats, log)
+    first_loss = {}
+    first, st = bench(sides, a.repeats, log, first_loss)
     n_tok = a.batch * a.seq * a.steps
     fpt = model_flops_per_token(cfg, a.seq)
     for name, s in st.items():
@@ -283,6 +383,7 @@ def main(argv=None):
             dtype=a.dtype,
             tokens_per_s=tps,
             first_call_s=first[name],
+            loss_after_first_call=first_loss[name],  # same weights and tokens: equal across sides
             **s,
             ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
             mfu=(tps * fpt / peak) if peak else None,
