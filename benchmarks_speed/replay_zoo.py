@@ -315,10 +315,10 @@ def run_row(method, stream, loop, n_seeds, repeats, retrain_steps, log):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--steps-per-task", type=int, default=100)
+    ap.add_argument("--steps-per-task", type=int, default=50)
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="rows (default: 1 16)")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per side (default 2)")
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--eval-per-task", type=int, default=200)
     ap.add_argument("--gdumb-retrain-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None)
