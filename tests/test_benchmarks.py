@@ -48,6 +48,7 @@ def _run_all():
         ("llm_step", "llm_step_cpu"),
         ("er_stream", "er_stream_cpu"),
         ("rft_step", "rft_step_cpu"),
+        ("replay_zoo", "replay_zoo_cpu"),
     ],
 )
 def test_run_all_reads_every_benchmarks_committed_lines(name, file):
