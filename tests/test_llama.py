@@ -247,3 +247,25 @@ def test_smollm2_greedy_capital_of_france(smollm2):
         cfg, params, tok, ["What is the capital of France?", "Say hello."], max_new_tokens=16
     )
     assert out[0] == "The capital of France is Paris."
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_fused_target_logprobs_equal_log_softmax_gather(tie):
+    """``token_logprobs``'s custom-VJP head: the values and gradients (weighted per token, as
+    masked losses weight them) of ``take_along_axis(log_softmax(logits))``."""
+    cfg = llama.tiny(tie_embeddings=tie)
+    p = llama.init_params(cfg, 1)
+    rng = np.random.default_rng(0)
+    toks = jnp.asarray(rng.integers(0, cfg.vocab_size, (3, 17)), jnp.int32)
+    w = jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)
+
+    def ref(p):
+        lp = jax.nn.log_softmax(llama.forward(cfg, p, toks[:, :-1]), axis=-1)
+        return jnp.take_along_axis(lp, toks[:, 1:, None], axis=-1)[..., 0]
+
+    fused = lambda p: llama.token_logprobs(cfg, p, toks)
+    np.testing.assert_allclose(jax.jit(fused)(p), ref(p), rtol=1e-5, atol=1e-5)
+    g_ref = jax.jit(jax.grad(lambda p: (ref(p) * w).sum()))(p)
+    g = jax.jit(jax.grad(lambda p: (fused(p) * w).sum()))(p)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))

@@ -317,11 +317,67 @@ def make_apply(cfg: LlamaConfig):
 # ----------------------------------------------------------------------------- losses
 
 
+def _head_logits(h_NxD, w, vd: bool):
+    """float32 logits of hidden states ``h`` against the output matrix (``(V, D)`` when ``vd``)."""
+    spec = "...d,vd->...v" if vd else "...d,dv->...v"
+    return jnp.einsum(spec, h_NxD, w.astype(h_NxD.dtype), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _target_logprobs(h_BxTxD, w, targets_BxT, vd):
+    return _target_logprobs_fwd(h_BxTxD, w, targets_BxT, vd)[0]
+
+
+def _target_logprobs_fwd(h_BxTxD, w, targets_BxT, vd):
+    logits = _head_logits(h_BxTxD, w, vd)
+    m = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+    log_z = jnp.log(jnp.exp(logits - m).sum(-1, keepdims=True))
+    # the arithmetic of log_softmax then a gather: (x_t - max) - log sum exp(x - max)
+    lp = (jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1) - m - log_z)[..., 0]
+    return lp, (h_BxTxD, w, targets_BxT, logits, m + log_z)
+
+
+def _target_logprobs_bwd(vd, res, g_BxT):
+    h, w, targets, logits, lse = res
+    onehot = jnp.arange(logits.shape[-1]) == targets[..., None]
+    # d lp_t / d logits = onehot - softmax, in one elementwise pass over the logits
+    # (float32, as autodiff of the float32-accumulating head matmul computes it)
+    d = (onehot - jnp.exp(logits - lse)) * g_BxT[..., None]
+    f32 = jnp.float32
+    hc, wc = h.astype(f32), w.astype(h.dtype).astype(f32)
+    if vd:  # tied: w is the (V, D) embedding
+        dh = jnp.einsum("...v,vd->...d", d, wc)
+        # (D, V) then transposed: XLA folds the transpose into the dot's output layout, so
+        # neither the (tokens, V) cotangent nor the embedding is copied transposed
+        dw = jnp.einsum("...d,...v->dv", hc, d).T
+    else:
+        dh = jnp.einsum("...v,dv->...d", d, wc)
+        dw = jnp.einsum("...d,...v->dv", hc, d)
+    return dh.astype(h.dtype), dw.astype(w.dtype), None
+
+
+_target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
+
+
+def target_logprobs(cfg: LlamaConfig, params, h_BxTxD, targets_BxT):
+    """log p(target) under the output head, from final-norm hidden states: (B, T), float32.
+
+    Equals ``take_along_axis(log_softmax(head(cfg, params, h)), targets)`` but its gradient is
+    one fused pass (``onehot - softmax``) and two matmuls: autodiff of the log_softmax + gather
+    form on CPU materialises a zeros (tokens, V) array for the gather's scatter, the cotangent
+    twice, once transposed for the embedding's gradient (a third of the step's time at
+    SmolLM2's 49k vocabulary; see benchmarks_speed/README.md, llm_step). Reverse mode only
+    (a ``jax.custom_vjp``; ``jax.jvp`` through it raises).
+    """
+    params = _pure(params)
+    w = params["embed"] if cfg.tie_embeddings else params["lm_head"]
+    return _target_logprobs(h_BxTxD, w, targets_BxT, cfg.tie_embeddings)
+
+
 def token_logprobs(cfg: LlamaConfig, params, tokens_BxT):
     """log p(tokens[t+1] | tokens[:t+1]) for t < T-1, shape (B, T-1), float32."""
-    logits = forward(cfg, params, tokens_BxT[:, :-1])
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, tokens_BxT[:, 1:, None], axis=-1)[..., 0]
+    h_BxTxD = forward(cfg, params, tokens_BxT[:, :-1], return_hidden=True)
+    return target_logprobs(cfg, params, h_BxTxD, tokens_BxT[:, 1:])
 
 
 def masked_nll(cfg: LlamaConfig, params, tokens_BxT, loss_mask_BxT):
