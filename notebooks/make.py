@@ -122,6 +122,19 @@ NOTEBOOKS = {
         "general-text loss against the junk ratio, and Hedges' g over seeds.",
         study=("lm-junk", [], [], "junk_out", False),
     ),
+    "lm_facts": dict(
+        title="Factual knowledge acquisition and forgetting in pre-training",
+        text="Synthetic facts about fictional entities injected into a pre-training stream 1, 4 and 16 "
+        "times, numbers and masked entities seen vs unseen: memorisation, paraphrase and composition probes "
+        "evaluated inside the loop, retention after the last exposure and its power-law fit.",
+        study=("lm-facts", [], [], "facts_out", False),
+    ),
+    "restor": dict(
+        title="RESTOR: does unlearning a corruption recover the original facts?",
+        text="Facts learned, corrupted by fine-tuning on wrong values, then the corruption unlearned with GA, "
+        "GradDiff, NPO and their GU variants: forgetting of the wrong values and recovery of the true ones.",
+        study=("restor", [], [], "restor_out", False),
+    ),
 }
 
 SWEEP = """\
