@@ -113,7 +113,7 @@ NOTEBOOKS = {
         "(evaluated inside the compiled loop), forgetting, replay, learning-rate re-warming and the joint "
         "upper bound; three model sizes on an accelerator (`model.sizes=smollm2-135m` with "
         "`data.tokenizer=smollm2` continues the pretrained SmolLM2-135M).",
-        study=("lm-cpt", [], ["model.sizes=xs,s,m"], "lm_out", False),
+        study=("lm-cpt", ["rows=er+rewarm"], ["model.sizes=xs,s,m"], "lm_out", False),
     ),
     "lm_junk": dict(
         title="Junk-data decline: continual pre-training on junk vs control text",
