@@ -23,6 +23,6 @@ if [ -x "$PY312" ] && [ -z "${JAXCL_SKIP_312:-}" ]; then
   # and the main job end to end
   "$VENV/bin/python" -m pytest -p no:cacheprovider -n "$WORKERS" --dist loadfile tests/test_engine.py \
     tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py \
-    tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py \
+    tests/test_text.py tests/test_probes.py tests/test_lm_scale.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py \
     "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots"
 fi
