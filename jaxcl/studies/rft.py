@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 import shutil
-import subprocess
 import time
 
 import jax
@@ -184,19 +182,9 @@ def corpus_text(name: str) -> tuple[str, str]:
             import this
         lines = codecs.decode(this.s, "rot13").splitlines()[2:]
     else:
-        if shutil.which("bible") is None:
-            raise ConfigError(
-                "data.corpus=bible needs Debian's bible-kjv (apt-get install -y bible-kjv; "
-                "scripts/setup.sh does it), or set data.corpus=zen"
-            )
-        out = subprocess.run(
-            ["bible", "gen1:1-rev22:21"],
-            env={**os.environ, "COLUMNS": "100000"},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        lines = [m.group(1) for m in re.finditer(r"^\s+\d+ (.+)$", out, flags=re.M)]
+        from ..data import text
+
+        lines = [verse for _, _, verse in text.bible_verses()]
     lines = [x.strip() for x in lines if x.strip()]
     train = "\n".join(x for i, x in enumerate(lines) if i % 10)
     held = "\n".join(x for i, x in enumerate(lines) if i % 10 == 0)
