@@ -246,7 +246,7 @@ def run(
 
 def _run(cfg, out, verbose):
     stream, probe, groups = build(cfg)
-    model, _ = lm.load_model({**cfg, "model": {**cfg["model"]}}, cfg["model"]["size"])
+    model, _ = lm.load_model(cfg, cfg["model"]["size"])
     text.check_vocab(stream, model.cfg.vocab_size, "byte")
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     base_fn, junk_fn = programs(cfg, model, stream, probe, groups)
