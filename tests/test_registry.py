@@ -109,6 +109,7 @@ def one_step(name: str, key):
 
 
 NAMES = sorted(METHODS)
+JIT_ONE_STEP = jax.jit(one_step, static_argnums=0)  # one compiled program per method, shared by the tests
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,7 +117,7 @@ def test_step_is_pure_jit_equals_eager_and_finite(name):
     key = jax.random.key(1)
     p1, m1, _ = one_step(name, key)
     p2, m2, _ = one_step(name, key)
-    p3, m3, _ = jax.jit(one_step, static_argnums=0)(name, key)
+    p3, m3, _ = JIT_ONE_STEP(name, key)
     for a, b, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), jax.tree.leaves(p3)):
         np.testing.assert_array_equal(a, b)  # pure: same inputs, same outputs
         np.testing.assert_allclose(a, c, rtol=2e-5, atol=1e-6)  # jit equals no jit
@@ -135,9 +136,9 @@ def test_two_seeds_batched_equal_separate_runs(name):
     kind = "unlearn" if spec.kind not in ("cl", "rl") else "cl"
     if kind == "cl":
         keys = jax.random.split(jax.random.key(5), 2)
-        batched = jax.vmap(lambda k: one_step(name, k)[0])(keys)
+        batched = jax.jit(jax.vmap(lambda k: one_step(name, k)[0]))(keys)
         for i in range(2):
-            single = one_step(name, keys[i])[0]
+            single = JIT_ONE_STEP(name, keys[i])[0]
             for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
                 np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-6)
         return
