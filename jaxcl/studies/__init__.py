@@ -22,6 +22,7 @@ RUNNERS = {
     "restor": "jaxcl.studies.restor",
     "lm": "jaxcl.studies.lm",
     "lm-junk": "jaxcl.studies.lm_junk",
+    "sort": "jaxcl.studies.sort",
 }
 
 
