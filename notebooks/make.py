@@ -129,6 +129,14 @@ NOTEBOOKS = {
         "evaluated inside the loop, retention after the last exposure and its power-law fit.",
         study=("lm-facts", [], [], "facts_out", False),
     ),
+    "sort": dict(
+        title="SORT: which of two segments of a book came first, in context vs from memory",
+        text="Sequence order recall (Pink et al. 2024): a Llama learns the answer format on other books, then "
+        "orders segments of an unseen book with the excerpt in the prompt (in context), of books it read "
+        "for many epochs without it (parametric) and of a never-seen book (control, chance); accuracy by "
+        "the distance between the segments, evaluated inside the compiled loop.",
+        study=("sort", [], [], "sort_out", False),
+    ),
     "restor": dict(
         title="RESTOR: does unlearning a corruption recover the original facts?",
         text="Facts learned, corrupted by fine-tuning on wrong values, then the corruption unlearned with GA, "
