@@ -108,6 +108,18 @@ class JaxclSide:
         }
 
 
+class JaxclSequentialSide(JaxclSide):
+    """The same one-seed program (``jit(vmap(Experiment.run))`` over one key) called once per seed,
+    one after another: what batching the seeds into one program is measured against."""
+
+    name = "jaxcl-sequential"
+
+    def __call__(self):
+        outs = [self.fn(self.keys[i : i + 1], self.stream, self.hp) for i in range(len(self.keys))]
+        self.jax.block_until_ready(outs)
+        return self.jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *outs)
+
+
 # --------------------------------------------------------------------------------------------
 # PyTorch side
 # --------------------------------------------------------------------------------------------
@@ -267,7 +279,10 @@ def run_row(stream, loop, n_seeds, repeats, peers, log):
     calls per side, interleaved, rotating the order each repeat."""
     sides = [JaxclSide(stream, loop, n_seeds)]
     for p in peers:
-        sides.append(TorchSide(stream, loop, n_seeds, compile_=(p == "torch-compile")))
+        if p == "jaxcl-sequential":
+            sides.append(JaxclSequentialSide(stream, loop, n_seeds))
+        else:
+            sides.append(TorchSide(stream, loop, n_seeds, compile_=(p == "torch-compile")))
     first, summaries, failed = {}, {}, {}
     for side in sides:
         try:
@@ -310,6 +325,13 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--eval-per-task", type=int, default=1000)
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="add a jaxcl-sequential row: the one-seed program once per seed, one after another "
+        "(ratio = what batching the seeds into one program gains)",
+    )
+    ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch side")
     ap.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: os.cpu_count())"
     )
@@ -355,7 +377,8 @@ def main(argv=None):
         eval_per_task=args.eval_per_task,
     )
     stream = build_stream(max_train, max_test)
-    peers = ["torch-eager"] + (["torch-compile"] if args.compile else [])
+    peers = [] if args.no_torch else ["torch-eager"]
+    peers += (["torch-compile"] if args.compile else []) + (["jaxcl-sequential"] if args.sequential else [])
     info = meta()
     log = lambda s: print(s, flush=True)
     log(
@@ -416,7 +439,14 @@ def main(argv=None):
                 pt = stats(times[peer])
                 line.update(
                     jaxcl={"first_call_s": first["jaxcl"], **jx, **summ["jaxcl"]},
-                    torch={"first_call_s": first[peer], **pt, **summ[peer], **extra[peer]},
+                    **{
+                        "sequential" if peer == "jaxcl-sequential" else "torch": {
+                            "first_call_s": first[peer],
+                            **pt,
+                            **summ[peer],
+                            **extra.get(peer, {}),
+                        }
+                    },
                     ratio=pt["median_s"] / jx["median_s"],
                     ratio_first_call=first[peer] / first["jaxcl"],
                     seed_steps_per_s={
@@ -446,7 +476,7 @@ def main(argv=None):
                 ]
             )
             continue
-        p = l["torch"]
+        p = l.get("torch") or l["sequential"]
         table.append(
             [
                 l["sizes"]["seeds"],

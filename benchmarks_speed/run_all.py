@@ -90,7 +90,7 @@ def _er_stream(lines):
     for d in lines:
         if "jaxcl" not in d:
             continue
-        j, t = d["jaxcl"], d.get("torch") or {}
+        j, t = d["jaxcl"], d.get("torch") or d.get("sequential") or {}
         out.append(
             _row(
                 f"er_stream seeds={d['sizes']['seeds']} steps/task={d['sizes']['steps_per_task']}",
