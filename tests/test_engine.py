@@ -94,3 +94,32 @@ def test_nonfinite_is_recorded_and_optionally_skipped(skip):
 def test_check_finite_names_the_run():
     with pytest.raises(NonFiniteLossError, match=r"step 7 \(run index \(1,\)"):
         check_finite(np.array([-1, 7, 9]))
+
+
+def test_norms_off_drops_the_metrics_and_keeps_the_update():
+    model = mlp((8, 8, 1), 10, hidden=(16,))
+    params = model.init(jax.random.key(0))
+    tx = optax.adamw(1e-2, weight_decay=1e-2)
+    loss_fn = classification_loss(model.apply)
+
+    def two_steps(**kw):
+        step = make_step(loss_fn, tx, **kw)
+        return jax.jit(lambda s, bs: jax.lax.scan(step, s, bs))(init_state(params, tx, 0), batches)
+
+    batches = jax.tree.map(lambda *a: jnp.stack(a), _batch(seed=0), _batch(seed=1))
+    s_on, m_on = two_steps()
+    s_off, m_off = two_steps(norms=False)
+    assert {"grad_norm", "param_norm"} <= set(m_on) and not {"grad_norm", "param_norm"} & set(m_off)
+    assert set(m_on) - set(m_off) == {"grad_norm", "param_norm"}
+    np.testing.assert_array_equal(np.asarray(m_on["loss"]), np.asarray(m_off["loss"]))
+    for a, b in zip(
+        jax.tree.leaves((s_on.params, s_on.opt_state)), jax.tree.leaves((s_off.params, s_off.opt_state))
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit-identical update
+    # without the gradient norm a non-finite loss is still recorded (and skip_nonfinite still works)
+    step = jax.jit(make_step(_nan_loss_fn(model), tx, norms=False, skip_nonfinite=True))
+    s = init_state(params, tx, 0)
+    for i in range(3):
+        s, m = step(s, {**_batch(seed=i), "poison": jnp.asarray(i >= 1)})
+    assert int(s.nonfinite_step) == 1 and "grad_norm" not in m
+    assert all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(s.params))
