@@ -170,3 +170,50 @@ def auto_mesh(n_seeds: int = 1, batch_size: int | None = None, devices=None) -> 
     rest = n // s
     d = max(k for k in range(1, rest + 1) if rest % k == 0 and (batch_size is None or batch_size % k == 0))
     return make_mesh(data=d, seeds=s, devices=devices)
+
+
+# -- seeds over a mesh: what the study runners use ---------------------------------------------
+
+
+def seeds_map(fn, in_axes, mesh=None, *, model=None):
+    """``fn`` over a leading seed axis of the arguments whose ``in_axes`` entry is 0. No mesh:
+    exactly :func:`jaxcl.batching.over_seeds` (``vmap``, or a compiled ``lax.map`` for
+    convolutional models on the CPU). A mesh: ``vmap(..., spmd_axis_name="seeds")``, so the seed
+    dimension of every vmapped value (and of every batch :func:`shard_batch` constrains inside) is
+    sharded over the mesh's ``seeds`` axis."""
+    if mesh is None:
+        from .batching import over_seeds
+
+        return over_seeds(fn, in_axes, model=model)
+    return jax.vmap(fn, in_axes=tuple(in_axes), spmd_axis_name="seeds")
+
+
+def place_seeds(args, in_axes, mesh=None) -> tuple:
+    """``args`` on the mesh: those whose ``in_axes`` entry is 0 sharded over ``seeds`` (leading
+    axis), the others (the train state's starting point, data, hyperparameters) replicated.
+    Unchanged without a mesh."""
+    if mesh is None:
+        return tuple(args)
+    seeds, rep = NamedSharding(mesh, P("seeds")), replicated(mesh)
+    return tuple(jax.device_put(a, seeds if ax == 0 else rep) for a, ax in zip(args, in_axes, strict=True))
+
+
+class _Placed:
+    """A jitted function whose calls first place their arguments on the mesh (:func:`place_seeds`)."""
+
+    def __init__(self, jitted, in_axes, mesh):
+        self.jitted, self.in_axes, self.mesh = jitted, tuple(in_axes), mesh
+
+    def __call__(self, *args):
+        return self.jitted(*place_seeds(args, self.in_axes, self.mesh))
+
+    def lower(self, *args):
+        return self.jitted.lower(*place_seeds(args, self.in_axes, self.mesh))
+
+
+def jit_seeds(fn, in_axes, mesh=None, *, model=None, **jit_kwargs):
+    """``jax.jit(seeds_map(fn, in_axes, mesh))``; with a mesh, every call places its arguments
+    (:func:`place_seeds`: seeds sharded over ``seeds``, the rest replicated) first. Without one it
+    is the plain ``jax.jit`` of :func:`jaxcl.batching.over_seeds`."""
+    jitted = jax.jit(seeds_map(fn, in_axes, mesh, model=model), **jit_kwargs)
+    return jitted if mesh is None else _Placed(jitted, in_axes, mesh)

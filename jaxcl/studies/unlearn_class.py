@@ -38,10 +38,12 @@ from ..losses import with_grad_norm
 from ..methods import METHODS as REGISTRY
 from ..methods import MethodSpec, get_method
 from ..models import MODELS, from_config, model_config
+from ..parallel import place_seeds, seeds_map
 from ..unlearn import eval as ev
 from ..unlearn import scenarios
 from ..unlearn.common import recalibrate
 from ..unlearn.store import RunStore, fingerprint
+from . import meshing
 
 METHODS = (
     "finetune",
@@ -88,6 +90,7 @@ COLUMNS = [
 ]
 
 N_CLASSES = 10  # Fashion-MNIST
+MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 NEEDS_ALTERNATIVES = ("idk", "gu-idk")  # language-model methods (batch['forget_alt'])
 METHODS_HERE = tuple(n for n, s in REGISTRY.items() if s.applies_to("unlearn"))
 ORIGINAL, ORACLE, UNLEARN, RELEARN = 1, 2, 3, 4  # key roles: fold_in(seed key, role)
@@ -185,13 +188,17 @@ def grad_norm_finetune(weight: float) -> MethodSpec:
     return dataclasses.replace(fin, name="finetune+grad-norm", build=build)
 
 
-def trainer(model, cfg: dict, spec: MethodSpec | None = None):
+def trainer(model, cfg: dict, spec: MethodSpec | None = None, mesh=None):
     """Per seed ``(key, problem, hp) -> (params, nonfinite_step)``: a fresh initialisation
     trained by ``spec`` (``finetune``) with the ``train`` recipe on the problem's retain data, in
-    training mode, then BatchNorm recalibration on that data."""
+    training mode, then BatchNorm recalibration on that data. ``mesh``: batches over its ``data``
+    axis."""
     view = model._replace(apply=model.apply_train) if hasattr(model, "apply_train") else model
     phase = Phase(
-        view, spec or get_method("finetune"), phase_config(cfg["train"], cfg["unlearn"]["eval_size"])
+        view,
+        spec or get_method("finetune"),
+        phase_config(cfg["train"], cfg["unlearn"]["eval_size"]),
+        mesh=mesh,
     )
 
     def fn(key, problem, hp):
@@ -202,11 +209,11 @@ def trainer(model, cfg: dict, spec: MethodSpec | None = None):
     return fn
 
 
-def unlearner(model, cfg: dict, name: str) -> tuple[Phase, dict]:
+def unlearner(model, cfg: dict, name: str, mesh=None) -> tuple[Phase, dict]:
     """The unlearning :class:`Phase` of method ``name`` and its traced hyperparameters."""
     hp, opts = method_settings(cfg, name)
     spec = get_method(name, "unlearn")
-    phase = Phase(model, spec, phase_config(cfg["unlearn"], cfg["unlearn"]["eval_size"]), **opts)
+    phase = Phase(model, spec, phase_config(cfg["unlearn"], cfg["unlearn"]["eval_size"]), mesh=mesh, **opts)
     return phase, as_hparams(spec, hp)
 
 
@@ -248,14 +255,17 @@ class Context:
     timing: dict
     say: object
     _evaluate: object = None
+    mesh: object = None  # seeds over its seeds axis, training batches over its data axis
 
     def evaluate(self, params):
         """``(metrics, relearn curves)`` of ``params`` (all seeds; compiled once per run)."""
+        axes = (0, 0, None, 0, 0)
         if self._evaluate is None:
-            fn = over_seeds(evaluator(self.model, self.cfg), (0, 0, None, 0, 0), model=self.model)
+            fn = seeds_map(evaluator(self.model, self.cfg), axes, self.mesh, model=self.model)
             self._evaluate = jax.jit(fn)
         k = role_keys(self.cfg, RELEARN)
-        return self._evaluate(params, k, self.data, self.params["original"], self.params["oracle"])
+        args = (params, k, self.data, self.params["original"], self.params["oracle"])
+        return self._evaluate(*place_seeds(args, axes, self.mesh))
 
     def start(self, name: str):
         """The parameters method ``name`` unlearns from (IAU's own regularised original when
@@ -264,10 +274,12 @@ class Context:
             return self.params["original"]
         if "iau_original" not in self.params:
             spec = grad_norm_finetune(self.cfg["iau_reg"])
-            fn = over_seeds(trainer(self.model, self.cfg, spec), (0, None, None), model=self.model)
+            axes = (0, None, None)
+            fn = seeds_map(trainer(self.model, self.cfg, spec, self.mesh), axes, self.mesh, model=self.model)
             hp = as_hparams(get_method("finetune"), {"lr": self.cfg["train"]["lr"]})
             problem = self.data.learning(self.data.x_train, self.data.y_train)
-            (p, bad), c_s, t_s = report.timed_jit(fn, role_keys(self.cfg, ORIGINAL), problem, hp)
+            args = place_seeds((role_keys(self.cfg, ORIGINAL), problem, hp), axes, self.mesh)
+            (p, bad), c_s, t_s = report.timed_jit(fn, *args)
             check_finite(bad, where="(training IAU's regularised original)")
             self.params["iau_original"] = p
             self.timing["iau_original"] = {"compile_s": c_s, "time_s": t_s}
@@ -285,12 +297,14 @@ def entry_key(cfg: dict, name: str) -> str:
     return f"{name}-{fingerprint(settings)}"
 
 
-def prepare(cfg: dict, out: str | None, *, fresh: bool = False, verbose: bool = True) -> Context:
+def prepare(cfg: dict, out: str | None, *, fresh: bool = False, verbose: bool = True, mesh=None) -> Context:
     """Load the problem and train (or load from ``<out>/cache``) the original and the oracle."""
     say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
     data, model = load_problem(cfg)
     d = cfg["data"]
     how = "vmapped" if resolve_mode("auto", model) == "vmap" else "in a compiled loop"
+    if mesh is not None:
+        how = f"vmapped on a mesh of {dict(mesh.shape)}"
     say(
         f"unlearn-class: {model.name}, scenario {d['scenario']}, class {d['forget_class']}, "
         f"{data.x_train.shape[0]} train ({data.x_forget.shape[0]} forget), {cfg['seeds']} seed(s) ({how})"
@@ -317,15 +331,16 @@ def prepare(cfg: dict, out: str | None, *, fresh: bool = False, verbose: bool = 
             f"  original and oracle loaded from {store.models_dir} (trained in "
             f"{timing['original']['time_s']:.1f}s and {timing['oracle']['time_s']:.1f}s; --fresh retrains)"
         )
-        return Context(cfg, data, model, store, dict(params), timing, say)
-    fn = over_seeds(trainer(model, cfg), (0, None, None), model=model)
+        return Context(cfg, data, model, store, dict(params), timing, say, mesh=mesh)
+    axes = (0, None, None)
+    fn = seeds_map(trainer(model, cfg, mesh=mesh), axes, mesh, model=model)
     hp = as_hparams(get_method("finetune"), {"lr": cfg["train"]["lr"]})
     params, timing = {}, {}
     for name, keys, problem in (
         ("original", k_orig, data.learning(data.x_train, data.y_train)),
         ("oracle", k_oracle, data.learning(data.x_retain, data.y_retain)),
     ):
-        (params[name], bad), c_s, t_s = report.timed_jit(fn, keys, problem, hp)
+        (params[name], bad), c_s, t_s = report.timed_jit(fn, *place_seeds((keys, problem, hp), axes, mesh))
         check_finite(bad, where=f"(training the {name})")
         timing[name] = {"compile_s": c_s, "time_s": t_s}
     where = ""
@@ -333,7 +348,7 @@ def prepare(cfg: dict, out: str | None, *, fresh: bool = False, verbose: bool = 
         store.save_models(params, {"timing": timing})
         where = f" (saved to {store.models_dir})"
     say(f"  original {timing['original']['time_s']:.1f}s, oracle {timing['oracle']['time_s']:.1f}s{where}")
-    return Context(cfg, data, model, store, params, timing, say)
+    return Context(cfg, data, model, store, params, timing, say, mesh=mesh)
 
 
 def evaluated(ctx: Context, name: str, params, timing: dict, extra: dict | None = None) -> dict:
@@ -352,10 +367,12 @@ def evaluated(ctx: Context, name: str, params, timing: dict, extra: dict | None 
 
 def unlearn(ctx: Context, name: str) -> dict:
     """Method ``name`` from the original (all seeds in one program), evaluated and cached."""
-    phase, hp = unlearner(ctx.model, ctx.cfg, name)
+    phase, hp = unlearner(ctx.model, ctx.cfg, name, ctx.mesh)
     start = ctx.start(name)
-    fn = over_seeds(phase.run, (0, 0, None, None), model=ctx.model)
-    o, c_s, t_s = report.timed_jit(fn, start, role_keys(ctx.cfg, UNLEARN), ctx.data, hp)
+    axes = (0, 0, None, None)
+    fn = seeds_map(phase.run, axes, ctx.mesh, model=ctx.model)
+    args = place_seeds((start, role_keys(ctx.cfg, UNLEARN), ctx.data, hp), axes, ctx.mesh)
+    o, c_s, t_s = report.timed_jit(fn, *args)
     nonfinite = np.asarray(o["nonfinite_step"]).reshape(-1)
     if (nonfinite >= 0).any():
         ctx.say(f"  note: {name}: the loss became non-finite (first step per seed {nonfinite.tolist()})")
@@ -389,22 +406,26 @@ def run(
     fresh: bool = False,
     tensorboard: bool = False,
     verbose: bool = True,
+    mesh=None,
 ) -> dict:
     """Oracle, original and every method of the config; with ``out``, the cache under
     ``<out>/cache`` is reused (a rerun resumes where the last stopped; ``fresh`` ignores it) and
     results.json and the plots are written. ``resume`` and ``tensorboard`` are accepted for the
-    runner contract (the cache always resumes; there are no TensorBoard curves here)."""
+    runner contract (the cache always resumes; there are no TensorBoard curves here). ``mesh``
+    (:func:`jaxcl.parallel.make_mesh`): seeds sharded over its ``seeds`` axis, every training
+    batch (original, oracle, unlearning) over its ``data`` axis, parameters replicated."""
     del resume, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if not out:
-        return _run(cfg, None, fresh, verbose)
+        return _run(cfg, None, fresh, verbose, mesh)
     report.prepare_out_dir(out)  # a bad --out fails now, before anything is trained
     with report.lock_out_dir(out):
-        return _run(cfg, out, fresh, verbose)
+        return _run(cfg, out, fresh, verbose, mesh)
 
 
-def _run(cfg: dict, out: str | None, fresh: bool, verbose: bool) -> dict:
-    ctx = prepare(cfg, out, fresh=fresh, verbose=verbose)
+def _run(cfg: dict, out: str | None, fresh: bool, verbose: bool, mesh=None) -> dict:
+    ctx = prepare(cfg, out, fresh=fresh, verbose=verbose, mesh=mesh)
     entries = {}
     for name in ("oracle", "original", *cfg["methods"]):
         done = ctx.store.load_method(entry_key(cfg, name)) if ctx.store else None
