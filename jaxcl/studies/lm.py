@@ -223,7 +223,8 @@ class Program:
         every domain after every ``eval_every`` steps; then consolidate (EWC)."""
         tr = self.cfg["train"]
         method = self.method(hp)
-        step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args)
+        # norms=False: the grad/param norm metrics are unused here and re-read every parameter
+        step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args, norms=False)
         evaluate = lambda params: {"heldout": text.domain_losses(self.model.nll, params, stream)}
         state, trace = run_chunks(
             step,
