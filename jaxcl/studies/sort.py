@@ -20,16 +20,19 @@ once as one token array; roles (``books.*``, pairwise disjoint, checked chapter 
 * ``context``: never trained on; tested with the excerpt in the prompt: the in-context condition;
 * ``control``: never trained on; tested without the excerpt (should be ~50 %).
 
-A SORT example (``sort.prompt=symbols``) is ``<excerpt>\\n1:<seg>\\n2:<seg>\\nfirst:<answer>``
-(no excerpt: the same without it), both segments ``sort.segment_len`` tokens of one
-``sort.excerpt_len``-token excerpt, the answer ``1`` when the segment shown first came first in
-the book, else ``2``; the loss is on the answer token only. ``sort.prompt=natural`` asks in
-English (``Segment A: ... Which segment appears first ...? Answer:`` `` A`` / `` B``), for the
-pretrained SmolLM2-135M (``model.name=smollm2-135m``, ``data.tokenizer=smollm2``) which can then
-be scored zero-shot (``train.steps=0``). Training examples are generated on the device inside
-the compiled loop (a random excerpt, distance, position and order per row), so no training pair
-repeats; each step is a whole batch of one kind (language-model windows, in-context SORT,
-no-excerpt SORT) drawn with the probabilities ``train.mix``.
+A SORT example (``sort.prompt=symbols``) is ``>1:<seg>\\n2:<seg>\\n<excerpt>\\nfirst:<answer>``
+(no excerpt: ``>1:<seg>\\n2:<seg>\\nfirst:<answer>``; the segments come before the excerpt so
+that a causal model meets them again while reading it), both segments ``sort.segment_len``
+tokens of one ``sort.excerpt_len``-token excerpt, the answer ``1`` when the segment shown first
+came first in the book, else ``2``; the loss is on the answer token only. ``sort.prompt=natural``
+asks in English, the excerpt first as in the paper (``Passage: ... Segment A: ... Which segment
+appears first ...? Answer:`` `` A`` / `` B``), for the pretrained SmolLM2-135M
+(``model.name=smollm2-135m``, ``data.tokenizer=smollm2``; a scratch model takes
+``data.tokenizer=smollm2`` too, restricted to the run's ids), which can then be scored zero-shot
+(``train.steps=0``). Training examples are generated on the device inside the compiled loop (a
+random excerpt, distance, position and order per row), so no training pair repeats; each step is
+a whole batch of one kind (language-model windows, in-context SORT, no-excerpt SORT) drawn with
+the probabilities ``train.mix``.
 
 Evaluation, every ``train.eval_every`` steps inside :func:`jaxcl.loops.run_chunks` (seeds
 vmapped): for ``sort.pairs`` fixed test pairs per condition (deterministic in ``seed``, stratified
@@ -65,26 +68,31 @@ CONDITIONS = ("in_context", "parametric", "control")
 ROLES = ("parametric", "parametric_format", "context_format", "context", "control")
 PROMPTS = ("symbols", "natural")
 MODELS = ("scratch", "smollm2-135m")
-# the prompt pieces of each format: (before the excerpt, before the 1st segment, before the 2nd,
-# before the answer), the pieces without the excerpt, and the two answers (first shown first /
-# second shown first)
+# the prompt of each format as pieces: text, or "X" (the excerpt), "A" (the segment shown first),
+# "B" (the one shown second); then the two answers (A came first / B came first). The symbols
+# format shows the segments before the excerpt: a causal model then meets them again while it
+# reads the excerpt, and the answer is which one it met last (see the README).
 TEMPLATES = {
     "symbols": {
-        "excerpt": ("", "\n1:", "\n2:", "\nfirst:"),
-        "no_excerpt": ("", "1:", "\n2:", "\nfirst:"),
+        "excerpt": (">1:", "A", "\n2:", "B", "\n", "X", "\nfirst:"),
+        "no_excerpt": (">1:", "A", "\n2:", "B", "\nfirst:"),
         "answers": ("1", "2"),
     },
     "natural": {
         "excerpt": (
             "Passage: ",
+            "X",
             "\nSegment A: ",
+            "A",
             "\nSegment B: ",
+            "B",
             "\nQuestion: Which segment appears first in the passage, A or B?\nAnswer:",
         ),
         "no_excerpt": (
             "Two segments of a book you have read.\nSegment A: ",
-            "",
+            "A",
             "\nSegment B: ",
+            "B",
             "\nQuestion: Which segment appears first in the book, A or B?\nAnswer:",
         ),
         "answers": (" A", " B"),
@@ -127,7 +135,8 @@ DEFAULTS = {
         "batch_size": 16,
         "eval_every": 100,
         "mix": (0.4, 0.4, 0.2),
-        "cosine": True,  # warm up over 10 % of train.steps, cosine decay to finetune.lr / 10
+        "cosine": True,
+        "prompt_loss": False,  # train SORT rows on every prompt token too, not only the answer  # warm up over 10 % of train.steps, cosine decay to finetune.lr / 10
         "checkpoint": True,
         "checkpoint_every": 400,
         "n_eval": 8,  # windows per condition's books for the NLL
@@ -152,10 +161,10 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"data.tokenizer={d['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
         )
-    if (m["name"] == "smollm2-135m") != (d["tokenizer"] == "smollm2"):
+    if m["name"] == "smollm2-135m" and d["tokenizer"] != "smollm2":
         raise ConfigError(
             f"model.name={m['name']!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
-            "pretrained smollm2-135m needs data.tokenizer=smollm2 and the scratch model needs byte"
+            "pretrained smollm2-135m needs data.tokenizer=smollm2"
         )
     if tuple(cfg["methods"]) != ("finetune",):
         raise ConfigError(
@@ -306,7 +315,8 @@ def answer_ids(tok, prompt: str) -> tuple[int, int]:
         t = tok.encode(a)
         if len(t) != 1:
             raise ConfigError(
-                f"sort.prompt={prompt!r}: the answer {a!r} is {len(t)} tokens for this tokenizer; the readout "
+                f"sort.prompt={prompt!r}: the answer {a!r} is {len(t)} tokens for this tokenizer; the "
+                "readout "
                 "compares two single answer tokens: use the other prompt format"
             )
         ids.append(int(t[0]))
@@ -331,14 +341,11 @@ def make_layout(tok, prompt: str, X: int, G: int, with_excerpt: bool, T: int, pa
         src.extend([which] * n)
         off.extend(range(n))
 
-    const(pieces[0])
-    if with_excerpt:
-        fill(0, X)
-    const(pieces[1])
-    fill(1, G)
-    const(pieces[2])
-    fill(2, G)
-    const(pieces[3])
+    for piece in pieces:
+        if piece in ("X", "A", "B"):
+            fill("XAB".index(piece), X if piece == "X" else G)
+        else:
+            const(piece)
     answers = answer_ids(tok, prompt)
     pos = len(toks)
     const(TEMPLATES[prompt]["answers"][0])  # the answer's slot (filled per example)
@@ -471,7 +478,25 @@ def pair_accuracy(margins) -> np.ndarray:
 # -- the study ------------------------------------------------------------------------------------
 
 
-def load_model(cfg: dict, T: int):
+def scratch_tokenizer(cfg: dict, docs: dict):
+    """``data.tokenizer`` of a scratch model: ``byte``, or ``smollm2`` restricted to the ids of
+    the run's books and prompts (:class:`jaxcl.studies.lm_memory.CompactTokenizer`: a few
+    thousand of SmolLM2's 49152 ids)."""
+    from .lm_memory import CompactTokenizer, _Recorder
+
+    if cfg["data"]["tokenizer"] == "byte":
+        return text.tokenizer("byte")
+    rec = _Recorder(text.tokenizer("smollm2"))
+    for role in ROLES:
+        for chapters in docs[role].values():
+            rec.encode(" ".join(d.strip() for d in chapters))
+    t = TEMPLATES[cfg["sort"]["prompt"]]
+    for piece in (*t["excerpt"], *t["no_excerpt"], *t["answers"]):
+        rec.encode(piece)
+    return CompactTokenizer(rec.base, rec.ids)
+
+
+def load_model(cfg: dict, T: int, docs: dict):
     """``(model, tokenizer, pretrained params or None)``."""
     from .. import hf
 
@@ -479,7 +504,7 @@ def load_model(cfg: dict, T: int):
     if m["name"] == "smollm2-135m":
         lc, params, tok = hf.load_gguf(compute_dtype=m["compute_dtype"])
         return lm_model(lc, m["name"]), tok, params
-    tok = text.tokenizer("byte")
+    tok = scratch_tokenizer(cfg, docs)
     lc = llama.LlamaConfig(
         vocab_size=tok.vocab_size,
         d_model=m["d_model"],
@@ -502,7 +527,8 @@ def seq_len(cfg: dict, tok) -> int:
     """The sequence length of every row: the in-context prompt and its answer."""
     s = cfg["sort"]
     pieces = TEMPLATES[s["prompt"]]
-    n = sum(len(tok.encode(p)) for p in pieces["excerpt"]) + s["excerpt_len"] + 2 * s["segment_len"]
+    n = sum(len(tok.encode(p)) for p in pieces["excerpt"] if p not in ("X", "A", "B"))
+    n += s["excerpt_len"] + 2 * s["segment_len"]
     return n + len(tok.encode(pieces["answers"][0]))
 
 
@@ -515,9 +541,8 @@ class Study:
         s = cfg["sort"]
         X, G = s["excerpt_len"], s["segment_len"]
         docs = book_documents(cfg)
-        tok0 = text.tokenizer(cfg["data"]["tokenizer"])
-        T = seq_len(cfg, tok0)
-        self.model, self.tok, self.pretrained = load_model(cfg, T)
+        T = seq_len(cfg, text.tokenizer(cfg["data"]["tokenizer"]))
+        self.model, self.tok, self.pretrained = load_model(cfg, T, docs)
         tok, pad = self.tok, _pad_id(self.tok)
         self.T = T
         self.books = {r: encode_books(tok, docs[r], T, r) for r in ROLES if docs[r]}
@@ -584,6 +609,8 @@ class Study:
         swap = jax.random.bernoulli(k4, 0.5, (B,))
         a, b = jnp.where(swap, i + d, i), jnp.where(swap, i, i + d)
         toks, mask = jax.vmap(lambda st, aa, bb: render(jnp, lay, src["tokens"], st, aa, bb))(start, a, b)
+        if self.cfg["train"]["prompt_loss"]:  # the prompt's tokens are scored too (dense signal)
+            mask = jnp.broadcast_to(jnp.arange(self.T) < lay.length, mask.shape)
         return {"tokens": toks, "mask": mask}
 
     def draw_lm(self, src: dict, key, B: int) -> dict:
@@ -809,7 +836,8 @@ def _run(cfg, out, resume, verbose):
     )
     if verbose:
         print(
-            f"\n{cfg['name']}: {cfg['model']['name']} model, {t['steps']} steps of {t['batch_size']} x {study.T} tokens "
+            f"\n{cfg['name']}: {cfg['model']['name']} model, {t['steps']} steps of {t['batch_size']} x "
+            f"{study.T} tokens "
             f"(mix LM / in-context SORT / no-excerpt SORT {'/'.join(f'{w:g}' for w in t['mix'])}), {S} seeds "
             f"({r['seconds']:.1f}s). Accuracy: P(correct answer) > P(wrong), both orders of "
             f"{s['pairs']} pairs per condition (chance 50 %), by distance d between the segments' starts "
