@@ -18,10 +18,11 @@ if [ -x "$PY312" ] && [ -z "${JAXCL_SKIP_312:-}" ]; then
   VENV=".venv312"
   [ -x "$VENV/bin/python" ] || "$PY312" -m venv "$VENV"
   PYTHON="$VENV/bin/python" bash scripts/setup.sh
-  # the core of every level on the newer jax (the whole suite ran above): the engine, the wrappers'
+  # the core of every level on the newer jax, compiled with XLA's full optimisations as users'
+  # runs are (the whole suite ran above with most of them off, for speed): the engine, the wrappers'
   # conformance, replay, metrics, text streams, the language-model losses, the compilation cache
   # and the main job end to end
-  "$VENV/bin/python" -m pytest -p no:cacheprovider -n "$WORKERS" --dist loadfile tests/test_engine.py \
+  JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -n "$WORKERS" --dist loadfile tests/test_engine.py \
     tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py \
     tests/test_text.py tests/test_probes.py tests/test_lm_scale.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py \
     "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots"

@@ -7,6 +7,13 @@ import tempfile
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# Compile with most XLA optimisations off (jax_disable_most_optimizations): the suite's time is
+# mostly compiling small programs, this cuts its CPU time by about 40 %, and no value a test
+# checks depends on it. JAXCL_TEST_OPTIMIZE=1 compiles as users' runs do (scripts/test.sh's Python
+# 3.12 run does, so the optimising path is tested too).
+if not os.environ.get("JAXCL_TEST_OPTIMIZE"):
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 # One persistent XLA compilation cache for this test session (a fresh folder, so no result depends
 # on an earlier run): the many tests and subprocesses that compile the same tiny programs compile
 # them once. Set JAXCL_TEST_NO_XLA_CACHE=1 to compile everything afresh.
