@@ -24,21 +24,27 @@ from .base import (
 )
 
 
-def build(model, hp, params_like, **options):
-    opt = pop_optimizer(options)
+def ewc_method(model, params_like, *, lr, lam, decay, opt) -> Method:
+    """The EWC method: the penalty on the supervised loss, the anchor as data state, and at each
+    task end the Fisher accumulated as ``F* <- decay * F* + F_t`` (``decay`` static or traced)."""
     base = supervised_loss(model)
 
     def consolidate(state, task_batch, key):
         fisher = empirical_fisher(base, state.params, task_batch, key)
-        data_state = set_ewc_anchor(state.data_state, state.params, fisher, decay=options["decay"])
+        data_state = set_ewc_anchor(state.data_state, state.params, fisher, decay=decay)
         return state.replace(data_state=data_state)
 
     return Method(
-        with_ewc_penalty(base, lam=hp["ewc_lambda"]),
-        optimizer_from(opt, hp["lr"]),
+        with_ewc_penalty(base, lam=lam),
+        optimizer_from(opt, lr),
         data=ewc_anchor(params_like),
         consolidate=consolidate,
     )
+
+
+def build(model, hp, params_like, **options):
+    opt = pop_optimizer(options)
+    return ewc_method(model, params_like, lr=hp["lr"], lam=hp["ewc_lambda"], decay=options["decay"], opt=opt)
 
 
 SPEC = register(

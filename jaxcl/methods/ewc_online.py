@@ -10,36 +10,13 @@ with ``F_t`` the diagonal empirical Fisher of task t (mean squared per-example g
 (``gamma = 1.0``; ``lambda`` as jaxcl's ``ewc``).
 """
 
-from ..data.context import ewc_anchor, set_ewc_anchor
-from ..losses import empirical_fisher, supervised_loss, with_ewc_penalty
-from .base import (
-    LR,
-    OPTIMIZER_OPTIONS,
-    OPTIMIZERS,
-    Hparam,
-    Method,
-    MethodSpec,
-    optimizer_from,
-    pop_optimizer,
-    register,
-)
+from .base import LR, OPTIMIZER_OPTIONS, OPTIMIZERS, Hparam, MethodSpec, pop_optimizer, register
+from .ewc import ewc_method
 
 
 def build(model, hp, params_like, **options):
     opt = pop_optimizer(options)
-    base = supervised_loss(model)
-
-    def consolidate(state, task_batch, key):
-        fisher = empirical_fisher(base, state.params, task_batch, key)
-        data_state = set_ewc_anchor(state.data_state, state.params, fisher, decay=hp["ewc_gamma"])
-        return state.replace(data_state=data_state)
-
-    return Method(
-        with_ewc_penalty(base, lam=hp["ewc_lambda"]),
-        optimizer_from(opt, hp["lr"]),
-        data=ewc_anchor(params_like),
-        consolidate=consolidate,
-    )
+    return ewc_method(model, params_like, lr=hp["lr"], lam=hp["ewc_lambda"], decay=hp["ewc_gamma"], opt=opt)
 
 
 SPEC = register(
