@@ -2,7 +2,7 @@
 
     jaxcl list
     jaxcl run CONFIG [--tiny] [--set key=value ...] [--method M ...] [--seeds N] [--out DIR]
-                     [--resume DIR] [--fresh] [--tensorboard]
+                     [--resume DIR] [--fresh] [--tensorboard] [--mesh auto|seeds=S,data=D]
     jaxcl sweep CONFIG --grid <method>.<hparam>=v1,v2 [--grid ...] [--tiny] [--set ...] [--seeds N] [--chunk K]
 
 CONFIG is a config file's name in ``experiments/`` (``split-fashion-mnist``, ``unlearn-class``,
@@ -46,6 +46,13 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--resume", default=None, metavar="DIR", help="continue the run whose --out was DIR")
         p.add_argument("--fresh", action="store_true", help="ignore cached results under the output folder")
         p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+        p.add_argument(
+            "--mesh",
+            default=None,
+            metavar="auto|seeds=S,data=D",
+            help="run on a (seeds, data) mesh over the devices: seeds sharded over 'seeds', batches over "
+            "'data' (auto: the largest that divides the seeds and batch sizes)",
+        )
     else:
         p.add_argument("--grid", action="append", default=[], help="<method>.<hparam>=v1,v2,... (repeatable)")
         p.add_argument(
@@ -109,8 +116,19 @@ def _run(argv: list[str]) -> int:
             f"--resume {args.resume}: no such folder; pass the --out folder of the run to continue"
         )
     out = args.resume or args.out or os.path.join("runs", cfg["name"] + ("-tiny" if args.tiny else ""))
+    kw = {}
+    if args.mesh:
+        import inspect
+
+        from .config import ConfigError
+        from .studies.meshing import study_mesh
+
+        if "mesh" not in inspect.signature(runner.run).parameters:
+            raise ConfigError(f"--mesh: the {cfg['study']!r} runner does not take a mesh")
+        kw["mesh"] = study_mesh(cfg, args.mesh)
+        print("mesh:", None if kw["mesh"] is None else dict(kw["mesh"].shape))
     with CompileStats() as stats:
-        runner.run(cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard)
+        runner.run(cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard, **kw)
     _record_compiles(out, stats)
     return 0
 

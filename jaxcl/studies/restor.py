@@ -39,7 +39,8 @@ from ..data import text
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import llama
-from . import lm_memory
+from ..parallel import jit_seeds, place_seeds, seeds_map
+from . import lm_memory, meshing
 from .tofu import TofuProblem, lm_model, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "gu-ga", "gu-graddiff", "gu-npo")
@@ -74,6 +75,7 @@ DEFAULTS = {
     "seed": 0,
 }
 
+MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 COLUMNS = [
     ("pref", "log p(true) - log p(wrong)", "float"),
     ("recovery", "recovery", "float"),
@@ -234,40 +236,52 @@ def scores(model, params, data) -> dict:
 # -- running ---------------------------------------------------------------------------------------
 
 
-def run(cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True):
+def run(
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume=False,
+    fresh=False,
+    tensorboard=False,
+    verbose=True,
+    mesh=None,
+):
     """Clean -> corrupted -> every method; ``resume`` / ``fresh`` / ``tensorboard`` are accepted
-    for the runner contract (the phases are short; nothing is cached between runs)."""
+    for the runner contract (the phases are short; nothing is cached between runs). ``mesh``
+    (:func:`jaxcl.parallel.make_mesh`): seeds over its ``seeds`` axis, every training batch over
+    its ``data`` axis."""
     del resume, fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if not out:
-        return _run(cfg, None, verbose)
+        return _run(cfg, None, verbose, mesh)
     report.prepare_out_dir(out)
     with report.lock_out_dir(out):
-        return _run(cfg, out, verbose)
+        return _run(cfg, out, verbose, mesh)
 
 
-def _run(cfg, out, verbose):
+def _run(cfg, out, verbose, mesh=None):
     say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
     t_start = time.perf_counter()
     model, tok, data = prepare(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     S, rk = cfg["seeds"], cfg["clean"]["repeats"]
-    score = jax.jit(jax.vmap(lambda p, d: scores(model, p, d), in_axes=(0, None)))
+    score = jit_seeds(lambda p, d: scores(model, p, d), (0, None), mesh)
     init = jax.vmap(model.init)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
     empty = {k: v[:1] for k, v in data["wrong"].items()}
     timing, evaluated, traces = {}, {}, {}
 
     def phase_run(phase, hp, params, role, problem):
-        fn = jax.vmap(
-            lambda p, k, prob: phase.run(p, jax.random.fold_in(k, role), prob, hp), in_axes=(0, 0, None)
+        fn = seeds_map(
+            lambda p, k, prob: phase.run(p, jax.random.fold_in(k, role), prob, hp), (0, 0, None), mesh
         )
-        o, c_s, t_s = report.timed_jit(fn, params, keys, problem)
+        o, c_s, t_s = report.timed_jit(fn, *place_seeds((params, keys, problem), (0, 0, None), mesh))
         check_finite(o["nonfinite_step"], where=f"(phase {role})")
         return o, c_s, t_s
 
     # 1. clean: the stream and the true documents
     rows = _mix(data["clean"], rk, data["windows"])
-    phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
+    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
     problem = TofuProblem(forget=empty, forget_alt=empty, retain=rows)
     o, c_s, t_s = phase_run(phase, hp, init, CLEAN, problem)
     clean = o["params"]
@@ -280,7 +294,7 @@ def _run(cfg, out, verbose):
     # 2. corrupted: the wrong documents, with stream windows
     win = {k: v[: cfg["corrupt"]["n_windows"]] for k, v in data["windows"].items()}
     rows = _mix(data["wrong"], cfg["corrupt"]["repeats"], win)
-    phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
+    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
     o, c_s, t_s = phase_run(phase, hp, clean, CORRUPT, problem.replace(retain=rows))
     corrupted = o["params"]
     timing["corrupted"] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
@@ -290,7 +304,7 @@ def _run(cfg, out, verbose):
     # 3. unlearning the wrong documents (retain: stream windows)
     problem = TofuProblem(forget=data["wrong"], forget_alt=data["clean"], retain=data["windows"])
     for name in cfg["methods"]:
-        phase, hp = unlearner(model, cfg, name, cfg["data"]["n_facts"])
+        phase, hp = unlearner(model, cfg, name, cfg["data"]["n_facts"], mesh)
         o, c_s, t_s = phase_run(phase, hp, corrupted, UNLEARN, problem)
         evaluated[name] = jax.tree.map(np.asarray, score(o["params"], data))
         timing[name] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}

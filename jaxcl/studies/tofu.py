@@ -45,13 +45,16 @@ from ..engine import check_finite
 from ..loops import Phase, PhaseConfig, as_hparams
 from ..methods import get_method
 from ..models import llama
+from ..parallel import place_seeds
 from ..tofu import data as tdata
 from ..tofu import metrics as tmetrics
 from ..unlearn.common import sample
+from . import meshing
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
 SPLITS = tuple(tdata.FORGET_SIZES)
 DTYPES = ("float32", "bfloat16")
+MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 
 DEFAULTS = {
     # name: smollm2-135m | tiny | a .gguf file | a Hugging Face checkpoint folder | a hub id
@@ -290,7 +293,7 @@ def check_methods(cfg: dict, methods) -> None:
             )
 
 
-def trainer(model: LanguageModel, cfg: dict, n: int) -> tuple[Phase, dict]:
+def trainer(model: LanguageModel, cfg: dict, n: int, mesh=None) -> tuple[Phase, dict]:
     """The registry's ``finetune`` with TOFU's recipe over ``n`` rows, and its hyperparameters as
     Python floats: optax's ``warmup_cosine_decay_schedule`` tests ``peak_value == 0`` in Python,
     so the fine-tuning learning rate is a constant of the program, not a traced argument."""
@@ -306,19 +309,20 @@ def trainer(model: LanguageModel, cfg: dict, n: int) -> tuple[Phase, dict]:
         weight_decay=t["weight_decay"],
         clip_norm=t["clip_norm"],
         warmup_cosine_steps=steps,
+        mesh=mesh,
     )
     return phase, spec.split({"lr": t["lr"]})[0]
 
 
-def unlearner(model: LanguageModel, cfg: dict, name: str, n_f: int) -> tuple[Phase, dict]:
+def unlearner(model: LanguageModel, cfg: dict, name: str, n_f: int, mesh=None) -> tuple[Phase, dict]:
     """Method ``name``'s unlearning :class:`Phase` over ``n_f`` forget rows (its config section)
-    and its traced hyperparameters."""
+    and its traced hyperparameters; ``mesh``: batches over its ``data`` axis."""
     u = cfg["unlearn"]
     steps = n_steps(u["epochs"], n_f, u["batch_size"])
     hp, opts = method_settings(cfg, name)
     spec = get_method(name, "unlearn")
     pc = PhaseConfig(steps, u["batch_size"], chunk_len(steps, u["eval_every"]), u["eval_size"])
-    return Phase(model, spec, pc, **opts), as_hparams(spec, hp)
+    return Phase(model, spec, pc, mesh=mesh, **opts), as_hparams(spec, hp)
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -338,6 +342,7 @@ class Context:
     timing: dict
     say: Callable
     ref_tr: np.ndarray | None = None
+    mesh: object = None  # training batches over its data axis, parameters replicated
 
     def reference(self) -> dict:
         """The retain model's metrics; keeps its forget-set truth ratios for forget quality."""
@@ -368,7 +373,7 @@ class Context:
         )
 
 
-def prepare(cfg: dict, verbose: bool = True) -> Context:
+def prepare(cfg: dict, verbose: bool = True, mesh=None) -> Context:
     """Load the model and the data; fine-tune the target and the retain model."""
     say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
     t0 = time.perf_counter()
@@ -386,9 +391,10 @@ def prepare(cfg: dict, verbose: bool = True) -> Context:
         ("target", TRAIN_TARGET, problem.train_set),
         ("retain", TRAIN_RETAIN, problem.retain_set),
     ):
-        phase, hp = trainer(model, cfg, rows["tokens"].shape[0])
+        phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
         fn = lambda p, k, prob, phase=phase, hp=hp: phase.run(p, k, prob, hp)  # noqa: E731
-        o, c_s, t_s = report.timed_jit(fn, params0, jax.random.fold_in(key, role), problem.learning(**rows))
+        args = (params0, jax.random.fold_in(key, role), problem.learning(**rows))
+        o, c_s, t_s = report.timed_jit(fn, *place_seeds(args, (None, None, None), mesh))
         check_finite(o["nonfinite_step"], where=f"(fine-tuning the {name} model)")
         params[name] = o["params"]
         nll = np.asarray(o["trace"]["nll"])
@@ -398,7 +404,7 @@ def prepare(cfg: dict, verbose: bool = True) -> Context:
             f"{phase.phase.eval_every} steps) -> {nll[-1]:.3f} (last {phase.phase.eval_every}) "
             f"({t_s:.1f}s + {c_s:.1f}s compile)"
         )
-    return Context(cfg, model, tok, problem, evals, params, timing, say)
+    return Context(cfg, model, tok, problem, evals, params, timing, say, mesh=mesh)
 
 
 def scores(res: dict) -> dict:
@@ -416,22 +422,26 @@ def run(
     fresh: bool = False,
     tensorboard: bool = False,
     verbose: bool = True,
+    mesh=None,
 ) -> dict:
     """Target, retain model and every method of the config; with ``out``, results.json and
     ``fq_vs_mu.png`` there. ``resume``, ``fresh`` and ``tensorboard`` are accepted for the runner
-    contract: nothing is cached between runs and there are no TensorBoard curves."""
+    contract: nothing is cached between runs and there are no TensorBoard curves. ``mesh``
+    (:func:`jaxcl.parallel.make_mesh`; one seed, so its seeds axis must be 1): the rows of every
+    fine-tuning and unlearning batch over its ``data`` axis, the parameters replicated."""
     del resume, fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if not out:
-        return _run(cfg, None, verbose)
+        return _run(cfg, None, verbose, mesh)
     report.prepare_out_dir(out)  # a bad --out fails now, before anything is loaded or trained
     with report.lock_out_dir(out):
-        return _run(cfg, out, verbose)
+        return _run(cfg, out, verbose, mesh)
 
 
-def _run(cfg: dict, out: str | None, verbose: bool) -> dict:
+def _run(cfg: dict, out: str | None, verbose: bool, mesh=None) -> dict:
     t_start = time.perf_counter()
-    ctx = prepare(cfg, verbose)
+    ctx = prepare(cfg, verbose, mesh)
     evaluated, timing, traces, nonfinite = {}, {}, {}, {}
     for name, which, fn in (
         (REFERENCE, "retain", ctx.reference),
@@ -443,8 +453,9 @@ def _run(cfg: dict, out: str | None, verbose: bool) -> dict:
     n_f = ctx.problem.forget["tokens"].shape[0]
     key = jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN)  # every method: the same batches
     for name in cfg["methods"]:
-        phase, hp = unlearner(ctx.model, cfg, name, n_f)
-        o, c_s, t_s = report.timed_jit(phase.run, ctx.params["target"], key, ctx.problem, hp)
+        phase, hp = unlearner(ctx.model, cfg, name, n_f, ctx.mesh)
+        args = place_seeds((ctx.params["target"], key, ctx.problem, hp), (None,) * 4, ctx.mesh)
+        o, c_s, t_s = report.timed_jit(phase.run, *args)
         nonfinite[name] = int(o["nonfinite_step"])
         if nonfinite[name] >= 0:
             ctx.say(f"  note: {name}: the loss became non-finite at step {nonfinite[name]}")

@@ -1,0 +1,119 @@
+"""Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 by tests/test_runners_mesh.py.
+
+The unlearn-class and lm runners at small sizes, once without a mesh and once on a mesh of
+2 seeds x 4 data devices: the per-seed results of both, whether the mesh was really used (the
+compiled unlearning program all-reduces gradients over the data axis and its outputs span the 8
+devices; the lm runner's train state is sharded over ``seeds`` on all 8 devices), and the errors
+for seeds and a batch size that do not divide the mesh. Prints one JSON line.
+"""
+
+import json
+import time
+
+import jax
+import numpy as np
+
+from jaxcl import config, parallel, report
+from jaxcl.studies import lm, unlearn_class
+
+assert jax.device_count() == 8, jax.devices()
+MESH = parallel.make_mesh(data=4, seeds=2)
+seen = {"hlo_all_reduce": [], "out_devices": [], "lm_state_devices": [], "lm_state_spec": []}
+
+# -- spies on the two runners' compiled calls (only the mesh runs are recorded) ------------------
+_timed_jit = report.timed_jit
+
+
+def timed_jit(fn, *args):
+    leaves = jax.tree.leaves(args)
+    if not any(getattr(a, "sharding", None) is not None and len(a.sharding.device_set) == 8 for a in leaves):
+        return _timed_jit(fn, *args)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seen["hlo_all_reduce"].append("all-reduce" in compiled.as_text())
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    seen["out_devices"].append(max(len(x.sharding.device_set) for x in jax.tree.leaves(out)))
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+report.timed_jit = timed_jit
+_jit_seeds = lm.jit_seeds
+
+
+def jit_seeds(fn, in_axes, mesh=None, **kw):
+    f = _jit_seeds(fn, in_axes, mesh, **kw)
+    if mesh is None:
+        return f
+
+    def spied(*args):
+        out = f(*args)
+        leaf = jax.tree.leaves(out[0].params if isinstance(out, tuple) else out.params)[0]
+        seen["lm_state_devices"].append(len(leaf.sharding.device_set))
+        seen["lm_state_spec"].append(str(leaf.sharding.spec))
+        return out
+
+    return spied
+
+
+lm.jit_seeds = jit_seeds
+
+
+def per_seed(res):
+    return {r: {k: v for k, v in row["per_seed"].items() if k != "time_s"} for r, row in res["rows"].items()}
+
+
+def diffs(a, b):
+    return {
+        f"{r}.{k}": float(np.nanmax(np.abs(np.asarray(a[r][k]) - np.asarray(b[r][k]))))
+        for r in a
+        for k in a[r]
+    }
+
+
+def maxdiff(a, b):
+    return max(diffs(a, b).values())
+
+
+uc = config.resolve(
+    config.load("unlearn-class", tiny=True),
+    [
+        "methods=ga",
+        "seeds=2",
+        "train.steps=20",
+        "train.eval_every=10",
+        "unlearn.steps=10",
+        "eval.relearn_steps=5",
+        "eval.eval_cap=200",
+        "data.n_per_class=50",
+    ],
+    defaults=unlearn_class.DEFAULTS,
+)
+lc = config.resolve(config.load("lm-cpt", tiny=True), ["rows=er+rewarm", "seeds=2"], defaults=lm.DEFAULTS)
+lc["train"]["checkpoint"] = False
+out = {}
+for name, runner, cfg in (("unlearn_class", unlearn_class, uc), ("lm", lm, lc)):
+    t0 = time.perf_counter()
+    one = per_seed(runner.run(cfg, None, verbose=False))
+    t1 = time.perf_counter()
+    many = per_seed(runner.run(cfg, None, verbose=False, mesh=MESH))
+    out[name] = {
+        "maxdiff": maxdiff(one, many),
+        "diffs": {k: v for k, v in diffs(one, many).items() if v > 1e-6},
+        "n_values": sum(len(v) for r in one.values() for v in r.values()),
+        "seconds": [t1 - t0, time.perf_counter() - t1],
+        "moved": maxdiff(one, {r: {k: np.zeros_like(v) for k, v in d.items()} for r, d in one.items()}),
+    }
+    if name == "unlearn_class":  # a weight that moved: the runs did something
+        out[name]["ga_forget_acc"] = [one["ga"]["forget_acc"], many["ga"]["forget_acc"]]
+errors = {}
+for key, runner, cfg in (
+    ("seeds", unlearn_class, {**uc, "seeds": 3}),
+    ("batch", lm, {**lc, "train": {**lc["train"], "batch_size": 6}}),
+):
+    try:
+        runner.run(cfg, None, verbose=False, mesh=MESH)
+        errors[key] = None
+    except config.ConfigError as e:
+        errors[key] = str(e)
+print(json.dumps({**out, **seen, "errors": errors}))
