@@ -62,6 +62,8 @@ from ..engine import check_finite, init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
+from ..parallel import jit_seeds, shard_batch
+from . import meshing
 from .tofu import lm_model
 
 CONDITIONS = ("in_context", "parametric", "control")
@@ -148,6 +150,7 @@ DEFAULTS = {
 }
 
 MIX = ("lm", "context_format", "parametric_format")
+MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -536,8 +539,8 @@ class Study:
     """Everything a run needs: the model, the data on the device (an argument of every program),
     the test pairs and the compiled programs."""
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, mesh=None):
+        self.cfg, self.mesh = cfg, mesh
         s = cfg["sort"]
         X, G = s["excerpt_len"], s["segment_len"]
         docs = book_documents(cfg)
@@ -629,7 +632,7 @@ class Study:
         ]
         w = jnp.asarray(self.cfg["train"]["mix"], jnp.float32)
         kind = jax.random.categorical(k0, jnp.log(jnp.maximum(w, 0.0) + 1e-30))
-        return jax.tree.map(lambda *xs: jnp.stack(xs)[kind], *batches)
+        return shard_batch(jax.tree.map(lambda *xs: jnp.stack(xs)[kind], *batches), self.mesh)
 
     def evaluate(self, params, data) -> dict:
         margin = answer_margins(self.model.apply, params, data["items"], self.cfg["train"]["eval_chunk"])
@@ -662,9 +665,9 @@ class Study:
     def programs(self, C: int):
         """``(init, evaluate, call)`` jitted over seeds (kept: a resumed run compiles nothing new)."""
         if C not in self._programs:
-            init = jax.jit(jax.vmap(self.init, in_axes=(0, None, None)))
-            ev = jax.jit(jax.vmap(lambda s, d: self.evaluate(s.params, d), in_axes=(0, None)))
-            call = jax.jit(jax.vmap(lambda s, h, d: self.call(s, h, d, C), in_axes=(0, None, None)))
+            init = jit_seeds(self.init, (0, None, None), self.mesh)
+            ev = jit_seeds(lambda s, d: self.evaluate(s.params, d), (0, None), self.mesh)
+            call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
             self._programs[C] = (init, ev, call)
         return self._programs[C]
 
@@ -771,22 +774,32 @@ def columns(cfg: dict) -> list:
 
 
 def run(
-    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume=False,
+    fresh=False,
+    tensorboard=False,
+    verbose=True,
+    mesh=None,
 ) -> dict:
+    """``mesh`` (:func:`jaxcl.parallel.make_mesh`): seeds sharded over its ``seeds`` axis, every
+    drawn batch over its ``data`` axis."""
     del fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if out:
         report.prepare_out_dir(out)
         with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose)
-    return _run(cfg, out, resume, verbose)
+            return _run(cfg, out, resume, verbose, mesh)
+    return _run(cfg, out, resume, verbose, mesh)
 
 
-def _run(cfg, out, resume, verbose):
+def _run(cfg, out, resume, verbose, mesh=None):
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    study = Study(cfg)
+    study = Study(cfg, mesh)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     prep_s = time.perf_counter() - t0
     S, t, s = cfg["seeds"], cfg["train"], cfg["sort"]
