@@ -26,6 +26,7 @@ tokens (+ 6 * d * V * tokens for the output projection).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -88,7 +89,7 @@ def matmul_peak_flops():
 class JaxTrain:
     name = "jaxcl"
 
-    def __init__(self, cfg, params, tokens, steps, lr, loss=None):
+    def __init__(self, cfg, params, tokens, steps, lr, loss=None, norms=False):
         import jax
         import jax.numpy as jnp
         import optax
@@ -105,14 +106,15 @@ class JaxTrain:
             lp = llama.token_logprobs(cfg, p, batch)
             return -lp.mean(), {}
 
-        step = engine.make_step(loss_fn, tx)
+        # norms=False as the LM study runs it (the grad/param norm metrics re-read every parameter)
+        step = engine.make_step(loss_fn, tx, norms=norms)
 
-        @jax.jit
+        @functools.partial(jax.jit, donate_argnums=0)  # the state updated in place, as the studies do
         def run(state, toks_SxBxT):
             return jax.lax.scan(step, state, toks_SxBxT)
 
         self.run = run
-        self.state = engine.init_state(params, tx, 0)
+        self.state = engine.init_state(jax.tree.map(jnp.array, params), tx, 0)  # own copy: donated
         self.toks = jnp.broadcast_to(jnp.asarray(tokens), (steps, *tokens.shape))
 
     def __call__(self):
@@ -138,6 +140,15 @@ class JaxUnfusedHead(JaxTrain):
             return -jax.numpy.take_along_axis(lp, toks[:, 1:, None], axis=-1).mean()
 
         super().__init__(cfg, params, tokens, steps, lr, loss=loss)
+
+
+class JaxWithNorms(JaxTrain):
+    """jaxcl's step with ``make_step``'s default ``grad_norm`` / ``param_norm`` metrics."""
+
+    name = "jaxcl-with-norms"
+
+    def __init__(self, cfg, params, tokens, steps, lr):
+        super().__init__(cfg, params, tokens, steps, lr, norms=True)
 
 
 class JaxHandwritten:
@@ -194,7 +205,8 @@ class JaxHandwritten:
             u, o = tx.update(g, o, p)
             return (optax.apply_updates(p, u), o), l
 
-        self.run = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))
+        self.run = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs), donate_argnums=0)
+        params = jax.tree.map(jnp.array, params)  # own copy: donated
         self.carry = (params, tx.init(params))
         self.toks = jnp.broadcast_to(jnp.asarray(tokens), (steps, *tokens.shape))
 
@@ -317,9 +329,10 @@ def main(argv=None):
     p.add_argument(
         "--no-variants",
         action="store_true",
-        help="skip the hand-written JAX step and jaxcl's former (unfused log_softmax) head",
+        help="skip the hand-written JAX step, jaxcl with the norm metrics and its former (unfused) head",
     )
     p.add_argument("--tiny", action="store_true", help="tiny model, for a quick check")
+    p.add_argument("--note", default=None, help="a note stored in every row (the load, what changed)")
     p.add_argument(
         "--out",
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "llm_step_cpu.jsonl"),
@@ -356,6 +369,7 @@ def main(argv=None):
     if not a.no_variants and a.dtype == "float32":  # the hand-written step has no bf16 casts
         sides[1:1] = [
             JaxHandwritten(cfg, params, tokens, a.steps, 1e-4),
+            JaxWithNorms(cfg, params, tokens, a.steps, 1e-4),
             JaxUnfusedHead(cfg, params, tokens, a.steps, 1e-4),
         ]
     if a.compile:
@@ -389,6 +403,8 @@ def main(argv=None):
             mfu=(tps * fpt / peak) if peak else None,
             **info,
         )
+        if a.note:
+            row["note"] = a.note
         rows.append(row)
 
     if not a.no_generate:

@@ -208,10 +208,14 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
 
 
 def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS):
-    B, T, _ = x_BxTxD.shape
+    B, T, D = x_BxTxD.shape
     H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.hd
     lp = jax.tree.map(lambda a: a.astype(dt), lp)
-    h = rms_norm(x_BxTxD, lp["attn_norm"], cfg.norm_eps)
+    # the matmuls see 2-D (tokens, features) activations: autodiff of a dot over a 3-D (B, T, D)
+    # operand makes XLA:CPU copy activations transposed for the weight gradients (the same
+    # numbers; the LM step ~5-10% faster on CPU, benchmarks_speed/README.md, llm_step)
+    x_NxD = x_BxTxD.reshape(B * T, D)
+    h = rms_norm(x_NxD, lp["attn_norm"], cfg.norm_eps)
     q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
     if cfg.attn_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
@@ -233,10 +237,10 @@ def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS):
             q_BxTxHxE, k_BxSxKxE.astype(dt), v_BxSxKxE.astype(dt), mask=mask_Bx1xTxS
         )
         new_kv = (k_BxSxKxE, v_BxSxKxE)
-    x_BxTxD = x_BxTxD + o.reshape(B, T, H * hd) @ lp["wo"]
-    h = rms_norm(x_BxTxD, lp["mlp_norm"], cfg.norm_eps)
-    x_BxTxD = x_BxTxD + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
-    return x_BxTxD, new_kv
+    x_NxD = x_NxD + o.reshape(B * T, H * hd) @ lp["wo"]
+    h = rms_norm(x_NxD, lp["mlp_norm"], cfg.norm_eps)
+    x_NxD = x_NxD + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
+    return x_NxD.reshape(B, T, D), new_kv
 
 
 def forward(
@@ -371,7 +375,10 @@ def target_logprobs(cfg: LlamaConfig, params, h_BxTxD, targets_BxT):
     """
     params = _pure(params)
     w = params["embed"] if cfg.tie_embeddings else params["lm_head"]
-    return _target_logprobs(h_BxTxD, w, targets_BxT, cfg.tie_embeddings)
+    # as 2-D (tokens, D): the embedding gradient's dot then needs no transposed copy of h
+    lead, D = h_BxTxD.shape[:-1], h_BxTxD.shape[-1]
+    lp_N = _target_logprobs(h_BxTxD.reshape(-1, D), w, targets_BxT.reshape(-1), cfg.tie_embeddings)
+    return lp_N.reshape(lead)
 
 
 def token_logprobs(cfg: LlamaConfig, params, tokens_BxT):
