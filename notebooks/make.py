@@ -55,8 +55,8 @@ runner.validate(cfg)
 """
     if mesh:
         run += """\
-batch = cfg.get("loop", {}).get("batch_size")
-mesh = parallel.auto_mesh(cfg.get("seeds", 1), batch)    # seeds x data over every device
+from jaxcl.studies.meshing import study_mesh
+mesh = study_mesh(cfg, "auto")    # seeds x data over every device, dividing the seeds and batch sizes
 print("mesh:", None if mesh is None else dict(mesh.shape))
 """
         run += f'res = runner.run(cfg, "{out}", fresh=True, mesh=mesh)\n'
@@ -92,20 +92,20 @@ NOTEBOOKS = {
         title="Unlearning a class of a classifier: GA, GradDiff, NPO, GU, SSD, IAU against the oracle",
         text="The original model, the retrained oracle and every unlearning method on one forget set, with "
         "forget / retain accuracy, the distance to the oracle and a relearning attack.",
-        study=("unlearn-class", ["methods=ga,ssd"], [], "unlearn_out", False),
+        study=("unlearn-class", ["methods=ga,ssd"], [], "unlearn_out", True),
     ),
     "tofu": dict(
         title="TOFU: unlearning fictitious authors from a Llama",
         text="Fine-tune on TOFU, then unlearn the forget split with NPO / GradDiff / IDK and their GU "
         "variants; forget quality against model utility. On a CPU a random 2-layer byte-level model "
         "stands in for SmolLM2-135M-Instruct (`--set model.name=smollm2-135m` on an accelerator).",
-        study=("tofu", ["methods=ga"], ["model.name=smollm2-135m"], "tofu_out", False),
+        study=("tofu", ["methods=ga"], ["model.name=smollm2-135m"], "tofu_out", True),
     ),
     "rft_continual": dict(
         title="Reinforcement vs supervised fine-tuning on a task sequence: who forgets?",
         text="A Llama post-trained on a sequence of verifiable tasks by SFT, GRPO with and without the KL "
         "penalty, RIF-RFT and multi-task SFT: the accuracy matrix, forgetting and general ability.",
-        study=("rft-continual", ["rows=sft,rft"], [], "rft_out", False),
+        study=("rft-continual", ["rows=sft,rft"], [], "rft_out", True),
     ),
     "lm_cpt": dict(
         title="Continual pre-training of a language model over text domains",
@@ -113,21 +113,21 @@ NOTEBOOKS = {
         "(evaluated inside the compiled loop), forgetting, replay, learning-rate re-warming and the joint "
         "upper bound; three model sizes on an accelerator (`model.sizes=smollm2-135m` with "
         "`data.tokenizer=smollm2` continues the pretrained SmolLM2-135M).",
-        study=("lm-cpt", ["rows=er+rewarm"], ["model.sizes=xs,s,m"], "lm_out", False),
+        study=("lm-cpt", ["rows=er+rewarm"], ["model.sizes=xs,s,m"], "lm_out", True),
     ),
     "lm_junk": dict(
         title="Junk-data decline: continual pre-training on junk vs control text",
         text="A small Llama pre-trained on bible text and procedural tasks, then trained on mixtures of junk "
         "(headlines, review snippets) and control text (speeches) at matched token counts: task accuracy and "
         "general-text loss against the junk ratio, and Hedges' g over seeds.",
-        study=("lm-junk", [], [], "junk_out", False),
+        study=("lm-junk", [], [], "junk_out", True),
     ),
     "lm_facts": dict(
         title="Factual knowledge acquisition and forgetting in pre-training",
         text="Synthetic facts about fictional entities injected into a pre-training stream 1, 4 and 16 "
         "times, numbers and masked entities seen vs unseen: memorisation, paraphrase and composition probes "
         "evaluated inside the loop, retention after the last exposure and its power-law fit.",
-        study=("lm-facts", [], [], "facts_out", False),
+        study=("lm-facts", [], [], "facts_out", True),
     ),
     "sort": dict(
         title="SORT: which of two segments of a book came first, in context vs from memory",
@@ -141,7 +141,7 @@ NOTEBOOKS = {
         title="RESTOR: does unlearning a corruption recover the original facts?",
         text="Facts learned, corrupted by fine-tuning on wrong values, then the corruption unlearned with GA, "
         "GradDiff, NPO and their GU variants: forgetting of the wrong values and recovery of the true ones.",
-        study=("restor", [], [], "restor_out", False),
+        study=("restor", [], [], "restor_out", True),
     ),
 }
 

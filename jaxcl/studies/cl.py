@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics as M
-from .. import plots, report, results
+from .. import parallel, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
 from ..config import ConfigError, check_positive, method_settings
@@ -240,9 +240,10 @@ def run_method(
     continues from the newest good checkpoint and gives the same result as an uninterrupted run.
     """
     exp, hp = experiment(cfg, stream, method, mesh=mesh)
-    keys = seeds_keys(cfg["seed"], cfg["seeds"])
+    keys = parallel.place_seeds((seeds_keys(cfg["seed"], cfg["seeds"]),), (0,), mesh)[0]
     T = stream.n_tasks
-    seeds = lambda fn, in_axes: over_seeds(fn, in_axes, model=exp.model)  # vmap, or lax.map (CPU convs)
+    # vmap, or lax.map (CPU convs); with a mesh, vmap with the seeds sharded over its seeds axis
+    seeds = lambda fn, in_axes: parallel.seeds_map(fn, in_axes, mesh, model=exp.model)
     t0 = time.perf_counter()
     if not ckpt_dir:
         out = jax.jit(seeds(exp.run, (0, None, None)))(keys, stream, hp)
@@ -388,6 +389,10 @@ def run(
 
     del fresh
     validate(cfg)
+    if mesh is not None:
+        from .meshing import check
+
+        check(mesh, cfg, paths=("loop.batch_size",))
     if out:
         report.prepare_out_dir(out)
         with report.lock_out_dir(out):

@@ -44,7 +44,8 @@ from ..data import text
 from ..engine import check_finite, init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
-from . import lm
+from ..parallel import jit_seeds, place_seeds, shard_batch
+from . import lm, meshing
 
 DEFAULTS = {
     "model": {"size": "xs", "compute_dtype": "float32"},
@@ -67,6 +68,7 @@ DEFAULTS = {
     "seed": 0,
 }
 
+MESH_BATCHES = ("base.batch_size", "junk.batch_size")  # split over a mesh's data axis
 COLUMNS = [
     ("task_acc", "task acc", "pct"),
     ("task_acc_delta", "Δ task acc", "pct"),
@@ -192,8 +194,9 @@ def _weights(groups, K, parts: dict) -> jnp.ndarray:
     return w
 
 
-def programs(cfg, model, stream, probe, groups):
-    """``base(key) -> (state, eval)`` and ``junk(state, ratios) -> trace``, vmapped over seeds."""
+def programs(cfg, model, stream, probe, groups, mesh=None):
+    """``base(key) -> (state, eval)`` and ``junk(state, ratios) -> trace``, vmapped over seeds
+    (``mesh``: seeds over its ``seeds`` axis, every drawn batch over its ``data`` axis)."""
     spec = get_method("finetune")
     hp, opts = method_settings(cfg, "finetune")
     K = stream.n_domains
@@ -208,7 +211,7 @@ def programs(cfg, model, stream, probe, groups):
         method = build_method(spec, model, h, {**opts, "warmup_cosine_steps": b["steps"]})
         k_init, k_run = jax.random.split(key)
         w = _weights(groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]})
-        draw = lambda k: text.draw_mixture(stream, w, k, b["batch_size"])
+        draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, b["batch_size"]), mesh)
         state = init_state(model.init(k_init), method.tx, k_run)
         step = make_step(method.loss_fn, method.tx)
         state, trace = run_chunks(step, state, draw, evaluate, 1, b["steps"])
@@ -218,14 +221,20 @@ def programs(cfg, model, stream, probe, groups):
         j = cfg["junk"]
         method = build_method(spec, model, as_hparams(spec, hp), opts)
         w = _weights(groups, K, {"junk": r, "control": 1.0 - r})
-        draw = lambda k: text.draw_mixture(stream, w, k, j["batch_size"])
+        draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, j["batch_size"]), mesh)
         state = init_state(params, method.tx, key)
         step = make_step(method.loss_fn, method.tx)
         state, trace = run_chunks(step, state, draw, evaluate, j["steps"] // j["eval_every"], j["eval_every"])
         return trace, state.nonfinite_step
 
-    base_fn = jax.jit(jax.vmap(base))
-    junk_fn = jax.jit(jax.vmap(jax.vmap(junk, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+    if mesh is None:
+        base_fn = jax.jit(jax.vmap(base))
+        junk_fn = jax.jit(jax.vmap(jax.vmap(junk, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+        return base_fn, junk_fn
+    base_fn = jit_seeds(base, (0,), mesh)
+    inner = jax.vmap(junk, in_axes=(None, None, 0))  # the ratios: not sharded
+    junk_jit = jax.jit(jax.vmap(inner, in_axes=(0, 0, None), spmd_axis_name="seeds"))
+    junk_fn = lambda p, k, r: junk_jit(*place_seeds((p, k, r), (0, 0, None), mesh))  # noqa: E731
     return base_fn, junk_fn
 
 
@@ -233,23 +242,33 @@ def programs(cfg, model, stream, probe, groups):
 
 
 def run(
-    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume=False,
+    fresh=False,
+    tensorboard=False,
+    verbose=True,
+    mesh=None,
 ) -> dict:
+    """Base pre-training, then every junk ratio x seed; ``mesh`` (:func:`jaxcl.parallel.make_mesh`):
+    seeds over its ``seeds`` axis, the sequences of every batch over its ``data`` axis."""
     del resume, fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if out:
         report.prepare_out_dir(out)
         with report.lock_out_dir(out):
-            return _run(cfg, out, verbose)
-    return _run(cfg, out, verbose)
+            return _run(cfg, out, verbose, mesh)
+    return _run(cfg, out, verbose, mesh)
 
 
-def _run(cfg, out, verbose):
+def _run(cfg, out, verbose, mesh=None):
     stream, probe, groups = build(cfg)
     model, _ = lm.load_model(cfg, cfg["model"]["size"])
     text.check_vocab(stream, model.cfg.vocab_size, "byte")
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
-    base_fn, junk_fn = programs(cfg, model, stream, probe, groups)
+    base_fn, junk_fn = programs(cfg, model, stream, probe, groups, mesh)
     ratios = jnp.asarray(cfg["junk"]["ratios"], jnp.float32)
     t0 = time.perf_counter()
     if verbose:

@@ -53,6 +53,8 @@ from ..engine import check_finite, init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
+from ..parallel import jit_seeds, shard_batch
+from . import meshing
 from .tofu import lm_model
 
 MODELS = ("scratch", "smollm2-135m")
@@ -92,6 +94,7 @@ DEFAULTS = {
     "seed": 0,
 }
 
+MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 COLUMNS = [
     ("exact_before", "exact before", "pct"),
     ("exact_after", "exact after", "pct"),
@@ -486,8 +489,9 @@ def load_model(cfg: dict):
 class Study:
     """The model, the data on the device (an argument of every program) and the pieces."""
 
-    def __init__(self, cfg, model, tok, pretrained, data, conds, table):
+    def __init__(self, cfg, model, tok, pretrained, data, conds, table, mesh=None):
         self.cfg, self.model, self.tok, self.pretrained = cfg, model, tok, pretrained
+        self.mesh = mesh  # seeds over its seeds axis, every batch over its data axis
         self.data, self.conds, self.table = data, conds, table
         spec = get_method("finetune")
         hp, self.opts = method_settings(cfg, "finetune")
@@ -530,7 +534,7 @@ class Study:
     def draw(self, data, key):
         B = self.cfg["train"]["batch_size"]
         K = data["stream"].n_domains
-        return text.draw_mixture(data["stream"], jnp.ones((K,)), key, B)
+        return shard_batch(text.draw_mixture(data["stream"], jnp.ones((K,)), key, B), self.mesh)
 
     def step_fn(self, method, data):
         """The registry's step on the drawn batch with the injected rows of the state's step in
@@ -547,7 +551,7 @@ class Study:
                 k: batch[k].at[:J].set(jnp.where(use, bank[k][rows], batch[k][:J]))
                 for k in ("tokens", "mask")
             }
-            return step(state, new)
+            return step(state, shard_batch(new, self.mesh))
 
         return injected
 
@@ -560,8 +564,8 @@ class Study:
     def programs(self, C: int):
         """``(init, call)`` jitted over seeds (kept, so a resumed run compiles nothing new)."""
         if C not in self._programs:
-            init = jax.jit(jax.vmap(self.init, in_axes=(0, None, None)))
-            call = jax.jit(jax.vmap(lambda s, h, d: self.call(s, h, d, C), in_axes=(0, None, None)))
+            init = jit_seeds(self.init, (0, None, None), self.mesh)
+            call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
             self._programs[C] = (init, call)
         return self._programs[C]
 
@@ -578,7 +582,7 @@ class Study:
         )
 
 
-def prepare(cfg: dict) -> tuple[Study, jax.Array]:
+def prepare(cfg: dict, mesh=None) -> tuple[Study, jax.Array]:
     model, tok, pretrained = load_model(cfg)
     d = cfg["data"]
     data, conds, table = build_items(cfg, tok)
@@ -596,7 +600,7 @@ def prepare(cfg: dict) -> tuple[Study, jax.Array]:
     offsets = data.pop("span_offsets")
     data = jax.tree.map(jnp.asarray, {**data, "table": table})
     data["stream"] = stream
-    study = Study(cfg, model, tok, pretrained, data, conds, table)
+    study = Study(cfg, model, tok, pretrained, data, conds, table, mesh)
     study.span_offsets = offsets
     return study, seeds_keys(cfg["seed"], cfg["seeds"])
 
@@ -780,22 +784,32 @@ def condition_metrics(cfg: dict, c: Condition, conds, traces: dict) -> tuple[dic
 
 
 def run(
-    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume=False,
+    fresh=False,
+    tensorboard=False,
+    verbose=True,
+    mesh=None,
 ) -> dict:
+    """Every seed through the schedule; ``mesh`` (:func:`jaxcl.parallel.make_mesh`): seeds over its
+    ``seeds`` axis, the sequences of every batch (injected rows included) over its ``data`` axis."""
     del fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if out:
         report.prepare_out_dir(out)
         with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose)
-    return _run(cfg, out, resume, verbose)
+            return _run(cfg, out, resume, verbose, mesh)
+    return _run(cfg, out, resume, verbose, mesh)
 
 
-def _run(cfg, out, resume, verbose):
+def _run(cfg, out, resume, verbose, mesh=None):
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    study, keys = prepare(cfg)
+    study, keys = prepare(cfg, mesh)
     prep_s = time.perf_counter() - t0
     S, t = cfg["seeds"], cfg["train"]
     ckpt_dir = os.path.join(out, "checkpoints") if (out and t["checkpoint"]) else None

@@ -45,11 +45,14 @@ from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..methods import grpo as grpo_method
 from ..models import llama
+from ..parallel import jit_seeds, shard_batch
+from . import meshing
 from .tofu import LanguageModel
 
 ROWS = ("sft", "rft", "rft-nokl", "rif-rft", "mtl-sft")
 CORPORA = ("bible", "zen")
 MODELS = ("scratch", "smollm2-135m")
+MESH_BATCHES = ("base.batch_size", "post.batch_size")  # split over a mesh's data axis
 
 DEFAULTS = {
     # scratch: a random Llama of this shape with the byte tokenizer; smollm2-135m: the pretrained
@@ -341,8 +344,9 @@ class Study:
     """The pieces of a study (one model, data and environment). The data (on the device) is an
     argument of every compiled program, never a constant inside it."""
 
-    def __init__(self, cfg: dict, model, tok, data, env):
+    def __init__(self, cfg: dict, model, tok, data, env, mesh=None):
         self.cfg, self.model, self.tok, self.data, self.env = cfg, model, tok, data, env
+        self.mesh = mesh  # seeds over its seeds axis; SFT batches, prompts and rollouts over data
         self.evaluate = evaluator(model, env, cfg["data"]["answer_len"])
         self.T = len(cfg["data"]["tasks"])
         self._programs = {}
@@ -360,7 +364,9 @@ class Study:
         state = init_state(params, method.tx, k_run)
         step = make_step(method.loss_fn, method.tx)
         K = data["sft"]["tokens"].shape[0]
-        draw = lambda k: sft_draw(data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K)
+        draw = lambda k: shard_batch(
+            sft_draw(data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K), self.mesh
+        )
         evaluate = lambda p: self.evaluate(p, data)
         if b["steps"] == 0:
             return {"params": params, "eval": jax.tree.map(lambda a: a[None], evaluate(params))}
@@ -384,12 +390,14 @@ class Study:
         traced values share them (sft and mtl-sft; rft and rft-nokl)."""
         kind = {"mtl-sft": "sft", "rft-nokl": "rft"}.get(row, row)
         if kind not in self._programs:
-            init = jax.jit(jax.vmap(lambda p, k, d: self.init(kind, p, k, d), in_axes=(0, 0, None)))
-            task = jax.vmap(
+            init = jit_seeds(lambda p, k, d: self.init(kind, p, k, d), (0, 0, None), self.mesh)
+            task = jit_seeds(
                 lambda s, t, h, seen, first, d: self.task(kind, s, t, h, seen, first, d),
-                in_axes=(0, None, None, None, None, None),
+                (0, None, None, None, None, None),
+                self.mesh,
+                donate_argnums=0,
             )
-            self._programs[kind] = (init, jax.jit(task, donate_argnums=0))
+            self._programs[kind] = (init, task)
         return self._programs[kind]
 
     def init(self, row, params, key, data):
@@ -425,12 +433,12 @@ class Study:
             new = method.consolidate(state, None, None).data_state
             keep = jax.tree.map(lambda a, b: jnp.where(first, a, b), new, state.data_state)
             state = state.replace(data_state=keep)
-            step = grpo.make_iteration(method, self.env)
+            step = grpo.make_iteration(method, self.env, mesh=self.mesh)
             n = grpo_method.prompt_rows(opts, p["batch_size"])
             draw = lambda k: rl_draw(data, t, k, n)
         else:
             step = make_step(method.loss_fn, method.tx)
-            draw = lambda k: sft_draw(data, t, seen, k, p["batch_size"])
+            draw = lambda k: shard_batch(sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
         evaluate = lambda params: self.evaluate(params, data)
         return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"])
 
@@ -520,18 +528,28 @@ def row_metrics(traces: dict, base_eval: dict, T: int) -> dict:
 
 
 def run(
-    cfg: dict, out: str | None = None, *, resume=False, fresh=False, tensorboard=False, verbose=True
+    cfg: dict,
+    out: str | None = None,
+    *,
+    resume=False,
+    fresh=False,
+    tensorboard=False,
+    verbose=True,
+    mesh=None,
 ) -> dict:
+    """Base SFT, then every row through the tasks; ``mesh`` (:func:`jaxcl.parallel.make_mesh`):
+    seeds over its ``seeds`` axis, SFT batches, GRPO prompts and rollouts over its ``data`` axis."""
     del fresh, tensorboard
     validate(cfg)
+    meshing.check(mesh, cfg, paths=MESH_BATCHES)
     if out:
         report.prepare_out_dir(out)
         with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose)
-    return _run(cfg, out, resume, verbose)
+            return _run(cfg, out, resume, verbose, mesh)
+    return _run(cfg, out, resume, verbose, mesh)
 
 
-def prepare(cfg: dict) -> tuple[Study, jax.Array]:
+def prepare(cfg: dict, mesh=None) -> tuple[Study, jax.Array]:
     """The model, the data (on the device), the environment, and the seeds' keys."""
     model, tok, pretrained, chat = load_model(cfg)
     try:
@@ -539,7 +557,7 @@ def prepare(cfg: dict) -> tuple[Study, jax.Array]:
     except ValueError as e:  # a prompt or answer longer than data.prompt_len / data.answer_len
         raise ConfigError(str(e)) from None
     env = tasks.env(tok, partial=cfg["data"]["partial_reward"])
-    study = Study(cfg, model, tok, data, env)
+    study = Study(cfg, model, tok, data, env, mesh)
     study.pretrained = pretrained
     return study, seeds_keys(cfg["seed"], cfg["seeds"])
 
@@ -557,8 +575,8 @@ def train_base(study: Study, keys, ckpt_dir=None, resume=False, verbose=True) ->
         else None
     )
     # pretrained parameters are an argument (never a constant baked into the program)
-    base_fn = jax.jit(
-        jax.vmap(lambda k, p, d: study.base(jax.random.fold_in(k, BASE), p, d), in_axes=(0, None, None))
+    base_fn = jit_seeds(
+        lambda k, p, d: study.base(jax.random.fold_in(k, BASE), p, d), (0, None, None), study.mesh
     )
     base = None
     if base_ck is not None and resume:
@@ -576,10 +594,10 @@ def train_base(study: Study, keys, ckpt_dir=None, resume=False, verbose=True) ->
     return base
 
 
-def _run(cfg, out, resume, verbose):
+def _run(cfg, out, resume, verbose, mesh=None):
     from tqdm.auto import tqdm
 
-    study, keys = prepare(cfg)
+    study, keys = prepare(cfg, mesh)
     T, S = study.T, cfg["seeds"]
     ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["post"]["checkpoint"]) else None
     timing = {}
