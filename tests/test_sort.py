@@ -213,3 +213,15 @@ def test_shared_text_between_roles_and_short_books_are_clear_errors():
         sort.book_documents(cfg)
     with pytest.raises(config.ConfigError, match="'b' has 3 tokens, fewer than the 10"):
         sort.encode_books(TOK, {"b": ["abc"]}, 10, "control")
+
+
+def test_a_scratch_model_on_smollm2s_compact_tokenizer():
+    cfg = config.resolve(config.load("sort", tiny=True), ["data.tokenizer=smollm2"])
+    sort.validate(cfg)
+    docs = sort.book_documents(cfg)
+    tok = sort.scratch_tokenizer(cfg, docs)
+    assert 100 < tok.vocab_size < 5000  # only the ids of the run's books and prompts
+    ruth = " ".join(d.strip() for d in docs["context_format"]["bible:ruth"])
+    assert tok.decode(tok.encode(ruth)) == ruth
+    lay = sort.make_layout(tok, "symbols", 24, 4, True, sort.seq_len(cfg, tok), tok.pad_id)
+    assert lay.length == sort.seq_len(cfg, tok) and len(set(lay.answers)) == 2
