@@ -135,7 +135,7 @@ NOTEBOOKS = {
         "orders segments of an unseen book with the excerpt in the prompt (in context), of books it read "
         "for many epochs without it (parametric) and of a never-seen book (control, chance); accuracy by "
         "the distance between the segments, evaluated inside the compiled loop.",
-        study=("sort", [], [], "sort_out", False),
+        study=("sort", [], [], "sort_out", True),
     ),
     "restor": dict(
         title="RESTOR: does unlearning a corruption recover the original facts?",
