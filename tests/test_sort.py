@@ -113,6 +113,16 @@ def test_answer_margins_and_pair_accuracy_by_hand():
     # both orders of a pair: right in both 1, in one 0.5, a tie counts a half
     acc = sort.pair_accuracy(np.array([[1.0, -1.0, 2.0, 3.0, -1.0, -2.0, 0.0, 1.0]]))
     np.testing.assert_allclose(acc, [[0.5, 1.0, 0.0, 0.75]])
+    # paired: the sign of the sum of a pair's two margins (1-1=0: a half; 2+3>0; -1-2<0; 0+1>0)
+    np.testing.assert_allclose(
+        sort.paired_accuracy(np.array([[1.0, -1.0, 2.0, 3.0, -1.0, -2.0, 0.0, 1.0]])), [[0.5, 1.0, 0.0, 1.0]]
+    )
+    # a constant answer bias b (+b on one order, -b on the other) leaves it unchanged, while the
+    # plain accuracy drops to exactly 0.5 once the bias dominates
+    signal = np.random.default_rng(1).normal(size=(40,))
+    biased = signal + 50.0 * np.tile([1.0, -1.0], 20)
+    np.testing.assert_array_equal(sort.paired_accuracy(biased), sort.paired_accuracy(signal))
+    np.testing.assert_array_equal(sort.pair_accuracy(biased), 0.5)
 
 
 # -- the loop's training rows ----------------------------------------------------------------------

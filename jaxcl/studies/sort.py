@@ -478,6 +478,17 @@ def pair_accuracy(margins) -> np.ndarray:
     return hit.reshape(*m.shape[:-1], -1, 2).mean(-1)
 
 
+def paired_accuracy(margins) -> np.ndarray:
+    """``(..., 2P)`` margins -> ``(..., P)``: 1 where the sum of a pair's two margins is positive
+    (0.5 at 0). A constant preference ``b`` for one answer adds ``+b`` to one order's margin and
+    ``-b`` to the other's, so it cancels here: the readout of a model whose answers are dominated by
+    such a bias (where :func:`pair_accuracy` is exactly 0.5) still shows whether its order signal is
+    right."""
+    m = np.asarray(margins)
+    tot = m.reshape(*m.shape[:-1], -1, 2).sum(-1)
+    return (tot > 0) + 0.5 * (tot == 0)
+
+
 # -- the study ------------------------------------------------------------------------------------
 
 
@@ -744,6 +755,7 @@ def condition_metrics(study: Study, traces: dict) -> dict:
         out[c] = {
             "acc": acc.mean(-1),
             "acc_bins": np.stack([acc[..., bins == b].mean(-1) for b in range(n_bins)], -1),
+            "paired": paired_accuracy(traces["margin"][..., lo:hi]).mean(-1),
             "margin": np.abs(traces["margin"][..., lo:hi]).mean(-1),
             "book_nll": traces["book_nll"][..., k],
         }
@@ -763,6 +775,7 @@ def columns(cfg: dict) -> list:
     cols = [("acc", "accuracy", "pct")]
     cols += [(f"acc_bin{b}", f"d {e[b]}-{e[b + 1] - 1}", "pct") for b in range(len(e) - 1)]
     cols += [
+        ("paired", "paired", "pct"),
         ("acc_initial", "acc step 0", "pct"),
         ("book_nll", "book NLL", "float"),
         ("time_s", "time (s)", "seconds"),
@@ -814,6 +827,7 @@ def _run(cfg, out, resume, verbose, mesh=None):
     for c, m in met.items():
         per = {
             "acc": m["acc"][:, -1],
+            "paired": m["paired"][:, -1],
             "acc_initial": m["acc"][:, 0],
             "book_nll": m["book_nll"][:, -1],
             "time_s": [r["seconds"]],
