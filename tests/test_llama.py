@@ -250,9 +250,10 @@ def test_smollm2_greedy_capital_of_france(smollm2):
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_fused_target_logprobs_equal_log_softmax_gather(tie):
-    """``token_logprobs``'s custom-VJP head: the values and gradients (weighted per token, as
-    masked losses weight them) of ``take_along_axis(log_softmax(logits))``."""
+def test_target_logprobs_equal_log_softmax_gather(tie):
+    """``token_logprobs``'s head (target row dot minus logsumexp): the values, gradients (weighted
+    per token, as masked losses weight them) and forward-mode derivatives of
+    ``take_along_axis(log_softmax(logits))``."""
     cfg = llama.tiny(tie_embeddings=tie)
     p = llama.init_params(cfg, 1)
     rng = np.random.default_rng(0)
@@ -269,3 +270,7 @@ def test_fused_target_logprobs_equal_log_softmax_gather(tie):
     g = jax.jit(jax.grad(lambda p: (fused(p) * w).sum()))(p)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+    tangent = jax.tree.map(jnp.ones_like, p)
+    _, jvp = jax.jvp(fused, (p,), (tangent,))
+    _, jvp_ref = jax.jvp(ref, (p,), (tangent,))
+    np.testing.assert_allclose(jvp, jvp_ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(jvp_ref).max()))

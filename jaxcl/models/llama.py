@@ -327,58 +327,27 @@ def _head_logits(h_NxD, w, vd: bool):
     return jnp.einsum(spec, h_NxD, w.astype(h_NxD.dtype), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _target_logprobs(h_BxTxD, w, targets_BxT, vd):
-    return _target_logprobs_fwd(h_BxTxD, w, targets_BxT, vd)[0]
-
-
-def _target_logprobs_fwd(h_BxTxD, w, targets_BxT, vd):
-    logits = _head_logits(h_BxTxD, w, vd)
-    m = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
-    log_z = jnp.log(jnp.exp(logits - m).sum(-1, keepdims=True))
-    # the arithmetic of log_softmax then a gather: (x_t - max) - log sum exp(x - max)
-    lp = (jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1) - m - log_z)[..., 0]
-    return lp, (h_BxTxD, w, targets_BxT, logits, m + log_z)
-
-
-def _target_logprobs_bwd(vd, res, g_BxT):
-    h, w, targets, logits, lse = res
-    onehot = jnp.arange(logits.shape[-1]) == targets[..., None]
-    # d lp_t / d logits = onehot - softmax, in one elementwise pass over the logits
-    # (float32, as autodiff of the float32-accumulating head matmul computes it)
-    d = (onehot - jnp.exp(logits - lse)) * g_BxT[..., None]
-    f32 = jnp.float32
-    hc, wc = h.astype(f32), w.astype(h.dtype).astype(f32)
-    if vd:  # tied: w is the (V, D) embedding
-        dh = jnp.einsum("...v,vd->...d", d, wc)
-        # (D, V) then transposed: XLA folds the transpose into the dot's output layout, so
-        # neither the (tokens, V) cotangent nor the embedding is copied transposed
-        dw = jnp.einsum("...d,...v->dv", hc, d).T
-    else:
-        dh = jnp.einsum("...v,dv->...d", d, wc)
-        dw = jnp.einsum("...d,...v->dv", hc, d)
-    return dh.astype(h.dtype), dw.astype(w.dtype), None
-
-
-_target_logprobs.defvjp(_target_logprobs_fwd, _target_logprobs_bwd)
-
-
 def target_logprobs(cfg: LlamaConfig, params, h_BxTxD, targets_BxT):
     """log p(target) under the output head, from final-norm hidden states: (B, T), float32.
 
-    Equals ``take_along_axis(log_softmax(head(cfg, params, h)), targets)`` but its gradient is
-    one fused pass (``onehot - softmax``) and two matmuls: autodiff of the log_softmax + gather
-    form on CPU materialises a zeros (tokens, V) array for the gather's scatter, the cotangent
-    twice, once transposed for the embedding's gradient (a third of the step's time at
-    SmolLM2's 49k vocabulary; see benchmarks_speed/README.md, llm_step). Reverse mode only
-    (a ``jax.custom_vjp``; ``jax.jvp`` through it raises).
+    Equals ``take_along_axis(log_softmax(head(cfg, params, h)), targets)``, computed as
+    ``x_target - logsumexp(x)`` with the target's logit ``x_target`` a dot of ``h`` with the
+    target's row of the output matrix: autodiff then scatters into D-wide rows instead of
+    materialising a (tokens, V) one-hot cotangent, and logsumexp's backward is one softmax pass
+    (the log_softmax + gather form costs a third of the step at SmolLM2's 49k vocabulary on CPU;
+    a custom VJP doing the same by hand was 5-9 % slower than this; see benchmarks_speed/README.md,
+    llm_step). The matmuls take 2-D (tokens, D) activations (no transposed copies for the
+    gradient's dots). Both autodiff modes work.
     """
     params = _pure(params)
-    w = params["embed"] if cfg.tie_embeddings else params["lm_head"]
-    # as 2-D (tokens, D): the embedding gradient's dot then needs no transposed copy of h
+    vd = cfg.tie_embeddings  # tied: the (V, D) embedding; untied: a (D, V) head
+    w = params["embed"] if vd else params["lm_head"]
     lead, D = h_BxTxD.shape[:-1], h_BxTxD.shape[-1]
-    lp_N = _target_logprobs(h_BxTxD.reshape(-1, D), w, targets_BxT.reshape(-1), cfg.tie_embeddings)
-    return lp_N.reshape(lead)
+    h_NxD, t_N = h_BxTxD.reshape(-1, D), targets_BxT.reshape(-1)
+    logits_NxV = _head_logits(h_NxD, w, vd)
+    rows_NxD = (w[t_N] if vd else jnp.take(w, t_N, axis=1).T).astype(h_NxD.dtype)
+    x_t_N = jnp.einsum("nd,nd->n", h_NxD, rows_NxD, preferred_element_type=jnp.float32)
+    return (x_t_N - jax.nn.logsumexp(logits_NxV, axis=-1)).reshape(lead)
 
 
 def token_logprobs(cfg: LlamaConfig, params, tokens_BxT):
