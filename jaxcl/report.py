@@ -150,6 +150,17 @@ def prepare_out_dir(path: str) -> str:
     return full
 
 
+def in_out_dir(out: str | None, fn):
+    """``fn()`` with the output folder ``out`` prepared (:func:`prepare_out_dir`: a bad folder
+    fails before any compilation) and locked for the run (:func:`lock_out_dir`); just ``fn()``
+    when ``out`` is None. What every study runner's ``run`` and ``sweep`` do around their work."""
+    if not out:
+        return fn()
+    prepare_out_dir(out)
+    with lock_out_dir(out):
+        return fn()
+
+
 @contextlib.contextmanager
 def lock_out_dir(path: str) -> Iterator[str]:
     """Hold an exclusive lock on the output folder ``path`` for the duration of a run.

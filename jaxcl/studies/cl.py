@@ -393,11 +393,7 @@ def run(
         from .meshing import check
 
         check(mesh, cfg, paths=("loop.batch_size",))
-    if out:
-        report.prepare_out_dir(out)
-        with report.lock_out_dir(out):
-            return _run(cfg, out, resume, tensorboard, verbose, mesh)
-    return _run(cfg, out, resume, tensorboard, verbose, mesh)
+    return report.in_out_dir(out, lambda: _run(cfg, out, resume, tensorboard, verbose, mesh))
 
 
 def _run(cfg, out, resume, tensorboard, verbose, mesh):

@@ -328,11 +328,7 @@ def run(
     del fresh, tensorboard
     validate(cfg)
     meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    if out:
-        report.prepare_out_dir(out)
-        with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose, mesh)
-    return _run(cfg, out, resume, verbose, mesh)
+    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
 
 
 def _run(cfg, out, resume, verbose, mesh=None):
@@ -430,11 +426,7 @@ def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = 
     method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
     if method not in LM_METHODS:
         raise ConfigError(f"--grid: the lm study sweeps {', '.join(LM_METHODS)}, not {method!r}")
-    if not out:
-        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
-    report.prepare_out_dir(out)
-    with report.lock_out_dir(out):
-        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+    return report.in_out_dir(out, lambda: _sweep(cfg, method, names, cells, grid, chunk, out, verbose))
 
 
 def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):

@@ -798,11 +798,7 @@ def run(
     del fresh, tensorboard
     validate(cfg)
     meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    if out:
-        report.prepare_out_dir(out)
-        with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose, mesh)
-    return _run(cfg, out, resume, verbose, mesh)
+    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
 
 
 def _run(cfg, out, resume, verbose, mesh=None):
@@ -957,11 +953,7 @@ def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = 
     method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
     if method != "finetune":
         raise ConfigError(f"--grid: the lm-memory study sweeps finetune's hyperparameters, not {method!r}")
-    if not out:
-        return _sweep(cfg, names, cells, grid, chunk, None, verbose)
-    report.prepare_out_dir(out)
-    with report.lock_out_dir(out):
-        return _sweep(cfg, names, cells, grid, chunk, out, verbose)
+    return report.in_out_dir(out, lambda: _sweep(cfg, names, cells, grid, chunk, out, verbose))
 
 
 def _sweep(cfg, names, cells, grid, chunk, out, verbose):

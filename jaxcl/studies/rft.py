@@ -542,11 +542,7 @@ def run(
     del fresh, tensorboard
     validate(cfg)
     meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    if out:
-        report.prepare_out_dir(out)
-        with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose, mesh)
-    return _run(cfg, out, resume, verbose, mesh)
+    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
 
 
 def prepare(cfg: dict, mesh=None) -> tuple[Study, jax.Array]:
@@ -685,11 +681,7 @@ def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = 
     method, names, cells = sweep_mod.cells_of(cfg, grid, "rl")
     if method not in ("grpo", "finetune"):
         raise ConfigError(f"--grid: the rft study sweeps grpo or finetune, not {method!r}")
-    if not out:
-        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
-    report.prepare_out_dir(out)
-    with report.lock_out_dir(out):
-        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+    return report.in_out_dir(out, lambda: _sweep(cfg, method, names, cells, grid, chunk, out, verbose))
 
 
 def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):

@@ -801,11 +801,7 @@ def run(
     del fresh, tensorboard
     validate(cfg)
     meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    if out:
-        report.prepare_out_dir(out)
-        with report.lock_out_dir(out):
-            return _run(cfg, out, resume, verbose, mesh)
-    return _run(cfg, out, resume, verbose, mesh)
+    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
 
 
 def _run(cfg, out, resume, verbose, mesh=None):
