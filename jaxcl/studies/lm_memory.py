@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 
 import jax
@@ -49,12 +48,13 @@ import numpy as np
 from .. import probes, report, results
 from ..config import ConfigError, check_positive, method_settings
 from ..data import text
-from ..engine import check_finite, init_state, make_step
+from ..engine import init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
 from . import meshing
+from .calls import run_calls
 from .tofu import lm_model
 
 MODELS = ("scratch", "smollm2-135m")
@@ -614,24 +614,10 @@ def split_spans(traces: dict, offsets: dict) -> dict:
     return out
 
 
-def _uncommitted(tree):
-    """Restored arrays as fresh (uncommitted) device arrays, like the initial state: the
-    compiled call is then reused, not compiled again for committed arguments."""
-
-    def one(x):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(jnp.asarray(np.asarray(jax.random.key_data(x))))
-        return jnp.asarray(np.asarray(x))
-
-    return jax.tree.map(one, tree)
-
-
 def train(study: Study, keys, hp=None, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
     steps, a checkpoint after each; returns the traces with the initial evaluation first
     (``(S, 1 + chunks, ...)``) and the time."""
-    from ..checkpoint import Checkpointer
-    from .cl import _kill_hook
 
     cfg = study.cfg
     t = cfg["train"]
@@ -644,40 +630,23 @@ def train(study: Study, keys, hp=None, *, ckpt_dir=None, resume=False, progress=
     state = init(keys, study.pretrained, hp)
     shapes = jax.eval_shape(call, state, hp, study.data)[1]  # evaluation and step metrics
     traces = {k: np.zeros((len(keys), n_chunks) + v.shape[2:], np.float32) for k, v in shapes.items()}
-    start, elapsed, ckpt = 0, 0.0, None
-    if ckpt_dir:
-        # what the run depends on (not every registered method's section: adding a method to the
-        # registry must not invalidate a checkpoint)
-        conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-        if not resume and os.path.isdir(ckpt_dir):
-            shutil.rmtree(ckpt_dir)
-        ckpt = Checkpointer(ckpt_dir, conf)
-        if resume:
-            got = ckpt.restore_latest({"state": state, "traces": traces})
-            if got is not None:
-                payload, meta = got
-                state = _uncommitted(payload["state"])
-                traces = jax.tree.map(np.array, payload["traces"])
-                start, elapsed = meta["call"], meta.get("seconds", 0.0)
-                if progress is not None:
-                    progress.update(start * C * E)
-    saves = 0
-    for pos in range(start, n_chunks // C):
-        state, tr = call(state, hp, study.data)
-        check_finite(state.nonfinite_step, where=f"(steps {pos * C * E} to {(pos + 1) * C * E})")
-        for k in traces:
-            traces[k][:, pos * C : (pos + 1) * C] = np.asarray(tr[k])
-        if ckpt is not None:
-            ckpt.save(
-                pos + 1,
-                {"state": state, "traces": traces},
-                {"call": pos + 1, "seconds": elapsed + time.perf_counter() - t0},
-            )
-            saves += 1
-            _kill_hook(saves)
-        if progress is not None:
-            progress.update(C * E)
-    return {"traces": split_spans(traces, study.span_offsets), "seconds": elapsed + time.perf_counter() - t0}
+    # what the run depends on (not every registered method's section: adding a method to the
+    # registry must not invalidate a checkpoint)
+    conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
+    state, traces, seconds = run_calls(
+        lambda s: call(s, hp, study.data),
+        state,
+        traces,
+        n_calls=n_chunks // C,
+        chunks_per_call=C,
+        steps_per_chunk=E,
+        ckpt_dir=ckpt_dir,
+        conf=conf,
+        resume=resume,
+        progress=progress,
+        t0=t0,
+    )
+    return {"traces": split_spans(traces, study.span_offsets), "seconds": seconds}
 
 
 # -- metrics (host) --------------------------------------------------------------------------------

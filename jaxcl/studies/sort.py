@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 
 import jax
@@ -58,12 +57,13 @@ import numpy as np
 from .. import probes, report, results
 from ..config import ConfigError, check_positive, method_settings
 from ..data import text
-from ..engine import check_finite, init_state, make_step
+from ..engine import init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
 from . import meshing
+from .calls import run_calls
 from .tofu import lm_model
 
 CONDITIONS = ("in_context", "parametric", "control")
@@ -683,18 +683,10 @@ class Study:
         return self._programs[C]
 
 
-def _uncommitted(tree):
-    from .lm_memory import _uncommitted as u
-
-    return u(tree)
-
-
 def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
     steps, a checkpoint after each; the traces ``(S, 1 + evaluations, ...)`` start with the
     evaluation of the initial model."""
-    from ..checkpoint import Checkpointer
-    from .cl import _kill_hook
 
     cfg, t = study.cfg, study.cfg["train"]
     E = t["eval_every"]
@@ -708,37 +700,22 @@ def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> 
     for k, v in first.items():
         traces[k][:, 0] = v
     traces["loss"] = np.full((len(keys), 1 + n_chunks), np.nan, np.float32)
-    start, elapsed, ckpt = 0, 0.0, None
-    if ckpt_dir and n_chunks:
-        conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-        if not resume and os.path.isdir(ckpt_dir):
-            shutil.rmtree(ckpt_dir)
-        ckpt = Checkpointer(ckpt_dir, conf)
-        if resume:
-            got = ckpt.restore_latest({"state": state, "traces": traces})
-            if got is not None:
-                payload, meta = got
-                state = _uncommitted(payload["state"])
-                traces = jax.tree.map(np.array, payload["traces"])
-                start, elapsed = meta["call"], meta.get("seconds", 0.0)
-                if progress is not None:
-                    progress.update(start * C * E)
-    for pos in range(start, n_chunks // C):
-        state, tr = call(state, study.hp, study.data)
-        check_finite(state.nonfinite_step, where=f"(steps {pos * C * E} to {(pos + 1) * C * E})")
-        sl = slice(1 + pos * C, 1 + (pos + 1) * C)
-        for k in traces:
-            traces[k][:, sl] = np.asarray(tr[k])
-        if ckpt is not None:
-            ckpt.save(
-                pos + 1,
-                {"state": state, "traces": traces},
-                {"call": pos + 1, "seconds": elapsed + time.perf_counter() - t0},
-            )
-            _kill_hook(pos + 1)
-        if progress is not None:
-            progress.update(C * E)
-    return {"traces": traces, "seconds": elapsed + time.perf_counter() - t0}
+    conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
+    state, traces, seconds = run_calls(
+        lambda s: call(s, study.hp, study.data),
+        state,
+        traces,
+        n_calls=n_chunks // C,
+        chunks_per_call=C,
+        steps_per_chunk=E,
+        offset=1,
+        ckpt_dir=ckpt_dir,
+        conf=conf,
+        resume=resume,
+        progress=progress,
+        t0=t0,
+    )
+    return {"traces": traces, "seconds": seconds}
 
 
 # -- metrics (host) --------------------------------------------------------------------------------
