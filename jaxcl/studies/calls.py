@@ -17,7 +17,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import ConfigError
 from ..engine import check_finite
+
+
+def check_schedule(t: dict) -> None:
+    """The ``train`` section's schedule that :func:`run_calls` runs: ``steps`` a multiple of
+    ``eval_every``; ``checkpoint_every`` 0 (one call) or a multiple of ``eval_every`` dividing
+    ``steps``. A ConfigError naming the keys otherwise."""
+    if t["steps"] % t["eval_every"]:
+        raise ConfigError(
+            f"train.steps={t['steps']} must be a multiple of train.eval_every={t['eval_every']}"
+        )
+    ce = t["checkpoint_every"]
+    if ce < 0 or (ce and (ce % t["eval_every"] or t["steps"] % ce)):
+        raise ConfigError(
+            f"train.checkpoint_every={ce} must be 0 or a multiple of train.eval_every={t['eval_every']} "
+            f"that divides train.steps={t['steps']}"
+        )
 
 
 def uncommitted(tree):

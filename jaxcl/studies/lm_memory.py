@@ -54,7 +54,7 @@ from ..methods import get_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
 from . import meshing
-from .calls import run_calls
+from .calls import check_schedule, run_calls
 from .tofu import lm_model
 
 MODELS = ("scratch", "smollm2-135m")
@@ -149,16 +149,7 @@ def validate(cfg: dict) -> None:
     )
     if d["max_train"] < 0:
         raise ConfigError(f"data.max_train={d['max_train']} must be >= 0 (0: every window)")
-    if t["steps"] % t["eval_every"]:
-        raise ConfigError(
-            f"train.steps={t['steps']} must be a multiple of train.eval_every={t['eval_every']}"
-        )
-    ce = t["checkpoint_every"]
-    if ce < 0 or (ce and (ce % t["eval_every"] or t["steps"] % ce)):
-        raise ConfigError(
-            f"train.checkpoint_every={ce} must be 0 or a multiple of train.eval_every={t['eval_every']} "
-            f"that divides train.steps={t['steps']}"
-        )
+    check_schedule(t)
     if inj["per_step"] > t["batch_size"]:
         raise ConfigError(
             f"inject.per_step={inj['per_step']} is larger than train.batch_size={t['batch_size']}"
