@@ -128,51 +128,94 @@ def _short(v):
     return None
 
 
-def _matrix_row_means(v):
-    """Row means of a short 2-D numeric list (an accuracy matrix), else ``None``."""
-    if isinstance(v, (list, tuple)) and 0 < len(v) <= SHORT and all(isinstance(r, (list, tuple)) for r in v):
-        try:
-            a = np.asarray(v, np.float64)
-        except (TypeError, ValueError):
-            return None
-        if a.ndim == 2 and a.shape[1] <= SHORT:
-            return a.mean(1).tolist()
-    return None
+def _matrix(v):
+    """A short 2-D numeric list (an accuracy matrix) as a ``float64`` array, else ``None``."""
+    if not (isinstance(v, (list, tuple)) and 0 < len(v) <= SHORT):
+        return None
+    if not all(isinstance(r, (list, tuple)) and len(r) <= SHORT for r in v):
+        return None
+    try:
+        a = np.asarray(v, np.float64)
+    except (TypeError, ValueError):
+        return None
+    return a if a.ndim == 2 else None
 
 
-def summary(res: dict, *, command: str = "", seconds: float | None = None, loadavg=None, **meta) -> dict:
+def _keep(out: dict, k: str, v) -> None:
+    """Put ``v`` into ``out`` if it is short: scalars and short lists as they are, a 2-D list of at
+    most ``4 * SHORT`` numbers as it is, a larger one (up to ``SHORT`` x ``SHORT``) as its row
+    means under ``<k>_row_means``."""
+    short = _short(v)
+    if short is not None:
+        out[k] = short
+    elif (a := _matrix(v)) is not None:
+        if a.size <= 4 * SHORT:
+            out[k] = a.tolist()
+        else:
+            out[f"{k}_row_means"] = a.mean(1).tolist()
+    elif isinstance(v, dict):
+        sub = {}
+        for kk, vv in v.items():
+            _keep(sub, kk, vv)
+        if sub:
+            out[k] = sub
+
+
+def interval(values) -> dict:
+    """``{"mean", "std", "ci95", "per_seed"}`` of per-seed values: ``std`` over seeds (ddof 0, as
+    the tables print), ``ci95`` the half-width of the 95 % interval of the mean (Student's t, ddof 1;
+    ``None`` for one seed)."""
+    a = np.asarray(values, np.float64).reshape(-1)
+    n = a.size
+    ci = None
+    if n > 1:
+        from scipy import stats
+
+        ci = float(stats.t.ppf(0.975, n - 1) * a.std(ddof=1) / np.sqrt(n))
+    return {"mean": float(a.mean()), "std": float(a.std()), "ci95": ci, "per_seed": a.tolist()}
+
+
+def summary(
+    res: dict,
+    *,
+    command: str = "",
+    seconds: float | None = None,
+    loadavg=None,
+    compare: tuple = (),
+    **meta,
+) -> dict:
     """The committed summary of one run's results object (``results.json``, loaded).
 
     Per row: ``{key: {"mean", "std", "per_seed"}}`` for every summarised quantity, plus the row's
-    scalars and short lists (``SHORT`` entries at most) under ``"info"`` and, for a short 2-D
-    entry (an accuracy matrix), its row means as ``<key>_row_means``. ``command``, ``seconds``
+    scalars, short lists and small matrices under ``"info"`` (see ``_keep``; ``extra`` likewise). ``command``, ``seconds``
     (the run's wall time) and ``loadavg`` (``{"start": [1, 5, 15 min], "end": [...]}``) are what the
-    caller measured around the run; other keyword arguments are kept under ``"run"``.
+    caller measured around the run; ``compare`` lists ``(row_a, row_b, key)``: the per-seed
+    difference ``a - b`` of ``key`` (paired: seed i of both rows starts from the same key) with
+    its interval goes under ``"comparisons"["a - b"]``. Other keyword arguments are kept under
+    ``"run"``.
     """
     rows = {}
     for name, r in res["rows"].items():
         per_seed = r.get("per_seed", {})
         cols = {}
         for k, st in r.get("summary", {}).items():
-            cols[k] = {"mean": st["mean"], "std": st["std"], "per_seed": list(per_seed.get(k, []))}
+            cols[k] = interval(per_seed[k]) if k in per_seed else {"mean": st["mean"], "std": st["std"]}
         info = {}
         for k, v in r.items():
-            if k in ("summary", "per_seed"):
-                continue
-            short = _short(v)
-            if short is not None:
-                info[k] = short
-            elif (means := _matrix_row_means(v)) is not None:
-                info[f"{k}_row_means"] = means
-            elif isinstance(v, dict):
-                sub = {kk: _short(vv) for kk, vv in v.items() if _short(vv) is not None}
-                if sub:
-                    info[k] = sub
+            if k not in ("summary", "per_seed"):
+                _keep(info, k, v)
         rows[name] = {"columns": cols, "info": info}
+    comparisons = {}
+    for a, b, key in compare:
+        pa, pb = res["rows"][a]["per_seed"][key], res["rows"][b]["per_seed"][key]
+        d = np.asarray(pa, np.float64) - np.asarray(pb, np.float64)
+        comparisons.setdefault(f"{a} - {b}", {"columns": {}})["columns"][key] = interval(d)
     seeds = res.get("config", {}).get("seeds")
     if seeds is None:
         seeds = max((len(c["per_seed"]) for r in rows.values() for c in r["columns"].values()), default=1)
-    extra = {k: _short(v) for k, v in res.get("extra", {}).items() if _short(v) is not None}
+    extra = {}
+    for k, v in res.get("extra", {}).items():
+        _keep(extra, k, v)
     timing = {k: v for k, v in res.get("timing", {}).items() if _numbers(v)}
     return {
         "schema": SUMMARY_SCHEMA,
@@ -190,6 +233,7 @@ def summary(res: dict, *, command: str = "", seconds: float | None = None, loada
         "timing": timing,
         "columns": res.get("columns", []),
         "rows": rows,
+        "comparisons": comparisons,
         "extra": extra,
         "table": res.get("table", ""),
     }
@@ -199,3 +243,25 @@ def write_summary(path: str, res: dict, **meta) -> str:
     """Write ``summary(res, **meta)`` atomically to ``path`` (a ``.json`` file); returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return report.write_json(path, summary(res, **meta))
+
+
+def summary_table(s: dict, keys=None, *, rows=None, section: str = "rows", spread: str = "std") -> str:
+    """The Markdown table of a summary (``summary``'s dict, or a committed file loaded) for the
+    docs: ``keys`` (default every column), ``rows`` (default all of ``section``: ``"rows"`` or
+    ``"comparisons"``), cells ``mean ± std`` or, with ``spread="ci95"``, ``mean ± 95 % half-width``."""
+    columns = [c for c in s["columns"] if keys is None or c[0] in keys]
+    if keys is not None:
+        columns.sort(key=lambda c: list(keys).index(c[0]))
+    fmt = {k: f for k, _, f in s["columns"]}
+    for k in keys or ():
+        if k not in fmt:
+            raise KeyError(f"{k!r} is no column of {s.get('name')}")
+    out = {}
+    for name in rows or s[section]:
+        cols = s[section][name]["columns"]
+        summ = {
+            k: {"mean": c["mean"], "std": c[spread]} for k, c in cols.items() if c.get(spread) is not None
+        }
+        out[name] = {"summary": summ, "per_seed": {k: c.get("per_seed", [0, 0]) for k, c in cols.items()}}
+    first = "row" if section == "rows" else "difference"
+    return format_table(out, [list(c) for c in columns], first=first)
