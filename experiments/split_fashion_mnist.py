@@ -10,10 +10,12 @@ EWC (online, empirical Fisher, lambda 1000) and joint training (upper bound); ML
 Adam 1e-3, batch 64, 200 steps per task; 5 seeds in one program per method; accuracy on 1000
 held-out test examples of every task evaluated every 2 steps inside the compiled loop.
 
-Expected runtime: about 2.5 minutes on a 2-core CPU including compilation (--tiny: ~15 s).
-Expected result (5 seeds, mean ± std; see the README for the measured table): ACC fine-tune ~20%
-(it forgets all but the last task), EWC ~20% (EWC does not help in class-incremental learning;
-van de Ven et al., 2022), ER ~79%, joint ~82%; ER shows a clear stability gap (min-ACC ~11%).
+Expected runtime: about 2.5 minutes on an idle 2-core CPU including compilation (--tiny: ~15 s);
+9.4 min with another job sharing the cores (results/studies/split-fashion-mnist.json).
+Expected result (5 seeds, mean ± std; the measured table is in the README and in
+results/studies/split-fashion-mnist.json): ACC fine-tune ~20% (it forgets all but the last
+task), EWC ~20% (EWC does not help in class-incremental learning; van de Ven et al., 2022),
+ER ~79%, joint ~83%; ER shows a clear stability gap (min-ACC ~11%).
 Writes runs/split-fashion-mnist/{results.json, accuracy_matrix.png, stability_gap.png}.
 """
 
