@@ -10,14 +10,17 @@ re-warming the learning rate at each domain, and of model size.
 Expected runtime (2-core CPU): --tiny ~30 s (mostly compiling); default 13.8 min with the machine
 loaded (load 5-10; about 2.5 min per row).
 
-Measured result, default (xs: 0.12M parameters, 3 seeds, held-out NLL per token in nats, mean):
+Measured result, default, at an earlier commit and not rerun since, so not from a committed
+results file (xs: 0.12M parameters, 3 seeds, held-out NLL per token in nats, mean):
 
-    row              final loss  BWT     forgetting  worst loss
-    finetune         2.396       -0.451  0.451       2.523
-    finetune+rewarm  2.421       -0.284  0.339       2.580
-    er               2.164       -0.159  0.178       2.226
-    er+rewarm        2.218       -0.038  0.130       2.394
-    joint            2.116        0.153  -0.046      2.190
+    <!-- results: none: not rerun for results/studies (about 50 min on the shared CPU); an earlier commit's run -->
+    | row | final loss | BWT | forgetting | worst loss |
+    |---|---|---|---|---|
+    | finetune | 2.396 | -0.451 | 0.451 | 2.523 |
+    | finetune+rewarm | 2.421 | -0.284 | 0.339 | 2.580 |
+    | er | 2.164 | -0.159 | 0.178 | 2.226 |
+    | er+rewarm | 2.218 | -0.038 | 0.130 | 2.394 |
+    | joint | 2.116 | 0.153 | -0.046 | 2.190 |
 
 README: "Language-model continual pre-training", with the papers' findings beside these numbers.
 

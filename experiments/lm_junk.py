@@ -11,15 +11,18 @@ Expected runtime (2-core CPU): --tiny ~45 s (compiling); default 12.0 min with o
 (load ~5; 42 s of it compiling 17 programs): base 800 steps x 5 seeds, then 5 ratios x 5 seeds x
 300 steps in one program.
 
-Measured result, default (5 seeds, mean ± std; task accuracy: teacher-forced exact match on 64
+Measured result, default, at an earlier commit and not rerun since, so not from a committed
+results file (5 seeds, mean ± std; task accuracy: teacher-forced exact match on 64
 held-out prompts of each of add, rev, sort, count; the base model had 20.7 %):
 
-    condition  task acc     Δ task acc   base-domain loss  control loss  junk loss
-    junk 0%    14.8 ± 6.3   -5.9 ± 6.3   2.105 ± 0.023     1.810         2.434
-    junk 20%   18.5 ± 1.3   -2.2 ± 1.1   2.079 ± 0.026     1.813         2.233
-    junk 50%   14.7 ± 6.8   -6.0 ± 6.8   2.062 ± 0.016     1.856         2.126
-    junk 80%   16.5 ± 2.9   -4.2 ± 2.7   2.077 ± 0.018     1.969         2.073
-    junk 100%  15.1 ± 6.0   -5.6 ± 6.0   2.110 ± 0.020     2.259         2.055
+    <!-- results: none: not rerun for results/studies (about 45 min on the shared CPU); an earlier commit's run -->
+    | condition | task acc | Δ task acc | base-domain loss | control loss | junk loss |
+    |---|---|---|---|---|---|
+    | junk 0% | 14.8 ± 6.3 | -5.9 ± 6.3 | 2.105 ± 0.023 | 1.810 | 2.434 |
+    | junk 20% | 18.5 ± 1.3 | -2.2 ± 1.1 | 2.079 ± 0.026 | 1.813 | 2.233 |
+    | junk 50% | 14.7 ± 6.8 | -6.0 ± 6.8 | 2.062 ± 0.016 | 1.856 | 2.126 |
+    | junk 80% | 16.5 ± 2.9 | -4.2 ± 2.7 | 2.077 ± 0.018 | 1.969 | 2.073 |
+    | junk 100% | 15.1 ± 6.0 | -5.6 ± 6.0 | 2.110 ± 0.020 | 2.259 | 2.055 |
 
 Hedges' g (100 % vs 0 % junk): task accuracy -0.03, base-domain loss 0.16: no dose-response at
 this scale (every continual pre-training condition loses ~5 points of task accuracy).
