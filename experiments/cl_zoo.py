@@ -18,7 +18,8 @@ fpf,kfpf,er_refresh,derpp_refresh,kappatune,viewbatch,prd` 15 min 46 s wall at a
 the 2 cores (5 min 21 s of CPU time; load average 5-12); `--set methods=xder,derpp` 84 s. About
 25 min in total on that loaded machine (the refresh wrappers are the slowest, ~80 s per benchmark
 loaded); from the CPU times, about 15 min on the 2 cores alone (not measured in one piece).
-Measured result (README, method zoo): FMNIST class-IL ACC X-DER 78.4, joint 78.1, GEM 77.3,
+Measured result (README, method zoo; earlier commits' runs, not rerun, so not from a committed
+results file): FMNIST class-IL ACC X-DER 78.4, joint 78.1, GEM 77.3,
 GDumb 77.2, FPF 76.7, ER-ACE 76.6, UER 75.8, DER++ 75.8, ER 74.0, iCaRL 72.9, fine-tune 19.9;
 task-IL 98.8 (X-DER, BiC) to 83.7 (LwF). --tiny: DER++ and iCaRL on two benchmarks, 2 seeds, well
 under a minute.

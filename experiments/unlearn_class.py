@@ -30,7 +30,8 @@ training steps) 32 s. A rerun into the same --out loads the original, the oracle
 finished method from <out>/cache (5 s default, 3 s tiny; --fresh recomputes). Not measured on a
 GPU.
 
-Expected result, default size (one seed, measured after the redesign): oracle forget 0.00 /
+Expected result, default size (one seed, measured after the redesign; not rerun since and so not
+from a committed results file): oracle forget 0.00 /
 retain 0.98 / test 0.84, MIA_f 0.00, relearn 0.02; original forget 0.98 / retain 0.98 / test
 0.85, MIA_f 0.78. Random labels forget fully at retain 0.96 (gap 0.007, the closest to the
 oracle), GU-GradDiff fully at retain 0.94; GA and NPO leave forget 0.07-0.08 at retain 0.96,
@@ -44,7 +45,7 @@ undo (0.01 after 10 steps); every method that keeps retain accuracy relearns the
 within 10 steps. CKA to the original is 0.47-0.97 against the oracle's 0.36. The linear probe
 does not separate methods on this data: dress is linearly decodable even from the oracle's
 features (probe 0.77).
-Expected result, --tiny (one seed): oracle forget 0.00 / retain 0.90 / test 0.79; original
+Expected result, --tiny (one seed; not from a committed results file): oracle forget 0.00 / retain 0.90 / test 0.79; original
 forget 0.90 / retain 0.89; fine-tune 0.04 / 0.91, NPO 0.02 / 0.85, GU-NPO 0.05 / 0.84, random
 labels 0.21 / 0.91, IAU 0.24 / 0.89, GradDiff 0.46 and GU-GradDiff 0.51, GA and GU-GA 0.78 at
 retain 0.89 / 0.88, SSD 0.04 / 0.69.
