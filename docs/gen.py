@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from jaxcl.methods import METHODS  # noqa: E402
-from jaxcl.studies import RUNNERS  # noqa: E402
+from jaxcl.studies import STUDIES  # noqa: E402
 
 FAMILIES = {
     "cl": ("Continual learning", "Methods for a stream of tasks, run by `jaxcl run <cl config>`."),
@@ -47,7 +47,7 @@ def studies_page() -> None:
         "A study is a config file in `experiments/` run by `jaxcl run CONFIG`; its runner:",
         "",
     ]
-    for study, mod in RUNNERS.items():
+    for study, mod in STUDIES.items():
         lines += [
             f"## `{study}`",
             "",

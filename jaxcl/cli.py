@@ -96,39 +96,42 @@ def _sets(args, cfg: dict) -> list[str]:
 
 def _prepare(cmd: str, argv: list[str]):
     from . import cache, config
-    from .studies import get_runner
+    from .studies import get_study
 
     args = _parser(cmd).parse_args(argv)
     cache.enable(False if args.no_xla_cache else None)
     cfg = config.load(args.config, tiny=args.tiny)
-    runner = get_runner(cfg.get("study", ""))
-    cfg = config.resolve(cfg, _sets(args, cfg), defaults=runner.DEFAULTS)
-    runner.validate(cfg)
-    return args, cfg, runner
+    study = get_study(cfg.get("study", ""))
+    # a verb the study does not support is refused before anything is resolved or loaded
+    study.refuse(cmd)
+    if getattr(args, "resume", None):
+        study.refuse("resume")
+    if getattr(args, "mesh", None):
+        study.refuse("mesh")
+    cfg = config.resolve(cfg, _sets(args, cfg), study=study)
+    study.validate(cfg)
+    return args, cfg, study
 
 
 def _run(argv: list[str]) -> int:
     from .cache import CompileStats
 
-    args, cfg, runner = _prepare("run", argv)
+    args, cfg, study = _prepare("run", argv)
     if args.resume and not os.path.isdir(args.resume):
         raise FileNotFoundError(
             f"--resume {args.resume}: no such folder; pass the --out folder of the run to continue"
         )
     out = args.resume or args.out or os.path.join("runs", cfg["name"] + ("-tiny" if args.tiny else ""))
-    kw = {}
+    mesh = None
     if args.mesh:
-        import inspect
-
-        from .config import ConfigError
         from .studies.meshing import study_mesh
 
-        if "mesh" not in inspect.signature(runner.run).parameters:
-            raise ConfigError(f"--mesh: the {cfg['study']!r} runner does not take a mesh")
-        kw["mesh"] = study_mesh(cfg, args.mesh)
-        print("mesh:", None if kw["mesh"] is None else dict(kw["mesh"].shape))
+        mesh = study_mesh(cfg, args.mesh)
+        print("mesh:", None if mesh is None else dict(mesh.shape))
     with CompileStats() as stats:
-        runner.run(cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard, **kw)
+        study.run(
+            cfg, out, resume=bool(args.resume), fresh=args.fresh, tensorboard=args.tensorboard, mesh=mesh
+        )
     _record_compiles(out, stats)
     return 0
 
@@ -137,11 +140,11 @@ def _sweep(argv: list[str]) -> int:
     from .cache import CompileStats
     from .sweep import parse_grid
 
-    args, cfg, runner = _prepare("sweep", argv)
+    args, cfg, study = _prepare("sweep", argv)
     grid = parse_grid(args.grid)
     out = args.out or os.path.join("runs", f"sweep-{cfg['name']}" + ("-tiny" if args.tiny else ""))
     with CompileStats() as stats:
-        runner.sweep(cfg, grid, chunk=args.chunk, out=out)
+        study.sweep(cfg, grid, chunk=args.chunk, out=out)
     _record_compiles(out, stats)
     return 0
 
@@ -194,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .engine import NonFiniteLossError
     from .report import OutputDirError
+    from .studies.driver import Interrupted
 
     try:
         return commands[argv[0]](argv[1:])
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"\n{e or 'interrupted'}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, OutputDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

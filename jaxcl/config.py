@@ -77,10 +77,6 @@ def load(name: str, *, tiny: bool = False) -> dict:
     return cfg
 
 
-def method_kind(study: str) -> str:
-    return {"cl": "cl", "cl-zoo": "cl", "rft": "rl", "lm": "cl", "lm-memory": "cl"}.get(study, "unlearn")
-
-
 def _merge(defaults: dict, given: dict, where: str) -> dict:
     out = copy.deepcopy(defaults)
     for k, v in given.items():
@@ -157,38 +153,57 @@ def set_value(cfg: dict, item: str) -> dict:
     return cfg
 
 
-def resolve(cfg: dict, sets: list[str] | tuple = (), *, defaults: dict | None = None) -> dict:
-    """Fill in defaults (the runner's ``DEFAULTS`` and the registry's method sections), apply the
-    ``--set`` overrides and validate the method sections. The runner validates its own sections."""
-    if defaults is None:
-        from .studies import get_runner
+def resolve(cfg: dict, sets: list[str] | tuple = (), *, study=None) -> dict:
+    """Fill in defaults (the study's ``defaults`` and a section per method it can run, from the
+    registry), apply the ``--set`` overrides and validate the method sections; a ``--set`` on a
+    method that is not in the run is refused. The study validates its own sections."""
+    if study is None:
+        from .studies import get_study
 
-        defaults = get_runner(cfg.get("study", "")).DEFAULTS
-    kind = method_kind(cfg.get("study", ""))
-    applicable = {n: s for n, s in METHODS.items() if s.applies_to(kind)}
+        study = get_study(cfg.get("study", ""))
+    runnable = study.runnable()
     full_defaults = {
-        **copy.deepcopy(defaults),
+        **copy.deepcopy(study.defaults),
         "study": cfg.get("study"),
         "name": cfg.get("name", ""),
         "tiny": False,
     }
-    full_defaults.update({n: s.defaults() for n, s in applicable.items()})
+    full_defaults.update({n: METHODS[n].defaults() for n in runnable})
+    for name in cfg:
+        if name in METHODS and name not in runnable:
+            raise ConfigError(
+                f"config section {name!r}: the {study.name} study does not run {name}; "
+                f"it runs: {', '.join(runnable)}"
+            )
     out = _merge(full_defaults, cfg, "")
     for item in sets:
+        head = item.split("=", 1)[0].strip().split(".", 1)[0]
+        if head in METHODS and head not in runnable:
+            raise ConfigError(
+                f"--set {item}: the {study.name} study does not run {head}; it runs: {', '.join(runnable)}"
+            )
         set_value(out, item)
     out["methods"] = tuple(out["methods"])
-    check_methods(out, kind)
+    check_methods(out, runnable)
+    for item in sets:
+        head = item.split("=", 1)[0].strip().split(".", 1)[0]
+        if head in METHODS and head not in out["methods"]:
+            raise ConfigError(
+                f"--set {item}: {head} is not in this run (methods: {', '.join(out['methods'])}); "
+                f"add it with --set methods=... or drop the --set"
+            )
     return out
 
 
-def check_methods(cfg: dict, kind: str) -> None:
-    """Every listed method exists and applies; every method section's values are valid."""
+def check_methods(cfg: dict, runnable) -> None:
+    """Every listed method is one the study can run; every method section's values are valid."""
     if not cfg["methods"]:
         raise ConfigError("no methods to run; set methods=<name>[,<name>...]")
     for m in cfg["methods"]:
-        if m not in METHODS or not METHODS[m].applies_to(kind):
-            valid = sorted(n for n, s in METHODS.items() if s.applies_to(kind))
-            raise ConfigError(f"unknown method {m!r} for a {cfg['study']} study; valid: {', '.join(valid)}")
+        if m not in runnable:
+            raise ConfigError(
+                f"unknown method {m!r} for a {cfg['study']} study; valid: {', '.join(runnable)}"
+            )
     for name, spec in METHODS.items():
         if name in cfg:
             try:

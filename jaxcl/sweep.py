@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import ConfigError, method_kind
+from .config import ConfigError
 from .methods import METHODS
 from .results import write
 
@@ -46,15 +46,18 @@ def cells_of(cfg: dict, grid: dict, kind: str | None = None) -> tuple[str, list[
     """Check the grid against the registry and the config: ``(method, names, cells)``."""
     if not grid:
         raise ConfigError("give at least one --grid <method>.<hparam>=v1,v2,...")
-    kind = kind or method_kind(cfg["study"])
+    runnable = [
+        n for n, s in METHODS.items() if isinstance(cfg.get(n), dict) and (not kind or s.applies_to(kind))
+    ]
     methods = set()
     for key, values in grid.items():
         if "." not in key:
             raise ConfigError(f"--grid {key}: name the method too, e.g. er.{key} or ssd.{key}")
         m, h = key.split(".", 1)
-        if m not in METHODS or not METHODS[m].applies_to(kind):
-            valid = sorted(n for n, s in METHODS.items() if s.applies_to(kind))
-            raise ConfigError(f"--grid {key}: unknown method {m!r}; valid: {', '.join(valid)}")
+        if m not in runnable:
+            raise ConfigError(
+                f"--grid {key}: unknown method {m!r} for this study; valid: {', '.join(runnable)}"
+            )
         spec = METHODS[m]
         if h not in spec.hparams:
             raise ConfigError(

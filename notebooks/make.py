@@ -37,7 +37,7 @@ import os, time
 import jax
 from IPython.display import Image, display
 from jaxcl import config, parallel
-from jaxcl.studies import get_runner
+from jaxcl.studies import get_study
 
 backend = jax.default_backend()          # 'tpu', 'gpu' or 'cpu'
 SMALL = backend == "cpu"                 # the tiny variant on a CPU, the default size elsewhere
@@ -48,9 +48,9 @@ T0 = time.perf_counter()
 
 def study_cells(name: str, sets_small: list[str], sets_big: list[str], out: str, mesh: bool) -> list:
     run = f"""\
-runner = get_runner(config.load("{name}")["study"])
+runner = get_study(config.load("{name}")["study"])
 sets = {sets_small!r} if SMALL else {sets_big!r}
-cfg = config.resolve(config.load("{name}", tiny=SMALL), sets, defaults=runner.DEFAULTS)
+cfg = config.resolve(config.load("{name}", tiny=SMALL), sets, study=runner)
 runner.validate(cfg)
 """
     if mesh:
@@ -147,8 +147,8 @@ NOTEBOOKS = {
 
 SWEEP = """\
 from jaxcl.sweep import parse_grid
-runner = get_runner("cl")
-cfg = config.resolve(config.load("split-fashion-mnist", tiny=SMALL), ["methods=er"], defaults=runner.DEFAULTS)
+runner = get_study("cl")
+cfg = config.resolve(config.load("split-fashion-mnist", tiny=SMALL), ["methods=er"], study=runner)
 runner.validate(cfg)
 cells = ["er.replay_fraction=0.1,0.5"] if SMALL else ["er.replay_fraction=0.1,0.3,0.5", "er.lr=1e-3,3e-3"]
 grid = parse_grid(cells)  # every cell x every seed: one program

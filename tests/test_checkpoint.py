@@ -17,11 +17,14 @@ from jaxcl.checkpoint import Checkpointer, ConfigMismatchError
 ARGS = ["run", "split-digits", "--tiny", "--method", "er", "--method", "ewc", "--checkpoint-every", "10"]
 
 
-def jaxcl(args, **env):
-    e = {**os.environ, "TQDM_DISABLE": "1", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "jaxcl.cli", *args], env=e, capture_output=True, text=True, timeout=600
-    )
+KILLER = os.path.join(os.path.dirname(__file__), "scripts", "kill_after_saves.py")
+
+
+def jaxcl(args, kill_after_saves=None):
+    """The command line in a subprocess; ``kill_after_saves=N``: SIGKILLed after its N-th save."""
+    e = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [KILLER, str(kill_after_saves)] if kill_after_saves else ["-m", "jaxcl.cli"]
+    return subprocess.run([sys.executable, *cmd, *args], env=e, capture_output=True, text=True, timeout=600)
 
 
 def results(path):
@@ -50,7 +53,7 @@ def assert_same(a, b):
 def test_sigkill_mid_task_then_resume_is_exact(tmp_path, uninterrupted):
     out = tmp_path / "killed"
     # 8 chunks of 5 steps per task, a checkpoint every 10 steps: save 7 is inside task 1 of ER
-    p = jaxcl(ARGS + ["--out", str(out)], JAXCL_KILL_AFTER_SAVES="7")
+    p = jaxcl(ARGS + ["--out", str(out)], kill_after_saves=7)
     assert p.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists()
     p = jaxcl(ARGS + ["--resume", str(out)])
@@ -60,7 +63,7 @@ def test_sigkill_mid_task_then_resume_is_exact(tmp_path, uninterrupted):
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, uninterrupted):
     out = tmp_path / "corrupt"
-    p = jaxcl(ARGS + ["--out", str(out)], JAXCL_KILL_AFTER_SAVES="7")
+    p = jaxcl(ARGS + ["--out", str(out)], kill_after_saves=7)
     assert p.returncode == -signal.SIGKILL
     ck = out / "checkpoints" / "er"
     latest = max(int(d) for d in os.listdir(ck) if d.isdigit())
@@ -77,7 +80,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, uninterrupted):
 
 def test_other_config_is_refused_naming_the_field(tmp_path):
     out = tmp_path / "cfg"
-    p = jaxcl(ARGS + ["--out", str(out)], JAXCL_KILL_AFTER_SAVES="2")
+    p = jaxcl(ARGS + ["--out", str(out)], kill_after_saves=2)
     assert p.returncode == -signal.SIGKILL
     p = jaxcl(ARGS + ["--resume", str(out), "--lr", "0.5"])
     assert p.returncode != 0

@@ -14,14 +14,14 @@ import pytest
 
 from jaxcl import config
 from jaxcl.hf import ByteTokenizer
-from jaxcl.studies import get_runner, lm_memory
+from jaxcl.studies import get_study, lm_memory
 
 
 @pytest.fixture(scope="module")
 def facts_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("lm_facts") / "out")
     cfg = config.resolve(config.load("lm-facts", tiny=True))
-    return cfg, out, get_runner(cfg["study"]).run(cfg, out, verbose=False)
+    return cfg, out, get_study(cfg["study"]).run(cfg, out, verbose=False)
 
 
 def test_facts_tiny_writes_one_row_per_condition_and_probe(facts_run):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from jaxcl import config
-from jaxcl.studies import get_runner, restor
+from jaxcl.studies import get_study, restor
 
 
 def test_tiny_runs_clean_corrupt_and_unlearn(tmp_path):
     cfg = config.resolve(config.load("restor", tiny=True))
     out = str(tmp_path / "out")
-    res = get_runner(cfg["study"]).run(cfg, out, verbose=False)
+    res = get_study(cfg["study"]).run(cfg, out, verbose=False)
     saved = json.load(open(os.path.join(out, "results.json")))
     assert saved["study"] == "restor" and "recovery.png" in saved["plots"]
     assert list(saved["rows"]) == ["clean", "corrupted", *cfg["methods"]]

@@ -13,7 +13,7 @@ import pytest
 
 from jaxcl import config
 from jaxcl.hf import ByteTokenizer
-from jaxcl.studies import get_runner, sort
+from jaxcl.studies import get_study, sort
 
 TOK = ByteTokenizer()
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"  # every segment unique
@@ -32,7 +32,7 @@ def _books(*texts):
 def tiny(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sort") / "out")
     cfg = config.resolve(config.load("sort", tiny=True))
-    return cfg, out, get_runner(cfg["study"]).run(cfg, out, verbose=False)
+    return cfg, out, get_study(cfg["study"]).run(cfg, out, verbose=False)
 
 
 # -- the builder ----------------------------------------------------------------------------------

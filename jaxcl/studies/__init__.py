@@ -1,18 +1,15 @@
 """Study runners: what ``jaxcl run CONFIG`` does with a config, by its ``study`` key.
 
-A runner module declares ``DEFAULTS`` (its config sections: every key, its default and so its
-type), ``validate(cfg)`` (checks of a resolved config, before anything is compiled),
-``run(cfg, out, *, resume=False, fresh=False, tensorboard=False, verbose=True) -> results`` and
-``sweep(cfg, grid, *, chunk=None, out=None, verbose=True) -> results`` (a grid of traced
-hyperparameters x seeds as one program). Every runner trains through :mod:`jaxcl.loops` and
-writes through :mod:`jaxcl.results`. Modules are imported when first used.
+Every runner module defines ``STUDY``, a :class:`jaxcl.studies.driver.Study` (its defaults, the
+method kinds it runs, its validation, its body and its sweep on the one driver), and exposes
+``run = STUDY.run`` / ``sweep = STUDY.sweep``. Modules are imported when first used.
 """
 
 from __future__ import annotations
 
 import importlib
 
-RUNNERS = {
+STUDIES = {
     "cl": "jaxcl.studies.cl",
     "cl-zoo": "jaxcl.studies.cl_zoo",
     "unlearn-class": "jaxcl.studies.unlearn_class",
@@ -26,7 +23,10 @@ RUNNERS = {
 }
 
 
-def get_runner(study: str):
-    if study not in RUNNERS:
-        raise ValueError(f"unknown study runner {study!r}; valid: {', '.join(RUNNERS)}")
-    return importlib.import_module(RUNNERS[study])
+def get_study(name: str):
+    """The :class:`~jaxcl.studies.driver.Study` registered under ``name``."""
+    if name not in STUDIES:
+        from ..config import ConfigError
+
+        raise ConfigError(f"unknown study {name!r} (the config's 'study' key); valid: {', '.join(STUDIES)}")
+    return importlib.import_module(STUDIES[name]).STUDY

@@ -9,8 +9,6 @@ an interrupted run resumes at its last call and finishes with the numbers of an 
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import jax
@@ -69,14 +67,11 @@ def run_calls(
     after each call when ``ckpt_dir``. Stops with the step range when a step was non-finite.
     Returns ``(state, traces, seconds)``, seconds counted from ``t0`` plus the restored run's."""
     from ..checkpoint import Checkpointer
-    from .cl import _kill_hook
 
     t0 = time.perf_counter() if t0 is None else t0
     C, steps = chunks_per_call, chunks_per_call * steps_per_chunk
     start, elapsed, ckpt = 0, 0.0, None
     if ckpt_dir and n_calls:
-        if not resume and os.path.isdir(ckpt_dir):
-            shutil.rmtree(ckpt_dir)
         ckpt = Checkpointer(ckpt_dir, conf or {})
         if resume:
             got = ckpt.restore_latest({"state": state, "traces": traces})
@@ -87,7 +82,6 @@ def run_calls(
                 start, elapsed = meta["call"], meta.get("seconds", 0.0)
                 if progress is not None:
                     progress.update(start * steps)
-    saves = 0
     for pos in range(start, n_calls):
         state, tr = call(state)
         check_finite(state.nonfinite_step, where=f"(steps {pos * steps} to {(pos + 1) * steps})")
@@ -100,8 +94,6 @@ def run_calls(
                 {"state": state, "traces": traces},
                 {"call": pos + 1, "seconds": elapsed + time.perf_counter() - t0},
             )
-            saves += 1
-            _kill_hook(saves)
         if progress is not None:
             progress.update(steps)
     return state, traces, elapsed + time.perf_counter() - t0

@@ -30,6 +30,7 @@ from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
 from ..methods import get_method
 from ..models import MODELS, from_config, model_config
+from .driver import Report, Run, Study
 
 DEFAULTS = {
     "data": {
@@ -213,15 +214,6 @@ def _segments(chunks_per_task: int, every: int | None) -> list[int]:
     return [every] * n + ([rest] if rest else [])
 
 
-def _kill_hook(saves: int) -> None:
-    """Fault injection for the resume tests: SIGKILL this process after N checkpoint saves."""
-    n = os.environ.get("JAXCL_KILL_AFTER_SAVES")
-    if n and saves >= int(n):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_method(
     cfg: dict,
     stream,
@@ -301,12 +293,7 @@ def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, prog
     pos_task, pos_chunk, elapsed = 0, 0, 0.0
     conf = report.to_jsonable({k: v for k, v in cfg.items() if k not in ("methods", "tiny")})
     conf["method"] = method
-    method_dir = os.path.join(ckpt_dir, method)
-    if not resume and os.path.isdir(method_dir):
-        import shutil
-
-        shutil.rmtree(method_dir)  # a fresh run: old checkpoints must not be resumed later
-    ckpt = Checkpointer(method_dir, conf)
+    ckpt = Checkpointer(os.path.join(ckpt_dir, method), conf)
     shapes = jax.eval_shape(chunk_fns[segments[0]], state, stream, hp, jnp.int32(0))[1]
     out["trace"] = {k: np.zeros((S, T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
     if resume:
@@ -322,14 +309,10 @@ def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, prog
             pos_task, pos_chunk, elapsed = meta["task"], meta["chunk"], meta.get("seconds", 0.0)
             if progress is not None:
                 progress.update(pos_task)
-    saves = 0
 
     def save(task, chunk):
-        nonlocal saves
         meta = {"task": task, "chunk": chunk, "seconds": elapsed + time.perf_counter() - t0}
         ckpt.save(task * (E + 1) + chunk, {"state": state, **out}, meta)
-        saves += 1
-        _kill_hook(saves)
 
     for t in range(pos_task, T):
         done = pos_chunk if t == pos_task else 0
@@ -374,41 +357,18 @@ def _per_seed(rows: list[dict]) -> dict:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume: bool = False,
-    fresh: bool = False,
-    tensorboard: bool = False,
-    verbose: bool = True,
-    mesh=None,
-) -> dict:
-    """Run every method of the config; with ``out``, checkpoints go to ``out/checkpoints``
-    (unless ``loop.checkpoint`` is off) and ``resume`` continues from them."""
-
-    del fresh
-    validate(cfg)
-    if mesh is not None:
-        from .meshing import check
-
-        check(mesh, cfg, paths=("loop.batch_size",))
-    return report.in_out_dir(out, lambda: _run(cfg, out, resume, tensorboard, verbose, mesh))
-
-
-def _run(cfg, out, resume, tensorboard, verbose, mesh):
-    from tqdm.auto import tqdm
-
+def body(cfg: dict, run: Run) -> Report:
+    """Every method of the config, all seeds in one program each; checkpoints (``run.ckpt_dir``)
+    at task ends and every ``loop.checkpoint_every`` steps, resumed with ``run.resume``."""
     stream = jax.device_put(build_stream(cfg))
     batching = resolve_mode("auto", build_model(cfg, stream))
     rows, raw = {}, {}
-    ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["loop"]["checkpoint"]) else None
-    with tqdm(
-        total=len(cfg["methods"]) * stream.n_tasks, desc=cfg["name"], unit="task", disable=not verbose
-    ) as bar:
+    with run.progress(len(cfg["methods"]) * stream.n_tasks, "task") as bar:
         for m in cfg["methods"]:
             bar.set_postfix_str(f"{m} x {cfg['seeds']} seeds")
-            r = run_method(cfg, stream, m, progress=bar, ckpt_dir=ckpt_dir, resume=resume, mesh=mesh)
+            r = run_method(
+                cfg, stream, m, progress=bar, ckpt_dir=run.ckpt_dir, resume=run.resume, mesh=run.mesh
+            )
             raw[m] = r
             per_seed = _per_seed(M.per_seed(r["R"], r["R0"], r["acc_trace"], cfg["wf_window"]))
             per_seed["time_s"] = [r["seconds"]]
@@ -435,41 +395,34 @@ def _run(cfg, out, resume, tensorboard, verbose, mesh):
         timing={m: r["seconds"] for m, r in raw.items()},
         extra={"seed_batching": batching},
     )
-    if verbose:
-        l, d = cfg["loop"], cfg["data"]
-        how = "vmapped" if batching == "vmap" else "in a compiled loop"
-        print(
-            f"\n{cfg['name']}: {d['scenario']}, {d['n_tasks']} tasks, {cfg['model']['name']}, {cfg['seeds']} seeds "
-            f"({how}), {l['steps_per_task']} steps/task, eval every {l['eval_every']} steps on "
-            f"{l['eval_per_task']} test examples/task; accuracies in %, mean ± std\n"
-        )
-        print(res["table"])
-        for m, r in raw.items():
-            if r["skipped_steps"]:
-                print(
-                    f"note: {m}: {r['skipped_steps']} seed(s) skipped non-finite updates (loop.skip_nonfinite)"
-                )
-    if out:
-        plot_files = [
-            plots.accuracy_matrices(
-                {m: r["R"] for m, r in raw.items()},
-                os.path.join(out, "accuracy_matrix.png"),
-                f"{cfg['name']}: accuracy matrix (mean ± std over {cfg['seeds']} seeds)",
-            ),
-            plots.stability_gap(
-                {m: r["acc_trace"] for m, r in raw.items()},
-                cfg["loop"]["eval_every"],
-                os.path.join(out, "stability_gap.png"),
-                f"{cfg['name']}: per-task accuracy over training (mean ± std over {cfg['seeds']} seeds)",
-            ),
-        ]
-        if tensorboard:
-            res["extra"]["tensorboard"] = write_tensorboard(raw, cfg, os.path.join(out, "tensorboard"))
-        results.write(out, res, plot_files)
-        if verbose:
-            print(f"\nwrote {out}/results.json, accuracy_matrix.png, stability_gap.png")
-    res["raw"] = raw
-    return res
+    l, d = cfg["loop"], cfg["data"]
+    how = "vmapped" if batching == "vmap" else "in a compiled loop"
+    header = (
+        f"\n{cfg['name']}: {d['scenario']}, {d['n_tasks']} tasks, {cfg['model']['name']}, {cfg['seeds']} seeds "
+        f"({how}), {l['steps_per_task']} steps/task, eval every {l['eval_every']} steps on "
+        f"{l['eval_per_task']} test examples/task; accuracies in %, mean ± std\n"
+    )
+    notes = tuple(
+        f"note: {m}: {r['skipped_steps']} seed(s) skipped non-finite updates (loop.skip_nonfinite)"
+        for m, r in raw.items()
+        if r["skipped_steps"]
+    )
+    S = cfg["seeds"]
+    plot_files = (
+        lambda res, out: plots.accuracy_matrices(
+            {m: r["R"] for m, r in raw.items()},
+            os.path.join(out, "accuracy_matrix.png"),
+            f"{cfg['name']}: accuracy matrix (mean ± std over {S} seeds)",
+        ),
+        lambda res, out: plots.stability_gap(
+            {m: r["acc_trace"] for m, r in raw.items()},
+            cfg["loop"]["eval_every"],
+            os.path.join(out, "stability_gap.png"),
+            f"{cfg['name']}: per-task accuracy over training (mean ± std over {S} seeds)",
+        ),
+    )
+    curves = lambda logdir: write_tensorboard(raw, cfg, logdir)
+    return Report(res, header, notes, plot_files, curves, {"raw": raw})
 
 
 def write_tensorboard(raw: dict, cfg: dict, logdir: str) -> str:
@@ -491,16 +444,11 @@ def write_tensorboard(raw: dict, cfg: dict, logdir: str) -> str:
     return logdir
 
 
-def sweep(
-    cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
-) -> dict:
+def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
     """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed as one
     program: ``over_seeds`` inside ``lax.map`` over cells, ``chunk`` cells at a time (from the
     memory analysis when not given)."""
-    validate(cfg)
     method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
-    if out:
-        report.prepare_out_dir(out)
     stream = jax.device_put(build_stream(cfg))
     exp, base = experiment(cfg, stream, method)
     hp_grid = sweep_mod.stack_cells(base, names, cells)
@@ -547,3 +495,16 @@ def sweep(
         extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
     )
     return sweep_mod.finish(res, names, grid, out, verbose, "acc", "ACC")
+
+
+STUDY = Study(
+    "cl",
+    kinds=("cl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    mesh_batches=("loop.batch_size",),
+    checkpoint_key="loop.checkpoint",
+)
+run, sweep = STUDY.run, STUDY.sweep

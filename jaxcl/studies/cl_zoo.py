@@ -20,10 +20,11 @@ import os
 
 import numpy as np
 
-from .. import report, results
+from .. import results
 from ..config import ConfigError
 from ..methods import METHODS
 from . import cl
+from .driver import Report, Run, Study
 
 BENCHMARKS = {
     "fmnist-class-il": {"dataset": "fashion-mnist", "scenario": "class-incremental", "n_tasks": 5},
@@ -41,7 +42,7 @@ def all_cl_methods() -> tuple:
 
 
 DEFAULTS = {
-    **copy.deepcopy(cl.DEFAULTS),
+    **copy.deepcopy(cl.STUDY.defaults),
     "methods": all_cl_methods(),
     "benchmarks": tuple(BENCHMARKS),
     "buffer": 500,
@@ -86,20 +87,17 @@ def rank_rows(rows: dict) -> dict:
     return {m: 1 + sum(1 for o in accs.values() if o > a) for m, a in accs.items()}
 
 
-def run(cfg, out=None, *, resume=False, fresh=False, tensorboard=False, verbose=True, mesh=None) -> dict:
-    validate(cfg)
-    if out:
-        report.prepare_out_dir(out)
+def body(cfg: dict, run: Run) -> Report:
+    """Every benchmark as one run of the ``cl`` study (its folder under ``out``), ranked."""
     rows, per_bench, timing = {}, {}, {}
     for b in cfg["benchmarks"]:
-        res = cl.run(
+        res = cl.STUDY.run(
             sub_config(cfg, b),
-            os.path.join(out, b) if out else None,
-            resume=resume,
-            fresh=fresh,
-            tensorboard=tensorboard,
-            verbose=verbose,
-            mesh=mesh,
+            os.path.join(run.out, b) if run.out else None,
+            resume=run.resume,
+            fresh=run.fresh,
+            verbose=run.verbose,
+            mesh=run.mesh,
         )
         ranks = rank_rows(res["rows"])
         per_bench[b] = {}
@@ -123,16 +121,12 @@ def run(cfg, out=None, *, resume=False, fresh=False, tensorboard=False, verbose=
         extra={"mean_rank": mean_rank, "overall_order": overall},
         first="benchmark/method",
     )
-    if verbose:
-        print(f"\n{cfg['name']}: every benchmark, ranked by ACC (mean ± std over {cfg['seeds']} seeds)\n")
-        print(res["table"])
-        print("\nmean rank over benchmarks: " + ", ".join(f"{m} {mean_rank[m]:.1f}" for m in overall))
-    if out:
-        path = plot_zoo(per_bench, overall, os.path.join(out, "zoo.png"), cfg)
-        results.write(out, res, [path])
-        if verbose:
-            print(f"\nwrote {out}/results.json, zoo.png and one folder per benchmark")
-    return res
+    return Report(
+        res,
+        header=f"\n{cfg['name']}: every benchmark, ranked by ACC (mean ± std over {cfg['seeds']} seeds)\n",
+        notes=("\nmean rank over benchmarks: " + ", ".join(f"{m} {mean_rank[m]:.1f}" for m in overall),),
+        plots=(lambda res, out: plot_zoo(per_bench, overall, os.path.join(out, "zoo.png"), cfg),),
+    )
 
 
 def plot_zoo(per_bench: dict, order: list, path: str, cfg: dict) -> str:
@@ -160,10 +154,22 @@ def plot_zoo(per_bench: dict, order: list, path: str, cfg: dict) -> str:
     return path
 
 
-def sweep(cfg, grid, *, chunk=None, out=None, verbose=True):
-    """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` runner's sweep)."""
-    validate(cfg)
+def sweep_cells(cfg, grid, *, chunk, out, verbose):
+    """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` study's sweep)."""
     b = cfg["benchmarks"][0]
-    return cl.sweep(
+    return cl.STUDY.sweep(
         sub_config(cfg, b), grid, chunk=chunk, out=os.path.join(out, b) if out else None, verbose=verbose
     )
+
+
+STUDY = Study(
+    "cl-zoo",
+    kinds=("cl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    mesh_batches=("loop.batch_size",),
+    checkpoint_key="loop.checkpoint",
+)
+run, sweep = STUDY.run, STUDY.sweep

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import time
 
 import jax
@@ -46,7 +45,7 @@ from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
-from . import meshing
+from .driver import Report, Run, Study
 
 SIZES = {
     "xs": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
@@ -256,7 +255,6 @@ def _losses_program(model):
 def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every domain of one row for all seeds; a checkpoint after each domain."""
     from ..checkpoint import Checkpointer
-    from .cl import _kill_hook
 
     T = stream.n_domains
     E = prog.cfg["train"]["steps_per_domain"] // prog.cfg["train"]["eval_every"]
@@ -268,8 +266,6 @@ def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progres
     if ckpt_dir:
         conf = report.to_jsonable({k: v for k, v in prog.cfg.items() if k not in ("rows", "tiny")})
         conf["row"] = prog.row
-        if not resume and os.path.isdir(ckpt_dir):
-            shutil.rmtree(ckpt_dir)
         ckpt = Checkpointer(ckpt_dir, conf)
         if resume:
             got = ckpt.restore_latest({"state": state, "loss": loss})
@@ -294,7 +290,6 @@ def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progres
                 {"state": state, "loss": loss},
                 {"domain": t + 1, "seconds": elapsed + time.perf_counter() - t0},
             )
-            _kill_hook(t + 1)
         if progress is not None:
             progress.update(1)
     return {"loss": loss, "b": b, "seconds": elapsed + time.perf_counter() - t0}
@@ -313,34 +308,15 @@ def _row_name(cfg, size, row):
     return row if len(cfg["model"]["sizes"]) == 1 else f"{row} ({size})"
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume=False,
-    fresh=False,
-    tensorboard=False,
-    verbose=True,
-    mesh=None,
-) -> dict:
-    """Every (size, row) through every domain; ``mesh`` (:func:`jaxcl.parallel.make_mesh`): seeds
+def body(cfg: dict, run: Run) -> Report:
+    """Every (size, row) through every domain, a checkpoint after each domain; with a mesh, seeds
     over its ``seeds`` axis, the sequences of every batch over its ``data`` axis."""
-    del fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
-
-
-def _run(cfg, out, resume, verbose, mesh=None):
-    from tqdm.auto import tqdm
-
     stream = build_stream(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     T, S = stream.n_domains, cfg["seeds"]
-    ckpt_root = os.path.join(out, "checkpoints") if (out and cfg["train"]["checkpoint"]) else None
     rows, raw, timing, params = {}, {}, {}, {}
     total = len(cfg["model"]["sizes"]) * len(cfg["rows"]) * T
-    with tqdm(total=total, desc=cfg["name"], unit="domain", disable=not verbose) as bar:
+    with run.progress(total, "domain") as bar:
         for size in cfg["model"]["sizes"]:
             model, pretrained = load_model(cfg, size)
             text.check_vocab(stream, model.cfg.vocab_size, cfg["data"]["tokenizer"])
@@ -348,9 +324,9 @@ def _run(cfg, out, resume, verbose, mesh=None):
             for row in cfg["rows"]:
                 name = _row_name(cfg, size, row)
                 bar.set_postfix_str(f"{name} x {S} seeds")
-                prog = Program(cfg, model, pretrained, row, mesh)
-                ck = os.path.join(ckpt_root, size, row) if ckpt_root else None
-                r = run_row(prog, stream, keys, ckpt_dir=ck, resume=resume, progress=bar)
+                prog = Program(cfg, model, pretrained, row, run.mesh)
+                ck = os.path.join(run.ckpt_dir, size, row) if run.ckpt_dir else None
+                r = run_row(prog, stream, keys, ckpt_dir=ck, resume=run.resume, progress=bar)
                 per, L = row_metrics(r["loss"], r["b"])
                 per["time_s"] = [r["seconds"]]
                 timing[name] = r["seconds"]
@@ -377,56 +353,47 @@ def _run(cfg, out, resume, verbose, mesh=None):
         },
         first="row",
     )
-    if verbose:
-        sizes = ", ".join(f"{s} ({params[s] / 1e6:.2f}M params)" if params[s] else s for s in params)
-        print(
-            f"\n{cfg['name']}: domains {', '.join(d['domains'])}; models {sizes}; {S} seeds, "
-            f"{cfg['train']['steps_per_domain']} steps per domain of {cfg['train']['batch_size']} x "
-            f"{d['seq_len']} tokens; held-out NLL per token (nats), mean ± std; BWT < 0 and forgetting > 0: "
-            "earlier domains got worse\n"
-        )
-        print(res["table"])
-    if out:
-        plot_files = [
-            plots.accuracy_matrices(
-                {m: r["L"] for m, r in raw.items()},
-                os.path.join(out, "loss_matrix.png"),
-                f"{cfg['name']}: held-out NLL per token L[i, j] (mean ± std over {S} seeds)",
-                value_range=None,
-                what="domain",
-                cmap="viridis_r",
-            ),
-            plots.stability_gap(
-                {m: r["trace"] for m, r in raw.items()},
-                cfg["train"]["eval_every"],
-                os.path.join(out, "loss_over_training.png"),
-                f"{cfg['name']}: held-out loss of each domain over training (mean over {S} seeds)",
-                ylabel="NLL (nats/token)",
-                ylim=None,
-                what="domain",
-                labels=list(d["domains"]),
-            ),
-        ]
-        results.write(out, res, plot_files)
-        if verbose:
-            print(f"\nwrote {out}/results.json, loss_matrix.png, loss_over_training.png")
-    res["raw"] = raw
-    res["stream"] = stream  # in memory only
-    return res
+    sizes = ", ".join(f"{s} ({params[s] / 1e6:.2f}M params)" if params[s] else s for s in params)
+    header = (
+        f"\n{cfg['name']}: domains {', '.join(d['domains'])}; models {sizes}; {S} seeds, "
+        f"{cfg['train']['steps_per_domain']} steps per domain of {cfg['train']['batch_size']} x "
+        f"{d['seq_len']} tokens; held-out NLL per token (nats), mean ± std; BWT < 0 and forgetting > 0: "
+        "earlier domains got worse\n"
+    )
+    plot_files = (
+        lambda res, out: plots.accuracy_matrices(
+            {m: r["L"] for m, r in raw.items()},
+            os.path.join(out, "loss_matrix.png"),
+            f"{cfg['name']}: held-out NLL per token L[i, j] (mean ± std over {S} seeds)",
+            value_range=None,
+            what="domain",
+            cmap="viridis_r",
+        ),
+        lambda res, out: plots.stability_gap(
+            {m: r["trace"] for m, r in raw.items()},
+            cfg["train"]["eval_every"],
+            os.path.join(out, "loss_over_training.png"),
+            f"{cfg['name']}: held-out loss of each domain over training (mean over {S} seeds)",
+            ylabel="NLL (nats/token)",
+            ylim=None,
+            what="domain",
+            labels=list(d["domains"]),
+        ),
+    )
+    return Report(res, header, plots=plot_files, memory={"raw": raw, "stream": stream})
 
 
-def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True):
+def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
     """Every cell of ``grid`` (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
     x seeds trained through every domain as one program (``lax.scan`` over domains inside
     ``lax.map`` over cells), for the first size of ``model.sizes``; the row is the method (with
     ``+rewarm`` when ``rows`` has that method only with re-warming)."""
     from .. import sweep as sweep_mod
 
-    validate(cfg)
     method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
     if method not in LM_METHODS:
         raise ConfigError(f"--grid: the lm study sweeps {', '.join(LM_METHODS)}, not {method!r}")
-    return report.in_out_dir(out, lambda: _sweep(cfg, method, names, cells, grid, chunk, out, verbose))
+    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
 
 
 def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
@@ -482,3 +449,17 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         },
     )
     return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
+
+
+STUDY = Study(
+    "lm",
+    kinds=("cl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    methods=LM_METHODS,
+    mesh_batches=MESH_BATCHES,
+    checkpoint_key="train.checkpoint",
+)
+run, sweep = STUDY.run, STUDY.sweep

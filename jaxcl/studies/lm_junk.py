@@ -38,14 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import metrics as M
-from .. import report, results, tasks
+from .. import results, tasks
 from ..config import ConfigError, check_positive, method_settings
 from ..data import text
 from ..engine import check_finite, init_state, make_step
 from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..parallel import jit_seeds, place_seeds, shard_batch
-from . import lm, meshing
+from . import lm
+from .driver import Report, Run, Study
 
 DEFAULTS = {
     "model": {"size": "xs", "compute_dtype": "float32"},
@@ -241,25 +242,10 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
 # -- running ------------------------------------------------------------------------------------
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume=False,
-    fresh=False,
-    tensorboard=False,
-    verbose=True,
-    mesh=None,
-) -> dict:
-    """Base pre-training, then every junk ratio x seed; ``mesh`` (:func:`jaxcl.parallel.make_mesh`):
-    seeds over its ``seeds`` axis, the sequences of every batch over its ``data`` axis."""
-    del resume, fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    return report.in_out_dir(out, lambda: _run(cfg, out, verbose, mesh))
-
-
-def _run(cfg, out, verbose, mesh=None):
+def body(cfg: dict, run: Run) -> Report:
+    """Base pre-training, then every junk ratio x seed; with a mesh, seeds over its ``seeds`` axis,
+    the sequences of every batch over its ``data`` axis."""
+    mesh = run.mesh
     stream, probe, groups = build(cfg)
     model, _ = lm.load_model(cfg, cfg["model"]["size"])
     text.check_vocab(stream, model.cfg.vocab_size, "byte")
@@ -267,16 +253,13 @@ def _run(cfg, out, verbose, mesh=None):
     base_fn, junk_fn = programs(cfg, model, stream, probe, groups, mesh)
     ratios = jnp.asarray(cfg["junk"]["ratios"], jnp.float32)
     t0 = time.perf_counter()
-    if verbose:
-        print(f"base pre-training: {cfg['base']['steps']} steps ({cfg['seeds']} seeds)...", flush=True)
+    run.say(f"base pre-training: {cfg['base']['steps']} steps ({cfg['seeds']} seeds)...")
     params, base_eval, bad = base_fn(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
     check_finite(bad, where="(base pre-training)")
     t_base = time.perf_counter() - t0
-    if verbose:
-        print(
-            f"junk phase: ratios {', '.join(f'{r:g}' for r in cfg['junk']['ratios'])} x {cfg['seeds']} seeds in one program...",
-            flush=True,
-        )
+    run.say(
+        f"junk phase: ratios {', '.join(f'{r:g}' for r in cfg['junk']['ratios'])} x {cfg['seeds']} seeds in one program..."
+    )
     trace, bad = junk_fn(params, jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys), ratios)
     check_finite(bad, where="(junk phase)")
     t_junk = time.perf_counter() - t0 - t_base
@@ -324,26 +307,20 @@ def _run(cfg, out, verbose, mesh=None):
             "train_tokens": dict(zip(stream.names, stream.tokens)),
         },
     )
-    if verbose:
-        d = cfg["data"]
-        print(
-            f"\n{cfg['name']}: base model on {', '.join(d['base_domains'])} + tasks ({', '.join(d['tasks'])}; "
-            f"task accuracy {base_acc.mean():.1%}), then {cfg['junk']['steps']} steps on junk "
-            f"({', '.join(d['junk'])}) vs control ({', '.join(d['control'])}); {cfg['seeds']} seeds, "
-            "mean ± std; losses in nats per token\n"
-        )
-        print(res["table"])
-        print(
-            f"\nHedges' g, {100 * cfg['junk']['ratios'][hi]:.0f}% vs {100 * cfg['junk']['ratios'][lo]:.0f}% junk "
-            f"(positive: junk is worse): task accuracy {effect['task_acc']:.2f}, base-domain loss "
-            f"{effect['base_loss']:.2f}; task accuracy per unit of junk ratio {slope:+.3f}"
-        )
-    if out:
-        path = _plot(cfg, acc, g_loss("base"), os.path.join(out, "dose_response.png"))
-        results.write(out, res, [path])
-        if verbose:
-            print(f"\nwrote {out}/results.json, dose_response.png")
-    return res
+    d = cfg["data"]
+    header = (
+        f"\n{cfg['name']}: base model on {', '.join(d['base_domains'])} + tasks ({', '.join(d['tasks'])}; "
+        f"task accuracy {base_acc.mean():.1%}), then {cfg['junk']['steps']} steps on junk "
+        f"({', '.join(d['junk'])}) vs control ({', '.join(d['control'])}); {cfg['seeds']} seeds, "
+        "mean ± std; losses in nats per token\n"
+    )
+    note = (
+        f"\nHedges' g, {100 * cfg['junk']['ratios'][hi]:.0f}% vs {100 * cfg['junk']['ratios'][lo]:.0f}% junk "
+        f"(positive: junk is worse): task accuracy {effect['task_acc']:.2f}, base-domain loss "
+        f"{effect['base_loss']:.2f}; task accuracy per unit of junk ratio {slope:+.3f}"
+    )
+    plot = lambda res, out: _plot(cfg, acc, g_loss("base"), os.path.join(out, "dose_response.png"))
+    return Report(res, header, (note,), (plot,))
 
 
 def _plot(cfg, acc, base_loss, path):
@@ -370,8 +347,14 @@ def _plot(cfg, acc, base_loss, path):
     return path
 
 
-def sweep(cfg: dict, grid: dict, *, chunk=None, out=None, verbose=True):
-    raise ConfigError(
-        "the lm-junk study already runs every junk ratio x seed as one program: set them with "
-        "--set junk.ratios=0,0.5,1; sweep finetune.lr with jaxcl run ... --set finetune.lr=..."
-    )
+STUDY = Study(
+    "lm-junk",
+    kinds=("cl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    no_sweep="every junk ratio x seed already runs as one program: --set junk.ratios=0,0.5,1",
+    methods=("finetune",),
+    mesh_batches=MESH_BATCHES,
+)
+run, sweep = STUDY.run, STUDY.sweep

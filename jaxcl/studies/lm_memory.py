@@ -53,8 +53,9 @@ from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
-from . import meshing
+from . import driver
 from .calls import check_schedule, run_calls
+from .driver import Report, Run
 from .tofu import lm_model
 
 MODELS = ("scratch", "smollm2-135m")
@@ -743,35 +744,16 @@ def condition_metrics(cfg: dict, c: Condition, conds, traces: dict) -> tuple[dic
 # -- running ---------------------------------------------------------------------------------------
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume=False,
-    fresh=False,
-    tensorboard=False,
-    verbose=True,
-    mesh=None,
-) -> dict:
-    """Every seed through the schedule; ``mesh`` (:func:`jaxcl.parallel.make_mesh`): seeds over its
-    ``seeds`` axis, the sequences of every batch (injected rows included) over its ``data`` axis."""
-    del fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
-
-
-def _run(cfg, out, resume, verbose, mesh=None):
-    from tqdm.auto import tqdm
-
+def body(cfg: dict, run: Run) -> Report:
+    """Every seed through the schedule; with a mesh, seeds over its ``seeds`` axis, the sequences
+    of every batch (injected rows included) over its ``data`` axis."""
     t0 = time.perf_counter()
-    study, keys = prepare(cfg, mesh)
+    study, keys = prepare(cfg, run.mesh)
     prep_s = time.perf_counter() - t0
     S, t = cfg["seeds"], cfg["train"]
-    ckpt_dir = os.path.join(out, "checkpoints") if (out and t["checkpoint"]) else None
-    with tqdm(total=t["steps"], desc=cfg["name"], unit="step", disable=not verbose) as bar:
+    with run.progress(t["steps"], "step") as bar:
         bar.set_postfix_str(f"{S} seeds")
-        r = train(study, keys, ckpt_dir=ckpt_dir, resume=resume, progress=bar)
+        r = train(study, keys, ckpt_dir=run.ckpt_dir, resume=run.resume, progress=bar)
     traces = r["traces"]
     rows, curves, where = {}, {}, {}
     for c in study.conds:
@@ -804,26 +786,15 @@ def _run(cfg, out, resume, verbose, mesh=None):
         },
         first="condition",
     )
-    if verbose:
-        d0, d1 = traces["domain_nll"][:, 0].mean(), traces["domain_nll"][:, -1].mean()
-        print(
-            f"\n{cfg['name']}: {cfg['model']['name']} on {', '.join(cfg['data']['domains'])}, {t['steps']} steps of "
-            f"{t['batch_size']} x {cfg['data']['seq_len']} tokens, {S} seeds ({r['seconds']:.1f}s); held-out NLL "
-            f"{d0:.2f} -> {d1:.2f} nats/token. Δlogp: gain of log p(true value) - log p(never-seen value) per target token (few-shot: "
-            "seen minus novel sequences), from before the first exposure; α, R²: its power law after the last exposure\n"
-        )
-        print(res["table"])
-    if out:
-        files = []
-        try:
-            files = [plot(res, curves, os.path.join(out, "retention.png"))]
-        except Exception as err:  # a plotting problem must not lose the results
-            print(f"warning: the plot could not be drawn ({err}); results.json is written")
-        results.write(out, res, files)
-        if verbose:
-            print(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
-    res["traces"], res["study"], res["keys"] = traces, study, keys  # in memory only
-    return res
+    d0, d1 = traces["domain_nll"][:, 0].mean(), traces["domain_nll"][:, -1].mean()
+    header = (
+        f"\n{cfg['name']}: {cfg['model']['name']} on {', '.join(cfg['data']['domains'])}, {t['steps']} steps of "
+        f"{t['batch_size']} x {cfg['data']['seq_len']} tokens, {S} seeds ({r['seconds']:.1f}s); held-out NLL "
+        f"{d0:.2f} -> {d1:.2f} nats/token. Δlogp: gain of log p(true value) - log p(never-seen value) per target token (few-shot: "
+        "seen minus novel sequences), from before the first exposure; α, R²: its power law after the last exposure\n"
+    )
+    plot_files = (lambda res, out: plot(res, curves, os.path.join(out, "retention.png")),)
+    return Report(res, header, plots=plot_files, memory={"traces": traces, "study": study, "keys": keys})
 
 
 def plot(res: dict, curves: dict, path: str) -> str:
@@ -902,18 +873,17 @@ def headline(study: Study) -> list[Condition]:
     return out
 
 
-def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True):
+def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
     """Every cell of ``grid`` (``{"finetune.lr": [...]}``) x seeds as one program (``lax.map``
     over cells, ``chunk`` cells vmapped at a time, seeds vmapped): the whole run per cell, then
     per cell the metrics of the most-exposed condition of each kind (memorisation probe for
     facts)."""
     from .. import sweep as sweep_mod
 
-    validate(cfg)
     method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
     if method != "finetune":
         raise ConfigError(f"--grid: the lm-memory study sweeps finetune's hyperparameters, not {method!r}")
-    return report.in_out_dir(out, lambda: _sweep(cfg, names, cells, grid, chunk, out, verbose))
+    return _sweep(cfg, names, cells, grid, chunk, out, verbose)
 
 
 def _sweep(cfg, names, cells, grid, chunk, out, verbose):
@@ -968,3 +938,17 @@ def _sweep(cfg, names, cells, grid, chunk, out, verbose):
     return sweep_mod.finish(
         res, names, grid, out, verbose, "gain_final", "Δlogp end (most-exposed condition)"
     )
+
+
+STUDY = driver.Study(
+    "lm-memory",
+    kinds=("cl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    methods=("finetune",),
+    mesh_batches=MESH_BATCHES,
+    checkpoint_key="train.checkpoint",
+)
+run, sweep = STUDY.run, STUDY.sweep

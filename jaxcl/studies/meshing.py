@@ -2,7 +2,7 @@
 and the notebooks build it here, and every runner checks it against its seeds and batch sizes.
 
 A runner's batches that are sharded over the mesh's ``data`` axis are named by config paths: the
-runner module's ``MESH_BATCHES`` (or, for the runners that predate it, :data:`BATCHES`). ``auto``
+study's ``mesh_batches`` (:class:`jaxcl.studies.driver.Study`). ``auto``
 is :func:`jaxcl.parallel.auto_mesh` for the config's seeds and the greatest common divisor of
 those batch sizes: the seeds axis takes the largest share of the devices that divides the seeds,
 the data axis the largest share of the rest that divides every batch.
@@ -15,15 +15,11 @@ import math
 from ..config import ConfigError
 from ..parallel import auto_mesh, axis_size, make_mesh
 
-BATCHES = {"cl": ("loop.batch_size",), "cl-zoo": ("loop.batch_size",)}
-
 
 def batch_paths(cfg: dict) -> tuple[str, ...]:
-    from . import get_runner
+    from . import get_study
 
-    study = cfg.get("study", "")
-    runner = get_runner(study)
-    return tuple(getattr(runner, "MESH_BATCHES", BATCHES.get(study, ())))
+    return get_study(cfg.get("study", "")).mesh_batches
 
 
 def batch_sizes(cfg: dict, paths=None) -> dict[str, int]:

@@ -40,7 +40,8 @@ from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import llama
 from ..parallel import jit_seeds, place_seeds, seeds_map
-from . import lm_memory, meshing
+from . import lm_memory
+from .driver import Report, Run, Study
 from .tofu import TofuProblem, lm_model, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "gu-ga", "gu-graddiff", "gu-npo")
@@ -236,28 +237,10 @@ def scores(model, params, data) -> dict:
 # -- running ---------------------------------------------------------------------------------------
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume=False,
-    fresh=False,
-    tensorboard=False,
-    verbose=True,
-    mesh=None,
-):
-    """Clean -> corrupted -> every method; ``resume`` / ``fresh`` / ``tensorboard`` are accepted
-    for the runner contract (the phases are short; nothing is cached between runs). ``mesh``
-    (:func:`jaxcl.parallel.make_mesh`): seeds over its ``seeds`` axis, every training batch over
-    its ``data`` axis."""
-    del resume, fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    return report.in_out_dir(out, lambda: _run(cfg, out or None, verbose, mesh))
-
-
-def _run(cfg, out, verbose, mesh=None):
-    say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+def body(cfg: dict, run: Run) -> Report:
+    """Clean -> corrupted -> every method; with a mesh, seeds over its ``seeds`` axis and every
+    training batch over its ``data`` axis."""
+    say, mesh = run.say, run.mesh
     t_start = time.perf_counter()
     model, tok, data = prepare(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
@@ -330,20 +313,11 @@ def _run(cfg, out, verbose, mesh=None):
         extra={"n_facts": cfg["data"]["n_facts"]},
         first="model",
     )
-    say(
+    header = (
         f"\n{cfg['name']}: {cfg['data']['n_facts']} facts, {S} seeds ({timing['total_s']:.1f}s); pref = log p(true) - "
         "log p(wrong) per target token on the memorisation probes; recovery = (pref - corrupted) / (clean - corrupted)\n"
     )
-    say(res["table"])
-    if out:
-        files = []
-        try:
-            files = [plot(res, os.path.join(out, "recovery.png"))]
-        except Exception as err:  # a plotting problem must not lose the results
-            say(f"warning: the plot could not be drawn ({err}); results.json is written")
-        results.write(out, res, files)
-        say(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
-    return res
+    return Report(res, header, plots=(lambda res, out: plot(res, os.path.join(out, "recovery.png")),))
 
 
 def plot(res: dict, path: str) -> str:
@@ -366,3 +340,16 @@ def plot(res: dict, path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+STUDY = Study(
+    "restor",
+    kinds=("unlearn",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    no_sweep="its unlearning phases are short: compare settings with jaxcl run ... --set",
+    methods=METHODS,
+    mesh_batches=MESH_BATCHES,
+)
+run, sweep = STUDY.run, STUDY.sweep

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import shutil
 import time
 
 import jax
@@ -46,7 +45,8 @@ from ..methods import get_method
 from ..methods import grpo as grpo_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
-from . import meshing
+from . import driver
+from .driver import Report, Run
 from .tofu import LanguageModel
 
 ROWS = ("sft", "rft", "rft-nokl", "rif-rft", "mtl-sft")
@@ -456,7 +456,6 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
     ``post.checkpoint_every`` steps, and at every task end), so a resumed run loses nothing
     but the unfinished call."""
     from ..checkpoint import Checkpointer
-    from .cl import _kill_hook
 
     T = study.T
     hp = _hp(study, row)
@@ -475,10 +474,7 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
     if ckpt_dir:
         conf = report.to_jsonable({k: v for k, v in study.cfg.items() if k not in ("rows", "tiny")})
         conf["row"] = row
-        d = os.path.join(ckpt_dir, row)
-        if not resume and os.path.isdir(d):
-            shutil.rmtree(d)
-        ckpt = Checkpointer(d, conf)
+        ckpt = Checkpointer(os.path.join(ckpt_dir, row), conf)
         if resume:
             got = ckpt.restore_latest({"state": state, "traces": traces})
             if got is not None:
@@ -487,7 +483,6 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
                 start, elapsed = meta["call"], meta.get("seconds", 0.0)
                 if progress is not None:
                     progress.update(start // calls)
-    saves = 0
     for pos in range(start, T * calls):
         t, c = divmod(pos, calls)
         state, tr = task(state, jnp.int32(t), hp, c == 0)
@@ -505,8 +500,6 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
                 {"state": state, "traces": traces},
                 {"call": pos + 1, "seconds": elapsed + time.perf_counter() - t0},
             )
-            saves += 1
-            _kill_hook(saves)
         if progress is not None and c == calls - 1:
             progress.update(1)
     return {"traces": traces, "params": state.params, "seconds": elapsed + time.perf_counter() - t0}
@@ -525,24 +518,6 @@ def row_metrics(traces: dict, base_eval: dict, T: int) -> dict:
     K = acc.shape[-1]
     out["base_task_acc"] = acc[:, -1, -1, T:].mean(-1).tolist() if K > T else [float("nan")] * len(R)
     return out, R
-
-
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume=False,
-    fresh=False,
-    tensorboard=False,
-    verbose=True,
-    mesh=None,
-) -> dict:
-    """Base SFT, then every row through the tasks; ``mesh`` (:func:`jaxcl.parallel.make_mesh`):
-    seeds over its ``seeds`` axis, SFT batches, GRPO prompts and rollouts over its ``data`` axis."""
-    del fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
 
 
 def prepare(cfg: dict, mesh=None) -> tuple[Study, jax.Array]:
@@ -590,21 +565,21 @@ def train_base(study: Study, keys, ckpt_dir=None, resume=False, verbose=True) ->
     return base
 
 
-def _run(cfg, out, resume, verbose, mesh=None):
-    from tqdm.auto import tqdm
-
-    study, keys = prepare(cfg, mesh)
+def body(cfg: dict, run: Run) -> Report:
+    """Base SFT, then every row through the tasks; with a mesh, seeds over its ``seeds`` axis,
+    SFT batches, GRPO prompts and rollouts over its ``data`` axis."""
+    study, keys = prepare(cfg, run.mesh)
     T, S = study.T, cfg["seeds"]
-    ckpt_dir = os.path.join(out, "checkpoints") if (out and cfg["post"]["checkpoint"]) else None
+    ckpt_dir, resume = run.ckpt_dir, run.resume
     timing = {}
     t0 = time.perf_counter()
-    base = train_base(study, keys, ckpt_dir, resume, verbose)
+    base = train_base(study, keys, ckpt_dir, resume, run.verbose)
     timing["base"] = time.perf_counter() - t0
     base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
     base_params = jax.tree.map(jnp.asarray, base["params"])
 
     rows, raw = {}, {}
-    with tqdm(total=len(cfg["rows"]) * T, desc=cfg["name"], unit="task", disable=not verbose) as bar:
+    with run.progress(len(cfg["rows"]) * T, "task") as bar:
         for row in cfg["rows"]:
             bar.set_postfix_str(f"{row} x {S} seeds")
             r = run_row(study, row, base_params, keys, ckpt_dir=ckpt_dir, resume=resume, progress=bar)
@@ -640,48 +615,40 @@ def _run(cfg, out, resume, verbose, mesh=None):
         },
         first="row",
     )
-    if verbose:
-        print(
-            f"\n{cfg['name']}: tasks {', '.join(d['tasks'])} after a base SFT of {cfg['base']['steps']} steps "
-            f"(base accuracy {np.mean(base_eval['acc'][:, :T]):.1%}, corpus NLL "
-            f"{np.mean(base_eval['corpus_nll']):.3f}); {S} seeds, {cfg['post']['steps_per_task']} steps or "
-            f"iterations per task; accuracies in %, mean ± std\n"
-        )
-        print(res["table"])
-    if out:
-        plot_files = [
-            plots.accuracy_matrices(
-                {m: r["R"] for m, r in raw.items()},
-                os.path.join(out, "accuracy_matrix.png"),
-                f"{cfg['name']}: accuracy matrix (mean ± std over {S} seeds)",
-            ),
-            plots.stability_gap(
-                {m: r["acc_trace"] for m, r in raw.items()},
-                cfg["post"]["eval_every"],
-                os.path.join(out, "accuracy_over_training.png"),
-                f"{cfg['name']}: per-task accuracy over post-training (mean over {S} seeds)",
-            ),
-        ]
-        results.write(out, res, plot_files)
-        if verbose:
-            print(f"\nwrote {out}/results.json, accuracy_matrix.png, accuracy_over_training.png")
-    res["raw"] = raw
-    res["study"], res["base_params"], res["keys"] = study, base_params, keys  # in memory only
-    return res
+    header = (
+        f"\n{cfg['name']}: tasks {', '.join(d['tasks'])} after a base SFT of {cfg['base']['steps']} steps "
+        f"(base accuracy {np.mean(base_eval['acc'][:, :T]):.1%}, corpus NLL "
+        f"{np.mean(base_eval['corpus_nll']):.3f}); {S} seeds, {cfg['post']['steps_per_task']} steps or "
+        f"iterations per task; accuracies in %, mean ± std\n"
+    )
+    plot_files = (
+        lambda res, out: plots.accuracy_matrices(
+            {m: r["R"] for m, r in raw.items()},
+            os.path.join(out, "accuracy_matrix.png"),
+            f"{cfg['name']}: accuracy matrix (mean ± std over {S} seeds)",
+        ),
+        lambda res, out: plots.stability_gap(
+            {m: r["acc_trace"] for m, r in raw.items()},
+            cfg["post"]["eval_every"],
+            os.path.join(out, "accuracy_over_training.png"),
+            f"{cfg['name']}: per-task accuracy over post-training (mean over {S} seeds)",
+        ),
+    )
+    memory = {"raw": raw, "study": study, "base_params": base_params, "keys": keys}  # in memory only
+    return Report(res, header, plots=plot_files, memory=memory)
 
 
-def sweep(cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True):
+def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
     """Every cell of ``grid`` (``{"grpo.beta": [...]}``, ``{"finetune.lr": [...]}``: one method's
     traced hyperparameters) post-trained from the same base models as one program: a ``lax.scan``
     over the tasks' calls inside ``lax.map`` over cells (``chunk`` cells vmapped at a time), seeds
     vmapped. The row is ``rft`` (``rif-rft`` when ``grpo.rif``) for grpo, ``sft`` for finetune."""
     from .. import sweep as sweep_mod
 
-    validate(cfg)
     method, names, cells = sweep_mod.cells_of(cfg, grid, "rl")
     if method not in ("grpo", "finetune"):
         raise ConfigError(f"--grid: the rft study sweeps grpo or finetune, not {method!r}")
-    return report.in_out_dir(out, lambda: _sweep(cfg, method, names, cells, grid, chunk, out, verbose))
+    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
 
 
 def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
@@ -753,3 +720,17 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         },
     )
     return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
+
+
+STUDY = driver.Study(
+    "rft",
+    kinds=("rl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    methods=("finetune", "grpo"),
+    mesh_batches=MESH_BATCHES,
+    checkpoint_key="post.checkpoint",
+)
+run, sweep = STUDY.run, STUDY.sweep

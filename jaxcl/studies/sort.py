@@ -62,8 +62,9 @@ from ..loops import as_hparams, build_method, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama
 from ..parallel import jit_seeds, shard_batch
-from . import meshing
+from . import driver
 from .calls import check_schedule, run_calls
+from .driver import Report, Run
 from .tofu import lm_model
 
 CONDITIONS = ("in_context", "parametric", "control")
@@ -754,36 +755,17 @@ def columns(cfg: dict) -> list:
 # -- running ---------------------------------------------------------------------------------------
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume=False,
-    fresh=False,
-    tensorboard=False,
-    verbose=True,
-    mesh=None,
-) -> dict:
-    """``mesh`` (:func:`jaxcl.parallel.make_mesh`): seeds sharded over its ``seeds`` axis, every
-    drawn batch over its ``data`` axis."""
-    del fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    return report.in_out_dir(out, lambda: _run(cfg, out, resume, verbose, mesh))
-
-
-def _run(cfg, out, resume, verbose, mesh=None):
-    from tqdm.auto import tqdm
-
+def body(cfg: dict, run: Run) -> Report:
+    """Every seed through the training mix; with a mesh, seeds sharded over its ``seeds`` axis,
+    every drawn batch over its ``data`` axis."""
     t0 = time.perf_counter()
-    study = Study(cfg, mesh)
+    study = Study(cfg, run.mesh)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     prep_s = time.perf_counter() - t0
     S, t, s = cfg["seeds"], cfg["train"], cfg["sort"]
-    ckpt_dir = os.path.join(out, "checkpoints") if (out and t["checkpoint"]) else None
-    with tqdm(total=t["steps"], desc=cfg["name"], unit="step", disable=not verbose) as bar:
+    with run.progress(t["steps"], "step") as bar:
         bar.set_postfix_str(f"{S} seeds")
-        r = train(study, keys, ckpt_dir=ckpt_dir, resume=resume, progress=bar)
+        r = train(study, keys, ckpt_dir=run.ckpt_dir, resume=run.resume, progress=bar)
     traces = r["traces"]
     met = condition_metrics(study, traces)
     edges = distance_edges(s["excerpt_len"], s["segment_len"], s["distance_bins"])
@@ -825,27 +807,16 @@ def _run(cfg, out, resume, verbose, mesh=None):
             "book_tokens": {role: len(b.tokens) for role, b in study.books.items()},
         },
     )
-    if verbose:
-        print(
-            f"\n{cfg['name']}: {cfg['model']['name']} model, {t['steps']} steps of {t['batch_size']} x "
-            f"{study.T} tokens "
-            f"(mix LM / in-context SORT / no-excerpt SORT {'/'.join(f'{w:g}' for w in t['mix'])}), {S} seeds "
-            f"({r['seconds']:.1f}s). Accuracy: P(correct answer) > P(wrong), both orders of "
-            f"{s['pairs']} pairs per condition (chance 50 %), by distance d between the segments' starts "
-            f"(tokens); book NLL: nats/token of the condition's books\n"
-        )
-        print(res["table"])
-    if out:
-        files = []
-        try:
-            files = plot(res, met, out)
-        except Exception as err:  # a plotting problem must not lose the results
-            print(f"warning: the plots could not be drawn ({err}); results.json is written")
-        results.write(out, res, files)
-        if verbose:
-            print(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
-    res["traces"], res["study"], res["keys"] = traces, study, keys  # in memory only
-    return res
+    header = (
+        f"\n{cfg['name']}: {cfg['model']['name']} model, {t['steps']} steps of {t['batch_size']} x "
+        f"{study.T} tokens "
+        f"(mix LM / in-context SORT / no-excerpt SORT {'/'.join(f'{w:g}' for w in t['mix'])}), {S} seeds "
+        f"({r['seconds']:.1f}s). Accuracy: P(correct answer) > P(wrong), both orders of "
+        f"{s['pairs']} pairs per condition (chance 50 %), by distance d between the segments' starts "
+        f"(tokens); book NLL: nats/token of the condition's books\n"
+    )
+    plot_files = (lambda res, out: plot(res, met, out),)
+    return Report(res, header, plots=plot_files, memory={"traces": traces, "study": study, "keys": keys})
 
 
 def plot(res: dict, met: dict, out: str) -> list[str]:
@@ -893,7 +864,15 @@ def plot(res: dict, met: dict, out: str) -> list[str]:
     return files
 
 
-def sweep(cfg: dict, grid: dict, *, chunk=None, out=None, verbose=True):
-    raise ConfigError(
-        "the sort study has no sweep: run it per learning rate with jaxcl run sort --set finetune.lr=..."
-    )
+STUDY = driver.Study(
+    "sort",
+    kinds=("cl",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    no_sweep="run it per learning rate with jaxcl run sort --set finetune.lr=...",
+    methods=("finetune",),
+    mesh_batches=MESH_BATCHES,
+    checkpoint_key="train.checkpoint",
+)
+run, sweep = STUDY.run, STUDY.sweep

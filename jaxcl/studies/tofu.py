@@ -49,7 +49,7 @@ from ..parallel import place_seeds
 from ..tofu import data as tdata
 from ..tofu import metrics as tmetrics
 from ..unlearn.common import sample
-from . import meshing
+from .driver import Report, Run, Study
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
 SPLITS = tuple(tdata.FORGET_SIZES)
@@ -414,34 +414,12 @@ def scores(res: dict) -> dict:
     return out
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume: bool = False,
-    fresh: bool = False,
-    tensorboard: bool = False,
-    verbose: bool = True,
-    mesh=None,
-) -> dict:
-    """Target, retain model and every method of the config; with ``out``, results.json and
-    ``fq_vs_mu.png`` there. ``resume``, ``fresh`` and ``tensorboard`` are accepted for the runner
-    contract: nothing is cached between runs and there are no TensorBoard curves. ``mesh``
-    (:func:`jaxcl.parallel.make_mesh`; one seed, so its seeds axis must be 1): the rows of every
-    fine-tuning and unlearning batch over its ``data`` axis, the parameters replicated."""
-    del resume, fresh, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    if not out:
-        return _run(cfg, None, verbose, mesh)
-    report.prepare_out_dir(out)  # a bad --out fails now, before anything is loaded or trained
-    with report.lock_out_dir(out):
-        return _run(cfg, out, verbose, mesh)
-
-
-def _run(cfg: dict, out: str | None, verbose: bool, mesh=None) -> dict:
+def body(cfg: dict, run: Run) -> Report:
+    """Target, retain model and every method of the config. With a mesh (one seed, so its seeds
+    axis must be 1): the rows of every fine-tuning and unlearning batch over its ``data`` axis,
+    the parameters replicated."""
     t_start = time.perf_counter()
-    ctx = prepare(cfg, verbose, mesh)
+    ctx = prepare(cfg, run.verbose, run.mesh)
     evaluated, timing, traces, nonfinite = {}, {}, {}, {}
     for name, which, fn in (
         (REFERENCE, "retain", ctx.reference),
@@ -491,17 +469,8 @@ def _run(cfg: dict, out: str | None, verbose: bool, mesh=None) -> dict:
             "trace": traces,
         },
     )
-    ctx.say(f"\n{cfg['name']}: {cfg['data']['split']}, {cfg['model']['name']} ({timing['total_s']:.1f}s)\n")
-    ctx.say(res["table"])
-    if out:
-        files = []
-        try:
-            files = [plot(res, os.path.join(out, "fq_vs_mu.png"))]
-        except Exception as err:  # a plotting problem must not lose the results
-            ctx.say(f"warning: the plot could not be drawn ({err}); results.json is written")
-        results.write(out, res, files)
-        ctx.say(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
-    return res
+    header = f"\n{cfg['name']}: {cfg['data']['split']}, {cfg['model']['name']} ({timing['total_s']:.1f}s)\n"
+    return Report(res, header, plots=(lambda res, out: plot(res, os.path.join(out, "fq_vs_mu.png")),))
 
 
 def plot(res: dict, path: str) -> str:
@@ -531,20 +500,13 @@ def plot(res: dict, path: str) -> str:
 # -- sweep -------------------------------------------------------------------------------------
 
 
-def sweep(
-    cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
-) -> dict:
+def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
     """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) unlearned from the
     same target as one program (``lax.map`` over cells of ``Phase.run``, ``chunk`` cells vmapped
-    at a time), then each cell evaluated; the target and the retain model as in :func:`run`."""
-    validate(cfg)
+    at a time), then each cell evaluated; the target and the retain model as in a run."""
     method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
     check_methods(cfg, [method])
-    if not out:
-        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
-    report.prepare_out_dir(out)
-    with report.lock_out_dir(out):
-        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
 
 
 def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
@@ -580,3 +542,17 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
     )
     return sweep_mod.finish(res, names, grid, out, verbose, "forget_quality", "forget quality")
+
+
+STUDY = Study(
+    "tofu",
+    kinds=("unlearn",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    methods=METHODS,
+    mesh_batches=MESH_BATCHES,
+    no_resume="nothing is cached between runs; run it again",
+)
+run, sweep = STUDY.run, STUDY.sweep

@@ -43,7 +43,7 @@ from ..unlearn import eval as ev
 from ..unlearn import scenarios
 from ..unlearn.common import recalibrate
 from ..unlearn.store import RunStore, fingerprint
-from . import meshing
+from .driver import Report, Run, Study
 
 METHODS = (
     "finetune",
@@ -398,34 +398,11 @@ def per_seed_row(metrics: dict, oracle: dict, relearn_curve) -> dict:
 # -- run -------------------------------------------------------------------------------------
 
 
-def run(
-    cfg: dict,
-    out: str | None = None,
-    *,
-    resume: bool = False,
-    fresh: bool = False,
-    tensorboard: bool = False,
-    verbose: bool = True,
-    mesh=None,
-) -> dict:
-    """Oracle, original and every method of the config; with ``out``, the cache under
-    ``<out>/cache`` is reused (a rerun resumes where the last stopped; ``fresh`` ignores it) and
-    results.json and the plots are written. ``resume`` and ``tensorboard`` are accepted for the
-    runner contract (the cache always resumes; there are no TensorBoard curves here). ``mesh``
-    (:func:`jaxcl.parallel.make_mesh`): seeds sharded over its ``seeds`` axis, every training
-    batch (original, oracle, unlearning) over its ``data`` axis, parameters replicated."""
-    del resume, tensorboard
-    validate(cfg)
-    meshing.check(mesh, cfg, paths=MESH_BATCHES)
-    if not out:
-        return _run(cfg, None, fresh, verbose, mesh)
-    report.prepare_out_dir(out)  # a bad --out fails now, before anything is trained
-    with report.lock_out_dir(out):
-        return _run(cfg, out, fresh, verbose, mesh)
-
-
-def _run(cfg: dict, out: str | None, fresh: bool, verbose: bool, mesh=None) -> dict:
-    ctx = prepare(cfg, out, fresh=fresh, verbose=verbose, mesh=mesh)
+def body(cfg: dict, run: Run) -> Report:
+    """Oracle, original and every method of the config; with ``run.out``, the models and rows are
+    cached under ``<out>/cache`` (a rerun reuses them; ``--fresh`` ignores them). With a mesh, seeds
+    are sharded over its ``seeds`` axis and every training batch over its ``data`` axis."""
+    ctx = prepare(cfg, run.out, fresh=run.fresh, verbose=run.verbose, mesh=run.mesh)
     entries = {}
     for name in ("oracle", "original", *cfg["methods"]):
         done = ctx.store.load_method(entry_key(cfg, name)) if ctx.store else None
@@ -463,17 +440,11 @@ def _run(cfg: dict, out: str | None, fresh: bool, verbose: bool, mesh=None) -> d
             "relearn_curve": {n: x["relearn_curve"] for n, x in entries.items()},
         },
     )
-    ctx.say(f"\n{cfg['name']}: mean over {cfg['seeds']} seed(s) (± std when more than one)\n")
-    ctx.say(res["table"])
-    if out:
-        files = []
-        try:
-            files = plot(res, out)
-        except Exception as err:  # a plotting problem must not lose the results
-            ctx.say(f"warning: the plots could not be drawn ({err}); results.json is written")
-        results.write(out, res, files)
-        ctx.say(f"\nwrote {out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
-    return res
+    return Report(
+        res,
+        header=f"\n{cfg['name']}: mean over {cfg['seeds']} seed(s) (± std when more than one)\n",
+        plots=(plot,),
+    )
 
 
 def plot(res: dict, out_dir: str) -> list[str]:
@@ -528,20 +499,13 @@ def plot(res: dict, out_dir: str) -> list[str]:
 # -- sweep -----------------------------------------------------------------------------------
 
 
-def sweep(
-    cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
-) -> dict:
+def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
     """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed,
     unlearning and evaluation, as one program (``over_seeds`` inside ``lax.map`` over cells,
-    ``chunk`` cells at a time); the original and the oracle as in :func:`run` (cached in ``out``)."""
-    validate(cfg)
+    ``chunk`` cells at a time); the original and the oracle as in a run (cached in ``out``)."""
     method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
     check_methods(cfg, [method])
-    if not out:
-        return _sweep(cfg, method, names, cells, grid, chunk, None, verbose)
-    report.prepare_out_dir(out)
-    with report.lock_out_dir(out):
-        return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
+    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
 
 
 def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
@@ -592,3 +556,17 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
     )
     return sweep_mod.finish(res, names, grid, out, verbose, "gap", "gap to the oracle")
+
+
+STUDY = Study(
+    "unlearn-class",
+    kinds=("unlearn",),
+    defaults=DEFAULTS,
+    validate=validate,
+    body=body,
+    sweep_body=sweep_cells,
+    methods=METHODS_HERE,
+    mesh_batches=MESH_BATCHES,
+    no_resume="a rerun into the same --out reuses its cached models and rows; --fresh ignores them",
+)
+run, sweep = STUDY.run, STUDY.sweep

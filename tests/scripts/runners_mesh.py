@@ -87,9 +87,9 @@ uc = config.resolve(
         "eval.eval_cap=200",
         "data.n_per_class=50",
     ],
-    defaults=unlearn_class.DEFAULTS,
+    study=unlearn_class.STUDY,
 )
-lc = config.resolve(config.load("lm-cpt", tiny=True), ["rows=er+rewarm", "seeds=2"], defaults=lm.DEFAULTS)
+lc = config.resolve(config.load("lm-cpt", tiny=True), ["rows=er+rewarm", "seeds=2"], study=lm.STUDY)
 lc["train"]["checkpoint"] = False
 out = {}
 for name, runner, cfg in (("unlearn_class", unlearn_class, uc), ("lm", lm, lc)):

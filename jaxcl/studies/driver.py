@@ -1,0 +1,274 @@
+"""The one study driver: a study is its defaults plus a body on this driver.
+
+A :class:`Study` is the runner contract as a type: its name, the method kinds (and methods) it
+runs, its config sections' defaults, the batch sizes a mesh's ``data`` axis splits, its
+validation, whether it checkpoints (and so supports ``--resume``), its body and, where it has one,
+its sweep. :meth:`Study.run` / :meth:`Study.sweep` (what ``jaxcl run`` / ``jaxcl sweep`` call)
+own everything studies share:
+
+* validation and the mesh check before anything is loaded or compiled; a verb the study does not
+  support (``sweep``, ``--resume``, ``--mesh``) refused with one line;
+* the output folder: checked, locked for the run or the sweep (a second process into the same
+  ``--out`` is refused), results written atomically (:mod:`jaxcl.results`);
+* checkpoints under ``<out>/checkpoints``: a rerun into a folder that holds an *interrupted* run's
+  checkpoints is refused, naming ``--resume`` and ``--fresh`` (never deleted silently); a finished
+  run's are replaced; ``Ctrl-C`` ends with one line saying how to continue;
+* the printed header, table and notes; plots drawn guarded (a plotting error never loses
+  results); TensorBoard event files of every row's figures (``--tensorboard``, every study).
+
+The body, ``body(cfg, run) -> Report``, holds only what is specific to the study: its data, its
+schedule of segments on :func:`jaxcl.loops.run_chunks` (a task of a stream, an unlearning phase, a
+GRPO stage, an injection schedule), its rows and its plots. Avalanche's ``BaseSGDTemplate`` and
+Mammoth's ``train()`` keep one interpreted loop with plugins; here the loop is compiled and the
+driver only runs what lies around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
+
+from .. import report, results
+from ..config import ConfigError
+
+DONE = ".checkpoints-complete"  # marker beside <out>/checkpoints once the run that wrote them finished
+
+
+class Interrupted(RuntimeError):
+    """A run stopped by Ctrl-C; the message says how to continue it."""
+
+
+@dataclasses.dataclass
+class Report:
+    """What a study's body returns: the results object (:func:`jaxcl.results.make`), what to
+    print around its table, plot functions ``fn(res, out_dir) -> [paths]`` and, optionally,
+    TensorBoard curves ``fn(logdir)`` (the driver writes every row's figures either way) and
+    ``memory``: host-side entries added to the results the Python caller gets (never written)."""
+
+    res: dict
+    header: str = ""
+    notes: tuple[str, ...] = ()
+    plots: tuple[Callable, ...] = ()
+    curves: Callable | None = None
+    memory: dict | None = None
+
+
+@dataclasses.dataclass
+class Run:
+    """One run's settings as the body sees them."""
+
+    cfg: dict
+    out: str | None = None
+    resume: bool = False
+    fresh: bool = False
+    verbose: bool = True
+    mesh: object = None
+    checkpoint: bool = False
+
+    @property
+    def ckpt_dir(self) -> str | None:
+        """``<out>/checkpoints`` when the study checkpoints and the config lets it, else None."""
+        return os.path.join(self.out, "checkpoints") if (self.out and self.checkpoint) else None
+
+    def say(self, *args) -> None:
+        if self.verbose:
+            print(*args, flush=True)
+
+    def progress(self, total: int, unit: str, desc: str | None = None):
+        """A progress bar (tqdm) over ``total`` units; silent when not verbose."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc or self.cfg["name"], unit=unit, disable=not self.verbose)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """The runner contract (see the module docstring)."""
+
+    name: str
+    kinds: tuple[str, ...]
+    defaults: dict
+    validate: Callable[[dict], None]
+    body: Callable[[dict, Run], Report]
+    sweep_body: Callable | None = None
+    no_sweep: str = "compare settings with jaxcl run ... --set"
+    no_resume: str = "its phases are short; run it again"
+    methods: tuple[str, ...] | None = None  # the methods it can run (None: every method of its kinds)
+    mesh_batches: tuple[str, ...] = ()
+    takes_mesh: bool = True
+    checkpoint_key: str | None = None  # the config key that switches checkpoints (and --resume) on
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        return (
+            ("run",) + (("sweep",) if self.sweep_body else ()) + (("resume",) if self.checkpoint_key else ())
+        )
+
+    def runnable(self) -> tuple[str, ...]:
+        """The registered methods this study can run (its config has a section for each)."""
+        from ..methods import METHODS
+
+        names = self.methods if self.methods is not None else tuple(METHODS)
+        return tuple(n for n in names if n in METHODS and any(METHODS[n].applies_to(k) for k in self.kinds))
+
+    def refuse(self, verb: str) -> None:
+        """A :class:`ConfigError` (exit 2, one line) when ``verb`` is not one the study supports."""
+        if verb == "sweep" and not self.sweep_body:
+            raise ConfigError(f"the {self.name} study has no sweep: {self.no_sweep}")
+        if verb == "resume" and not self.checkpoint_key:
+            raise ConfigError(f"--resume: the {self.name} study writes no checkpoints ({self.no_resume})")
+        if verb == "mesh" and not self.takes_mesh:
+            raise ConfigError(f"--mesh: the {self.name} study does not take a mesh")
+
+    def checks(self, cfg: dict, mesh=None) -> None:
+        """The study's validation and the mesh check, before anything is loaded or compiled."""
+        from . import meshing
+
+        self.validate(cfg)
+        if mesh is not None:
+            self.refuse("mesh")
+            meshing.check(mesh, cfg, paths=self.mesh_batches)
+
+    def run(
+        self,
+        cfg: dict,
+        out: str | None = None,
+        *,
+        resume: bool = False,
+        fresh: bool = False,
+        tensorboard: bool = False,
+        verbose: bool = True,
+        mesh=None,
+    ) -> dict:
+        """Run the study; with ``out``, results.json, the plots and (``tensorboard``) event files
+        there, checkpoints under ``out/checkpoints`` where the study has them; ``resume``
+        continues an interrupted run from them; ``fresh`` starts over (discarding checkpoints
+        and cached models)."""
+        if resume:
+            self.refuse("resume")
+        self.checks(cfg, mesh)
+        ckpt = bool(self.checkpoint_key) and _get(cfg, self.checkpoint_key)
+        run = Run(cfg, out or None, resume, fresh, verbose, mesh, ckpt)
+        if not run.out:
+            return _finish(self._body(cfg, run), run, tensorboard)
+        with _locked(run.out):
+            _claim_checkpoints(run, self)
+            res = _finish(self._body(cfg, run), run, tensorboard)
+            if os.path.isdir(os.path.join(run.out, "checkpoints")):
+                open(os.path.join(run.out, DONE), "w").close()
+            return res
+
+    def sweep(
+        self, cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
+    ) -> dict:
+        """Every cell of ``grid`` x every seed as one program (the study's sweep body); the
+        output folder locked as a run's is."""
+        self.refuse("sweep")
+        self.validate(cfg)
+        if not out:
+            return self.sweep_body(cfg, grid, chunk=chunk, out=None, verbose=verbose)
+        with _locked(out):
+            return self.sweep_body(cfg, grid, chunk=chunk, out=out, verbose=verbose)
+
+    def _body(self, cfg: dict, run: Run) -> Report:
+        try:
+            return self.body(cfg, run)
+        except KeyboardInterrupt:
+            if run.ckpt_dir and os.path.isdir(run.ckpt_dir):
+                raise Interrupted(
+                    f"interrupted; the checkpoints in {run.ckpt_dir} are kept: continue with "
+                    f"jaxcl run {cfg['name']}{' --tiny' if cfg.get('tiny') else ''} --resume {run.out}"
+                ) from None
+            why = "checkpoints are off in this run" if self.checkpoint_key else self.no_resume
+            raise Interrupted(f"interrupted; the {self.name} study kept no checkpoints ({why})") from None
+
+
+def _get(cfg: dict, path: str):
+    for k in path.split("."):
+        cfg = cfg[k]
+    return cfg
+
+
+class _locked:
+    """The output folder prepared (a bad ``--out`` fails before any compilation) and locked."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def __enter__(self):
+        report.prepare_out_dir(self.out)
+        self.lock = report.lock_out_dir(self.out)
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self.lock.__exit__(*exc)
+
+
+def _claim_checkpoints(run: Run, study: Study) -> None:
+    """Checkpoints already in the folder: a finished run's are replaced; an interrupted run's are
+    resumed (``--resume``), discarded (``--fresh``) or the run is refused naming both."""
+    d, marker = os.path.join(run.out, "checkpoints"), os.path.join(run.out, DONE)
+    done = os.path.exists(marker)
+    if done:
+        os.unlink(marker)  # the folder's checkpoints belong to this run from now on
+    if not os.path.isdir(d) or run.resume:
+        return
+    if done or run.fresh or not os.listdir(d):
+        shutil.rmtree(d)
+        return
+    cfg = run.cfg
+    again = f"jaxcl run {cfg['name']}{' --tiny' if cfg.get('tiny') else ''}"
+    raise report.OutputDirError(
+        f"{run.out} holds the checkpoints of an interrupted {study.name} run; continue it with "
+        f"{again} --resume {run.out}, or start over with {again} --out {run.out} --fresh"
+    )
+
+
+def _finish(rep: Report, run: Run, tensorboard: bool) -> dict:
+    """Print the header, table and notes; with an output folder, draw the plots (guarded), write
+    TensorBoard files and results.json."""
+    res = rep.res
+    if rep.header:
+        run.say(rep.header)
+    run.say(res["table"])
+    for note in rep.notes:
+        run.say(note)
+    if run.out:
+        files = []
+        for plot in rep.plots:
+            try:
+                got = plot(res, run.out)
+                files.extend([got] if isinstance(got, str) else got)
+            except Exception as err:  # a plotting problem must not lose the results
+                run.say(f"warning: a plot could not be drawn ({type(err).__name__}: {err}); results are kept")
+        if tensorboard:
+            logdir = os.path.join(run.out, "tensorboard")
+            write_tensorboard(res, logdir)
+            if rep.curves is not None:
+                rep.curves(logdir)
+            res["extra"]["tensorboard"] = logdir
+        results.write(run.out, res, files)
+        run.say(f"\nwrote {run.out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
+    res.update(rep.memory or {})
+    return res
+
+
+def write_tensorboard(res: dict, logdir: str) -> str:
+    """Every row's figures as TensorBoard scalars (run ``<row>/final``, each seed at its index),
+    so ``--tensorboard`` shows every study's results; studies with curves over training add them
+    (run ``<row>``)."""
+    from tensorboardX import SummaryWriter
+
+    for name, row in res["rows"].items():
+        with SummaryWriter(os.path.join(logdir, _safe(name), "final")) as w:
+            for key, values in row.get("per_seed", {}).items():
+                for i, v in enumerate(values if isinstance(values, list | tuple) else [values]):
+                    if isinstance(v, int | float):
+                        w.add_scalar(f"final/{key}", float(v), i)
+    return logdir
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(name))
