@@ -106,13 +106,13 @@ class Jaxcl:
         from jaxcl.engine import init_state
         from jaxcl.loops import as_hparams, build_method, run_chunks
         from jaxcl.methods import get_method
-        from jaxcl.studies.rft import language_model
+        from jaxcl.models.lm import language_model
 
         self.jax = jax
         spec = get_method("grpo")
         hp = as_hparams(spec, {"lr": a.lr, "beta": a.beta})
         _, opts = spec.split({"group_size": a.group, "max_new_tokens": a.new, "mu": a.mu})
-        model = language_model(cfg, "bench")
+        model = language_model(cfg, "bench", padded=True)
         method = build_method(spec, model, hp, opts)
         # reward: the fraction of digit bytes (dense; computed in JAX)
         env = grpo.Env(lambda c, m, r: ((c >= 48) & (c < 58) & m).mean(-1).astype(jnp.float32), 258, 256)

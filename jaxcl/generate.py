@@ -66,7 +66,9 @@ def pad_left(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1):
 @functools.partial(
     jax.jit, static_argnames=("cfg", "max_new_tokens", "cache_len", "sampling", "eos_id", "pad_id")
 )
-def _generate(params, tokens_BxP, mask_BxP, key, *, cfg, max_new_tokens, cache_len, sampling, eos_id, pad_id):
+def generate_ids(
+    params, tokens_BxP, mask_BxP, key, *, cfg, max_new_tokens, cache_len, sampling, eos_id, pad_id
+):
     B, P = tokens_BxP.shape
     positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0).astype(jnp.int32)
     cache = llama_lib.init_cache(cfg, B, cache_len)
@@ -138,7 +140,7 @@ def generate(
     if cache_len > cfg.max_seq_len:
         raise ValueError(f"cache of {cache_len} slots exceeds the model's max_seq_len {cfg.max_seq_len}")
     key = jax.random.key(0) if key is None else key
-    return _generate(
+    return generate_ids(
         params,
         jnp.asarray(tokens),
         jnp.asarray(mask),

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from .engine import LossFn, make_step
-from .generate import Sampling, _generate
+from .generate import Sampling, generate_ids
 from .models import llama
 
 SCALES = ("std", "none")
@@ -267,6 +267,13 @@ def make_rollout(
             f"group_size={G}: GRPO's group-relative advantages need at least 2 completions per "
             "prompt; set group_size >= 2"
         )
+    if not temperature > 0:
+        raise ValueError(
+            f"temperature={temperature!r}: at temperature <= 0 sampling is greedy, every completion of "
+            "a prompt is the same, so every advantage is 0 and nothing is learned; set temperature > 0"
+        )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (nucleus sampling mass; 1 is off)")
     sampling = Sampling(float(temperature), 0, float(top_p))
 
     def rollout(params, prompts, key, env: Env):
@@ -280,7 +287,7 @@ def make_rollout(
         rep = lambda a: jnp.repeat(a, G, axis=0)
         tok = rep(prompts["prompt"])
         valid = rep(prompts["prompt_valid"])
-        comp = _generate(
+        comp = generate_ids(
             jax.lax.stop_gradient(params),
             tok,
             valid,

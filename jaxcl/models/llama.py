@@ -162,14 +162,14 @@ def load_params(model: Llama, params: Params) -> Llama:
     return model
 
 
-def _pure(params) -> Params:
+def pure_dict(params) -> Params:
     if isinstance(params, nnx.State):
         return nnx.to_pure_dict(params)
     return params
 
 
 def param_count(params) -> int:
-    return sum(x.size for x in jax.tree.leaves(_pure(params)))
+    return sum(x.size for x in jax.tree.leaves(pure_dict(params)))
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -258,7 +258,7 @@ def forward(
     With a cache, the T new tokens go to slots [index, index+T); `token_mask_BxT` marks real
     tokens (False for left padding) and `positions_BxT` are their RoPE positions.
     """
-    params = _pure(params)
+    params = pure_dict(params)
     dt = jnp.dtype(cfg.compute_dtype)
     B, T = tokens_BxT.shape
     if positions_BxT is None:
@@ -306,7 +306,7 @@ def forward(
 
 def head(cfg: LlamaConfig, params, h_BxTxD):
     """Output projection of final-norm hidden states: float32 logits (tied or untied)."""
-    params = _pure(params)
+    params = pure_dict(params)
     w_DxV = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
     return jnp.einsum(
         "...d,dv->...v", h_BxTxD, w_DxV.astype(h_BxTxD.dtype), preferred_element_type=jnp.float32
@@ -339,7 +339,7 @@ def target_logprobs(cfg: LlamaConfig, params, h_BxTxD, targets_BxT):
     llm_step). The matmuls take 2-D (tokens, D) activations (no transposed copies for the
     gradient's dots). Both autodiff modes work.
     """
-    params = _pure(params)
+    params = pure_dict(params)
     vd = cfg.tie_embeddings  # tied: the (V, D) embedding; untied: a (D, V) head
     w = params["embed"] if vd else params["lm_head"]
     lead, D = h_BxTxD.shape[:-1], h_BxTxD.shape[-1]

@@ -30,7 +30,7 @@ from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
 from ..methods import get_method
 from ..models import MODELS, from_config, model_config
-from .driver import Report, Run, Study
+from .driver import Report, Run, Segment, Study, run_segments
 
 DEFAULTS = {
     "data": {
@@ -251,8 +251,9 @@ def run_method(
         elapsed = 0.0
     else:
         out, state, elapsed = _segmented(
-            cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, progress
+            cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, progress, t0
         )
+        t0 = time.perf_counter()  # elapsed holds the whole run (and a resumed run's earlier part)
         state_params, nonfinite = state.params, state.nonfinite_step
     trace = out["trace"]
     return {
@@ -270,13 +271,13 @@ def run_method(
     }
 
 
-def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, progress):
-    """The stream cut where checkpoints are written (task ends, every ``checkpoint_every``)."""
-    from ..checkpoint import Checkpointer
-
+def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, progress, t0):
+    """The stream as a schedule of segments cut where checkpoints are written: every
+    ``checkpoint_every`` steps of a task, the task's last call with its end (consolidation and
+    the accuracy row)."""
     T, E, S = stream.n_tasks, exp.chunks_per_task, cfg["seeds"]
     every = cfg["loop"]["checkpoint_every"]
-    segments = _segments(E, every // cfg["loop"]["eval_every"] if every else None)
+    sizes = _segments(E, every // cfg["loop"]["eval_every"] if every else None)
     init = jax.jit(seeds(exp.init, (0, None, None)))
     acc0 = jax.jit(seeds(exp.initial_accuracy, (0, None, None)))
     chunk_fns = {
@@ -284,70 +285,55 @@ def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, prog
             seeds(lambda s, st, h, t, n=n: exp.train_chunks(s, st, h, t, n), (0, None, None, None)),
             donate_argnums=0,
         )
-        for n in set(segments)
+        for n in set(sizes)
     }
     end_task = jax.jit(seeds(exp.end_task, (0, None, None, None)), donate_argnums=0)
-    t0 = time.perf_counter()
     state = init(keys, stream, hp)
-    out = {"R0": acc0(state, stream, hp), "R": np.zeros((S, T, T), np.float32), "trace": None}
-    pos_task, pos_chunk, elapsed = 0, 0, 0.0
-    conf = report.to_jsonable({k: v for k, v in cfg.items() if k not in ("methods", "tiny")})
-    conf["method"] = method
-    ckpt = Checkpointer(os.path.join(ckpt_dir, method), conf)
-    shapes = jax.eval_shape(chunk_fns[segments[0]], state, stream, hp, jnp.int32(0))[1]
-    out["trace"] = {k: np.zeros((S, T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
-    if resume:
-        restored = ckpt.restore_latest({"state": state, **out})
-        if restored is not None:
-            payload, meta = restored
-            state = payload["state"]
-            out = {
-                "R0": payload["R0"],
-                "R": np.array(payload["R"]),
-                "trace": jax.tree.map(np.array, payload["trace"]),
-            }
-            pos_task, pos_chunk, elapsed = meta["task"], meta["chunk"], meta.get("seconds", 0.0)
-            if progress is not None:
-                progress.update(pos_task)
+    shapes = jax.eval_shape(chunk_fns[sizes[0]], state, stream, hp, jnp.int32(0))[1]
+    out = {
+        "R0": np.asarray(acc0(state, stream, hp)),
+        "R": np.zeros((S, T, T), np.float32),
+        "trace": {k: np.zeros((S, T, E) + v.shape[2:], np.float32) for k, v in shapes.items()},
+    }
 
-    def save(task, chunk):
-        meta = {"task": task, "chunk": chunk, "seconds": elapsed + time.perf_counter() - t0}
-        ckpt.save(task * (E + 1) + chunk, {"state": state, **out}, meta)
-
-    for t in range(pos_task, T):
-        done = pos_chunk if t == pos_task else 0
-        start = 0
-        for n in segments:
-            if start + n <= done:
-                start += n
-                continue
-            state, tr = chunk_fns[n](state, stream, hp, jnp.asarray(t, jnp.int32))
-            _finite(state.nonfinite_step, cfg, f"(method {method}, task {t})")
+    def segment(t, start, n, last):
+        def fn(state, out):
+            tt = jnp.asarray(t, jnp.int32)
+            state, tr = chunk_fns[n](state, stream, hp, tt)
             for k, v in tr.items():
                 out["trace"][k][:, t, start : start + n] = np.asarray(v)
-            start += n
-            if start < E:
-                save(t, start)
-        state, r_row = end_task(state, stream, hp, jnp.asarray(t, jnp.int32))
-        out["R"][:, t] = np.asarray(r_row)
-        save(t + 1, 0)
-        if progress is not None:
-            progress.update(1)
-    return out, state, elapsed
+            if last:
+                _finite(state.nonfinite_step, cfg, f"(method {method}, task {t})")
+                state, r_row = end_task(state, stream, hp, tt)
+                out["R"][:, t] = np.asarray(r_row)
+            return state, out
 
+        return Segment(fn, int(last), f"(method {method}, task {t})")
 
-COLUMNS = [
-    ("acc", "ACC", "pct"),
-    ("bwt", "BWT", "pct"),
-    ("fwt", "FWT", "pct"),
-    ("forgetting", "Forgetting", "pct"),
-    ("min_acc", "min-ACC", "pct"),
-    ("wc_acc", "WC-ACC", "pct"),
-]
+    schedule = []
+    for t in range(T):
+        starts = np.cumsum([0, *sizes[:-1]])
+        schedule += [
+            segment(t, int(a), n, i == len(sizes) - 1) for i, (a, n) in enumerate(zip(starts, sizes))
+        ]
+    conf = report.to_jsonable({k: v for k, v in cfg.items() if k not in ("methods", "tiny")})
+    conf["method"] = method
+    state, out, seconds = run_segments(
+        schedule,
+        state,
+        out,
+        ckpt_dir=os.path.join(ckpt_dir, method),
+        conf=conf,
+        resume=resume,
+        progress=progress,
+        stop_nonfinite=not cfg["loop"]["skip_nonfinite"],
+        t0=t0,
+    )
+    return out, state, seconds
 
 
 def _columns(cfg):
-    return COLUMNS + [
+    return M.COLUMNS + [
         (f"wf{cfg['wf_window']}", f"WF{cfg['wf_window']}", "pct"),
         ("time_s", "time (s)", "seconds"),
     ]

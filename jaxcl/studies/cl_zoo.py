@@ -20,10 +20,10 @@ import os
 
 import numpy as np
 
-from .. import results
+from .. import metrics, results
 from ..config import ConfigError
 from ..methods import METHODS
-from . import cl
+from . import get_study
 from .driver import Report, Run, Study
 
 BENCHMARKS = {
@@ -41,14 +41,15 @@ def all_cl_methods() -> tuple:
     return tuple(sorted(n for n, s in METHODS.items() if s.applies_to("cl")))
 
 
+CL = get_study("cl")  # every benchmark is one run of the cl study
 DEFAULTS = {
-    **copy.deepcopy(cl.STUDY.defaults),
+    **copy.deepcopy(CL.defaults),
     "methods": all_cl_methods(),
     "benchmarks": tuple(BENCHMARKS),
     "buffer": 500,
 }
 
-RANK_COLUMNS = cl.COLUMNS + [("rank", "rank (ACC)", "seconds"), ("time_s", "time (s)", "seconds")]
+RANK_COLUMNS = metrics.COLUMNS + [("rank", "rank (ACC)", "seconds"), ("time_s", "time (s)", "seconds")]
 
 
 def validate(cfg: dict) -> None:
@@ -66,7 +67,7 @@ def validate(cfg: dict) -> None:
                 "at least one example per class; raise buffer or drop the method"
             )
     for b in cfg["benchmarks"]:
-        cl.validate(sub_config(cfg, b))
+        CL.validate(sub_config(cfg, b))
 
 
 def sub_config(cfg: dict, bench: str) -> dict:
@@ -91,7 +92,7 @@ def body(cfg: dict, run: Run) -> Report:
     """Every benchmark as one run of the ``cl`` study (its folder under ``out``), ranked."""
     rows, per_bench, timing = {}, {}, {}
     for b in cfg["benchmarks"]:
-        res = cl.STUDY.run(
+        res = CL.run(
             sub_config(cfg, b),
             os.path.join(run.out, b) if run.out else None,
             resume=run.resume,
@@ -157,7 +158,7 @@ def plot_zoo(per_bench: dict, order: list, path: str, cfg: dict) -> str:
 def sweep_cells(cfg, grid, *, chunk, out, verbose):
     """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` study's sweep)."""
     b = cfg["benchmarks"][0]
-    return cl.STUDY.sweep(
+    return CL.sweep(
         sub_config(cfg, b), grid, chunk=chunk, out=os.path.join(out, b) if out else None, verbose=verbose
     )
 

@@ -28,10 +28,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from .. import report, results
 from ..config import ConfigError
+from ..engine import check_finite
 
 DONE = ".checkpoints-complete"  # marker beside <out>/checkpoints once the run that wrote them finished
 
@@ -183,6 +189,113 @@ class Study:
                 ) from None
             why = "checkpoints are off in this run" if self.checkpoint_key else self.no_resume
             raise Interrupted(f"interrupted; the {self.name} study kept no checkpoints ({why})") from None
+
+
+# -- the schedule: segments with a checkpoint after each ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One piece of a study's schedule: ``state, outputs = fn(state, outputs)`` (one compiled call:
+    a task of a stream, ``checkpoint_every`` steps of it, a task end's consolidation, a domain, a
+    GRPO stage; ``outputs`` are host arrays the call writes its traces into), ``units`` of the
+    progress bar, and ``where`` it is, for the non-finite error."""
+
+    fn: Callable
+    units: int = 0
+    where: str = ""
+
+
+def run_segments(
+    segments: list[Segment],
+    state,
+    outputs: dict,
+    *,
+    ckpt_dir: str | None = None,
+    conf: dict | None = None,
+    resume: bool = False,
+    progress=None,
+    stop_nonfinite: bool = True,
+    t0: float | None = None,
+):
+    """Run a schedule: every segment in order, the run stopped with the step range when a step was
+    non-finite (``stop_nonfinite``), and a checkpoint of ``{state, outputs}`` after each segment
+    when ``ckpt_dir`` (``conf``: what the run depends on, checked on restore). With ``resume`` the
+    newest good checkpoint is restored and the segments it covers are skipped: batches depend only
+    on the run key and the step counter, so the result equals an uninterrupted run's (tested for
+    every study that checkpoints). Returns ``(state, outputs, seconds)``, seconds counted from
+    ``t0`` plus the restored run's."""
+    from ..checkpoint import Checkpointer
+
+    t0 = time.perf_counter() if t0 is None else t0
+    start, elapsed, ckpt = 0, 0.0, None
+    if ckpt_dir and segments:
+        ckpt = Checkpointer(ckpt_dir, conf or {})
+        got = ckpt.restore_latest({"state": state, "outputs": outputs}) if resume else None
+        if got is not None:
+            payload, meta = got
+            state, outputs = uncommitted(payload["state"]), jax.tree.map(np.array, payload["outputs"])
+            start, elapsed = meta["segment"], meta.get("seconds", 0.0)
+            if progress is not None:
+                progress.update(sum(s.units for s in segments[:start]))
+    for pos in range(start, len(segments)):
+        seg = segments[pos]
+        state, outputs = seg.fn(state, outputs)
+        if stop_nonfinite:
+            check_finite(state.nonfinite_step, where=seg.where)
+        if ckpt is not None:
+            seconds = elapsed + time.perf_counter() - t0
+            ckpt.save(pos + 1, {"state": state, "outputs": outputs}, {"segment": pos + 1, "seconds": seconds})
+        if progress is not None and seg.units:
+            progress.update(seg.units)
+    return state, outputs, elapsed + time.perf_counter() - t0
+
+
+def uncommitted(tree):
+    """Restored arrays as fresh (uncommitted) device arrays, like the initial state: the
+    compiled call is then reused, not compiled again for committed arguments."""
+
+    def one(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jnp.asarray(np.asarray(jax.random.key_data(x))))
+        return jnp.asarray(np.asarray(x))
+
+    return jax.tree.map(one, tree)
+
+
+def check_schedule(t: dict) -> None:
+    """A ``train`` section's schedule of calls: ``steps`` a multiple of ``eval_every``;
+    ``checkpoint_every`` 0 (one call) or a multiple of ``eval_every`` dividing ``steps``. A
+    ConfigError naming the keys otherwise."""
+    if t["steps"] % t["eval_every"]:
+        raise ConfigError(
+            f"train.steps={t['steps']} must be a multiple of train.eval_every={t['eval_every']}"
+        )
+    ce = t["checkpoint_every"]
+    if ce < 0 or (ce and (ce % t["eval_every"] or t["steps"] % ce)):
+        raise ConfigError(
+            f"train.checkpoint_every={ce} must be 0 or a multiple of train.eval_every={t['eval_every']} "
+            f"that divides train.steps={t['steps']}"
+        )
+
+
+def calls(call, n_calls: int, chunks_per_call: int, steps_per_chunk: int, offset: int = 0) -> list[Segment]:
+    """The segments of ``n_calls`` calls of ``state, tr = call(state)``, each covering
+    ``chunks_per_call`` evaluation chunks of ``steps_per_chunk`` steps; call ``i`` writes every
+    ``tr[k]`` (``(S, chunks_per_call, ...)``) into columns ``offset + i * chunks_per_call ...``
+    of the outputs ``[k]`` (the lm-memory and sort schedules)."""
+    C, steps = chunks_per_call, chunks_per_call * steps_per_chunk
+
+    def one(i):
+        def fn(state, out):
+            state, tr = call(state)
+            for k in out:
+                out[k][:, offset + i * C : offset + (i + 1) * C] = np.asarray(tr[k])
+            return state, out
+
+        return fn
+
+    return [Segment(one(i), steps, f"(steps {i * steps} to {(i + 1) * steps})") for i in range(n_calls)]
 
 
 def _get(cfg: dict, path: str):

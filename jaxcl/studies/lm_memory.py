@@ -47,16 +47,13 @@ import numpy as np
 
 from .. import probes, report, results
 from ..config import ConfigError, check_positive, method_settings
-from ..data import text
-from ..engine import init_state, make_step
-from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..data import text, vocab
+from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
-from ..models import llama
+from ..models import lm
 from ..parallel import jit_seeds, shard_batch
 from . import driver
-from .calls import check_schedule, run_calls
 from .driver import Report, Run
-from .tofu import lm_model
 
 MODELS = ("scratch", "smollm2-135m")
 FACT_PROBES = ("memorization", "paraphrase", "composition")
@@ -132,17 +129,12 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"model.tokenizer={m['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
         )
-    if tuple(cfg["methods"]) != ("finetune",):
-        raise ConfigError(
-            f"methods={','.join(cfg['methods'])}: the lm-memory study trains with finetune only "
-            "(its learning rate is finetune.lr)"
-        )
     if not d["domains"]:
         raise ConfigError("data.domains is empty: give at least one text domain")
     valid = set(text.domain_names())
     for name in d["domains"]:
         if name not in valid:
-            raise ConfigError(text._unknown(name))
+            raise ConfigError(text.unknown_source(name))
     check_positive(
         cfg,
         ["data.seq_len", "data.duplication", "data.n_eval", "train.steps", "train.batch_size"]
@@ -150,7 +142,7 @@ def validate(cfg: dict) -> None:
     )
     if d["max_train"] < 0:
         raise ConfigError(f"data.max_train={d['max_train']} must be >= 0 (0: every window)")
-    check_schedule(t)
+    driver.check_schedule(t)
     if inj["per_step"] > t["batch_size"]:
         raise ConfigError(
             f"inject.per_step={inj['per_step']} is larger than train.batch_size={t['batch_size']}"
@@ -182,7 +174,7 @@ def validate(cfg: dict) -> None:
             )
         if fs["source"] != "random":
             if fs["source"] not in valid:
-                raise ConfigError(f"fewshot.source: {text._unknown(fs['source'])} (or random)")
+                raise ConfigError(f"fewshot.source: {text.unknown_source(fs['source'])} (or random)")
             if fs["source"] in d["domains"]:
                 raise ConfigError(
                     f"fewshot.source={fs['source']!r} is a training domain: its novel sequences would be "
@@ -229,11 +221,6 @@ class Condition:
     group: int = -1  # few-shot: index of its recognition AUC
 
 
-def _pad_id(tok) -> int:
-    pad = getattr(tok, "pad_id", None)
-    return int(pad) if isinstance(pad, int) else text.end_id(tok)
-
-
 def _memory_texts(cfg, tok, n: int) -> list[list[int]]:
     """``n`` token sequences of ``fewshot.length`` tokens (random syllables or a domain's text)."""
     fs = cfg["fewshot"]
@@ -257,7 +244,7 @@ def _memory_texts(cfg, tok, n: int) -> list[list[int]]:
 def build_items(cfg: dict, tok, *, check_schedule: bool = True) -> tuple[dict, list[Condition], np.ndarray]:
     """The injected bank ``{'tokens', 'mask'}`` (R, seq_len), the probe sets, the conditions and
     the schedule table (steps, J) of bank rows (-1: none)."""
-    T, seed, pad = cfg["data"]["seq_len"], cfg["seed"], _pad_id(tok)
+    T, seed, pad = cfg["data"]["seq_len"], cfg["seed"], vocab.pad_id(tok)
     f, fs, nm = cfg["facts"], cfg["fewshot"], cfg["numeric"]
     bank_items, conds, probe_sets = [], [], {}
 
@@ -402,80 +389,30 @@ def schedule(cfg: dict, conds: list[Condition]) -> np.ndarray:
 # -- the model and the programs --------------------------------------------------------------------
 
 
-class _Recorder:
-    """A tokenizer that remembers every id it produced (the first pass of :class:`CompactTokenizer`)."""
-
-    def __init__(self, base):
-        self.base, self.ids = base, set()
-        self.eos_id, self.pad_id = text.end_id(base), _pad_id(base)
-
-    def encode(self, s: str) -> list[int]:
-        ids = self.base.encode(s)
-        self.ids.update(ids)
-        return ids
-
-    def decode(self, ids):
-        return self.base.decode(ids)
-
-
-class CompactTokenizer:
-    """A tokenizer restricted to the ids a run uses, renumbered densely: a scratch model's
-    embedding and output layer then hold only those (SmolLM2's 49152 ids -> a few thousand)."""
-
-    def __init__(self, base, ids):
-        self.base = base
-        eos, pad = text.end_id(base), _pad_id(base)
-        keep = sorted(set(int(i) for i in ids) | {eos, pad})
-        self.dense = {i: j for j, i in enumerate(keep)}
-        self.sparse = np.asarray(keep, np.int64)
-        self.vocab_size = len(keep)
-        self.eos_id, self.pad_id = self.dense[eos], self.dense[pad]
-
-    def encode(self, s: str) -> list[int]:
-        try:
-            return [self.dense[i] for i in self.base.encode(s)]
-        except KeyError:
-            raise ValueError(f"{s[:60]!r} has a token outside the run's compact vocabulary") from None
-
-    def decode(self, ids):
-        return self.base.decode([int(self.sparse[i]) for i in ids])
-
-
 def tokenizer_for(cfg: dict):
     """``model.tokenizer`` of a scratch model: ``byte``, or ``smollm2`` restricted to the ids of
-    the run's domains and items (:class:`CompactTokenizer`)."""
+    the run's domains and items (:class:`jaxcl.data.vocab.CompactTokenizer`)."""
     from .. import hf
 
     if cfg["model"]["tokenizer"] == "byte":
         return hf.ByteTokenizer()
-    rec = _Recorder(text.tokenizer("smollm2"))
-    build_items(cfg, rec, check_schedule=False)
-    for name in cfg["data"]["domains"]:
-        text.encode_docs(rec, text.documents(name))
-    return CompactTokenizer(rec.base, rec.ids)
+
+    def record(rec):
+        build_items(cfg, rec, check_schedule=False)
+        for name in cfg["data"]["domains"]:
+            text.encode_docs(rec, text.documents(name))
+
+    return vocab.compact(text.tokenizer("smollm2"), record)
 
 
 def load_model(cfg: dict):
     """``(model, tokenizer, pretrained params or None)``: a scratch Llama (``model.tokenizer``),
-    or SmolLM2-135M with its tokenizer (tofu.load_model's loader)."""
-    from .. import hf
-
+    or SmolLM2-135M with its tokenizer (:func:`jaxcl.models.lm.load`)."""
     m = cfg["model"]
-    if m["name"] == "smollm2-135m":
-        lc, params, tok = hf.load_gguf(compute_dtype=m["compute_dtype"])
-        return lm_model(lc, m["name"]), tok, params
-    tok = tokenizer_for(cfg)
-    lc = llama.LlamaConfig(
-        vocab_size=tok.vocab_size,
-        d_model=m["d_model"],
-        n_layers=m["n_layers"],
-        n_heads=m["n_heads"],
-        n_kv_heads=m["n_kv_heads"],
-        d_ff=m["d_ff"],
-        max_seq_len=max(cfg["data"]["seq_len"], cfg["fewshot"]["length"]) + 8,
-        compute_dtype=m["compute_dtype"],
-    )
-    return lm_model(lc, "scratch"), tok, None
+    tok = None if m["name"] == "smollm2-135m" else tokenizer_for(cfg)
+    max_len = max(cfg["data"]["seq_len"], cfg["fewshot"]["length"]) + 8
+    model, params, tok = lm.load(m, max_seq_len=max_len, tokenizer=tok)
+    return model, tok, params
 
 
 class Study:
@@ -531,7 +468,7 @@ class Study:
     def step_fn(self, method, data):
         """The registry's step on the drawn batch with the injected rows of the state's step in
         its first rows (``table[state.step]``)."""
-        step = make_step(method.loss_fn, method.tx)
+        step = method_step(method, name="finetune")
         bank, table = data["bank"], data["table"]
         J = table.shape[1]
 
@@ -551,7 +488,7 @@ class Study:
         method = self.method(hp)
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params0 is None else params0
-        return init_state(params, method.tx, k_run)
+        return method_state(method, params, k_run)
 
     def programs(self, C: int):
         """``(init, call)`` jitted over seeds (kept, so a resumed run compiles nothing new)."""
@@ -625,18 +562,9 @@ def train(study: Study, keys, hp=None, *, ckpt_dir=None, resume=False, progress=
     # what the run depends on (not every registered method's section: adding a method to the
     # registry must not invalidate a checkpoint)
     conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-    state, traces, seconds = run_calls(
-        lambda s: call(s, hp, study.data),
-        state,
-        traces,
-        n_calls=n_chunks // C,
-        chunks_per_call=C,
-        steps_per_chunk=E,
-        ckpt_dir=ckpt_dir,
-        conf=conf,
-        resume=resume,
-        progress=progress,
-        t0=t0,
+    segments = driver.calls(lambda s: call(s, hp, study.data), n_chunks // C, C, E)
+    state, traces, seconds = driver.run_segments(
+        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
     )
     return {"traces": split_spans(traces, study.span_offsets), "seconds": seconds}
 

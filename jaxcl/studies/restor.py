@@ -35,14 +35,13 @@ import numpy as np
 
 from .. import probes, report, results
 from ..config import ConfigError, check_positive
-from ..data import text
+from ..data import text, vocab
 from ..engine import check_finite
 from ..loops import seeds_keys
-from ..models import llama
+from ..models import lm
 from ..parallel import jit_seeds, place_seeds, seeds_map
-from . import lm_memory
+from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
 from .driver import Report, Run, Study
-from .tofu import TofuProblem, lm_model, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "gu-ga", "gu-graddiff", "gu-npo")
 CLEAN, CORRUPT, UNLEARN = 1, 2, 3  # key roles
@@ -89,17 +88,12 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     d = cfg["data"]
-    for m in cfg["methods"]:
-        if m not in METHODS:
-            raise ConfigError(
-                f"methods: {m!r} is not valid for the restor study; valid: {', '.join(METHODS)}"
-            )
     if not d["domains"]:
         raise ConfigError("data.domains is empty: give at least one text domain")
     valid = set(text.domain_names())
     for name in d["domains"]:
         if name not in valid:
-            raise ConfigError(text._unknown(name))
+            raise ConfigError(text.unknown_source(name))
     if cfg["model"]["tokenizer"] not in text.TOKENIZERS:
         raise ConfigError(
             f"model.tokenizer={cfg['model']['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
@@ -112,9 +106,7 @@ def validate(cfg: dict) -> None:
     )
     if d["n_facts"] < 2:
         raise ConfigError("data.n_facts must be >= 2")
-    from .tofu import check_methods
-
-    check_methods({**cfg, "data": {**d, "n_forget": d["n_facts"], "split": "forget01"}}, cfg["methods"])
+    check_ranks(cfg, cfg["methods"], d["n_facts"])
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -160,31 +152,23 @@ def tokenizer_for(cfg: dict):
 
     if cfg["model"]["tokenizer"] == "byte":
         return hf.ByteTokenizer()
-    rec = lm_memory._Recorder(text.tokenizer("smollm2"))
-    true, wrong = facts(cfg)
-    for e in true + wrong:
-        probes.encode_segments(rec, e.document())
-    for name in cfg["data"]["domains"]:
-        text.encode_docs(rec, text.documents(name))
-    return lm_memory.CompactTokenizer(rec.base, rec.ids)
+
+    def record(rec):
+        true, wrong = facts(cfg)
+        for e in true + wrong:
+            probes.encode_segments(rec, e.document())
+        for name in cfg["data"]["domains"]:
+            text.encode_docs(rec, text.documents(name))
+
+    return vocab.compact(text.tokenizer("smollm2"), record)
 
 
 def prepare(cfg: dict):
     tok = tokenizer_for(cfg)
     m, d = cfg["model"], cfg["data"]
     T = d["seq_len"]
-    lc = llama.LlamaConfig(
-        vocab_size=tok.vocab_size,
-        d_model=m["d_model"],
-        n_layers=m["n_layers"],
-        n_heads=m["n_heads"],
-        n_kv_heads=m["n_kv_heads"],
-        d_ff=m["d_ff"],
-        max_seq_len=T + 8,
-        compute_dtype=m["compute_dtype"],
-    )
-    model = lm_model(lc, "scratch")
-    pad = lm_memory._pad_id(tok)
+    model = lm.load({**m, "name": "scratch"}, max_seq_len=T + 8, tokenizer=tok)[0]
+    pad = vocab.pad_id(tok)
     true, wrong = facts(cfg)
     stream = text.build_stream(
         list(d["domains"]),
@@ -261,7 +245,7 @@ def body(cfg: dict, run: Run) -> Report:
     # 1. clean: the stream and the true documents
     rows = _mix(data["clean"], rk, data["windows"])
     phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
-    problem = TofuProblem(forget=empty, forget_alt=empty, retain=rows)
+    problem = LMProblem(forget=empty, forget_alt=empty, retain=rows)
     o, c_s, t_s = phase_run(phase, hp, init, CLEAN, problem)
     clean = o["params"]
     timing["clean"] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
@@ -281,7 +265,7 @@ def body(cfg: dict, run: Run) -> Report:
     say(f"corrupted: {phase.phase.steps} steps, pref {evaluated['corrupted']['pref'].mean():.3f}")
 
     # 3. unlearning the wrong documents (retain: stream windows)
-    problem = TofuProblem(forget=data["wrong"], forget_alt=data["clean"], retain=data["windows"])
+    problem = LMProblem(forget=data["wrong"], forget_alt=data["clean"], retain=data["windows"])
     for name in cfg["methods"]:
         phase, hp = unlearner(model, cfg, name, cfg["data"]["n_facts"], mesh)
         o, c_s, t_s = phase_run(phase, hp, corrupted, UNLEARN, problem)

@@ -39,15 +39,14 @@ import numpy as np
 from .. import grpo, plots, report, results, tasks
 from .. import metrics as M
 from ..config import ConfigError, check_positive, method_settings
-from ..engine import check_finite, init_state, make_step
-from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..engine import check_finite
+from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
 from ..methods import grpo as grpo_method
-from ..models import llama
+from ..models import lm
 from ..parallel import jit_seeds, shard_batch
 from . import driver
 from .driver import Report, Run
-from .tofu import LanguageModel
 
 ROWS = ("sft", "rft", "rft-nokl", "rif-rft", "mtl-sft")
 CORPORA = ("bible", "zen")
@@ -233,46 +232,16 @@ def build_data(cfg: dict, tok, chat: bool = False) -> dict:
 # -- the model ------------------------------------------------------------------------------------
 
 
-def language_model(lc: llama.LlamaConfig, name: str) -> LanguageModel:
-    """A Llama as the registry sees it, scoring left-padded sequences: ``nll(params, {'tokens',
-    'valid', 'loss_mask'})`` sums ``-log p`` over the ``loss_mask`` positions."""
-
-    def nll(params, sub):
-        logits = grpo.masked_forward(lc, params, sub["tokens"][:, :-1], sub["valid"][:, :-1])
-        lp = jax.nn.log_softmax(logits, -1)
-        lp = jnp.take_along_axis(lp, sub["tokens"][:, 1:, None], -1)[..., 0]
-        m = sub["loss_mask"][:, 1:].astype(jnp.float32)
-        return -(lp * m).sum(-1), m.sum(-1)
-
-    from flax import nnx
-
-    def init(key):
-        return llama.Llama(lc, rngs=nnx.Rngs(params=key)).params()
-
-    return LanguageModel(init, llama.make_apply(lc), nll, lc, name)
-
-
 def load_model(cfg: dict):
-    """``(model, tokenizer, params or None, chat)``."""
+    """``(model, tokenizer, params or None, chat)`` (:func:`jaxcl.models.lm.load`): a scratch Llama
+    over bytes, or SmolLM2-135M-Instruct with its chat template; the model scores left-padded
+    prompts and completions."""
     from .. import hf
 
-    m = cfg["model"]
-    if m["name"] == "smollm2-135m":
-        lc, params, tok = hf.load_gguf(compute_dtype=m["compute_dtype"])
-        return language_model(lc, m["name"]), tok, params, True
-    tok = hf.ByteTokenizer()
-    d = cfg["data"]
-    lc = llama.LlamaConfig(
-        vocab_size=tok.vocab_size,
-        d_model=m["d_model"],
-        n_layers=m["n_layers"],
-        n_heads=m["n_heads"],
-        n_kv_heads=m["n_kv_heads"],
-        d_ff=m["d_ff"],
-        max_seq_len=d["prompt_len"] + d["answer_len"],
-        compute_dtype=m["compute_dtype"],
-    )
-    return language_model(lc, "scratch"), tok, None, False
+    m, d = cfg["model"], cfg["data"]
+    tok = None if m["name"] == "smollm2-135m" else hf.ByteTokenizer()
+    model, params, tok = lm.load(m, max_seq_len=d["prompt_len"] + d["answer_len"], tokenizer=tok, padded=True)
+    return model, tok, params, m["name"] == "smollm2-135m"
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -281,13 +250,13 @@ def load_model(cfg: dict):
 def evaluator(model, env: grpo.Env, answer_len: int):
     """``evaluate(params, data) -> {'acc': (K,), 'corpus_nll'}``: greedy accuracy on the held-out prompts
     of every task and the held-out corpus NLL per token (in the compiled loop)."""
-    from ..generate import Sampling, _generate
+    from ..generate import Sampling, generate_ids
 
     lc = model.cfg
 
     def acc_of_task(params, ev):
         P = ev["prompt"].shape[1]
-        comp = _generate(
+        comp = generate_ids(
             params,
             ev["prompt"],
             ev["prompt_valid"],
@@ -361,8 +330,8 @@ class Study:
         method = build_method(spec, self.model, hp, opts)
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params is None else params
-        state = init_state(params, method.tx, k_run)
-        step = make_step(method.loss_fn, method.tx)
+        state = method_state(method, params, k_run)
+        step = method_step(method, name="finetune")
         K = data["sft"]["tokens"].shape[0]
         draw = lambda k: shard_batch(
             sft_draw(data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K), self.mesh
@@ -412,7 +381,7 @@ class Study:
                 max_new_tokens=opts["max_new_tokens"],
                 pad_id=self.env.pad_id,
             )
-        return init_state(params, method.tx, key, method.data, example)
+        return method_state(method, params, key, example)
 
     @property
     def chunks_per_call(self) -> int:
@@ -437,7 +406,7 @@ class Study:
             n = grpo_method.prompt_rows(opts, p["batch_size"])
             draw = lambda k: rl_draw(data, t, k, n)
         else:
-            step = make_step(method.loss_fn, method.tx)
+            step = method_step(method, name=row)
             draw = lambda k: shard_batch(sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
         evaluate = lambda params: self.evaluate(params, data)
         return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"])
@@ -452,11 +421,9 @@ def _hp(study: Study, row: str) -> dict:
 
 
 def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=False, progress=None):
-    """Every task of one row for all seeds (vmapped); a checkpoint after every call (every
-    ``post.checkpoint_every`` steps, and at every task end), so a resumed run loses nothing
-    but the unfinished call."""
-    from ..checkpoint import Checkpointer
-
+    """Every task of one row for all seeds (vmapped): a segment per call (every
+    ``post.checkpoint_every`` steps, and every task end), so a resumed run loses nothing but the
+    unfinished call."""
     T = study.T
     hp = _hp(study, row)
     init, task_fn = study.programs(row)
@@ -469,40 +436,35 @@ def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=
     state = init(base_params, jax.vmap(lambda k: jax.random.fold_in(k, POST))(keys), study.data)
     shapes = jax.eval_shape(task, state, jnp.int32(0), hp, True)[1]
     traces = {k: np.zeros((len(keys), T, E) + v.shape[2:], np.float32) for k, v in shapes.items()}
-    start, elapsed = 0, 0.0
-    ckpt = None
-    if ckpt_dir:
-        conf = report.to_jsonable({k: v for k, v in study.cfg.items() if k not in ("rows", "tiny")})
-        conf["row"] = row
-        ckpt = Checkpointer(os.path.join(ckpt_dir, row), conf)
-        if resume:
-            got = ckpt.restore_latest({"state": state, "traces": traces})
-            if got is not None:
-                payload, meta = got
-                state, traces = payload["state"], jax.tree.map(np.array, payload["traces"])
-                start, elapsed = meta["call"], meta.get("seconds", 0.0)
-                if progress is not None:
-                    progress.update(start // calls)
-    for pos in range(start, T * calls):
-        t, c = divmod(pos, calls)
-        state, tr = task(state, jnp.int32(t), hp, c == 0)
-        if float(np.min(np.asarray(tr.get("reward_finite", 1.0)))) < 1.0:
-            raise FloatingPointError(
-                f"row {row}, task {study.cfg['data']['tasks'][t]!r}: the reward function returned a "
-                "non-finite value; rewards must be finite floats"
-            )
-        check_finite(state.nonfinite_step, where=f"(row {row}, task {t})")
-        for k, v in tr.items():
-            traces[k][:, t, c * C : (c + 1) * C] = np.asarray(v)
-        if ckpt is not None:
-            ckpt.save(
-                pos + 1,
-                {"state": state, "traces": traces},
-                {"call": pos + 1, "seconds": elapsed + time.perf_counter() - t0},
-            )
-        if progress is not None and c == calls - 1:
-            progress.update(1)
-    return {"traces": traces, "params": state.params, "seconds": elapsed + time.perf_counter() - t0}
+
+    def call(t, c):
+        def fn(state, out):
+            state, tr = task(state, jnp.int32(t), hp, c == 0)
+            if float(np.min(np.asarray(tr.get("reward_finite", 1.0)))) < 1.0:
+                raise FloatingPointError(
+                    f"row {row}, task {study.cfg['data']['tasks'][t]!r}: the reward function returned a "
+                    "non-finite value; rewards must be finite floats"
+                )
+            for k, v in tr.items():
+                out[k][:, t, c * C : (c + 1) * C] = np.asarray(v)
+            return state, out
+
+        return driver.Segment(fn, int(c == calls - 1), f"(row {row}, task {t})")
+
+    conf = report.to_jsonable({k: v for k, v in study.cfg.items() if k not in ("rows", "tiny")})
+    conf["row"] = row
+    segments = [call(t, c) for t in range(T) for c in range(calls)]
+    state, traces, seconds = driver.run_segments(
+        segments,
+        state,
+        traces,
+        ckpt_dir=os.path.join(ckpt_dir, row) if ckpt_dir else None,
+        conf=conf,
+        resume=resume,
+        progress=progress,
+        t0=t0,
+    )
+    return {"traces": traces, "params": state.params, "seconds": seconds}
 
 
 def row_metrics(traces: dict, base_eval: dict, T: int) -> dict:

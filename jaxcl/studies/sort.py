@@ -56,16 +56,13 @@ import numpy as np
 
 from .. import probes, report, results
 from ..config import ConfigError, check_positive, method_settings
-from ..data import text
-from ..engine import init_state, make_step
-from ..loops import as_hparams, build_method, run_chunks, seeds_keys
+from ..data import text, vocab
+from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
-from ..models import llama
+from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
 from . import driver
-from .calls import check_schedule, run_calls
 from .driver import Report, Run
-from .tofu import lm_model
 
 CONDITIONS = ("in_context", "parametric", "control")
 ROLES = ("parametric", "parametric_format", "context_format", "context", "control")
@@ -170,11 +167,6 @@ def validate(cfg: dict) -> None:
             f"model.name={m['name']!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
             "pretrained smollm2-135m needs data.tokenizer=smollm2"
         )
-    if tuple(cfg["methods"]) != ("finetune",):
-        raise ConfigError(
-            f"methods={','.join(cfg['methods'])}: the sort study trains with finetune only "
-            "(its learning rate is finetune.lr)"
-        )
     if s["prompt"] not in PROMPTS:
         raise ConfigError(f"sort.prompt={s['prompt']!r} is not valid; valid: {', '.join(PROMPTS)}")
     if not s["conditions"]:
@@ -206,7 +198,7 @@ def validate(cfg: dict) -> None:
     for role in ROLES:
         for name in b[role]:
             if name not in valid:
-                raise ConfigError(f"books.{role}: {text._unknown(name)}")
+                raise ConfigError(f"books.{role}: {text.unknown_source(name)}")
     need = {"in_context": "context", "parametric": "parametric", "control": "control"}
     for c in s["conditions"]:
         if not b[need[c]]:
@@ -229,7 +221,7 @@ def validate(cfg: dict) -> None:
             )
     if t["steps"] < 0:
         raise ConfigError(f"train.steps={t['steps']} must be >= 0 (0: evaluate the initial model only)")
-    check_schedule(t)
+    driver.check_schedule(t)
 
 
 # -- books ----------------------------------------------------------------------------------------
@@ -486,47 +478,28 @@ def paired_accuracy(margins) -> np.ndarray:
 
 def scratch_tokenizer(cfg: dict, docs: dict):
     """``data.tokenizer`` of a scratch model: ``byte``, or ``smollm2`` restricted to the ids of
-    the run's books and prompts (:class:`jaxcl.studies.lm_memory.CompactTokenizer`: a few
+    the run's books and prompts (:class:`jaxcl.data.vocab.CompactTokenizer`: a few
     thousand of SmolLM2's 49152 ids)."""
-    from .lm_memory import CompactTokenizer, _Recorder
-
     if cfg["data"]["tokenizer"] == "byte":
         return text.tokenizer("byte")
-    rec = _Recorder(text.tokenizer("smollm2"))
-    for role in ROLES:
-        for chapters in docs[role].values():
-            rec.encode(" ".join(d.strip() for d in chapters))
-    t = TEMPLATES[cfg["sort"]["prompt"]]
-    for piece in (*t["excerpt"], *t["no_excerpt"], *t["answers"]):
-        rec.encode(piece)
-    return CompactTokenizer(rec.base, rec.ids)
+
+    def record(rec):
+        for role in ROLES:
+            for chapters in docs[role].values():
+                rec.encode(" ".join(d.strip() for d in chapters))
+        t = TEMPLATES[cfg["sort"]["prompt"]]
+        for piece in (*t["excerpt"], *t["no_excerpt"], *t["answers"]):
+            rec.encode(piece)
+
+    return vocab.compact(text.tokenizer("smollm2"), record)
 
 
 def load_model(cfg: dict, T: int, docs: dict):
-    """``(model, tokenizer, pretrained params or None)``."""
-    from .. import hf
-
+    """``(model, tokenizer, pretrained params or None)`` (:func:`jaxcl.models.lm.load`)."""
     m = cfg["model"]
-    if m["name"] == "smollm2-135m":
-        lc, params, tok = hf.load_gguf(compute_dtype=m["compute_dtype"])
-        return lm_model(lc, m["name"]), tok, params
-    tok = scratch_tokenizer(cfg, docs)
-    lc = llama.LlamaConfig(
-        vocab_size=tok.vocab_size,
-        d_model=m["d_model"],
-        n_layers=m["n_layers"],
-        n_heads=m["n_heads"],
-        n_kv_heads=m["n_kv_heads"],
-        d_ff=m["d_ff"],
-        max_seq_len=T,
-        compute_dtype=m["compute_dtype"],
-    )
-    return lm_model(lc, "scratch"), tok, None
-
-
-def _pad_id(tok) -> int:
-    pad = getattr(tok, "pad_id", None)
-    return int(pad) if isinstance(pad, int) else text.end_id(tok)
+    tok = None if m["name"] == "smollm2-135m" else scratch_tokenizer(cfg, docs)
+    model, params, tok = lm.load(m, max_seq_len=T, tokenizer=tok)
+    return model, tok, params
 
 
 def seq_len(cfg: dict, tok) -> int:
@@ -549,7 +522,7 @@ class Study:
         docs = book_documents(cfg)
         T = seq_len(cfg, text.tokenizer(cfg["data"]["tokenizer"]))
         self.model, self.tok, self.pretrained = load_model(cfg, T, docs)
-        tok, pad = self.tok, _pad_id(self.tok)
+        tok, pad = self.tok, vocab.pad_id(self.tok)
         self.T = T
         self.books = {r: encode_books(tok, docs[r], T, r) for r in ROLES if docs[r]}
         if "parametric" in self.books or "parametric_format" in self.books:
@@ -651,11 +624,11 @@ class Study:
         method = self.method(hp)
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params0 is None else params0
-        return init_state(params, method.tx, k_run)
+        return method_state(method, params, k_run)
 
     def call(self, state, hp, data, n_chunks: int):
         method = self.method(hp)
-        step = make_step(method.loss_fn, method.tx)
+        step = method_step(method, name="finetune")
         return run_chunks(
             step,
             state,
@@ -693,19 +666,9 @@ def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> 
         traces[k][:, 0] = v
     traces["loss"] = np.full((len(keys), 1 + n_chunks), np.nan, np.float32)
     conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-    state, traces, seconds = run_calls(
-        lambda s: call(s, study.hp, study.data),
-        state,
-        traces,
-        n_calls=n_chunks // C,
-        chunks_per_call=C,
-        steps_per_chunk=E,
-        offset=1,
-        ckpt_dir=ckpt_dir,
-        conf=conf,
-        resume=resume,
-        progress=progress,
-        t0=t0,
+    segments = driver.calls(lambda s: call(s, study.hp, study.data), n_chunks // C, C, E, offset=1)
+    state, traces, seconds = driver.run_segments(
+        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
     )
     return {"traces": traces, "seconds": seconds}
 

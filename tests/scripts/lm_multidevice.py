@@ -16,7 +16,7 @@ import optax
 
 from jaxcl import engine, losses, parallel
 from jaxcl.models import llama
-from jaxcl.studies.tofu import lm_model
+from jaxcl.models.lm import language_model as lm_model
 
 assert jax.device_count() == 8, jax.devices()
 cfg = llama.tiny()

