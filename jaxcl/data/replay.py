@@ -25,8 +25,35 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..engine import DataTransform
+
+
+def _count(name: str, value, valid: str) -> int:
+    """A positive whole number (``200`` or ``200.0``), or a ValueError naming ``name``."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not (ok and np.isfinite(value) and value >= 1 and value == int(value)):
+        raise ValueError(f"reservoir: {name}={value!r} is not valid; give {valid}")
+    return int(value)
+
+
+def _check_fraction(fraction) -> None:
+    """``fraction`` must lie in [0, 1]. A traced value (swept under ``vmap``) cannot be read here;
+    the method's hyperparameter range (``Hparam``) checks it before the program is built."""
+    if isinstance(fraction, jax.core.Tracer):
+        return
+    try:
+        f = np.asarray(fraction, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"reservoir: fraction={fraction!r} is not a number; give a number in [0, 1]"
+        ) from None
+    if f.size == 0 or not np.all(np.isfinite(f) & (f >= 0.0) & (f <= 1.0)):
+        raise ValueError(
+            f"reservoir: fraction={fraction!r} is out of range; valid: [0, 1] (the share of each "
+            "batch replaced by buffer samples)"
+        )
 
 
 def reservoir(
@@ -40,10 +67,14 @@ def reservoir(
     """Reservoir replay buffer; see the module docstring. ``fields`` are the per-example
     entries of the batch that are stored and replayed (those absent from the batch are skipped).
     """
-    if capacity <= 0:
-        raise ValueError(f"reservoir: capacity must be positive, got {capacity}")
+    capacity = _count("capacity", capacity, "a whole number of examples >= 1")
     if mode not in ("mix", "separate"):
         raise ValueError(f"reservoir: mode must be 'mix' or 'separate', got {mode!r}")
+    _check_fraction(fraction)
+    if memory_size is not None:
+        memory_size = _count(
+            "memory_size", memory_size, "a whole number of rows >= 1 (or None: the batch size)"
+        )
 
     def stored(batch):
         return {k: batch[k] for k in fields if k in batch}

@@ -15,6 +15,8 @@ the prompts whose ``G`` rewards are not all equal fill one batch (so a runner dr
 Batches are prompt batches; an iteration is :func:`jaxcl.grpo.make_iteration` (``rollout``).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -58,14 +60,53 @@ CHOICES = {
 }
 
 
+# static options with a valid range: (lowest, lowest excluded?, highest, whole number?, what it is)
+RANGES = {
+    "temperature": (0.0, True, None, False, "sampling temperature"),
+    "group_size": (2, False, None, True, "completions per prompt; advantages compare at least 2"),
+    "mu": (1, False, None, True, "inner updates per rollout"),
+    "max_new_tokens": (1, False, None, True, "tokens sampled per completion"),
+    "rif_pool": (1, False, None, True, "prompt batches rolled out per RIF batch"),
+    "top_p": (0.0, True, 1.0, False, "nucleus sampling mass; 1 is off"),
+}
+
+
+def check_options(opts: dict) -> None:
+    """A ValueError naming the option, why and its valid values when an option is out of range,
+    so that the command line refuses it before anything is compiled."""
+    for k, (lo, lo_open, hi, whole, what) in RANGES.items():
+        v = opts[k]
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
+        if ok and (not whole or v == int(v)):
+            continue
+        if whole:
+            valid = f"a whole number >= {lo}"
+        else:
+            valid = f"a number in {'(' if lo_open else '['}{lo:g}, {'inf)' if hi is None else f'{hi:g}]'}"
+        why = f" ({what})"
+        if k == "temperature":
+            why = (
+                ": at temperature <= 0 sampling is greedy, every completion of a prompt is the same, so the G "
+                "rewards are equal, every advantage is 0 and nothing is learned"
+            )
+        raise ValueError(f"grpo.{k}={v!r} is not valid{why}; set it to {valid} (default {OPTIONS[k]})")
+
+
+class Spec(MethodSpec):
+    """GRPO's spec: :meth:`MethodSpec.split` plus the range checks of :func:`check_options`."""
+
+    def split(self, section: dict) -> tuple[dict, dict]:
+        hp, opts = super().split(section)
+        check_options(opts)
+        return hp, opts
+
+
 def build(model, hp, params_like, **options):
+    check_options(options)
     opt = pop_optimizer(options)
     cfg = model.cfg
     G, n_new = int(options["group_size"]), int(options["max_new_tokens"])
-    if options["mu"] < 1:
-        raise ValueError(f"mu={options['mu']} must be >= 1 (inner updates per rollout)")
-    if options["rif"] and options["rif_pool"] < 1:
-        raise ValueError(f"rif_pool={options['rif_pool']} must be >= 1")
     exact = options["kl"] == "exact"
     loss = grpo.grpo_loss(cfg, clip_eps=hp["clip_eps"], norm=options["norm"], keep_logits=exact)
     loss = grpo.with_kl_penalty(loss, beta=hp["beta"], estimator=options["kl"], norm=options["norm"])
@@ -126,7 +167,7 @@ HPARAMS = {
 PAPER = "Shao et al. 2024, DeepSeekMath (GRPO)"
 
 SPEC = register(
-    MethodSpec(
+    Spec(
         "grpo",
         build,
         HPARAMS,
