@@ -8,23 +8,38 @@ scratch (byte tokenizer) on the KJV bible and examples of every task.
     jaxcl run rft-continual --set model.name=smollm2-135m --set base.steps=0   # a GPU run
 
 Expected runtime (2-core CPU): --tiny 21 s (a 1-layer d-32 model, add -> rev, 20 base steps, 4
-iterations per task, 2 seeds; mostly compiling the base, SFT and GRPO programs); default 3.0 min
-idle, 5.9 min with other jobs running (base SFT 55-130 s, then sft 12 s, rft 36 s, rft-nokl 29 s
-(shares rft's program), rif-rft 42 s, mtl-sft 5 s).
+iterations per task, 2 seeds; mostly compiling the base, SFT and GRPO programs); default (3 seeds)
+3.0 min idle, 5.9 min with other jobs running; --seeds 16: 28 min at load ~3.6 (base SFT ~10 min,
+then sft 77 s, rft 332 s, rft-nokl 300 s, rif-rft 392 s, mtl-sft 57 s).
 
-Measured result, default (3 seeds, mean ± std; deterministic; forgetting in %, ΔNLL in nats/byte
-of held-out bible verses, base-task = `sub`, seen in the base mix only; 5.7 min at load ~6):
+Measured result, --seeds 16 (results/studies/rft-continual.json, commit 02ef018; mean ± std;
+forgetting in %, ΔNLL in nats/byte of held-out bible verses, base-task = `sub`, seen in the base
+mix only; base accuracy 77.4 %):
 
-    row       ACC    BWT    Forgetting  learning acc  ΔNLL corpus  base-task acc
-    sft       70.6  -14.2   14.4        81.2          0.005        73.4
-    rft       71.2  -11.1   11.3        79.6          0.006        76.0
-    rft-nokl  69.3  -13.4   13.7        79.3          0.009        73.4
-    rif-rft   72.7   -8.5    9.2        79.0          0.008        72.4
-    mtl-sft   82.0    4.3    1.4        78.8          0.006        74.5
+    <!-- results: results/studies/rft-continual.json -->
+    | row      | ACC          | BWT          | Forgetting   | LA           | ΔNLL corpus    | base-task acc |
+    |----------|--------------|--------------|--------------|--------------|----------------|---------------|
+    | sft      |  72.3 ±  6.2 | -10.9 ±  6.0 |  11.3 ±  6.1 |  80.5 ±  6.8 |  0.005 ± 0.002 |  74.9 ± 12.7  |
+    | rft      |  70.8 ±  7.7 | -11.2 ±  4.8 |  12.1 ±  4.7 |  79.2 ±  6.5 |  0.007 ± 0.002 |  76.6 ± 11.9  |
+    | rft-nokl |  68.9 ±  7.7 | -13.1 ±  5.9 |  14.1 ±  6.3 |  78.7 ±  6.9 |  0.009 ± 0.003 |  74.6 ± 13.7  |
+    | rif-rft  |  69.9 ±  7.6 | -12.5 ±  4.5 |  13.3 ±  4.3 |  79.3 ±  6.1 |  0.009 ± 0.002 |  73.9 ± 13.0  |
+    | mtl-sft  |  80.1 ±  6.3 |   1.8 ±  2.1 |   1.4 ±  3.1 |  78.7 ±  6.8 |  0.006 ± 0.003 |  78.8 ± 12.0  |
 
-RFT forgets less than SFT on average (within SFT's seed spread, std 9.3); a stronger KL penalty
-lowers it further: `jaxcl sweep rft-continual --grid grpo.beta=1,3` forgetting 7.3 / 7.1. README:
-"Reinforcement fine-tuning and forgetting", with the papers' findings beside these numbers.
+Paired differences (seed i of every row starts from the same base model), mean ± the 95 %
+interval's half-width over the 16 seeds:
+
+    <!-- results: results/studies/rft-continual.json section=comparisons cols=forgetting:ci95 -->
+    | difference     | Forgetting   |
+    |----------------|--------------|
+    | rft - sft      |   0.8 ±  3.9 |
+    | rif-rft - sft  |   2.1 ±  3.3 |
+    | rif-rft - rft  |   1.3 ±  1.8 |
+    | rft-nokl - rft |   2.0 ±  2.4 |
+    | mtl-sft - sft  |  -9.8 ±  3.0 |
+
+No forgetting difference between SFT, RFT and RIF-RFT is shown (every interval contains 0); only
+multi-task SFT forgets less. README: "Reinforcement fine-tuning and forgetting", with the papers'
+findings beside these numbers.
 
 Writes runs/rft-continual[-tiny]/{results.json, accuracy_matrix.png, accuracy_over_training.png}.
 """
