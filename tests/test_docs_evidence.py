@@ -13,7 +13,8 @@ maps a table row to a summary row by its first cell (or ``rows=``, in order) and
 summarised key by its header label (or ``cols=``, in order, ``-`` for a column that holds no
 result, ``key:ci95`` for ``mean ± the 95 % interval's half-width``); a cell ``m ± s`` must equal
 the key's mean and std to the printed digits (``pct`` keys in %); ``section=comparisons`` reads
-the summary's paired differences between rows instead of its rows. A JSON-lines file maps table row i to line ``lines[i]`` (1-based) and column j to
+the summary's paired differences between rows instead of its rows; ``info.<list>[a:b]*100`` is
+the mean of a slice of a row's short list (SCoLe's accuracy after tasks a..b-1), scaled. A JSON-lines file maps table row i to line ``lines[i]`` (1-based) and column j to
 ``cols[j]``: ``-`` or ``+``-joined dotted paths (``jaxcl.median_s``), each optionally
 ``:min`` / ``:max`` (of a list) or ``:x<factor>`` (a unit) and the cell's numbers must equal those values in order. Bold
 ratios (``**1.30x**``) in the READMEs must sit in a checked table or equal a ``ratio`` of a
@@ -162,6 +163,17 @@ def _check_study(where, path, opts, header, body) -> list[str]:
             if key.startswith("?"):
                 errs.append(f"{where}: column {key[1:]!r} is no column label of {path}")
                 continue
+            if key.startswith("info."):  # "info.R_mean_row_means[0:5]*100": the mean of a slice
+                m = re.fullmatch(r"info\.(\w+)\[(\d+):(\d+)\](?:\*(\d+))?", key)
+                v = s[section][name].get("info", {}).get(m.group(1)) if m else None
+                if v is None:
+                    errs.append(f"{where}: row {name!r} of {path} has no {key!r}")
+                    continue
+                part = v[int(m.group(2)) : int(m.group(3))]
+                errs += _check_cell(
+                    f"{where} {name}/{key}", cell, [float(m.group(4) or 1) * sum(part) / len(part)]
+                )
+                continue
             key, _, spread = key.partition(":")  # "forgetting:ci95": mean ± the 95 % half-width
             if key not in row:
                 errs.append(f"{where}: row {name!r} of {path} has no {key!r}")
@@ -289,7 +301,7 @@ def test_config_headers_have_no_unchecked_tables():
             continue
         for i, line in enumerate(text.splitlines()):
             body = line.strip()
-            if not line.startswith("    ") or body.startswith(("|", "jaxcl", "python", "--")):
+            if not line.startswith("    ") or body.startswith(("|", "<!--", "jaxcl", "python", "--")):
                 continue
             if len(_numbers(body)) >= 3:
                 errors.append(
