@@ -14,11 +14,12 @@ summarised key by its header label (or ``cols=``, in order, ``-`` for a column t
 result, ``key:ci95`` for ``mean ± the 95 % interval's half-width``); a cell ``m ± s`` must equal
 the key's mean and std to the printed digits (``pct`` keys in %); ``section=comparisons`` reads
 the summary's paired differences between rows instead of its rows; ``info.<list>[a:b]*100`` is
-the mean of a slice of a row's short list (SCoLe's accuracy after tasks a..b-1), scaled. A JSON-lines file maps table row i to line ``lines[i]`` (1-based) and column j to
-``cols[j]``: ``-`` or ``+``-joined dotted paths (``jaxcl.median_s``), each optionally
-``:min`` / ``:max`` (of a list) or ``:x<factor>`` (a unit) and the cell's numbers must equal those values in order. Bold
-ratios (``**1.30x**``) in the READMEs must sit in a checked table or equal a ``ratio`` of a
-committed benchmark line. No jax import: this runs in well under a second.
+the mean of a slice of a row's short list, found by a dotted path (SCoLe's accuracy after tasks
+a..b-1; ``info.curves_mean.auc[11:12]``: one evaluation), scaled. A JSON-lines file maps table
+row i to line ``lines[i]`` (1-based) and column j to ``cols[j]``: ``-`` or ``+``-joined dotted
+paths (``jaxcl.median_s``), each optionally ``:min`` / ``:max`` (of a list) or ``:x<factor>`` (a
+unit); the cell's numbers must equal those values in order. A bold ratio (``**1.30x**``) in the
+READMEs must equal a ``ratio`` of a committed benchmark line. No jax import: a few seconds.
 """
 
 from __future__ import annotations
@@ -164,8 +165,10 @@ def _check_study(where, path, opts, header, body) -> list[str]:
                 errs.append(f"{where}: column {key[1:]!r} is no column label of {path}")
                 continue
             if key.startswith("info."):  # "info.R_mean_row_means[0:5]*100": the mean of a slice
-                m = re.fullmatch(r"info\.(\w+)\[(\d+):(\d+)\](?:\*(\d+))?", key)
-                v = s[section][name].get("info", {}).get(m.group(1)) if m else None
+                m = re.fullmatch(r"info\.([\w.]+)\[(\d+):(\d+)\](?:\*(\d+))?", key)
+                v = s[section][name].get("info", {})
+                for part in m.group(1).split(".") if m else ["-"]:
+                    v = v.get(part) if isinstance(v, dict) else None
                 if v is None:
                     errs.append(f"{where}: row {name!r} of {path} has no {key!r}")
                     continue
