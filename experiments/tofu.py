@@ -16,28 +16,32 @@ forget / retain / real-authors / world-facts probability, ROUGE-L recall and tru
 
 Expected runtime: --tiny (a random 2-layer byte-level model, 10 forget / 30 retain questions, 8
 evaluation questions per set; fine-tuning 12 epochs at lr 3e-3, unlearning 12 steps at lr 1e-3,
-GU rank 2) 61 s on the 2-core CPU, 45 s of it compiling the ten phase programs (4-5 s each; the
-2-layer model's gradient alone takes 3 s to compile there). SmolLM2-135M, forget01: 2 x ~620
+GU rank 2) 61 s on the idle 2-core CPU, 45 s of it compiling the ten phase programs (4-5 s each;
+the 2-layer model's gradient alone takes 3 s to compile there); 140 s at load ~4.
+SmolLM2-135M, forget01: 2 x ~620
 fine-tuning steps of 32 x 192 tokens, 8 unlearning runs of 12 steps and 10 evaluations (657
 greedy answers each): not yet measured; a GPU job (hours on a CPU). A CPU smoke run of the real
 model (2 forget / 4 retain questions, 2 per evaluation set, npo and gu-idk, float32) took 2.3 min.
 
-Measured result, --tiny (2-core CPU; ROUGE and so model utility are 0 for every row: a random
-0.1M-parameter model learns the answers' style only). Fine-tuning raises the forget-set answer
-probability from the random model's 0.004 to 0.040; GA drives it to 0.000 (and the retain
-probability with it), GU-GA to 0.003 at retain 0.012, NPO to 0.013; IDK barely moves it:
+Measured result, --tiny (results/studies/tofu-tiny.json, commit 02ef018, 2-core CPU at load ~4;
+ROUGE and so model utility are 0 for every row: a random 0.1M-parameter model learns the answers'
+style only). Fine-tuning raises the forget-set answer probability to 0.041 (the retain
+model's 0.030); GA drives it to 0.000 (and the retain probability with it), GU-GA to
+0.001 at retain 0.006, NPO to 0.014; IDK barely moves it:
 
-    method                            FQ       MU   F.prob     F.TR   R.prob     R.TR
-    retain (reference)          1.00e+00    0.000    0.030    0.975    0.038    0.025
-    target (before unlearning)  6.60e-01    0.000    0.040    0.978    0.044    0.031
-    ga                          6.60e-01    0.000    0.000    0.929    0.000    0.017
-    graddiff                    6.60e-01    0.000    0.026    0.955    0.036    0.028
-    npo                         2.83e-01    0.000    0.013    0.933    0.015    0.018
-    idk                         6.60e-01    0.000    0.038    0.977    0.044    0.028
-    gu-ga                       2.83e-01    0.000    0.003    0.878    0.012    0.061
-    gu-graddiff                 6.60e-01    0.000    0.030    0.957    0.043    0.030
-    gu-npo                      6.60e-01    0.000    0.025    0.961    0.036    0.033
-    gu-idk                      9.80e-01    0.000    0.038    0.977    0.044    0.027
+    <!-- results: results/studies/tofu-tiny.json -->
+    | method                     | FQ        | MU     | F.prob | F.TR   | R.prob |
+    |----------------------------|-----------|--------|--------|--------|--------|
+    | retain (reference)         |  1.00e+00 |  0.000 |  0.030 |  0.975 |  0.038 |
+    | target (before unlearning) |  6.60e-01 |  0.000 |  0.041 |  0.979 |  0.044 |
+    | ga                         |  6.60e-01 |  0.000 |  0.000 |  0.893 |  0.000 |
+    | graddiff                   |  6.60e-01 |  0.000 |  0.006 |  0.934 |  0.010 |
+    | npo                        |  2.83e-01 |  0.000 |  0.014 |  0.950 |  0.016 |
+    | idk                        |  6.60e-01 |  0.000 |  0.038 |  0.978 |  0.044 |
+    | gu-ga                      |  8.70e-02 |  0.000 |  0.001 |  0.895 |  0.006 |
+    | gu-graddiff                |  2.83e-01 |  0.000 |  0.029 |  0.954 |  0.042 |
+    | gu-npo                     |  6.60e-01 |  0.000 |  0.027 |  0.961 |  0.038 |
+    | gu-idk                     |  6.60e-01 |  0.000 |  0.038 |  0.976 |  0.044 |
 
 Writes runs/tofu[-tiny]/{results.json, fq_vs_mu.png}.
 """

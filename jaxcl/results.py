@@ -245,7 +245,9 @@ def write_summary(path: str, res: dict, **meta) -> str:
     return report.write_json(path, summary(res, **meta))
 
 
-def summary_table(s: dict, keys=None, *, rows=None, section: str = "rows", spread: str = "std") -> str:
+def summary_table(
+    s: dict, keys=None, *, rows=None, section: str = "rows", spread: str = "std", first: str | None = None
+) -> str:
     """The Markdown table of a summary (``summary``'s dict, or a committed file loaded) for the
     docs: ``keys`` (default every column), ``rows`` (default all of ``section``: ``"rows"`` or
     ``"comparisons"``), cells ``mean ± std`` or, with ``spread="ci95"``, ``mean ± 95 % half-width``."""
@@ -263,5 +265,5 @@ def summary_table(s: dict, keys=None, *, rows=None, section: str = "rows", sprea
             k: {"mean": c["mean"], "std": c[spread]} for k, c in cols.items() if c.get(spread) is not None
         }
         out[name] = {"summary": summ, "per_seed": {k: c.get("per_seed", [0, 0]) for k, c in cols.items()}}
-    first = "row" if section == "rows" else "difference"
+    first = first or ("row" if section == "rows" else "difference")
     return format_table(out, [list(c) for c in columns], first=first)

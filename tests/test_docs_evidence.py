@@ -101,7 +101,12 @@ def _numbers(cell: str) -> list[float]:
 
 
 def _decimals(cell: str) -> list[int]:
-    return [len(x.split(".")[1].split("e")[0]) if "." in x else 0 for x in NUMBER.findall(cell)]
+    """Decimal places each number of ``cell`` is printed to (``8.70e-02``: 4)."""
+    out = []
+    for x in NUMBER.findall(cell):
+        mant, _, exp = x.partition("e")
+        out.append((len(mant.split(".")[1]) if "." in mant else 0) - int(exp or 0))
+    return out
 
 
 def _equal(doc: float, digits: int, value: float) -> bool:
@@ -289,6 +294,8 @@ def test_bold_ratios_come_from_results():
         ("5.0-6.5", [5.2, 6.5], False),
         ("**1.30x**", [1.2997], True),
         ("**2.61x**", [1.2997], False),
+        ("8.70e-02", [0.0870], True),
+        ("8.70e-02", [0.0875], False),  # the digits of a mantissa, not of the absolute value
     ],
 )
 def test_cell_comparison(cell, values, ok):
