@@ -1,7 +1,8 @@
 """Factual knowledge acquisition and forgetting during pre-training (study 2) with numeric and
-entity memorisation probes (study 7): a small Llama trained from scratch (byte tokenizer) on the
-books of the law (KJV), with fictional facts injected 1, 4 and 16 times, all last seen at step
-200, and 8-digit numbers / entity names injected 4 times beside as many never seen.
+entity memorisation probes (study 7): a small Llama trained from scratch (SmolLM2's tokenizer
+restricted to the run's ids) on the books of the law (KJV), with fictional facts injected 1, 4 and
+16 times, last seen at step 217-219 (inject.last_step: 219), and 8-digit numbers / entity names
+injected 4 times beside as many never seen.
 
     jaxcl run lm-facts --tiny                       # seconds; what the tests run
     jaxcl run lm-facts                              # the default size (2-core CPU: see below)
@@ -11,20 +12,24 @@ books of the law (KJV), with fictional facts injected 1, 4 and 16 times, all las
     jaxcl run lm-facts --set model.name=smollm2-135m --set data.seq_len=64   # an accelerator run
 
 Expected runtime (2-core CPU): --tiny 14 s (mostly compiling); default 4 min on an idle machine,
-9-13 min with other jobs running (3 seeds vmapped, 400 steps of 16 x 64 tokens, 20 in-loop
+9-13 min with other jobs running, 3.6 min at load ~3.8 (3 seeds vmapped, 400 steps of 16 x 64 tokens, 20 in-loop
 evaluations of 768 span probes).
 
-Measured result, default (mean ± std over 3 seeds; Δlogp = gain of log p(true value) - log p(a
-never-seen value) per target token, paired, from before the first exposure; retained = end / peak;
-alpha: power law of the gain from its peak on, per seed):
+Measured result, default (results/studies/lm-facts.json, commit 02ef018, 215 s at load ~3.8; mean ± std over 3 seeds; Δlogp = gain of log p(true value) - log p(a never-seen value)
+per target token, paired, from before the first exposure; retained = end / peak; α, R²: power law
+of the gain from its peak on, per seed):
 
-    memorisation probe   Δlogp peak   Δlogp end    retained   alpha
-    facts x1             0.87 ± 0.19  0.70 ± 0.16  0.80       0.10-0.14 (R² 0.43-0.66)
-    facts x4             1.34 ± 0.31  1.08 ± 0.24  0.81       0.11-0.18 (1 seed: no decay)
-    facts x16            1.69 ± 0.53  0.99 ± 0.39  0.57       0.09-0.19 (R² 0.34-0.87)
-    facts never seen     0.04         0.02         -          -
-    numbers seen/unseen  1.18 / 0.02  1.14 / 0.02  0.98       -
-    entities seen/unseen 2.69 / 0.04  2.17 / 0.01  0.81       0.12-0.28
+    <!-- results: results/studies/lm-facts.json cols=gain_peak,gain_final,retained,alpha,r2 -->
+    | condition | Δlogp peak | Δlogp end (step 400) | retained | α | R² |
+    |---|---|---|---|---|---|
+    | facts x1 / memorization | 0.84 ± 0.21 | 0.60 ± 0.28 | 0.68 ± 0.25 | 0.22 ± 0.10 | 0.52 ± 0.11 |
+    | facts x4 / memorization | 1.50 ± 0.12 | 1.22 ± 0.11 | 0.81 ± 0.03 | not fitted in every seed | not fitted in every seed |
+    | facts x16 / memorization | 1.59 ± 0.64 | 0.97 ± 0.44 | 0.59 ± 0.10 | 0.10 ± 0.02 | 0.53 ± 0.26 |
+    | facts never seen / memorization | 0.03 ± 0.03 | 0.01 ± 0.04 | - | - | - |
+    | numbers seen | 1.24 ± 0.16 | 1.19 ± 0.13 | 0.96 ± 0.03 | not fitted in every seed | not fitted in every seed |
+    | numbers unseen | 0.03 ± 0.01 | 0.02 ± 0.01 | - | - | - |
+    | entities seen | 2.66 ± 0.23 | 2.07 ± 0.29 | 0.77 ± 0.06 | 0.23 ± 0.08 | 0.70 ± 0.21 |
+    | entities unseen | 0.03 ± 0.02 | 0.01 ± 0.03 | - | - | - |
 
 Exact match of the spans: 0-6 % everywhere (seen or not). README: "Language-model memory
 studies", with the papers' findings beside these numbers.

@@ -1,8 +1,8 @@
 """Recognition, recall and retention of few-shot memories (study 3): a small Llama trained from
-scratch (byte tokenizer) on the books of the law (KJV), with sequences of 48 tokens from the
-gospels (outside the stream) seen 1, 2 or 4 times, last seen at step 215-219 (inject.last_step); recognition is
-the AUC of seen vs 16 novel gospel sequences from the per-sequence loss, recall the greedy
-continuation of 32 tokens from a cue of 16.
+scratch (SmolLM2's tokenizer restricted to the run's ids) on the books of the law (KJV), with
+sequences of 48 tokens from the gospels (outside the stream) seen 1, 2 or 4 times, last seen at
+step 215-219 (inject.last_step: 219); recognition is the AUC of seen vs 16 novel gospel
+sequences from the per-sequence loss, recall the greedy continuation of 32 tokens from a cue of 16.
 
     jaxcl run lm-fewshot --tiny                            # seconds; what the tests run
     jaxcl run lm-fewshot                                   # the default size (2-core CPU)
@@ -11,9 +11,9 @@ continuation of 32 tokens from a cue of 16.
 Expected runtime (2-core CPU): --tiny 12 s; default about 4 min idle, 7 min with other jobs
 running (3 seeds vmapped).
 
-Measured result, default (results/studies/lm-fewshot.json, commit 02ef018, 199 s of training at
-load ~3.5; mean ± std over 3 seeds; AUC: recognition of seen vs 16 novel sequences from the
-per-sequence loss, before the first exposure, at the first evaluation after the last exposure
+Measured result, default (results/studies/lm-fewshot.json, commit 02ef018, 275 s in all (199 s
+of training) at load ~3.5; mean ± std over 3 seeds; AUC: recognition of seen vs 16 novel
+sequences from the per-sequence loss, before the first exposure, at the first evaluation after the last exposure
 (step 220), 20 steps later (the peak, mean over seeds) and at step 400; Δlogp: log-likelihood gain
 over the novel sequences, nats/token; recall tok: token accuracy of a 32-token greedy continuation
 from a 16-token cue, %; exact recall is 0 % everywhere):

@@ -162,7 +162,7 @@ def _check_study(where, path, opts, header, body) -> list[str]:
             continue
         row = s[section][name]["columns"]
         for key, cell in zip(keys, cells[1:]):
-            if key == "-" or (not _numbers(cell) and cell.strip() in ("", "-")):
+            if key == "-" or not _numbers(cell):  # a text cell ("-", "no decay") holds no claim
                 if key == "-" and _numbers(cell):
                     errs.append(f"{where}: {cell!r} in a column with no source key")
                 continue
