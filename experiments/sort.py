@@ -16,15 +16,18 @@ Expected runtime (2-core CPU): --tiny ~15 s (mostly compiling); default 2.0-4.0 
 compiling (load 2-6) (3 seeds vmapped, 1200 steps of 16 x 95 tokens, 12 in-loop
 evaluations of 288 prompts).
 
-Measured result, default (3 seeds, mean ± std; accuracy over both orders of 48 pairs, chance 50 %):
+Measured result, default (results/studies/sort.json, commit 02ef018, 249 s at load ~3.8; 3 seeds,
+mean ± std; accuracy over both orders of 48 pairs, chance 50 %):
 
-    condition    accuracy     d 8-23       d 24-40      d 41-56      paired       book NLL
-    in context   50.0 ± 0.0   50.0 ± 0.0   50.0 ± 0.0   50.0 ± 0.0   50.7 ± 2.6   2.05 ± 0.08
-    parametric   49.7 ± 0.5   47.9 ± 2.9   50.0 ± 0.0   51.0 ± 1.5   50.7 ± 4.3   1.46 ± 0.34
-    control      48.6 ± 2.0   45.8 ± 5.9   47.9 ± 2.9   52.1 ± 2.9   46.5 ± 3.9   2.14 ± 0.03
+    <!-- results: results/studies/sort.json rows=in_context,parametric,control cols=acc,acc_bin0,acc_bin1,acc_bin2,paired,book_nll -->
+    | condition | accuracy | d 8-23 | d 24-40 | d 41-56 | paired | book NLL (nats/token) |
+    |---|---|---|---|---|---|---|
+    | in context (unseen book, excerpt in the prompt) | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 47.2 ± 7.9 | 2.06 ± 0.08 |
+    | parametric (read ~20 epochs, no excerpt) | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.7 ± 3.9 | 1.47 ± 0.37 |
+    | control (never seen, no excerpt) | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 45.8 ± 2.9 | 2.15 ± 0.05 |
 
-Parametric SORT stays at chance although the parametric books are memorised (NLL 1.46 vs 2.05-2.14
-for unseen books), as in the paper; the tiny model never learns the in-context task (its answer
+Parametric SORT stays at chance although the parametric books are memorised (NLL 1.47 vs
+2.06-2.15 for unseen books), as in the paper; the tiny model never learns the in-context task (its answer
 loss stays at ln 2), so the paper's in-context finding is not reproduced at this scale. README:
 "Sequence order recall (SORT)".
 
