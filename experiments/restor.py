@@ -10,11 +10,11 @@ unlearns the wrong documents; does the model come back to the original facts?
 Expected runtime (2-core CPU): --tiny about 25 s (one method, mostly compiling); default 9 min
 with other jobs running (3 seeds vmapped; compiling the 8 phase programs is most of it).
 
-Measured result, default, at an earlier commit and not rerun since, so not from a committed
-results file (3 seeds; pref = log p(true) - log p(wrong) per target token on the
-memorisation probes; recovery = (pref - corrupted) / (clean - corrupted)):
+Measured result, default (results/studies/restor.json, commit 02ef018, 208 s at load ~4; the
+earlier commit's table reproduced to every digit; 3 seeds; pref = log p(true) - log p(wrong) per
+target token on the memorisation probes; recovery = (pref - corrupted) / (clean - corrupted)):
 
-    <!-- results: none: not rerun for results/studies (9 min loaded, about 35 min on the shared CPU); an earlier commit's run -->
+    <!-- results: results/studies/restor.json cols=pref,recovery,stream_nll -->
     | model | pref | recovery | held-out stream NLL |
     |---|---|---|---|
     | clean | 1.87 ± 0.32 | 1 | 5.63 |
