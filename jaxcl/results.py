@@ -19,6 +19,12 @@ part of a run's ``results.json`` that the docs cite: per row and column the mean
 per-seed values, the scalars and short lists of each row and of ``extra``, the command, the
 commit, the run's seconds and the machine's load average. ``results/studies/<config>.json`` holds
 one per study default run; ``tests/test_docs_evidence.py`` checks the docs' tables against them.
+They are made after the run from its folder, with what was measured around it::
+
+    res = json.load(open("runs/rft-continual/results.json"))
+    write_summary("results/studies/rft-continual.json", res, command="jaxcl run rft-continual --seeds 16",
+                  seconds=1685.7, loadavg={"start": [3.61, 3.58, 2.01], "end": [3.45, 3.69, 3.44]},
+                  compare=[("rft", "sft", "forgetting")])
 """
 
 from __future__ import annotations
