@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcl import config
+from jaxcl import config, sort_metrics
+from jaxcl.data import sort as sort_data
 from jaxcl.hf import ByteTokenizer
 from jaxcl.studies import get_study, sort
 
@@ -25,7 +26,7 @@ def _books(*texts):
         e = TOK.encode(t)
         spans.append((f"book{k}", len(ids), len(ids) + len(e)))
         ids += e + [TOK.eos_id]
-    return sort.Books(np.asarray(ids, np.int32), spans)
+    return sort_data.Books(np.asarray(ids, np.int32), spans)
 
 
 @pytest.fixture(scope="module")
@@ -41,38 +42,38 @@ def tiny(tmp_path_factory):
 def test_render_puts_the_excerpt_segments_and_answer_in_place():
     book = _books(ALPHABET).tokens
     X, G, T = 16, 3, 40
-    lay = sort.make_layout(TOK, "symbols", X, G, True, T, TOK.pad_id)
+    lay = sort_data.make_layout(TOK, "symbols", X, G, True, T, TOK.pad_id)
     assert lay.length == 3 + 3 + 3 + 3 + 1 + 16 + 7 + 1 and lay.answer_pos == lay.length - 1
-    toks, mask = sort.render(np, lay, book, 2, 1, 8)  # excerpt "CDEFGHIJKLMNOPQR"
+    toks, mask = sort_data.render(np, lay, book, 2, 1, 8)  # excerpt "CDEFGHIJKLMNOPQR"
     assert TOK.decode(toks[: lay.length]) == ">1:DEF\n2:KLM\nCDEFGHIJKLMNOPQR\nfirst:1"
     assert (toks[lay.length :] == TOK.pad_id).all() and mask.sum() == 1 and mask[lay.answer_pos]
-    toks, _ = sort.render(np, lay, book, 2, 8, 1)  # the later segment shown first: answer 2
+    toks, _ = sort_data.render(np, lay, book, 2, 8, 1)  # the later segment shown first: answer 2
     assert TOK.decode(toks[: lay.length]) == ">1:KLM\n2:DEF\nCDEFGHIJKLMNOPQR\nfirst:2"
-    lay0 = sort.make_layout(TOK, "symbols", X, G, False, T, TOK.pad_id)
-    toks, _ = sort.render(np, lay0, book, 2, 8, 1)
+    lay0 = sort_data.make_layout(TOK, "symbols", X, G, False, T, TOK.pad_id)
+    toks, _ = sort_data.render(np, lay0, book, 2, 8, 1)
     assert TOK.decode(toks[: lay0.length]) == ">1:KLM\n2:DEF\nfirst:2"
     # the same function on the device gives the same row
-    got, _ = jax.jit(lambda s, a, b: sort.render(jnp, lay, jnp.asarray(book), s, a, b))(2, 8, 1)
-    np.testing.assert_array_equal(np.asarray(got), sort.render(np, lay, book, 2, 8, 1)[0])
+    got, _ = jax.jit(lambda s, a, b: sort_data.render(jnp, lay, jnp.asarray(book), s, a, b))(2, 8, 1)
+    np.testing.assert_array_equal(np.asarray(got), sort_data.render(np, lay, book, 2, 8, 1)[0])
     with pytest.raises(config.ConfigError, match="more than the sequence length 30"):
-        sort.make_layout(TOK, "symbols", X, G, True, 30, TOK.pad_id)
+        sort_data.make_layout(TOK, "symbols", X, G, True, 30, TOK.pad_id)
     with pytest.raises(config.ConfigError, match="answer ' A' is 2 tokens"):
-        sort.make_layout(TOK, "natural", X, G, True, 200, TOK.pad_id)
+        sort_data.make_layout(TOK, "natural", X, G, True, 200, TOK.pad_id)
 
 
 def test_pairs_are_in_their_bins_inside_one_book_and_in_both_orders():
     books = _books(ALPHABET[:30], ALPHABET[30:])
     X, G, n_bins = 12, 3, 2
-    edges = sort.distance_edges(X, G, n_bins)
+    edges = sort_data.distance_edges(X, G, n_bins)
     assert edges.tolist() == [3, 6, 10]  # distances 3..9 in two bins: 3-5, 6-9
-    pairs = sort.make_pairs(books, 10, X, G, n_bins, seed=0)
+    pairs = sort_data.make_pairs(books, 10, X, G, n_bins, seed=0)
     assert [p.bin for p in pairs] == [0, 1] * 5
     for p in pairs:
         assert edges[p.bin] <= p.j - p.i < edges[p.bin + 1] and 0 <= p.i and p.j + G <= X
         name, b, e = next(s for s in books.spans if s[0] == p.book)
         assert b <= p.start and p.start + X <= e  # the excerpt lies inside one book
-    lay = sort.make_layout(TOK, "symbols", X, G, True, 40, TOK.pad_id)
-    items = sort.pair_items(books, lay, pairs)
+    lay = sort_data.make_layout(TOK, "symbols", X, G, True, 40, TOK.pad_id)
+    items = sort_data.pair_items(books, lay, pairs)
     assert items["tokens"].shape == (20, 40)
     for k, p in enumerate(pairs):
         ex = TOK.decode(books.tokens[p.start : p.start + X])
@@ -85,7 +86,7 @@ def test_pairs_are_in_their_bins_inside_one_book_and_in_both_orders():
         assert TOK.decode([items["correct"][2 * k + 1], items["wrong"][2 * k + 1]]) == "21"
     # a segment that repeats in its excerpt is never a test segment
     with pytest.raises(config.ConfigError, match="unique in their excerpt"):
-        sort.make_pairs(_books("ab" * 20), 2, X, G, n_bins, seed=0)
+        sort_data.make_pairs(_books("ab" * 20), 2, X, G, n_bins, seed=0)
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -102,7 +103,9 @@ def test_answer_margins_and_pair_accuracy_by_hand():
         "correct": np.array([0, 1, 2, 3, 4], np.int32),
         "wrong": np.array([1, 0, 3, 2, 5], np.int32),
     }
-    got = np.asarray(sort.answer_margins(apply, jnp.asarray(table), jax.tree.map(jnp.asarray, items), 2))
+    got = np.asarray(
+        sort_metrics.answer_margins(apply, jnp.asarray(table), jax.tree.map(jnp.asarray, items), 2)
+    )
     lsm = table - np.log(np.exp(table).sum(-1, keepdims=True))
     want = [
         lsm[toks[n, items["answer_pos"][n] - 1], items["correct"][n]]
@@ -111,18 +114,19 @@ def test_answer_margins_and_pair_accuracy_by_hand():
     ]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # both orders of a pair: right in both 1, in one 0.5, a tie counts a half
-    acc = sort.pair_accuracy(np.array([[1.0, -1.0, 2.0, 3.0, -1.0, -2.0, 0.0, 1.0]]))
+    acc = sort_metrics.pair_accuracy(np.array([[1.0, -1.0, 2.0, 3.0, -1.0, -2.0, 0.0, 1.0]]))
     np.testing.assert_allclose(acc, [[0.5, 1.0, 0.0, 0.75]])
     # paired: the sign of the sum of a pair's two margins (1-1=0: a half; 2+3>0; -1-2<0; 0+1>0)
     np.testing.assert_allclose(
-        sort.paired_accuracy(np.array([[1.0, -1.0, 2.0, 3.0, -1.0, -2.0, 0.0, 1.0]])), [[0.5, 1.0, 0.0, 1.0]]
+        sort_metrics.paired_accuracy(np.array([[1.0, -1.0, 2.0, 3.0, -1.0, -2.0, 0.0, 1.0]])),
+        [[0.5, 1.0, 0.0, 1.0]],
     )
     # a constant answer bias b (+b on one order, -b on the other) leaves it unchanged, while the
     # plain accuracy drops to exactly 0.5 once the bias dominates
     signal = np.random.default_rng(1).normal(size=(40,))
     biased = signal + 50.0 * np.tile([1.0, -1.0], 20)
-    np.testing.assert_array_equal(sort.paired_accuracy(biased), sort.paired_accuracy(signal))
-    np.testing.assert_array_equal(sort.pair_accuracy(biased), 0.5)
+    np.testing.assert_array_equal(sort_metrics.paired_accuracy(biased), sort_metrics.paired_accuracy(signal))
+    np.testing.assert_array_equal(sort_metrics.pair_accuracy(biased), 0.5)
 
 
 # -- the loop's training rows ----------------------------------------------------------------------
@@ -134,7 +138,9 @@ def test_training_rows_come_from_the_format_books_only_and_are_right(tiny):
     G = cfg["sort"]["segment_len"]
     fmt = TOK.decode(study.books["context_format"].tokens)
     lay = study.layouts[True]
-    batch = jax.jit(lambda k: study.draw_sort(study.data["context_format"], lay, k, 64))(jax.random.key(3))
+    batch = jax.jit(lambda k: sort_data.draw_rows(study.data["context_format"], lay, k, 64))(
+        jax.random.key(3)
+    )
     answers = set()
     for row in np.asarray(batch["tokens"]):
         ex = TOK.decode(row[lay.src == 0])
@@ -148,7 +154,7 @@ def test_training_rows_come_from_the_format_books_only_and_are_right(tiny):
             answers.add("1" if i < j else "2")
     assert answers == {"1", "2"}
     # a batch is of one kind; the language-model rows are windows of the parametric books
-    b = jax.jit(lambda k: study.draw_lm(study.data["lm"], k, 8))(jax.random.key(0))
+    b = jax.jit(lambda k: sort_data.draw_windows(study.data["lm"], k, 8, study.T))(jax.random.key(0))
     lm_text = TOK.decode(study.books["lm"].tokens)
     for row in np.asarray(b["tokens"]):
         assert TOK.decode(row) in lm_text
@@ -220,18 +226,20 @@ def test_shared_text_between_roles_and_short_books_are_clear_errors():
     cfg = config.resolve(config.load("sort", tiny=True), sets)
     sort.validate(cfg)  # Ruth is in bible:history: test text in a format book
     with pytest.raises(config.ConfigError, match="share text"):
-        sort.book_documents(cfg)
+        sort_data.book_documents(cfg["books"])
     with pytest.raises(config.ConfigError, match="'b' has 3 tokens, fewer than the 10"):
-        sort.encode_books(TOK, {"b": ["abc"]}, 10, "control")
+        sort_data.encode_books(TOK, {"b": ["abc"]}, 10, "control")
 
 
 def test_a_scratch_model_on_smollm2s_compact_tokenizer():
     cfg = config.resolve(config.load("sort", tiny=True), ["data.tokenizer=smollm2"])
     sort.validate(cfg)
-    docs = sort.book_documents(cfg)
-    tok = sort.scratch_tokenizer(cfg, docs)
+    docs = sort_data.book_documents(cfg["books"])
+    tok = sort_data.tokenizer(cfg["data"]["tokenizer"], docs, cfg["sort"]["prompt"])
     assert 100 < tok.vocab_size < 5000  # only the ids of the run's books and prompts
     ruth = " ".join(d.strip() for d in docs["context_format"]["bible:ruth"])
     assert tok.decode(tok.encode(ruth)) == ruth
-    lay = sort.make_layout(tok, "symbols", 24, 4, True, sort.seq_len(cfg, tok), tok.pad_id)
-    assert lay.length == sort.seq_len(cfg, tok) and len(set(lay.answers)) == 2
+    s = cfg["sort"]
+    T = sort_data.seq_len(tok, s["prompt"], s["excerpt_len"], s["segment_len"])
+    lay = sort_data.make_layout(tok, "symbols", 24, 4, True, T, tok.pad_id)
+    assert lay.length == T and len(set(lay.answers)) == 2

@@ -20,33 +20,29 @@ once as one token array; roles (``books.*``, pairwise disjoint, checked chapter 
 * ``context``: never trained on; tested with the excerpt in the prompt: the in-context condition;
 * ``control``: never trained on; tested without the excerpt (should be ~50 %).
 
-A SORT example (``sort.prompt=symbols``) is ``>1:<seg>\\n2:<seg>\\n<excerpt>\\nfirst:<answer>``
-(no excerpt: ``>1:<seg>\\n2:<seg>\\nfirst:<answer>``; the segments come before the excerpt so
-that a causal model meets them again while reading it), both segments ``sort.segment_len``
-tokens of one ``sort.excerpt_len``-token excerpt, the answer ``1`` when the segment shown first
-came first in the book, else ``2``; the loss is on the answer token only. ``sort.prompt=natural``
-asks in English, the excerpt first as in the paper (``Passage: ... Segment A: ... Which segment
-appears first ...? Answer:`` `` A`` / `` B``), for the pretrained SmolLM2-135M
-(``model.name=smollm2-135m``, ``data.tokenizer=smollm2``; a scratch model takes
-``data.tokenizer=smollm2`` too, restricted to the run's ids), which can then be scored zero-shot
-(``train.steps=0``). Training examples are generated on the device inside the compiled loop (a
-random excerpt, distance, position and order per row), so no training pair repeats; each step is
-a whole batch of one kind (language-model windows, in-context SORT, no-excerpt SORT) drawn with
-the probabilities ``train.mix``.
+The examples and prompts are :mod:`jaxcl.data.sort`'s: ``sort.prompt=symbols``
+(``>1:<seg>\\n2:<seg>\\n<excerpt>\\nfirst:<answer>``), both segments ``sort.segment_len`` tokens of
+one ``sort.excerpt_len``-token excerpt, the loss on the answer token only; ``sort.prompt=natural``
+asks in English for the pretrained SmolLM2-135M (``model.name=smollm2-135m``,
+``data.tokenizer=smollm2``; a scratch model takes ``data.tokenizer=smollm2`` too, restricted to the
+run's ids), which can then be scored zero-shot (``train.steps=0``). Training examples are
+generated on the device inside the compiled loop, so no training pair repeats; each step is a
+whole batch of one kind (language-model windows, in-context SORT, no-excerpt SORT) drawn with the
+probabilities ``train.mix``.
 
 Evaluation, every ``train.eval_every`` steps inside :func:`jaxcl.loops.run_chunks` (seeds
-vmapped): for ``sort.pairs`` fixed test pairs per condition (deterministic in ``seed``, stratified
-over ``sort.distance_bins`` equal bins of the distance between the segments' starts, each segment
-unique in its excerpt) in both orders, the answer margin ``log p(correct) - log p(wrong)`` at the
-answer position; a pair's accuracy is the mean over its two orders of ``margin > 0``, so a
-constant answer bias scores exactly 50 %. Also the NLL per token of windows of each condition's
-books (the parametric books are memorised, the others not). A checkpoint follows every
-``train.checkpoint_every`` steps; an interrupted run resumes where it stopped.
+vmapped; :mod:`jaxcl.sort_metrics`): for ``sort.pairs`` fixed test pairs per condition
+(deterministic in ``seed``, stratified over ``sort.distance_bins`` equal bins of the distance
+between the segments' starts, each segment unique in its excerpt) in both orders, the answer
+margin ``log p(correct) - log p(wrong)`` at the answer position; a pair's accuracy is the mean
+over its two orders of ``margin > 0``, so a constant answer bias scores exactly 50 %. Also the NLL
+per token of windows of each condition's books (the parametric books are memorised, the others
+not). A checkpoint follows every ``train.checkpoint_every`` steps; an interrupted run resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -54,8 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import probes, report, results
+from .. import report, results
+from .. import sort_metrics as SM
 from ..config import ConfigError, check_positive, method_settings
+from ..data import sort as D
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
@@ -65,39 +63,8 @@ from . import driver
 from .driver import Report, Run
 
 CONDITIONS = ("in_context", "parametric", "control")
-ROLES = ("parametric", "parametric_format", "context_format", "context", "control")
-PROMPTS = ("symbols", "natural")
 MODELS = ("scratch", "smollm2-135m")
-# the prompt of each format as pieces: text, or "X" (the excerpt), "A" (the segment shown first),
-# "B" (the one shown second); then the two answers (A came first / B came first). The symbols
-# format shows the segments before the excerpt: a causal model then meets them again while it
-# reads the excerpt, and the answer is which one it met last (see the README).
-TEMPLATES = {
-    "symbols": {
-        "excerpt": (">1:", "A", "\n2:", "B", "\n", "X", "\nfirst:"),
-        "no_excerpt": (">1:", "A", "\n2:", "B", "\nfirst:"),
-        "answers": ("1", "2"),
-    },
-    "natural": {
-        "excerpt": (
-            "Passage: ",
-            "X",
-            "\nSegment A: ",
-            "A",
-            "\nSegment B: ",
-            "B",
-            "\nQuestion: Which segment appears first in the passage, A or B?\nAnswer:",
-        ),
-        "no_excerpt": (
-            "Two segments of a book you have read.\nSegment A: ",
-            "A",
-            "\nSegment B: ",
-            "B",
-            "\nQuestion: Which segment appears first in the book, A or B?\nAnswer:",
-        ),
-        "answers": (" A", " B"),
-    },
-}
+ROLE = {"in_context": "context", "parametric": "parametric", "control": "control"}  # books tested
 
 DEFAULTS = {
     # scratch: a random Llama of this shape (byte tokenizer); smollm2-135m: the pretrained model
@@ -135,8 +102,8 @@ DEFAULTS = {
         "batch_size": 16,
         "eval_every": 100,
         "mix": (0.4, 0.4, 0.2),
-        "cosine": True,
-        "prompt_loss": False,  # train SORT rows on every prompt token too, not only the answer  # warm up over 10 % of train.steps, cosine decay to finetune.lr / 10
+        "cosine": True,  # warm up over 10 % of train.steps, cosine decay to finetune.lr / 10
+        "prompt_loss": False,  # train SORT rows on every prompt token too, not only the answer
         "checkpoint": True,
         "checkpoint_every": 400,
         "n_eval": 8,  # windows per condition's books for the NLL
@@ -147,7 +114,6 @@ DEFAULTS = {
     "seed": 0,
 }
 
-MIX = ("lm", "context_format", "parametric_format")
 MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 
@@ -167,8 +133,8 @@ def validate(cfg: dict) -> None:
             f"model.name={m['name']!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
             "pretrained smollm2-135m needs data.tokenizer=smollm2"
         )
-    if s["prompt"] not in PROMPTS:
-        raise ConfigError(f"sort.prompt={s['prompt']!r} is not valid; valid: {', '.join(PROMPTS)}")
+    if s["prompt"] not in D.PROMPTS:
+        raise ConfigError(f"sort.prompt={s['prompt']!r} is not valid; valid: {', '.join(D.PROMPTS)}")
     if not s["conditions"]:
         raise ConfigError(f"sort.conditions is empty; give some of {', '.join(CONDITIONS)}")
     for c in s["conditions"]:
@@ -195,7 +161,7 @@ def validate(cfg: dict) -> None:
             f"segments of {G} tokens in an excerpt of {X}; lower sort.distance_bins"
         )
     valid = set(text.domain_names())
-    for role in ROLES:
+    for role in D.ROLES:
         for name in b[role]:
             if name not in valid:
                 raise ConfigError(f"books.{role}: {text.unknown_source(name)}")
@@ -224,291 +190,7 @@ def validate(cfg: dict) -> None:
     driver.check_schedule(t)
 
 
-# -- books ----------------------------------------------------------------------------------------
-
-
-def book_documents(cfg: dict) -> dict[str, dict[str, list[str]]]:
-    """``{role: {domain: [documents]}}``; a document (a chapter) in two roles is an error (test
-    text would leak into training)."""
-    out, owner = {}, {}
-    for role in ROLES:
-        out[role] = {}
-        for name in cfg["books"][role]:
-            docs = [x for x in text.documents(name) if x.strip()]
-            if not docs:
-                raise ConfigError(f"books.{role}: {name!r} has no text")
-            for doc in docs:
-                prev = owner.setdefault(doc, (role, name))
-                if prev[0] != role:
-                    raise ConfigError(
-                        f"books.{role} and books.{prev[0]} share text ({name!r} and {prev[1]!r}): each book "
-                        "may have one role only, so that no test text is trained on"
-                    )
-            out[role][name] = docs
-    return out
-
-
-@dataclasses.dataclass
-class Books:
-    """Books of one role as one token array on the host: ``tokens`` (the books joined, an end token
-    between), ``spans`` ``[(name, begin, end)]`` per book."""
-
-    tokens: np.ndarray
-    spans: list
-
-    def starts(self, length: int) -> np.ndarray:
-        """Every start of a window of ``length`` tokens inside one book."""
-        out = [np.arange(b, e - length + 1) for _, b, e in self.spans if e - b >= length]
-        return np.concatenate(out).astype(np.int32) if out else np.zeros((0,), np.int32)
-
-
-def encode_books(tok, books: dict[str, list[str]], need: int, role: str) -> Books:
-    """Each book's chapters joined by a space and tokenised; a book shorter than ``need`` tokens is
-    an error naming it."""
-    eos = text.end_id(tok)
-    ids, spans = [], []
-    for name, docs in books.items():
-        t = tok.encode(" ".join(d.strip() for d in docs))
-        if len(t) < need:
-            raise ConfigError(
-                f"books.{role}: {name!r} has {len(t)} tokens, fewer than the {need} one window needs "
-                "(sort.excerpt_len or the sequence length); choose a longer book or a shorter excerpt"
-            )
-        spans.append((name, len(ids), len(ids) + len(t)))
-        ids += list(t) + [eos]
-    return Books(np.asarray(ids, np.int32), spans)
-
-
-# -- prompts --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where every token of a SORT example comes from: ``src`` -1 (the template ``tokens``), 0
-    (the excerpt), 1 (the segment shown first), 2 (the segment shown second), with ``off`` the
-    offset inside it; the answer at ``answer_pos``; ``length`` tokens before padding."""
-
-    tokens: np.ndarray
-    src: np.ndarray
-    off: np.ndarray
-    answer_pos: int
-    length: int
-    answers: tuple  # (id of "the first shown came first", id of "the second shown came first")
-
-
-def answer_ids(tok, prompt: str) -> tuple[int, int]:
-    ids = []
-    for a in TEMPLATES[prompt]["answers"]:
-        t = tok.encode(a)
-        if len(t) != 1:
-            raise ConfigError(
-                f"sort.prompt={prompt!r}: the answer {a!r} is {len(t)} tokens for this tokenizer; the "
-                "readout "
-                "compares two single answer tokens: use the other prompt format"
-            )
-        ids.append(int(t[0]))
-    if ids[0] == ids[1]:
-        raise ConfigError(f"sort.prompt={prompt!r}: both answers are the same token")
-    return ids[0], ids[1]
-
-
-def make_layout(tok, prompt: str, X: int, G: int, with_excerpt: bool, T: int, pad: int) -> Layout:
-    """The layout of one prompt format, right-padded to ``T`` tokens."""
-    pieces = TEMPLATES[prompt]["excerpt" if with_excerpt else "no_excerpt"]
-    toks, src, off = [], [], []
-
-    def const(s):
-        ids = tok.encode(s) if s else []
-        toks.extend(ids)
-        src.extend([-1] * len(ids))
-        off.extend([0] * len(ids))
-
-    def fill(which, n):
-        toks.extend([pad] * n)
-        src.extend([which] * n)
-        off.extend(range(n))
-
-    for piece in pieces:
-        if piece in ("X", "A", "B"):
-            fill("XAB".index(piece), X if piece == "X" else G)
-        else:
-            const(piece)
-    answers = answer_ids(tok, prompt)
-    pos = len(toks)
-    const(TEMPLATES[prompt]["answers"][0])  # the answer's slot (filled per example)
-    n = len(toks)
-    if n > T:
-        raise ConfigError(f"a SORT prompt has {n} tokens, more than the sequence length {T}")
-    pad_n = T - n
-    toks += [pad] * pad_n
-    src += [-1] * pad_n
-    off += [0] * pad_n
-    return Layout(
-        np.asarray(toks, np.int32), np.asarray(src, np.int32), np.asarray(off, np.int32), pos, n, answers
-    )
-
-
-def render(xp, lay: Layout, book, start, a, b):
-    """``(tokens (T,), mask (T,))`` of one example (``xp``: numpy or jax.numpy, so the host's test
-    items and the loop's training rows are the same function): the excerpt ``book[start :
-    start + X]``, the segment shown first at ``start + a``, the second at ``start + b`` (offsets
-    in the excerpt); the answer is the first one when ``a < b``. Only the answer is scored."""
-    src, off = xp.asarray(lay.src), xp.asarray(lay.off)
-    pos = start + xp.where(src == 1, a, xp.where(src == 2, b, 0)) + off
-    idx = xp.arange(len(lay.src))
-    toks = xp.where(src >= 0, book[xp.clip(pos, 0, len(book) - 1)], xp.asarray(lay.tokens))
-    ans = xp.where(a < b, lay.answers[0], lay.answers[1])
-    toks = xp.where(idx == lay.answer_pos, ans, toks)
-    return toks.astype(xp.int32), idx == lay.answer_pos
-
-
-def distance_edges(X: int, G: int, n_bins: int) -> np.ndarray:
-    """Integer edges of ``n_bins`` equal bins of the distance ``d`` between two segments' starts,
-    ``G <= d <= X - G``; bin ``k`` is ``edges[k] <= d < edges[k + 1]``."""
-    return np.round(np.linspace(G, X - G + 1, n_bins + 1)).astype(int)
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    book: str
-    start: int  # excerpt start in the role's token array
-    i: int  # the earlier segment's offset in the excerpt
-    j: int  # the later one's (j - i: the distance)
-    bin: int
-
-
-def make_pairs(books: Books, n: int, X: int, G: int, n_bins: int, seed: int) -> list[Pair]:
-    """``n`` test pairs, bin ``k % n_bins`` for the ``k``-th, the distance uniform in its bin, the
-    excerpt and position uniform; each segment occurs once in its excerpt (else redrawn)."""
-    rng = np.random.default_rng(seed)
-    starts = books.starts(X)
-    edges = distance_edges(X, G, n_bins)
-    out, tries = [], 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * n:
-            raise ConfigError(
-                f"could not draw {n} SORT pairs whose segments are unique in their excerpt; use longer "
-                "sort.segment_len or fewer sort.pairs"
-            )
-        k = len(out) % n_bins
-        d = int(rng.integers(edges[k], edges[k + 1]))
-        s = int(starts[rng.integers(len(starts))])
-        i = int(rng.integers(0, X - G - d + 1))
-        ex = books.tokens[s : s + X]
-        segs = [ex[i : i + G], ex[i + d : i + d + G]]
-        windows = np.lib.stride_tricks.sliding_window_view(ex, G)
-        if any(int((windows == seg).all(-1).sum()) != 1 for seg in segs):
-            continue
-        name = next(nm for nm, b, e in books.spans if b <= s < e)
-        out.append(Pair(name, s, i, i + d, k))
-    return out
-
-
-def pair_items(books: Books, lay: Layout, pairs: list[Pair]) -> dict:
-    """Both orders of every pair (rows ``2k`` and ``2k + 1``): ``tokens``, ``mask`` (the answer),
-    ``answer_pos``, ``correct`` and ``wrong`` answer ids."""
-    toks, mask, correct, wrong = [], [], [], []
-    for p in pairs:
-        for a, b in ((p.i, p.j), (p.j, p.i)):
-            t, m = render(np, lay, books.tokens, p.start, a, b)
-            toks.append(t)
-            mask.append(m)
-            c = lay.answers[0] if a < b else lay.answers[1]
-            correct.append(c)
-            wrong.append(lay.answers[1] if c == lay.answers[0] else lay.answers[0])
-    n = len(toks)
-    return {
-        "tokens": np.stack(toks),
-        "mask": np.stack(mask),
-        "answer_pos": np.full((n,), lay.answer_pos, np.int32),
-        "correct": np.asarray(correct, np.int32),
-        "wrong": np.asarray(wrong, np.int32),
-    }
-
-
-# -- scoring (pure, jittable) ---------------------------------------------------------------------
-
-
-def answer_margins(apply, params, items: dict, chunk: int) -> jax.Array:
-    """(N,) ``log p(correct) - log p(wrong)`` at each item's answer position (the logits of the
-    token before it), ``chunk`` items per forward pass."""
-    N, T = items["tokens"].shape
-    n_pad = -N % chunk
-
-    def pad(a):
-        return jnp.concatenate([a, jnp.repeat(a[:1], n_pad, 0)]) if n_pad else a
-
-    xs = {
-        k: pad(items[k]).reshape(-1, chunk, *items[k].shape[1:])
-        for k in ("tokens", "answer_pos", "correct", "wrong")
-    }
-
-    def one(x):
-        logits = apply(params, x["tokens"][:, :-1])
-        at = jnp.take_along_axis(logits, (x["answer_pos"] - 1)[:, None, None], 1)[:, 0]
-        lp = jax.nn.log_softmax(at.astype(jnp.float32), -1)
-        pick = lambda ids: jnp.take_along_axis(lp, ids[:, None], 1)[:, 0]  # noqa: E731
-        return pick(x["correct"]) - pick(x["wrong"])
-
-    return jax.lax.map(one, xs).reshape(-1)[:N]
-
-
-def pair_accuracy(margins) -> np.ndarray:
-    """``(..., 2P)`` margins (both orders of each pair in consecutive rows) -> ``(..., P)`` accuracy
-    per pair: the mean over its two orders of 1 (margin > 0), 0.5 (a tie) or 0."""
-    m = np.asarray(margins)
-    hit = (m > 0) + 0.5 * (m == 0)
-    return hit.reshape(*m.shape[:-1], -1, 2).mean(-1)
-
-
-def paired_accuracy(margins) -> np.ndarray:
-    """``(..., 2P)`` margins -> ``(..., P)``: 1 where the sum of a pair's two margins is positive
-    (0.5 at 0). A constant preference ``b`` for one answer adds ``+b`` to one order's margin and
-    ``-b`` to the other's, so it cancels here: the readout of a model whose answers are dominated by
-    such a bias (where :func:`pair_accuracy` is exactly 0.5) still shows whether its order signal is
-    right."""
-    m = np.asarray(margins)
-    tot = m.reshape(*m.shape[:-1], -1, 2).sum(-1)
-    return (tot > 0) + 0.5 * (tot == 0)
-
-
 # -- the study ------------------------------------------------------------------------------------
-
-
-def scratch_tokenizer(cfg: dict, docs: dict):
-    """``data.tokenizer`` of a scratch model: ``byte``, or ``smollm2`` restricted to the ids of
-    the run's books and prompts (:class:`jaxcl.data.vocab.CompactTokenizer`: a few
-    thousand of SmolLM2's 49152 ids)."""
-    if cfg["data"]["tokenizer"] == "byte":
-        return text.tokenizer("byte")
-
-    def record(rec):
-        for role in ROLES:
-            for chapters in docs[role].values():
-                rec.encode(" ".join(d.strip() for d in chapters))
-        t = TEMPLATES[cfg["sort"]["prompt"]]
-        for piece in (*t["excerpt"], *t["no_excerpt"], *t["answers"]):
-            rec.encode(piece)
-
-    return vocab.compact(text.tokenizer("smollm2"), record)
-
-
-def load_model(cfg: dict, T: int, docs: dict):
-    """``(model, tokenizer, pretrained params or None)`` (:func:`jaxcl.models.lm.load`)."""
-    m = cfg["model"]
-    tok = None if m["name"] == "smollm2-135m" else scratch_tokenizer(cfg, docs)
-    model, params, tok = lm.load(m, max_seq_len=T, tokenizer=tok)
-    return model, tok, params
-
-
-def seq_len(cfg: dict, tok) -> int:
-    """The sequence length of every row: the in-context prompt and its answer."""
-    s = cfg["sort"]
-    pieces = TEMPLATES[s["prompt"]]
-    n = sum(len(tok.encode(p)) for p in pieces["excerpt"] if p not in ("X", "A", "B"))
-    n += s["excerpt_len"] + 2 * s["segment_len"]
-    return n + len(tok.encode(pieces["answers"][0]))
 
 
 class Study:
@@ -519,53 +201,26 @@ class Study:
         self.cfg, self.mesh = cfg, mesh
         s = cfg["sort"]
         X, G = s["excerpt_len"], s["segment_len"]
-        docs = book_documents(cfg)
-        T = seq_len(cfg, text.tokenizer(cfg["data"]["tokenizer"]))
-        self.model, self.tok, self.pretrained = load_model(cfg, T, docs)
-        tok, pad = self.tok, vocab.pad_id(self.tok)
+        docs = D.book_documents(cfg["books"])
+        T = D.seq_len(text.tokenizer(cfg["data"]["tokenizer"]), s["prompt"], X, G)
+        # the model (jaxcl.models.lm.load): SmolLM2-135M with its tokenizer, or a scratch Llama
+        scratch = cfg["model"]["name"] != "smollm2-135m"
+        tok = D.tokenizer(cfg["data"]["tokenizer"], docs, s["prompt"]) if scratch else None
+        self.model, self.pretrained, tok = lm.load(cfg["model"], max_seq_len=T, tokenizer=tok)
+        self.tok, pad = tok, vocab.pad_id(tok)
         self.T = T
-        self.books = {r: encode_books(tok, docs[r], T, r) for r in ROLES if docs[r]}
-        if "parametric" in self.books or "parametric_format" in self.books:
-            lm = {**docs["parametric"], **docs["parametric_format"]}
-            self.books["lm"] = encode_books(tok, lm, T, "parametric")
-        self.layouts = {w: make_layout(tok, s["prompt"], X, G, w, T, pad) for w in (True, False)}
+        self.books = D.encode_roles(tok, docs, T)
+        self.layouts = {w: D.make_layout(tok, s["prompt"], X, G, w, T, pad) for w in (True, False)}
         # the test items of every condition, one array
-        self.pairs, items, at = {}, [], 0
-        self.rows = {}
-        role = {"in_context": "context", "parametric": "parametric", "control": "control"}
-        for k, c in enumerate(s["conditions"]):
-            books = self.books[role[c]]
-            pairs = make_pairs(books, s["pairs"], X, G, s["distance_bins"], cfg["seed"] + 1000 + k)
-            items.append(pair_items(books, self.layouts[c == "in_context"], pairs))
-            self.pairs[c] = pairs
-            self.rows[c] = (at, at + 2 * len(pairs))
-            at += 2 * len(pairs)
-        items = {key: np.concatenate([i[key] for i in items]) for key in items[0]}
+        conds = s["conditions"]
+        books = [self.books[ROLE[c]] for c in conds]
+        layouts = [self.layouts[c == "in_context"] for c in conds]
+        pairs, rows, items = D.eval_set(books, layouts, s["pairs"], s["distance_bins"], cfg["seed"] + 1000)
+        self.pairs, self.rows = dict(zip(conds, pairs)), dict(zip(conds, rows))
         # windows for the NLL of each condition's books (fixed, evenly spaced)
-        n_eval, nll = cfg["train"]["n_eval"], []
-        for c in s["conditions"]:
-            bk = self.books[role[c]]
-            st = bk.starts(T)
-            nll.append(
-                np.stack([bk.tokens[i : i + T] for i in st[np.linspace(0, len(st) - 1, n_eval).astype(int)]])
-            )
-        placeholder = Books(np.full((T + 1,), pad, np.int32), [("none", 0, T + 1)])
-        src = lambda r: self.books.get(r, placeholder)  # noqa: E731
+        nll = np.stack([D.nll_windows(b, T, cfg["train"]["n_eval"]) for b in books])
         self.data = jax.tree.map(
-            jnp.asarray,
-            {
-                "lm": {"tokens": src("lm").tokens, "starts": src("lm").starts(T)},
-                "context_format": {
-                    "tokens": src("context_format").tokens,
-                    "starts": src("context_format").starts(X),
-                },
-                "parametric_format": {
-                    "tokens": src("parametric_format").tokens,
-                    "starts": src("parametric_format").starts(X),
-                },
-                "items": items,
-                "nll_tokens": np.stack(nll),
-            },
+            jnp.asarray, {**D.sources(self.books, X, T, pad), "items": items, "nll_tokens": nll}
         )
         spec = get_method("finetune")
         hp, self.opts = method_settings(cfg, "finetune")
@@ -576,46 +231,14 @@ class Study:
 
     # -- inside the loop ---------------------------------------------------------------------
 
-    def draw_sort(self, src: dict, lay: Layout, key, B: int) -> dict:
-        """``B`` SORT rows from random excerpts of ``src``: the distance uniform in ``[G, X - G]``,
-        the position uniform, the order random."""
-        s = self.cfg["sort"]
-        X, G = s["excerpt_len"], s["segment_len"]
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        start = src["starts"][jax.random.randint(k1, (B,), 0, src["starts"].shape[0])]
-        d = jax.random.randint(k2, (B,), G, X - G + 1)
-        i = jnp.floor(jax.random.uniform(k3, (B,)) * (X - G - d + 1)).astype(jnp.int32)
-        swap = jax.random.bernoulli(k4, 0.5, (B,))
-        a, b = jnp.where(swap, i + d, i), jnp.where(swap, i, i + d)
-        toks, mask = jax.vmap(lambda st, aa, bb: render(jnp, lay, src["tokens"], st, aa, bb))(start, a, b)
-        if self.cfg["train"]["prompt_loss"]:  # the prompt's tokens are scored too (dense signal)
-            mask = jnp.broadcast_to(jnp.arange(self.T) < lay.length, mask.shape)
-        return {"tokens": toks, "mask": mask}
-
-    def draw_lm(self, src: dict, key, B: int) -> dict:
-        start = src["starts"][jax.random.randint(key, (B,), 0, src["starts"].shape[0])]
-        toks = src["tokens"][start[:, None] + jnp.arange(self.T)]
-        return {"tokens": toks, "mask": jnp.ones_like(toks, bool)}
-
     def draw(self, data, key) -> dict:
         """One batch of one kind, the kind drawn with probabilities ``train.mix``."""
-        B = self.cfg["train"]["batch_size"]
-        k0, k1, k2, k3 = jax.random.split(key, 4)
-        batches = [
-            self.draw_lm(data["lm"], k1, B),
-            self.draw_sort(data["context_format"], self.layouts[True], k2, B),
-            self.draw_sort(data["parametric_format"], self.layouts[False], k3, B),
-        ]
-        w = jnp.asarray(self.cfg["train"]["mix"], jnp.float32)
-        kind = jax.random.categorical(k0, jnp.log(jnp.maximum(w, 0.0) + 1e-30))
-        return shard_batch(jax.tree.map(lambda *xs: jnp.stack(xs)[kind], *batches), self.mesh)
+        t = self.cfg["train"]
+        batch = D.draw_batch(data, self.layouts, key, t["batch_size"], t["mix"], t["prompt_loss"])
+        return shard_batch(batch, self.mesh)
 
     def evaluate(self, params, data) -> dict:
-        margin = answer_margins(self.model.apply, params, data["items"], self.cfg["train"]["eval_chunk"])
-        nll = jax.lax.map(
-            lambda t: probes.sequence_nll(self.model.apply, params, t).mean(), data["nll_tokens"]
-        )
-        return {"margin": margin, "book_nll": nll}
+        return SM.evaluate(self.model.apply, params, data, self.cfg["train"]["eval_chunk"])
 
     def method(self, hp):
         return build_method(self.spec, self.model, hp, self.opts)
@@ -673,27 +296,6 @@ def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> 
     return {"traces": traces, "seconds": seconds}
 
 
-# -- metrics (host) --------------------------------------------------------------------------------
-
-
-def condition_metrics(study: Study, traces: dict) -> dict:
-    """Per condition: ``acc`` (S, evaluations) over its pairs, ``acc_bins`` (S, evaluations,
-    bins), ``book_nll`` (S, evaluations)."""
-    n_bins = study.cfg["sort"]["distance_bins"]
-    out = {}
-    for k, (c, (lo, hi)) in enumerate(study.rows.items()):
-        acc = pair_accuracy(traces["margin"][..., lo:hi])  # S, E1, P
-        bins = np.asarray([p.bin for p in study.pairs[c]])
-        out[c] = {
-            "acc": acc.mean(-1),
-            "acc_bins": np.stack([acc[..., bins == b].mean(-1) for b in range(n_bins)], -1),
-            "paired": paired_accuracy(traces["margin"][..., lo:hi]).mean(-1),
-            "margin": np.abs(traces["margin"][..., lo:hi]).mean(-1),
-            "book_nll": traces["book_nll"][..., k],
-        }
-    return out
-
-
 LABELS = {
     "in_context": "in context (unseen book, excerpt in prompt)",
     "parametric": "parametric (trained book, no excerpt)",
@@ -703,7 +305,7 @@ LABELS = {
 
 def columns(cfg: dict) -> list:
     s = cfg["sort"]
-    e = distance_edges(s["excerpt_len"], s["segment_len"], s["distance_bins"])
+    e = D.distance_edges(s["excerpt_len"], s["segment_len"], s["distance_bins"])
     cols = [("acc", "accuracy", "pct")]
     cols += [(f"acc_bin{b}", f"d {e[b]}-{e[b + 1] - 1}", "pct") for b in range(len(e) - 1)]
     cols += [
@@ -730,8 +332,8 @@ def body(cfg: dict, run: Run) -> Report:
         bar.set_postfix_str(f"{S} seeds")
         r = train(study, keys, ckpt_dir=run.ckpt_dir, resume=run.resume, progress=bar)
     traces = r["traces"]
-    met = condition_metrics(study, traces)
-    edges = distance_edges(s["excerpt_len"], s["segment_len"], s["distance_bins"])
+    met = SM.condition_metrics(traces, study.rows, study.pairs, s["distance_bins"])
+    edges = D.distance_edges(s["excerpt_len"], s["segment_len"], s["distance_bins"])
     rows = {}
     for c, m in met.items():
         per = {
