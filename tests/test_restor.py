@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxcl import config
+from jaxcl.data import restor as restor_data
 from jaxcl.studies import get_study, restor
 
 
@@ -34,7 +35,7 @@ def test_tiny_runs_clean_corrupt_and_unlearn(tmp_path):
 
 def test_wrong_facts_change_every_value_and_keep_the_names():
     cfg = config.resolve(config.load("restor", tiny=True), ["data.n_facts=6"])
-    true, wrong = restor.facts(cfg)
+    true, wrong = restor_data.facts(cfg)
     for t, w in zip(true, wrong):
         assert w.name == t.name and w.year != t.year and w.city != t.city and w.profession != t.profession
 

@@ -20,22 +20,21 @@ ones (teacher-forced, :func:`jaxcl.probes.span_scores`): ``pref`` = log p(true) 
 target token (> 0: the original fact is preferred), exact match of the true / wrong values, and
 the held-out stream NLL (utility). **Recovery** = (pref after unlearning - pref corrupted) /
 (pref clean - pref corrupted): 0 = no recovery, 1 = back to the clean model, <0 = worse.
-Seeds are vmapped; results.json through :mod:`jaxcl.results`, ``recovery.png``.
+The facts, the data and the scores are :mod:`jaxcl.data.restor`. Seeds are vmapped; results.json through :mod:`jaxcl.results`, ``recovery.png``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .. import probes, report, results
+from .. import report, results
 from ..config import ConfigError, check_positive
-from ..data import text, vocab
+from ..data import restor as restor_data
+from ..data import text
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import lm
@@ -109,115 +108,6 @@ def validate(cfg: dict) -> None:
     check_ranks(cfg, cfg["methods"], d["n_facts"])
 
 
-# -- data ------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Data:
-    clean: dict  # {'tokens', 'mask'} (n_facts, T): the true documents
-    wrong: dict  # the documents with wrong values
-    windows: dict  # stream windows (n_windows, T)
-    probes_true: dict  # memorisation probes with the true values
-    probes_wrong: dict  # the same probes with the wrong values
-    held_out: jax.Array  # (M, T) held-out stream windows
-
-
-def _rows(tok, items, T, pad) -> dict:
-    toks = np.full((len(items), T), pad, np.int32)
-    mask = np.zeros((len(items), T), bool)
-    for r, segs in enumerate(items):
-        ids = probes.encode_segments(tok, segs)[0]
-        if len(ids) > T:
-            raise ConfigError(
-                f"a fact document has {len(ids)} tokens, more than data.seq_len={T}; raise data.seq_len"
-            )
-        toks[r, : len(ids)], mask[r, : len(ids)] = ids, True
-    return {"tokens": toks, "mask": mask}
-
-
-def facts(cfg: dict):
-    """The entities and, for each, one with its wrong values (never-seen entities' values)."""
-    n = cfg["data"]["n_facts"]
-    ents = probes.entities(2 * n, cfg["seed"])
-    true, alt = ents[:n], ents[n:]
-    wrong = []
-    for i, e in enumerate(true):
-        o = next((a for a in alt[i:] + alt[:i] if a.year != e.year and a.profession != e.profession), alt[i])
-        wrong.append(dataclasses.replace(e, year=o.year, city=o.city, profession=o.profession))
-    return true, wrong
-
-
-def tokenizer_for(cfg: dict):
-    from .. import hf
-
-    if cfg["model"]["tokenizer"] == "byte":
-        return hf.ByteTokenizer()
-
-    def record(rec):
-        true, wrong = facts(cfg)
-        for e in true + wrong:
-            probes.encode_segments(rec, e.document())
-        for name in cfg["data"]["domains"]:
-            text.encode_docs(rec, text.documents(name))
-
-    return vocab.compact(text.tokenizer("smollm2"), record)
-
-
-def prepare(cfg: dict):
-    tok = tokenizer_for(cfg)
-    m, d = cfg["model"], cfg["data"]
-    T = d["seq_len"]
-    model = lm.load({**m, "name": "scratch"}, max_seq_len=T + 8, tokenizer=tok)[0]
-    pad = vocab.pad_id(tok)
-    true, wrong = facts(cfg)
-    stream = text.build_stream(
-        list(d["domains"]),
-        tokenizer_name=tok,
-        seq_len=T,
-        n_eval=d["n_eval"],
-        max_train=d["n_windows"],
-        seed=cfg["seed"],
-    )
-    counts = np.asarray(stream.n_train)
-    win = np.concatenate([np.asarray(stream.train[k, : counts[k]]) for k in range(len(counts))])[
-        : d["n_windows"]
-    ]
-    mem_true = [p for e in true for p in e.memorization()]
-    # the same contexts as the true probes, the wrong values as targets
-    mem_wrong = [
-        probes.counterfactual(a, b) for a, b in zip(mem_true, [p for e in wrong for p in e.memorization()])
-    ]
-    both = probes.encode_probes(tok, mem_true + mem_wrong, pad)  # one length for both
-    n = len(mem_true)
-    pt, pw = ({k: v[sl] for k, v in both.items()} for sl in (slice(0, n), slice(n, None)))
-    data = Data(
-        clean=_rows(tok, [e.document() for e in true], T, pad),
-        wrong=_rows(tok, [e.document() for e in wrong], T, pad),
-        windows={"tokens": win, "mask": np.ones_like(win, bool)},
-        probes_true={"tokens": pt["tokens"], "target": pt["target"]},
-        probes_wrong={"tokens": pw["tokens"], "target": pw["target"]},
-        held_out=np.asarray(stream.eval).reshape(-1, T),
-    )
-    return model, tok, jax.tree.map(jnp.asarray, dataclasses.asdict(data))
-
-
-def _mix(a: dict, reps: int, b: dict) -> dict:
-    return {k: jnp.concatenate([jnp.tile(a[k], (reps, 1)), b[k]]) for k in a}
-
-
-def scores(model, params, data) -> dict:
-    """The facts' preference for the true values, exact matches and the held-out stream NLL."""
-    t = probes.span_scores(model.apply, params, data["probes_true"])
-    w = probes.span_scores(model.apply, params, data["probes_wrong"])
-    nll = probes.sequence_nll(model.apply, params, data["held_out"])
-    return {
-        "pref": (t["logp_tok"] - w["logp_tok"]).mean(),
-        "exact_true": t["exact"].mean(),
-        "exact_wrong": w["exact"].mean(),
-        "stream_nll": nll.mean(),
-    }
-
-
 # -- running ---------------------------------------------------------------------------------------
 
 
@@ -226,10 +116,13 @@ def body(cfg: dict, run: Run) -> Report:
     training batch over its ``data`` axis."""
     say, mesh = run.say, run.mesh
     t_start = time.perf_counter()
-    model, tok, data = prepare(cfg)
+    tok = restor_data.tokenizer(cfg)
+    T = cfg["data"]["seq_len"]
+    model = lm.load({**cfg["model"], "name": "scratch"}, max_seq_len=T + 8, tokenizer=tok)[0]
+    data = restor_data.build(cfg, tok)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     S, rk = cfg["seeds"], cfg["clean"]["repeats"]
-    score = jit_seeds(lambda p, d: scores(model, p, d), (0, None), mesh)
+    score = jit_seeds(lambda p, d: restor_data.scores(model, p, d), (0, None), mesh)
     init = jax.vmap(model.init)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
     empty = {k: v[:1] for k, v in data["wrong"].items()}
     timing, evaluated, traces = {}, {}, {}
@@ -243,7 +136,7 @@ def body(cfg: dict, run: Run) -> Report:
         return o, c_s, t_s
 
     # 1. clean: the stream and the true documents
-    rows = _mix(data["clean"], rk, data["windows"])
+    rows = restor_data.mix(data["clean"], rk, data["windows"])
     phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
     problem = LMProblem(forget=empty, forget_alt=empty, retain=rows)
     o, c_s, t_s = phase_run(phase, hp, init, CLEAN, problem)
@@ -256,7 +149,7 @@ def body(cfg: dict, run: Run) -> Report:
 
     # 2. corrupted: the wrong documents, with stream windows
     win = {k: v[: cfg["corrupt"]["n_windows"]] for k, v in data["windows"].items()}
-    rows = _mix(data["wrong"], cfg["corrupt"]["repeats"], win)
+    rows = restor_data.mix(data["wrong"], cfg["corrupt"]["repeats"], win)
     phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
     o, c_s, t_s = phase_run(phase, hp, clean, CORRUPT, problem.replace(retain=rows))
     corrupted = o["params"]
@@ -280,9 +173,7 @@ def body(cfg: dict, run: Run) -> Report:
     out_rows = {}
     for name, ev in evaluated.items():
         per = {k: np.asarray(v) for k, v in ev.items()}
-        per["recovery"] = (per["pref"] - p_corr) / np.where(
-            np.abs(p_clean - p_corr) > 1e-9, p_clean - p_corr, np.nan
-        )
+        per["recovery"] = restor_data.recovery(per["pref"], p_clean, p_corr)
         per["time_s"] = [timing[name]["time_s"]]
         out_rows[name] = results.row(
             per, timing=timing[name], **({"trace": traces[name]} if name in traces else {})
