@@ -18,6 +18,7 @@ from jaxcl.models.lm import language_model
 from jaxcl.studies import tofu as T
 from jaxcl.tofu import data as tdata
 from jaxcl.tofu import metrics as tm
+from jaxcl.tofu import problem as tproblem
 from jaxcl.unlearn.lm import LMProblem, chunk_len, n_steps
 
 HAVE_DATA = tdata.data_dir() is not None
@@ -70,7 +71,7 @@ QA = [(f"Who wrote book {i}?", f"Author number {i} wrote it in {1900 + 7 * i}.")
 
 
 def tiny_problem(n_retain: int = 4) -> LMProblem:
-    enc = lambda qa: T.encode(TOK, [{"question": q, "answer": a} for q, a in qa], 64)
+    enc = lambda qa: tproblem.encode(TOK, [{"question": q, "answer": a} for q, a in qa], 64)
     forget, retain = QA[:3], QA[3 : 3 + n_retain]
     alt = [(q, "I don't know.") for q, _ in forget]
     return LMProblem(forget=enc(forget), forget_alt=enc(alt), retain=enc(retain))
@@ -208,8 +209,8 @@ def test_tiny_study_end_to_end(tmp_path):
     assert res["rows"][T.REFERENCE]["summary"]["forget_quality"]["mean"] == pytest.approx(1.0)
     # fine-tuning worked: the target answers the forget questions far better than its random init
     cfg = tiny_cfg()
-    model, params0, tok = T.load_model(cfg)
-    rows = T.load_problem(cfg, tok)[1]["forget"]
+    model, params0, tok = tproblem.load_model(cfg)
+    rows = tproblem.load_problem(cfg, tok)[1]["forget"]
     t, m = tdata.encode_qa(tok, [r["question"] for r in rows], [r["answer"] for r in rows], 192)
     random_prob = float(np.mean(np.exp(-tm.avg_nll(model.cfg, params0, t, m, 8))))
     assert f_prob[T.TARGET] > 3 * random_prob

@@ -11,7 +11,7 @@ forget split (1/5/10 % of the 200 authors' 4000 question/answer pairs) and ``D_r
 2. each method of ``methods`` unlearns ``D_f`` from the target (10 epochs of ``D_f``, batch 32;
    every batch carries ``D_r`` rows at the top level, ``D_f`` rows in ``'forget'`` and the same
    questions with refusal answers in ``'forget_alt'``, for IDK);
-3. every model is scored by :func:`jaxcl.tofu.metrics.evaluate`: answer probability, truth
+3. every model is scored by :class:`jaxcl.tofu.eval.Evaluator`: answer probability, truth
    ratio and ROUGE-L recall of greedy answers on the forget / retain / real-authors /
    world-facts sets, forget quality ``FQ = p-value of KS(TR_model(D_f), TR_retain(D_f))`` and
    model utility ``MU = harmonic mean of the nine (prob, TR, ROUGE) values on retain, real
@@ -19,18 +19,16 @@ forget split (1/5/10 % of the 200 authors' 4000 question/answer pairs) and ``D_r
 
 Everything trains through the one loop: :class:`jaxcl.loops.Phase` (one jitted program per
 phase) with the registry's ``finetune`` for the target and the retain model and each method's
-own spec for unlearning, on a :class:`LMProblem`; a language model enters the registry's
-losses through :func:`lm_model` (its ``nll``). Steps of a phase are
+own spec for unlearning (:mod:`jaxcl.unlearn.lm`), on the :class:`~jaxcl.unlearn.lm.LMProblem` of
+:func:`jaxcl.tofu.problem.load_problem`. Steps of a phase are
 ``max(1, round(epochs * n / batch_size))``. Rows: ``retain (reference)``, ``target (before
 unlearning)``, then each method; results.json through :mod:`jaxcl.results`, and ``fq_vs_mu.png``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +38,12 @@ from .. import report, results
 from .. import sweep as sweep_mod
 from ..config import ConfigError, check_positive
 from ..engine import check_finite
-from ..models import llama, lm
-from ..models.lm import LanguageModel
+from ..models import llama
 from ..parallel import place_seeds
 from ..tofu import data as tdata
-from ..tofu import metrics as tmetrics
-from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
+from ..tofu.eval import EVAL_SETS, Evaluator, scores
+from ..tofu.problem import load_model, load_problem
+from ..unlearn.lm import check_ranks, trainer, unlearner
 from .driver import Report, Run, Study
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
@@ -87,51 +85,8 @@ COLUMNS = [
     ("world_facts_rouge", "WF.rouge", "float"),
     ("time_s", "time (s)", "seconds"),
 ]
-EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
 REFERENCE, TARGET = "retain (reference)", "target (before unlearning)"
 TRAIN_TARGET, TRAIN_RETAIN, UNLEARN = 1, 2, 3  # key roles: fold_in(key(seed), role)
-
-
-# -- the model and the problem -----------------------------------------------------------------
-
-
-def load_model(cfg: dict) -> tuple[LanguageModel, dict, object]:
-    """``(model, params, tokenizer)`` (:func:`jaxcl.models.lm.load`): SmolLM2-135M-Instruct, another
-    GGUF file, a Hugging Face checkpoint (folder or hub id), or ``tiny`` (from ``seed``)."""
-    m = cfg["model"]
-    source = tdata.resolve_model_source(m["name"])
-    return lm.load({**m, "name": source, "label": m["name"]}, seed=cfg["seed"])
-
-
-def encode(tok, rows: list[dict], max_len: int, answers: list[str] | None = None) -> dict:
-    t, m = tdata.encode_qa(
-        tok, [r["question"] for r in rows], answers or [r["answer"] for r in rows], max_len
-    )
-    return {"tokens": jnp.asarray(t), "mask": jnp.asarray(m)}
-
-
-def load_problem(cfg: dict, tok) -> tuple[LMProblem, dict]:
-    """The encoded problem and the evaluation sets (rows with paraphrased / perturbed answers).
-    The refusal answers of ``forget_alt`` are drawn from ``idontknow.txt`` with ``seed``."""
-    d = cfg["data"]
-    root = d["data_dir"] or None
-    forget = tdata.load_split(d["split"], root)[: d["n_forget"] or None]
-    retain = tdata.load_split(tdata.retain_for(d["split"]), root)[: d["n_retain"] or None]
-    cap = lambda rows: rows[: d["n_eval"] or None]
-    evals = {
-        "forget": cap(tdata.load_split(d["split"] + "_perturbed", root)[: len(forget)]),
-        "retain": cap(tdata.load_split("retain_perturbed", root)),
-        "real_authors": cap(tdata.load_split("real_authors_perturbed", root)),
-        "world_facts": cap(tdata.load_split("world_facts_perturbed", root)),
-    }
-    idk = tdata.idk_answers(root)
-    pick = np.random.default_rng(cfg["seed"]).integers(0, len(idk), len(forget))
-    problem = LMProblem(
-        forget=encode(tok, forget, d["max_len"]),
-        forget_alt=encode(tok, forget, d["max_len"], answers=[idk[i] for i in pick]),
-        retain=encode(tok, retain, d["max_len"]),
-    )
-    return problem, evals
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -195,54 +150,9 @@ def check_methods(cfg: dict, methods) -> None:
 # -- running -----------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Context:
-    """What a run and a sweep share: the model, the problem, the evaluation sets, the target and
-    the retain model, and the retain model's forget-set truth ratios (forget quality's reference)."""
-
-    cfg: dict
-    model: LanguageModel
-    tok: object
-    problem: LMProblem
-    evals: dict
-    params: dict  # "target", "retain"
-    timing: dict
-    say: Callable
-    ref_tr: np.ndarray | None = None
-    mesh: object = None  # training batches over its data axis, parameters replicated
-
-    def reference(self) -> dict:
-        """The retain model's metrics; keeps its forget-set truth ratios for forget quality."""
-        res = self._metrics(self.params["retain"])
-        self.ref_tr = res["forget"]["truth_ratios"]
-        res["forget_quality"] = tmetrics.forget_quality(self.ref_tr, self.ref_tr)
-        return res
-
-    def evaluate(self, params) -> dict:
-        """TOFU's metrics of ``params``; forget quality against the retain model's truth ratios."""
-        if self.ref_tr is None:
-            raise RuntimeError("evaluate the retain model first (Context.reference)")
-        res = self._metrics(params)
-        res["forget_quality"] = tmetrics.forget_quality(res["forget"]["truth_ratios"], self.ref_tr)
-        return res
-
-    def _metrics(self, params) -> dict:
-        e = self.cfg["eval"]
-        return tmetrics.evaluate(
-            self.model.cfg,
-            params,
-            self.tok,
-            self.evals,
-            max_len=self.cfg["data"]["max_len"],
-            batch_size=e["batch_size"],
-            max_new_tokens=e["max_new_tokens"],
-            prompt_len=e["prompt_len"],
-        )
-
-
-def prepare(cfg: dict, verbose: bool = True, mesh=None) -> Context:
-    """Load the model and the data; fine-tune the target and the retain model."""
-    say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+def prepare(cfg: dict, say, mesh=None) -> tuple:
+    """``(model, problem, evaluator, params, timing)``: load the model and the data, fine-tune the
+    target and the retain model (``params['target']``, ``params['retain']``)."""
     t0 = time.perf_counter()
     model, params0, tok = load_model(cfg)
     problem, evals = load_problem(cfg, tok)
@@ -271,14 +181,7 @@ def prepare(cfg: dict, verbose: bool = True, mesh=None) -> Context:
             f"{phase.phase.eval_every} steps) -> {nll[-1]:.3f} (last {phase.phase.eval_every}) "
             f"({t_s:.1f}s + {c_s:.1f}s compile)"
         )
-    return Context(cfg, model, tok, problem, evals, params, timing, say, mesh=mesh)
-
-
-def scores(res: dict) -> dict:
-    """One row's per-seed values: FQ, MU and (prob, rouge, truth ratio) of every set."""
-    out = {"forget_quality": res["forget_quality"], "model_utility": res["model_utility"]}
-    out.update({f"{s}_{m}": res[s][m] for s in EVAL_SETS for m in ("prob", "rouge", "truth_ratio")})
-    return out
+    return model, problem, Evaluator.from_config(cfg, model.cfg, tok, evals), params, timing
 
 
 def body(cfg: dict, run: Run) -> Report:
@@ -286,32 +189,31 @@ def body(cfg: dict, run: Run) -> Report:
     axis must be 1): the rows of every fine-tuning and unlearning batch over its ``data`` axis,
     the parameters replicated."""
     t_start = time.perf_counter()
-    ctx = prepare(cfg, run.verbose, run.mesh)
+    model, problem, ev, params, models_timing = prepare(cfg, run.say, run.mesh)
     evaluated, timing, traces, nonfinite = {}, {}, {}, {}
-    for name, which, fn in (
-        (REFERENCE, "retain", ctx.reference),
-        (TARGET, "target", lambda: ctx.evaluate(ctx.params["target"])),
-    ):
+    for name, which, fn in ((REFERENCE, "retain", ev.reference), (TARGET, "target", ev.evaluate)):
         t0 = time.perf_counter()
-        evaluated[name] = fn()
-        timing[name] = {**ctx.timing[which], "eval_s": time.perf_counter() - t0}  # time_s: fine-tuning
-    n_f = ctx.problem.forget["tokens"].shape[0]
+        evaluated[name] = fn(params[which])
+        timing[name] = {**models_timing[which], "eval_s": time.perf_counter() - t0}  # time_s: fine-tuning
+    n_f = problem.forget["tokens"].shape[0]
     key = jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN)  # every method: the same batches
     for name in cfg["methods"]:
-        phase, hp = unlearner(ctx.model, cfg, name, n_f, ctx.mesh)
-        args = place_seeds((ctx.params["target"], key, ctx.problem, hp), (None,) * 4, ctx.mesh)
+        phase, hp = unlearner(model, cfg, name, n_f, run.mesh)
+        args = place_seeds((params["target"], key, problem, hp), (None,) * 4, run.mesh)
         o, c_s, t_s = report.timed_jit(phase.run, *args)
         nonfinite[name] = int(o["nonfinite_step"])
         if nonfinite[name] >= 0:
-            ctx.say(f"  note: {name}: the loss became non-finite at step {nonfinite[name]}")
+            run.say(f"  note: {name}: the loss became non-finite at step {nonfinite[name]}")
         traces[name] = {k: np.asarray(v, np.float64).tolist() for k, v in o["trace"].items()}
         t0 = time.perf_counter()
-        evaluated[name] = res = ctx.evaluate(o["params"])
+        evaluated[name] = res = ev.evaluate(o["params"])
         timing[name] = {"compile_s": c_s, "time_s": t_s, "eval_s": time.perf_counter() - t0}
-        f = traces[name]["forget_nll"]
-        ctx.say(
-            f"  {name:12s} {phase.phase.steps} steps, forget NLL -> {f[-1]:.3f}: FQ "
-            f"{res['forget_quality']:.2e}, MU {res['model_utility']:.3f}, F.prob {res['forget']['prob']:.3f} "
+        # an edit-only method has no trace (the config refuses them: not in METHODS)
+        f = traces[name].get("forget_nll")
+        run.say(
+            f"  {name:12s} {phase.phase.steps} steps"
+            + (f", forget NLL -> {f[-1]:.3f}" if f else "")
+            + f": FQ {res['forget_quality']:.2e}, MU {res['model_utility']:.3f}, F.prob {res['forget']['prob']:.3f} "
             f"({t_s:.1f}s + {c_s:.1f}s compile, eval {timing[name]['eval_s']:.1f}s)"
         )
     rows = {}
@@ -329,8 +231,8 @@ def body(cfg: dict, run: Run) -> Report:
         extra={
             "model": cfg["model"]["name"],
             "n_forget": n_f,
-            "n_retain": int(ctx.problem.retain["tokens"].shape[0]),
-            "n_eval": {k: len(v) for k, v in ctx.evals.items()},
+            "n_retain": int(problem.retain["tokens"].shape[0]),
+            "n_eval": {k: len(v) for k, v in ev.sets.items()},
             "generations": {n: {s: r[s]["generations"] for s in EVAL_SETS} for n, r in evaluated.items()},
             "truth_ratios": {n: {s: r[s]["truth_ratios"] for s in EVAL_SETS} for n, r in evaluated.items()},
             "trace": traces,
@@ -373,20 +275,17 @@ def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, ve
     at a time), then each cell evaluated; the target and the retain model as in a run."""
     method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
     check_methods(cfg, [method])
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
-    ctx = prepare(cfg, verbose)
-    ctx.reference()  # the truth ratios forget quality compares with
-    phase, base = unlearner(ctx.model, cfg, method, ctx.problem.forget["tokens"].shape[0])
+    say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+    model, problem, ev, params, models_timing = prepare(cfg, say)
+    ev.reference(params["retain"])  # the truth ratios forget quality compares with
+    phase, base = unlearner(model, cfg, method, problem.forget["tokens"].shape[0])
     hp_grid = sweep_mod.stack_cells(base, names, cells)
 
-    def one_cell(params, key, problem, hp):
-        o = phase.run(params, key, problem, hp)
+    def one_cell(p, k, prob, hp):
+        o = phase.run(p, k, prob, hp)
         return {"params": o["params"], "diverged": (o["nonfinite_step"] >= 0).astype(jnp.float32)}
 
-    shared = (ctx.params["target"], jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN), ctx.problem)
+    shared = (params["target"], jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN), problem)
     run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
         one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=False
     )
@@ -395,7 +294,7 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
     run_s = time.perf_counter() - t0
     rows = {}
     for i, c in enumerate(cells):
-        r = ctx.evaluate(jax.tree.map(lambda a: a[i], o["params"]))
+        r = ev.evaluate(jax.tree.map(lambda a: a[i], o["params"]))
         per_seed = {**scores(r), "diverged": float(o["diverged"][i])}
         rows[sweep_mod.cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)))
     cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
@@ -405,7 +304,7 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         rows,
         cols,
         first="cell",
-        timing={"compile": compile_s, "run": run_s, "models": ctx.timing},
+        timing={"compile": compile_s, "run": run_s, "models": models_timing},
         extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
     )
     return sweep_mod.finish(res, names, grid, out, verbose, "forget_quality", "forget quality")
