@@ -19,8 +19,8 @@ if ! command -v bible >/dev/null; then
 fi
 
 # the package, with test and PyTorch-reference extras (torch==2.13.0 is a local CPU build here)
-extras="dev"
-if [ "$("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
+extras="${EXTRAS:-dev}"
+if [ -z "${EXTRAS:-}" ] && [ "$("$PYTHON" -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True ]; then
   extras="dev,torch,docs"
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[$extras]"

@@ -284,3 +284,28 @@ def make_stream(data: Dataset, scenario: str, n_tasks: int, **kwargs) -> Stream:
     if scenario == "rotated":
         return rotated(data, n_tasks, **kwargs)
     raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(sorted(SCENARIOS))}")
+
+
+def from_config(d: dict, seed: int, model_for=None) -> Stream:
+    """The stream of a config's ``data`` section: ``dataset`` cut into ``n_tasks`` tasks of its
+    ``scenario`` (``max_train_per_task`` / ``max_test_per_task`` examples, 0: all;
+    ``classes_per_task`` for scole), with ``rehearsal_fraction`` > 0 power-law rehearsal of
+    earlier tasks (exponent ``rehearsal_alpha``) and, for ``order: delt``, DELT's scoring and
+    folding order (``delt_layers``, ``delt_select``; the scoring model ``model_for(stream)``)."""
+    from . import loaders
+
+    kw = {k: d[k] for k in ("max_train_per_task", "max_test_per_task") if d[k]}
+    if d["scenario"] == "scole":
+        kw["classes_per_task"] = d.get("classes_per_task", 2)
+    stream = make_stream(loaders.load(d["dataset"]), d["scenario"], d["n_tasks"], seed=seed, **kw)
+    if d.get("rehearsal_fraction", 0.0):
+        stream = power_law_rehearsal(
+            stream, d["rehearsal_fraction"], d.get("rehearsal_alpha", 1.0), seed=seed
+        )
+    if d.get("order", "random") == "delt":
+        from .delt import delt
+
+        stream, _ = delt(
+            stream, model_for(stream), layers=d["delt_layers"], select=d["delt_select"], seed=seed
+        )
+    return stream

@@ -20,6 +20,7 @@ STUDIES = {
     "lm": "jaxcl.studies.lm",
     "lm-junk": "jaxcl.studies.lm_junk",
     "sort": "jaxcl.studies.sort",
+    "cl-order": "jaxcl.studies.cl_order",
 }
 
 

@@ -168,28 +168,8 @@ def validate(cfg: dict) -> None:
 
 
 def build_stream(cfg: dict) -> streams.Stream:
-    d = cfg["data"]
-    kw = {k: d[k] for k in ("max_train_per_task", "max_test_per_task") if d[k]}
-    if d["scenario"] == "scole":
-        kw["classes_per_task"] = d.get("classes_per_task", 2)
-    stream = streams.make_stream(
-        loaders.load(d["dataset"]), d["scenario"], d["n_tasks"], seed=cfg["seed"], **kw
-    )
-    if d.get("rehearsal_fraction", 0.0):
-        stream = streams.power_law_rehearsal(
-            stream, d["rehearsal_fraction"], d.get("rehearsal_alpha", 1.0), seed=cfg["seed"]
-        )
-    if d.get("order", "random") == "delt":
-        from ..data.delt import delt
-
-        stream, _ = delt(
-            stream,
-            build_model(cfg, stream),
-            layers=d["delt_layers"],
-            select=d["delt_select"],
-            seed=cfg["seed"],
-        )
-    return stream
+    """The config's stream (:func:`jaxcl.data.streams.from_config`; DELT scores with its model)."""
+    return streams.from_config(cfg["data"], cfg["seed"], lambda stream: build_model(cfg, stream))
 
 
 def experiment(cfg: dict, stream, method: str, *, mesh=None) -> tuple[Experiment, dict]:
@@ -198,12 +178,6 @@ def experiment(cfg: dict, stream, method: str, *, mesh=None) -> tuple[Experiment
     exp = Experiment(build_model(cfg, stream), get_method(method, "cl"), loop_config(cfg), mesh=mesh, **opts)
     exp.check(stream)  # shape mismatches are reported here, before any compilation
     return exp, exp.default_hparams(**hp)
-
-
-def _finite(nonfinite_step, cfg: dict, where: str) -> None:
-    if cfg["loop"]["skip_nonfinite"]:
-        return  # such updates were skipped; the count is reported at the end
-    check_finite(nonfinite_step, where=where)
 
 
 def _segments(chunks_per_task: int, every: int | None) -> list[int]:
@@ -239,7 +213,8 @@ def run_method(
     t0 = time.perf_counter()
     if not ckpt_dir:
         out = jax.jit(seeds(exp.run, (0, None, None)))(keys, stream, hp)
-        _finite(out["nonfinite_step"], cfg, f"(method {method})")
+        if not cfg["loop"]["skip_nonfinite"]:  # skipped updates are counted in the notes instead
+            check_finite(out["nonfinite_step"], where=f"(method {method})")
         if progress is not None:
             progress.update(T)
         state_params, nonfinite = out["final_params"], out["nonfinite_step"]
@@ -303,7 +278,6 @@ def _segmented(cfg, exp, stream, hp, keys, method, seeds, ckpt_dir, resume, prog
             for k, v in tr.items():
                 out["trace"][k][:, t, start : start + n] = np.asarray(v)
             if last:
-                _finite(state.nonfinite_step, cfg, f"(method {method}, task {t})")
                 state, r_row = end_task(state, stream, hp, tt)
                 out["R"][:, t] = np.asarray(r_row)
             return state, out
@@ -407,27 +381,7 @@ def body(cfg: dict, run: Run) -> Report:
             f"{cfg['name']}: per-task accuracy over training (mean ± std over {S} seeds)",
         ),
     )
-    curves = lambda logdir: write_tensorboard(raw, cfg, logdir)
-    return Report(res, header, notes, plot_files, curves, {"raw": raw})
-
-
-def write_tensorboard(raw: dict, cfg: dict, logdir: str) -> str:
-    """Per-iteration evaluation curves (mean over seeds) as TensorBoard event files, one run per
-    method: ``acc/task_j``, ``loss``, ``grad_norm``, ``param_norm`` against the training step."""
-    from tensorboardX import SummaryWriter
-
-    for m, r in raw.items():
-        with SummaryWriter(os.path.join(logdir, m)) as w:
-            acc = r["acc_trace"].mean(0)  # T x E x T
-            T, E = acc.shape[:2]
-            for i in range(T):
-                for e in range(E):
-                    step = (i * E + e + 1) * cfg["loop"]["eval_every"]
-                    for j in range(T):
-                        w.add_scalar(f"acc/task_{j}", float(acc[i, e, j]), step)
-                    for k in ("loss", "grad_norm", "param_norm"):
-                        w.add_scalar(k, float(r[k][:, i, e].mean()), step)
-    return logdir
+    return Report(res, header, notes, plot_files, every=l["eval_every"], memory={"raw": raw})
 
 
 def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:

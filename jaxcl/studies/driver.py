@@ -49,15 +49,17 @@ class Interrupted(RuntimeError):
 @dataclasses.dataclass
 class Report:
     """What a study's body returns: the results object (:func:`jaxcl.results.make`), what to
-    print around its table, plot functions ``fn(res, out_dir) -> [paths]`` and, optionally,
-    TensorBoard curves ``fn(logdir)`` (the driver writes every row's figures either way) and
+    print around its table, plot functions ``fn(res, out_dir) -> [paths]``, the spacing of the
+    rows' curves over training for TensorBoard (``every``, ``axis``, ``first_step``) and
     ``memory``: host-side entries added to the results the Python caller gets (never written)."""
 
     res: dict
     header: str = ""
     notes: tuple[str, ...] = ()
     plots: tuple[Callable, ...] = ()
-    curves: Callable | None = None
+    every: int = 0  # training steps between the entries of the rows' ``*_trace_mean`` curves
+    axis: str = "task"  # what the last axis of a 3-D curve indexes (its TensorBoard tag)
+    first_step: int | None = None  # the first entry's step (default: ``every``)
     memory: dict | None = None
 
 
@@ -241,7 +243,7 @@ def run_segments(
     for pos in range(start, len(segments)):
         seg = segments[pos]
         state, outputs = seg.fn(state, outputs)
-        if stop_nonfinite:
+        if stop_nonfinite and state is not None:  # None: a schedule of independent programs
             check_finite(state.nonfinite_step, where=seg.where)
         if ckpt is not None:
             seconds = elapsed + time.perf_counter() - t0
@@ -358,20 +360,19 @@ def _finish(rep: Report, run: Run, tensorboard: bool) -> dict:
                 run.say(f"warning: a plot could not be drawn ({type(err).__name__}: {err}); results are kept")
         if tensorboard:
             logdir = os.path.join(run.out, "tensorboard")
-            write_tensorboard(res, logdir)
-            if rep.curves is not None:
-                rep.curves(logdir)
-            res["extra"]["tensorboard"] = logdir
+            first = rep.every if rep.first_step is None else rep.first_step
+            res["extra"]["tensorboard"] = write_tensorboard(res, logdir, rep.every, rep.axis, first)
         results.write(run.out, res, files)
         run.say(f"\nwrote {run.out}/results.json" + "".join(f", {os.path.basename(f)}" for f in files))
     res.update(rep.memory or {})
     return res
 
 
-def write_tensorboard(res: dict, logdir: str) -> str:
-    """Every row's figures as TensorBoard scalars (run ``<row>/final``, each seed at its index),
-    so ``--tensorboard`` shows every study's results; studies with curves over training add them
-    (run ``<row>``)."""
+def write_tensorboard(res: dict, logdir: str, every: int = 0, axis: str = "task", first: int = 0) -> str:
+    """Every row's figures as TensorBoard scalars (run ``<row>/final``, ``final/<key>`` at each
+    seed's index) and, when ``every``, its curves over training (run ``<row>``): each
+    ``<key>_trace_mean`` of the row, 1-D (evaluations), 2-D (tasks x evaluations) or 3-D (tasks x
+    evaluations x ``axis``), as ``<key>`` or ``<key>/<axis>_<j>`` at step ``first + i * every``."""
     from tensorboardX import SummaryWriter
 
     for name, row in res["rows"].items():
@@ -380,6 +381,18 @@ def write_tensorboard(res: dict, logdir: str) -> str:
                 for i, v in enumerate(values if isinstance(values, list | tuple) else [values]):
                     if isinstance(v, int | float):
                         w.add_scalar(f"final/{key}", float(v), i)
+        curves = {k[: -len("_trace_mean")]: v for k, v in row.items() if k.endswith("_trace_mean")}
+        if not every or not curves:
+            continue
+        with SummaryWriter(os.path.join(logdir, _safe(name))) as w:
+            for tag, v in curves.items():
+                a = np.asarray(v, np.float64)
+                a = a.reshape((-1, a.shape[-1]) if a.ndim == 3 else (-1, 1))
+                for i, vals in enumerate(a):
+                    for j, x in enumerate(vals):
+                        w.add_scalar(
+                            tag if a.shape[1] == 1 else f"{tag}/{axis}_{j}", float(x), first + i * every
+                        )
     return logdir
 
 

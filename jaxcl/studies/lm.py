@@ -360,7 +360,10 @@ def body(cfg: dict, run: Run) -> Report:
             labels=list(d["domains"]),
         ),
     )
-    return Report(res, header, plots=plot_files, memory={"raw": raw, "stream": stream})
+    every = cfg["train"]["eval_every"]
+    return Report(
+        res, header, plots=plot_files, every=every, axis="domain", memory={"raw": raw, "stream": stream}
+    )
 
 
 def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):

@@ -28,7 +28,6 @@ tasks.
 
 from __future__ import annotations
 
-import codecs
 import os
 import time
 
@@ -36,15 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import grpo, plots, report, results, tasks
 from .. import metrics as M
+from .. import plots, report, results, tasks
 from ..config import ConfigError, check_positive, method_settings
 from ..engine import check_finite
-from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
-from ..methods import get_method
-from ..methods import grpo as grpo_method
-from ..models import lm
-from ..parallel import jit_seeds, shard_batch
+from ..loops import seeds_keys
+from ..parallel import jit_seeds
+from ..posttrain import PostTraining
 from . import driver
 from .driver import Report, Run
 
@@ -171,261 +168,18 @@ def validate(cfg: dict) -> None:
         )
 
 
-# -- data -----------------------------------------------------------------------------------------
-
-
-def corpus_text(name: str) -> tuple[str, str]:
-    """``(train, held_out)`` text: every 10th verse (line) is held out."""
-    if name == "zen":
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
-            import this
-        lines = codecs.decode(this.s, "rot13").splitlines()[2:]
-    else:
-        from ..data import text
-
-        lines = [verse for _, _, verse in text.bible_verses()]
-    lines = [x.strip() for x in lines if x.strip()]
-    train = "\n".join(x for i, x in enumerate(lines) if i % 10)
-    held = "\n".join(x for i, x in enumerate(lines) if i % 10 == 0)
-    return train, held
-
-
-def corpus_chunks(tok, text: str, n: int, T: int, seed: int) -> dict:
-    """``n`` random windows of ``T`` tokens, every token scored after the first."""
-    ids = np.asarray(tok.encode(text), np.int32)
-    if len(ids) <= T:
-        ids = np.tile(ids, T // max(len(ids), 1) + 2)
-    starts = np.random.default_rng(seed).integers(0, len(ids) - T, n)
-    toks = np.stack([ids[s : s + T] for s in starts])
-    loss = np.ones_like(toks, bool)
-    loss[:, 0] = False
-    return {"tokens": toks, "valid": np.ones_like(toks, bool), "loss_mask": loss}
-
-
-def build_data(cfg: dict, tok, chat: bool = False) -> dict:
-    """Stacked arrays (task axis first) of every task, and the corpus chunks."""
-    d = cfg["data"]
-    names = tuple(d["tasks"]) + tuple(d["base_tasks"])
-    P, C = d["prompt_len"], d["answer_len"]
-    sft, rl, ev = [], [], []
-    for name in names:
-        train = tasks.generate(name, d["n_train"], seed=cfg["seed"], digits=d["digits"])
-        held = tasks.generate(name, d["n_eval"], seed=cfg["seed"] + 10_000, digits=d["digits"])
-        sft.append(tasks.encode_sft(tok, train, prompt_len=P, completion_len=C, chat=chat))
-        rl.append(tasks.encode_prompts(tok, train, prompt_len=P, answer_width=C, chat=chat))
-        ev.append(tasks.encode_prompts(tok, held, prompt_len=P, answer_width=C, chat=chat))
-    stack = lambda rows: {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    train_text, held_text = corpus_text(d["corpus"])
-    n_corpus = max(d["n_train"] * len(names), 1024)
-    return {
-        "sft": stack(sft),
-        "rl": stack(rl),
-        "eval": stack(ev),
-        "corpus": corpus_chunks(tok, train_text, n_corpus, P + C, cfg["seed"]),
-        "corpus_eval": corpus_chunks(tok, held_text, d["corpus_eval"], P + C, cfg["seed"] + 1),
-    }
-
-
 # -- the model ------------------------------------------------------------------------------------
-
-
-def load_model(cfg: dict):
-    """``(model, tokenizer, params or None, chat)`` (:func:`jaxcl.models.lm.load`): a scratch Llama
-    over bytes, or SmolLM2-135M-Instruct with its chat template; the model scores left-padded
-    prompts and completions."""
-    from .. import hf
-
-    m, d = cfg["model"], cfg["data"]
-    tok = None if m["name"] == "smollm2-135m" else hf.ByteTokenizer()
-    model, params, tok = lm.load(m, max_seq_len=d["prompt_len"] + d["answer_len"], tokenizer=tok, padded=True)
-    return model, tok, params, m["name"] == "smollm2-135m"
-
-
-# -- evaluation -----------------------------------------------------------------------------------
-
-
-def evaluator(model, env: grpo.Env, answer_len: int):
-    """``evaluate(params, data) -> {'acc': (K,), 'corpus_nll'}``: greedy accuracy on the held-out prompts
-    of every task and the held-out corpus NLL per token (in the compiled loop)."""
-    from ..generate import Sampling, generate_ids
-
-    lc = model.cfg
-
-    def acc_of_task(params, ev):
-        P = ev["prompt"].shape[1]
-        comp = generate_ids(
-            params,
-            ev["prompt"],
-            ev["prompt_valid"],
-            jax.random.key(0),
-            cfg=lc,
-            max_new_tokens=answer_len,
-            cache_len=P + answer_len,
-            sampling=Sampling(),
-            eos_id=env.eos_id,
-            pad_id=env.pad_id,
-        )
-        _, before = grpo.end_mask(comp, env.eos_id)
-        return env.reward(comp, before, ev).mean()
-
-    def evaluate(params, data):
-        acc = jax.lax.map(lambda ev: acc_of_task(params, ev), data["eval"])
-        s, n = model.nll(params, data["corpus_eval"])
-        return {"acc": acc, "corpus_nll": s.sum() / jnp.maximum(n.sum(), 1.0)}
-
-    return evaluate
-
-
-# -- the programs ---------------------------------------------------------------------------------
-
-
-def sft_draw(data, t, seen: bool, key, batch_size: int, corpus_fraction=0.0, n_tasks=None):
-    """SFT rows of task ``t`` (``seen``: of a task drawn in ``0..t``; ``n_tasks``: of any task),
-    and a ``corpus_fraction`` of corpus rows."""
-    k_task, k_idx, k_c, k_mix = jax.random.split(key, 4)
-    sft = data["sft"]
-    K, N = sft["tokens"].shape[:2]
-    if n_tasks is not None:
-        lo, hi = 0, n_tasks
-    else:
-        lo, hi = jnp.where(seen, 0, t), t + 1
-    t_B = jax.random.randint(k_task, (batch_size,), lo, hi)
-    i_B = jax.random.randint(k_idx, (batch_size,), 0, N)
-    batch = {k: v[t_B, i_B] for k, v in sft.items()}
-    if corpus_fraction:
-        c = data["corpus"]
-        j_B = jax.random.randint(k_c, (batch_size,), 0, c["tokens"].shape[0])
-        use = jax.random.uniform(k_mix, (batch_size,)) < corpus_fraction
-        batch = {k: jnp.where(use[:, None], c[k][j_B], batch[k]) for k in batch}
-    return batch
-
-
-def rl_draw(data, t, key, n: int):
-    rl = data["rl"]
-    i_B = jax.random.randint(key, (n,), 0, rl["prompt"].shape[1])
-    return {k: v[t, i_B] for k, v in rl.items()}
-
-
-class Study:
-    """The pieces of a study (one model, data and environment). The data (on the device) is an
-    argument of every compiled program, never a constant inside it."""
-
-    def __init__(self, cfg: dict, model, tok, data, env, mesh=None):
-        self.cfg, self.model, self.tok, self.data, self.env = cfg, model, tok, data, env
-        self.mesh = mesh  # seeds over its seeds axis; SFT batches, prompts and rollouts over data
-        self.evaluate = evaluator(model, env, cfg["data"]["answer_len"])
-        self.T = len(cfg["data"]["tasks"])
-        self._programs = {}
-
-    # base SFT on the mix: one program per seed batch
-    def base(self, key, params, data):
-        """Base SFT on the mix (``params`` None: from a random initialisation)."""
-        b = self.cfg["base"]
-        spec = get_method("finetune")
-        hp = as_hparams(spec, {"lr": b["lr"]})
-        _, opts = spec.split({"clip_norm": 1.0, "warmup_cosine_steps": b["steps"]})
-        method = build_method(spec, self.model, hp, opts)
-        k_init, k_run = jax.random.split(key)
-        params = self.model.init(k_init) if params is None else params
-        state = method_state(method, params, k_run)
-        step = method_step(method, name="finetune")
-        K = data["sft"]["tokens"].shape[0]
-        draw = lambda k: shard_batch(
-            sft_draw(data, 0, False, k, b["batch_size"], b["corpus_fraction"], n_tasks=K), self.mesh
-        )
-        evaluate = lambda p: self.evaluate(p, data)
-        if b["steps"] == 0:
-            return {"params": params, "eval": jax.tree.map(lambda a: a[None], evaluate(params))}
-        state, trace = run_chunks(step, state, draw, evaluate, b["steps"] // b["eval_every"], b["eval_every"])
-        return {"params": state.params, "eval": trace, "nonfinite_step": state.nonfinite_step}
-
-    def row_method(self, row: str):
-        """``(spec, hp, options, seen)`` of a row."""
-        if row in ("sft", "mtl-sft"):
-            hp, opts = method_settings(self.cfg, "finetune")
-            return get_method("finetune"), hp, opts, row == "mtl-sft"
-        hp, opts = method_settings(self.cfg, "grpo")
-        if row == "rft-nokl":
-            hp = {**hp, "beta": 0.0}
-        if row == "rif-rft":
-            opts = {**opts, "rif": True}
-        return get_method("grpo"), hp, opts, False
-
-    def programs(self, row: str):
-        """The compiled ``(init, task)`` of a row, vmapped over seeds; rows that differ only in
-        traced values share them (sft and mtl-sft; rft and rft-nokl)."""
-        kind = {"mtl-sft": "sft", "rft-nokl": "rft"}.get(row, row)
-        if kind not in self._programs:
-            init = jit_seeds(lambda p, k, d: self.init(kind, p, k, d), (0, 0, None), self.mesh)
-            task = jit_seeds(
-                lambda s, t, h, seen, first, d: self.task(kind, s, t, h, seen, first, d),
-                (0, None, None, None, None, None),
-                self.mesh,
-                donate_argnums=0,
-            )
-            self._programs[kind] = (init, task)
-        return self._programs[kind]
-
-    def init(self, row, params, key, data):
-        spec, hp, opts, _ = self.row_method(row)
-        method = build_method(spec, self.model, as_hparams(spec, hp), opts)
-        example = None
-        if spec.kind == "rl":
-            prompts = rl_draw(data, 0, key, self.cfg["post"]["batch_size"])
-            example = grpo.example_batch(
-                prompts,
-                group_size=opts["group_size"],
-                max_new_tokens=opts["max_new_tokens"],
-                pad_id=self.env.pad_id,
-            )
-        return method_state(method, params, key, example)
-
-    @property
-    def chunks_per_call(self) -> int:
-        """Evaluation chunks per call of a task program: ``post.checkpoint_every`` steps (0: the
-        whole task)."""
-        p = self.cfg["post"]
-        return (p["checkpoint_every"] or p["steps_per_task"]) // p["eval_every"]
-
-    def task(self, row: str, state, t, hp, seen, first, data):
-        """Post-train on task ``t`` (traced; with ``seen``, traced, on every task up to it) for
-        :attr:`chunks_per_call` chunks of ``eval_every`` steps / iterations, each followed by the
-        evaluation. ``first`` (traced): the task starts here, so an RL method consolidates first
-        (the reference becomes the current policy)."""
-        p = self.cfg["post"]
-        spec, _, opts, _ = self.row_method(row)
-        method = build_method(spec, self.model, hp, opts)
-        if spec.kind == "rl":
-            new = method.consolidate(state, None, None).data_state
-            keep = jax.tree.map(lambda a, b: jnp.where(first, a, b), new, state.data_state)
-            state = state.replace(data_state=keep)
-            step = grpo.make_iteration(method, self.env, mesh=self.mesh)
-            n = grpo_method.prompt_rows(opts, p["batch_size"])
-            draw = lambda k: rl_draw(data, t, k, n)
-        else:
-            step = method_step(method, name=row)
-            draw = lambda k: shard_batch(sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
-        evaluate = lambda params: self.evaluate(params, data)
-        return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"])
 
 
 # -- running ------------------------------------------------------------------------------------
 
 
-def _hp(study: Study, row: str) -> dict:
-    spec, hp, _, _ = study.row_method(row)
-    return as_hparams(spec, hp)
-
-
-def run_row(study: Study, row: str, base_params, keys, *, ckpt_dir=None, resume=False, progress=None):
+def run_row(study: PostTraining, row: str, base_params, keys, *, ckpt_dir=None, resume=False, progress=None):
     """Every task of one row for all seeds (vmapped): a segment per call (every
     ``post.checkpoint_every`` steps, and every task end), so a resumed run loses nothing but the
     unfinished call."""
     T = study.T
-    hp = _hp(study, row)
+    hp = study.hparams(row)
     init, task_fn = study.programs(row)
     seen = jnp.asarray(study.row_method(row)[3])
     task = lambda s, t, h, first: task_fn(s, t, h, seen, jnp.asarray(first), study.data)
@@ -482,20 +236,16 @@ def row_metrics(traces: dict, base_eval: dict, T: int) -> dict:
     return out, R
 
 
-def prepare(cfg: dict, mesh=None) -> tuple[Study, jax.Array]:
-    """The model, the data (on the device), the environment, and the seeds' keys."""
-    model, tok, pretrained, chat = load_model(cfg)
+def prepare(cfg: dict, mesh=None) -> tuple[PostTraining, jax.Array]:
+    """The programs (model, data on the device, environment) and the seeds' keys."""
     try:
-        data = jax.device_put(jax.tree.map(jnp.asarray, build_data(cfg, tok, chat)))
+        study = PostTraining.from_config(cfg, mesh)
     except ValueError as e:  # a prompt or answer longer than data.prompt_len / data.answer_len
         raise ConfigError(str(e)) from None
-    env = tasks.env(tok, partial=cfg["data"]["partial_reward"])
-    study = Study(cfg, model, tok, data, env, mesh)
-    study.pretrained = pretrained
     return study, seeds_keys(cfg["seed"], cfg["seeds"])
 
 
-def train_base(study: Study, keys, ckpt_dir=None, resume=False, verbose=True) -> dict:
+def train_base(study: PostTraining, keys, ckpt_dir=None, resume=False, verbose=True) -> dict:
     """The base SFT of every seed (one program), restored from / saved to ``ckpt_dir/base``."""
     from ..checkpoint import Checkpointer
 
@@ -597,7 +347,7 @@ def body(cfg: dict, run: Run) -> Report:
         ),
     )
     memory = {"raw": raw, "study": study, "base_params": base_params, "keys": keys}  # in memory only
-    return Report(res, header, plots=plot_files, memory=memory)
+    return Report(res, header, plots=plot_files, every=cfg["post"]["eval_every"], memory=memory)
 
 
 def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
@@ -645,7 +395,7 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         s, tr = jax.lax.scan(body, state, jnp.arange(T * calls))
         return {"traces": tr, "nonfinite_step": s.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(_hp(study, row), names, cells)
+    hp_grid = sweep_mod.stack_cells(study.hparams(row), names, cells)
     run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
         one_cell, (state, study.data), hp_grid, len(cells), chunk, conv_cpu=False
     )

@@ -1,0 +1,124 @@
+"""The task-order study (``study: cl-order``): how much a continual-learning result depends on the
+order in which the tasks arrive. Every method runs its stream in ``orders`` random task orders x
+``seeds`` seeds as ONE program (``vmap`` over orders of ``vmap`` over seeds of
+:meth:`jaxcl.loops.Experiment.run`; the order is an argument, the stream's task axis gathered
+inside). Rows: the final average accuracy ACC and forgetting (mean over orders and seeds), and
+each seed's spread of ACC over the task orders (std and max - min; mean ± std over seeds): a
+method whose ranking moves within that spread is not ranked by a single order (Yoon et al., 2020, "Scalable and
+Order-robust Continual Learning"; Lin et al., 2022 report order effects of the same size as
+method differences).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from .. import metrics as M
+from .. import plots, results  # noqa: F401  (plots selects the Agg backend)
+from ..config import check_positive, method_settings
+from ..data import streams
+from ..engine import check_finite
+from ..loops import Experiment, LoopConfig, seeds_keys
+from ..methods import get_method
+from ..models import from_config, model_config
+from .driver import Report, Run, Segment, Study, run_segments
+
+DEFAULTS = {
+    "data": {"dataset": "digits", "scenario": "class-incremental", "n_tasks": 5},
+    "model": model_config("mlp", mlp={"hidden": (128,)}),
+    "loop": {"steps_per_task": 100, "batch_size": 32, "eval_every": 10, "eval_per_task": 1000},
+    "methods": ("finetune", "er"),
+    "orders": 8,
+    "seeds": 4,
+    "seed": 0,
+}
+COLUMNS = [
+    ("acc", "ACC", "pct"),
+    ("forgetting", "Forgetting", "pct"),
+    ("order_std", "ACC std over orders", "pct"),
+    ("order_range", "ACC max - min over orders", "pct"),
+]
+
+
+def validate(cfg: dict) -> None:
+    check_positive(cfg, ["orders", "seeds", "data.n_tasks"] + [f"loop.{k}" for k in DEFAULTS["loop"]])
+    LoopConfig(**cfg["loop"]).validate()
+
+
+def orders(cfg: dict) -> np.ndarray:
+    """``(orders, T)`` task orders: the identity first, then random permutations from ``seed``."""
+    T, rng = cfg["data"]["n_tasks"], np.random.default_rng(cfg["seed"])
+    return np.stack([np.arange(T)] + [rng.permutation(T) for _ in range(cfg["orders"] - 1)])
+
+
+def body(cfg: dict, run: Run) -> Report:
+    """Every method, every order x seed in one program; a checkpoint-free segment per method."""
+    d = {**cfg["data"], "max_train_per_task": 0, "max_test_per_task": 0}
+    stream = jax.device_put(streams.from_config(d, cfg["seed"]))
+    model = from_config(cfg["model"], stream.input_shape, stream.n_classes)
+    perms, keys = orders(cfg), seeds_keys(cfg["seed"], cfg["seeds"])
+
+    def method(name: str) -> Segment:
+        hp, opts = method_settings(cfg, name)
+        exp = Experiment(model, get_method(name, "cl"), LoopConfig(**cfg["loop"]), **opts)
+        exp.check(stream)
+        one = lambda k, perm, h: exp.run(k, jax.tree.map(lambda a: a[perm], stream), h)
+        program = jax.jit(jax.vmap(jax.vmap(one, (0, None, None)), (None, 0, None)))
+
+        def fn(state, out):
+            o = program(keys, perms, exp.default_hparams(**hp))
+            R, R0 = np.asarray(o["R"]), np.asarray(o["R0"])  # (orders, seeds, T, T), (orders, seeds, T)
+            out[name] = {"R": R, "acc_trace": np.asarray(o["trace"]["acc"]), "R0": R0}
+            check_finite(o["nonfinite_step"], where=f"(method {name})")
+            return None, out
+
+        return Segment(fn, 1, f"(method {name})")
+
+    with run.progress(len(cfg["methods"]), "method") as bar:
+        _, raw, seconds = run_segments([method(m) for m in cfg["methods"]], None, {}, progress=bar)
+    rows = {}
+    for name, r in raw.items():
+        per = [M.per_seed(r["R"][o], r["R0"][o], r["acc_trace"][o]) for o in range(len(perms))]
+        acc = np.array([[s["acc"] for s in p] for p in per])  # (orders, seeds)
+        rows[name] = results.row(
+            {
+                "acc": acc.ravel().tolist(),
+                "forgetting": [s["forgetting"] for p in per for s in p],
+                "order_std": acc.std(0).tolist(),  # per seed: the spread its task orders cause
+                "order_range": (acc.max(0) - acc.min(0)).tolist(),
+            },
+            acc_per_order=acc.mean(1).tolist(),
+        )
+    res = results.make(
+        "cl-order", cfg, rows, COLUMNS, timing={"total": seconds}, extra={"orders": perms.tolist()}
+    )
+    header = (
+        f"\n{cfg['name']}: {d['scenario']}, {d['n_tasks']} tasks in {cfg['orders']} orders x {cfg['seeds']} seeds "
+        "(one program per method); accuracies in %, mean ± std over orders x seeds (spreads: over seeds)\n"
+    )
+    return Report(res, header, plots=(lambda res, out: plot_orders(res, os.path.join(out, "orders.png")),))
+
+
+def plot_orders(res: dict, path: str) -> str:
+    """Each method's mean ACC in every task order (dots) and over orders (bar)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(res["rows"]), 3.6))
+    for i, r in enumerate(res["rows"].values()):
+        acc = 100 * np.asarray(r["acc_per_order"])
+        ax.bar(i, acc.mean(), color="0.85")
+        ax.plot(np.full(len(acc), i), acc, "o", ms=4)
+    ax.set_xticks(range(len(res["rows"])), list(res["rows"]))
+    ax.set_ylabel("ACC (%), one dot per task order")
+    ax.set_title(f"{res['name']}: {len(res['extra']['orders'])} task orders", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+STUDY = Study("cl-order", kinds=("cl",), defaults=DEFAULTS, validate=validate, body=body)
+run, sweep = STUDY.run, STUDY.sweep
