@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcl import config
+from jaxcl import config, retention
+from jaxcl.data import injection
 from jaxcl.hf import ByteTokenizer
 from jaxcl.studies import get_study, lm_memory
 
@@ -29,7 +30,7 @@ def test_facts_tiny_writes_one_row_per_condition_and_probe(facts_run):
     saved = json.load(open(os.path.join(out, "results.json")))
     assert saved["schema"] == "jaxcl-results/1" and saved["study"] == "lm-memory"
     assert "retention.png" in saved["plots"] and os.path.exists(os.path.join(out, "retention.png"))
-    want = [f"facts {c} / {p}" for c in ("x1", "x2", "never seen") for p in lm_memory.FACT_PROBES]
+    want = [f"facts {c} / {p}" for c in ("x1", "x2", "never seen") for p in injection.FACT_PROBES]
     want += ["numbers seen", "numbers unseen", "entities seen", "entities unseen"]
     assert list(saved["rows"]) == want
     S, E = cfg["seeds"], cfg["train"]["steps"] // cfg["train"]["eval_every"]
@@ -53,12 +54,11 @@ def test_facts_tiny_writes_one_row_per_condition_and_probe(facts_run):
     assert (np.diff(tr["domain_nll"].mean((0, 2))) < 0).sum() >= E // 2  # the stream is being learned
 
 
-def test_injected_rows_replace_the_first_rows_at_their_steps(facts_run, monkeypatch):
+def test_injected_rows_replace_the_first_rows_at_their_steps(facts_run):
     cfg, _, res = facts_run
     study = res["study"]
-    # the registry's step replaced by one that returns the batch it is given
-    monkeypatch.setattr(lm_memory, "make_step", lambda loss, tx: lambda s, b: (s, b))
-    step = study.step_fn(study.method(study.hp), study.data)
+    # the study's injection around a step that returns the batch it is given
+    step = injection.with_injection(lambda s, b: (s, b), study.data["bank"], study.data["table"], study.mesh)
     table = np.asarray(study.data["table"])
     bank = np.asarray(study.data["bank"]["tokens"])
     batch = study.draw(study.data, jax.random.key(0))
@@ -104,27 +104,27 @@ def test_metrics_against_hand_built_traces():
     """A condition whose log-probability beats its control by 2 * t^-0.5 after its last exposure:
     the power-law fit recovers alpha = 0.5 with R^2 = 1, gains are relative to the control."""
     cfg = {"train": {"eval_every": 10, "steps": 100}, "inject": {"last_step": 29}}
-    c = lm_memory.Condition("facts x2", "facts", 2, [0], {"facts_memorization": [0]}, steps=[[19, 29]])
-    ctrl = lm_memory.Condition("facts never seen", "facts", 0, [], {"facts_memorization": [1]})
+    c = injection.Condition("facts x2", "facts", 2, [0], {"facts_memorization": [0]}, steps=[[19, 29]])
+    ctrl = injection.Condition("facts never seen", "facts", 0, [], {"facts_memorization": [1]})
     t = (np.arange(10) + 1) * 10 - 29  # steps since the last exposure at the evaluations (after 10, 20, ...)
     excess = np.where(t > 0, 2.0 * np.maximum(t, 1) ** -0.5, 0.0)
     generic = -3.0 + 0.1 * np.arange(10)  # what both learn
     lp = np.stack([generic + excess, generic], -1)[None]  # (1 seed, 10 evaluations, 2 probes)
     traces = {"facts_memorization_logp": lp, "facts_memorization_exact": (lp > -2.5).astype(float)}
-    got, idx = lm_memory.condition_metrics(cfg, c, [c, ctrl], traces)
+    got, idx = retention.condition_metrics(cfg, c, [c, ctrl], traces)
     assert idx == {"baseline_index": 0, "after_index": 2, "last_exposure": 29}
     per, cur = got["facts x2 / memorization"]
     assert per["alpha"][0] == pytest.approx(0.5) and per["r2"][0] == pytest.approx(1.0)
     assert per["gain_after"][0] == pytest.approx(2.0) == per["gain_peak"][0]  # t = 1
     assert per["gain_final"][0] == pytest.approx(2.0 * 71**-0.5)
     np.testing.assert_allclose(cur["gain"][0], excess)
-    got, _ = lm_memory.condition_metrics(cfg, ctrl, [c, ctrl], traces)
+    got, _ = retention.condition_metrics(cfg, ctrl, [c, ctrl], traces)
     per, _ = got["facts never seen / memorization"]
     assert per["gain_final"][0] == pytest.approx(generic[-1] - generic[0])  # its own change
     # a peak after the first evaluation (Adam's momentum): retention and the fit start there
     late = lp.copy()
     late[0, 2, 0] -= 1.5  # the first evaluation after the exposure is lower than the next
-    per, _ = lm_memory.condition_metrics(cfg, c, [c, ctrl], {**traces, "facts_memorization_logp": late})[0][
+    per, _ = retention.condition_metrics(cfg, c, [c, ctrl], {**traces, "facts_memorization_logp": late})[0][
         "facts x2 / memorization"
     ]
     assert per["gain_peak"][0] == pytest.approx(2.0 * 11**-0.5)
@@ -134,9 +134,9 @@ def test_metrics_against_hand_built_traces():
 
 def test_schedule_caps_rows_per_step_and_moves_exposures_earlier():
     cfg = {"train": {"steps": 20, "eval_every": 2}, "inject": {"last_step": 10, "spacing": 3, "per_step": 2}}
-    a = lm_memory.Condition("a", "facts", 3, [0, 1, 2], {})
-    b = lm_memory.Condition("b", "facts", 1, [3], {})
-    table = lm_memory.schedule(cfg, [a, b])
+    a = injection.Condition("a", "facts", 3, [0, 1, 2], {})
+    b = injection.Condition("b", "facts", 1, [3], {})
+    table = injection.schedule(cfg, [a, b])
     assert table.shape == (20, 2)
     counts = {r: int((table == r).sum()) for r in range(4)}
     assert counts == {0: 3, 1: 3, 2: 3, 3: 1}
@@ -144,7 +144,7 @@ def test_schedule_caps_rows_per_step_and_moves_exposures_earlier():
     assert a.steps[0] == [4, 7, 10] and b.steps == [[9]]  # step 10 full: b moved to 9
     assert a.steps[2] == [3, 6, 9] or a.steps[2][-1] < 10
     with pytest.raises(config.ConfigError, match="does not fit"):
-        lm_memory.schedule({**cfg, "inject": {"last_step": 1, "spacing": 1, "per_step": 1}}, [a, b])
+        injection.schedule({**cfg, "inject": {"last_step": 1, "spacing": 1, "per_step": 1}}, [a, b])
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_a_probe_longer_than_the_sequence_is_a_clear_error():
     cfg = config.resolve(config.load("lm-facts", tiny=True), ["data.seq_len=64"])
     lm_memory.validate(cfg)
     with pytest.raises(config.ConfigError, match="more than the sequence length data.seq_len=64"):
-        lm_memory.build_items(cfg, ByteTokenizer())
+        injection.build_items(cfg, ByteTokenizer())
     cfg = config.resolve(config.load("lm-fewshot", tiny=True), ["fewshot.length=40"])
     with pytest.raises(config.ConfigError, match="fewshot.length=40 is longer than the sequence length"):
         lm_memory.validate(cfg)
