@@ -44,7 +44,10 @@ def studies_page() -> None:
     lines = [
         "# Studies",
         "",
-        "A study is a config file in `experiments/` run by `jaxcl run CONFIG`; its runner:",
+        "A study is a config file in `experiments/` run by `jaxcl run CONFIG`: its defaults plus a",
+        "schedule on the one driver.",
+        "",
+        "::: jaxcl.studies.driver",
         "",
     ]
     for study, mod in STUDIES.items():
@@ -53,7 +56,7 @@ def studies_page() -> None:
             "",
             f"::: {mod}",
             "    options:",
-            "      members: [run, validate, sweep]",
+            "      members: [STUDY, body, validate]",
             "",
         ]
     with open(os.path.join(HERE, "studies.md"), "w") as f:
