@@ -23,29 +23,43 @@ forget examples to the original and the oracle, a linear probe for the forgotten
 itself: pass --set ssd.alpha=5.
 
 Expected runtime (2-core CPU, one seed, measured after the redesign): default size 6.2 minutes
-wall (original and oracle about 70 s of training each, each method 3-9 s plus compilation; the
-pre-redesign code takes the same 71 s for the original on this machine: the 3.6 minutes of the
+wall, 13.8 min at load ~4 with another job on the cores (original and oracle about 70 s of
+training each, each method 3-9 s plus compilation; the pre-redesign code takes the same 71 s for the original on this machine: the 3.6 minutes of the
 old header came from a faster one); --tiny (MLP 784-128-64-10, 100 examples per class, 150
 training steps) 32 s. A rerun into the same --out loads the original, the oracle and every
 finished method from <out>/cache (5 s default, 3 s tiny; --fresh recomputes). Not measured on a
 GPU.
 
-Expected result, default size (one seed, measured after the redesign; not rerun since and so not
-from a committed results file): oracle forget 0.00 /
-retain 0.98 / test 0.84, MIA_f 0.00, relearn 0.02; original forget 0.98 / retain 0.98 / test
-0.85, MIA_f 0.78. Random labels forget fully at retain 0.96 (gap 0.007, the closest to the
-oracle), GU-GradDiff fully at retain 0.94; GA and NPO leave forget 0.07-0.08 at retain 0.96,
-GU-GA and GU-NPO 0.16 at retain 0.975 (GU keeps retain closer, forgets less in 15 steps);
-fine-tuning on the retain set leaves forget 0.34 at retain 0.86; plain GradDiff at lr 1e-5
-barely forgets (0.65). SSD (alpha 10, lambda 1) and IAU's single reference step (lr 1e-3,
-original trained without the regulariser) forget fully but destroy retain accuracy with this
-original (0.28 and 0.34; SSD's retain accuracy depends on the original: earlier originals of the
-same recipe gave 0.93 and 0.18), and they are the only methods the relearning attack does not
-undo (0.01 after 10 steps); every method that keeps retain accuracy relearns the class to 1.00
-within 10 steps. CKA to the original is 0.47-0.97 against the oracle's 0.36. The linear probe
-does not separate methods on this data: dress is linearly decodable even from the oracle's
-features (probe 0.77).
-Expected result, --tiny (one seed; not from a committed results file): oracle forget 0.00 / retain 0.90 / test 0.79; original
+Measured result, default size (results/studies/unlearn-class.json, commit 02ef018, one seed,
+13.8 min at load ~4; accuracies as fractions):
+
+    <!-- results: results/studies/unlearn-class.json -->
+    | method       | forget | retain | test   | gap    | MIA_f  | CKA_orig | CKA_orc | probe_f | relearn |
+    |--------------|--------|--------|--------|--------|--------|----------|---------|---------|---------|
+    | oracle       |  0.000 |  0.979 |  0.841 |  0.000 |  0.000 |  0.303   |  1.000  |  0.789  |  0.012  |
+    | original     |  0.982 |  0.969 |  0.830 |  0.335 |  0.865 |  1.000   |  0.303  |  0.842  |  1.000  |
+    | finetune     |  0.122 |  0.916 |  0.825 |  0.067 |  0.022 |  0.485   |  0.433  |  0.716  |  1.000  |
+    | ga           |  0.008 |  0.907 |  0.783 |  0.046 |  0.000 |  0.817   |  0.269  |  0.821  |  1.000  |
+    | graddiff     |  0.644 |  0.964 |  0.839 |  0.221 |  0.062 |  0.941   |  0.302  |  0.832  |  1.000  |
+    | npo          |  0.004 |  0.907 |  0.782 |  0.045 |  0.000 |  0.816   |  0.269  |  0.821  |  1.000  |
+    | random_label |  0.000 |  0.937 |  0.803 |  0.027 |  0.000 |  0.651   |  0.218  |  0.789  |  1.000  |
+    | ssd          |  0.000 |  0.889 |  0.768 |  0.055 |  0.000 |  0.682   |  0.309  |  0.821  |  0.655  |
+    | gu-ga        |  0.072 |  0.949 |  0.817 |  0.042 |  0.000 |  0.877   |  0.273  |  0.842  |  1.000  |
+    | gu-graddiff  |  0.000 |  0.871 |  0.755 |  0.065 |  0.000 |  0.691   |  0.235  |  0.789  |  0.998  |
+    | gu-npo       |  0.072 |  0.949 |  0.817 |  0.042 |  0.000 |  0.876   |  0.273  |  0.842  |  1.000  |
+    | iau          |  0.000 |  0.239 |  0.238 |  0.448 |  0.095 |  0.419   |  0.231  |  0.789  |  0.000  |
+
+Random labels forget fully at the smallest gap to the oracle; GA and NPO forget at retain 0.91,
+GU-GA and GU-NPO keep retain closer (0.95) and forget less in 15 steps (0.07); GU-GradDiff forgets
+fully at retain 0.87; plain GradDiff at lr 1e-5 barely forgets (0.64). SSD forgets fully at
+retain 0.89 with this original (earlier originals of the same recipe gave 0.93, 0.28 and 0.18)
+and is the one method that keeps retain accuracy which the relearning attack does not fully undo
+(0.66 after 10 steps); IAU's single reference step forgets fully but destroys retain accuracy
+(0.24). The linear probe does not separate methods: dress is linearly decodable even from the
+oracle's features (0.79).
+
+Expected result, --tiny (one seed; not from a committed results file): oracle forget 0.00 /
+retain 0.90 / test 0.79; original
 forget 0.90 / retain 0.89; fine-tune 0.04 / 0.91, NPO 0.02 / 0.85, GU-NPO 0.05 / 0.84, random
 labels 0.21 / 0.91, IAU 0.24 / 0.89, GradDiff 0.46 and GU-GradDiff 0.51, GA and GU-GA 0.78 at
 retain 0.89 / 0.88, SSD 0.04 / 0.69.
