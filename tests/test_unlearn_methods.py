@@ -24,7 +24,7 @@ from jaxcl.engine import init_state, make_step
 from jaxcl.loops import as_hparams, run_chunks
 from jaxcl.losses import mean_nll
 from jaxcl.studies import unlearn_class as uc
-from jaxcl.unlearn import common, scenarios
+from jaxcl.unlearn import classifier, common, scenarios
 from jaxcl.unlearn import eval as ev
 
 SMALL = [
@@ -55,16 +55,16 @@ def _fmnist_or_skip():
 @pytest.fixture(scope="module")
 def ctx():
     _fmnist_or_skip()
-    ctx = uc.prepare(TINY, None, verbose=False)
+    ctx = classifier.prepare(TINY, None, verbose=False)
     acc = jax.jit(jax.vmap(lambda p, x, y: ev.accuracy(ctx.model.apply, p, x, y), in_axes=(0, None, None)))
     ctx.acc = lambda p, split: np.asarray(acc(p, *split))
     return ctx
 
 
 def _unlearn(ctx, name, cfg=TINY):
-    phase, hp = uc.unlearner(ctx.model, cfg, name)
+    phase, hp = classifier.unlearner(ctx.model, cfg, name)
     fn = jax.jit(over_seeds(phase.run, (0, 0, None, None), model=ctx.model))
-    return fn(ctx.start(name), uc.role_keys(cfg, uc.UNLEARN), ctx.data, hp)["params"]
+    return fn(ctx.start(name), classifier.role_keys(cfg, classifier.UNLEARN), ctx.data, hp)["params"]
 
 
 def _splits(data):
@@ -118,7 +118,7 @@ def test_iau_regulariser_lowers_the_gradient_norm_it_penalises(ctx):
     grad_sq = lambda p: sum(jnp.vdot(g, g) for g in jax.tree.leaves(jax.grad(mean_nll(model))(p, batch)))
 
     def train(key, weight):
-        spec = uc.grad_norm_finetune(weight)
+        spec = classifier.grad_norm_finetune(weight)
         hp, opts = spec.split({"optim": "sgd", "lr": 0.01})
         method = spec.build(model, as_hparams(spec, hp), None, **opts)
         state = init_state(model.init(key), method.tx, key)
@@ -180,7 +180,7 @@ def test_bad_settings_are_refused_by_the_config(item, match):
 )
 def test_bad_settings_are_refused_before_compute(item, match, tmp_path, monkeypatch):
     cfg = config.resolve(config.load("unlearn-class", tiny=True), [item])
-    monkeypatch.setattr(uc, "load_problem", lambda cfg: pytest.fail("data loaded before validation"))
+    monkeypatch.setattr(classifier, "load_problem", lambda cfg: pytest.fail("data loaded before validation"))
     with pytest.raises(config.ConfigError, match=match):
         uc.run(cfg, str(tmp_path / "out"))
     with pytest.raises(config.ConfigError, match=match):
