@@ -10,6 +10,7 @@ import pytest
 
 from jaxcl import config
 from jaxcl import metrics as M
+from jaxcl.data import junk as junk_data
 from jaxcl.hf import ByteTokenizer
 from jaxcl.studies import lm_junk
 
@@ -25,7 +26,7 @@ def test_hedges_g_by_hand():
 
 def test_task_probe_masks_the_answer_and_scores_an_oracle():
     tok = ByteTokenizer()
-    probe = lm_junk.task_probe(tok, [("add 2+3=", "5"), ("rev 12=", "21")], 16)
+    probe = junk_data.task_probe(tok, [("add 2+3=", "5"), ("rev 12=", "21")], 16)
     t, m = probe["tokens"], probe["mask"]
     assert bytes(t[0, :10].tolist()).decode() == "add 2+3=5\n"
     assert m[0].tolist() == [i == 8 for i in range(16)]
@@ -37,8 +38,8 @@ def test_task_probe_masks_the_answer_and_scores_an_oracle():
         return jnp.eye(V)[nxt + params]
 
     p = {k: jnp.asarray(v)[None] for k, v in probe.items()}
-    np.testing.assert_allclose(lm_junk.task_accuracy(oracle, 0, p), [1.0])
-    np.testing.assert_allclose(lm_junk.task_accuracy(oracle, 1, p), [0.0])  # every prediction off by one
+    np.testing.assert_allclose(junk_data.task_accuracy(oracle, 0, p), [1.0])
+    np.testing.assert_allclose(junk_data.task_accuracy(oracle, 1, p), [0.0])  # every prediction off by one
 
 
 def test_tiny_study_end_to_end(tmp_path):

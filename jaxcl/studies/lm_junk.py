@@ -25,7 +25,8 @@ Protocol, at a scale a 2-core CPU can run:
 Reported per ratio (mean ± std over seeds): task accuracy after the junk phase and its change
 from the base model, the held-out loss of the base domains (general ability) and of the junk and
 control domains; and Hedges' g of the 100 %-junk (highest ratio) condition against 0 % for task
-accuracy and base-domain loss, over seeds (:func:`jaxcl.metrics.hedges_g`).
+accuracy and base-domain loss, over seeds (:func:`jaxcl.metrics.hedges_g`). The stream, the
+task probes and the mixture weights are :mod:`jaxcl.data.junk`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 from .. import metrics as M
 from .. import results, tasks
 from ..config import ConfigError, check_positive, method_settings
+from ..data import junk as junk_data
 from ..data import text
 from ..engine import check_finite
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
@@ -117,82 +119,7 @@ def validate(cfg: dict) -> None:
         )
 
 
-# -- data -----------------------------------------------------------------------------------------
-
-
-def task_probe(tok, rows: list[tuple[str, str]], seq_len: int) -> dict:
-    """``{'tokens', 'mask'}`` (n, T): ``prompt answer\\n`` right-padded, the answer tokens masked."""
-    toks = np.full((len(rows), seq_len), tok.pad_id, np.int32)
-    mask = np.zeros((len(rows), seq_len), bool)
-    for i, (prompt, answer) in enumerate(rows):
-        p, a = tok.encode(prompt), tok.encode(answer)
-        ids = p + a + tok.encode("\n")
-        if len(ids) > seq_len:
-            raise ConfigError(f"task line {prompt + answer!r} is longer than data.seq_len={seq_len}")
-        toks[i, : len(ids)] = ids
-        mask[i, len(p) : len(p) + len(a)] = True
-    return {"tokens": toks, "mask": mask}
-
-
-def build(cfg: dict):
-    """The text stream (base domains, the task text, control, junk: in that order), the task
-    probes and the index ranges of each group."""
-    d = cfg["data"]
-    tok = text.tokenizer("byte")
-    lines = []
-    for name in d["tasks"]:
-        lines += [
-            p + a for p, a in tasks.generate(name, d["task_lines"], seed=cfg["seed"], digits=d["digits"])
-        ]
-    order = np.random.default_rng(cfg["seed"]).permutation(len(lines))
-    docs = ["\n".join(lines[j] for j in order[i : i + 20]) for i in range(0, len(lines), 20)]
-    names = (*d["base_domains"], "tasks", *d["control"], *d["junk"])
-    stream = text.build_stream(
-        names,
-        tokenizer_name=tok,
-        seq_len=d["seq_len"],
-        n_eval=d["n_eval"],
-        max_train=d["max_train"],
-        seed=cfg["seed"],
-        texts={"tasks": docs},
-    )
-    probes = [
-        task_probe(
-            tok, tasks.generate(n, d["n_probe"], seed=cfg["seed"] + 10_000, digits=d["digits"]), d["seq_len"]
-        )
-        for n in d["tasks"]
-    ]
-    probe = {k: jnp.asarray(np.stack([p[k] for p in probes])) for k in probes[0]}
-    nb, nc, nj = len(d["base_domains"]), len(d["control"]), len(d["junk"])
-    groups = {
-        "base": np.arange(nb),
-        "tasks": np.array([nb]),
-        "control": nb + 1 + np.arange(nc),
-        "junk": nb + 1 + nc + np.arange(nj),
-    }
-    return stream, probe, groups
-
-
-def task_accuracy(apply, params, probe) -> jax.Array:
-    """(n_tasks,) teacher-forced exact match: every answer token is the model's argmax."""
-
-    def one(tokens_NxT, mask_NxT):
-        pred = apply(params, tokens_NxT[:, :-1]).argmax(-1)
-        ok = (pred == tokens_NxT[:, 1:]) | ~mask_NxT[:, 1:]
-        return ok.all(-1).mean()
-
-    return jax.lax.map(lambda a: one(*a), (probe["tokens"], probe["mask"]))
-
-
 # -- the programs ---------------------------------------------------------------------------------
-
-
-def _weights(groups, K, parts: dict) -> jnp.ndarray:
-    w = jnp.zeros((K,), jnp.float32)
-    for g, frac in parts.items():
-        idx = jnp.asarray(groups[g])
-        w = w.at[idx].add(frac / len(groups[g]))
-    return w
 
 
 def programs(cfg, model, stream, probe, groups, mesh=None):
@@ -203,7 +130,7 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
     K = stream.n_domains
     evaluate = lambda p: {
         "heldout": text.domain_losses(model.nll, p, stream),
-        "task_acc": task_accuracy(model.apply, p, probe),
+        "task_acc": junk_data.task_accuracy(model.apply, p, probe),
     }
 
     def base(key):
@@ -211,7 +138,9 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
         h = as_hparams(spec, {**hp, "lr": b["lr"]})
         method = build_method(spec, model, h, {**opts, "warmup_cosine_steps": b["steps"]})
         k_init, k_run = jax.random.split(key)
-        w = _weights(groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]})
+        w = junk_data.group_weights(
+            groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]}
+        )
         draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, b["batch_size"]), mesh)
         state = method_state(method, model.init(k_init), k_run)
         step = method_step(method, name="finetune")
@@ -221,7 +150,7 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
     def junk(params, key, r):
         j = cfg["junk"]
         method = build_method(spec, model, as_hparams(spec, hp), opts)
-        w = _weights(groups, K, {"junk": r, "control": 1.0 - r})
+        w = junk_data.group_weights(groups, K, {"junk": r, "control": 1.0 - r})
         draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, j["batch_size"]), mesh)
         state = method_state(method, params, key)
         step = method_step(method, name="finetune")
@@ -246,7 +175,7 @@ def body(cfg: dict, run: Run) -> Report:
     """Base pre-training, then every junk ratio x seed; with a mesh, seeds over its ``seeds`` axis,
     the sequences of every batch over its ``data`` axis."""
     mesh = run.mesh
-    stream, probe, groups = build(cfg)
+    stream, probe, groups = junk_data.build(cfg)
     m = cfg["model"]
     section = {
         "name": "scratch",
