@@ -180,8 +180,10 @@ def test_gem_projection_matches_scipy_nnls_on_the_dual(margin):
             u, _ = nnls(G.T.astype(np.float64), -(g + margin * G.sum(0)).astype(np.float64), maxiter=1000)
             want = G.T @ (u + margin) + g if np.any(G @ g < 0) else g
             got = np.asarray(project_gem(jnp.asarray(g), jnp.asarray(G), jnp.ones(T), margin))
-            np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
-            assert np.all(G @ got >= -1e-4 * np.abs(G).max() * np.abs(got).max())  # no conflict left
+            # README: within 3e-6 of scipy's NNLS, relative to the largest entry (measured 2.0e-6
+            # with and without XLA optimisations; the constraint violation left 5e-7)
+            np.testing.assert_allclose(got, want, rtol=0, atol=3e-6 * np.abs(want).max())
+            assert np.all(G @ got >= -1e-6 * np.abs(G).max() * np.abs(got).max())  # no conflict left
     # an inactive task is ignored
     G = rng.normal(size=(2, 30)).astype(np.float32)
     g = -G[1]
