@@ -1,7 +1,9 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 by tests/test_runners_mesh.py.
 
 The unlearn-class and lm runners at small sizes, once without a mesh and once on a mesh of
-2 seeds x 4 data devices: the per-seed results of both, whether the mesh was really used (the
+2 seeds x 4 data devices: the per-seed results of both and their differences (per value, and in
+examples for accuracies), what exchanging the two seeds would change (the difference a seed
+mix-up on the mesh would show), whether the mesh was really used (the
 compiled unlearning program all-reduces gradients over the data axis and its outputs span the 8
 devices; the lm runner's train state is sharded over ``seeds`` on all 8 devices), and the errors
 for seeds and a batch size that do not divide the mesh. Prints one JSON line.
@@ -75,6 +77,21 @@ def maxdiff(a, b):
     return max(diffs(a, b).values())
 
 
+def seeds_swapped(res, n_seeds=2):
+    """The per-seed values with the seeds exchanged (each value list is seed-major)."""
+    return {
+        r: {k: np.asarray(v).reshape(n_seeds, -1)[::-1].reshape(-1) for k, v in d.items()}
+        for r, d in res.items()
+    }
+
+
+def denominator(values, most=2000):
+    """The smallest n with every value a whole multiple of 1/n (an accuracy over n examples)."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    return next((n for n in range(1, most) if np.allclose(v * n, np.round(v * n), atol=1e-6 * n)), None)
+
+
 uc = config.resolve(
     config.load("unlearn-class", tiny=True),
     [
@@ -99,10 +116,20 @@ for name, runner, cfg in (("unlearn_class", unlearn_class, uc), ("lm", lm, lc)):
     many = per_seed(runner.run(cfg, None, verbose=False, mesh=MESH))
     out[name] = {
         "maxdiff": maxdiff(one, many),
-        "diffs": {k: v for k, v in diffs(one, many).items() if v > 1e-6},
+        "diffs": diffs(one, many),
         "n_values": sum(len(v) for r in one.values() for v in r.values()),
         "seconds": [t1 - t0, time.perf_counter() - t1],
+        # what a seed mix-up on the mesh would change: the comparison with one device can see it
+        "seed_swap": maxdiff(one, seeds_swapped(one)),
+        # the largest value (always > 0.1: not a check; tests/test_runners_mesh.py still reads it)
         "moved": maxdiff(one, {r: {k: np.zeros_like(v) for k, v in d.items()} for r, d in one.items()}),
+        # differences in examples of the accuracy-like values (over n examples: multiples of 1/n)
+        "examples": {
+            f"{r}.{k}": round(float(np.nanmax(np.abs(np.asarray(one[r][k]) - np.asarray(many[r][k])))) * n, 3)
+            for r in one
+            for k in one[r]
+            if (n := denominator(one[r][k] + many[r][k])) and k.endswith(("_acc", "gap", "mia_forget"))
+        },
     }
     if name == "unlearn_class":  # a weight that moved: the runs did something
         out[name]["ga_forget_acc"] = [one["ga"]["forget_acc"], many["ga"]["forget_acc"]]
