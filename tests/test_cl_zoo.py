@@ -19,9 +19,7 @@ def test_tiny_zoo_end_to_end(tmp_path):
     assert set(res["rows"]) == {
         f"{b}/{m}" for b in ("fmnist-class-il", "mnist1d-class-il") for m in ("derpp", "icarl")
     }
-    for b in ("fmnist-class-il", "mnist1d-class-il"):
-        ranks = sorted(res["rows"][f"{b}/{m}"]["summary"]["rank"]["mean"] for m in ("derpp", "icarl"))
-        assert ranks in ([1.0, 2.0], [1.0, 1.0])
+    for b in ("fmnist-class-il", "mnist1d-class-il"):  # the rank rule: tests/test_cl_zoo_rank.py
         assert (out / b / "results.json").exists()
     assert (out / "zoo.png").stat().st_size > 1000
     assert set(res["extra"]["mean_rank"]) == {"derpp", "icarl"}

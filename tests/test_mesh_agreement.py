@@ -61,3 +61,16 @@ def test_unlearn_class_on_the_mesh_matches_one_device(mesh_run):
     assert r["seed_swap"] > 10 * MAX_EXAMPLES / 50, r["seed_swap"]
     f1, f8 = r["ga_forget_acc"]
     assert f1 == f8 and f1[0] != f1[1], r["ga_forget_acc"]
+
+
+def test_the_studies_really_run_on_the_mesh_and_refuse_what_does_not_divide_it(mesh_run):
+    r = mesh_run
+    # unlearn-class: the original, the oracle and GA compiled on the mesh, each all-reducing the
+    # gradient over the data axis, outputs on all 8 devices
+    assert len(r["hlo_all_reduce"]) == 3 and all(r["hlo_all_reduce"]), r
+    assert r["out_devices"] == [8, 8, 8], r
+    # lm: the train state after init and after each domain sharded over seeds on the 8 devices
+    assert len(r["lm_state_devices"]) >= 3 and set(r["lm_state_devices"]) == {8}, r
+    assert all("seeds" in s for s in r["lm_state_spec"]), r
+    assert "seeds=3" in r["errors"]["seeds"] and "seeds axis of 2" in r["errors"]["seeds"], r
+    assert "train.batch_size=6" in r["errors"]["batch"] and "data axis of 4" in r["errors"]["batch"], r

@@ -122,7 +122,6 @@ for name, runner, cfg in (("unlearn_class", unlearn_class, uc), ("lm", lm, lc)):
         # what a seed mix-up on the mesh would change: the comparison with one device can see it
         "seed_swap": maxdiff(one, seeds_swapped(one)),
         # the largest value (always > 0.1: not a check; tests/test_runners_mesh.py still reads it)
-        "moved": maxdiff(one, {r: {k: np.zeros_like(v) for k, v in d.items()} for r, d in one.items()}),
         # differences in examples of the accuracy-like values (over n examples: multiples of 1/n)
         "examples": {
             f"{r}.{k}": round(float(np.nanmax(np.abs(np.asarray(one[r][k]) - np.asarray(many[r][k])))) * n, 3)
