@@ -7,9 +7,15 @@ big_vision's ``configs/*.py`` do. A config is a nested dict of plain values:
 * ``study``: which runner runs it (``cl``, ``unlearn-class``, ``tofu``; :mod:`jaxcl.studies`),
 * the runner's sections (``data``, ``model``, ``loop`` ...; every key and its type is declared by
   the runner's ``DEFAULTS``),
-* ``methods``: the methods to run, and one section per registered method that applies to the
-  study, holding its traced hyperparameters and static options (defaults from the registry,
-  overridden by the file's own section of that name, then by ``--set``).
+* ``methods``: the methods to run, and one section per registered method the study can run,
+  holding its traced hyperparameters and static options (defaults from the registry, overridden
+  by the file's own section of that name, then by ``--set``).
+
+One key convention for learning rates and optimizers: a method's are in its section
+(``<method>.lr``, ``<method>.optim``, ``<method>.weight_decay`` ...), whatever the study; a fixed
+phase of a study's schedule that is not the method under study has its own in the phase's section
+(``train.lr``: the original / target model's training in unlearning studies; ``base.lr``: the base
+pre-training of rft-continual and lm-junk).
 
 :func:`load` reads a file (by name, from ``experiments/``, or by path), :func:`resolve` fills in
 the defaults, applies ``--set`` overrides (``er.replay_fraction=0.3``, ``ssd.alpha=5``,

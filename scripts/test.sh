@@ -32,7 +32,7 @@ PYTHON="$VENV/bin/python" EXTRAS="dev,torch" bash scripts/setup.sh
 # CLI == API, 1-vs-8-device and multi-host agreement, and the core of every level
 JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile \
   tests/test_registry.py tests/test_llama.py tests/test_engine.py tests/test_conv.py tests/test_unlearn_ssd.py \
-  tests/test_checkpoint.py tests/test_parallel.py tests/test_runners_mesh.py \
+  tests/test_checkpoint.py tests/test_parallel.py tests/test_mesh_agreement.py tests/test_multihost.py \
   tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py \
   tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py \
   "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots" \
