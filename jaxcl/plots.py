@@ -94,3 +94,26 @@ def stability_gap(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def task_plots(
+    raw: dict, name: str, seeds: int, every: int, curves: str = "stability_gap.png", phase: str = "training"
+):
+    """A continual-learning study's two plots as the study driver's plot functions
+    ``fn(res, out_dir) -> path``: every row's accuracy matrix (``raw[row]['R']``, seeds x T x T)
+    and its per-task accuracy over ``phase`` (``raw[row]['acc_trace']``, every ``every`` steps)."""
+    import os
+
+    return (
+        lambda res, out: accuracy_matrices(
+            {m: r["R"] for m, r in raw.items()},
+            os.path.join(out, "accuracy_matrix.png"),
+            f"{name}: accuracy matrix (mean ± std over {seeds} seeds)",
+        ),
+        lambda res, out: stability_gap(
+            {m: r["acc_trace"] for m, r in raw.items()},
+            every,
+            os.path.join(out, curves),
+            f"{name}: per-task accuracy over {phase} (mean ± std over {seeds} seeds)",
+        ),
+    )

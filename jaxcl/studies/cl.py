@@ -367,20 +367,7 @@ def body(cfg: dict, run: Run) -> Report:
         for m, r in raw.items()
         if r["skipped_steps"]
     )
-    S = cfg["seeds"]
-    plot_files = (
-        lambda res, out: plots.accuracy_matrices(
-            {m: r["R"] for m, r in raw.items()},
-            os.path.join(out, "accuracy_matrix.png"),
-            f"{cfg['name']}: accuracy matrix (mean ± std over {S} seeds)",
-        ),
-        lambda res, out: plots.stability_gap(
-            {m: r["acc_trace"] for m, r in raw.items()},
-            cfg["loop"]["eval_every"],
-            os.path.join(out, "stability_gap.png"),
-            f"{cfg['name']}: per-task accuracy over training (mean ± std over {S} seeds)",
-        ),
-    )
+    plot_files = plots.task_plots(raw, cfg["name"], cfg["seeds"], l["eval_every"])
     return Report(res, header, notes, plot_files, every=l["eval_every"], memory={"raw": raw})
 
 

@@ -333,18 +333,8 @@ def body(cfg: dict, run: Run) -> Report:
         f"{np.mean(base_eval['corpus_nll']):.3f}); {S} seeds, {cfg['post']['steps_per_task']} steps or "
         f"iterations per task; accuracies in %, mean ± std\n"
     )
-    plot_files = (
-        lambda res, out: plots.accuracy_matrices(
-            {m: r["R"] for m, r in raw.items()},
-            os.path.join(out, "accuracy_matrix.png"),
-            f"{cfg['name']}: accuracy matrix (mean ± std over {S} seeds)",
-        ),
-        lambda res, out: plots.stability_gap(
-            {m: r["acc_trace"] for m, r in raw.items()},
-            cfg["post"]["eval_every"],
-            os.path.join(out, "accuracy_over_training.png"),
-            f"{cfg['name']}: per-task accuracy over post-training (mean over {S} seeds)",
-        ),
+    plot_files = plots.task_plots(
+        raw, cfg["name"], S, cfg["post"]["eval_every"], "accuracy_over_training.png", "post-training"
     )
     memory = {"raw": raw, "study": study, "base_params": base_params, "keys": keys}  # in memory only
     return Report(res, header, plots=plot_files, every=cfg["post"]["eval_every"], memory=memory)
