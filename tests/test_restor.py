@@ -24,9 +24,7 @@ def test_tiny_runs_clean_corrupt_and_unlearn(tmp_path):
     for name, row in rows.items():
         for k in ("pref", "recovery", "exact_true", "exact_wrong", "stream_nll"):
             assert len(row["per_seed"][k]) == S and np.all(np.isfinite(row["per_seed"][k])), (name, k)
-    # recovery is 1 for the clean model and 0 for the corrupted one, by definition
-    np.testing.assert_allclose(rows["clean"]["per_seed"]["recovery"], 1.0)
-    np.testing.assert_allclose(rows["corrupted"]["per_seed"]["recovery"], 0.0)
+    # the central quantities (corruption lowers pref, unlearning raises it): test_study_findings.py
     pref = {n: np.asarray(r["per_seed"]["pref"]) for n, r in rows.items()}
     want = (pref["gu-npo"] - pref["corrupted"]) / (pref["clean"] - pref["corrupted"])
     np.testing.assert_allclose(rows["gu-npo"]["per_seed"]["recovery"], want, rtol=1e-6)
