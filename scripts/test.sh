@@ -12,7 +12,12 @@ bash scripts/docs.sh "$(mktemp -d)"
 # two workers (one per core of the CI machine): most of the suite's time is compiling small XLA
 # programs, which uses one core; tests of one file stay in one worker (module fixtures)
 WORKERS="${JAXCL_TEST_WORKERS:-2}"
-python3 -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile tests "$@"
+# the files the optimised Python 3.12 part below runs whole are not run twice (they are the
+# slowest: every method's golden and mutation, the mesh, multi-host and resume subprocesses)
+TWICE=(--ignore=tests/test_registry.py --ignore=tests/test_mesh_agreement.py --ignore=tests/test_multihost.py
+  --ignore=tests/test_checkpoint.py)
+[ -n "${JAXCL_SKIP_312:-}" ] && TWICE=()
+python3 -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${TWICE[@]}" tests "$@"
 
 PY312="${PY312:-/root/.pyenv/versions/3.12.1/bin/python3}"
 if [ -n "${JAXCL_SKIP_312:-}" ]; then
