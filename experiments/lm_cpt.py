@@ -4,8 +4,8 @@ re-warming the learning rate at each domain, and of model size.
 
     jaxcl run lm-cpt --tiny                        # seconds; what the tests run
     jaxcl run lm-cpt                               # the default size (2-core CPU: see below)
-    jaxcl sweep lm-cpt --grid er.replay_fraction=0,0.1,0.25,0.5 --set model.sizes=xs   # one program
-    jaxcl run lm-cpt --set model.sizes=smollm2-135m --set data.tokenizer=smollm2 --set data.seq_len=256  # GPU
+    jaxcl sweep lm-cpt --grid er.replay_fraction=0,0.1,0.25,0.5 --set model.name=xs   # one program
+    jaxcl run lm-cpt --set model.name=smollm2-135m --set model.tokenizer=smollm2 --set data.seq_len=256  # GPU
 
 Expected runtime (2-core CPU): --tiny ~30 s (mostly compiling); default 13.8 min with the machine
 loaded (load 5-10; about 2.5 min per row).
@@ -36,7 +36,7 @@ def get_config(tiny: bool = False) -> dict:
     }
     if tiny:
         cfg.update(
-            model={"sizes": ("xs",)},
+            model={"name": ("xs",)},
             data={"domains": ("zen", "bible:ruth"), "seq_len": 16, "n_eval": 4, "max_train": 64},
             train={"steps_per_domain": 4, "batch_size": 4, "eval_every": 2, "consolidate_samples": 4},
             rows=("finetune+rewarm", "er+rewarm", "joint"),

@@ -9,7 +9,7 @@ prophets it also reads; it is tested on Ruth (in context), Jonah + Nahum (parame
     jaxcl run sort --tiny                                  # seconds; what the tests run
     jaxcl run sort                                         # the default (2-core CPU: see below)
     jaxcl run sort --set train.mix=0.5,0.5,0               # no no-excerpt format training
-    jaxcl run sort --set model.name=smollm2-135m --set data.tokenizer=smollm2 \\
+    jaxcl run sort --set model.name=smollm2-135m --set model.tokenizer=smollm2 \\
         --set sort.prompt=natural --set train.steps=0      # SmolLM2-135M zero-shot (3.2 min on a CPU)
 
 Expected runtime (2-core CPU): --tiny ~15 s (mostly compiling); default 2.0-4.0 min of training + 25 s

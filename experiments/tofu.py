@@ -64,7 +64,7 @@ def get_config(tiny: bool = False) -> dict:
         cfg[m]["retain_weight"] = 1.0
     if tiny:  # seconds on a CPU: a random byte-level model, larger learning rates
         cfg.update(
-            model={"name": "tiny", "compute_dtype": "float32"},
+            model={"name": "tiny", "tokenizer": "byte", "compute_dtype": "float32"},
             data={"split": "forget01", "n_forget": 10, "n_retain": 30, "n_eval": 8, "max_len": 192},
             train={
                 "epochs": 12.0,

@@ -111,9 +111,9 @@ NOTEBOOKS = {
         title="Continual pre-training of a language model over text domains",
         text="A Llama trained from scratch through four genres of the KJV bible: the held-out loss matrix "
         "(evaluated inside the compiled loop), forgetting, replay, learning-rate re-warming and the joint "
-        "upper bound; three model sizes on an accelerator (`model.sizes=smollm2-135m` with "
-        "`data.tokenizer=smollm2` continues the pretrained SmolLM2-135M).",
-        study=("lm-cpt", ["rows=er+rewarm"], ["model.sizes=xs,s,m"], "lm_out", True),
+        "upper bound; three model sizes on an accelerator (`model.name=smollm2-135m` with "
+        "`model.tokenizer=smollm2` continues the pretrained SmolLM2-135M).",
+        study=("lm-cpt", ["rows=er+rewarm"], ["model.name=xs,s,m"], "lm_out", True),
     ),
     "lm_junk": dict(
         title="Junk-data decline: continual pre-training on junk vs control text",

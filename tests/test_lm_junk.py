@@ -65,7 +65,7 @@ def test_tiny_study_end_to_end(tmp_path):
     [
         (["junk.ratios=0,1.5"], "fractions in"),
         (["data.tasks=add,divide"], "unknown task 'divide'"),
-        (["model.size=huge"], "model.size='huge'"),
+        (["model.name=huge"], "model.name='huge' is not valid"),
         (["junk.eval_every=3"], "multiple of junk.eval_every=3"),
     ],
 )

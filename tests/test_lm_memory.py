@@ -171,3 +171,23 @@ def test_a_probe_longer_than_the_sequence_is_a_clear_error():
     cfg = config.resolve(config.load("lm-fewshot", tiny=True), ["fewshot.length=40"])
     with pytest.raises(config.ConfigError, match="fewshot.length=40 is longer than the sequence length"):
         lm_memory.validate(cfg)
+
+
+@pytest.mark.parametrize("sets", [[], ["facts.per_condition=2", "numeric.per_kind=2"]])
+def test_no_probe_is_its_own_counterfactual(sets):
+    """Every probe's counterfactual differs from it in its target tokens, one item per condition
+    included (the tiny config: the never-seen control had no other control entity to borrow a
+    value from, so its gain was 0 by construction)."""
+    from jaxcl.data import injection, text
+
+    cfg = config.resolve(config.load("lm-facts", tiny=True), sets)
+    data, _, _ = injection.build_items(cfg, text.tokenizer("byte"), check_schedule=False)
+    spans, off = data["probes"]["spans"], data["span_offsets"]
+    keys = [k for k in off if f"{k}_cf" in off]
+    assert {k.split("_")[0] for k in keys} == {"facts", "numeric"}
+    for k in keys:
+        (a0, a1), (b0, b1) = off[k], off[f"{k}_cf"]
+        for i, j in zip(range(a0, a1), range(b0, b1)):
+            t_true = spans["tokens"][i][spans["target"][i].astype(bool)]
+            t_cf = spans["tokens"][j][spans["target"][j].astype(bool)]
+            assert t_true.tolist() != t_cf.tolist(), f"{k} row {i - a0} is its own counterfactual"

@@ -113,8 +113,11 @@ def test_sweep_cell_without_replay_equals_the_finetune_row(tiny_run):
     [
         (["rows=finetune,ppo"], "unknown row 'ppo'"),
         (["rows=ewc"], "needs 'ewc' in methods"),
-        (["model.sizes=xl"], "unknown size 'xl'"),
-        (["data.tokenizer=smollm2"], "tokenizer mismatch"),
+        (["model.name=xl"], "model.name='xl' is not valid here; valid: scratch, xs, s, m, smollm2-135m"),
+        (["model.tokenizer=smollm2"], "model.tokenizer='smollm2' is not valid here; valid: byte"),
+        (["model.name=xs,smollm2-135m"], "tokenizer mismatch; set model.tokenizer=smollm2"),
+        (["model.n_heads=3"], "model.n_heads=3 must divide model.d_model"),
+        (["model.compute_dtype=float16"], "model.compute_dtype='float16'; valid: float32, bfloat16"),
         (["data.domains=zen"], "at least 2 domains"),
         (["train.eval_every=3"], "multiple of train.eval_every=3"),
         (["train.consolidate_samples=40"], "multiple of 32"),

@@ -18,6 +18,7 @@ import pytest
 
 from jaxcl import cli, config, report
 from jaxcl.methods import METHODS
+from jaxcl.models import lm
 from jaxcl.studies import STUDIES, get_study
 from jaxcl.studies.driver import Study, write_tensorboard
 
@@ -103,6 +104,8 @@ def test_every_config_resolves_with_only_its_studys_methods(name):
         study.validate(cfg)
         sections = {k for k in cfg if k in METHODS}
         assert sections == set(study.runnable()), "a section for a method the study cannot run"
+        if not any(isinstance(v, dict) for v in cfg["model"].values()):  # a language model's
+            assert list(cfg["model"]) == list(lm.section()), f"{name}: the model section's shape"
         for p in study.mesh_batches:  # the batch sizes a mesh splits exist in the config
             v = cfg
             for k in p.split("."):

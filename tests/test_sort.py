@@ -232,10 +232,10 @@ def test_shared_text_between_roles_and_short_books_are_clear_errors():
 
 
 def test_a_scratch_model_on_smollm2s_compact_tokenizer():
-    cfg = config.resolve(config.load("sort", tiny=True), ["data.tokenizer=smollm2"])
+    cfg = config.resolve(config.load("sort", tiny=True), ["model.tokenizer=smollm2"])
     sort.validate(cfg)
     docs = sort_data.book_documents(cfg["books"])
-    tok = sort_data.tokenizer(cfg["data"]["tokenizer"], docs, cfg["sort"]["prompt"])
+    tok = sort_data.tokenizer(cfg["model"]["tokenizer"], docs, cfg["sort"]["prompt"])
     assert 100 < tok.vocab_size < 5000  # only the ids of the run's books and prompts
     ruth = " ".join(d.strip() for d in docs["context_format"]["bible:ruth"])
     assert tok.decode(tok.encode(ruth)) == ruth

@@ -158,6 +158,10 @@ def build_items(cfg: dict, tok, *, check_schedule: bool = True) -> tuple[dict, l
         n = f["per_condition"]
         ents = probes.entities(n * len(groups), seed)
         control = ents[-n:]
+        # spare never-seen entities: the control's counterfactual source when no other control
+        # entity differs from it (facts.per_condition=1), so no item is paired with itself
+        taken = {e.name for e in ents} | {e.city for e in ents}
+        spare = probes.entities(2, seed + 0x5EED, taken=taken)
         sets = {k: [] for k in FACT_PROBES}
         cf = {k: [] for k in FACT_PROBES}
         for g, n_exp in enumerate(groups):
@@ -169,7 +173,7 @@ def build_items(cfg: dict, tok, *, check_schedule: bool = True) -> tuple[dict, l
                 o = next(
                     (
                         c
-                        for c in control[i:] + control[:i]
+                        for c in control[i:] + control[:i] + spare
                         if c != e and c.year != e.year and c.profession != e.profession
                     ),
                     control[(i + 1) % n],
@@ -191,7 +195,12 @@ def build_items(cfg: dict, tok, *, check_schedule: bool = True) -> tuple[dict, l
             key = f"numeric_{kind}"
             probe_sets[key] = items
             unseen = items[n:]  # counterfactual values: never-seen items' (another one for those)
-            alts = unseen + unseen[1:] + unseen[:1]
+            if n == 1:  # a spare never-seen item, so the unseen one is not paired with itself
+                make = probes.numeric_items if kind == "numbers" else probes.entity_items
+                spare = make(1, seed + 0x5EED, **({"digits": nm["digits"]} if kind == "numbers" else {}))
+                alts = unseen + spare
+            else:
+                alts = unseen + unseen[1:] + unseen[:1]
             probe_sets[f"{key}_cf"] = [probes.counterfactual(a, b) for a, b in zip(items, alts)]
             seen = [add_bank(s) for s in items[:n]]
             conds.append(Condition(f"{kind} seen", "numeric", nm["exposures"], seen, {key: list(range(n))}))

