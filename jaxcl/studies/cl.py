@@ -371,57 +371,39 @@ def body(cfg: dict, run: Run) -> Report:
     return Report(res, header, notes, plot_files, every=l["eval_every"], memory={"raw": raw})
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
-    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed as one
-    program: ``over_seeds`` inside ``lax.map`` over cells, ``chunk`` cells at a time (from the
-    memory analysis when not given)."""
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
+def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters) x every seed as one program:
+    ``over_seeds`` inside ``lax.map`` over cells (:func:`jaxcl.sweep.run_plan`)."""
     stream = jax.device_put(build_stream(cfg))
     exp, base = experiment(cfg, stream, method)
-    hp_grid = sweep_mod.stack_cells(base, names, cells)
-    keys = seeds_keys(cfg["seed"], cfg["seeds"])
     per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
 
-    def summarise(o):  # what the metrics need; the final params stay on the device
+    def one_cell(keys, stream, hp):  # what the metrics need; the final params stay on the device
+        o = per_cell(keys, stream, hp)
         return {"R": o["R"], "R0": o["R0"], "acc": o["trace"]["acc"], "nonfinite": o["nonfinite_step"]}
 
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        lambda k, s, h: summarise(per_cell(k, s, h)),
-        (keys, stream),
-        hp_grid,
-        len(cells),
-        chunk,
-        conv_cpu=resolve_mode("auto", exp.model) == "map",
-    )
-    t1 = time.perf_counter()
-    o = jax.block_until_ready(run_cells(keys, stream, hp_grid))
-    run_s = time.perf_counter() - t1
-    rows = {}
-    for i, c in enumerate(cells):
-        per_seed = _per_seed(
-            M.per_seed(
-                np.asarray(o["R"][i]), np.asarray(o["R0"][i]), np.asarray(o["acc"][i]), cfg["wf_window"]
-            )
-        )
-        per_seed["diverged"] = [float((np.asarray(o["nonfinite"][i]) >= 0).sum())]
-        rows[sweep_mod.cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)))
+    def row(o):
+        per_seed = _per_seed(M.per_seed(o["R"], o["R0"], o["acc"], cfg["wf_window"]))
+        per_seed["diverged"] = [float((o["nonfinite"] >= 0).sum())]
+        return per_seed, {}
+
     cols = [
         ("acc", "ACC", "pct"),
         ("forgetting", "Forgetting", "pct"),
         ("min_acc", "min-ACC", "pct"),
         ("wc_acc", "WC-ACC", "pct"),
-        ("diverged", "diverged seeds", "float"),
     ]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
+    return sweep_mod.SweepPlan(
+        one_cell,
+        (seeds_keys(cfg["seed"], cfg["seeds"]), stream),
+        base,
+        row,
         cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
+        "acc",
+        "ACC",
+        diverged="diverged seeds",
+        conv_cpu=resolve_mode("auto", exp.model) == "map",
     )
-    return sweep_mod.finish(res, names, grid, out, verbose, "acc", "ACC")
 
 
 STUDY = Study(

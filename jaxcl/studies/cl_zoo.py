@@ -16,6 +16,7 @@ and the mean rank over benchmarks) and ``out/zoo.png`` (ACC per method and bench
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -155,12 +156,12 @@ def plot_zoo(per_bench: dict, order: list, path: str, cfg: dict) -> str:
     return path
 
 
-def sweep_cells(cfg, grid, *, chunk, out, verbose):
-    """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` study's sweep)."""
+def sweep_cells(cfg: dict, method: str, run: Run):
+    """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` study's sweep, its
+    results in ``<out>/<benchmark>``)."""
     b = cfg["benchmarks"][0]
-    return CL.sweep(
-        sub_config(cfg, b), grid, chunk=chunk, out=os.path.join(out, b) if out else None, verbose=verbose
-    )
+    sub = sub_config(cfg, b)
+    return dataclasses.replace(CL.sweep_body(sub, method, run), cfg=sub, subdir=b)
 
 
 STUDY = Study(

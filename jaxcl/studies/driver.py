@@ -25,6 +25,7 @@ driver only runs what lies around it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -100,7 +101,7 @@ class Study:
     defaults: dict
     validate: Callable[[dict], None]
     body: Callable[[dict, Run], Report]
-    sweep_body: Callable | None = None
+    sweep_body: Callable | None = None  # (cfg, method, run) -> jaxcl.sweep.SweepPlan
     no_sweep: str = "compare settings with jaxcl run ... --set"
     no_resume: str = "its phases are short; run it again"
     methods: tuple[str, ...] | None = None  # the methods it can run (None: every method of its kinds)
@@ -171,14 +172,18 @@ class Study:
     def sweep(
         self, cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
     ) -> dict:
-        """Every cell of ``grid`` x every seed as one program (the study's sweep body); the
-        output folder locked as a run's is."""
+        """Every cell of ``grid`` x every seed as one program: the grid checked against the
+        methods the study can run, the study's sweep body's :class:`jaxcl.sweep.SweepPlan` run by
+        :func:`jaxcl.sweep.run_plan` (rows, results, table, plot); the output folder locked as a
+        run's is."""
+        from .. import sweep as sweep_mod
+
         self.refuse("sweep")
         self.validate(cfg)
-        if not out:
-            return self.sweep_body(cfg, grid, chunk=chunk, out=None, verbose=verbose)
-        with _locked(out):
-            return self.sweep_body(cfg, grid, chunk=chunk, out=out, verbose=verbose)
+        method = sweep_mod.cells_of(grid, self.runnable())[0]
+        with _locked(out) if out else contextlib.nullcontext():
+            plan = self.sweep_body(cfg, method, Run(cfg, out or None, verbose=verbose))
+            return sweep_mod.run_plan(plan, cfg, method, grid, chunk, out or None, verbose)
 
     def _body(self, cfg: dict, run: Run) -> Report:
         try:

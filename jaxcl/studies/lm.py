@@ -44,6 +44,7 @@ from ..loops import as_hparams, build_method, method_state, method_step, run_chu
 from ..methods import get_method
 from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
+from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run, Study
 
@@ -366,22 +367,11 @@ def body(cfg: dict, run: Run) -> Report:
     )
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
-    """Every cell of ``grid`` (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
+def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
     x seeds trained through every domain as one program (``lax.scan`` over domains inside
     ``lax.map`` over cells), for the first size of ``model.sizes``; the row is the method (with
     ``+rewarm`` when ``rows`` has that method only with re-warming)."""
-    from .. import sweep as sweep_mod
-
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
-    if method not in LM_METHODS:
-        raise ConfigError(f"--grid: the lm study sweeps {', '.join(LM_METHODS)}, not {method!r}")
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
-    from .. import sweep as sweep_mod
-
     stream = build_stream(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     size = cfg["model"]["sizes"][0]
@@ -398,40 +388,15 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         s, tr = jax.lax.scan(lambda s, t: domain(s, t, hp, stream), state, jnp.arange(T))
         return {"loss": tr["heldout"], "nonfinite_step": s.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(prog.hp, names, cells)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, (state, stream), hp_grid, len(cells), chunk, conv_cpu=False
+    def cell_row(o):
+        per, L = row_metrics(np.moveaxis(o["loss"], 1, 0), b)  # (T, S, E, K) -> (S, T, E, K)
+        per["diverged"] = (o["nonfinite_step"] >= 0).astype(np.float32).tolist()
+        return per, {"L_mean": L.mean(0).tolist()}
+
+    extra = {"row": row, "size": size}
+    return SweepPlan(
+        one_cell, (state, stream), prog.hp, cell_row, COLUMNS, "forgetting", "forgetting", extra=extra
     )
-    t0 = time.perf_counter()
-    o = jax.tree.map(np.asarray, run_cells(state, stream, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        loss = np.moveaxis(o["loss"][i], 1, 0)  # (T, S, E, K) -> (S, T, E, K)
-        per, L = row_metrics(loss, b)
-        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
-        rows[sweep_mod.cell_name(names, c)] = results.row(
-            per, cell=dict(zip(names, c)), L_mean=L.mean(0).tolist()
-        )
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={
-            "method": method,
-            "row": row,
-            "size": size,
-            "grid": grid,
-            "chunk": chunk,
-            "n_cells": len(cells),
-            "memory": mem,
-        },
-    )
-    return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
 
 
 STUDY = Study(

@@ -50,6 +50,7 @@ from ..loops import as_hparams, build_method, method_state, method_step, run_chu
 from ..methods import get_method
 from ..models import lm
 from ..parallel import jit_seeds, shard_batch
+from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run
 
@@ -379,16 +380,10 @@ def plot(res: dict, path: str) -> str:
 # -- sweep -----------------------------------------------------------------------------------------
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
-    """Every cell of ``grid`` (``{"finetune.lr": [...]}``) x seeds as one program (``lax.map``
-    over cells, ``chunk`` cells vmapped at a time, seeds vmapped): the whole run per cell, then
-    per cell the metrics of the most-exposed condition of each kind (memorisation probe for
-    facts)."""
-    from .. import sweep as sweep_mod
-
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
-    if method != "finetune":
-        raise ConfigError(f"--grid: the lm-memory study sweeps finetune's hyperparameters, not {method!r}")
+def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
+    """Every cell of the grid (``finetune.lr``) x seeds as one program (``lax.map`` over cells,
+    seeds vmapped): the whole run per cell, then per cell the metrics of the most-exposed
+    condition of each kind (memorisation probe for facts)."""
     study, keys = Study(cfg), seeds_keys(cfg["seed"], cfg["seeds"])
     n_chunks = cfg["train"]["steps"] // cfg["train"]["eval_every"]
 
@@ -397,41 +392,20 @@ def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, ve
         state, tr = jax.vmap(lambda s: study.call(s, hp, data, n_chunks))(state)
         return {"trace": tr, "nonfinite_step": state.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(study.hp, names, cells)
-    shared = (keys, study.pretrained, study.data)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=False
-    )
-    t0 = time.perf_counter()
-    o = jax.tree.map(np.asarray, run_cells(*shared, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        traces = I.split_spans({k: v[i] for k, v in o["trace"].items()}, study.span_offsets)
-        per = R.headline(cfg, study.conds, traces)
-        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
-        rows[sweep_mod.cell_name(names, c)] = results.row(per, cell=dict(zip(names, c)))
-    first_row = next(iter(rows.values()))["summary"]
-    cols = [col for col in COLUMNS if col[0] in first_row and col[0] != "time_s"]
-    cols.append(("diverged", "diverged", "float"))
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={
-            "method": "finetune",
-            "grid": grid,
-            "chunk": chunk,
-            "n_cells": len(cells),
-            "memory": mem,
-            "headline": [c.name for c in R.most_exposed(study.conds)],
-        },
-    )
-    return sweep_mod.finish(
-        res, names, grid, out, verbose, "gain_final", "Δlogp end (most-exposed condition)"
+    def row(o):
+        per = R.headline(cfg, study.conds, I.split_spans(o["trace"], study.span_offsets))
+        per["diverged"] = (o["nonfinite_step"] >= 0).astype(np.float32).tolist()
+        return per, {}
+
+    return SweepPlan(
+        one_cell,
+        (keys, study.pretrained, study.data),
+        study.hp,
+        row,
+        COLUMNS,
+        "gain_final",
+        "Δlogp end (most-exposed condition)",
+        extra={"headline": [c.name for c in R.most_exposed(study.conds)]},
     )
 
 

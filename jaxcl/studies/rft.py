@@ -42,6 +42,7 @@ from ..engine import check_finite
 from ..loops import seeds_keys
 from ..parallel import jit_seeds
 from ..posttrain import PostTraining
+from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run
 
@@ -340,26 +341,15 @@ def body(cfg: dict, run: Run) -> Report:
     return Report(res, header, plots=plot_files, every=cfg["post"]["eval_every"], memory=memory)
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
-    """Every cell of ``grid`` (``{"grpo.beta": [...]}``, ``{"finetune.lr": [...]}``: one method's
-    traced hyperparameters) post-trained from the same base models as one program: a ``lax.scan``
-    over the tasks' calls inside ``lax.map`` over cells (``chunk`` cells vmapped at a time), seeds
+def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
+    """Every cell of the grid (``grpo.beta``, ``finetune.lr``: one method's traced
+    hyperparameters) post-trained from the same base models as one program: a ``lax.scan`` over
+    the tasks' calls inside ``lax.map`` over cells (``chunk`` cells vmapped at a time), seeds
     vmapped. The row is ``rft`` (``rif-rft`` when ``grpo.rif``) for grpo, ``sft`` for finetune."""
-    from .. import sweep as sweep_mod
-
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "rl")
-    if method not in ("grpo", "finetune"):
-        raise ConfigError(f"--grid: the rft study sweeps grpo or finetune, not {method!r}")
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
-    from .. import sweep as sweep_mod
-
     study, keys = prepare(cfg)
     T = study.T
     t0 = time.perf_counter()
-    base = train_base(study, keys, verbose=verbose)
+    base = train_base(study, keys, verbose=run.verbose)
     base_s = time.perf_counter() - t0
     base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
     row = "sft" if method == "finetune" else ("rif-rft" if cfg["grpo"]["rif"] else "rft")
@@ -385,43 +375,25 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         s, tr = jax.lax.scan(body, state, jnp.arange(T * calls))
         return {"traces": tr, "nonfinite_step": s.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(study.hparams(row), names, cells)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, (state, study.data), hp_grid, len(cells), chunk, conv_cpu=False
-    )
-    t0 = time.perf_counter()
-    o = jax.tree.map(np.asarray, run_cells(state, study.data, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        # (T * calls, S, chunks, ...) -> (S, T, E, ...)
+    def cell_row(o):  # traces (T * calls, S, chunks, ...) -> (S, T, E, ...)
         tr = {
-            k: np.moveaxis(v[i], 1, 0).reshape((v.shape[2], T, E) + v.shape[4:])
-            for k, v in o["traces"].items()
+            k: np.moveaxis(v, 1, 0).reshape((v.shape[1], T, E) + v.shape[3:]) for k, v in o["traces"].items()
         }
         per, R = row_metrics(tr, base_eval, T)
-        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
-        rows[sweep_mod.cell_name(names, c)] = results.row(
-            per, cell=dict(zip(names, c)), R_mean=R.mean(0).tolist()
-        )
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s, "base": base_s},
-        extra={
-            "method": method,
-            "row": row,
-            "grid": grid,
-            "chunk": chunk,
-            "n_cells": len(cells),
-            "memory": mem,
-        },
+        per["diverged"] = (o["nonfinite_step"] >= 0).astype(np.float32).tolist()
+        return per, {"R_mean": R.mean(0).tolist()}
+
+    return SweepPlan(
+        one_cell,
+        (state, study.data),
+        study.hparams(row),
+        cell_row,
+        COLUMNS,
+        "forgetting",
+        "forgetting",
+        extra={"row": row},
+        timing={"base": base_s},
     )
-    return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
 
 
 STUDY = driver.Study(

@@ -23,9 +23,7 @@ the original and the oracle, a method's phase, the evaluation, the cache) are
 from __future__ import annotations
 
 import os
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -291,22 +289,16 @@ def plot(res: dict, out_dir: str) -> list[str]:
 # -- sweep -----------------------------------------------------------------------------------
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
-    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed,
-    unlearning and evaluation, as one program (``over_seeds`` inside ``lax.map`` over cells,
-    ``chunk`` cells at a time); the original and the oracle as in a run (cached in ``out``)."""
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
+def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters) x every seed, unlearning and
+    evaluation, as one program (``over_seeds`` inside ``lax.map`` over cells); the original and
+    the oracle as in a run (cached in ``out``)."""
     check_methods(cfg, [method])
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
-    ctx = prepare(cfg, out, verbose=verbose)
+    ctx = prepare(cfg, run.out, verbose=run.verbose)
     model = ctx.model
     oracle = ctx.store.load_method("oracle") if ctx.store else None
     oracle = oracle or ctx.evaluated("oracle", ctx.params["oracle"], ctx.timing["oracle"])
     phase, base = unlearner(model, cfg, method)
-    hp_grid = sweep_mod.stack_cells(base, names, cells)
     evaluate = evaluator(model, cfg)
 
     def per_seed(params, k_unlearn, k_relearn, data, p_orig, p_oracle, hp):
@@ -314,7 +306,12 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         m, curve = evaluate(o["params"], k_relearn, data, p_orig, p_oracle)
         return {**m, "relearn_curve": curve, "diverged": (o["nonfinite_step"] >= 0).astype(jnp.float32)}
 
-    one_cell = over_seeds(per_seed, (0, 0, 0, None, 0, 0, None), model=model)
+    def row(o):
+        metrics = {k: v for k, v in o.items() if k not in ("relearn_curve", "diverged")}
+        per = per_seed_row(metrics, oracle["metrics"], o["relearn_curve"])
+        per["diverged"] = [float(o["diverged"].sum())]
+        return per, {"relearn_curve": np.asarray(o["relearn_curve"]).tolist()}
+
     shared = (
         ctx.start(method),
         role_keys(cfg, UNLEARN),
@@ -323,31 +320,17 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         ctx.params["original"],
         ctx.params["oracle"],
     )
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=resolve_mode("auto", model) == "map"
+    return sweep_mod.SweepPlan(
+        over_seeds(per_seed, (0, 0, 0, None, 0, 0, None), model=model),
+        shared,
+        base,
+        row,
+        COLUMNS,
+        "gap",
+        "gap to the oracle",
+        diverged="diverged seeds",
+        conv_cpu=resolve_mode("auto", model) == "map",
     )
-    t1 = time.perf_counter()
-    o = jax.device_get(jax.block_until_ready(run_cells(*shared, hp_grid)))
-    run_s = time.perf_counter() - t1
-    rows = {}
-    for i, c in enumerate(cells):
-        metrics = {k: v[i] for k, v in o.items() if k not in ("relearn_curve", "diverged")}
-        row = per_seed_row(metrics, oracle["metrics"], o["relearn_curve"][i])
-        row["diverged"] = [float(o["diverged"][i].sum())]
-        rows[sweep_mod.cell_name(names, c)] = results.row(
-            row, cell=dict(zip(names, c)), relearn_curve=np.asarray(o["relearn_curve"][i]).tolist()
-        )
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged seeds", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
-    )
-    return sweep_mod.finish(res, names, grid, out, verbose, "gap", "gap to the oracle")
 
 
 STUDY = Study(
