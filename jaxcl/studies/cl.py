@@ -24,7 +24,14 @@ from .. import metrics as M
 from .. import parallel, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import ConfigError, check_positive, method_settings
+from ..config import (
+    ConfigError,
+    check_choice,
+    check_multiple,
+    check_nonnegative,
+    check_positive,
+    method_settings,
+)
 from ..data import loaders, streams
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
@@ -123,16 +130,12 @@ def validate(cfg: dict) -> None:
             "wf_window",
         ],
     )
-    for k in ("data.max_train_per_task", "data.max_test_per_task", "loop.checkpoint_every"):
-        a, b = k.split(".")
-        if cfg[a][b] < 0:
-            raise ConfigError(f"{k}={cfg[a][b]} must be >= 0 (0: {'all' if a == 'data' else 'off'})")
-    if cfg["data"]["dataset"] not in loaders.LOADERS:
-        raise ConfigError(
-            f"data.dataset={cfg['data']['dataset']!r}; valid: {', '.join(sorted(loaders.LOADERS))}"
-        )
-    if cfg["data"]["scenario"] not in streams.SCENARIOS:
-        raise ConfigError(f"data.scenario={cfg['data']['scenario']!r}; valid: {', '.join(streams.SCENARIOS)}")
+    check_nonnegative(cfg, ["data.max_train_per_task", "data.max_test_per_task"], "all")
+    check_nonnegative(cfg, ["loop.checkpoint_every"], "off")
+    check_choice(cfg, "data.dataset", sorted(loaders.LOADERS))
+    check_choice(cfg, "data.scenario", streams.SCENARIOS)
+    check_choice(cfg, "data.order", ("random", "delt"))
+    check_multiple(cfg, "loop.checkpoint_every", "loop.eval_every")
     d = cfg["data"]
     if not 0.0 <= d.get("rehearsal_fraction", 0.0) < 1.0 or d.get("rehearsal_alpha", 1.0) < 0:
         raise ConfigError(
@@ -144,8 +147,6 @@ def validate(cfg: dict) -> None:
             "data.rehearsal_fraction > 0 needs a single-head scenario (class-incremental, permuted, rotated, "
             "scole): a rehearsed example would be masked out of its own label in a task-incremental stream"
         )
-    if d.get("order", "random") not in ("random", "delt"):
-        raise ConfigError(f"data.order={d.get('order')!r}; valid: random, delt")
     if d.get("order") == "delt" and not (
         0.0 < d.get("delt_select", 1.0) <= 1.0 and d.get("delt_layers", 3) >= 1
     ):
@@ -160,11 +161,6 @@ def validate(cfg: dict) -> None:
         loop_config(cfg).validate()
     except ValueError as e:
         raise ConfigError(f"loop: {e}") from None
-    every = cfg["loop"]["checkpoint_every"]
-    if every and every % cfg["loop"]["eval_every"]:
-        raise ConfigError(
-            f"loop.checkpoint_every={every} must be a multiple of loop.eval_every={cfg['loop']['eval_every']}"
-        )
 
 
 def build_stream(cfg: dict) -> streams.Stream:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import report, results
-from ..config import ConfigError
+from ..config import ConfigError, get
 from ..engine import check_finite
 
 DONE = ".checkpoints-complete"  # marker beside <out>/checkpoints once the run that wrote them finished
@@ -158,7 +158,7 @@ class Study:
         if resume:
             self.refuse("resume")
         self.checks(cfg, mesh)
-        ckpt = bool(self.checkpoint_key) and _get(cfg, self.checkpoint_key)
+        ckpt = bool(self.checkpoint_key) and get(cfg, self.checkpoint_key)
         run = Run(cfg, out or None, resume, fresh, verbose, mesh, ckpt)
         if not run.out:
             return _finish(self._body(cfg, run), run, tensorboard)
@@ -270,22 +270,6 @@ def uncommitted(tree):
     return jax.tree.map(one, tree)
 
 
-def check_schedule(t: dict) -> None:
-    """A ``train`` section's schedule of calls: ``steps`` a multiple of ``eval_every``;
-    ``checkpoint_every`` 0 (one call) or a multiple of ``eval_every`` dividing ``steps``. A
-    ConfigError naming the keys otherwise."""
-    if t["steps"] % t["eval_every"]:
-        raise ConfigError(
-            f"train.steps={t['steps']} must be a multiple of train.eval_every={t['eval_every']}"
-        )
-    ce = t["checkpoint_every"]
-    if ce < 0 or (ce and (ce % t["eval_every"] or t["steps"] % ce)):
-        raise ConfigError(
-            f"train.checkpoint_every={ce} must be 0 or a multiple of train.eval_every={t['eval_every']} "
-            f"that divides train.steps={t['steps']}"
-        )
-
-
 def calls(call, n_calls: int, chunks_per_call: int, steps_per_chunk: int, offset: int = 0) -> list[Segment]:
     """The segments of ``n_calls`` calls of ``state, tr = call(state)``, each covering
     ``chunks_per_call`` evaluation chunks of ``steps_per_chunk`` steps; call ``i`` writes every
@@ -303,12 +287,6 @@ def calls(call, n_calls: int, chunks_per_call: int, steps_per_chunk: int, offset
         return fn
 
     return [Segment(one(i), steps, f"(steps {i * steps} to {(i + 1) * steps})") for i in range(n_calls)]
-
-
-def _get(cfg: dict, path: str):
-    for k in path.split("."):
-        cfg = cfg[k]
-    return cfg
 
 
 class _locked:

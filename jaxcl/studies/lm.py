@@ -38,7 +38,13 @@ import numpy as np
 
 from .. import metrics as M
 from .. import plots, report, results
-from ..config import ConfigError, check_positive, method_settings
+from ..config import (
+    ConfigError,
+    check_multiple,
+    check_nonempty,
+    check_positive,
+    method_settings,
+)
 from ..data import text
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
@@ -113,8 +119,7 @@ def validate(cfg: dict) -> None:
                 f"model size {s!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
                 "pretrained smollm2-135m needs data.tokenizer=smollm2 and the scratch sizes need byte"
             )
-    if not cfg["rows"]:
-        raise ConfigError("rows is empty; set rows=finetune,er,...")
+    check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
     for r in cfg["rows"]:
         name, _ = parse_row(r)
         if name != "joint" and name not in cfg["methods"]:
@@ -137,11 +142,7 @@ def validate(cfg: dict) -> None:
             f"train.consolidate_samples={t['consolidate_samples']}: EWC's Fisher takes chunks of 32 "
             "windows; give a multiple of 32 (or fewer than 32)"
         )
-    if t["steps_per_domain"] % t["eval_every"]:
-        raise ConfigError(
-            f"train.steps_per_domain={t['steps_per_domain']} must be a multiple of "
-            f"train.eval_every={t['eval_every']}"
-        )
+    check_multiple(cfg, "train.steps_per_domain", "train.eval_every")
 
 
 # -- the model ------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import metrics as M
 from .. import results, tasks
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, check_each, check_multiple, check_nonempty, check_positive, method_settings
 from ..data import junk as junk_data
 from ..data import text
 from ..engine import check_finite
@@ -82,16 +82,11 @@ COLUMNS = [
 
 
 def validate(cfg: dict) -> None:
-    d = cfg["data"]
     if cfg["model"]["size"] not in lm.SIZES:
         valid = list(lm.SIZES)
         raise ConfigError(f"model.size={cfg['model']['size']!r}; valid: {', '.join(valid)}")
-    for name in d["tasks"]:
-        if name not in tasks.TASKS:
-            raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
-    for key in ("base_domains", "control", "junk", "tasks"):
-        if not d[key]:
-            raise ConfigError(f"data.{key} is empty")
+    check_each(cfg, "data.tasks", tasks.TASKS, "task")
+    check_nonempty(cfg, ["data.base_domains", "data.control", "data.junk"])
     r = cfg["junk"]["ratios"]
     if not r or any(not 0.0 <= x <= 1.0 for x in r):
         raise ConfigError(f"junk.ratios={r!r}: give fractions in [0, 1]")
@@ -113,10 +108,7 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
-    if cfg["junk"]["steps"] % cfg["junk"]["eval_every"]:
-        raise ConfigError(
-            f"junk.steps={cfg['junk']['steps']} must be a multiple of junk.eval_every={cfg['junk']['eval_every']}"
-        )
+    check_multiple(cfg, "junk.steps", "junk.eval_every")
 
 
 # -- the programs ---------------------------------------------------------------------------------

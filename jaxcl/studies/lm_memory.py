@@ -43,7 +43,15 @@ import numpy as np
 
 from .. import probes, report, results
 from .. import retention as R
-from ..config import ConfigError, check_positive, method_settings
+from ..config import (
+    ConfigError,
+    check_checkpoint_every,
+    check_each,
+    check_multiple,
+    check_nonnegative,
+    check_positive,
+    method_settings,
+)
 from ..data import injection as I
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
@@ -119,27 +127,22 @@ COLUMNS = [
 
 
 def validate(cfg: dict) -> None:
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    m = cfg["model"]
     if m["name"] not in MODELS:
         raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
     if m["tokenizer"] not in text.TOKENIZERS:
         raise ConfigError(
             f"model.tokenizer={m['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
         )
-    if not d["domains"]:
-        raise ConfigError("data.domains is empty: give at least one text domain")
-    valid = set(text.domain_names())
-    for name in d["domains"]:
-        if name not in valid:
-            raise ConfigError(text.unknown_source(name))
+    check_each(cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source)
     check_positive(
         cfg,
         ["data.seq_len", "data.duplication", "data.n_eval", "train.steps", "train.batch_size"]
         + ["train.eval_every", "inject.spacing", "inject.per_step", "seeds"],
     )
-    if d["max_train"] < 0:
-        raise ConfigError(f"data.max_train={d['max_train']} must be >= 0 (0: every window)")
-    driver.check_schedule(t)
+    check_nonnegative(cfg, ["data.max_train"], "every window")
+    check_multiple(cfg, "train.steps", "train.eval_every")
+    check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
     I.check_config(cfg)
 
 

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from .. import report, results
-from ..config import ConfigError, check_positive
+from ..config import ConfigError, check_each, check_positive
 from ..data import restor as restor_data
 from ..data import text
 from ..engine import check_finite
@@ -87,12 +87,7 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     d = cfg["data"]
-    if not d["domains"]:
-        raise ConfigError("data.domains is empty: give at least one text domain")
-    valid = set(text.domain_names())
-    for name in d["domains"]:
-        if name not in valid:
-            raise ConfigError(text.unknown_source(name))
+    check_each(cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source)
     if cfg["model"]["tokenizer"] not in text.TOKENIZERS:
         raise ConfigError(
             f"model.tokenizer={cfg['model']['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"

@@ -37,7 +37,16 @@ import numpy as np
 
 from .. import metrics as M
 from .. import plots, report, results, tasks
-from ..config import ConfigError, check_positive, method_settings
+from ..config import (
+    ConfigError,
+    check_checkpoint_every,
+    check_choice,
+    check_each,
+    check_multiple,
+    check_nonnegative,
+    check_positive,
+    method_settings,
+)
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..parallel import jit_seeds
@@ -107,20 +116,14 @@ BASE, POST = 1, 2  # key roles: fold_in(key(seed), role)
 
 def validate(cfg: dict) -> None:
     d, m = cfg["data"], cfg["model"]
-    for name in tuple(d["tasks"]) + tuple(d["base_tasks"]):
-        if name not in tasks.TASKS:
-            raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
+    check_each(cfg, "data.tasks", tasks.TASKS, "task")
+    check_each(cfg, "data.base_tasks", tasks.TASKS, "task", nonempty=False)
     if len(d["tasks"]) < 2:
         raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
-    if d["corpus"] not in CORPORA:
-        raise ConfigError(f"data.corpus={d['corpus']!r} is not valid; valid: {', '.join(CORPORA)}")
+    check_choice(cfg, "data.corpus", CORPORA)
     if m["name"] not in MODELS:
         raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
-    for r in cfg["rows"]:
-        if r not in ROWS:
-            raise ConfigError(f"rows: unknown row {r!r}; valid: {', '.join(ROWS)}")
-    if not cfg["rows"]:
-        raise ConfigError("rows is empty; set rows=sft,rft,...")
+    check_each(cfg, "rows", ROWS, "row")
     check_positive(
         cfg,
         [
@@ -138,24 +141,12 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
-    if cfg["post"]["steps_per_task"] % cfg["post"]["eval_every"]:
-        raise ConfigError(
-            f"post.steps_per_task={cfg['post']['steps_per_task']} must be a multiple of "
-            f"post.eval_every={cfg['post']['eval_every']}"
-        )
-    ce = cfg["post"]["checkpoint_every"]
-    if ce < 0 or (ce and (ce % cfg["post"]["eval_every"] or cfg["post"]["steps_per_task"] % ce)):
-        raise ConfigError(
-            f"post.checkpoint_every={ce} must be 0 (task ends) or a multiple of post.eval_every="
-            f"{cfg['post']['eval_every']} that divides post.steps_per_task={cfg['post']['steps_per_task']}"
-        )
-    if cfg["base"]["steps"] < 0 or (
-        cfg["base"]["steps"] and cfg["base"]["steps"] % cfg["base"]["eval_every"]
-    ):
-        raise ConfigError(
-            f"base.steps={cfg['base']['steps']} must be >= 0 and a multiple of base.eval_every="
-            f"{cfg['base']['eval_every']}"
-        )
+    check_multiple(cfg, "post.steps_per_task", "post.eval_every")
+    check_checkpoint_every(
+        cfg, "post.checkpoint_every", "post.eval_every", "post.steps_per_task", "task ends"
+    )
+    check_nonnegative(cfg, ["base.steps"])
+    check_multiple(cfg, "base.steps", "base.eval_every")
     _, g = method_settings(cfg, "grpo")
     if g["group_size"] < 2:
         raise ConfigError(

@@ -52,7 +52,16 @@ import numpy as np
 
 from .. import report, results
 from .. import sort_metrics as SM
-from ..config import ConfigError, check_positive, method_settings
+from ..config import (
+    ConfigError,
+    check_checkpoint_every,
+    check_choice,
+    check_each,
+    check_multiple,
+    check_nonnegative,
+    check_positive,
+    method_settings,
+)
 from ..data import sort as D
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
@@ -133,13 +142,8 @@ def validate(cfg: dict) -> None:
             f"model.name={m['name']!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
             "pretrained smollm2-135m needs data.tokenizer=smollm2"
         )
-    if s["prompt"] not in D.PROMPTS:
-        raise ConfigError(f"sort.prompt={s['prompt']!r} is not valid; valid: {', '.join(D.PROMPTS)}")
-    if not s["conditions"]:
-        raise ConfigError(f"sort.conditions is empty; give some of {', '.join(CONDITIONS)}")
-    for c in s["conditions"]:
-        if c not in CONDITIONS:
-            raise ConfigError(f"sort.conditions: unknown condition {c!r}; valid: {', '.join(CONDITIONS)}")
+    check_choice(cfg, "sort.prompt", D.PROMPTS)
+    check_each(cfg, "sort.conditions", CONDITIONS, "condition")
     if len(set(s["conditions"])) != len(s["conditions"]):
         raise ConfigError(f"sort.conditions={s['conditions']!r} repeats a condition")
     check_positive(
@@ -162,9 +166,7 @@ def validate(cfg: dict) -> None:
         )
     valid = set(text.domain_names())
     for role in D.ROLES:
-        for name in b[role]:
-            if name not in valid:
-                raise ConfigError(f"books.{role}: {text.unknown_source(name)}")
+        check_each(cfg, f"books.{role}", valid, unknown=text.unknown_source, nonempty=False)
     need = {"in_context": "context", "parametric": "parametric", "control": "control"}
     for c in s["conditions"]:
         if not b[need[c]]:
@@ -185,9 +187,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError(
                 f"train.mix={mix!r} trains on {what}, which is empty; give books or set that weight 0"
             )
-    if t["steps"] < 0:
-        raise ConfigError(f"train.steps={t['steps']} must be >= 0 (0: evaluate the initial model only)")
-    driver.check_schedule(t)
+    check_nonnegative(cfg, ["train.steps"], "evaluate the initial model only")
+    check_multiple(cfg, "train.steps", "train.eval_every")
+    check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
 
 
 # -- the study ------------------------------------------------------------------------------------

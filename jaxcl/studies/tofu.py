@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import report, results
 from .. import sweep as sweep_mod
-from ..config import ConfigError, check_positive
+from ..config import ConfigError, check_choice, check_nonnegative, check_positive
 from ..engine import check_finite
 from ..models import llama
 from ..parallel import place_seeds
@@ -111,21 +111,17 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"seeds={cfg['seeds']}: the TOFU runner runs one seed; valid: 1 (use --set seed=N for another)"
         )
-    for key in ("train.weight_decay", "train.clip_norm", "train.eval_every", "unlearn.eval_every"):
-        sec, k = key.split(".")
-        if cfg[sec][k] < 0:
-            raise ConfigError(f"{key}={cfg[sec][k]!r} must be >= 0")
+    check_nonnegative(
+        cfg, ["train.weight_decay", "train.clip_norm", "train.eval_every", "unlearn.eval_every"]
+    )
+    check_choice(cfg, "data.split", SPLITS)
     d = cfg["data"]
-    if d["split"] not in SPLITS:
-        raise ConfigError(f"data.split={d['split']!r}; valid: {', '.join(SPLITS)}")
     if not 0 <= d["n_forget"] <= tdata.FORGET_SIZES[d["split"]]:
         raise ConfigError(
             f"data.n_forget={d['n_forget']!r}; valid: 0 (the whole split) to "
             f"{tdata.FORGET_SIZES[d['split']]} for {d['split']}"
         )
-    for k in ("n_retain", "n_eval"):
-        if d[k] < 0:
-            raise ConfigError(f"data.{k}={d[k]!r} must be >= 0 (0: every row)")
+    check_nonnegative(cfg, ["data.n_retain", "data.n_eval"], "every row")
     if cfg["model"]["compute_dtype"] not in DTYPES:
         raise ConfigError(
             f"model.compute_dtype={cfg['model']['compute_dtype']!r}; valid: {', '.join(DTYPES)}"

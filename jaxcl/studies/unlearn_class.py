@@ -30,7 +30,14 @@ import numpy as np
 from .. import report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import ConfigError, check_positive, method_settings
+from ..config import (
+    ConfigError,
+    check_choice,
+    check_multiple,
+    check_nonnegative,
+    check_positive,
+    method_settings,
+)
 from ..methods import METHODS as REGISTRY
 from ..models import MODELS, model_config
 from ..parallel import place_seeds, seeds_map
@@ -110,14 +117,11 @@ def validate(cfg: dict) -> None:
         + [f"eval.{k}" for k in ("eval_cap", "relearn_steps", "relearn_every", "relearn_n", "relearn_lr")]
         + ["seeds"],
     )
+    check_choice(cfg, "data.scenario", scenarios.SCENARIOS)
     d = cfg["data"]
-    if d["scenario"] not in scenarios.SCENARIOS:
-        raise ConfigError(f"data.scenario={d['scenario']!r}; valid: {', '.join(scenarios.SCENARIOS)}")
     if not 0 <= d["forget_class"] < N_CLASSES:
         raise ConfigError(f"data.forget_class={d['forget_class']!r}; valid: 0 to {N_CLASSES - 1}")
-    for k in ("n_per_class", "n_test"):
-        if d[k] < 0:
-            raise ConfigError(f"data.{k}={d[k]} must be >= 0 (0: every example)")
+    check_nonnegative(cfg, ["data.n_per_class", "data.n_test"], "every example")
     if cfg["model"]["name"] not in MODELS:
         raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
     for where in ("train", "unlearn"):
@@ -125,13 +129,8 @@ def validate(cfg: dict) -> None:
             phase_config(cfg[where], cfg["unlearn"]["eval_size"]).validate(where)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    e = cfg["eval"]
-    if e["relearn_steps"] % e["relearn_every"]:
-        raise ConfigError(
-            f"eval.relearn_steps={e['relearn_steps']} must be a multiple of eval.relearn_every={e['relearn_every']}"
-        )
-    if cfg["iau_reg"] < 0:
-        raise ConfigError(f"iau_reg={cfg['iau_reg']!r} must be >= 0")
+    check_multiple(cfg, "eval.relearn_steps", "eval.relearn_every")
+    check_nonnegative(cfg, ["iau_reg"])
     check_methods(cfg, cfg["methods"])
 
 
