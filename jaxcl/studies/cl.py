@@ -20,18 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, parallel, plots, report, results
 from .. import metrics as M
-from .. import parallel, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import (
-    ConfigError,
-    check_choice,
-    check_multiple,
-    check_nonnegative,
-    check_positive,
-    method_settings,
-)
+from ..config import ConfigError, method_settings
 from ..data import loaders, streams
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
@@ -117,7 +110,7 @@ def build_model(cfg: dict, stream):
 
 def validate(cfg: dict) -> None:
     """Every value checked before any data is loaded or anything compiled."""
-    check_positive(
+    config.check_positive(
         cfg,
         [
             "data.n_tasks",
@@ -130,12 +123,12 @@ def validate(cfg: dict) -> None:
             "wf_window",
         ],
     )
-    check_nonnegative(cfg, ["data.max_train_per_task", "data.max_test_per_task"], "all")
-    check_nonnegative(cfg, ["loop.checkpoint_every"], "off")
-    check_choice(cfg, "data.dataset", sorted(loaders.LOADERS))
-    check_choice(cfg, "data.scenario", streams.SCENARIOS)
-    check_choice(cfg, "data.order", ("random", "delt"))
-    check_multiple(cfg, "loop.checkpoint_every", "loop.eval_every")
+    config.check_nonnegative(cfg, ["data.max_train_per_task", "data.max_test_per_task"], "all")
+    config.check_nonnegative(cfg, ["loop.checkpoint_every"], "off")
+    config.check_choice(cfg, "data.dataset", sorted(loaders.LOADERS))
+    config.check_choice(cfg, "data.scenario", streams.SCENARIOS)
+    config.check_choice(cfg, "data.order", ("random", "delt"))
+    config.check_multiple(cfg, "loop.checkpoint_every", "loop.eval_every")
     d = cfg["data"]
     if not 0.0 <= d.get("rehearsal_fraction", 0.0) < 1.0 or d.get("rehearsal_alpha", 1.0) < 0:
         raise ConfigError(

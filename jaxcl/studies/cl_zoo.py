@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from .. import metrics, results
-from ..config import ConfigError, check_each
+from .. import config, metrics, results
+from ..config import ConfigError
 from ..methods import METHODS
 from . import get_study
 from .driver import Report, Run, Study
@@ -54,7 +54,7 @@ RANK_COLUMNS = metrics.COLUMNS + [("rank", "rank (ACC)", "seconds"), ("time_s", 
 
 
 def validate(cfg: dict) -> None:
-    check_each(cfg, "benchmarks", BENCHMARKS, "benchmark")
+    config.check_each(cfg, "benchmarks", BENCHMARKS, "benchmark")
     if isinstance(cfg["buffer"], bool) or not isinstance(cfg["buffer"], int) or cfg["buffer"] <= 0:
         raise ConfigError(f"buffer={cfg['buffer']!r} must be a positive integer (examples in memory)")
     for m in cfg["methods"]:

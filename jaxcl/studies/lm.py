@@ -36,15 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, plots, report, results
 from .. import metrics as M
-from .. import plots, report, results
-from ..config import (
-    ConfigError,
-    check_multiple,
-    check_nonempty,
-    check_positive,
-    method_settings,
-)
+from ..config import ConfigError, method_settings
 from ..data import text
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
@@ -119,12 +113,12 @@ def validate(cfg: dict) -> None:
                 f"model size {s!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
                 "pretrained smollm2-135m needs data.tokenizer=smollm2 and the scratch sizes need byte"
             )
-    check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
+    config.check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
     for r in cfg["rows"]:
         name, _ = parse_row(r)
         if name != "joint" and name not in cfg["methods"]:
             raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
-    check_positive(
+    config.check_positive(
         cfg,
         [
             "data.seq_len",
@@ -142,7 +136,7 @@ def validate(cfg: dict) -> None:
             f"train.consolidate_samples={t['consolidate_samples']}: EWC's Fisher takes chunks of 32 "
             "windows; give a multiple of 32 (or fewer than 32)"
         )
-    check_multiple(cfg, "train.steps_per_domain", "train.eval_every")
+    config.check_multiple(cfg, "train.steps_per_domain", "train.eval_every")
 
 
 # -- the model ------------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, results, tasks
 from .. import metrics as M
-from .. import results, tasks
-from ..config import ConfigError, check_each, check_multiple, check_nonempty, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..data import junk as junk_data
 from ..data import text
 from ..engine import check_finite
@@ -85,12 +85,12 @@ def validate(cfg: dict) -> None:
     if cfg["model"]["size"] not in lm.SIZES:
         valid = list(lm.SIZES)
         raise ConfigError(f"model.size={cfg['model']['size']!r}; valid: {', '.join(valid)}")
-    check_each(cfg, "data.tasks", tasks.TASKS, "task")
-    check_nonempty(cfg, ["data.base_domains", "data.control", "data.junk"])
+    config.check_each(cfg, "data.tasks", tasks.TASKS, "task")
+    config.check_nonempty(cfg, ["data.base_domains", "data.control", "data.junk"])
     r = cfg["junk"]["ratios"]
     if not r or any(not 0.0 <= x <= 1.0 for x in r):
         raise ConfigError(f"junk.ratios={r!r}: give fractions in [0, 1]")
-    check_positive(
+    config.check_positive(
         cfg,
         [
             "data.digits",
@@ -108,7 +108,7 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
-    check_multiple(cfg, "junk.steps", "junk.eval_every")
+    config.check_multiple(cfg, "junk.steps", "junk.eval_every")
 
 
 # -- the programs ---------------------------------------------------------------------------------

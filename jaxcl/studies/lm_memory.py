@@ -41,17 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import probes, report, results
+from .. import config, probes, report, results
 from .. import retention as R
-from ..config import (
-    ConfigError,
-    check_checkpoint_every,
-    check_each,
-    check_multiple,
-    check_nonnegative,
-    check_positive,
-    method_settings,
-)
+from ..config import ConfigError, method_settings
 from ..data import injection as I
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
@@ -134,15 +126,17 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"model.tokenizer={m['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
         )
-    check_each(cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source)
-    check_positive(
+    config.check_each(
+        cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source
+    )
+    config.check_positive(
         cfg,
         ["data.seq_len", "data.duplication", "data.n_eval", "train.steps", "train.batch_size"]
         + ["train.eval_every", "inject.spacing", "inject.per_step", "seeds"],
     )
-    check_nonnegative(cfg, ["data.max_train"], "every window")
-    check_multiple(cfg, "train.steps", "train.eval_every")
-    check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
+    config.check_nonnegative(cfg, ["data.max_train"], "every window")
+    config.check_multiple(cfg, "train.steps", "train.eval_every")
+    config.check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
     I.check_config(cfg)
 
 

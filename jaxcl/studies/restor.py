@@ -31,8 +31,8 @@ import time
 import jax
 import numpy as np
 
-from .. import report, results
-from ..config import ConfigError, check_each, check_positive
+from .. import config, report, results
+from ..config import ConfigError
 from ..data import restor as restor_data
 from ..data import text
 from ..engine import check_finite
@@ -87,12 +87,14 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     d = cfg["data"]
-    check_each(cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source)
+    config.check_each(
+        cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source
+    )
     if cfg["model"]["tokenizer"] not in text.TOKENIZERS:
         raise ConfigError(
             f"model.tokenizer={cfg['model']['tokenizer']!r} is not valid; valid: {', '.join(text.TOKENIZERS)}"
         )
-    check_positive(
+    config.check_positive(
         cfg,
         ["data.seq_len", "data.n_facts", "data.n_windows", "data.n_eval", "clean.repeats"]
         + ["corrupt.repeats", "corrupt.n_windows", "train.epochs", "train.batch_size", "train.lr"]

@@ -35,18 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, plots, report, results, tasks
 from .. import metrics as M
-from .. import plots, report, results, tasks
-from ..config import (
-    ConfigError,
-    check_checkpoint_every,
-    check_choice,
-    check_each,
-    check_multiple,
-    check_nonnegative,
-    check_positive,
-    method_settings,
-)
+from ..config import ConfigError, method_settings
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..parallel import jit_seeds
@@ -116,15 +107,15 @@ BASE, POST = 1, 2  # key roles: fold_in(key(seed), role)
 
 def validate(cfg: dict) -> None:
     d, m = cfg["data"], cfg["model"]
-    check_each(cfg, "data.tasks", tasks.TASKS, "task")
-    check_each(cfg, "data.base_tasks", tasks.TASKS, "task", nonempty=False)
+    config.check_each(cfg, "data.tasks", tasks.TASKS, "task")
+    config.check_each(cfg, "data.base_tasks", tasks.TASKS, "task", nonempty=False)
     if len(d["tasks"]) < 2:
         raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
-    check_choice(cfg, "data.corpus", CORPORA)
+    config.check_choice(cfg, "data.corpus", CORPORA)
     if m["name"] not in MODELS:
         raise ConfigError(f"model.name={m['name']!r} is not valid; valid: {', '.join(MODELS)}")
-    check_each(cfg, "rows", ROWS, "row")
-    check_positive(
+    config.check_each(cfg, "rows", ROWS, "row")
+    config.check_positive(
         cfg,
         [
             "data.digits",
@@ -141,12 +132,12 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
-    check_multiple(cfg, "post.steps_per_task", "post.eval_every")
-    check_checkpoint_every(
+    config.check_multiple(cfg, "post.steps_per_task", "post.eval_every")
+    config.check_checkpoint_every(
         cfg, "post.checkpoint_every", "post.eval_every", "post.steps_per_task", "task ends"
     )
-    check_nonnegative(cfg, ["base.steps"])
-    check_multiple(cfg, "base.steps", "base.eval_every")
+    config.check_nonnegative(cfg, ["base.steps"])
+    config.check_multiple(cfg, "base.steps", "base.eval_every")
     _, g = method_settings(cfg, "grpo")
     if g["group_size"] < 2:
         raise ConfigError(

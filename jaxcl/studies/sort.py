@@ -50,18 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
+from .. import config, report, results
 from .. import sort_metrics as SM
-from ..config import (
-    ConfigError,
-    check_checkpoint_every,
-    check_choice,
-    check_each,
-    check_multiple,
-    check_nonnegative,
-    check_positive,
-    method_settings,
-)
+from ..config import ConfigError, method_settings
 from ..data import sort as D
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
@@ -142,11 +133,11 @@ def validate(cfg: dict) -> None:
             f"model.name={m['name']!r} with data.tokenizer={d['tokenizer']!r}: a tokenizer mismatch; the "
             "pretrained smollm2-135m needs data.tokenizer=smollm2"
         )
-    check_choice(cfg, "sort.prompt", D.PROMPTS)
-    check_each(cfg, "sort.conditions", CONDITIONS, "condition")
+    config.check_choice(cfg, "sort.prompt", D.PROMPTS)
+    config.check_each(cfg, "sort.conditions", CONDITIONS, "condition")
     if len(set(s["conditions"])) != len(s["conditions"]):
         raise ConfigError(f"sort.conditions={s['conditions']!r} repeats a condition")
-    check_positive(
+    config.check_positive(
         cfg,
         ["sort.excerpt_len", "sort.segment_len", "sort.pairs", "sort.distance_bins", "train.batch_size"]
         + ["train.eval_every", "train.n_eval", "train.eval_chunk", "seeds"],
@@ -166,7 +157,7 @@ def validate(cfg: dict) -> None:
         )
     valid = set(text.domain_names())
     for role in D.ROLES:
-        check_each(cfg, f"books.{role}", valid, unknown=text.unknown_source, nonempty=False)
+        config.check_each(cfg, f"books.{role}", valid, unknown=text.unknown_source, nonempty=False)
     need = {"in_context": "context", "parametric": "parametric", "control": "control"}
     for c in s["conditions"]:
         if not b[need[c]]:
@@ -187,9 +178,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError(
                 f"train.mix={mix!r} trains on {what}, which is empty; give books or set that weight 0"
             )
-    check_nonnegative(cfg, ["train.steps"], "evaluate the initial model only")
-    check_multiple(cfg, "train.steps", "train.eval_every")
-    check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
+    config.check_nonnegative(cfg, ["train.steps"], "evaluate the initial model only")
+    config.check_multiple(cfg, "train.steps", "train.eval_every")
+    config.check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
 
 
 # -- the study ------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
+from .. import config, report, results
 from .. import sweep as sweep_mod
-from ..config import ConfigError, check_choice, check_nonnegative, check_positive
+from ..config import ConfigError
 from ..engine import check_finite
 from ..models import llama
 from ..parallel import place_seeds
@@ -100,7 +100,7 @@ def n_forget(cfg: dict) -> int:
 
 def validate(cfg: dict) -> None:
     """Every value checked before the model or the data are loaded and before any compilation."""
-    check_positive(
+    config.check_positive(
         cfg,
         [f"train.{k}" for k in ("epochs", "batch_size", "lr")]
         + [f"unlearn.{k}" for k in ("epochs", "batch_size", "eval_size")]
@@ -111,17 +111,17 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"seeds={cfg['seeds']}: the TOFU runner runs one seed; valid: 1 (use --set seed=N for another)"
         )
-    check_nonnegative(
+    config.check_nonnegative(
         cfg, ["train.weight_decay", "train.clip_norm", "train.eval_every", "unlearn.eval_every"]
     )
-    check_choice(cfg, "data.split", SPLITS)
+    config.check_choice(cfg, "data.split", SPLITS)
     d = cfg["data"]
     if not 0 <= d["n_forget"] <= tdata.FORGET_SIZES[d["split"]]:
         raise ConfigError(
             f"data.n_forget={d['n_forget']!r}; valid: 0 (the whole split) to "
             f"{tdata.FORGET_SIZES[d['split']]} for {d['split']}"
         )
-    check_nonnegative(cfg, ["data.n_retain", "data.n_eval"], "every row")
+    config.check_nonnegative(cfg, ["data.n_retain", "data.n_eval"], "every row")
     if cfg["model"]["compute_dtype"] not in DTYPES:
         raise ConfigError(
             f"model.compute_dtype={cfg['model']['compute_dtype']!r}; valid: {', '.join(DTYPES)}"

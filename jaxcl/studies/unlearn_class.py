@@ -27,17 +27,10 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
+from .. import config, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import (
-    ConfigError,
-    check_choice,
-    check_multiple,
-    check_nonnegative,
-    check_positive,
-    method_settings,
-)
+from ..config import ConfigError, method_settings
 from ..methods import METHODS as REGISTRY
 from ..models import MODELS, model_config
 from ..parallel import place_seeds, seeds_map
@@ -110,18 +103,18 @@ METHODS_HERE = tuple(n for n, s in REGISTRY.items() if s.applies_to("unlearn"))
 
 def validate(cfg: dict) -> None:
     """Every value checked before any data is loaded or anything compiled."""
-    check_positive(
+    config.check_positive(
         cfg,
         [f"train.{k}" for k in ("steps", "lr", "batch_size", "eval_every")]
         + [f"unlearn.{k}" for k in ("steps", "batch_size", "eval_every", "eval_size")]
         + [f"eval.{k}" for k in ("eval_cap", "relearn_steps", "relearn_every", "relearn_n", "relearn_lr")]
         + ["seeds"],
     )
-    check_choice(cfg, "data.scenario", scenarios.SCENARIOS)
+    config.check_choice(cfg, "data.scenario", scenarios.SCENARIOS)
     d = cfg["data"]
     if not 0 <= d["forget_class"] < N_CLASSES:
         raise ConfigError(f"data.forget_class={d['forget_class']!r}; valid: 0 to {N_CLASSES - 1}")
-    check_nonnegative(cfg, ["data.n_per_class", "data.n_test"], "every example")
+    config.check_nonnegative(cfg, ["data.n_per_class", "data.n_test"], "every example")
     if cfg["model"]["name"] not in MODELS:
         raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
     for where in ("train", "unlearn"):
@@ -129,8 +122,8 @@ def validate(cfg: dict) -> None:
             phase_config(cfg[where], cfg["unlearn"]["eval_size"]).validate(where)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    check_multiple(cfg, "eval.relearn_steps", "eval.relearn_every")
-    check_nonnegative(cfg, ["iau_reg"])
+    config.check_multiple(cfg, "eval.relearn_steps", "eval.relearn_every")
+    config.check_nonnegative(cfg, ["iau_reg"])
     check_methods(cfg, cfg["methods"])
 
 
