@@ -18,9 +18,11 @@ own everything studies share:
 
 The body, ``body(cfg, run) -> Report``, holds only what is specific to the study: its data, its
 schedule of segments on :func:`jaxcl.loops.run_chunks` (a task of a stream, an unlearning phase, a
-GRPO stage, an injection schedule), its rows and its plots. Avalanche's ``BaseSGDTemplate`` and
-Mammoth's ``train()`` keep one interpreted loop with plugins; here the loop is compiled and the
-driver only runs what lies around it.
+GRPO stage, an injection schedule), its rows and its plots. A sweep body,
+``sweep_body(cfg, method, run) -> SweepPlan``, gives one cell's program and how to read a cell as a
+row; :func:`jaxcl.sweep.run_plan` runs every cell and writes the rows, results and plot.
+Avalanche's ``BaseSGDTemplate`` and Mammoth's ``train()`` keep one interpreted loop with plugins;
+here the loop is compiled and the driver only runs what lies around it.
 """
 
 from __future__ import annotations
