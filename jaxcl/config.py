@@ -223,14 +223,74 @@ def method_settings(cfg: dict, name: str) -> tuple[dict, dict]:
     return METHODS[name].split(cfg[name])
 
 
+def get(cfg: dict, key: str):
+    """The value at a dotted key (``get(cfg, "loop.eval_every")``)."""
+    for p in key.split("."):
+        cfg = cfg[p]
+    return cfg
+
+
+# -- declarative checks for a study's ``validate``: each raises a one-line ConfigError naming the
+# key, its value and the fix -------------------------------------------------------------------
+
+
 def check_positive(cfg: dict, keys: list[str]) -> None:
     """Each dotted key must hold a positive number."""
     for key in keys:
-        v = cfg
-        for p in key.split("."):
-            v = v[p]
+        v = get(cfg, key)
         if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
             raise ConfigError(f"{key}={v!r} must be a positive number")
+
+
+def check_nonnegative(cfg: dict, keys: list[str], zero: str = "") -> None:
+    """Each dotted key must hold a number >= 0; ``zero`` says what 0 means (``"every row"``)."""
+    for key in keys:
+        v = get(cfg, key)
+        if v < 0:
+            raise ConfigError(f"{key}={v!r} must be >= 0" + (f" (0: {zero})" if zero else ""))
+
+
+def check_choice(cfg: dict, key: str, valid) -> None:
+    """The value at ``key`` must be one of ``valid``."""
+    v = get(cfg, key)
+    if v not in valid:
+        raise ConfigError(f"{key}={v!r} is not valid; valid: {', '.join(valid)}")
+
+
+def check_each(cfg: dict, key: str, valid, what: str = "value", *, unknown=None, nonempty: bool = True):
+    """Each item of the list at ``key`` must be in ``valid`` (``unknown(item)``: the message for
+    one that is not, where ``valid`` is too long to list), and the list non-empty (``nonempty``)."""
+    items = get(cfg, key)
+    if nonempty and not items:
+        listed = f" ({', '.join(valid)})" if unknown is None else ""
+        raise ConfigError(f"{key} is empty; give at least one {what}{listed}")
+    for x in items:
+        if x not in valid:
+            why = unknown(x) if unknown else f"unknown {what} {x!r}; valid: {', '.join(valid)}"
+            raise ConfigError(f"{key}: {why}")
+
+
+def check_nonempty(cfg: dict, keys: list[str], fix: str = "give at least one value") -> None:
+    """Each dotted key must hold a non-empty list."""
+    for key in keys:
+        if not get(cfg, key):
+            raise ConfigError(f"{key} is empty; {fix}")
+
+
+def check_multiple(cfg: dict, key: str, of: str) -> None:
+    """The value at ``key`` must be a multiple of the value at ``of`` (0 is)."""
+    a, b = get(cfg, key), get(cfg, of)
+    if a and a % b:
+        raise ConfigError(f"{key}={a} must be a multiple of {of}={b}")
+
+
+def check_checkpoint_every(cfg: dict, key: str, every: str, steps: str, zero: str = "") -> None:
+    """A schedule's checkpoint spacing: 0 (``zero``: what 0 means) or a multiple of the
+    evaluation spacing ``every`` that divides the steps ``steps``."""
+    ce, e, n = get(cfg, key), get(cfg, every), get(cfg, steps)
+    if ce < 0 or (ce and (ce % e or n % ce)):
+        zero = f" ({zero})" if zero else ""
+        raise ConfigError(f"{key}={ce} must be 0{zero} or a multiple of {every}={e} that divides {steps}={n}")
 
 
 def flat(cfg: dict, prefix: str = "") -> dict:

@@ -7,22 +7,29 @@ vmapped). Every cell and seed run in one compiled program: ``lax.map(..., batch_
 cells vmaps K cells at a time and scans over the groups, so a sweep that would not fit in memory
 runs in chunks; K comes from the compiled program's memory analysis and the free memory (or
 ``--chunk``). The peak memory is reported in results.json.
+
+A study's sweep body returns a :class:`SweepPlan` (one cell's program, its shared arguments, the
+method's hyperparameters and how to read one cell's outputs as a row); :func:`run_plan` owns the
+rest, the same for every study: the cells stacked, compiled and run with their timings, one row
+per cell, the results object, the printed table, results.json and ``sweep.png``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import resource
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import report, results
 from .config import ConfigError
 from .methods import METHODS
-from .results import write
 
 
 def parse_grid(items: list[str]) -> dict[str, list[float]]:
@@ -42,13 +49,11 @@ def parse_grid(items: list[str]) -> dict[str, list[float]]:
     return grid
 
 
-def cells_of(cfg: dict, grid: dict, kind: str | None = None) -> tuple[str, list[str], list[tuple]]:
-    """Check the grid against the registry and the config: ``(method, names, cells)``."""
+def cells_of(grid: dict, runnable) -> tuple[str, list[str], list[tuple]]:
+    """Check the grid against the registry and the methods the study can run (``runnable``):
+    ``(method, names, cells)``."""
     if not grid:
         raise ConfigError("give at least one --grid <method>.<hparam>=v1,v2,...")
-    runnable = [
-        n for n, s in METHODS.items() if isinstance(cfg.get(n), dict) and (not kind or s.applies_to(kind))
-    ]
     methods = set()
     for key, values in grid.items():
         if "." not in key:
@@ -69,8 +74,13 @@ def cells_of(cfg: dict, grid: dict, kind: str | None = None) -> tuple[str, list[
         methods.add(m)
     if len(methods) > 1:
         raise ConfigError(f"a sweep varies one method's hyperparameters; the grid names {sorted(methods)}")
+    return (methods.pop(), *grid_cells(grid))
+
+
+def grid_cells(grid: dict) -> tuple[list[str], list[tuple]]:
+    """``(names, cells)``: the grid's keys and every combination of their values."""
     names = list(grid)
-    return methods.pop(), names, list(itertools.product(*(grid[n] for n in names)))
+    return names, list(itertools.product(*(grid[n] for n in names)))
 
 
 def stack_cells(base_hp: dict, names: list[str], cells: list[tuple]) -> dict:
@@ -127,6 +137,69 @@ def compile_cells(one_cell, shared: tuple, hp_grid: dict, n_cells: int, chunk: i
     return compiled, chunk, mem, time.perf_counter() - t0
 
 
+@dataclasses.dataclass
+class SweepPlan:
+    """What a study's sweep body (``sweep_body(cfg, method, run) -> SweepPlan``) returns: one
+    cell's program and how to read its outputs; :func:`run_plan` does the rest."""
+
+    one_cell: Callable  # one_cell(*shared, hp) -> outputs of one cell (every seed)
+    shared: tuple  # the arguments every cell shares
+    hp: dict  # the method's traced hyperparameters; a cell replaces the grid's keys
+    row: Callable  # row(outputs of one cell) -> (per-seed values, more entries of the row)
+    columns: list  # the table's columns (``time_s`` and those the rows lack are left out)
+    key: str  # the column sweep.png shows, and its label
+    label: str
+    diverged: str = "diverged"  # the label of the rows' ``diverged`` column, added last
+    conv_cpu: bool = False  # the model has convolutions (one cell at a time on XLA:CPU)
+    host: bool = True  # the outputs are fetched to the host before ``row`` (else kept on device)
+    extra: dict = dataclasses.field(default_factory=dict)  # more entries of results' ``extra``
+    timing: dict = dataclasses.field(default_factory=dict)  # more timings (the models trained first)
+    cfg: dict | None = None  # the config the results record (default: the sweep's)
+    subdir: str = ""  # results written to ``<out>/<subdir>`` (a study that sweeps one of its parts)
+
+
+def run_plan(
+    plan: SweepPlan, cfg: dict, method: str, grid: dict, chunk: int | None, out: str | None, verbose: bool
+) -> dict:
+    """Every cell of ``grid`` x every seed of ``plan`` as one program (``chunk`` cells vmapped at
+    a time, from the memory analysis when not given), one row per cell, then :func:`finish`."""
+    names, cells = grid_cells(grid)
+    hp_grid = stack_cells(plan.hp, names, cells)
+    run_cells, chunk, mem, compile_s = compile_cells(
+        plan.one_cell, plan.shared, hp_grid, len(cells), chunk, conv_cpu=plan.conv_cpu
+    )
+    t0 = time.perf_counter()
+    o = jax.block_until_ready(run_cells(*plan.shared, hp_grid))
+    run_s = time.perf_counter() - t0
+    o = jax.device_get(o) if plan.host else o
+    rows = {}
+    for i, c in enumerate(cells):
+        per_seed, more = plan.row(jax.tree.map(lambda a: a[i], o))
+        rows[cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)), **more)
+    first = next(iter(rows.values()))["summary"]
+    cols = [c for c in plan.columns if c[0] in first and c[0] != "time_s"]
+    res = results.make(
+        "sweep",
+        plan.cfg or cfg,
+        rows,
+        cols + [("diverged", plan.diverged, "float")],
+        first="cell",
+        timing={"compile": compile_s, "run": run_s, **plan.timing},
+        extra={
+            "method": method,
+            **plan.extra,
+            "grid": grid,
+            "chunk": chunk,
+            "n_cells": len(cells),
+            "memory": mem,
+        },
+    )
+    if out and plan.subdir:
+        out = os.path.join(out, plan.subdir)
+        report.prepare_out_dir(out)
+    return finish(res, names, grid, out, verbose, plan.key, plan.label)
+
+
 def finish(
     res: dict, names: list[str], grid: dict, out: str | None, verbose: bool, key: str, label: str
 ) -> dict:
@@ -154,7 +227,7 @@ def finish(
         path = plot_sweep(
             res["rows"], names, grid, os.path.join(out, "sweep.png"), f"{res['name']}: sweep", key, label
         )
-        write(out, res, [path])
+        results.write(out, res, [path])
         if verbose:
             print(f"wrote {out}/results.json, sweep.png")
     return res

@@ -64,7 +64,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
 @pytest.mark.parametrize(
     "sets, match",
     [
-        (["data.tasks=add,divide"], "unknown task 'divide'; valid tasks: add"),
+        (["data.tasks=add,divide"], "data.tasks: unknown task 'divide'; valid: add"),
         (["grpo.group_size=1"], "group_size=1.*at least 2"),
         (["rows=sft,ppo"], "unknown row 'ppo'"),
         (["post.eval_every=3"], "multiple of post.eval_every=3"),

@@ -172,7 +172,7 @@ def test_bad_settings_are_refused_by_the_config(item, match):
         ("unlearn.steps=0", r"unlearn\.steps=0 must be a positive number"),
         ("gu-ga.rank=16", r"gu-ga\.rank=16 is larger than the history.*valid: 1 to 15"),
         ("eval.relearn_steps=7", r"eval\.relearn_steps=7 must be a multiple of eval\.relearn_every=5"),
-        ("data.scenario=half", r"data\.scenario='half'; valid: full-class, sub-class, random"),
+        ("data.scenario=half", r"data\.scenario='half' is not valid; valid: full-class, sub-class, random"),
         ("data.forget_class=10", r"data\.forget_class=10; valid: 0 to 9"),
         ("model.name=big", r"model\.name='big'; valid: cnn, mlp, resnet18, vit"),
         ("methods=ssd,idk", r"method 'idk' needs alternative answers.*valid here: .*random_label"),

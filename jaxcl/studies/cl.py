@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, parallel, plots, report, results
 from .. import metrics as M
-from .. import parallel, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..data import loaders, streams
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
@@ -110,7 +110,7 @@ def build_model(cfg: dict, stream):
 
 def validate(cfg: dict) -> None:
     """Every value checked before any data is loaded or anything compiled."""
-    check_positive(
+    config.check_positive(
         cfg,
         [
             "data.n_tasks",
@@ -123,16 +123,12 @@ def validate(cfg: dict) -> None:
             "wf_window",
         ],
     )
-    for k in ("data.max_train_per_task", "data.max_test_per_task", "loop.checkpoint_every"):
-        a, b = k.split(".")
-        if cfg[a][b] < 0:
-            raise ConfigError(f"{k}={cfg[a][b]} must be >= 0 (0: {'all' if a == 'data' else 'off'})")
-    if cfg["data"]["dataset"] not in loaders.LOADERS:
-        raise ConfigError(
-            f"data.dataset={cfg['data']['dataset']!r}; valid: {', '.join(sorted(loaders.LOADERS))}"
-        )
-    if cfg["data"]["scenario"] not in streams.SCENARIOS:
-        raise ConfigError(f"data.scenario={cfg['data']['scenario']!r}; valid: {', '.join(streams.SCENARIOS)}")
+    config.check_nonnegative(cfg, ["data.max_train_per_task", "data.max_test_per_task"], "all")
+    config.check_nonnegative(cfg, ["loop.checkpoint_every"], "off")
+    config.check_choice(cfg, "data.dataset", sorted(loaders.LOADERS))
+    config.check_choice(cfg, "data.scenario", streams.SCENARIOS)
+    config.check_choice(cfg, "data.order", ("random", "delt"))
+    config.check_multiple(cfg, "loop.checkpoint_every", "loop.eval_every")
     d = cfg["data"]
     if not 0.0 <= d.get("rehearsal_fraction", 0.0) < 1.0 or d.get("rehearsal_alpha", 1.0) < 0:
         raise ConfigError(
@@ -144,8 +140,6 @@ def validate(cfg: dict) -> None:
             "data.rehearsal_fraction > 0 needs a single-head scenario (class-incremental, permuted, rotated, "
             "scole): a rehearsed example would be masked out of its own label in a task-incremental stream"
         )
-    if d.get("order", "random") not in ("random", "delt"):
-        raise ConfigError(f"data.order={d.get('order')!r}; valid: random, delt")
     if d.get("order") == "delt" and not (
         0.0 < d.get("delt_select", 1.0) <= 1.0 and d.get("delt_layers", 3) >= 1
     ):
@@ -160,11 +154,6 @@ def validate(cfg: dict) -> None:
         loop_config(cfg).validate()
     except ValueError as e:
         raise ConfigError(f"loop: {e}") from None
-    every = cfg["loop"]["checkpoint_every"]
-    if every and every % cfg["loop"]["eval_every"]:
-        raise ConfigError(
-            f"loop.checkpoint_every={every} must be a multiple of loop.eval_every={cfg['loop']['eval_every']}"
-        )
 
 
 def build_stream(cfg: dict) -> streams.Stream:
@@ -371,57 +360,39 @@ def body(cfg: dict, run: Run) -> Report:
     return Report(res, header, notes, plot_files, every=l["eval_every"], memory={"raw": raw})
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
-    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed as one
-    program: ``over_seeds`` inside ``lax.map`` over cells, ``chunk`` cells at a time (from the
-    memory analysis when not given)."""
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
+def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters) x every seed as one program:
+    ``over_seeds`` inside ``lax.map`` over cells (:func:`jaxcl.sweep.run_plan`)."""
     stream = jax.device_put(build_stream(cfg))
     exp, base = experiment(cfg, stream, method)
-    hp_grid = sweep_mod.stack_cells(base, names, cells)
-    keys = seeds_keys(cfg["seed"], cfg["seeds"])
     per_cell = over_seeds(exp.run, (0, None, None), model=exp.model)
 
-    def summarise(o):  # what the metrics need; the final params stay on the device
+    def one_cell(keys, stream, hp):  # what the metrics need; the final params stay on the device
+        o = per_cell(keys, stream, hp)
         return {"R": o["R"], "R0": o["R0"], "acc": o["trace"]["acc"], "nonfinite": o["nonfinite_step"]}
 
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        lambda k, s, h: summarise(per_cell(k, s, h)),
-        (keys, stream),
-        hp_grid,
-        len(cells),
-        chunk,
-        conv_cpu=resolve_mode("auto", exp.model) == "map",
-    )
-    t1 = time.perf_counter()
-    o = jax.block_until_ready(run_cells(keys, stream, hp_grid))
-    run_s = time.perf_counter() - t1
-    rows = {}
-    for i, c in enumerate(cells):
-        per_seed = _per_seed(
-            M.per_seed(
-                np.asarray(o["R"][i]), np.asarray(o["R0"][i]), np.asarray(o["acc"][i]), cfg["wf_window"]
-            )
-        )
-        per_seed["diverged"] = [float((np.asarray(o["nonfinite"][i]) >= 0).sum())]
-        rows[sweep_mod.cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)))
+    def row(o):
+        per_seed = _per_seed(M.per_seed(o["R"], o["R0"], o["acc"], cfg["wf_window"]))
+        per_seed["diverged"] = [float((o["nonfinite"] >= 0).sum())]
+        return per_seed, {}
+
     cols = [
         ("acc", "ACC", "pct"),
         ("forgetting", "Forgetting", "pct"),
         ("min_acc", "min-ACC", "pct"),
         ("wc_acc", "WC-ACC", "pct"),
-        ("diverged", "diverged seeds", "float"),
     ]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
+    return sweep_mod.SweepPlan(
+        one_cell,
+        (seeds_keys(cfg["seed"], cfg["seeds"]), stream),
+        base,
+        row,
         cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
+        "acc",
+        "ACC",
+        diverged="diverged seeds",
+        conv_cpu=resolve_mode("auto", exp.model) == "map",
     )
-    return sweep_mod.finish(res, names, grid, out, verbose, "acc", "ACC")
 
 
 STUDY = Study(

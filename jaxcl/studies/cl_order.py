@@ -16,9 +16,9 @@ import os
 import jax
 import numpy as np
 
+from .. import config, plots, results  # noqa: F401  (plots selects the Agg backend)
 from .. import metrics as M
-from .. import plots, results  # noqa: F401  (plots selects the Agg backend)
-from ..config import check_positive, method_settings
+from ..config import method_settings
 from ..data import streams
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
@@ -44,7 +44,7 @@ COLUMNS = [
 
 
 def validate(cfg: dict) -> None:
-    check_positive(cfg, ["orders", "seeds", "data.n_tasks"] + [f"loop.{k}" for k in DEFAULTS["loop"]])
+    config.check_positive(cfg, ["orders", "seeds", "data.n_tasks"] + [f"loop.{k}" for k in DEFAULTS["loop"]])
     LoopConfig(**cfg["loop"]).validate()
 
 

@@ -16,11 +16,12 @@ and the mean rank over benchmarks) and ``out/zoo.png`` (ACC per method and bench
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
 
-from .. import metrics, results
+from .. import config, metrics, results
 from ..config import ConfigError
 from ..methods import METHODS
 from . import get_study
@@ -53,11 +54,7 @@ RANK_COLUMNS = metrics.COLUMNS + [("rank", "rank (ACC)", "seconds"), ("time_s", 
 
 
 def validate(cfg: dict) -> None:
-    for b in cfg["benchmarks"]:
-        if b not in BENCHMARKS:
-            raise ConfigError(f"benchmarks: unknown benchmark {b!r}; valid: {', '.join(BENCHMARKS)}")
-    if not cfg["benchmarks"]:
-        raise ConfigError("benchmarks is empty; set benchmarks=<name>[,<name>...]")
+    config.check_each(cfg, "benchmarks", BENCHMARKS, "benchmark")
     if isinstance(cfg["buffer"], bool) or not isinstance(cfg["buffer"], int) or cfg["buffer"] <= 0:
         raise ConfigError(f"buffer={cfg['buffer']!r} must be a positive integer (examples in memory)")
     for m in cfg["methods"]:
@@ -155,12 +152,12 @@ def plot_zoo(per_bench: dict, order: list, path: str, cfg: dict) -> str:
     return path
 
 
-def sweep_cells(cfg, grid, *, chunk, out, verbose):
-    """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` study's sweep)."""
+def sweep_cells(cfg: dict, method: str, run: Run):
+    """A sweep runs on one benchmark: the first of ``benchmarks`` (the ``cl`` study's sweep, its
+    results in ``<out>/<benchmark>``)."""
     b = cfg["benchmarks"][0]
-    return CL.sweep(
-        sub_config(cfg, b), grid, chunk=chunk, out=os.path.join(out, b) if out else None, verbose=verbose
-    )
+    sub = sub_config(cfg, b)
+    return dataclasses.replace(CL.sweep_body(sub, method, run), cfg=sub, subdir=b)
 
 
 STUDY = Study(

@@ -18,13 +18,16 @@ own everything studies share:
 
 The body, ``body(cfg, run) -> Report``, holds only what is specific to the study: its data, its
 schedule of segments on :func:`jaxcl.loops.run_chunks` (a task of a stream, an unlearning phase, a
-GRPO stage, an injection schedule), its rows and its plots. Avalanche's ``BaseSGDTemplate`` and
-Mammoth's ``train()`` keep one interpreted loop with plugins; here the loop is compiled and the
-driver only runs what lies around it.
+GRPO stage, an injection schedule), its rows and its plots. A sweep body,
+``sweep_body(cfg, method, run) -> SweepPlan``, gives one cell's program and how to read a cell as a
+row; :func:`jaxcl.sweep.run_plan` runs every cell and writes the rows, results and plot.
+Avalanche's ``BaseSGDTemplate`` and Mammoth's ``train()`` keep one interpreted loop with plugins;
+here the loop is compiled and the driver only runs what lies around it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -36,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import report, results
-from ..config import ConfigError
+from ..config import ConfigError, get
 from ..engine import check_finite
 
 DONE = ".checkpoints-complete"  # marker beside <out>/checkpoints once the run that wrote them finished
@@ -100,7 +103,7 @@ class Study:
     defaults: dict
     validate: Callable[[dict], None]
     body: Callable[[dict, Run], Report]
-    sweep_body: Callable | None = None
+    sweep_body: Callable | None = None  # (cfg, method, run) -> jaxcl.sweep.SweepPlan
     no_sweep: str = "compare settings with jaxcl run ... --set"
     no_resume: str = "its phases are short; run it again"
     methods: tuple[str, ...] | None = None  # the methods it can run (None: every method of its kinds)
@@ -157,7 +160,7 @@ class Study:
         if resume:
             self.refuse("resume")
         self.checks(cfg, mesh)
-        ckpt = bool(self.checkpoint_key) and _get(cfg, self.checkpoint_key)
+        ckpt = bool(self.checkpoint_key) and get(cfg, self.checkpoint_key)
         run = Run(cfg, out or None, resume, fresh, verbose, mesh, ckpt)
         if not run.out:
             return _finish(self._body(cfg, run), run, tensorboard)
@@ -171,14 +174,18 @@ class Study:
     def sweep(
         self, cfg: dict, grid: dict, *, chunk: int | None = None, out: str | None = None, verbose: bool = True
     ) -> dict:
-        """Every cell of ``grid`` x every seed as one program (the study's sweep body); the
-        output folder locked as a run's is."""
+        """Every cell of ``grid`` x every seed as one program: the grid checked against the
+        methods the study can run, the study's sweep body's :class:`jaxcl.sweep.SweepPlan` run by
+        :func:`jaxcl.sweep.run_plan` (rows, results, table, plot); the output folder locked as a
+        run's is."""
+        from .. import sweep as sweep_mod
+
         self.refuse("sweep")
         self.validate(cfg)
-        if not out:
-            return self.sweep_body(cfg, grid, chunk=chunk, out=None, verbose=verbose)
-        with _locked(out):
-            return self.sweep_body(cfg, grid, chunk=chunk, out=out, verbose=verbose)
+        method = sweep_mod.cells_of(grid, self.runnable())[0]
+        with _locked(out) if out else contextlib.nullcontext():
+            plan = self.sweep_body(cfg, method, Run(cfg, out or None, verbose=verbose))
+            return sweep_mod.run_plan(plan, cfg, method, grid, chunk, out or None, verbose)
 
     def _body(self, cfg: dict, run: Run) -> Report:
         try:
@@ -265,22 +272,6 @@ def uncommitted(tree):
     return jax.tree.map(one, tree)
 
 
-def check_schedule(t: dict) -> None:
-    """A ``train`` section's schedule of calls: ``steps`` a multiple of ``eval_every``;
-    ``checkpoint_every`` 0 (one call) or a multiple of ``eval_every`` dividing ``steps``. A
-    ConfigError naming the keys otherwise."""
-    if t["steps"] % t["eval_every"]:
-        raise ConfigError(
-            f"train.steps={t['steps']} must be a multiple of train.eval_every={t['eval_every']}"
-        )
-    ce = t["checkpoint_every"]
-    if ce < 0 or (ce and (ce % t["eval_every"] or t["steps"] % ce)):
-        raise ConfigError(
-            f"train.checkpoint_every={ce} must be 0 or a multiple of train.eval_every={t['eval_every']} "
-            f"that divides train.steps={t['steps']}"
-        )
-
-
 def calls(call, n_calls: int, chunks_per_call: int, steps_per_chunk: int, offset: int = 0) -> list[Segment]:
     """The segments of ``n_calls`` calls of ``state, tr = call(state)``, each covering
     ``chunks_per_call`` evaluation chunks of ``steps_per_chunk`` steps; call ``i`` writes every
@@ -298,12 +289,6 @@ def calls(call, n_calls: int, chunks_per_call: int, steps_per_chunk: int, offset
         return fn
 
     return [Segment(one(i), steps, f"(steps {i * steps} to {(i + 1) * steps})") for i in range(n_calls)]
-
-
-def _get(cfg: dict, path: str):
-    for k in path.split("."):
-        cfg = cfg[k]
-    return cfg
 
 
 class _locked:

@@ -36,14 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, plots, report, results
 from .. import metrics as M
-from .. import plots, report, results
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..data import text
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
+from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run, Study
 
@@ -102,13 +103,12 @@ def validate(cfg: dict) -> None:
     if len(d["domains"]) < 2:
         raise ConfigError(f"data.domains={d['domains']!r}: a continual study needs at least 2 domains")
     lm.check(cfg["model"], names=MODELS, tokenizers=("byte",))
-    if not cfg["rows"]:
-        raise ConfigError("rows is empty; set rows=finetune,er,...")
+    config.check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
     for r in cfg["rows"]:
         name, _ = parse_row(r)
         if name != "joint" and name not in cfg["methods"]:
             raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
-    check_positive(
+    config.check_positive(
         cfg,
         [
             "data.seq_len",
@@ -126,11 +126,7 @@ def validate(cfg: dict) -> None:
             f"train.consolidate_samples={t['consolidate_samples']}: EWC's Fisher takes chunks of 32 "
             "windows; give a multiple of 32 (or fewer than 32)"
         )
-    if t["steps_per_domain"] % t["eval_every"]:
-        raise ConfigError(
-            f"train.steps_per_domain={t['steps_per_domain']} must be a multiple of "
-            f"train.eval_every={t['eval_every']}"
-        )
+    config.check_multiple(cfg, "train.steps_per_domain", "train.eval_every")
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -358,22 +354,11 @@ def body(cfg: dict, run: Run) -> Report:
     )
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
-    """Every cell of ``grid`` (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
+def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters, e.g. ``er.replay_fraction``)
     x seeds trained through every domain as one program (``lax.scan`` over domains inside
     ``lax.map`` over cells), for the first model of ``model.name``; the row is the method (with
     ``+rewarm`` when ``rows`` has that method only with re-warming)."""
-    from .. import sweep as sweep_mod
-
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
-    if method not in LM_METHODS:
-        raise ConfigError(f"--grid: the lm study sweeps {', '.join(LM_METHODS)}, not {method!r}")
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
-    from .. import sweep as sweep_mod
-
     stream = build_stream(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     size = sizes(cfg)[0]
@@ -390,40 +375,15 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         s, tr = jax.lax.scan(lambda s, t: domain(s, t, hp, stream), state, jnp.arange(T))
         return {"loss": tr["heldout"], "nonfinite_step": s.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(prog.hp, names, cells)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, (state, stream), hp_grid, len(cells), chunk, conv_cpu=False
+    def cell_row(o):
+        per, L = row_metrics(np.moveaxis(o["loss"], 1, 0), b)  # (T, S, E, K) -> (S, T, E, K)
+        per["diverged"] = (o["nonfinite_step"] >= 0).astype(np.float32).tolist()
+        return per, {"L_mean": L.mean(0).tolist()}
+
+    extra = {"row": row, "size": size}
+    return SweepPlan(
+        one_cell, (state, stream), prog.hp, cell_row, COLUMNS, "forgetting", "forgetting", extra=extra
     )
-    t0 = time.perf_counter()
-    o = jax.tree.map(np.asarray, run_cells(state, stream, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        loss = np.moveaxis(o["loss"][i], 1, 0)  # (T, S, E, K) -> (S, T, E, K)
-        per, L = row_metrics(loss, b)
-        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
-        rows[sweep_mod.cell_name(names, c)] = results.row(
-            per, cell=dict(zip(names, c)), L_mean=L.mean(0).tolist()
-        )
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={
-            "method": method,
-            "row": row,
-            "size": size,
-            "grid": grid,
-            "chunk": chunk,
-            "n_cells": len(cells),
-            "memory": mem,
-        },
-    )
-    return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
 
 
 STUDY = Study(

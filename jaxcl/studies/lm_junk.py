@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, results, tasks
 from .. import metrics as M
-from .. import results, tasks
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..data import junk as junk_data
 from ..data import text
 from ..engine import check_finite
@@ -82,18 +82,13 @@ COLUMNS = [
 
 
 def validate(cfg: dict) -> None:
-    d = cfg["data"]
     lm.check(cfg["model"], names=("scratch", *lm.SIZES), tokenizers=("byte",))
-    for name in d["tasks"]:
-        if name not in tasks.TASKS:
-            raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
-    for key in ("base_domains", "control", "junk", "tasks"):
-        if not d[key]:
-            raise ConfigError(f"data.{key} is empty")
+    config.check_each(cfg, "data.tasks", tasks.TASKS, "task")
+    config.check_nonempty(cfg, ["data.base_domains", "data.control", "data.junk"])
     r = cfg["junk"]["ratios"]
     if not r or any(not 0.0 <= x <= 1.0 for x in r):
         raise ConfigError(f"junk.ratios={r!r}: give fractions in [0, 1]")
-    check_positive(
+    config.check_positive(
         cfg,
         [
             "data.digits",
@@ -111,10 +106,7 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
-    if cfg["junk"]["steps"] % cfg["junk"]["eval_every"]:
-        raise ConfigError(
-            f"junk.steps={cfg['junk']['steps']} must be a multiple of junk.eval_every={cfg['junk']['eval_every']}"
-        )
+    config.check_multiple(cfg, "junk.steps", "junk.eval_every")
 
 
 # -- the programs ---------------------------------------------------------------------------------

@@ -41,15 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import probes, report, results
+from .. import config, probes, report, results
 from .. import retention as R
-from ..config import ConfigError, check_positive, method_settings
+from ..config import method_settings
 from ..data import injection as I
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
 from ..methods import get_method
 from ..models import lm
 from ..parallel import jit_seeds, shard_batch
+from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run
 
@@ -109,22 +110,19 @@ COLUMNS = [
 
 
 def validate(cfg: dict) -> None:
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    m = cfg["model"]
     lm.check(m, names=MODELS)
-    if not d["domains"]:
-        raise ConfigError("data.domains is empty: give at least one text domain")
-    valid = set(text.domain_names())
-    for name in d["domains"]:
-        if name not in valid:
-            raise ConfigError(text.unknown_source(name))
-    check_positive(
+    config.check_each(
+        cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source
+    )
+    config.check_positive(
         cfg,
         ["data.seq_len", "data.duplication", "data.n_eval", "train.steps", "train.batch_size"]
         + ["train.eval_every", "inject.spacing", "inject.per_step", "seeds"],
     )
-    if d["max_train"] < 0:
-        raise ConfigError(f"data.max_train={d['max_train']} must be >= 0 (0: every window)")
-    driver.check_schedule(t)
+    config.check_nonnegative(cfg, ["data.max_train"], "every window")
+    config.check_multiple(cfg, "train.steps", "train.eval_every")
+    config.check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
     I.check_config(cfg)
 
 
@@ -365,16 +363,10 @@ def plot(res: dict, path: str) -> str:
 # -- sweep -----------------------------------------------------------------------------------------
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
-    """Every cell of ``grid`` (``{"finetune.lr": [...]}``) x seeds as one program (``lax.map``
-    over cells, ``chunk`` cells vmapped at a time, seeds vmapped): the whole run per cell, then
-    per cell the metrics of the most-exposed condition of each kind (memorisation probe for
-    facts)."""
-    from .. import sweep as sweep_mod
-
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "cl")
-    if method != "finetune":
-        raise ConfigError(f"--grid: the lm-memory study sweeps finetune's hyperparameters, not {method!r}")
+def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
+    """Every cell of the grid (``finetune.lr``) x seeds as one program (``lax.map`` over cells,
+    seeds vmapped): the whole run per cell, then per cell the metrics of the most-exposed
+    condition of each kind (memorisation probe for facts)."""
     study, keys = Study(cfg), seeds_keys(cfg["seed"], cfg["seeds"])
     n_chunks = cfg["train"]["steps"] // cfg["train"]["eval_every"]
 
@@ -383,41 +375,20 @@ def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, ve
         state, tr = jax.vmap(lambda s: study.call(s, hp, data, n_chunks))(state)
         return {"trace": tr, "nonfinite_step": state.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(study.hp, names, cells)
-    shared = (keys, study.pretrained, study.data)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=False
-    )
-    t0 = time.perf_counter()
-    o = jax.tree.map(np.asarray, run_cells(*shared, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        traces = I.split_spans({k: v[i] for k, v in o["trace"].items()}, study.span_offsets)
-        per = R.headline(cfg, study.conds, traces)
-        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
-        rows[sweep_mod.cell_name(names, c)] = results.row(per, cell=dict(zip(names, c)))
-    first_row = next(iter(rows.values()))["summary"]
-    cols = [col for col in COLUMNS if col[0] in first_row and col[0] != "time_s"]
-    cols.append(("diverged", "diverged", "float"))
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={
-            "method": "finetune",
-            "grid": grid,
-            "chunk": chunk,
-            "n_cells": len(cells),
-            "memory": mem,
-            "headline": [c.name for c in R.most_exposed(study.conds)],
-        },
-    )
-    return sweep_mod.finish(
-        res, names, grid, out, verbose, "gain_final", "Δlogp end (most-exposed condition)"
+    def row(o):
+        per = R.headline(cfg, study.conds, I.split_spans(o["trace"], study.span_offsets))
+        per["diverged"] = (o["nonfinite_step"] >= 0).astype(np.float32).tolist()
+        return per, {}
+
+    return SweepPlan(
+        one_cell,
+        (keys, study.pretrained, study.data),
+        study.hp,
+        row,
+        COLUMNS,
+        "gain_final",
+        "Δlogp end (most-exposed condition)",
+        extra={"headline": [c.name for c in R.most_exposed(study.conds)]},
     )
 
 

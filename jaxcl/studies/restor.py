@@ -31,8 +31,8 @@ import time
 import jax
 import numpy as np
 
-from .. import report, results
-from ..config import ConfigError, check_positive
+from .. import config, report, results
+from ..config import ConfigError
 from ..data import restor as restor_data
 from ..data import text
 from ..engine import check_finite
@@ -79,14 +79,11 @@ COLUMNS = [
 
 def validate(cfg: dict) -> None:
     d = cfg["data"]
-    if not d["domains"]:
-        raise ConfigError("data.domains is empty: give at least one text domain")
-    valid = set(text.domain_names())
-    for name in d["domains"]:
-        if name not in valid:
-            raise ConfigError(text.unknown_source(name))
+    config.check_each(
+        cfg, "data.domains", set(text.domain_names()), "text domain", unknown=text.unknown_source
+    )
     lm.check(cfg["model"], names=("scratch", *lm.SIZES))
-    check_positive(
+    config.check_positive(
         cfg,
         ["data.seq_len", "data.n_facts", "data.n_windows", "data.n_eval", "clean.repeats"]
         + ["corrupt.repeats", "corrupt.n_windows", "train.epochs", "train.batch_size", "train.lr"]

@@ -35,14 +35,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import config, plots, report, results, tasks
 from .. import metrics as M
-from .. import plots, report, results, tasks
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import lm
 from ..parallel import jit_seeds
 from ..posttrain import PostTraining
+from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run
 
@@ -99,20 +100,14 @@ BASE, POST = 1, 2  # key roles: fold_in(key(seed), role)
 
 def validate(cfg: dict) -> None:
     d, m = cfg["data"], cfg["model"]
-    for name in tuple(d["tasks"]) + tuple(d["base_tasks"]):
-        if name not in tasks.TASKS:
-            raise ConfigError(f"data.tasks: unknown task {name!r}; valid tasks: {', '.join(tasks.TASKS)}")
+    config.check_each(cfg, "data.tasks", tasks.TASKS, "task")
+    config.check_each(cfg, "data.base_tasks", tasks.TASKS, "task", nonempty=False)
     if len(d["tasks"]) < 2:
         raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
-    if d["corpus"] not in CORPORA:
-        raise ConfigError(f"data.corpus={d['corpus']!r} is not valid; valid: {', '.join(CORPORA)}")
+    config.check_choice(cfg, "data.corpus", CORPORA)
     lm.check(m, names=MODELS, tokenizers=("byte",))
-    for r in cfg["rows"]:
-        if r not in ROWS:
-            raise ConfigError(f"rows: unknown row {r!r}; valid: {', '.join(ROWS)}")
-    if not cfg["rows"]:
-        raise ConfigError("rows is empty; set rows=sft,rft,...")
-    check_positive(
+    config.check_each(cfg, "rows", ROWS, "row")
+    config.check_positive(
         cfg,
         [
             "data.digits",
@@ -129,24 +124,12 @@ def validate(cfg: dict) -> None:
             "seeds",
         ],
     )
-    if cfg["post"]["steps_per_task"] % cfg["post"]["eval_every"]:
-        raise ConfigError(
-            f"post.steps_per_task={cfg['post']['steps_per_task']} must be a multiple of "
-            f"post.eval_every={cfg['post']['eval_every']}"
-        )
-    ce = cfg["post"]["checkpoint_every"]
-    if ce < 0 or (ce and (ce % cfg["post"]["eval_every"] or cfg["post"]["steps_per_task"] % ce)):
-        raise ConfigError(
-            f"post.checkpoint_every={ce} must be 0 (task ends) or a multiple of post.eval_every="
-            f"{cfg['post']['eval_every']} that divides post.steps_per_task={cfg['post']['steps_per_task']}"
-        )
-    if cfg["base"]["steps"] < 0 or (
-        cfg["base"]["steps"] and cfg["base"]["steps"] % cfg["base"]["eval_every"]
-    ):
-        raise ConfigError(
-            f"base.steps={cfg['base']['steps']} must be >= 0 and a multiple of base.eval_every="
-            f"{cfg['base']['eval_every']}"
-        )
+    config.check_multiple(cfg, "post.steps_per_task", "post.eval_every")
+    config.check_checkpoint_every(
+        cfg, "post.checkpoint_every", "post.eval_every", "post.steps_per_task", "task ends"
+    )
+    config.check_nonnegative(cfg, ["base.steps"])
+    config.check_multiple(cfg, "base.steps", "base.eval_every")
     _, g = method_settings(cfg, "grpo")
     if g["group_size"] < 2:
         raise ConfigError(
@@ -332,26 +315,15 @@ def body(cfg: dict, run: Run) -> Report:
     return Report(res, header, plots=plot_files, every=cfg["post"]["eval_every"], memory=memory)
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool):
-    """Every cell of ``grid`` (``{"grpo.beta": [...]}``, ``{"finetune.lr": [...]}``: one method's
-    traced hyperparameters) post-trained from the same base models as one program: a ``lax.scan``
-    over the tasks' calls inside ``lax.map`` over cells (``chunk`` cells vmapped at a time), seeds
+def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
+    """Every cell of the grid (``grpo.beta``, ``finetune.lr``: one method's traced
+    hyperparameters) post-trained from the same base models as one program: a ``lax.scan`` over
+    the tasks' calls inside ``lax.map`` over cells (``chunk`` cells vmapped at a time), seeds
     vmapped. The row is ``rft`` (``rif-rft`` when ``grpo.rif``) for grpo, ``sft`` for finetune."""
-    from .. import sweep as sweep_mod
-
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "rl")
-    if method not in ("grpo", "finetune"):
-        raise ConfigError(f"--grid: the rft study sweeps grpo or finetune, not {method!r}")
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
-    from .. import sweep as sweep_mod
-
     study, keys = prepare(cfg)
     T = study.T
     t0 = time.perf_counter()
-    base = train_base(study, keys, verbose=verbose)
+    base = train_base(study, keys, verbose=run.verbose)
     base_s = time.perf_counter() - t0
     base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
     row = "sft" if method == "finetune" else ("rif-rft" if cfg["grpo"]["rif"] else "rft")
@@ -377,43 +349,25 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose):
         s, tr = jax.lax.scan(body, state, jnp.arange(T * calls))
         return {"traces": tr, "nonfinite_step": s.nonfinite_step}
 
-    hp_grid = sweep_mod.stack_cells(study.hparams(row), names, cells)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, (state, study.data), hp_grid, len(cells), chunk, conv_cpu=False
-    )
-    t0 = time.perf_counter()
-    o = jax.tree.map(np.asarray, run_cells(state, study.data, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        # (T * calls, S, chunks, ...) -> (S, T, E, ...)
+    def cell_row(o):  # traces (T * calls, S, chunks, ...) -> (S, T, E, ...)
         tr = {
-            k: np.moveaxis(v[i], 1, 0).reshape((v.shape[2], T, E) + v.shape[4:])
-            for k, v in o["traces"].items()
+            k: np.moveaxis(v, 1, 0).reshape((v.shape[1], T, E) + v.shape[3:]) for k, v in o["traces"].items()
         }
         per, R = row_metrics(tr, base_eval, T)
-        per["diverged"] = (o["nonfinite_step"][i] >= 0).astype(np.float32).tolist()
-        rows[sweep_mod.cell_name(names, c)] = results.row(
-            per, cell=dict(zip(names, c)), R_mean=R.mean(0).tolist()
-        )
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s, "base": base_s},
-        extra={
-            "method": method,
-            "row": row,
-            "grid": grid,
-            "chunk": chunk,
-            "n_cells": len(cells),
-            "memory": mem,
-        },
+        per["diverged"] = (o["nonfinite_step"] >= 0).astype(np.float32).tolist()
+        return per, {"R_mean": R.mean(0).tolist()}
+
+    return SweepPlan(
+        one_cell,
+        (state, study.data),
+        study.hparams(row),
+        cell_row,
+        COLUMNS,
+        "forgetting",
+        "forgetting",
+        extra={"row": row},
+        timing={"base": base_s},
     )
-    return sweep_mod.finish(res, names, grid, out, verbose, "forgetting", "forgetting")
 
 
 STUDY = driver.Study(

@@ -50,9 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
+from .. import config, report, results
 from .. import sort_metrics as SM
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..data import sort as D
 from ..data import text, vocab
 from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
@@ -114,16 +114,11 @@ MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 def validate(cfg: dict) -> None:
     m, b, s, t = cfg["model"], cfg["books"], cfg["sort"], cfg["train"]
     lm.check(m, names=MODELS)
-    if s["prompt"] not in D.PROMPTS:
-        raise ConfigError(f"sort.prompt={s['prompt']!r} is not valid; valid: {', '.join(D.PROMPTS)}")
-    if not s["conditions"]:
-        raise ConfigError(f"sort.conditions is empty; give some of {', '.join(CONDITIONS)}")
-    for c in s["conditions"]:
-        if c not in CONDITIONS:
-            raise ConfigError(f"sort.conditions: unknown condition {c!r}; valid: {', '.join(CONDITIONS)}")
+    config.check_choice(cfg, "sort.prompt", D.PROMPTS)
+    config.check_each(cfg, "sort.conditions", CONDITIONS, "condition")
     if len(set(s["conditions"])) != len(s["conditions"]):
         raise ConfigError(f"sort.conditions={s['conditions']!r} repeats a condition")
-    check_positive(
+    config.check_positive(
         cfg,
         ["sort.excerpt_len", "sort.segment_len", "sort.pairs", "sort.distance_bins", "train.batch_size"]
         + ["train.eval_every", "train.n_eval", "train.eval_chunk", "seeds"],
@@ -143,9 +138,7 @@ def validate(cfg: dict) -> None:
         )
     valid = set(text.domain_names())
     for role in D.ROLES:
-        for name in b[role]:
-            if name not in valid:
-                raise ConfigError(f"books.{role}: {text.unknown_source(name)}")
+        config.check_each(cfg, f"books.{role}", valid, unknown=text.unknown_source, nonempty=False)
     need = {"in_context": "context", "parametric": "parametric", "control": "control"}
     for c in s["conditions"]:
         if not b[need[c]]:
@@ -166,9 +159,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError(
                 f"train.mix={mix!r} trains on {what}, which is empty; give books or set that weight 0"
             )
-    if t["steps"] < 0:
-        raise ConfigError(f"train.steps={t['steps']} must be >= 0 (0: evaluate the initial model only)")
-    driver.check_schedule(t)
+    config.check_nonnegative(cfg, ["train.steps"], "evaluate the initial model only")
+    config.check_multiple(cfg, "train.steps", "train.eval_every")
+    config.check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
 
 
 # -- the study ------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
+from .. import config, report, results
 from .. import sweep as sweep_mod
-from ..config import ConfigError, check_positive
+from ..config import ConfigError
 from ..engine import check_finite
 from ..models import llama, lm
 from ..parallel import place_seeds
@@ -99,7 +99,7 @@ def n_forget(cfg: dict) -> int:
 
 def validate(cfg: dict) -> None:
     """Every value checked before the model or the data are loaded and before any compilation."""
-    check_positive(
+    config.check_positive(
         cfg,
         [f"train.{k}" for k in ("epochs", "batch_size", "lr")]
         + [f"unlearn.{k}" for k in ("epochs", "batch_size", "eval_size")]
@@ -110,21 +110,17 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"seeds={cfg['seeds']}: the TOFU runner runs one seed; valid: 1 (use --set seed=N for another)"
         )
-    for key in ("train.weight_decay", "train.clip_norm", "train.eval_every", "unlearn.eval_every"):
-        sec, k = key.split(".")
-        if cfg[sec][k] < 0:
-            raise ConfigError(f"{key}={cfg[sec][k]!r} must be >= 0")
+    config.check_nonnegative(
+        cfg, ["train.weight_decay", "train.clip_norm", "train.eval_every", "unlearn.eval_every"]
+    )
+    config.check_choice(cfg, "data.split", SPLITS)
     d = cfg["data"]
-    if d["split"] not in SPLITS:
-        raise ConfigError(f"data.split={d['split']!r}; valid: {', '.join(SPLITS)}")
     if not 0 <= d["n_forget"] <= tdata.FORGET_SIZES[d["split"]]:
         raise ConfigError(
             f"data.n_forget={d['n_forget']!r}; valid: 0 (the whole split) to "
             f"{tdata.FORGET_SIZES[d['split']]} for {d['split']}"
         )
-    for k in ("n_retain", "n_eval"):
-        if d[k] < 0:
-            raise ConfigError(f"data.{k}={d[k]!r} must be >= 0 (0: every row)")
+    config.check_nonnegative(cfg, ["data.n_retain", "data.n_eval"], "every row")
     lm.check(cfg["model"])
     if cfg["model"]["name"] == "scratch" or cfg["model"]["name"] in lm.SIZES:
         raise ConfigError(
@@ -270,45 +266,34 @@ def plot(res: dict, path: str) -> str:
 # -- sweep -------------------------------------------------------------------------------------
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
-    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) unlearned from the
-    same target as one program (``lax.map`` over cells of ``Phase.run``, ``chunk`` cells vmapped
-    at a time), then each cell evaluated; the target and the retain model as in a run."""
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
+def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters) unlearned from the same target
+    as one program (``lax.map`` over cells of ``Phase.run``), then each cell evaluated; the target
+    and the retain model as in a run."""
     check_methods(cfg, [method])
-    say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
-    model, problem, ev, params, models_timing = prepare(cfg, say)
+    model, problem, ev, params, models_timing = prepare(cfg, run.say)
     ev.reference(params["retain"])  # the truth ratios forget quality compares with
     phase, base = unlearner(model, cfg, method, problem.forget["tokens"].shape[0])
-    hp_grid = sweep_mod.stack_cells(base, names, cells)
 
     def one_cell(p, k, prob, hp):
         o = phase.run(p, k, prob, hp)
         return {"params": o["params"], "diverged": (o["nonfinite_step"] >= 0).astype(jnp.float32)}
 
+    def row(o):  # o on the device: its params are evaluated
+        return {**scores(ev.evaluate(o["params"])), "diverged": float(o["diverged"])}, {}
+
     shared = (params["target"], jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN), problem)
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=False
+    return sweep_mod.SweepPlan(
+        one_cell,
+        shared,
+        base,
+        row,
+        COLUMNS,
+        "forget_quality",
+        "forget quality",
+        host=False,
+        timing={"models": models_timing},
     )
-    t0 = time.perf_counter()
-    o = jax.block_until_ready(run_cells(*shared, hp_grid))
-    run_s = time.perf_counter() - t0
-    rows = {}
-    for i, c in enumerate(cells):
-        r = ev.evaluate(jax.tree.map(lambda a: a[i], o["params"]))
-        per_seed = {**scores(r), "diverged": float(o["diverged"][i])}
-        rows[sweep_mod.cell_name(names, c)] = results.row(per_seed, cell=dict(zip(names, c)))
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s, "models": models_timing},
-        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
-    )
-    return sweep_mod.finish(res, names, grid, out, verbose, "forget_quality", "forget quality")
 
 
 STUDY = Study(

@@ -23,16 +23,14 @@ the original and the oracle, a method's phase, the evaluation, the cache) are
 from __future__ import annotations
 
 import os
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
+from .. import config, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import ConfigError, check_positive, method_settings
+from ..config import ConfigError, method_settings
 from ..methods import METHODS as REGISTRY
 from ..models import MODELS, model_config
 from ..parallel import place_seeds, seeds_map
@@ -105,21 +103,18 @@ METHODS_HERE = tuple(n for n, s in REGISTRY.items() if s.applies_to("unlearn"))
 
 def validate(cfg: dict) -> None:
     """Every value checked before any data is loaded or anything compiled."""
-    check_positive(
+    config.check_positive(
         cfg,
         [f"train.{k}" for k in ("steps", "lr", "batch_size", "eval_every")]
         + [f"unlearn.{k}" for k in ("steps", "batch_size", "eval_every", "eval_size")]
         + [f"eval.{k}" for k in ("eval_cap", "relearn_steps", "relearn_every", "relearn_n", "relearn_lr")]
         + ["seeds"],
     )
+    config.check_choice(cfg, "data.scenario", scenarios.SCENARIOS)
     d = cfg["data"]
-    if d["scenario"] not in scenarios.SCENARIOS:
-        raise ConfigError(f"data.scenario={d['scenario']!r}; valid: {', '.join(scenarios.SCENARIOS)}")
     if not 0 <= d["forget_class"] < N_CLASSES:
         raise ConfigError(f"data.forget_class={d['forget_class']!r}; valid: 0 to {N_CLASSES - 1}")
-    for k in ("n_per_class", "n_test"):
-        if d[k] < 0:
-            raise ConfigError(f"data.{k}={d[k]} must be >= 0 (0: every example)")
+    config.check_nonnegative(cfg, ["data.n_per_class", "data.n_test"], "every example")
     if cfg["model"]["name"] not in MODELS:
         raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
     for where in ("train", "unlearn"):
@@ -127,13 +122,8 @@ def validate(cfg: dict) -> None:
             phase_config(cfg[where], cfg["unlearn"]["eval_size"]).validate(where)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    e = cfg["eval"]
-    if e["relearn_steps"] % e["relearn_every"]:
-        raise ConfigError(
-            f"eval.relearn_steps={e['relearn_steps']} must be a multiple of eval.relearn_every={e['relearn_every']}"
-        )
-    if cfg["iau_reg"] < 0:
-        raise ConfigError(f"iau_reg={cfg['iau_reg']!r} must be >= 0")
+    config.check_multiple(cfg, "eval.relearn_steps", "eval.relearn_every")
+    config.check_nonnegative(cfg, ["iau_reg"])
     check_methods(cfg, cfg["methods"])
 
 
@@ -291,22 +281,16 @@ def plot(res: dict, out_dir: str) -> list[str]:
 # -- sweep -----------------------------------------------------------------------------------
 
 
-def sweep_cells(cfg: dict, grid: dict, *, chunk: int | None, out: str | None, verbose: bool) -> dict:
-    """Every cell of ``grid`` (``{"<method>.<hparam>": [values]}``, one method) x every seed,
-    unlearning and evaluation, as one program (``over_seeds`` inside ``lax.map`` over cells,
-    ``chunk`` cells at a time); the original and the oracle as in a run (cached in ``out``)."""
-    method, names, cells = sweep_mod.cells_of(cfg, grid, "unlearn")
+def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
+    """Every cell of the grid (one method's traced hyperparameters) x every seed, unlearning and
+    evaluation, as one program (``over_seeds`` inside ``lax.map`` over cells); the original and
+    the oracle as in a run (cached in ``out``)."""
     check_methods(cfg, [method])
-    return _sweep(cfg, method, names, cells, grid, chunk, out, verbose)
-
-
-def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
-    ctx = prepare(cfg, out, verbose=verbose)
+    ctx = prepare(cfg, run.out, verbose=run.verbose)
     model = ctx.model
     oracle = ctx.store.load_method("oracle") if ctx.store else None
     oracle = oracle or ctx.evaluated("oracle", ctx.params["oracle"], ctx.timing["oracle"])
     phase, base = unlearner(model, cfg, method)
-    hp_grid = sweep_mod.stack_cells(base, names, cells)
     evaluate = evaluator(model, cfg)
 
     def per_seed(params, k_unlearn, k_relearn, data, p_orig, p_oracle, hp):
@@ -314,7 +298,12 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         m, curve = evaluate(o["params"], k_relearn, data, p_orig, p_oracle)
         return {**m, "relearn_curve": curve, "diverged": (o["nonfinite_step"] >= 0).astype(jnp.float32)}
 
-    one_cell = over_seeds(per_seed, (0, 0, 0, None, 0, 0, None), model=model)
+    def row(o):
+        metrics = {k: v for k, v in o.items() if k not in ("relearn_curve", "diverged")}
+        per = per_seed_row(metrics, oracle["metrics"], o["relearn_curve"])
+        per["diverged"] = [float(o["diverged"].sum())]
+        return per, {"relearn_curve": np.asarray(o["relearn_curve"]).tolist()}
+
     shared = (
         ctx.start(method),
         role_keys(cfg, UNLEARN),
@@ -323,31 +312,17 @@ def _sweep(cfg, method, names, cells, grid, chunk, out, verbose) -> dict:
         ctx.params["original"],
         ctx.params["oracle"],
     )
-    run_cells, chunk, mem, compile_s = sweep_mod.compile_cells(
-        one_cell, shared, hp_grid, len(cells), chunk, conv_cpu=resolve_mode("auto", model) == "map"
+    return sweep_mod.SweepPlan(
+        over_seeds(per_seed, (0, 0, 0, None, 0, 0, None), model=model),
+        shared,
+        base,
+        row,
+        COLUMNS,
+        "gap",
+        "gap to the oracle",
+        diverged="diverged seeds",
+        conv_cpu=resolve_mode("auto", model) == "map",
     )
-    t1 = time.perf_counter()
-    o = jax.device_get(jax.block_until_ready(run_cells(*shared, hp_grid)))
-    run_s = time.perf_counter() - t1
-    rows = {}
-    for i, c in enumerate(cells):
-        metrics = {k: v[i] for k, v in o.items() if k not in ("relearn_curve", "diverged")}
-        row = per_seed_row(metrics, oracle["metrics"], o["relearn_curve"][i])
-        row["diverged"] = [float(o["diverged"][i].sum())]
-        rows[sweep_mod.cell_name(names, c)] = results.row(
-            row, cell=dict(zip(names, c)), relearn_curve=np.asarray(o["relearn_curve"][i]).tolist()
-        )
-    cols = [c for c in COLUMNS if c[0] != "time_s"] + [("diverged", "diverged seeds", "float")]
-    res = results.make(
-        "sweep",
-        cfg,
-        rows,
-        cols,
-        first="cell",
-        timing={"compile": compile_s, "run": run_s},
-        extra={"method": method, "grid": grid, "chunk": chunk, "n_cells": len(cells), "memory": mem},
-    )
-    return sweep_mod.finish(res, names, grid, out, verbose, "gap", "gap to the oracle")
 
 
 STUDY = Study(
