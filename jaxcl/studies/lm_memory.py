@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import plots, probes, report, results
+from .. import plots, probes, results
 from .. import retention as R
 from ..config import ConfigError, check_positive
 from ..data import injection as I
@@ -212,24 +212,10 @@ class Study(LMProgram):
 
 def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
-    steps, a checkpoint after each; returns the traces with the initial evaluation first
-    (``(S, 1 + chunks, ...)``) and the time."""
-
-    cfg, t, hp = study.cfg, study.cfg["train"], study.hp
-    E = t["eval_every"]
-    n_chunks = t["steps"] // E
-    C = (t["checkpoint_every"] or t["steps"]) // E
-    init, _, call = study.programs(C)
-    t0 = time.perf_counter()
-    state = init(keys, study.pretrained, hp)
-    shapes = jax.eval_shape(call, state, hp, study.data)[1]  # evaluation and step metrics
-    traces = {k: np.zeros((len(keys), n_chunks) + v.shape[2:], np.float32) for k, v in shapes.items()}
-    # what the run depends on (not every registered method's section: adding a method to the
-    # registry must not invalidate a checkpoint)
-    conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-    segments = driver.calls(lambda s: call(s, hp, study.data), n_chunks // C, C, E)
-    state, traces, seconds = driver.run_segments(
-        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
+    steps, a checkpoint after each (:func:`jaxcl.studies.driver.train_calls`); returns the traces
+    (``(S, evaluations, ...)``, split per probe set) and the time."""
+    _, traces, seconds = driver.train_calls(
+        study, keys, study.data, study.cfg, DEFAULTS, ckpt_dir=ckpt_dir, resume=resume, progress=progress
     )
     return {"traces": I.split_spans(traces, study.span_offsets), "seconds": seconds}
 

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import plots, report, results
+from .. import plots, results
 from .. import sort_metrics as SM
 from ..config import ConfigError, check_positive
 from ..data import sort as D
@@ -243,23 +243,16 @@ def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> 
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
     steps, a checkpoint after each; the traces ``(S, 1 + evaluations, ...)`` start with the
     evaluation of the initial model."""
-
-    cfg, t = study.cfg, study.cfg["train"]
-    E = t["eval_every"]
-    n_chunks = t["steps"] // E
-    C = max((t["checkpoint_every"] or t["steps"]) // E, 1)
-    init, ev, call = study.programs(C)
-    t0 = time.perf_counter()
-    state = init(keys, study.pretrained, study.hp)
-    first = jax.tree.map(np.asarray, ev(state, study.data))
-    traces = {k: np.zeros((len(keys), 1 + n_chunks) + v.shape[1:], np.float32) for k, v in first.items()}
-    for k, v in first.items():
-        traces[k][:, 0] = v
-    traces["loss"] = np.full((len(keys), 1 + n_chunks), np.nan, np.float32)
-    conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-    segments = driver.calls(lambda s: call(s, study.hp, study.data), n_chunks // C, C, E, offset=1)
-    state, traces, seconds = driver.run_segments(
-        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
+    _, traces, seconds = driver.train_calls(
+        study,
+        keys,
+        study.data,
+        study.cfg,
+        DEFAULTS,
+        initial=True,
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        progress=progress,
     )
     return {"traces": traces, "seconds": seconds}
 
