@@ -12,10 +12,15 @@ bash scripts/docs.sh "$(mktemp -d)"
 # two workers (one per core of the CI machine): most of the suite's time is compiling small XLA
 # programs, which uses one core; tests of one file stay in one worker (module fixtures)
 WORKERS="${JAXCL_TEST_WORKERS:-2}"
-# the files the optimised Python 3.12 part below runs whole are not run twice (they are the
-# slowest: every method's golden and mutation, the mesh, multi-host and resume subprocesses)
-TWICE=(--ignore=tests/test_registry.py --ignore=tests/test_mesh_agreement.py --ignore=tests/test_multihost.py
-  --ignore=tests/test_checkpoint.py)
+# the files the optimised Python 3.12 part below runs (every method's golden and mutation, the
+# mesh, multi-host and resume subprocesses, the core of every level) run there only, once; the
+# studies' tests here run that core on Python 3.11 too
+CORE=(tests/test_registry.py tests/test_llama.py tests/test_engine.py tests/test_conv.py tests/test_unlearn_ssd.py
+  tests/test_checkpoint.py tests/test_parallel.py tests/test_mesh_agreement.py tests/test_multihost.py
+  tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py
+  tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py)
+TWICE=()
+for f in "${CORE[@]}"; do TWICE+=("--ignore=$f"); done
 [ -n "${JAXCL_SKIP_312:-}" ] && TWICE=()
 python3 -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${TWICE[@]}" tests "$@"
 
@@ -35,10 +40,6 @@ PYTHON="$VENV/bin/python" EXTRAS="dev,torch" bash scripts/setup.sh
 # compiled as users' runs are (the suite above ran with most optimisations off, for speed): every
 # golden and its mutation check, the PyTorch / transformers parity checks, bit-exact resume,
 # CLI == API, 1-vs-8-device and multi-host agreement, and the core of every level
-JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile \
-  tests/test_registry.py tests/test_llama.py tests/test_engine.py tests/test_conv.py tests/test_unlearn_ssd.py \
-  tests/test_checkpoint.py tests/test_parallel.py tests/test_mesh_agreement.py tests/test_multihost.py \
-  tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py \
-  tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py \
+JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${CORE[@]}" \
   "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots" \
   "tests/test_cl_study.py::test_cli_python_api_and_no_checkpoint_give_the_same_numbers"

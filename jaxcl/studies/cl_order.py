@@ -104,19 +104,14 @@ def body(cfg: dict, run: Run) -> Report:
 
 def plot_orders(res: dict, path: str) -> str:
     """Each method's mean ACC in every task order (dots) and over orders (bar)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(res["rows"]), 3.6))
-    for i, r in enumerate(res["rows"].values()):
-        acc = 100 * np.asarray(r["acc_per_order"])
-        ax.bar(i, acc.mean(), color="0.85")
-        ax.plot(np.full(len(acc), i), acc, "o", ms=4)
-    ax.set_xticks(range(len(res["rows"])), list(res["rows"]))
-    ax.set_ylabel("ACC (%), one dot per task order")
-    ax.set_title(f"{res['name']}: {len(res['extra']['orders'])} task orders", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path, (1.6 + 1.2 * len(res["rows"]), 3.6), dpi=110) as (ax,):
+        for i, r in enumerate(res["rows"].values()):
+            acc = 100 * np.asarray(r["acc_per_order"])
+            ax.bar(i, acc.mean(), color="0.85")
+            ax.plot(np.full(len(acc), i), acc, "o", ms=4)
+        ax.set_xticks(range(len(res["rows"])), list(res["rows"]))
+        ax.set_ylabel("ACC (%), one dot per task order")
+        ax.set_title(f"{res['name']}: {len(res['extra']['orders'])} task orders", fontsize=9)
     return path
 
 

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from .. import config, metrics, results
+from .. import config, metrics, plots, results
 from ..config import ConfigError
 from ..methods import METHODS
 from . import get_study
@@ -129,26 +129,18 @@ def body(cfg: dict, run: Run) -> Report:
 
 def plot_zoo(per_bench: dict, order: list, path: str, cfg: dict) -> str:
     """Grouped bars: ACC (mean ± std over seeds) per method, one colour per benchmark."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_b = len(per_bench)
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(order) * max(1, n_b) / 1.5), 4))
     w = 0.8 / max(n_b, 1)
     x = np.arange(len(order))
-    for i, (b, accs) in enumerate(per_bench.items()):
-        mean = [100 * accs[m]["mean"] for m in order]
-        std = [100 * accs[m]["std"] for m in order]
-        ax.bar(x + (i - (n_b - 1) / 2) * w, mean, w, yerr=std, label=b, capsize=2)
-    ax.set_xticks(x, order, rotation=60, ha="right")
-    ax.set_ylabel("ACC (%)")
-    ax.set_title(f"{cfg['name']}: final average accuracy, {cfg['seeds']} seeds, buffer {cfg['buffer']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path, (max(6, 0.55 * len(order) * max(1, n_b) / 1.5), 4), dpi=110) as (ax,):
+        for i, (b, accs) in enumerate(per_bench.items()):
+            mean = [100 * accs[m]["mean"] for m in order]
+            std = [100 * accs[m]["std"] for m in order]
+            ax.bar(x + (i - (n_b - 1) / 2) * w, mean, w, yerr=std, label=b, capsize=2)
+        ax.set_xticks(x, order, rotation=60, ha="right")
+        ax.set_ylabel("ACC (%)")
+        ax.set_title(f"{cfg['name']}: final average accuracy, {cfg['seeds']} seeds, buffer {cfg['buffer']}")
+        ax.legend(fontsize=8)
     return path
 
 

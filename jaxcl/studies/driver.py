@@ -272,23 +272,48 @@ def uncommitted(tree):
     return jax.tree.map(one, tree)
 
 
-def calls(call, n_calls: int, chunks_per_call: int, steps_per_chunk: int, offset: int = 0) -> list[Segment]:
-    """The segments of ``n_calls`` calls of ``state, tr = call(state)``, each covering
-    ``chunks_per_call`` evaluation chunks of ``steps_per_chunk`` steps; call ``i`` writes every
-    ``tr[k]`` (``(S, chunks_per_call, ...)``) into columns ``offset + i * chunks_per_call ...``
-    of the outputs ``[k]`` (the lm-memory and sort schedules)."""
-    C, steps = chunks_per_call, chunks_per_call * steps_per_chunk
+def train_calls(
+    prog, keys, data, cfg: dict, defaults: dict, *, initial=False, ckpt_dir=None, resume=False, progress=None
+):
+    """Every seed (vmapped) of ``prog`` (:class:`jaxcl.lmprogram.LMProgram`, on ``data``) through
+    ``train.steps`` steps in calls of ``train.checkpoint_every`` steps (0: one call), a checkpoint
+    after each (the lm-memory and sort schedules): ``(state, traces, seconds)``, every trace
+    ``(S, evaluations, ...)``; ``initial``: the evaluation of the initial model first (its step
+    metrics only ``loss``, NaN there). The checkpoint depends on the config's sections of
+    ``defaults`` and the method's (not every registered method's section: adding a method to the
+    registry must not invalidate a checkpoint)."""
+    t = cfg["train"]
+    E, S = t["eval_every"], len(keys)
+    n_chunks = t["steps"] // E
+    C = max((t["checkpoint_every"] or t["steps"]) // E, 1)
+    init, ev, call = prog.programs(C)
+    t0 = time.perf_counter()
+    state = init(keys, prog.pretrained, prog.hp)
+    if initial:
+        first = jax.tree.map(np.asarray, ev(state, data))
+        traces = {k: np.zeros((S, 1 + n_chunks) + v.shape[1:], np.float32) for k, v in first.items()}
+        for k, v in first.items():
+            traces[k][:, 0] = v
+        traces["loss"] = np.full((S, 1 + n_chunks), np.nan, np.float32)
+    else:
+        shapes = jax.eval_shape(call, state, prog.hp, data)[1]  # evaluation and step metrics
+        traces = {k: np.zeros((S, n_chunks) + v.shape[2:], np.float32) for k, v in shapes.items()}
+    conf = report.to_jsonable({k: cfg[k] for k in (*defaults, prog.spec.name) if k != "methods"})
+    steps, off = C * E, int(initial)
 
     def one(i):
         def fn(state, out):
-            state, tr = call(state)
+            state, tr = call(state, prog.hp, data)
             for k in out:
-                out[k][:, offset + i * C : offset + (i + 1) * C] = np.asarray(tr[k])
+                out[k][:, off + i * C : off + (i + 1) * C] = np.asarray(tr[k])
             return state, out
 
-        return fn
+        return Segment(fn, steps, f"(steps {i * steps} to {(i + 1) * steps})")
 
-    return [Segment(one(i), steps, f"(steps {i * steps} to {(i + 1) * steps})") for i in range(n_calls)]
+    segments = [one(i) for i in range(n_chunks // C)]
+    return run_segments(
+        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
+    )
 
 
 class _locked:

@@ -38,10 +38,10 @@ import numpy as np
 
 from .. import config, plots, report, results
 from .. import metrics as M
-from ..config import ConfigError, method_settings
+from ..config import ConfigError
 from ..data import text
-from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
-from ..methods import get_method
+from ..lmprogram import LMProgram
+from ..loops import seeds_keys
 from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
 from ..sweep import SweepPlan
@@ -161,57 +161,54 @@ def build_stream(cfg: dict) -> text.TextStream:
 # -- the programs ---------------------------------------------------------------------------------
 
 
-class Program:
-    """The compiled pieces of one (model size, row): ``init(params, keys, stream)`` and
-    ``domain(state, t, hp, stream)``, vmapped over seeds. The stream is an argument of every
-    program, never a constant inside it. ``mesh``: seeds sharded over its ``seeds`` axis, every
-    drawn batch over its ``data`` axis, the train state replicated along ``data``."""
+class Program(LMProgram):
+    """The compiled pieces of one (model size, row) on :class:`jaxcl.lmprogram.LMProgram`:
+    ``init(params, keys, stream)`` and ``domain(state, t, hp, stream)``, vmapped over seeds. The
+    stream is an argument of every program, never a constant inside it. ``mesh``: seeds sharded
+    over its ``seeds`` axis, every drawn batch over its ``data`` axis, the train state replicated
+    along ``data``."""
 
     def __init__(self, cfg: dict, model, pretrained, row: str, mesh=None):
-        self.cfg, self.model, self.pretrained, self.row, self.mesh = cfg, model, pretrained, row, mesh
+        self.cfg, self.row = cfg, row
         self.name, self.rewarm = parse_row(row)
-        spec = get_method("finetune" if self.name == "joint" else self.name)
-        hp, opts = method_settings(cfg, spec.name)
-        if self.rewarm:
-            S = cfg["train"]["steps_per_domain"]
-            opts = {**opts, "warmup_cosine_steps": S, "lr_restart_every": S}
-        self.spec, self.opts, self.hp = spec, opts, as_hparams(spec, hp)
+        S = cfg["train"]["steps_per_domain"]
+        super().__init__(
+            model,
+            cfg,
+            "finetune" if self.name == "joint" else self.name,
+            eval_every=cfg["train"]["eval_every"],
+            opts={"warmup_cosine_steps": S, "lr_restart_every": S} if self.rewarm else None,
+            pretrained=pretrained,
+            mesh=mesh,
+            name=row,
+            handles=("consolidate", "sample_seen"),
+            norms=False,  # the grad/param norm metrics are unused here and re-read every parameter
+        )
         self.init = jit_seeds(self._init, (None, 0, None), mesh)
         self.domain = jit_seeds(self._domain, (0, None, None, None), mesh, donate_argnums=0)
 
-    def method(self, hp):
-        return build_method(self.spec, self.model, hp, self.opts)
-
-    def draw(self, stream, t, key):
-        B = self.cfg["train"]["batch_size"]
-        if self.name == "joint":  # every domain seen so far, uniformly
+    def draw(self, data, key):
+        """A batch of domain ``data["t"]``; ``joint``: of every domain seen so far, uniformly."""
+        stream, t, B = data["stream"], data["t"], self.cfg["train"]["batch_size"]
+        if self.name == "joint":
             w = (jnp.arange(stream.n_domains) <= t).astype(jnp.float32)
             return shard_batch(text.draw_mixture(stream, w, key, B), self.mesh)
         return shard_batch(text.draw(stream, t, key, B), self.mesh)
 
+    def evaluate(self, params, data):
+        return {"heldout": text.domain_losses(self.model.nll, params, data["stream"])}
+
     def _init(self, params, key, stream):
-        method = self.method(self.hp)
-        k_init, k_run = jax.random.split(key)
-        params = self.model.init(k_init) if params is None else params
-        example = self.draw(stream, 0, k_init)
-        return method_state(method, params, k_run, example)
+        return LMProgram.init(self, key, params, self.hp, {"stream": stream, "t": 0})
 
     def _domain(self, state, t, hp, stream):
         """Train on domain ``t`` (traced) for ``steps_per_domain`` steps with the held-out loss of
         every domain after every ``eval_every`` steps; then consolidate (EWC)."""
         tr = self.cfg["train"]
-        method = self.method(hp)
-        # norms=False: the grad/param norm metrics are unused here and re-read every parameter
-        step = method_step(method, name=self.row, handles=("consolidate", "sample_seen"), norms=False)
-        evaluate = lambda params: {"heldout": text.domain_losses(self.model.nll, params, stream)}
-        state, trace = run_chunks(
-            step,
-            state,
-            lambda k: self.draw(stream, t, k),
-            evaluate,
-            tr["steps_per_domain"] // tr["eval_every"],
-            tr["eval_every"],
+        state, trace = self.call(
+            state, hp, {"stream": stream, "t": t}, tr["steps_per_domain"] // tr["eval_every"]
         )
+        method = self.method(hp)
         if method.consolidate is not None:
             k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
             batch = text.draw(stream, t, k, tr["consolidate_samples"])

@@ -38,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, results, tasks
+from .. import config, plots, results, tasks
 from .. import metrics as M
-from ..config import ConfigError, method_settings
+from ..config import ConfigError
 from ..data import junk as junk_data
 from ..data import text
 from ..engine import check_finite
-from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
-from ..methods import get_method
+from ..lmprogram import LMProgram
+from ..loops import method_state, seeds_keys
 from ..models import lm
 from ..parallel import jit_seeds, place_seeds, shard_batch
 from .driver import Report, Run, Study
@@ -114,37 +114,37 @@ def validate(cfg: dict) -> None:
 
 def programs(cfg, model, stream, probe, groups, mesh=None):
     """``base(key) -> (state, eval)`` and ``junk(state, ratios) -> trace``, vmapped over seeds
-    (``mesh``: seeds over its ``seeds`` axis, every drawn batch over its ``data`` axis)."""
-    spec = get_method("finetune")
-    hp, opts = method_settings(cfg, "finetune")
-    K = stream.n_domains
-    evaluate = lambda p: {
+    (``mesh``: seeds over its ``seeds`` axis, every drawn batch over its ``data`` axis): two
+    :class:`jaxcl.lmprogram.LMProgram` of the registry's ``finetune`` whose data is the mixture's
+    weights over the stream's domains."""
+    b, j, K = cfg["base"], cfg["junk"], stream.n_domains
+    evaluate = lambda p, _: {
         "heldout": text.domain_losses(model.nll, p, stream),
         "task_acc": junk_data.task_accuracy(model.apply, p, probe),
     }
+    mixture = lambda B: lambda w, k: shard_batch(text.draw_mixture(stream, w, k, B), mesh)
+    pre = LMProgram(
+        model,
+        cfg,
+        eval_every=b["steps"],
+        hp={"lr": b["lr"]},
+        opts={"warmup_cosine_steps": b["steps"]},
+        draw=mixture(b["batch_size"]),
+        evaluate=evaluate,
+    )
+    cpt = LMProgram(model, cfg, eval_every=j["eval_every"], draw=mixture(j["batch_size"]), evaluate=evaluate)
 
     def base(key):
-        b = cfg["base"]
-        h = as_hparams(spec, {**hp, "lr": b["lr"]})
-        method = build_method(spec, model, h, {**opts, "warmup_cosine_steps": b["steps"]})
-        k_init, k_run = jax.random.split(key)
         w = junk_data.group_weights(
             groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]}
         )
-        draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, b["batch_size"]), mesh)
-        state = method_state(method, model.init(k_init), k_run)
-        step = method_step(method, name="finetune")
-        state, trace = run_chunks(step, state, draw, evaluate, 1, b["steps"])
+        state, trace = pre.call(pre.init(key, None, pre.hp), pre.hp, w, 1)
         return state.params, jax.tree.map(lambda a: a[-1], trace), state.nonfinite_step
 
     def junk(params, key, r):
-        j = cfg["junk"]
-        method = build_method(spec, model, as_hparams(spec, hp), opts)
         w = junk_data.group_weights(groups, K, {"junk": r, "control": 1.0 - r})
-        draw = lambda k: shard_batch(text.draw_mixture(stream, w, k, j["batch_size"]), mesh)
-        state = method_state(method, params, key)
-        step = method_step(method, name="finetune")
-        state, trace = run_chunks(step, state, draw, evaluate, j["steps"] // j["eval_every"], j["eval_every"])
+        state = method_state(cpt.method(cpt.hp), params, key)
+        state, trace = cpt.call(state, cpt.hp, w, j["steps"] // j["eval_every"])
         return trace, state.nonfinite_step
 
     if mesh is None:
@@ -243,26 +243,16 @@ def body(cfg: dict, run: Run) -> Report:
 
 
 def _plot(cfg, acc, base_loss, path):
-    import matplotlib.pyplot as plt
-
-    from .. import plots  # noqa: F401  (selects the Agg backend)
-
     r = np.asarray(cfg["junk"]["ratios"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, v, label in (
-        (axes[0], acc, "task accuracy"),
-        (axes[1], base_loss, "base-domain NLL (nats/token)"),
-    ):
-        m, s = v[:, :, -1].mean(0), v[:, :, -1].std(0)
-        ax.errorbar(100 * r, m, yerr=s, marker="o", capsize=3)
-        ax.set_xlabel("junk ratio (%)")
-        ax.set_ylabel(label)
-    fig.suptitle(
+    title = (
         f"{cfg['name']}: after {cfg['junk']['steps']} steps of continual pre-training (mean ± std over seeds)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with plots.figure(path, (9, 3.5), 2, title=title) as axes:
+        for ax, v, label in zip(axes, (acc, base_loss), ("task accuracy", "base-domain NLL (nats/token)")):
+            m, s = v[:, :, -1].mean(0), v[:, :, -1].std(0)
+            ax.errorbar(100 * r, m, yerr=s, marker="o", capsize=3)
+            ax.set_xlabel("junk ratio (%)")
+            ax.set_ylabel(label)
     return path
 
 

@@ -41,15 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, probes, report, results
+from .. import config, plots, probes, results
 from .. import retention as R
-from ..config import method_settings
 from ..data import injection as I
 from ..data import text, vocab
-from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
-from ..methods import get_method
+from ..lmprogram import LMProgram
+from ..loops import seeds_keys
 from ..models import lm
-from ..parallel import jit_seeds, shard_batch
+from ..parallel import shard_batch
 from ..sweep import SweepPlan
 from . import driver
 from .driver import Report, Run
@@ -152,14 +151,17 @@ def load_model(cfg: dict):
     return model, tok, params
 
 
-class Study:
+class Study(LMProgram):
     """The model, the data on the device (an argument of every program): the text stream
     (``data.duplication`` > 1 keeps the first ``1 / duplication`` of every domain's windows), the
-    injected bank and its schedule ``table`` (steps, J), the probe sets; the conditions."""
+    injected bank and its schedule ``table`` (steps, J), the probe sets; the conditions. Trained
+    by the registry's ``finetune`` (:class:`jaxcl.lmprogram.LMProgram`) with the injected rows of
+    each step."""
 
     def __init__(self, cfg: dict, mesh=None):
-        self.cfg, self.mesh = cfg, mesh  # seeds over its seeds axis, every batch over its data axis
-        self.model, tok, self.pretrained = load_model(cfg)
+        self.cfg = cfg  # mesh: seeds over its seeds axis, every batch over its data axis
+        model, tok, pretrained = load_model(cfg)
+        super().__init__(model, cfg, eval_every=cfg["train"]["eval_every"], pretrained=pretrained, mesh=mesh)
         d = cfg["data"]
         data, self.conds, self.table = I.build_items(cfg, tok)
         stream = text.build_stream(
@@ -176,14 +178,7 @@ class Study:
         self.span_offsets = data.pop("span_offsets")
         self.data = jax.tree.map(jnp.asarray, {**data, "table": self.table})
         self.data["stream"] = stream
-        spec = get_method("finetune")
-        hp, self.opts = method_settings(cfg, "finetune")
-        self.spec, self.hp = spec, as_hparams(spec, hp)
         self.auc_rows = I.auc_groups(self.conds)
-        self._programs = {}
-
-    def method(self, hp):
-        return build_method(self.spec, self.model, hp, self.opts)
 
     def evaluate(self, params, data) -> dict:
         return R.probe_scores(self.model, params, data, self.cfg["fewshot"]["cue_len"], self.auc_rows)
@@ -193,54 +188,17 @@ class Study:
         K = data["stream"].n_domains
         return shard_batch(text.draw_mixture(data["stream"], jnp.ones((K,)), key, B), self.mesh)
 
-    def init(self, key, params0, hp):
-        method = self.method(hp)
-        k_init, k_run = jax.random.split(key)
-        params = self.model.init(k_init) if params0 is None else params0
-        return method_state(method, params, k_run)
-
-    def programs(self, C: int):
-        """``(init, call)`` jitted over seeds (kept, so a resumed run compiles nothing new)."""
-        if C not in self._programs:
-            init = jit_seeds(self.init, (0, None, None), self.mesh)
-            call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
-            self._programs[C] = (init, call)
-        return self._programs[C]
-
-    def call(self, state, hp, data, n_chunks: int):
-        """``n_chunks`` chunks of the registry's step with the injected rows of each step
-        (:func:`jaxcl.data.injection.with_injection`), each followed by the evaluation."""
-        step = method_step(self.method(hp), name="finetune")
-        return run_chunks(
-            I.with_injection(step, data["bank"], data["table"], self.mesh),
-            state,
-            lambda k: self.draw(data, k),
-            lambda p: self.evaluate(p, data),
-            n_chunks,
-            self.cfg["train"]["eval_every"],
-        )
+    def wrap(self, step, data):
+        """The injected rows of each step (:func:`jaxcl.data.injection.with_injection`)."""
+        return I.with_injection(step, data["bank"], data["table"], self.mesh)
 
 
 def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
-    steps, a checkpoint after each; returns the traces with the initial evaluation first
-    (``(S, 1 + chunks, ...)``) and the time."""
-
-    cfg, t, hp = study.cfg, study.cfg["train"], study.hp
-    E = t["eval_every"]
-    n_chunks = t["steps"] // E
-    C = (t["checkpoint_every"] or t["steps"]) // E
-    init, call = study.programs(C)
-    t0 = time.perf_counter()
-    state = init(keys, study.pretrained, hp)
-    shapes = jax.eval_shape(call, state, hp, study.data)[1]  # evaluation and step metrics
-    traces = {k: np.zeros((len(keys), n_chunks) + v.shape[2:], np.float32) for k, v in shapes.items()}
-    # what the run depends on (not every registered method's section: adding a method to the
-    # registry must not invalidate a checkpoint)
-    conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-    segments = driver.calls(lambda s: call(s, hp, study.data), n_chunks // C, C, E)
-    state, traces, seconds = driver.run_segments(
-        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
+    steps, a checkpoint after each (:func:`jaxcl.studies.driver.train_calls`); returns the traces
+    (``(S, evaluations, ...)``, split per probe set) and the time."""
+    _, traces, seconds = driver.train_calls(
+        study, keys, study.data, study.cfg, DEFAULTS, ckpt_dir=ckpt_dir, resume=resume, progress=progress
     )
     return {"traces": I.split_spans(traces, study.span_offsets), "seconds": seconds}
 
@@ -302,61 +260,56 @@ def plot(res: dict, path: str) -> str:
     """Retention curves: per panel (facts per probe kind, few-shot, numeric) the gain / AUC /
     exact recall over training, the last exposure marked; a log-log panel of the facts' gain
     after the last exposure with the fitted power laws."""
-    import matplotlib.pyplot as plt
-
-    from .. import plots  # noqa: F401  (selects the Agg backend)
-
     steps = np.asarray(res["extra"]["eval_steps"])
     kinds = {r["kind"] for r in res["rows"].values()}
     panels = [k for k in I.FACT_PROBES if any(n.endswith(f"/ {k}") for n in res["rows"])]
     panels += [k for k in ("fewshot", "numeric") if k in kinds]
     n = len(panels) + (1 if "facts" in kinds else 0)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    for ax, p in zip(axes[0], panels):
-        for name, r in res["rows"].items():
-            cur = r["curves_mean"]
-            if p in I.FACT_PROBES and name.endswith(f"/ {p}"):
-                ax.plot(steps, cur["gain"], label=name.split(" / ")[0])
-                ax.set_ylabel("Δ log p per target token")
-            elif p == "fewshot" and r["kind"] == "fewshot" and "auc" in cur:
-                (line,) = ax.plot(steps, cur["auc"], label=f"{name} AUC")
-                ax.plot(steps, cur["recall_tok"], ls="--", color=line.get_color(), label=f"{name} recall tok")
-                ax.set_ylabel("recognition AUC / recall")
-            elif p == "numeric" and r["kind"] == "numeric":
-                (line,) = ax.plot(steps, cur["gain"], label=f"{name} Δ log p")
-                ax.plot(steps, cur["exact"], ls="--", color=line.get_color(), label=f"{name} exact")
-                ax.set_ylabel("Δ log p (true - never-seen) / exact recall")
-        ax.axvline(res["config"]["inject"]["last_step"] + 1, color="k", lw=0.6, ls=":")
-        ax.set_xlabel("step")
-        ax.set_title(p if p not in I.FACT_PROBES else f"facts: {p}")
-        ax.legend(fontsize=6)
-    if "facts" in kinds:
-        ax = axes[0][-1]
-        for name, r in res["rows"].items():
-            if r["kind"] != "facts" or not r["exposures"] or not name.endswith("memorization"):
-                continue
-            g = np.asarray(r["curves_mean"]["gain"])
-            a, last = r["after_index"], r["last_exposure"]
-            a = a + int(np.nanargmax(g[a:]))  # from the peak on, as in the table
-            tt = steps[a:] - last
-            (line,) = ax.loglog(tt, np.where(g[a:] > 0, g[a:], np.nan), "o", ms=2, label=name)
-            fit = probes.power_law_fit(tt, g[a:])
-            if np.isfinite(fit["alpha"]):
-                ax.loglog(
-                    tt,
-                    fit["c"] * tt ** -fit["alpha"],
-                    color=line.get_color(),
-                    lw=0.8,
-                    label=f"α={fit['alpha']:.2f}, R²={fit['r2']:.2f}",
-                )
-        ax.set_xlabel("steps since the last exposure")
-        ax.set_ylabel("Δ log p (memorisation)")
-        ax.set_title("retention (power-law fit)")
-        ax.legend(fontsize=6)
-    fig.suptitle(f"{res['name']}: mean over {res['config']['seeds']} seeds", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"{res['name']}: mean over {res['config']['seeds']} seeds"
+    with plots.figure(path, (4.2 * n, 3.6), n, title=title, title_size=9, dpi=110) as axes:
+        for ax, p in zip(axes, panels):
+            for name, r in res["rows"].items():
+                cur = r["curves_mean"]
+                if p in I.FACT_PROBES and name.endswith(f"/ {p}"):
+                    ax.plot(steps, cur["gain"], label=name.split(" / ")[0])
+                    ax.set_ylabel("Δ log p per target token")
+                elif p == "fewshot" and r["kind"] == "fewshot" and "auc" in cur:
+                    (line,) = ax.plot(steps, cur["auc"], label=f"{name} AUC")
+                    ax.plot(
+                        steps, cur["recall_tok"], ls="--", color=line.get_color(), label=f"{name} recall tok"
+                    )
+                    ax.set_ylabel("recognition AUC / recall")
+                elif p == "numeric" and r["kind"] == "numeric":
+                    (line,) = ax.plot(steps, cur["gain"], label=f"{name} Δ log p")
+                    ax.plot(steps, cur["exact"], ls="--", color=line.get_color(), label=f"{name} exact")
+                    ax.set_ylabel("Δ log p (true - never-seen) / exact recall")
+            ax.axvline(res["config"]["inject"]["last_step"] + 1, color="k", lw=0.6, ls=":")
+            ax.set_xlabel("step")
+            ax.set_title(p if p not in I.FACT_PROBES else f"facts: {p}")
+            ax.legend(fontsize=6)
+        if "facts" in kinds:
+            ax = axes[-1]
+            for name, r in res["rows"].items():
+                if r["kind"] != "facts" or not r["exposures"] or not name.endswith("memorization"):
+                    continue
+                g = np.asarray(r["curves_mean"]["gain"])
+                a, last = r["after_index"], r["last_exposure"]
+                a = a + int(np.nanargmax(g[a:]))  # from the peak on, as in the table
+                tt = steps[a:] - last
+                (line,) = ax.loglog(tt, np.where(g[a:] > 0, g[a:], np.nan), "o", ms=2, label=name)
+                fit = probes.power_law_fit(tt, g[a:])
+                if np.isfinite(fit["alpha"]):
+                    ax.loglog(
+                        tt,
+                        fit["c"] * tt ** -fit["alpha"],
+                        color=line.get_color(),
+                        lw=0.8,
+                        label=f"α={fit['alpha']:.2f}, R²={fit['r2']:.2f}",
+                    )
+            ax.set_xlabel("steps since the last exposure")
+            ax.set_ylabel("Δ log p (memorisation)")
+            ax.set_title("retention (power-law fit)")
+            ax.legend(fontsize=6)
     return path
 
 

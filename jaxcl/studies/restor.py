@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from .. import config, report, results
+from .. import config, plots, report, results
 from ..config import ConfigError
 from ..data import restor as restor_data
 from ..data import text
@@ -183,23 +183,15 @@ def body(cfg: dict, run: Run) -> Report:
 
 def plot(res: dict, path: str) -> str:
     """Preference for the true values (bars, mean ± std over seeds) per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(res["rows"])
     m = [res["rows"][n]["summary"]["pref"]["mean"] for n in names]
     s = [res["rows"][n]["summary"]["pref"]["std"] for n in names]
-    fig, ax = plt.subplots(figsize=(1.0 * len(names) + 2, 3.6))
-    ax.bar(range(len(names)), m, yerr=s, capsize=3, color=["g", "r"] + ["C0"] * (len(names) - 2))
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("log p(true) - log p(wrong) per token")
-    ax.set_title(f"{res['name']}: knowledge recovery")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with plots.figure(path, (1.0 * len(names) + 2, 3.6), dpi=110) as (ax,):
+        ax.bar(range(len(names)), m, yerr=s, capsize=3, color=["g", "r"] + ["C0"] * (len(names) - 2))
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("log p(true) - log p(wrong) per token")
+        ax.set_title(f"{res['name']}: knowledge recovery")
     return path
 
 

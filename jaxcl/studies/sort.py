@@ -50,15 +50,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, report, results
+from .. import config, plots, results
 from .. import sort_metrics as SM
-from ..config import ConfigError, method_settings
+from ..config import ConfigError
 from ..data import sort as D
 from ..data import text, vocab
-from ..loops import as_hparams, build_method, method_state, method_step, run_chunks, seeds_keys
-from ..methods import get_method
+from ..lmprogram import LMProgram
+from ..loops import seeds_keys
 from ..models import llama, lm
-from ..parallel import jit_seeds, shard_batch
+from ..parallel import shard_batch
 from . import driver
 from .driver import Report, Run
 
@@ -167,20 +167,24 @@ def validate(cfg: dict) -> None:
 # -- the study ------------------------------------------------------------------------------------
 
 
-class Study:
+class Study(LMProgram):
     """Everything a run needs: the model, the data on the device (an argument of every program),
-    the test pairs and the compiled programs."""
+    the test pairs; trained by the registry's ``finetune`` (:class:`jaxcl.lmprogram.LMProgram`)."""
 
     def __init__(self, cfg: dict, mesh=None):
-        self.cfg, self.mesh = cfg, mesh
-        s = cfg["sort"]
+        self.cfg = cfg
+        s, t = cfg["sort"], cfg["train"]
         X, G = s["excerpt_len"], s["segment_len"]
         docs = D.book_documents(cfg["books"])
         T = D.seq_len(text.tokenizer(cfg["model"]["tokenizer"]), s["prompt"], X, G)
         # the model (jaxcl.models.lm.load): SmolLM2-135M with its tokenizer, or a scratch Llama
         scratch = cfg["model"]["name"] != "smollm2-135m"
         tok = D.tokenizer(cfg["model"]["tokenizer"], docs, s["prompt"]) if scratch else None
-        self.model, self.pretrained, tok = lm.load(cfg["model"], max_seq_len=T, tokenizer=tok)
+        model, pretrained, tok = lm.load(cfg["model"], max_seq_len=T, tokenizer=tok)
+        cosine = {"warmup_cosine_steps": t["steps"]} if t["cosine"] and t["steps"] else None
+        super().__init__(
+            model, cfg, eval_every=t["eval_every"], opts=cosine, pretrained=pretrained, mesh=mesh
+        )
         self.tok, pad = tok, vocab.pad_id(tok)
         self.T = T
         self.books = D.encode_roles(tok, docs, T)
@@ -192,16 +196,10 @@ class Study:
         pairs, rows, items = D.eval_set(books, layouts, s["pairs"], s["distance_bins"], cfg["seed"] + 1000)
         self.pairs, self.rows = dict(zip(conds, pairs)), dict(zip(conds, rows))
         # windows for the NLL of each condition's books (fixed, evenly spaced)
-        nll = np.stack([D.nll_windows(b, T, cfg["train"]["n_eval"]) for b in books])
+        nll = np.stack([D.nll_windows(b, T, t["n_eval"]) for b in books])
         self.data = jax.tree.map(
             jnp.asarray, {**D.sources(self.books, X, T, pad), "items": items, "nll_tokens": nll}
         )
-        spec = get_method("finetune")
-        hp, self.opts = method_settings(cfg, "finetune")
-        if cfg["train"]["cosine"] and cfg["train"]["steps"]:
-            self.opts = {**self.opts, "warmup_cosine_steps": cfg["train"]["steps"]}
-        self.spec, self.hp = spec, as_hparams(spec, hp)
-        self._programs = {}
 
     # -- inside the loop ---------------------------------------------------------------------
 
@@ -214,58 +212,21 @@ class Study:
     def evaluate(self, params, data) -> dict:
         return SM.evaluate(self.model.apply, params, data, self.cfg["train"]["eval_chunk"])
 
-    def method(self, hp):
-        return build_method(self.spec, self.model, hp, self.opts)
-
-    def init(self, key, params0, hp):
-        method = self.method(hp)
-        k_init, k_run = jax.random.split(key)
-        params = self.model.init(k_init) if params0 is None else params0
-        return method_state(method, params, k_run)
-
-    def call(self, state, hp, data, n_chunks: int):
-        method = self.method(hp)
-        step = method_step(method, name="finetune")
-        return run_chunks(
-            step,
-            state,
-            lambda k: self.draw(data, k),
-            lambda p: self.evaluate(p, data),
-            n_chunks,
-            self.cfg["train"]["eval_every"],
-        )
-
-    def programs(self, C: int):
-        """``(init, evaluate, call)`` jitted over seeds (kept: a resumed run compiles nothing new)."""
-        if C not in self._programs:
-            init = jit_seeds(self.init, (0, None, None), self.mesh)
-            ev = jit_seeds(lambda s, d: self.evaluate(s.params, d), (0, None), self.mesh)
-            call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
-            self._programs[C] = (init, ev, call)
-        return self._programs[C]
-
 
 def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
     steps, a checkpoint after each; the traces ``(S, 1 + evaluations, ...)`` start with the
     evaluation of the initial model."""
-
-    cfg, t = study.cfg, study.cfg["train"]
-    E = t["eval_every"]
-    n_chunks = t["steps"] // E
-    C = max((t["checkpoint_every"] or t["steps"]) // E, 1)
-    init, ev, call = study.programs(C)
-    t0 = time.perf_counter()
-    state = init(keys, study.pretrained, study.hp)
-    first = jax.tree.map(np.asarray, ev(state, study.data))
-    traces = {k: np.zeros((len(keys), 1 + n_chunks) + v.shape[1:], np.float32) for k, v in first.items()}
-    for k, v in first.items():
-        traces[k][:, 0] = v
-    traces["loss"] = np.full((len(keys), 1 + n_chunks), np.nan, np.float32)
-    conf = report.to_jsonable({k: cfg[k] for k in (*DEFAULTS, "finetune") if k != "methods"})
-    segments = driver.calls(lambda s: call(s, study.hp, study.data), n_chunks // C, C, E, offset=1)
-    state, traces, seconds = driver.run_segments(
-        segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
+    _, traces, seconds = driver.train_calls(
+        study,
+        keys,
+        study.data,
+        study.cfg,
+        DEFAULTS,
+        initial=True,
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        progress=progress,
     )
     return {"traces": traces, "seconds": seconds}
 
@@ -361,45 +322,33 @@ def body(cfg: dict, run: Run) -> Report:
 def plot(res: dict, met: dict, out: str) -> list[str]:
     """``accuracy_vs_distance.png`` (final accuracy per distance bin, mean ± std over seeds) and
     ``accuracy_over_training.png`` (accuracy per condition at every evaluation)."""
-    import matplotlib.pyplot as plt
-
-    from .. import plots  # noqa: F401  (selects the Agg backend)
-
     edges = np.asarray(res["extra"]["distance_edges"])
     mids = (edges[:-1] + edges[1:] - 1) / 2
     steps = np.asarray(res["extra"]["eval_steps"])
     S = res["config"]["seeds"]
-    files = []
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for c, m in met.items():
-        a = m["acc_bins"][:, -1]
-        ax.errorbar(mids, 100 * a.mean(0), yerr=100 * a.std(0), marker="o", capsize=3, label=LABELS[c])
-    ax.axhline(50, color="k", lw=0.6, ls=":")
-    ax.set_xlabel("distance between the segments' starts (tokens)")
-    ax.set_ylabel("SORT accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    ax.set_title(f"{res['name']}: after training (mean ± std over {S} seeds)", fontsize=9)
-    fig.tight_layout()
-    files.append(os.path.join(out, "accuracy_vs_distance.png"))
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for c, m in met.items():
-        axes[0].plot(steps, 100 * m["acc"].mean(0), marker=".", label=LABELS[c])
-        axes[1].plot(steps, m["book_nll"].mean(0), marker=".", label=LABELS[c])
-    axes[0].axhline(50, color="k", lw=0.6, ls=":")
-    axes[0].set_ylabel("SORT accuracy (%)")
-    axes[0].set_ylim(0, 100)
-    axes[1].set_ylabel("NLL of the condition's books (nats/token)")
-    for ax in axes:
-        ax.set_xlabel("step")
+    files = [os.path.join(out, "accuracy_vs_distance.png"), os.path.join(out, "accuracy_over_training.png")]
+    with plots.figure(files[0], (5.5, 3.8), dpi=110) as (ax,):
+        for c, m in met.items():
+            a = m["acc_bins"][:, -1]
+            ax.errorbar(mids, 100 * a.mean(0), yerr=100 * a.std(0), marker="o", capsize=3, label=LABELS[c])
+        ax.axhline(50, color="k", lw=0.6, ls=":")
+        ax.set_xlabel("distance between the segments' starts (tokens)")
+        ax.set_ylabel("SORT accuracy (%)")
+        ax.set_ylim(0, 100)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{res['name']}: over training (mean over {S} seeds)", fontsize=9)
-    fig.tight_layout()
-    files.append(os.path.join(out, "accuracy_over_training.png"))
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+        ax.set_title(f"{res['name']}: after training (mean ± std over {S} seeds)", fontsize=9)
+    title = f"{res['name']}: over training (mean over {S} seeds)"
+    with plots.figure(files[1], (10, 3.8), 2, title=title, title_size=9, dpi=110) as axes:
+        for c, m in met.items():
+            axes[0].plot(steps, 100 * m["acc"].mean(0), marker=".", label=LABELS[c])
+            axes[1].plot(steps, m["book_nll"].mean(0), marker=".", label=LABELS[c])
+        axes[0].axhline(50, color="k", lw=0.6, ls=":")
+        axes[0].set_ylabel("SORT accuracy (%)")
+        axes[0].set_ylim(0, 100)
+        axes[1].set_ylabel("NLL of the condition's books (nats/token)")
+        for ax in axes:
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
     return files
 
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, report, results
+from .. import config, plots, report, results
 from .. import sweep as sweep_mod
 from ..config import ConfigError
 from ..engine import check_finite
@@ -241,25 +241,17 @@ def body(cfg: dict, run: Run) -> Report:
 
 def plot(res: dict, path: str) -> str:
     """Forget quality (log scale) against model utility, one point per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, r in res["rows"].items():
-        mu, fq = r["summary"]["model_utility"]["mean"], max(r["summary"]["forget_quality"]["mean"], 1e-30)
-        marker = "*" if name in (REFERENCE, TARGET) else ("o" if name.startswith("gu-") else "x")
-        ax.scatter(mu, fq, marker=marker, s=60)
-        ax.annotate(name, (mu, fq), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility")
-    ax.set_ylabel("forget quality (KS p-value)")
-    c = res["config"]
-    ax.set_title(f"TOFU {c['data']['split']}, {c['model']['name']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with plots.figure(path, (6, 4.5)) as (ax,):
+        for name, r in res["rows"].items():
+            mu, fq = r["summary"]["model_utility"]["mean"], max(r["summary"]["forget_quality"]["mean"], 1e-30)
+            marker = "*" if name in (REFERENCE, TARGET) else ("o" if name.startswith("gu-") else "x")
+            ax.scatter(mu, fq, marker=marker, s=60)
+            ax.annotate(name, (mu, fq), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_xlabel("model utility")
+        ax.set_ylabel("forget quality (KS p-value)")
+        c = res["config"]
+        ax.set_title(f"TOFU {c['data']['split']}, {c['model']['name']}")
     return path
 
 

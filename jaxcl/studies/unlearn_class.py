@@ -27,7 +27,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, report, results
+from .. import config, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
 from ..config import ConfigError, method_settings
@@ -232,49 +232,42 @@ def body(cfg: dict, run: Run) -> Report:
 def plot(res: dict, out_dir: str) -> list[str]:
     """``forget_vs_retain.png`` (every row's mean ± std) and ``relearn.png`` (the attack's curves);
     returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows, x = res["rows"], res["extra"]
-    colours = plt.get_cmap("tab20").colors  # 12+ rows: tab10 would repeat colours
+    colours = plots.plt.get_cmap("tab20").colors  # 12+ rows: tab10 would repeat colours
     markers = "os^vD<>pXhP*"
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for i, (name, r) in enumerate(rows.items()):
-        f, rt = r["summary"]["forget_acc"], r["summary"]["retain_acc"]
-        oracle = name == "oracle"
-        ax.errorbar(
-            f["mean"],
-            rt["mean"],
-            xerr=f["std"],
-            yerr=rt["std"],
-            fmt="*" if oracle else markers[i % len(markers)],
-            ms=13 if oracle else 7,
-            color="k" if oracle else colours[i % len(colours)],
-            label=name,
-            alpha=0.85,
-        )
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # methods cluster near the oracle
-    ax.set_xlabel("forget accuracy (lower is more forgetting)")
-    ax.set_ylabel("retain accuracy")
-    ax.set_title(f"{x['model']}, {res['config']['data']['scenario']}")
-    fig.tight_layout()
     paths = [os.path.join(out_dir, "forget_vs_retain.png"), os.path.join(out_dir, "relearn.png")]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for i, (name, c) in enumerate(x["relearn_curve"].items()):
-        style = (
-            {"color": "k", "linestyle": "--"} if name == "oracle" else {"color": colours[i % len(colours)]}
-        )
-        ax.plot(x["relearn_steps"], np.asarray(c).mean(0), marker="o", ms=3, label=name, **style)
-    ax.set_xlabel("relearning steps on the forget slice")
-    ax.set_ylabel("forget accuracy (held-out forget examples)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    with plots.figure(paths[0], (7.5, 4.5)) as (ax,):
+        for i, (name, r) in enumerate(rows.items()):
+            f, rt = r["summary"]["forget_acc"], r["summary"]["retain_acc"]
+            oracle = name == "oracle"
+            ax.errorbar(
+                f["mean"],
+                rt["mean"],
+                xerr=f["std"],
+                yerr=rt["std"],
+                fmt="*" if oracle else markers[i % len(markers)],
+                ms=13 if oracle else 7,
+                color="k" if oracle else colours[i % len(colours)],
+                label=name,
+                alpha=0.85,
+            )
+        ax.legend(
+            fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5)
+        )  # methods cluster near the oracle
+        ax.set_xlabel("forget accuracy (lower is more forgetting)")
+        ax.set_ylabel("retain accuracy")
+        ax.set_title(f"{x['model']}, {res['config']['data']['scenario']}")
+    with plots.figure(paths[1], (5.5, 4.5)) as (ax,):
+        for i, (name, c) in enumerate(x["relearn_curve"].items()):
+            style = (
+                {"color": "k", "linestyle": "--"}
+                if name == "oracle"
+                else {"color": colours[i % len(colours)]}
+            )
+            ax.plot(x["relearn_steps"], np.asarray(c).mean(0), marker="o", ms=3, label=name, **style)
+        ax.set_xlabel("relearning steps on the forget slice")
+        ax.set_ylabel("forget accuracy (held-out forget examples)")
+        ax.legend(fontsize=7)
     return paths
 
 

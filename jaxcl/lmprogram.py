@@ -1,0 +1,108 @@
+"""One language-model training program: a model of :mod:`jaxcl.models.lm`, one registry method
+and the one loop (:func:`jaxcl.loops.run_chunks`), as pure functions of ``(key, data, hp)`` that
+the studies jit and vmap over seeds (``lm``, ``lm-memory``, ``sort``, ``lm-junk``).
+
+A study gives what is its own: ``draw(data, key) -> batch`` (its training rows, drawn inside the
+compiled loop with ``key = fold_in(fold_in(state.key, 0x5EED), state.step)``) and
+``evaluate(params, data) -> dict`` (its in-loop evaluation), either as arguments or by overriding
+the methods; optionally ``wrap(step, data)`` around the registry's step (e.g. injected rows). The
+data is an argument of every program, never a constant inside it; the hyperparameters are traced
+where the study passes them (``hp``) and constants where it uses :attr:`LMProgram.hp` inside.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from .config import method_settings
+from .loops import as_hparams, build_method, method_state, method_step, run_chunks
+from .methods import get_method
+from .parallel import jit_seeds
+
+
+class LMProgram:
+    """Method ``method``'s training of ``model`` with the config's ``<method>`` section (its
+    hyperparameters, overridden by ``hp``, and its options, extended by ``opts``), evaluated
+    every ``eval_every`` steps. ``pretrained``: the parameters training starts from (``None``: a
+    random initialisation). ``mesh``: seeds over its ``seeds`` axis (:meth:`programs`), the
+    study's ``draw`` shards every batch over its ``data`` axis. ``name``, ``handles``, ``norms``:
+    :func:`jaxcl.loops.method_step`'s."""
+
+    def __init__(
+        self,
+        model,
+        cfg: dict,
+        method: str = "finetune",
+        *,
+        eval_every: int,
+        hp: dict | None = None,
+        opts: dict | None = None,
+        pretrained=None,
+        mesh=None,
+        draw=None,
+        evaluate=None,
+        name: str | None = None,
+        handles=(),
+        norms: bool = True,
+    ):
+        self.model, self.pretrained, self.mesh, self.eval_every = model, pretrained, mesh, eval_every
+        self.spec = get_method(method)
+        values, options = method_settings(cfg, self.spec.name)
+        self.opts = {**options, **(opts or {})}
+        self.hp = as_hparams(self.spec, {**values, **(hp or {})})
+        self.name, self.handles, self.norms = name or self.spec.name, handles, norms
+        if draw is not None:
+            self.draw = draw
+        if evaluate is not None:
+            self.evaluate = evaluate
+        self._programs = {}
+
+    # -- the study's parts -----------------------------------------------------------------------
+
+    def draw(self, data, key) -> dict:
+        raise NotImplementedError("give draw(data, key) -> batch")
+
+    def evaluate(self, params, data) -> dict:
+        raise NotImplementedError("give evaluate(params, data) -> dict")
+
+    def wrap(self, step, data):
+        """The step the loop runs (the registry's, unchanged here)."""
+        return step
+
+    # -- pure functions ----------------------------------------------------------------------------
+
+    def method(self, hp):
+        return build_method(self.spec, self.model, hp, self.opts)
+
+    def init(self, key, params0, hp, data=None):
+        """The train state of one seed: ``key`` split into the initialisation's and the run's,
+        the parameters ``params0`` (``None``: ``model.init``); ``data``: a batch drawn from it
+        builds the method's data-transform state (replay)."""
+        method = self.method(hp)
+        k_init, k_run = jax.random.split(key)
+        params = self.model.init(k_init) if params0 is None else params0
+        example = None if data is None else self.draw(data, k_init)
+        return method_state(method, params, k_run, example)
+
+    def call(self, state, hp, data, n_chunks: int):
+        """``n_chunks`` chunks of ``eval_every`` steps of the method's step, each followed by
+        :meth:`evaluate`: ``(state, trace)`` of :func:`jaxcl.loops.run_chunks`."""
+        step = method_step(self.method(hp), name=self.name, handles=self.handles, norms=self.norms)
+        return run_chunks(
+            self.wrap(step, data),
+            state,
+            lambda k: self.draw(data, k),
+            lambda p: self.evaluate(p, data),
+            n_chunks,
+            self.eval_every,
+        )
+
+    def programs(self, C: int):
+        """``(init(keys, params0, hp), evaluate(state, data), call(state, hp, data))``, ``call``
+        of ``C`` chunks, jitted over seeds and kept (a resumed run compiles nothing new)."""
+        if C not in self._programs:
+            init = jit_seeds(self.init, (0, None, None), self.mesh)
+            ev = jit_seeds(lambda s, d: self.evaluate(s.params, d), (0, None), self.mesh)
+            call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
+            self._programs[C] = (init, ev, call)
+        return self._programs[C]
