@@ -47,7 +47,7 @@ def studies_page() -> None:
         "A study is a config file in `experiments/` run by `jaxcl run CONFIG`: its defaults plus a",
         "schedule on the one driver.",
         "",
-        "::: jaxcl.studies.driver",
+        "::: jaxcl.driver",
         "",
     ]
     for study, mod in STUDIES.items():

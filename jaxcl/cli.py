@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             f"error: unknown command {argv[0]!r}; use one of: {', '.join(commands)}\n{USAGE}", file=sys.stderr
         )
         return 2
+    from .driver import Interrupted
     from .engine import NonFiniteLossError
     from .report import OutputDirError
-    from .studies.driver import Interrupted
 
     try:
         return commands[argv[0]](argv[1:])

@@ -1,5 +1,5 @@
 """The study registry through one table of checks, as ``test_registry.py`` runs every method:
-every study is a :class:`jaxcl.studies.driver.Study`; every config resolves (tiny) with sections
+every study is a :class:`jaxcl.driver.Study`; every config resolves (tiny) with sections
 only for the methods its study can run; every verb works or exits 2 with one line before anything
 is compiled; and the driver's promises (an interrupted run's checkpoints are never deleted
 silently, Ctrl-C says how to continue, sweeps are locked like runs, ``--tensorboard`` writes every
@@ -17,10 +17,10 @@ import sys
 import pytest
 
 from jaxcl import cli, config, report
+from jaxcl.driver import Study, write_tensorboard
 from jaxcl.methods import METHODS
 from jaxcl.models import lm
 from jaxcl.studies import STUDIES, get_study
-from jaxcl.studies.driver import Study, write_tensorboard
 
 CONFIGS = {name: config.load(name)["study"] for name in config.available()}
 KILLER = os.path.join(os.path.dirname(__file__), "scripts", "kill_after_saves.py")

@@ -1,6 +1,6 @@
 """Study runners: what ``jaxcl run CONFIG`` does with a config, by its ``study`` key.
 
-Every runner module defines ``STUDY``, a :class:`jaxcl.studies.driver.Study` (its defaults, the
+Every runner module defines ``STUDY``, a :class:`jaxcl.driver.Study` (its defaults, the
 method kinds it runs, its validation, its body and its sweep on the one driver), and exposes
 ``run = STUDY.run`` / ``sweep = STUDY.sweep``. Modules are imported when first used.
 """
@@ -25,7 +25,7 @@ STUDIES = {
 
 
 def get_study(name: str):
-    """The :class:`~jaxcl.studies.driver.Study` registered under ``name``."""
+    """The :class:`~jaxcl.driver.Study` registered under ``name``."""
     if name not in STUDIES:
         from ..config import ConfigError
 

@@ -26,11 +26,11 @@ from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
 from ..config import ConfigError, method_settings
 from ..data import loaders, streams
+from ..driver import Report, Run, Segment, Study, run_segments
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
 from ..methods import get_method
 from ..models import MODELS, from_config, model_config
-from .driver import Report, Run, Segment, Study, run_segments
 
 DEFAULTS = {
     "data": {

@@ -20,11 +20,11 @@ from .. import config, plots, results  # noqa: F401  (plots selects the Agg back
 from .. import metrics as M
 from ..config import method_settings
 from ..data import streams
+from ..driver import Report, Run, Segment, Study, run_segments
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
 from ..methods import get_method
 from ..models import from_config, model_config
-from .driver import Report, Run, Segment, Study, run_segments
 
 DEFAULTS = {
     "data": {"dataset": "digits", "scenario": "class-incremental", "n_tasks": 5},

@@ -23,9 +23,9 @@ import numpy as np
 
 from .. import config, metrics, plots, results
 from ..config import ConfigError
+from ..driver import Report, Run, Study
 from ..methods import METHODS
 from . import get_study
-from .driver import Report, Run, Study
 
 BENCHMARKS = {
     "fmnist-class-il": {"dataset": "fashion-mnist", "scenario": "class-incremental", "n_tasks": 5},

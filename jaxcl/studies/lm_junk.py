@@ -43,12 +43,12 @@ from .. import metrics as M
 from ..config import ConfigError
 from ..data import junk as junk_data
 from ..data import text
+from ..driver import Report, Run, Study
 from ..engine import check_finite
 from ..lmprogram import LMProgram
 from ..loops import method_state, seeds_keys
 from ..models import lm
 from ..parallel import jit_seeds, place_seeds, shard_batch
-from .driver import Report, Run, Study
 
 DEFAULTS = {
     "model": lm.section("xs"),

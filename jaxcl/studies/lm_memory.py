@@ -41,17 +41,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, plots, probes, results
+from .. import config, driver, plots, probes, results
 from .. import retention as R
 from ..data import injection as I
 from ..data import text, vocab
+from ..driver import Report, Run
 from ..lmprogram import LMProgram
 from ..loops import seeds_keys
 from ..models import lm
 from ..parallel import shard_batch
 from ..sweep import SweepPlan
-from . import driver
-from .driver import Report, Run
 
 MODELS = ("scratch", "smollm2-135m")
 
@@ -195,7 +194,7 @@ class Study(LMProgram):
 
 def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
-    steps, a checkpoint after each (:func:`jaxcl.studies.driver.train_calls`); returns the traces
+    steps, a checkpoint after each (:func:`jaxcl.driver.train_calls`); returns the traces
     (``(S, evaluations, ...)``, split per probe set) and the time."""
     _, traces, seconds = driver.train_calls(
         study, keys, study.data, study.cfg, DEFAULTS, ckpt_dir=ckpt_dir, resume=resume, progress=progress

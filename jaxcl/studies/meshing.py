@@ -2,7 +2,7 @@
 and the notebooks build it here, and every runner checks it against its seeds and batch sizes.
 
 A runner's batches that are sharded over the mesh's ``data`` axis are named by config paths: the
-study's ``mesh_batches`` (:class:`jaxcl.studies.driver.Study`). ``auto``
+study's ``mesh_batches`` (:class:`jaxcl.driver.Study`). ``auto``
 is :func:`jaxcl.parallel.auto_mesh` for the config's seeds and the greatest common divisor of
 those batch sizes: the seeds axis takes the largest share of the devices that divides the seeds,
 the data axis the largest share of the rest that divides every batch.

@@ -35,12 +35,12 @@ from .. import config, plots, report, results
 from ..config import ConfigError
 from ..data import restor as restor_data
 from ..data import text
+from ..driver import Report, Run, Study
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import lm
 from ..parallel import jit_seeds, place_seeds, seeds_map
 from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
-from .driver import Report, Run, Study
 
 METHODS = ("ga", "graddiff", "npo", "gu-ga", "gu-graddiff", "gu-npo")
 CLEAN, CORRUPT, UNLEARN = 1, 2, 3  # key roles

@@ -35,17 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, plots, report, results, tasks
+from .. import config, driver, plots, report, results, tasks
 from .. import metrics as M
 from ..config import ConfigError, method_settings
+from ..driver import Report, Run
 from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import lm
 from ..parallel import jit_seeds
 from ..posttrain import PostTraining
 from ..sweep import SweepPlan
-from . import driver
-from .driver import Report, Run
 
 ROWS = ("sft", "rft", "rft-nokl", "rif-rft", "mtl-sft")
 CORPORA = ("bible", "zen")

@@ -50,17 +50,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, plots, results
+from .. import config, driver, plots, results
 from .. import sort_metrics as SM
 from ..config import ConfigError
 from ..data import sort as D
 from ..data import text, vocab
+from ..driver import Report, Run
 from ..lmprogram import LMProgram
 from ..loops import seeds_keys
 from ..models import llama, lm
 from ..parallel import shard_batch
-from . import driver
-from .driver import Report, Run
 
 CONDITIONS = ("in_context", "parametric", "control")
 MODELS = ("scratch", "smollm2-135m")

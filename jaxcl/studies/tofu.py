@@ -37,6 +37,7 @@ import numpy as np
 from .. import config, plots, report, results
 from .. import sweep as sweep_mod
 from ..config import ConfigError
+from ..driver import Report, Run, Study
 from ..engine import check_finite
 from ..models import llama, lm
 from ..parallel import place_seeds
@@ -44,7 +45,6 @@ from ..tofu import data as tdata
 from ..tofu.eval import EVAL_SETS, Evaluator, scores
 from ..tofu.problem import load_model, load_problem
 from ..unlearn.lm import check_ranks, trainer, unlearner
-from .driver import Report, Run, Study
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
 SPLITS = tuple(tdata.FORGET_SIZES)

@@ -31,6 +31,7 @@ from .. import config, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
 from ..config import ConfigError, method_settings
+from ..driver import Report, Run, Study
 from ..methods import METHODS as REGISTRY
 from ..models import MODELS, model_config
 from ..parallel import place_seeds, seeds_map
@@ -47,7 +48,6 @@ from ..unlearn.classifier import (
     role_keys,
     unlearner,
 )
-from .driver import Report, Run, Study
 
 METHODS = (
     "finetune",

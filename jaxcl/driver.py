@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import report, results
-from ..config import ConfigError, get
-from ..engine import check_finite
+from . import report, results
+from .config import ConfigError, get
+from .engine import check_finite
 
 DONE = ".checkpoints-complete"  # marker beside <out>/checkpoints once the run that wrote them finished
 
@@ -119,7 +119,7 @@ class Study:
 
     def runnable(self) -> tuple[str, ...]:
         """The registered methods this study can run (its config has a section for each)."""
-        from ..methods import METHODS
+        from .methods import METHODS
 
         names = self.methods if self.methods is not None else tuple(METHODS)
         return tuple(n for n in names if n in METHODS and any(METHODS[n].applies_to(k) for k in self.kinds))
@@ -135,7 +135,7 @@ class Study:
 
     def checks(self, cfg: dict, mesh=None) -> None:
         """The study's validation and the mesh check, before anything is loaded or compiled."""
-        from . import meshing
+        from .studies import meshing
 
         self.validate(cfg)
         if mesh is not None:
@@ -178,7 +178,7 @@ class Study:
         methods the study can run, the study's sweep body's :class:`jaxcl.sweep.SweepPlan` run by
         :func:`jaxcl.sweep.run_plan` (rows, results, table, plot); the output folder locked as a
         run's is."""
-        from .. import sweep as sweep_mod
+        from . import sweep as sweep_mod
 
         self.refuse("sweep")
         self.validate(cfg)
@@ -234,7 +234,7 @@ def run_segments(
     on the run key and the step counter, so the result equals an uninterrupted run's (tested for
     every study that checkpoints). Returns ``(state, outputs, seconds)``, seconds counted from
     ``t0`` plus the restored run's."""
-    from ..checkpoint import Checkpointer
+    from .checkpoint import Checkpointer
 
     t0 = time.perf_counter() if t0 is None else t0
     start, elapsed, ckpt = 0, 0.0, None
