@@ -4,6 +4,7 @@
     jaxcl run CONFIG [--tiny] [--set key=value ...] [--method M ...] [--seeds N] [--out DIR]
                      [--resume DIR] [--fresh] [--tensorboard] [--mesh auto|seeds=S,data=D]
     jaxcl sweep CONFIG --grid <method>.<hparam>=v1,v2 [--grid ...] [--tiny] [--set ...] [--seeds N] [--chunk K]
+    jaxcl compile CONFIG --target tpu-v5e-8|cpu|... [--size tiny|default|accel] [--mesh ...] [--set ...]
 
 CONFIG is a config file's name in ``experiments/`` (``split-fashion-mnist``, ``unlearn-class``,
 ``tofu`` ...) or a path. ``--set`` reaches any key of the config (``er.replay_fraction=0.3``,
@@ -27,7 +28,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         prog=f"jaxcl {cmd}", description="see `jaxcl list` for the configs and methods"
     )
     p.add_argument("config", help="a config name from experiments/ (see `jaxcl list`) or a path to one")
-    p.add_argument("--tiny", action="store_true", help="the seconds-long variant the tests run")
+    p.add_argument(
+        "--tiny", action="store_true", help="the seconds-long variant the tests run (= --size tiny)"
+    )
+    p.add_argument(
+        "--size", default=None, help="tiny | default | accel (the papers' scale, for an accelerator)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument(
         "--method", action="append", default=None, help="method(s) to run (repeatable or comma list)"
@@ -40,7 +46,14 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     p.add_argument("--steps-per-task", type=int, default=None, help="= --set loop.steps_per_task=N")
     p.add_argument("--skip-nonfinite", action="store_true", help="= --set loop.skip_nonfinite=true")
     p.add_argument("--model", default=None, help="= --set model.name=NAME")
-    if cmd == "run":
+    if cmd == "compile":
+        from .compile import TARGETS
+
+        p.add_argument("--target", required=True, help=f"the device to compile for: {', '.join(TARGETS)}")
+        p.add_argument(
+            "--mesh", default="auto", help="auto | none | seeds=S,data=D over the target's devices (auto)"
+        )
+    elif cmd == "run":
         p.add_argument("--checkpoint-every", type=int, default=None, help="= --set loop.checkpoint_every=N")
         p.add_argument("--no-checkpoint", action="store_true", help="= --set loop.checkpoint=false")
         p.add_argument("--resume", default=None, metavar="DIR", help="continue the run whose --out was DIR")
@@ -100,13 +113,13 @@ def _prepare(cmd: str, argv: list[str]):
 
     args = _parser(cmd).parse_args(argv)
     cache.enable(False if args.no_xla_cache else None)
-    cfg = config.load(args.config, tiny=args.tiny)
+    cfg = config.load(args.config, tiny=args.tiny, size=args.size)
     study = get_study(cfg.get("study", ""))
     # a verb the study does not support is refused before anything is resolved or loaded
     study.refuse(cmd)
     if getattr(args, "resume", None):
         study.refuse("resume")
-    if getattr(args, "mesh", None):
+    if getattr(args, "mesh", None) and cmd != "compile":
         study.refuse("mesh")
     cfg = config.resolve(cfg, _sets(args, cfg), study=study)
     study.validate(cfg)
@@ -121,7 +134,12 @@ def _run(argv: list[str]) -> int:
         raise FileNotFoundError(
             f"--resume {args.resume}: no such folder; pass the --out folder of the run to continue"
         )
-    out = args.resume or args.out or os.path.join("runs", cfg["name"] + ("-tiny" if args.tiny else ""))
+    size = args.size or ("tiny" if args.tiny else "default")
+    out = (
+        args.resume
+        or args.out
+        or os.path.join("runs", cfg["name"] + ("" if size == "default" else f"-{size}"))
+    )
     mesh = None
     if args.mesh:
         from .studies.meshing import study_mesh
@@ -146,6 +164,14 @@ def _sweep(argv: list[str]) -> int:
     with CompileStats() as stats:
         study.sweep(cfg, grid, chunk=args.chunk, out=out)
     _record_compiles(out, stats)
+    return 0
+
+
+def _compile(argv: list[str]) -> int:
+    args, cfg, study = _prepare("compile", argv)
+    size = args.size or ("tiny" if args.tiny else "default")
+    out = args.out or os.path.join("runs", f"compile-{cfg['name']}-{size}-{args.target}")
+    study.compile(cfg, args.target, mesh=args.mesh, out=out)
     return 0
 
 
@@ -189,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    commands = {"list": lambda a: _list(), "run": _run, "sweep": _sweep}
+    commands = {"list": lambda a: _list(), "run": _run, "sweep": _sweep, "compile": _compile}
     if argv[0] not in commands:
         print(
             f"error: unknown command {argv[0]!r}; use one of: {', '.join(commands)}\n{USAGE}", file=sys.stderr

@@ -30,6 +30,7 @@ import ast
 import copy
 import difflib
 import importlib.util
+import inspect
 import os
 from typing import Any
 
@@ -69,15 +70,31 @@ def config_path(name: str) -> str:
     return path
 
 
-def load(name: str, *, tiny: bool = False) -> dict:
-    """The config of ``experiments/<name>.py`` (or of the file at ``name``), tiny or not."""
+SIZES = ("tiny", "default", "accel")
+
+
+def load(name: str, *, tiny: bool = False, size: str | None = None) -> dict:
+    """The config of ``experiments/<name>.py`` (or of the file at ``name``) at ``size``: ``tiny``
+    (seconds on a CPU, what the tests run; ``tiny=True``), ``default``, or ``accel`` (the scale of
+    the papers, for an accelerator: ``get_config(size="accel")`` where the config has one)."""
+    size = size or ("tiny" if tiny else "default")
+    if size not in SIZES:
+        raise ConfigError(f"--size {size!r} is not valid; valid: {', '.join(SIZES)}")
+    tiny = size == "tiny"
     path = config_path(name)
     spec = importlib.util.spec_from_file_location(f"jaxcl_config_{abs(hash(path))}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not hasattr(mod, "get_config"):
         raise ConfigError(f"{path} has no get_config(tiny) function")
-    cfg = mod.get_config(tiny=tiny)
+    if size == "accel":
+        if "size" not in inspect.signature(mod.get_config).parameters:
+            raise ConfigError(
+                f"config {name!r} has no accelerator size (get_config(size='accel')); use --size default"
+            )
+        cfg = mod.get_config(size="accel")
+    else:
+        cfg = mod.get_config(tiny=tiny)
     cfg.setdefault("name", os.path.basename(path)[:-3].replace("_", "-"))
     cfg["tiny"] = bool(tiny)
     return cfg

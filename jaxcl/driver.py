@@ -110,11 +110,16 @@ class Study:
     mesh_batches: tuple[str, ...] = ()
     takes_mesh: bool = True
     checkpoint_key: str | None = None  # the config key that switches checkpoints (and --resume) on
+    # the compiled calls of a run, abstract (jaxcl.compile.Program): ``programs(cfg, mesh)``
+    programs: Callable | None = None
 
     @property
     def verbs(self) -> tuple[str, ...]:
         return (
-            ("run",) + (("sweep",) if self.sweep_body else ()) + (("resume",) if self.checkpoint_key else ())
+            ("run",)
+            + (("sweep",) if self.sweep_body else ())
+            + (("resume",) if self.checkpoint_key else ())
+            + (("compile",) if self.programs else ())
         )
 
     def runnable(self) -> tuple[str, ...]:
@@ -130,6 +135,11 @@ class Study:
             raise ConfigError(f"the {self.name} study has no sweep: {self.no_sweep}")
         if verb == "resume" and not self.checkpoint_key:
             raise ConfigError(f"--resume: the {self.name} study writes no checkpoints ({self.no_resume})")
+        if verb == "compile" and not self.programs:
+            raise ConfigError(
+                f"the {self.name} study does not declare its programs for jaxcl compile yet; studies that "
+                f"do: {', '.join(compilable())}"
+            )
         if verb == "mesh" and not self.takes_mesh:
             raise ConfigError(f"--mesh: the {self.name} study does not take a mesh")
 
@@ -186,6 +196,48 @@ class Study:
         with _locked(out) if out else contextlib.nullcontext():
             plan = self.sweep_body(cfg, method, Run(cfg, out or None, verbose=verbose))
             return sweep_mod.run_plan(plan, cfg, method, grid, chunk, out or None, verbose)
+
+    def compile(self, cfg: dict, target: str, *, mesh: str | None = "auto", out: str | None = None) -> dict:
+        """Compile every program a run of ``cfg`` makes for ``target`` (:mod:`jaxcl.compile`)
+        on the mesh ``mesh`` of the target's devices, without running anything: the results
+        (a row per program: memory per device against its HBM, FLOPs, the compiler's estimate),
+        printed and written to ``out``; a ConfigError naming the first program that does not fit."""
+        from . import compile as C
+
+        self.refuse("compile")
+        t = C.target(target)
+        devs = C.devices(t)
+        m = None
+        if self.takes_mesh and mesh not in (None, "", "none"):
+            from .studies import meshing
+
+            m = meshing.study_mesh(cfg, mesh, devices=devs)
+        self.checks(cfg, m)
+        analysed = [C.analyse(p, t, len(devs)) for p in self.programs(cfg, m)]
+        res = results.make(
+            "compile",
+            cfg,
+            C.result_rows(analysed),
+            C.COLUMNS,
+            first="program",
+            extra={
+                "target": dataclasses.asdict(t),
+                "devices": len(devs),
+                "device_kind": devs[0].device_kind,
+                "mesh": None if m is None else dict(m.shape),
+                "figures": "the compiler's (XLA memory and cost analyses), not a run",
+            },
+        )
+        shape = "no mesh" if m is None else " x ".join(f"{k}={v}" for k, v in m.shape.items())
+        print(
+            f"\n{cfg['name']} compiled for {t.name} ({len(devs)} x {devs[0].device_kind}, {shape}); "
+            "the compiler's figures, not a run:\n" + res["table"]
+        )
+        if out:
+            with _locked(out):
+                results.write(out, res)
+        C.check_fits(analysed, t)
+        return res
 
     def _body(self, cfg: dict, run: Run) -> Report:
         try:
@@ -314,6 +366,13 @@ def train_calls(
     return run_segments(
         segments, state, traces, ckpt_dir=ckpt_dir, conf=conf, resume=resume, progress=progress, t0=t0
     )
+
+
+def compilable() -> tuple[str, ...]:
+    """The studies that declare their programs (``jaxcl compile``)."""
+    from .studies import STUDIES, get_study
+
+    return tuple(n for n in STUDIES if get_study(n).programs)
 
 
 class _locked:

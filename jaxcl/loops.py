@@ -285,6 +285,19 @@ class Experiment:
         )
         return state, r_row
 
+    def one_step(self, state: TrainState, stream: Stream, hp: dict, t=0) -> tuple[TrainState, dict]:
+        """One training step on task ``t``: the per-step program of the compile check
+        (:mod:`jaxcl.compile`), the step :meth:`train_chunks` loops over."""
+        method = self._method(hp)
+        step = method_step(
+            method,
+            name=self.spec.name,
+            handles=("consolidate", "sample_seen", "predict"),
+            skip_nonfinite=self.loop.skip_nonfinite,
+        )
+        key = jax.random.fold_in(state.key, state.step)
+        return step(state, self._batch(stream, t, key, method, self.loop.batch_size))
+
     @property
     def chunks_per_task(self) -> int:
         return self.loop.steps_per_task // self.loop.eval_every

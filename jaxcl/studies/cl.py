@@ -395,6 +395,26 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
     )
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run without checkpoints (``jaxcl compile``): per method, the whole
+    stream for every seed (:meth:`Experiment.run` over the seeds) and one training step of every
+    seed (:meth:`Experiment.one_step`), on a stream of the config's shapes."""
+    from ..compile import Program, abstract, seeds_spec
+
+    stream = streams.from_config(cfg["data"], cfg["seed"], shapes_only=True)
+    keys = jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"]))
+    keys, st = abstract(keys, mesh, seeds_spec(mesh)), abstract(stream, mesh)
+    out = []
+    for method in cfg["methods"]:
+        exp, hp = experiment(cfg, stream, method, mesh=mesh)
+        seeds = lambda fn, exp=exp: parallel.seeds_map(fn, (0, None, None), mesh, model=exp.model)  # noqa: E731
+        hp = abstract(hp, mesh)
+        state = abstract(jax.eval_shape(seeds(exp.init), keys, st, hp), mesh, seeds_spec(mesh))
+        out.append(Program(f"{method}: the stream", jax.jit(seeds(exp.run)), (keys, st, hp)))
+        out.append(Program(f"{method}: one step", jax.jit(seeds(exp.one_step)), (state, st, hp), steps=1))
+    return out
+
+
 STUDY = Study(
     "cl",
     kinds=("cl",),
@@ -404,5 +424,6 @@ STUDY = Study(
     sweep_body=sweep_cells,
     mesh_batches=("loop.batch_size",),
     checkpoint_key="loop.checkpoint",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep
