@@ -236,12 +236,12 @@ def _replay_zoo(lines):
         _row(
             f"replay_zoo {d['method']} seeds={d['sizes']['seeds']} steps/task={d['sizes']['steps_per_task']}",
             jaxcl_s=d["jaxcl"]["median_s"],
-            peer=d["peer"],
-            peer_s=d["torch"]["median_s"],
+            peer=d["peer"] if "torch" in d else None,
+            peer_s=d["torch"]["median_s"] if "torch" in d else None,
             first_s=d["jaxcl"]["first_call_s"],
         )
         for d in lines
-        if "jaxcl" in d and "torch" in d
+        if "jaxcl" in d  # no "torch": the peer was left out (--no-torch)
     ]
 
 

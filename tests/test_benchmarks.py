@@ -183,3 +183,25 @@ def test_run_all_compiler_estimates_are_rows_never_measurements(tmp_path):
     bad.write_text(json.dumps({"workload": "x", "target": "tpu-v5e-8"}) + "\n")
     with pytest.raises(Exception, match="line 1: missing memory_per_chip_bytes"):
         ra.read_estimates(str(bad))
+
+
+def test_run_all_sizes_a_benchmark_from_its_pilot(monkeypatch):
+    ra = _run_all()
+    committed = os.path.join(ROOT, "benchmarks_speed", "results", "ssd_cpu.jsonl")
+    lines = [json.loads(l) for l in open(committed) if l.strip()][:2]
+    calls = []
+
+    def run_one(name, argv, timeout, cache_dir):
+        calls.append((argv, timeout))
+        return lines, None, 10.0
+
+    monkeypatch.setattr(ra, "run_one", run_one)
+    rows = ra.run_bench("ssd", ["--repeats", "2"], 200.0, "/tmp", tiny=False, second_process=False)
+    (pilot, p_timeout), (real, _) = calls
+    assert pilot[-4:] == ["--repeats", "1", "--n-train", "256"] and p_timeout == 100.0
+    c0 = ra.call_seconds(ra.ADAPTERS["ssd"](lines), "ssd", 256)
+    k = ra.size_for_budget(200.0, 10.0, c0, 256, 20000, repeats=2)
+    assert real == ["--repeats", "2", "--n-train", str(k)] and rows[0]["argv"] == real
+    assert ra.run_bench("ssd", ["--repeats", "2"], 12.0, "/tmp", tiny=False, second_process=False)[0][
+        "error"
+    ].startswith("row budget 12 s too small")
