@@ -137,3 +137,21 @@ def common_args(ap, out_name: str) -> None:
         "slower; 0 = each library's default)",
     )
     ap.add_argument("--out", default=f"benchmarks_speed/results/{out_name}")
+    ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch side")
+    ap.add_argument(
+        "--torch-device", choices=("cpu", "cuda"), default="cpu", help="where the PyTorch side runs"
+    )
+
+
+def synced(fn, device: str):
+    """``fn`` followed by ``torch.cuda.synchronize()`` when the PyTorch side runs on CUDA."""
+    if device != "cuda":
+        return fn
+    import torch
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return call

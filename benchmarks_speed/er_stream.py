@@ -126,19 +126,21 @@ class JaxclSequentialSide(JaxclSide):
 class TorchSide:
     """Plain PyTorch implementation of the same protocol, seeds one after another."""
 
-    def __init__(self, stream, loop, n_seeds, *, compile_=False):
+    def __init__(self, stream, loop, n_seeds, *, compile_=False, device="cpu"):
         import torch
         from torch import nn
 
-        self.torch, self.nn = torch, nn
+        self.torch, self.nn, self.dev = torch, nn, torch.device(device)
         self.loop, self.n_seeds, self.compile = loop, n_seeds, compile_
         self.name = "torch-compile" if compile_ else "torch-eager"
-        f = lambda x: torch.from_numpy(np.asarray(x, np.float32).reshape(*x.shape[:2], -1) / 127.5 - 1.0)
+        f = lambda x: torch.from_numpy(np.asarray(x, np.float32).reshape(*x.shape[:2], -1) / 127.5 - 1.0).to(
+            self.dev
+        )
         self.train_x = f(stream.train_x).contiguous()  # T x N x 784 float32
-        self.train_y = torch.from_numpy(np.asarray(stream.train_y, np.int64))
+        self.train_y = torch.from_numpy(np.asarray(stream.train_y, np.int64)).to(self.dev)
         self.train_n = [int(n) for n in stream.train_n]
         m = loop.eval_per_task
-        test_x, test_y = f(stream.test_x), torch.from_numpy(np.asarray(stream.test_y, np.int64))
+        test_x, test_y = f(stream.test_x), torch.from_numpy(np.asarray(stream.test_y, np.int64)).to(self.dev)
         self.test_n = [int(n) for n in stream.test_n]
         # eval subsets of every task, concatenated: one forward pass per evaluation
         self.eval_x = torch.cat([test_x[t, : min(m, n)] for t, n in enumerate(self.test_n)]).contiguous()
@@ -154,7 +156,7 @@ class TorchSide:
         torch = self.torch
         if self._fused is None:
             try:
-                probe = [torch.zeros(2, requires_grad=True)]
+                probe = [torch.zeros(2, requires_grad=True, device=self.dev)]
                 torch.optim.Adam(probe, lr=LR, fused=True)
                 self._fused = True
             except Exception:
@@ -175,12 +177,12 @@ class TorchSide:
     def run_seed(self, seed):
         torch, nn, loop = self.torch, self.nn, self.loop
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(10_000 + seed)
+        gen = torch.Generator(device=self.dev).manual_seed(10_000 + seed)
         dims = [self.d_in, *HIDDEN]
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
-        model = nn.Sequential(*layers, nn.Linear(dims[-1], self.n_classes))
+        model = nn.Sequential(*layers, nn.Linear(dims[-1], self.n_classes)).to(self.dev)
         opt = self._optimizer(model.parameters())
         fwd, opt_step = model, opt.step
         if self.compile:
@@ -188,28 +190,28 @@ class TorchSide:
             opt_step = torch.compile(opt.step)
         loss_fn = nn.CrossEntropyLoss()
 
-        buf_x = torch.zeros(CAPACITY, self.d_in)
-        buf_y = torch.zeros(CAPACITY, dtype=torch.int64)
+        buf_x = torch.zeros(CAPACITY, self.d_in, device=self.dev)
+        buf_y = torch.zeros(CAPACITY, dtype=torch.int64, device=self.dev)
         seen = 0
         n_rep = int(round(REPLAY_FRACTION * BATCH))
-        ar = torch.arange(BATCH)
+        ar = torch.arange(BATCH, device=self.dev)
 
         with torch.inference_mode():
             R0 = self._accuracy(fwd, self.full_x, self.full_y, self.test_n)
         R, acc_trace, losses = [], [], []
         for t in range(N_TASKS):
             for s in range(loop.steps_per_task):
-                idx = torch.randint(0, self.train_n[t], (BATCH,), generator=gen)
+                idx = torch.randint(0, self.train_n[t], (BATCH,), generator=gen, device=self.dev)
                 x, y = self.train_x[t, idx], self.train_y[t, idx]
                 if seen > 0:  # replay: replace the first n_rep rows with buffer samples
-                    j = torch.randint(0, min(seen, CAPACITY), (n_rep,), generator=gen)
+                    j = torch.randint(0, min(seen, CAPACITY), (n_rep,), generator=gen, device=self.dev)
                     xb = torch.cat([buf_x[j], x[n_rep:]])
                     yb = torch.cat([buf_y[j], y[n_rep:]])
                 else:
                     xb, yb = x, y
                 # reservoir write of the incoming batch (drawn before, so no self-replay)
                 i = seen + ar
-                r = torch.randint(0, 2**31 - 1, (BATCH,), generator=gen) % (i + 1)
+                r = torch.randint(0, 2**31 - 1, (BATCH,), generator=gen, device=self.dev) % (i + 1)
                 slot = torch.where(i < CAPACITY, i, r)
                 keep = slot < CAPACITY
                 buf_x[slot[keep]] = x[keep]
@@ -229,7 +231,10 @@ class TorchSide:
         return {"R0": R0, "R": torch.stack(R), "acc": torch.stack(acc_trace), "loss": torch.stack(losses)}
 
     def __call__(self):
-        return [self.run_seed(s) for s in range(self.n_seeds)]
+        out = [self.run_seed(s) for s in range(self.n_seeds)]
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
+        return out
 
     @staticmethod
     def summary(outs):
@@ -274,7 +279,7 @@ def meta():
     }
 
 
-def run_row(stream, loop, n_seeds, repeats, peers, log):
+def run_row(stream, loop, n_seeds, repeats, peers, log, torch_device="cpu"):
     """Build every side, warm each up (first call timed separately), then time ``repeats``
     calls per side, interleaved, rotating the order each repeat."""
     sides = [JaxclSide(stream, loop, n_seeds)]
@@ -282,7 +287,9 @@ def run_row(stream, loop, n_seeds, repeats, peers, log):
         if p == "jaxcl-sequential":
             sides.append(JaxclSequentialSide(stream, loop, n_seeds))
         else:
-            sides.append(TorchSide(stream, loop, n_seeds, compile_=(p == "torch-compile")))
+            sides.append(
+                TorchSide(stream, loop, n_seeds, compile_=(p == "torch-compile"), device=torch_device)
+            )
     first, summaries, failed = {}, {}, {}
     for side in sides:
         try:
@@ -332,6 +339,9 @@ def main(argv=None):
         "(ratio = what batching the seeds into one program gains)",
     )
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch side")
+    ap.add_argument(
+        "--torch-device", choices=("cpu", "cuda"), default="cpu", help="where the PyTorch side runs"
+    )
     ap.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: os.cpu_count())"
     )
@@ -393,9 +403,11 @@ def main(argv=None):
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for n in args.seeds:
-        first, times, summ, failed, extra = run_row(stream, loop, n, args.repeats, peers, log)
+        first, times, summ, failed, extra = run_row(
+            stream, loop, n, args.repeats, peers, log, args.torch_device
+        )
         jx = stats(times["jaxcl"])
-        for peer in peers:
+        for peer in peers or [None]:  # no peer: one jaxcl-only line
             line = {
                 "workload": "er_stream",
                 "benchmark": "benchmarks_speed/er_stream.py",
@@ -428,12 +440,15 @@ def main(argv=None):
                     stream.test_n,
                 ),
                 "peer": peer,
+                "torch_device": args.torch_device if peer and peer.startswith("torch") else None,
                 **info,
                 "note": args.note,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                 "loadavg_1min": extra["loadavg_1min"],
             }
-            if peer in failed:
+            if peer is None:
+                line.update(jaxcl={"first_call_s": first["jaxcl"], **jx, **summ["jaxcl"]})
+            elif peer in failed:
                 line.update(skipped=failed[peer], jaxcl={"first_call_s": first["jaxcl"], **jx})
             else:
                 pt = stats(times[peer])
@@ -463,7 +478,7 @@ def main(argv=None):
     table = []
     for l in rows:
         j = l["jaxcl"]
-        if "skipped" in l:
+        if "skipped" in l or l["peer"] is None:
             table.append(
                 [
                     l["sizes"]["seeds"],
@@ -471,7 +486,7 @@ def main(argv=None):
                     f"{j['first_call_s']:.2f}s",
                     "-",
                     f"{j['median_s']:.2f}s",
-                    "skipped",
+                    "skipped" if "skipped" in l else "-",
                     "-",
                 ]
             )

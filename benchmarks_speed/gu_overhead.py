@@ -29,6 +29,7 @@ from _unlearn_common import (
     interleave,
     meta,
     set_threads,
+    synced,
     torch_float,
     torch_resnet18,
     write_jsonl,
@@ -104,25 +105,27 @@ def main(argv=None):
         f = build(project_out(rank=r, mode=a.mode))
         sides[f"gu-rank-{r}"] = lambda f=f: jax.block_until_ready(f(params, data, key))
 
-    tm = torch_resnet18(a.width).eval()
+    dev = a.torch_device
+    tm = torch_resnet18(a.width).eval().to(dev)
     opt = torch.optim.Adam(tm.parameters(), lr=1e-4)
-    tx_, ty_ = torch_float(x), torch.from_numpy(y.astype(np.int64))
-    txf, tyf = torch_float(xf), torch.from_numpy(yf.astype(np.int64))
-    gen = torch.Generator().manual_seed(0)
+    tx_, ty_ = torch_float(x).to(dev), torch.from_numpy(y.astype(np.int64)).to(dev)
+    txf, tyf = torch_float(xf).to(dev), torch.from_numpy(yf.astype(np.int64)).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
 
     def torch_graddiff():
         for _ in range(a.steps):
-            fi = torch.randint(0, len(txf), (a.batch,), generator=gen)
-            ri = torch.randint(0, len(tx_), (a.batch,), generator=gen)
+            fi = torch.randint(0, len(txf), (a.batch,), generator=gen, device=dev)
+            ri = torch.randint(0, len(tx_), (a.batch,), generator=gen, device=dev)
             opt.zero_grad(set_to_none=True)
             ce = torch.nn.functional.cross_entropy
             loss = -ce(tm(txf[fi]), tyf[fi]) + ce(tm(tx_[ri]), ty_[ri])
             loss.backward()
             opt.step()
 
-    sides["torch-eager-graddiff"] = torch_graddiff
+    if not a.no_torch:
+        sides["torch-eager-graddiff"] = synced(torch_graddiff, dev)
     res = interleave(sides, a.repeats)
-    m = dict(meta(), threads=a.threads)
+    m = dict(meta(), threads=a.threads, torch_device=None if a.no_torch else dev)
     base_t = res["no-projection"]["median_s"]
     rows = []
     print(f"{'side':22s} {'first_s':>9s} {'ms/step':>9s} {'vs no-proj':>10s}")

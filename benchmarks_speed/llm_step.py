@@ -326,6 +326,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="add a torch.compile row (training)")
     p.add_argument("--no-generate", action="store_true")
+    p.add_argument("--no-torch", action="store_true", help="jaxcl sides only (no PyTorch / transformers)")
     p.add_argument(
         "--no-variants",
         action="store_true",
@@ -362,17 +363,16 @@ def main(argv=None):
     )
     rows = []
 
-    sides = [
-        JaxTrain(cfg, params, tokens, a.steps, 1e-4),
-        TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, False),
-    ]
+    sides = [JaxTrain(cfg, params, tokens, a.steps, 1e-4)]
+    if not a.no_torch:
+        sides.append(TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, False))
     if not a.no_variants and a.dtype == "float32":  # the hand-written step has no bf16 casts
         sides[1:1] = [
             JaxHandwritten(cfg, params, tokens, a.steps, 1e-4),
             JaxWithNorms(cfg, params, tokens, a.steps, 1e-4),
             JaxUnfusedHead(cfg, params, tokens, a.steps, 1e-4),
         ]
-    if a.compile:
+    if a.compile and not a.no_torch:
         try:
             side = TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, True)
             side()
@@ -409,9 +409,11 @@ def main(argv=None):
 
     if not a.no_generate:
         prompts = rng.integers(0, cfg.vocab_size, (a.batch, a.prompt)).astype(np.int32)
-        gsides = [JaxGen(cfg, params, prompts, a.new), TorchGen(cfg, params, prompts, a.new, a.dtype)]
+        gsides = [JaxGen(cfg, params, prompts, a.new)]
+        if not a.no_torch:
+            gsides.append(TorchGen(cfg, params, prompts, a.new, a.dtype))
         first, st = bench(gsides, a.repeats, log)
-        same = (gsides[0]() == gsides[1]()).mean()
+        same = (gsides[0]() == gsides[1]()).mean() if len(gsides) > 1 else None
         n_tok = a.batch * a.new
         for name, s in st.items():
             tps = n_tok / s["median_s"]
@@ -427,7 +429,7 @@ def main(argv=None):
                     tokens_per_s=tps,
                     first_call_s=first[name],
                     **s,
-                    greedy_token_agreement=float(same),
+                    greedy_token_agreement=None if same is None else float(same),
                     ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
                     **info,
                 )

@@ -285,11 +285,10 @@ class TorchSide(er_stream.TorchSide):
         return er_stream.TorchSide.summary(outs)
 
 
-def run_row(method, stream, loop, n_seeds, repeats, retrain_steps, log):
-    sides = [
-        JaxclSide(method, stream, loop, n_seeds, retrain_steps),
-        TorchSide(method, stream, loop, n_seeds, retrain_steps),
-    ]
+def run_row(method, stream, loop, n_seeds, repeats, retrain_steps, log, torch_side=True):
+    sides = [JaxclSide(method, stream, loop, n_seeds, retrain_steps)]
+    if torch_side:
+        sides.append(TorchSide(method, stream, loop, n_seeds, retrain_steps))
     first, summaries = {}, {}
     for side in sides:
         t, out = timed(side)
@@ -301,7 +300,7 @@ def run_row(method, stream, loop, n_seeds, repeats, retrain_steps, log):
     times = {s.name: [] for s in sides}
     load = [os.getloadavg()[0]]
     for r in range(repeats):
-        for side in sides[r % 2 :] + sides[: r % 2]:
+        for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
             t, _ = timed(side)
             times[side.name].append(t)
         load.append(os.getloadavg()[0])
@@ -309,7 +308,13 @@ def run_row(method, stream, loop, n_seeds, repeats, retrain_steps, log):
             f"  repeat {r + 1}/{repeats} (load {load[-1]:.1f}): "
             + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
         )
-    return first, times, summaries, [round(v, 2) for v in load], sides[1].optimizer_kind
+    return (
+        first,
+        times,
+        summaries,
+        [round(v, 2) for v in load],
+        sides[-1].optimizer_kind if torch_side else None,
+    )
 
 
 def main(argv=None):
@@ -330,6 +335,9 @@ def main(argv=None):
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "replay_zoo_cpu.jsonl"),
     )
     ap.add_argument("--note", default="")
+    ap.add_argument(
+        "--no-torch", action="store_true", help="leave out the PyTorch side (it runs on the CPU only)"
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see er_stream.py
     import torch
@@ -365,9 +373,9 @@ def main(argv=None):
     for method in args.methods:
         for n in args.seeds:
             first, times, summ, load, opt_kind = run_row(
-                method, stream, loop, n, args.repeats, args.gdumb_retrain_steps, log
+                method, stream, loop, n, args.repeats, args.gdumb_retrain_steps, log, not args.no_torch
             )
-            jx, pt = stats(times["jaxcl"]), stats(times["torch-eager"])
+            jx = stats(times["jaxcl"])
             line = {
                 "workload": "replay_zoo",
                 "benchmark": "benchmarks_speed/replay_zoo.py",
@@ -390,19 +398,17 @@ def main(argv=None):
                     "tiny": args.tiny,
                 },
                 "jaxcl_impl": "jit(vmap(Experiment.run)) over seed keys",
-                "peer": "torch-eager",
+                "peer": None if args.no_torch else "torch-eager",
                 **info,
                 "note": args.note,
                 "loadavg_1min": load,
                 "jaxcl": {"first_call_s": first["jaxcl"], **jx, **summ["jaxcl"]},
-                "torch": {
-                    "first_call_s": first["torch-eager"],
-                    **pt,
-                    **summ["torch-eager"],
-                    "optimizer": opt_kind,
-                },
-                "ratio": pt["median_s"] / jx["median_s"],
             }
+            if not args.no_torch:
+                pt = stats(times["torch-eager"])
+                line["torch"] = {"first_call_s": first["torch-eager"], **pt, **summ["torch-eager"]}
+                line.update(ratio=pt["median_s"] / jx["median_s"])
+                line["torch"]["optimizer"] = opt_kind
             rows.append(line)
             if args.out:
                 with open(args.out, "a") as f:
@@ -423,10 +429,12 @@ def main(argv=None):
             r["method"],
             str(r["sizes"]["seeds"]),
             f"{r['jaxcl']['first_call_s']:.2f}s",
-            f"{r['torch']['first_call_s']:.2f}s",
+            f"{r['torch']['first_call_s']:.2f}s" if "torch" in r else "-",
             f"{r['jaxcl']['median_s']:.2f}s [{r['jaxcl']['min_s']:.2f}-{r['jaxcl']['max_s']:.2f}]",
-            f"{r['torch']['median_s']:.2f}s [{r['torch']['min_s']:.2f}-{r['torch']['max_s']:.2f}]",
-            f"{r['ratio']:.2f}x",
+            f"{r['torch']['median_s']:.2f}s [{r['torch']['min_s']:.2f}-{r['torch']['max_s']:.2f}]"
+            if "torch" in r
+            else "-",
+            f"{r['ratio']:.2f}x" if "torch" in r else "-",
         ]
         for r in rows
     ]

@@ -1,30 +1,58 @@
 """Every speed benchmark in one command, one JSON-lines file and one table.
 
-    python benchmarks_speed/run_all.py --device gpu      # accelerator sizes, inside 8 minutes
-    python benchmarks_speed/run_all.py --device cpu      # the CPU sizes (2-core machine: ~8 min)
+    python benchmarks_speed/run_all.py --device gpu      # accelerator sizes, inside --budget seconds
+    python benchmarks_speed/run_all.py --device tpu      # the same sizes, jaxcl rows only
+    python benchmarks_speed/run_all.py --device cpu      # the CPU sizes
     python benchmarks_speed/run_all.py --tiny            # seconds per benchmark: what the test runs
 
-Each benchmark script runs in its own process at the sizes of the chosen device (``BENCHES``),
+Each benchmark script runs in its own process (``BENCHES`` gives the sizes of each device),
 writing its own JSON lines into a temporary file; this script reads them back, normalises them
-(``ADAPTERS``: one small function per script, since each script keeps the fields of its
-question) and prints one table: the jaxcl time, the peer's time (PyTorch / transformers / TRL),
-their ratio (peer / jaxcl: > 1 means jaxcl is faster), jaxcl's first call (compilation included)
-in a cold process and in a second process that finds the persistent compilation cache warm
-(``--second-process``; the benchmark then runs twice), and achieved GFLOP/s and the fraction of
-the matmul peak measured at the start of the same run, where the benchmark counts its FLOPs.
+(``ADAPTERS``: one small function per script) and prints one table: the jaxcl time, the peer's
+time (PyTorch / transformers / TRL), their ratio (peer / jaxcl: > 1 means jaxcl is faster),
+jaxcl's first call (compilation included) in a cold process and in a second process that finds
+the persistent compilation cache warm (``--second-process``), and achieved GFLOP/s against the
+matmul peak measured at the start of the same run, where the benchmark counts its FLOPs.
+
+**Which peers run** (``peer_mode``): on ``cpu`` every peer, on the CPU. On ``gpu``, where
+PyTorch sees a CUDA device, the peers run on it (``PEER_ARGS[...]['cuda']``: PyTorch on CUDA for
+er_stream, ssd and gu_overhead, plus the ``torch.compile`` rows of er_stream and llm_step;
+llm_step's and rft_step's peers pick CUDA themselves); a peer with no CUDA version (replay_zoo's)
+and every peer where PyTorch sees no GPU is left out *before* the script runs (``--no-torch`` /
+``--no-trl``), so no host-sized PyTorch run eats the accelerator's budget (``--peer-on-cpu``
+keeps the CPU peers). On ``tpu``: jaxcl rows only.
+
+**The time budget, by construction** (``size_for_budget``): every benchmark gets an equal share
+of ``--budget`` (after the matmul peak), ``row_budget = (budget - peak_s) / n_benchmarks``, and
+its processes are killed when that share is spent (so the whole run cannot overrun). Its size is
+computed from the share, not fixed: a pilot run at the smallest size ``k0`` of the benchmark's
+work knob (``KNOBS``: steps per task, training examples, steps or iterations per call) with one
+repeat measures the seconds of one call of all sides, ``c0``, and its fixed cost
+``fixed = pilot_wall - 2 c0`` (start, data, compilation); time is taken as linear in the knob,
+and the knob is the largest ``k <= k_max`` with
+``processes * (fixed + (repeats + 1) * c0 * k / k0) <= SAFETY * (row_budget - pilot_wall)``
+(``SAFETY = 0.5``; ``processes`` is 2 with ``--second-process``). If even ``k0`` does not fit,
+the row fails, naming its budget. ``--tiny`` keeps each script's own tiny sizes (no pilot).
+
+**Failures**: a benchmark that exits non-zero, is killed at its budget or writes no rows is a
+failed row; the run prints one ``FAILED <row>: <why>`` line per failed row and exits 1. Setting
+``JAXCL_BENCH_FAIL=<name>[,<name>]`` passes those scripts an unknown option, so they fail on
+purpose (what the test uses).
+
+**Measured or estimated** (``source``): every row the scripts time has ``source: "measured"``.
+Until an accelerator is lent, ``--estimates FILE`` (JSON lines with ``workload``, ``target``,
+``memory_per_chip_bytes``, ``hbm_bytes``, ``step_s``; e.g. from the compile check's results)
+adds rows with ``source: "compiler estimate"``, no times and no ratio: the compiler's figures,
+never shown as a measurement.
 
 The rows go to ``results/run_all_<device>.jsonl`` (appended; one line per row, each with the
-versions, the device, the commit and the load average). A benchmark that fails or runs past the
-time left is reported as such in its row; the others still run. On a GPU, the peers of
-``llm_step`` and ``rft_step`` run on the GPU too; ``er_stream``, ``ssd`` and ``gu_overhead`` have
-CPU-only PyTorch sides, so on a GPU they report jaxcl alone (``--peer-on-cpu`` keeps their CPU
-peers, for what that comparison is worth).
+versions, the device, the commit and the load average).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,46 +63,145 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-# script -> {device: argv}; sizes chosen so that all of them fit the budget on that device
+DEVICES = ("cpu", "gpu", "tpu")
+# script -> {sizes: argv}; "accel" serves gpu and tpu. The work knob of KNOBS, where present
+# here, is replaced by the size computed from the budget.
 BENCHES = {
     "er_stream": {
         "tiny": ["--tiny"],
-        "cpu": ["--seeds", "1", "16", "--steps-per-task", "20", "--repeats", "2"],
-        "gpu": ["--seeds", "1", "16", "--steps-per-task", "500", "--repeats", "3"],
+        "cpu": ["--seeds", "1", "16", "--repeats", "2"],
+        "accel": ["--seeds", "1", "16", "--repeats", "3"],
     },
-    "replay_zoo": {  # the 16-seed CPU rows take ~20 min: run replay_zoo.py alone for them
+    "replay_zoo": {
         "tiny": ["--tiny"],
-        "cpu": ["--seeds", "1", "--steps-per-task", "50", "--repeats", "2"],
-        "gpu": ["--seeds", "1", "16", "--steps-per-task", "500", "--repeats", "3"],
+        "cpu": ["--seeds", "1", "--repeats", "2"],
+        "accel": ["--seeds", "1", "16", "--repeats", "3"],
     },
     "ssd": {
         "tiny": ["--tiny"],
         "cpu": ["--repeats", "2"],
-        "gpu": ["--width", "64", "--n-train", "4096", "--batch", "128", "--repeats", "3"],
+        "accel": ["--width", "64", "--batch", "128", "--repeats", "3"],
     },
     "gu_overhead": {
         "tiny": ["--tiny"],
         "cpu": ["--repeats", "2"],
-        "gpu": ["--width", "64", "--batch", "128", "--steps", "20", "--repeats", "3"],
+        "accel": ["--width", "64", "--batch", "128", "--repeats", "3"],
     },
     "llm_step": {
         "tiny": ["--tiny", "--repeats", "1"],
         "cpu": ["--repeats", "2", "--seq", "128"],
-        "gpu": ["--layers", "30", "--batch", "8", "--seq", "512", "--dtype", "bfloat16", "--repeats", "3"],
+        "accel": ["--layers", "30", "--batch", "8", "--seq", "512", "--dtype", "bfloat16", "--repeats", "3"],
     },
     "rft_step": {
         "tiny": ["--tiny", "--no-trl", "--repeats", "1"],
         "cpu": ["--shape", "small", "--repeats", "2"],
-        "gpu": ["--shape", "medium", "--layers", "8", "--d-model", "1024", "--batch", "16", "--new", "64"],
+        "accel": ["--shape", "medium", "--layers", "8", "--d-model", "1024", "--batch", "16", "--new", "64"],
     },
 }
-CPU_ONLY_PEERS = {"er_stream", "replay_zoo", "ssd", "gu_overhead"}
+# script -> (option, k0: pilot size, k_max, times are per unit of the knob rather than per call)
+KNOBS = {
+    "er_stream": ("--steps-per-task", 10, 2000, False),
+    "replay_zoo": ("--steps-per-task", 10, 1000, False),
+    "ssd": ("--n-train", 256, 20000, False),
+    "gu_overhead": ("--steps", 4, 500, False),
+    "llm_step": ("--steps", 1, 50, False),
+    "rft_step": ("--iters", 1, 20, True),
+}
+SAFETY = 0.5
+# script -> how its peer is left out ("none") or put on CUDA ("cuda"; None: no CUDA version)
+PEER_ARGS = {
+    "er_stream": {"none": ["--no-torch"], "cuda": ["--torch-device", "cuda", "--compile"]},
+    "replay_zoo": {"none": ["--no-torch"], "cuda": None},
+    "ssd": {"none": ["--no-torch"], "cuda": ["--torch-device", "cuda"]},
+    "gu_overhead": {"none": ["--no-torch"], "cuda": ["--torch-device", "cuda"]},
+    "llm_step": {"none": ["--no-torch"], "cuda": ["--compile"]},
+    "rft_step": {"none": ["--no-trl"], "cuda": []},
+}
+FAIL_ENV = "JAXCL_BENCH_FAIL"
+
+
+def peer_mode(name: str, device: str, torch_cuda: bool, peer_on_cpu: bool = False) -> str:
+    """Where ``name``'s peer runs on ``device``: ``"cpu"``, ``"cuda"`` or ``"none"`` (left out)."""
+    if device == "cpu":
+        return "cpu"
+    if device == "gpu" and torch_cuda and PEER_ARGS[name]["cuda"] is not None:
+        return "cuda"
+    return "cpu" if device == "gpu" and peer_on_cpu else "none"
+
+
+def bench_argv(name: str, device: str, tiny: bool, mode: str) -> list[str]:
+    """The script's arguments for ``device`` and peer ``mode`` (the work knob not yet set)."""
+    argv = list(BENCHES[name]["tiny" if tiny else ("cpu" if device == "cpu" else "accel")])
+    argv += PEER_ARGS[name].get(mode) or []
+    if name in os.environ.get(FAIL_ENV, "").split(","):
+        argv.append("--fail-on-purpose")  # an unknown option: the script exits 2
+    return argv
+
+
+def plan(device: str, *, tiny: bool = False, torch_cuda: bool = False, peer_on_cpu: bool = False, only=None):
+    """``[(name, peer mode, argv)]`` for every benchmark to run on ``device``."""
+    out = []
+    for name in only or BENCHES:
+        mode = peer_mode(name, device, torch_cuda, peer_on_cpu)
+        out.append((name, mode, bench_argv(name, device, tiny, mode)))
+    return out
+
+
+def size_for_budget(
+    row_budget_s: float,
+    pilot_wall_s: float,
+    pilot_call_s: float,
+    k0: int,
+    k_max: int,
+    *,
+    repeats: int,
+    processes: int = 1,
+) -> int | None:
+    """The largest work knob ``k`` in ``[k0, k_max]`` whose predicted cost fits ``SAFETY`` of what
+    the pilot left of ``row_budget_s`` (see the module docstring); ``None`` if ``k0`` does not."""
+    fixed = max(pilot_wall_s - 2 * pilot_call_s, 0.0)
+    left = SAFETY * (row_budget_s - pilot_wall_s) / processes - fixed
+    per_unit = (repeats + 1) * pilot_call_s / k0
+    if left < per_unit * k0:
+        return None
+    return min(k_max, math.floor(left / per_unit)) if per_unit > 0 else k_max
+
+
+def set_knob(argv: list[str], flag: str, value: int) -> list[str]:
+    out = list(argv)
+    if flag in out:
+        out[out.index(flag) + 1] = str(value)
+    else:
+        out += [flag, str(value)]
+    return out
+
+
+def repeats_of(argv: list[str], default: int = 3) -> int:
+    return int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else default
+
+
+def call_seconds(rows: list[dict], name: str, k: int) -> float:
+    """Seconds of one call of every side at knob ``k`` (each distinct side counted once)."""
+    per_unit = KNOBS[name][3]
+    times = {r["workload"]: r["jaxcl_s"] for r in rows if r.get("jaxcl_s")}
+    peers = {(r["workload"], r["peer"]): r["peer_s"] for r in rows if r.get("peer_s")}
+    total = sum(times.values()) + sum(set(peers.values()))
+    return total * k if per_unit else total
+
+
+def torch_sees_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _row(workload, *, jaxcl_s=None, peer=None, peer_s=None, first_s=None, flops=None, **extra):
     ratio = peer_s / jaxcl_s if jaxcl_s and peer_s else None
     return {
         "workload": workload,
+        "source": "measured",
         "jaxcl_s": jaxcl_s,
         "peer": peer,
         "peer_s": peer_s,
@@ -109,12 +236,12 @@ def _replay_zoo(lines):
         _row(
             f"replay_zoo {d['method']} seeds={d['sizes']['seeds']} steps/task={d['sizes']['steps_per_task']}",
             jaxcl_s=d["jaxcl"]["median_s"],
-            peer=d["peer"],
-            peer_s=d["torch"]["median_s"],
+            peer=d["peer"] if "torch" in d else None,
+            peer_s=d["torch"]["median_s"] if "torch" in d else None,
             first_s=d["jaxcl"]["first_call_s"],
         )
         for d in lines
-        if "jaxcl" in d and "torch" in d
+        if "jaxcl" in d  # no "torch": the peer was left out (--no-torch)
     ]
 
 
@@ -248,6 +375,13 @@ def table(rows: list[dict]) -> str:
         if r.get("error"):
             out.append(f"| {r['workload']} | failed: {r['error'][:80]} |||||||")
             continue
+        if r.get("source") == "compiler estimate":
+            mem = f"{r['memory_per_chip_bytes'] / 2**20:.0f} of {r['hbm_bytes'] / 2**20:.0f} MiB/chip"
+            out.append(
+                f"| {r['workload']} on {r['target']} | compiler estimate, not measured: {mem}, "
+                f"step {fmt(r.get('estimated_step_s'), '.4f')} s |||||||"
+            )
+            continue
         first = f"{fmt(r['jaxcl_first_s'], '.2f')} / {fmt(r.get('jaxcl_first_warm_s'), '.2f')}"
         out.append(
             f"| {r['workload']} | {fmt(r['jaxcl_s'], '.3f')} | {r['peer'] or '-'} | {fmt(r['peer_s'], '.3f')} "
@@ -257,9 +391,113 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+ESTIMATE_KEYS = ("workload", "target", "memory_per_chip_bytes", "hbm_bytes", "step_s")
+
+
+def estimate_row(workload, *, target, memory_per_chip_bytes, hbm_bytes, step_s=None, flops=None):
+    """A row with the compiler's figures for an accelerator (``source: "compiler estimate"``):
+    per-chip memory against the chip's HBM and the compiler's step-time estimate; no measured
+    time and no ratio, so it can never be read as a measurement."""
+    return {
+        "workload": workload,
+        "source": "compiler estimate",
+        "target": target,
+        "memory_per_chip_bytes": memory_per_chip_bytes,
+        "hbm_bytes": hbm_bytes,
+        "estimated_step_s": step_s,
+        "flops": flops,
+        "jaxcl_s": None,
+        "peer": None,
+        "peer_s": None,
+        "ratio": None,
+        "jaxcl_first_s": None,
+    }
+
+
+def read_estimates(path: str) -> list[dict]:
+    """Estimate rows from JSON lines (keys ``ESTIMATE_KEYS``, ``flops`` optional)."""
+    from jaxcl.config import ConfigError
+
+    if not os.path.exists(path):
+        raise ConfigError(f"--estimates {path}: no such file; give the JSON lines of the compile check")
+    out = []
+    for i, line in enumerate(open(path), 1):
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        missing = [k for k in ESTIMATE_KEYS if k not in d]
+        if missing:
+            raise ConfigError(
+                f"--estimates {path} line {i}: missing {', '.join(missing)}; each line needs {ESTIMATE_KEYS}"
+            )
+        out.append(estimate_row(**{k: d[k] for k in (*ESTIMATE_KEYS, "flops") if k in d}))
+    return out
+
+
+def failures(rows: list[dict]) -> list[str]:
+    """One line per failed row: ``FAILED <workload>: <why>``."""
+    out = []
+    for r in rows:
+        why = r.get("error") or r.get("error_after_rows")
+        if why:
+            out.append(f"FAILED {r['workload']}: {' '.join(str(why).split())[:300]}")
+    return out
+
+
+def run_bench(name, argv, row_budget, cache_dir, *, tiny, second_process):
+    """Pilot (unless tiny), size from the budget, run, optionally a second process: its rows."""
+    t_start = time.perf_counter()
+    spent = lambda: time.perf_counter() - t_start
+    repeats = repeats_of(argv)
+    if not tiny and name in KNOBS:
+        flag, k0, k_max, _ = KNOBS[name]
+        pilot_argv = set_knob(set_knob(argv, flag, k0), "--repeats", 1)
+        lines, err, wall = run_one(name, pilot_argv, row_budget / 2, cache_dir)
+        got = ADAPTERS[name](lines) if lines else []
+        if err or not got:
+            return [_row(name, error=f"pilot at {flag} {k0}: {err or 'no rows'}")]
+        k = size_for_budget(
+            row_budget,
+            wall,
+            call_seconds(got, name, k0),
+            k0,
+            k_max,
+            repeats=repeats,
+            processes=2 if second_process else 1,
+        )
+        if k is None:
+            return [
+                _row(
+                    name,
+                    error=f"row budget {row_budget:.0f} s too small: the pilot at {flag} {k0} took {wall:.0f} s; raise --budget",
+                )
+            ]
+        argv = set_knob(argv, flag, k)
+        print(
+            f"  {name}: pilot {wall:.0f} s at {flag} {k0}; sized {flag} {k} for a {row_budget:.0f} s row budget"
+        )
+    lines, err, secs = run_one(name, argv, max(row_budget - spent(), 1.0), cache_dir)
+    got = ADAPTERS[name](lines) if lines else []
+    if not got:
+        return [_row(name, error=err or "the script wrote no rows")]
+    if second_process:
+        lines2, err2, _ = run_one(name, argv, max(row_budget - spent(), 1.0), cache_dir)
+        warm = ADAPTERS[name](lines2) if lines2 else []
+        err = err or (err2 and f"second process: {err2}")
+        for r, w in zip(got, warm):
+            r["jaxcl_first_warm_s"] = w["jaxcl_first_s"]
+    for r in got:
+        r["seconds"], r["argv"] = secs, argv
+        if err:
+            r["error_after_rows"] = err
+    return got
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", choices=("cpu", "gpu"), default=None, help="sizes (default: the backend's)")
+    ap.add_argument(
+        "--device", choices=DEVICES, default=None, help="sizes and peers (default: the backend's)"
+    )
     ap.add_argument("--tiny", action="store_true", help="the seconds-long sizes (what the test runs)")
     ap.add_argument("--only", nargs="+", choices=sorted(BENCHES), default=None)
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for all benchmarks together")
@@ -268,58 +506,65 @@ def main(argv=None) -> int:
         action="store_true",
         help="run each benchmark again in a new process to measure the first call with a warm cache",
     )
-    ap.add_argument("--peer-on-cpu", action="store_true", help="keep CPU-only PyTorch peers on a GPU")
+    ap.add_argument(
+        "--peer-on-cpu", action="store_true", help="on a GPU, keep the peers that run on the CPU only"
+    )
+    ap.add_argument("--estimates", default=None, help="JSON lines of compiler estimates to add as rows")
     ap.add_argument("--out", default=None, help="JSON lines (default results/run_all_<device>.jsonl)")
     a = ap.parse_args(argv)
 
     import jax
 
     from jaxcl import report
+    from jaxcl.config import ConfigError
 
-    device = a.device or ("cpu" if jax.default_backend() == "cpu" else "gpu")
-    sizes = "tiny" if a.tiny else device
+    backend = jax.default_backend()
+    device = a.device or (backend if backend in DEVICES else "gpu")
+    if device != "cpu" and backend != device and not a.tiny:
+        print(
+            f"error: --device {device} but jax's backend is {backend}; run on a {device} machine or use --tiny",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        estimates = read_estimates(a.estimates) if a.estimates else []
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = a.out or os.path.join(HERE, "results", f"run_all_{device}{'_tiny' if a.tiny else ''}.jsonl")
+    t0 = time.perf_counter()
     peak = matmul_peak(device, 256 if a.tiny else None)
     print(
         f"matmul peak on {jax.devices()[0].device_kind}: "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
     )
     peak_f = max(peak.values())
-    deadline = time.perf_counter() + a.budget
+    todo = plan(
+        device,
+        tiny=a.tiny,
+        torch_cuda=device == "gpu" and torch_sees_cuda(),
+        peer_on_cpu=a.peer_on_cpu,
+        only=a.only,
+    )
+    row_budget = (a.budget - (time.perf_counter() - t0)) / len(todo)
     rows = []
     with tempfile.TemporaryDirectory(prefix="jaxcl-bench-xla-") as cache_dir:
-        for name in a.only or BENCHES:
-            argv_b = list(BENCHES[name][sizes])
-            left = deadline - time.perf_counter()
-            if left < 5:
-                rows.append(_row(name, error="not run: time budget spent"))
-                continue
-            lines, err, secs = run_one(name, argv_b, left, cache_dir)
-            got = ADAPTERS[name](lines) if lines else []
-            if err and not got:
-                rows.append(_row(name, error=err))
-                print(f"  {name}: {err}")
-                continue
-            if a.second_process and deadline - time.perf_counter() > 5:
-                lines2, err2, _ = run_one(name, argv_b, deadline - time.perf_counter(), cache_dir)
-                warm = ADAPTERS[name](lines2) if lines2 else []
-                for r, w in zip(got, warm):
-                    r["jaxcl_first_warm_s"] = w["jaxcl_first_s"]
+        for name, mode, argv_b in todo:
+            print(f"  {name}: peer {mode}, row budget {row_budget:.0f} s")
+            got = run_bench(name, argv_b, row_budget, cache_dir, tiny=a.tiny, second_process=a.second_process)
             for r in got:
-                if device == "gpu" and name in CPU_ONLY_PEERS and not a.peer_on_cpu:
-                    r.update(peer=None, peer_s=None, ratio=None)
-                if r["flops"] and r["jaxcl_s"]:
+                r["peer_mode"] = mode
+                if r.get("flops") and r.get("jaxcl_s"):
                     r["gflops"] = r["flops"] / r["jaxcl_s"] / 1e9
                     r["fraction_of_peak"] = r["gflops"] / peak_f
-                r["seconds"] = secs
-                if err:
-                    r["error_after_rows"] = err
             rows.extend(got)
-            print(f"  {name}: {len(got)} rows in {secs:.0f} s")
+    rows.extend(estimates)
 
     meta = {
         "benchmark": "benchmarks_speed/run_all.py",
-        "sizes": sizes,
+        "sizes": "tiny" if a.tiny else device,
+        "budget_s": a.budget,
+        "row_budget_s": row_budget,
         "matmul_peak_gflops": peak,
         "versions": {**report.versions(), **peer_versions()},
         "device": report.device_info(),
@@ -333,7 +578,10 @@ def main(argv=None) -> int:
             f.write(json.dumps({**meta, **r}) + "\n")
     print(table(rows))
     print(f"wrote {len(rows)} rows to {out}")
-    return 0 if any(not r.get("error") for r in rows) else 1
+    failed = failures(rows)
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed or not rows else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from _unlearn_common import (
     interleave,
     meta,
     set_threads,
+    synced,
     torch_float,
     torch_resnet18,
     write_jsonl,
@@ -63,9 +64,10 @@ def main(argv=None):
         i_d = minibatch_importance(model, params, {"x": x, "y": y}, batch_size=a.batch)
         return ssd_dampen(params, i_f, i_d, alpha=10.0, lam=1.0)
 
-    tm = torch_resnet18(a.width).eval()
-    tx, ty = torch_float(x), torch.from_numpy(y.astype(np.int64))
-    txf, tyf = torch_float(xf), torch.from_numpy(yf.astype(np.int64))
+    dev = a.torch_device
+    tm = torch_resnet18(a.width).eval().to(dev)
+    tx, ty = torch_float(x).to(dev), torch.from_numpy(y.astype(np.int64)).to(dev)
+    txf, tyf = torch_float(xf).to(dev), torch.from_numpy(yf.astype(np.int64)).to(dev)
     plist = [p for p in tm.parameters()]
 
     def importance(xs, ys):
@@ -89,12 +91,12 @@ def main(argv=None):
                 beta = torch.clamp(d / torch.where(sel, f, torch.ones_like(f)), max=1.0)
                 p.copy_(torch.where(sel, p * beta, p))
 
-    sides = {
-        "jaxcl": lambda: jax.block_until_ready(jax_ssd(params, dx, dy, dxf, dyf)),
-        "torch-eager": torch_ssd,
-    }
+    sides = {"jaxcl": lambda: jax.block_until_ready(jax_ssd(params, dx, dy, dxf, dyf))}
+    if not a.no_torch:
+        sides["torch-eager"] = synced(torch_ssd, dev)
     res = interleave(sides, a.repeats)
-    m = dict(meta(), threads=a.threads)
+    m = dict(meta(), threads=a.threads, torch_device=None if a.no_torch else dev)
+    peer_t = res["torch-eager"]["median_s"] if "torch-eager" in res else None
     rows = []
     for k, r in res.items():
         rows.append(
@@ -107,13 +109,14 @@ def main(argv=None):
                 "batch": a.batch,
                 **m,
                 **r,
-                "ratio_torch_over_jaxcl": res["torch-eager"]["median_s"] / res["jaxcl"]["median_s"],
+                "ratio_torch_over_jaxcl": peer_t and peer_t / res["jaxcl"]["median_s"],
             }
         )
     print(f"{'side':12s} {'first_s':>9s} {'median_s':>9s}")
     for k, r in res.items():
         print(f"{k:12s} {r['first_s']:9.3f} {r['median_s']:9.3f}")
-    print(f"ratio torch/jaxcl = {rows[0]['ratio_torch_over_jaxcl']:.2f}")
+    if peer_t:
+        print(f"ratio torch/jaxcl = {rows[0]['ratio_torch_over_jaxcl']:.2f}")
     write_jsonl(a.out, rows)
     return rows
 

@@ -58,7 +58,7 @@ def test_run_all_reads_every_benchmarks_committed_lines(name, file):
     rows = ra.ADAPTERS[name](lines)
     assert rows and set(ra.BENCHES) == set(ra.ADAPTERS)
     for r in rows:
-        assert r["jaxcl_s"] > 0 and r["jaxcl_first_s"] > 0
+        assert r["jaxcl_s"] > 0 and r["jaxcl_first_s"] > 0 and r["source"] == "measured"
         if r["peer_s"] is not None:
             assert r["ratio"] == pytest.approx(r["peer_s"] / r["jaxcl_s"])
     assert "| " + rows[0]["workload"] in ra.table(rows)
@@ -94,3 +94,114 @@ def test_run_all_tiny_runs_a_benchmark_twice_and_writes_one_table(tmp_path):
         assert {"jax", "torch", "flax"} <= set(r["versions"]) and r["device"]["device_kind"]
         assert r["peer"] == "torch-eager" and r["ratio"] > 0
         assert r["jaxcl_first_s"] > 0 and r["jaxcl_first_warm_s"] > 0  # cold process, then warm cache
+
+
+def test_run_all_device_filter_runs_peers_only_where_they_can_use_the_device():
+    ra = _run_all()
+    on = lambda device, cuda: {n: m for n, m, _ in ra.plan(device, torch_cuda=cuda)}
+    assert set(on("cpu", False).values()) == {"cpu"} and on("cpu", True) == on("cpu", False)
+    assert set(on("tpu", True).values()) == {"none"}  # TPU: jaxcl rows only
+    assert set(on("gpu", False).values()) == {"none"}  # no CUDA for torch: no host-sized peer
+    gpu = on("gpu", True)
+    assert gpu == {
+        "er_stream": "cuda",
+        "replay_zoo": "none",  # its PyTorch side has no CUDA version
+        "ssd": "cuda",
+        "gu_overhead": "cuda",
+        "llm_step": "cuda",
+        "rft_step": "cuda",
+    }
+    assert ra.peer_mode("replay_zoo", "gpu", True, peer_on_cpu=True) == "cpu"
+    argv = {n: a for n, _, a in ra.plan("gpu", torch_cuda=True)}
+    assert (
+        argv["er_stream"][-3:] == ["--torch-device", "cuda", "--compile"] and "--compile" in argv["llm_step"]
+    )
+    for n, _, a in ra.plan("tpu"):  # every peer switched off by the script's own option
+        assert ra.PEER_ARGS[n]["none"][0] in a, n
+    for n, _, a in ra.plan("cpu"):
+        assert not {"--no-torch", "--no-trl", "--torch-device"} & set(a), n
+
+
+@pytest.mark.parametrize("name", ["ssd", "gu_overhead", "replay_zoo", "llm_step"])
+def test_every_peer_option_run_all_passes_exists_in_the_script(name):
+    src = open(os.path.join(ROOT, "benchmarks_speed", f"{name}.py")).read()
+    src += open(os.path.join(ROOT, "benchmarks_speed", "_unlearn_common.py")).read()
+    for opts in (o for o in _run_all().PEER_ARGS[name].values() if o):
+        for o in (o for o in opts if o.startswith("--")):
+            assert f'"{o}"' in src, (name, o)
+
+
+def test_run_all_budget_rule_sizes_from_the_row_budget():
+    ra = _run_all()
+    # pilot: 10 s wall, of which 2 calls of 1 s at k0 = 10; 3 repeats -> 0.4 s per unit of the knob
+    size = lambda b, **kw: ra.size_for_budget(b, 10.0, 1.0, 10, 10_000, repeats=3, **kw)
+    left = ra.SAFETY * (100.0 - 10.0) - 8.0
+    assert size(100.0) == int(left / 0.4)
+    assert size(200.0) > size(100.0) > size(50.0)  # more budget, more work
+    assert size(200.0, processes=2) < size(200.0)  # a second process halves the share
+    assert size(10**7) == 10_000  # clipped at k_max
+    assert size(30.0) is None  # even k0 does not fit: the row fails, never overruns
+    # predicted cost of the chosen size fits the budget
+    k = size(300.0)
+    assert 8.0 + 10.0 + (3 + 1) * 1.0 * k / 10 <= 300.0
+    assert ra.set_knob(["--seeds", "1", "--steps", "4"], "--steps", 9) == ["--seeds", "1", "--steps", "9"]
+    assert ra.set_knob(["--seeds", "1"], "--steps", 9)[-2:] == ["--steps", "9"]
+
+
+def test_run_all_exits_nonzero_and_names_a_row_that_fails(tmp_path, monkeypatch, capsys):
+    ra = _run_all()
+    real = ra.run_one
+    committed = os.path.join(ROOT, "benchmarks_speed", "results", "ssd_cpu.jsonl")
+    good = [json.loads(l) for l in open(committed) if l.strip()][:2]  # a row that succeeds, instantly
+
+    def run_one(name, argv, timeout, cache_dir):
+        return (good, None, 0.1) if name == "ssd" else real(name, argv, timeout, cache_dir)
+
+    monkeypatch.setattr(ra, "run_one", run_one)
+    monkeypatch.setenv(ra.FAIL_ENV, "gu_overhead")  # the real script, given an unknown option
+    out = tmp_path / "all.jsonl"
+    rc = ra.main(["--tiny", "--only", "ssd", "gu_overhead", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1  # one row succeeded, one failed: the run fails
+    lines = [l for l in err.splitlines() if l.startswith("FAILED")]
+    assert len(lines) == 1 and lines[0].startswith("FAILED gu_overhead: exit 2")
+    assert "--fail-on-purpose" in lines[0]
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [bool(r.get("error")) for r in rows] == [False, True] and rows[0]["source"] == "measured"
+    monkeypatch.delenv(ra.FAIL_ENV)
+    assert ra.main(["--tiny", "--only", "ssd", "--out", str(out)]) == 0
+
+
+def test_run_all_compiler_estimates_are_rows_never_measurements(tmp_path):
+    ra = _run_all()
+    r = ra.estimate_row(
+        "er_stream", target="tpu-v5e-8", memory_per_chip_bytes=2**26, hbm_bytes=16 * 2**30, step_s=1e-3
+    )
+    assert r["source"] == "compiler estimate" and r["jaxcl_s"] is None and r["ratio"] is None
+    assert "compiler estimate, not measured" in ra.table([r]) and ra.failures([r]) == []
+    bad = tmp_path / "est.jsonl"
+    bad.write_text(json.dumps({"workload": "x", "target": "tpu-v5e-8"}) + "\n")
+    with pytest.raises(Exception, match="line 1: missing memory_per_chip_bytes"):
+        ra.read_estimates(str(bad))
+
+
+def test_run_all_sizes_a_benchmark_from_its_pilot(monkeypatch):
+    ra = _run_all()
+    committed = os.path.join(ROOT, "benchmarks_speed", "results", "ssd_cpu.jsonl")
+    lines = [json.loads(l) for l in open(committed) if l.strip()][:2]
+    calls = []
+
+    def run_one(name, argv, timeout, cache_dir):
+        calls.append((argv, timeout))
+        return lines, None, 10.0
+
+    monkeypatch.setattr(ra, "run_one", run_one)
+    rows = ra.run_bench("ssd", ["--repeats", "2"], 200.0, "/tmp", tiny=False, second_process=False)
+    (pilot, p_timeout), (real, _) = calls
+    assert pilot[-4:] == ["--repeats", "1", "--n-train", "256"] and p_timeout == 100.0
+    c0 = ra.call_seconds(ra.ADAPTERS["ssd"](lines), "ssd", 256)
+    k = ra.size_for_budget(200.0, 10.0, c0, 256, 20000, repeats=2)
+    assert real == ["--repeats", "2", "--n-train", str(k)] and rows[0]["argv"] == real
+    assert ra.run_bench("ssd", ["--repeats", "2"], 12.0, "/tmp", tiny=False, second_process=False)[0][
+        "error"
+    ].startswith("row budget 12 s too small")
