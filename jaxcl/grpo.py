@@ -49,7 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .engine import LossFn, make_step
+from .engine import LossFn
 from .generate import Sampling, generate_ids
 from .models import llama
 
@@ -341,11 +341,16 @@ def make_iteration(method, env: Env, *, skip_nonfinite: bool = False, mesh=None)
     ``mesh`` (:func:`jaxcl.parallel.make_mesh`) the prompts and the rollout batch are sharded over
     its ``data`` axis (the parameters replicated): same result as one device.
     """
+    from .loops import method_step
     from .parallel import shard_batch
 
     if method.rollout is None:
         raise ValueError("make_iteration needs a method with a rollout (an RL method such as grpo)")
-    step = make_step(method.loss_fn, method.tx, method.data, skip_nonfinite=skip_nonfinite)
+    # the one road from a Method to a step (its loss, transforms, data transform, extra args);
+    # the caller consolidates (the KL reference) where a task starts (jaxcl.posttrain)
+    step = method_step(
+        method, name="the RL method", handles=("rollout", "consolidate"), skip_nonfinite=skip_nonfinite
+    )
     mu = int(method.rollout.mu)
 
     def iteration(state, prompts):
