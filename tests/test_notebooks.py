@@ -21,7 +21,7 @@ def test_committed_notebooks_are_what_the_generator_writes():
         assert [c["source"] for c in committed.cells] == [c["source"] for c in nb.cells], (
             f"notebooks/{name}.ipynb differs from notebooks/make.py: run python notebooks/make.py"
         )
-        assert nb.cells[1].metadata["tags"] == ["install"] and "REPO_URL =" in nb.cells[1].source
+        assert nb.cells[1].metadata["tags"] == ["install"] and 'JAXCL_SOURCE = ""\n' in nb.cells[1].source
 
 
 def test_every_notebook_runs_on_eight_host_devices(tmp_path):
