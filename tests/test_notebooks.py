@@ -27,6 +27,7 @@ def test_committed_notebooks_are_what_the_generator_writes():
 def test_every_notebook_runs_on_eight_host_devices(tmp_path):
     names = sorted(make.build())
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "MPLBACKEND": "Agg"}
+    env.pop("JAXCL_SOURCE", None)  # the install cells are tests/test_notebook_install.py's
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "scripts" / "run_notebooks.py"), str(tmp_path)]
         + [str(ROOT / "notebooks" / f"{n}.ipynb") for n in names],
