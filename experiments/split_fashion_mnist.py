@@ -17,12 +17,28 @@ results/studies/split-fashion-mnist.json): ACC fine-tune ~20% (it forgets all bu
 task), EWC ~20% (EWC does not help in class-incremental learning; van de Ven et al., 2022),
 ER ~79%, joint ~83%; ER shows a clear stability gap (min-ACC ~11%).
 Writes runs/split-fashion-mnist/{results.json, accuracy_matrix.png, stability_gap.png}.
+
+--size accel: the field's benchmark at its scale, for an accelerator: class-incremental Split
+CIFAR-100 (10 tasks x 10 classes, the hub's copy or $JAXCL_DATA/cifar100), ResNet-18 (width 64),
+batch 32, 2000 steps per task, a 2000-example ER buffer, 64 seeds in one program (seeds over the
+mesh). `jaxcl compile split-fashion-mnist --size accel --target tpu-v5e-8` gives its memory per
+chip and the compiler's estimate (results/compile/, the README's table).
 """
 
 from jaxcl.studies.cl import tiny as tiny_variant
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
+    if size == "accel":  # the field's standard benchmark at its scale: Split CIFAR-100, ResNet-18
+        return {
+            "study": "cl",
+            "data": {"dataset": "cifar100", "scenario": "class-incremental", "n_tasks": 10},
+            "model": {"name": "resnet18", "resnet18": {"width": 64}},
+            "loop": {"steps_per_task": 2000, "batch_size": 32, "eval_every": 100, "eval_per_task": 1000},
+            "er": {"capacity": 2000},
+            "methods": ("finetune", "er", "ewc", "joint"),
+            "seeds": 64,
+        }
     cfg = {
         "study": "cl",
         "data": {"dataset": "fashion-mnist", "scenario": "class-incremental", "n_tasks": 5},

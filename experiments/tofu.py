@@ -49,7 +49,12 @@ Writes runs/tofu[-tiny]/{results.json, fq_vs_mu.png}.
 UNLEARNING = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
+    if size == "accel":  # a 1B Llama (Llama-3.2-1B from the hub, gated), forget10, bf16 matmuls
+        cfg = get_config()
+        cfg["model"] = {"name": "meta-llama/Llama-3.2-1B", "tokenizer": "own", "compute_dtype": "bfloat16"}
+        cfg["data"] = {**cfg["data"], "split": "forget10"}
+        return cfg
     cfg = {
         "study": "tofu",
         "model": {"name": "smollm2-135m", "compute_dtype": "bfloat16"},

@@ -18,6 +18,7 @@ per step. MaxText's ``train_compile.py`` does the same for its models.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 
@@ -85,6 +86,8 @@ def devices(t: Target) -> list:
     """The target's devices: this process's CPU devices, or a TPU topology's abstract devices."""
     if t.topology is None:
         return jax.devices("cpu")
+    # compiling only: several processes may hold the TPU runtime at once (CI's parallel tests)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
 
@@ -99,8 +102,6 @@ def devices(t: Target) -> list:
 def hbm_bytes(t: Target, n_devices: int) -> float:
     """A device's memory: the target's HBM per device, or this machine's RAM for ``cpu``."""
     if t.topology is None:
-        import os
-
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     return t.hbm_gib * GIB * t.chips / n_devices
 

@@ -423,6 +423,21 @@ class Phase:
             "retain_nll": nll(params, cap(problem.retain_set)),
         }
 
+    def one_step(self, params, key, problem, hp: dict):
+        """The phase's first step (the state's initialisation, the method's consolidation, one
+        training step): the per-step program of the compile check (:mod:`jaxcl.compile`), whose
+        memory is a step's (parameters, gradients, optimizer and method state)."""
+        method = build_method(self.spec, self.model, hp, self.options)
+        example = shard_batch(problem.draw(key, self.phase.batch_size), self.mesh)
+        state = init_state(params, method.tx, key, method.data, example)
+        if method.consolidate is not None:
+            state = method.consolidate(state, example, key)
+        handles = ("consolidate", "edit")
+        step = method_step(
+            method, name=self.spec.name, handles=handles, skip_nonfinite=self.phase.skip_nonfinite
+        )
+        return step(state, example)
+
     def run(self, params, key, problem, hp: dict) -> dict:
         cfg = self.phase
         method = build_method(self.spec, self.model, hp, self.options)

@@ -75,6 +75,32 @@ def smollm2_135m(**kw) -> LlamaConfig:
     return LlamaConfig(**{**base, **kw})
 
 
+def smollm2_360m(**kw) -> LlamaConfig:
+    """SmolLM2-360M(-Instruct): 32 layers, d 960, 15 heads / 5 KV heads, FFN 2560, vocab 49152."""
+    return smollm2_135m(
+        **{"d_model": 960, "n_layers": 32, "n_heads": 15, "n_kv_heads": 5, "d_ff": 2560, **kw}
+    )
+
+
+def llama32_1b(**kw) -> LlamaConfig:
+    """Llama-3.2-1B's shape: 16 layers, d 2048, 32 heads / 8 KV heads (head dim 64), FFN 8192,
+    vocab 128256, RoPE theta 5e5, tied embeddings (1.24B parameters). Its long-context RoPE
+    scaling is not modelled: the shape is exact, positions beyond 8k are not."""
+    base = dict(
+        vocab_size=128256,
+        d_model=2048,
+        n_layers=16,
+        n_heads=32,
+        n_kv_heads=8,
+        d_ff=8192,
+        rope_theta=500000.0,
+        norm_eps=1e-5,
+        max_seq_len=8192,
+        tie_embeddings=True,
+    )
+    return LlamaConfig(**{**base, **kw})
+
+
 def tiny(**kw) -> LlamaConfig:
     """A 2-layer model for tests (GQA 4/2 heads, head dim 16); vocab fits the byte tokenizer."""
     base = dict(

@@ -41,7 +41,8 @@ def section(name="scratch", *, tokenizer: str = "byte", compute_dtype: str = "fl
     - ``d_model``, ``n_layers``, ``n_heads``, ``n_kv_heads``, ``d_ff``: the scratch dimensions
       (default :data:`SIZES`' ``xs``);
     - ``tokenizer``: ``byte`` or ``smollm2`` for a scratch model (``smollm2``: SmolLM2's, restricted
-      to the run's ids); a pretrained model's own (:data:`PRETRAINED`);
+      to the run's ids); a named pretrained model's own (:data:`PRETRAINED`); a file or hub
+      checkpoint loads its own whatever the key says (``own`` says so);
     - ``compute_dtype``: the matmuls' dtype (:data:`DTYPES`)."""
     return {"name": name, **SIZES["xs"], **dims, "tokenizer": tokenizer, "compute_dtype": compute_dtype}
 
@@ -81,6 +82,35 @@ def check(model: dict, *, names: tuple | None = None, tokenizers: tuple = TOKENI
             f"model.n_heads={model['n_heads']} must divide model.d_model={model['d_model']}, and "
             f"model.n_kv_heads={model['n_kv_heads']} must divide model.n_heads"
         )
+
+
+# the shapes of named pretrained models, known without their weights (the compile check)
+SHAPES = {
+    "tiny": llama.tiny,
+    "smollm2-135m": llama.smollm2_135m,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": llama.smollm2_135m,
+    "HuggingFaceTB/SmolLM2-360M-Instruct": llama.smollm2_360m,
+    "meta-llama/Llama-3.2-1B": llama.llama32_1b,
+    "meta-llama/Llama-3.2-1B-Instruct": llama.llama32_1b,
+}
+
+
+def abstract(model: dict, *, max_seq_len: int = 0, tokenizer=None, padded: bool = False):
+    """``(model, params as ShapeDtypeStructs)`` of a ``model`` section without loading weights
+    (the compile check, :mod:`jaxcl.compile`): a pretrained model of :data:`SHAPES` or a scratch
+    Llama (its tokenizer's vocabulary)."""
+    from ..config import ConfigError
+
+    name, dt = model.get("name", "scratch"), model.get("compute_dtype", "float32")
+    if name == "scratch" or name in SIZES:
+        lm = load(model, max_seq_len=max_seq_len, tokenizer=tokenizer, padded=padded)[0]
+    elif name in SHAPES:
+        lm = language_model(SHAPES[name](compute_dtype=dt), name, padded=padded)
+    else:
+        raise ConfigError(
+            f"model.name={name!r}: its shapes are not known without loading it; known: {', '.join(SHAPES)}"
+        )
+    return lm, jax.eval_shape(lm.init, jax.random.key(0))
 
 
 class LanguageModel(NamedTuple):

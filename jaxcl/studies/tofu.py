@@ -44,7 +44,7 @@ from ..parallel import place_seeds
 from ..tofu import data as tdata
 from ..tofu.eval import EVAL_SETS, Evaluator, scores
 from ..tofu.problem import load_model, load_problem
-from ..unlearn.lm import check_ranks, trainer, unlearner
+from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
 SPLITS = tuple(tdata.FORGET_SIZES)
@@ -288,6 +288,45 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
     )
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): fine-tuning the target and the retain
+    model (TOFU's recipe) and every method's unlearning, each as its whole phase and its first
+    step, on problems of the split's shapes and the model's shapes (no weights or data loaded).
+    The evaluation (generation, ROUGE, truth ratios) is not declared."""
+    from ..compile import Program, abstract
+
+    model, params = lm.abstract(cfg["model"])
+    d = cfg["data"]
+    n_f = d["n_forget"] or tdata.FORGET_SIZES[d["split"]]
+    n_r = d["n_retain"] or tdata.TOTAL_QA - tdata.FORGET_SIZES[d["split"]]
+    rows = lambda n: {  # noqa: E731
+        "tokens": jax.ShapeDtypeStruct((n, d["max_len"]), jnp.int32),
+        "mask": jax.ShapeDtypeStruct((n, d["max_len"]), jnp.bool_),
+    }
+    problem = LMProblem(forget=rows(n_f), forget_alt=rows(n_f), retain=rows(n_r))
+    key = abstract(jax.eval_shape(lambda: jax.random.key(0)), mesh)
+    p = abstract(params, mesh)
+    out = []
+    for name, n in (("target", n_f + n_r), ("retain", n_r)):
+        phase, hp = trainer(model, cfg, n, mesh)
+        prob = abstract(problem.learning(**rows(n)), mesh)
+        run = jax.jit(lambda p, k, pr, phase=phase, hp=hp: phase.run(p, k, pr, hp))
+        step = jax.jit(lambda p, k, pr, phase=phase, hp=hp: phase.one_step(p, k, pr, hp))
+        out += [
+            Program(f"fine-tune the {name} model ({phase.phase.steps} steps)", run, (p, key, prob)),
+            Program(f"fine-tune the {name} model: one step", step, (p, key, prob), steps=1),
+        ]
+    prob = abstract(problem, mesh)
+    for name in cfg["methods"]:
+        phase, hp = unlearner(model, cfg, name, n_f, mesh)
+        hp = abstract(hp, mesh)
+        out += [
+            Program(f"{name} ({phase.phase.steps} steps)", jax.jit(phase.run), (p, key, prob, hp)),
+            Program(f"{name}: one step", jax.jit(phase.one_step), (p, key, prob, hp), steps=1),
+        ]
+    return out
+
+
 STUDY = Study(
     "tofu",
     kinds=("unlearn",),
@@ -298,5 +337,6 @@ STUDY = Study(
     methods=METHODS,
     mesh_batches=MESH_BATCHES,
     no_resume="nothing is cached between runs; run it again",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

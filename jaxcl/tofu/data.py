@@ -34,6 +34,7 @@ FILES = (
     "idontknow.txt",
 )
 FORGET_SIZES = {"forget01": 40, "forget05": 200, "forget10": 400}
+TOTAL_QA = 4000  # question-answer pairs of the 200 fictitious authors; retainXX holds the rest
 
 
 def _contents(d: str) -> str:

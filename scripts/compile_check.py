@@ -1,0 +1,80 @@
+"""Compile the studies' accelerator-size configs for a TPU without one (``jaxcl compile``): the CI
+check and the README's compile tables.
+
+    python scripts/compile_check.py --target tpu-v5e-8              # check (CI)
+    python scripts/compile_check.py --target tpu-v5e-8 --record     # and write results/compile/
+    python scripts/compile_check.py --only tofu-1b-sharded
+
+Each check is a config at a size, ``--set`` items and a mesh of the target's devices. A check
+that must fit fails (exit 1, one line naming it) when a program does not compile or does not fit
+a device; a check marked ``fits=False`` shows a program that does not fit (the replicated 1B
+model) and fails if it does. Needs ``libtpu`` (``pip install 'jax[tpu]'``, Python 3.12). The
+figures are the compiler's (memory and cost analyses), not a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# (name, config, size, sets, mesh, fits)
+CHECKS = [
+    ("split-cifar100-resnet18", "split-fashion-mnist", "accel", [], "auto", True),
+    ("tofu-1b-replicated", "tofu", "accel", ["methods=gu-npo"], "seeds=1,data=8", False),
+    ("tofu-1b-sharded", "tofu", "accel", ["methods=gu-npo"], "seeds=1,data=1,model=8", True),
+]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", default="tpu-v5e-8")
+    p.add_argument("--record", action="store_true", help="write results/compile/<check>-<target>.json")
+    p.add_argument("--only", nargs="*", default=None, help="names of checks to run")
+    args = p.parse_args(argv)
+    from jaxcl import config, results
+    from jaxcl.studies import get_study
+
+    failed = []
+    for name, cfg_name, size, sets, mesh, fits in CHECKS:
+        if args.only and name not in args.only:
+            continue
+        t0, load0 = time.perf_counter(), list(os.getloadavg())
+        cfg = config.load(cfg_name, size=size)
+        study = get_study(cfg["study"])
+        cfg = config.resolve(cfg, sets, study=study)
+        try:
+            res = study.compile(cfg, args.target, mesh=mesh, check=False)
+        except Exception as e:  # a program that does not compile: one line, the check fails
+            failed.append(f"{name}: does not compile: {str(e).splitlines()[0][:300]}")
+            continue
+        all_fit = all(r["analysis"]["fits"] for r in res["rows"].values())
+        if all_fit != fits:
+            worst = max(res["rows"].values(), key=lambda r: r["analysis"]["total_bytes"])["analysis"]
+            failed.append(
+                f"{name}: expected {'every program to fit' if fits else 'a program not to fit'}; the largest, "
+                f"{worst['program']}, needs {worst['total_bytes'] / 2**30:.2f} GiB of {worst['hbm_bytes'] / 2**30:.2f}"
+            )
+        if args.record:
+            command = (
+                f"jaxcl compile {cfg_name} --size {size} --target {args.target} --mesh {mesh}"
+                + "".join(f" --set {s}" for s in sets)
+            )
+            path = os.path.join(ROOT, "results", "compile", f"{name}-{args.target}.json")
+            results.write_summary(
+                path,
+                res,
+                command=command,
+                seconds=time.perf_counter() - t0,
+                loadavg={"start": load0, "end": list(os.getloadavg())},
+            )
+            print(f"wrote {os.path.relpath(path, ROOT)}")
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""``jaxcl compile``: a study's programs compiled for a target without running them (issue 20).
+
+The memory figures are checked against an independent count (the bytes of the abstract
+arguments, per device after sharding), the fit check against a synthetic row, the CLI's errors
+against their one-line messages; on Python 3.12 with ``libtpu`` the main job's tiny programs
+compile for an abstract TPU v5e-8 with the seeds sharded (``JAXCL_TPU_COMPILER=required``, as
+``scripts/test.sh`` sets it, fails instead of skipping when ``libtpu`` is missing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcl import cli, compile, config
+from jaxcl.studies import cl, get_study
+
+
+def _nbytes(tree, per_device_split=None) -> int:
+    """Bytes of the abstract leaves of ``tree``, each divided over its sharding's devices."""
+    total = 0
+    for a in jax.tree.leaves(tree):
+        n = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize if a.shape else np.dtype(a.dtype).itemsize
+        if hasattr(a.dtype, "name") and "key" in str(a.dtype):
+            n = int(np.prod(a.shape, dtype=np.int64)) * 8  # a threefry key: two uint32
+        shards = 1
+        if a.sharding is not None and per_device_split:
+            shards = int(np.prod([a.sharding.mesh.shape[ax] for ax in a.sharding.spec if ax]))
+        total += n // shards
+    return total
+
+
+def _cfg(*sets):
+    return config.resolve(config.load("split-fashion-mnist", tiny=True), ["methods=er", *sets])
+
+
+def test_cli_compiles_the_main_job_for_this_cpu(tmp_path, capsys):
+    out = str(tmp_path / "c")
+    assert (
+        cli.main(
+            [
+                "compile",
+                "split-fashion-mnist",
+                "--tiny",
+                "--set",
+                "methods=er",
+                "--target",
+                "cpu",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "compiled for cpu" in text and "not a run" in text
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert list(res["rows"]) == ["er: the stream", "er: one step"]
+    for r in res["rows"].values():
+        a = r["analysis"]
+        assert a["fits"] and a["total_bytes"] > 0 and a["flops"] > 0
+        assert (
+            a["total_bytes"]
+            == a["arguments_bytes"]
+            + a["outputs_bytes"]
+            + a["temp_bytes"]
+            + a["code_bytes"]
+            - a["alias_bytes"]
+        )
+
+
+def test_argument_memory_is_the_abstract_arguments_bytes():
+    """XLA's argument bytes equal the arguments' own bytes, and grow with the seeds as the
+    per-seed state does (an independent count from the shapes)."""
+    got = {}
+    for seeds in (2, 4):
+        progs = cl.programs(_cfg(f"seeds={seeds}"), None)
+        step = progs[1]
+        a = compile.analyse(step, compile.target("cpu"), 1)
+        assert a["arguments_bytes"] == _nbytes(step.args), seeds
+        got[seeds] = (a["arguments_bytes"], _nbytes(step.args[0]))
+    # doubling the seeds adds exactly one more copy of the (per-seed) train states
+    assert got[4][0] - got[2][0] == got[4][1] - got[2][1] == got[2][1]
+
+
+def test_a_program_that_does_not_fit_is_one_line_naming_it():
+    row = {"program": "gu-npo: one step", "total_bytes": 20 * 2**30, "hbm_bytes": 16 * 2**30, "fits": False}
+    with pytest.raises(
+        config.ConfigError,
+        match=r"gu-npo: one step needs 20.00 GiB per device; a tpu-v5e-8 device has 16.00 GiB",
+    ):
+        compile.check_fits([row], compile.target("tpu-v5e-8"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--target", "tpu-v9"], "--target 'tpu-v9' is not valid; valid: cpu, tpu-v2-8"),
+        (["--size", "huge", "--target", "cpu"], "--size 'huge' is not valid; valid: tiny, default, accel"),
+    ],
+)
+def test_bad_input_is_exit_2_with_one_line(argv, message, capsys):
+    assert cli.main(["compile", "split-fashion-mnist", "--tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_every_study_declares_its_programs_or_refuses_compile_by_name(capsys):
+    from jaxcl.studies import STUDIES
+
+    for name in STUDIES:
+        study = get_study(name)
+        if study.programs is None:
+            with pytest.raises(config.ConfigError, match=f"the {name} study does not declare its programs"):
+                study.refuse("compile")
+        else:
+            assert "compile" in study.verbs
+
+
+def _tpu_compiler() -> bool:
+    if importlib.util.find_spec("libtpu") is not None:
+        return True
+    if os.environ.get("JAXCL_TPU_COMPILER") == "required":
+        pytest.fail("libtpu is not installed in this environment (pip install 'jax[tpu]')")
+    pytest.skip("no libtpu here: the TPU compile checks run in the Python 3.12 environment")
+
+
+def test_main_job_compiles_for_a_tpu_v5e_8_with_the_seeds_sharded():
+    """On abstract TPU v5e-8 devices with seeds=2 x data=4: every program compiles and its
+    per-device argument bytes are the sharded arguments' (the seeds' states split in two)."""
+    _tpu_compiler()
+    t = compile.target("tpu-v5e-8")
+    devs = compile.devices(t)
+    assert len(devs) == 8 and "v5" in devs[0].device_kind.lower()
+    from jaxcl.studies import meshing
+
+    cfg = _cfg("seeds=4", "loop.batch_size=8")
+    mesh = meshing.study_mesh(cfg, "seeds=2,data=4", devices=devs)
+    progs = cl.programs(cfg, mesh)
+    for p in progs:
+        a = compile.analyse(p, t, len(devs))
+        assert a["fits"] and a["hbm_bytes"] == 16 * 2**30
+        assert a["arguments_bytes"] == _nbytes(p.args, per_device_split=True), p.name
+        assert a["roofline_s"] and a["roofline_s"] > 0
