@@ -95,6 +95,7 @@ class LMProgram:
             lambda p: self.evaluate(p, data),
             n_chunks,
             self.eval_every,
+            mesh=self.mesh,
         )
 
     def programs(self, C: int):

@@ -26,7 +26,7 @@ from .engine import TrainState, init_state, make_step
 from .losses import mean_nll
 from .methods.base import Method, MethodSpec
 from .models.base import PureModel, check_input_shape
-from .parallel import check_divides, replicated, shard_batch
+from .parallel import check_divides, replicated, shard_batch, shard_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,15 @@ def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: 
 
 
 def run_chunks(
-    step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len: int, *, eval_state: bool = False
+    step,
+    state: TrainState,
+    draw,
+    evaluate,
+    n_chunks: int,
+    chunk_len: int,
+    *,
+    eval_state: bool = False,
+    mesh=None,
 ):
     """The one training loop: ``n_chunks`` chunks of ``chunk_len`` steps under nested
     ``lax.scan``, each chunk followed by ``evaluate(params) -> dict`` (continual evaluation).
@@ -81,12 +89,16 @@ def run_chunks(
     depend only on the run's key and the step counter, so splitting the chunks over several
     calls (to checkpoint) gives the same run as one call. Returns the state and the trace
     ``{eval keys: (n_chunks, ...), metric: (n_chunks,)}`` (step metrics averaged per chunk).
-    ``eval_state=True``: ``evaluate`` receives the whole :class:`TrainState` instead.
+    ``eval_state=True``: ``evaluate`` receives the whole :class:`TrainState` instead. ``mesh``
+    with a ``model`` axis: the state (parameters, optimizer and method states) is kept sharded
+    over it from step to step (:func:`jaxcl.parallel.shard_state`, FSDP).
     """
     batch_key = jax.random.fold_in(state.key, 0x5EED)
+    state = shard_state(state, mesh)
 
     def one_step(s, _):
-        return step(s, draw(jax.random.fold_in(batch_key, s.step)))
+        s, m = step(s, draw(jax.random.fold_in(batch_key, s.step)))
+        return shard_state(s, mesh), m
 
     def chunk(s, _):
         s, m = jax.lax.scan(one_step, s, None, length=chunk_len)
@@ -155,8 +167,9 @@ class Experiment:
         mesh: jax.sharding.Mesh | None = None,
         **options: Any,
     ):
-        """``mesh``: an optional ``(seeds, data)`` mesh (:func:`jaxcl.parallel.make_mesh`);
-        batches are then sharded over ``data`` inside the compiled loop."""
+        """``mesh``: an optional ``(seeds, data, model)`` mesh (:func:`jaxcl.parallel.make_mesh`);
+        batches are then sharded over ``data`` inside the compiled loop and the train state over
+        ``model``."""
         loop.validate()
         check_divides(mesh, batch_size=loop.batch_size)
         self.mesh = mesh
@@ -239,7 +252,9 @@ class Experiment:
             )
             return {"acc": acc_T}
 
-        return run_chunks(step, state, draw, evaluate, n_chunks, cfg.eval_every, eval_state=True)
+        return run_chunks(
+            step, state, draw, evaluate, n_chunks, cfg.eval_every, eval_state=True, mesh=self.mesh
+        )
 
     def _read_in_order(self, step, stream: Stream, t):
         """``step`` on the task's rows in stored order (``loop.order = "sequential"``); the uniform
@@ -434,6 +449,7 @@ class Phase:
                 lambda p: self.evaluate(p, problem),
                 cfg.steps // cfg.eval_every,
                 cfg.eval_every,
+                mesh=self.mesh,
             )
             params, nonfinite = state.params, state.nonfinite_step
         if method.edit is not None:
