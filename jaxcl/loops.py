@@ -142,10 +142,11 @@ def method_step(method: Method, *, name: str = "the method", handles=(), skip_no
     )
 
 
-def method_state(method: Method, params, key, example: dict | None = None) -> TrainState:
+def method_state(method: Method, params, key, example: dict | None = None, *, mesh=None) -> TrainState:
     """The train state a :func:`method_step` starts from (the data transform's state built from
-    ``example`` when the method has one)."""
-    return init_state(params, method.tx, key, method.data, example)
+    ``example`` when the method has one); on ``mesh``'s ``model`` axis, sharded over it
+    (:func:`jaxcl.parallel.shard_state`)."""
+    return shard_state(init_state(params, method.tx, key, method.data, example), mesh)
 
 
 def as_hparams(spec: MethodSpec, values: dict | None = None) -> dict:
@@ -220,7 +221,7 @@ class Experiment:
         k_init, k_run = jax.random.split(jax.random.key(0) if key is None else key)
         params = self.model.init(k_init)
         example = self._batch(stream, 0, k_init, method, self.loop.batch_size)
-        return init_state(params, method.tx, k_run, method.data, example)
+        return shard_state(init_state(params, method.tx, k_run, method.data, example), self.mesh)
 
     def train_chunks(
         self, state: TrainState, stream: Stream, hp: dict, t, n_chunks: int

@@ -113,7 +113,7 @@ class PostTraining:
                 max_new_tokens=opts["max_new_tokens"],
                 pad_id=self.env.pad_id,
             )
-        return method_state(method, params, key, example)
+        return method_state(method, params, key, example, mesh=self.mesh)
 
     @property
     def chunks_per_call(self) -> int:
