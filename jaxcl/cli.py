@@ -2,7 +2,7 @@
 
     jaxcl list
     jaxcl run CONFIG [--tiny] [--set key=value ...] [--method M ...] [--seeds N] [--out DIR]
-                     [--resume DIR] [--fresh] [--tensorboard] [--mesh auto|seeds=S,data=D]
+                     [--resume DIR] [--fresh] [--tensorboard] [--mesh auto|seeds=S,data=D,model=M]
     jaxcl sweep CONFIG --grid <method>.<hparam>=v1,v2 [--grid ...] [--tiny] [--set ...] [--seeds N] [--chunk K]
     jaxcl compile CONFIG --target tpu-v5e-8|cpu|... [--size tiny|default|accel] [--mesh ...] [--set ...]
 
@@ -62,9 +62,10 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--mesh",
             default=None,
-            metavar="auto|seeds=S,data=D",
-            help="run on a (seeds, data) mesh over the devices: seeds sharded over 'seeds', batches over "
-            "'data' (auto: the largest that divides the seeds and batch sizes)",
+            metavar="auto|seeds=S,data=D,model=M",
+            help="run on a (seeds, data, model) mesh over the devices: seeds sharded over 'seeds', batches "
+            "over 'data', the train state FSDP-style over 'model' (auto: the largest seeds and data axes "
+            "that divide the seeds and batch sizes, no model axis)",
         )
     else:
         p.add_argument("--grid", action="append", default=[], help="<method>.<hparam>=v1,v2,... (repeatable)")

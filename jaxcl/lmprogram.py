@@ -82,7 +82,7 @@ class LMProgram:
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params0 is None else params0
         example = None if data is None else self.draw(data, k_init)
-        return method_state(method, params, k_run, example)
+        return method_state(method, params, k_run, example, mesh=self.mesh)
 
     def call(self, state, hp, data, n_chunks: int):
         """``n_chunks`` chunks of ``eval_every`` steps of the method's step, each followed by
@@ -95,6 +95,7 @@ class LMProgram:
             lambda p: self.evaluate(p, data),
             n_chunks,
             self.eval_every,
+            mesh=self.mesh,
         )
 
     def programs(self, C: int):

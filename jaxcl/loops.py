@@ -26,7 +26,7 @@ from .engine import TrainState, init_state, make_step
 from .losses import mean_nll
 from .methods.base import Method, MethodSpec
 from .models.base import PureModel, check_input_shape
-from .parallel import check_divides, replicated, shard_batch
+from .parallel import check_divides, replicated, shard_batch, shard_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,15 @@ def accuracy_per_task(apply_fn, params, x_TxM, y_TxM, n_T, masks_TxC, *, limit: 
 
 
 def run_chunks(
-    step, state: TrainState, draw, evaluate, n_chunks: int, chunk_len: int, *, eval_state: bool = False
+    step,
+    state: TrainState,
+    draw,
+    evaluate,
+    n_chunks: int,
+    chunk_len: int,
+    *,
+    eval_state: bool = False,
+    mesh=None,
 ):
     """The one training loop: ``n_chunks`` chunks of ``chunk_len`` steps under nested
     ``lax.scan``, each chunk followed by ``evaluate(params) -> dict`` (continual evaluation).
@@ -81,12 +89,16 @@ def run_chunks(
     depend only on the run's key and the step counter, so splitting the chunks over several
     calls (to checkpoint) gives the same run as one call. Returns the state and the trace
     ``{eval keys: (n_chunks, ...), metric: (n_chunks,)}`` (step metrics averaged per chunk).
-    ``eval_state=True``: ``evaluate`` receives the whole :class:`TrainState` instead.
+    ``eval_state=True``: ``evaluate`` receives the whole :class:`TrainState` instead. ``mesh``
+    with a ``model`` axis: the state (parameters, optimizer and method states) is kept sharded
+    over it from step to step (:func:`jaxcl.parallel.shard_state`, FSDP).
     """
     batch_key = jax.random.fold_in(state.key, 0x5EED)
+    state = shard_state(state, mesh)
 
     def one_step(s, _):
-        return step(s, draw(jax.random.fold_in(batch_key, s.step)))
+        s, m = step(s, draw(jax.random.fold_in(batch_key, s.step)))
+        return shard_state(s, mesh), m
 
     def chunk(s, _):
         s, m = jax.lax.scan(one_step, s, None, length=chunk_len)
@@ -130,10 +142,11 @@ def method_step(method: Method, *, name: str = "the method", handles=(), skip_no
     )
 
 
-def method_state(method: Method, params, key, example: dict | None = None) -> TrainState:
+def method_state(method: Method, params, key, example: dict | None = None, *, mesh=None) -> TrainState:
     """The train state a :func:`method_step` starts from (the data transform's state built from
-    ``example`` when the method has one)."""
-    return init_state(params, method.tx, key, method.data, example)
+    ``example`` when the method has one); on ``mesh``'s ``model`` axis, sharded over it
+    (:func:`jaxcl.parallel.shard_state`)."""
+    return shard_state(init_state(params, method.tx, key, method.data, example), mesh)
 
 
 def as_hparams(spec: MethodSpec, values: dict | None = None) -> dict:
@@ -155,8 +168,9 @@ class Experiment:
         mesh: jax.sharding.Mesh | None = None,
         **options: Any,
     ):
-        """``mesh``: an optional ``(seeds, data)`` mesh (:func:`jaxcl.parallel.make_mesh`);
-        batches are then sharded over ``data`` inside the compiled loop."""
+        """``mesh``: an optional ``(seeds, data, model)`` mesh (:func:`jaxcl.parallel.make_mesh`);
+        batches are then sharded over ``data`` inside the compiled loop and the train state over
+        ``model``."""
         loop.validate()
         check_divides(mesh, batch_size=loop.batch_size)
         self.mesh = mesh
@@ -207,7 +221,7 @@ class Experiment:
         k_init, k_run = jax.random.split(jax.random.key(0) if key is None else key)
         params = self.model.init(k_init)
         example = self._batch(stream, 0, k_init, method, self.loop.batch_size)
-        return init_state(params, method.tx, k_run, method.data, example)
+        return shard_state(init_state(params, method.tx, k_run, method.data, example), self.mesh)
 
     def train_chunks(
         self, state: TrainState, stream: Stream, hp: dict, t, n_chunks: int
@@ -239,7 +253,9 @@ class Experiment:
             )
             return {"acc": acc_T}
 
-        return run_chunks(step, state, draw, evaluate, n_chunks, cfg.eval_every, eval_state=True)
+        return run_chunks(
+            step, state, draw, evaluate, n_chunks, cfg.eval_every, eval_state=True, mesh=self.mesh
+        )
 
     def _read_in_order(self, step, stream: Stream, t):
         """``step`` on the task's rows in stored order (``loop.order = "sequential"``); the uniform
@@ -462,6 +478,7 @@ class Phase:
                 lambda p: self.evaluate(p, problem),
                 cfg.steps // cfg.eval_every,
                 cfg.eval_every,
+                mesh=self.mesh,
             )
             params, nonfinite = state.params, state.nonfinite_step
         if method.edit is not None:

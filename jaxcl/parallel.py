@@ -1,4 +1,4 @@
-"""Scale without touching method code: a device mesh with a ``seeds`` and a ``data`` axis.
+"""Scale without touching method code: a device mesh with ``seeds``, ``data`` and ``model`` axes.
 
 * Data parallelism is ``jax.jit`` with ``NamedSharding``: every batch drawn inside the compiled
   loop is constrained to be sharded over ``data`` (its leading axis), while the train state
@@ -6,7 +6,14 @@
   partitioner inserts the gradient all-reduce; the replay buffer, written from the *global*
   batch, is the same array on every device by construction (the failure mode of DDP rehearsal,
   a buffer per rank, cannot happen).
-* Seeds fill the second axis: ``vmap(..., spmd_axis_name="seeds")`` shards the seed dimension of
+* The ``model`` axis shards the train state FSDP-style (ZeRO-3): every array of the parameters,
+  gradients, optimizer state and method states (GU's history, EWC's anchor, a replay buffer) that
+  is large enough is split over ``model`` along one dimension (:func:`fsdp_spec`), and batches are
+  split over ``data`` x ``model`` where they divide it, so each device computes on its own examples
+  with weights the compiler all-gathers layer by layer. Placement outside a program is
+  :func:`state_sharding` / :func:`place_seeds`; inside, :func:`shard_state` constrains the loop's
+  carry (:func:`jaxcl.loops.run_chunks`), so the state lives sharded from step to step.
+* Seeds fill the first axis: ``vmap(..., spmd_axis_name="seeds")`` shards the seed dimension of
   every vmapped value over ``seeds``, so 8 devices x 8 seeds or 2 x 4 mixes both.
 * ``shard_map`` where a computation wants explicit collectives: :func:`sharded_empirical_fisher`
   sums per-example squared gradients on each device's shard and ``psum``s them.
@@ -22,27 +29,102 @@ from jax.sharding import PartitionSpec as P
 
 from .engine import LossFn
 
+AXES = ("seeds", "data", "model")
 
-def make_mesh(data: int | None = None, seeds: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A ``(seeds, data)`` mesh; ``data`` defaults to every device left after ``seeds``."""
+
+def make_mesh(data: int | None = None, seeds: int = 1, devices=None, *, model: int = 1) -> jax.sharding.Mesh:
+    """A ``(seeds, data, model)`` mesh; ``data`` defaults to every device left after ``seeds`` and
+    ``model``. A mesh smaller than the device list takes its first devices."""
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
     if data is None:
-        if n % seeds:
-            raise ValueError(f"{n} devices cannot be split into a seeds axis of {seeds}")
-        data = n // seeds
-    if data * seeds != n and data * seeds > n:
+        if n % (seeds * model):
+            raise ValueError(
+                f"{n} devices cannot be split into a seeds axis of {seeds} x a model axis of {model}"
+            )
+        data = n // (seeds * model)
+    size = data * seeds * model
+    if size > n:
         raise ValueError(
-            f"a mesh of seeds={seeds} x data={data} needs {data * seeds} devices; this process sees {n}"
+            f"a mesh of seeds={seeds} x data={data} x model={model} needs {size} devices; this process sees {n}"
         )
     auto = jax.sharding.AxisType.Auto
-    return jax.make_mesh(
-        (seeds, data), ("seeds", "data"), axis_types=(auto, auto), devices=devices[: data * seeds]
-    )
+    return jax.make_mesh((seeds, data, model), AXES, axis_types=(auto,) * 3, devices=devices[:size])
 
 
 def axis_size(mesh: jax.sharding.Mesh | None, name: str) -> int:
-    return 1 if mesh is None else int(mesh.shape[name])
+    """The size of axis ``name`` (1 without a mesh or where the mesh has no such axis)."""
+    return 1 if mesh is None else int(dict(mesh.shape).get(name, 1))
+
+
+# -- FSDP placement of a state over the ``model`` axis --------------------------------------------
+
+# arrays with fewer elements (per seed) than this stay replicated: biases, norms, scalars, keys;
+# what sharding them would save is less than the all-gathers cost (MaxText and the JAX scaling
+# book shard every weight matrix and leave vectors replicated)
+MIN_SHARD_SIZE = 2**12
+
+
+def fsdp_spec(shape, model: int, *, leading: str | None = None, min_size: int = MIN_SHARD_SIZE) -> P:
+    """The ``PartitionSpec`` of one array of a state on a ``model`` axis of ``model`` devices.
+
+    The rule (FSDP, as MaxText's ``fsdp`` axis and the JAX scaling book's ZeRO-3 place weights):
+    the array's largest dimension that ``model`` divides is sharded over ``model`` (ties: the
+    first such); an array with fewer than ``min_size`` elements, or with no dimension ``model``
+    divides, is replicated. ``leading="seeds"``: the first dimension is the seed dimension and stays
+    on the ``seeds`` axis; the rule applies to the rest."""
+    lead = (leading,) if leading else ()
+    dims = tuple(shape)[len(lead) :]
+    size = 1
+    for n in dims:
+        size *= int(n)
+    fits = [i for i, n in enumerate(dims) if n % model == 0]
+    if model <= 1 or size < min_size or not fits:
+        return P(*lead)
+    i = max(fits, key=lambda i: (dims[i], -i))
+    return P(*lead, *(["model" if j == i else None for j in range(len(dims))]))
+
+
+def _shape(a) -> tuple:
+    return tuple(getattr(a, "shape", ()))
+
+
+def state_sharding(tree, mesh: jax.sharding.Mesh, *, seeds: bool = False, min_size: int = MIN_SHARD_SIZE):
+    """A pytree of ``NamedSharding`` for ``tree`` (arrays, or ``jax.ShapeDtypeStruct``s: the
+    compile check builds its abstract arguments with them) on ``mesh``, by :func:`fsdp_spec`:
+    each large array sharded over ``model`` along its largest dimension that divides it, the
+    rest replicated; ``seeds=True``: every leaf's leading dimension is the seed dimension, on the
+    ``seeds`` axis. Without a ``model`` axis (or of size 1) this is plain replication /
+    ``P('seeds')``."""
+    m = axis_size(mesh, "model")
+    lead = "seeds" if seeds else None
+    return jax.tree.map(
+        lambda a: NamedSharding(mesh, fsdp_spec(_shape(a), m, leading=lead, min_size=min_size)), tree
+    )
+
+
+def shard_state(tree, mesh: jax.sharding.Mesh | None):
+    """``tree`` (a train state, inside a jitted program, possibly under the seeds ``vmap``)
+    constrained to :func:`fsdp_spec`'s placement on ``mesh``'s ``model`` axis; the compiler inserts
+    the all-gathers where a step needs a whole array. Unchanged without a ``model`` axis > 1. Under
+    ``vmap(..., spmd_axis_name='seeds')`` the seed dimension is added on ``seeds`` by the vmap."""
+    m = axis_size(mesh, "model")
+    if m == 1:
+        return tree
+
+    def one(a):
+        spec = fsdp_spec(_shape(a), m)
+        return a if spec == P() else jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+
+    return jax.tree.map(one, tree)
+
+
+def batch_spec(n: int, mesh) -> P:
+    """Batches of ``n`` rows: over ``data`` x ``model`` where ``n`` divides it (FSDP: every device
+    computes its own rows), else over ``data`` alone (the ``model`` devices of a data shard then
+    compute the same rows)."""
+    d, m = axis_size(mesh, "data"), axis_size(mesh, "model")
+    return P(("data", "model")) if m > 1 and n % (d * m) == 0 else P("data")
 
 
 def check_divides(mesh, *, batch_size: int, n_seeds: int | None = None) -> None:
@@ -63,10 +145,14 @@ def check_divides(mesh, *, batch_size: int, n_seeds: int | None = None) -> None:
 
 
 def shard_batch(batch, mesh):
-    """Constrain every leaf of a batch to be sharded over ``data`` along its leading axis."""
-    if mesh is None or axis_size(mesh, "data") == 1:
+    """Constrain every leaf of a batch to be sharded along its leading axis over ``data`` (and
+    ``model``, :func:`batch_spec`)."""
+    if mesh is None or axis_size(mesh, "data") * axis_size(mesh, "model") == 1:
         return batch
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P("data"))), batch)
+    return jax.tree.map(
+        lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, batch_spec(a.shape[0], mesh))),
+        batch,
+    )
 
 
 def replicated(mesh):
@@ -190,12 +276,14 @@ def seeds_map(fn, in_axes, mesh=None, *, model=None):
 
 def place_seeds(args, in_axes, mesh=None) -> tuple:
     """``args`` on the mesh: those whose ``in_axes`` entry is 0 sharded over ``seeds`` (leading
-    axis), the others (the train state's starting point, data, hyperparameters) replicated.
-    Unchanged without a mesh."""
+    axis), the others (the train state's starting point, data, hyperparameters) replicated; on a
+    ``model`` axis every large array also sharded over it (:func:`state_sharding`). Unchanged
+    without a mesh."""
     if mesh is None:
         return tuple(args)
-    seeds, rep = NamedSharding(mesh, P("seeds")), replicated(mesh)
-    return tuple(jax.device_put(a, seeds if ax == 0 else rep) for a, ax in zip(args, in_axes, strict=True))
+    return tuple(
+        jax.device_put(a, state_sharding(a, mesh, seeds=ax == 0)) for a, ax in zip(args, in_axes, strict=True)
+    )
 
 
 class _Placed:

@@ -69,7 +69,9 @@ class PostTraining:
         evaluate = lambda p: self.evaluate(p, data)
         if b["steps"] == 0:
             return {"params": params, "eval": jax.tree.map(lambda a: a[None], evaluate(params))}
-        state, trace = run_chunks(step, state, draw, evaluate, b["steps"] // b["eval_every"], b["eval_every"])
+        state, trace = run_chunks(
+            step, state, draw, evaluate, b["steps"] // b["eval_every"], b["eval_every"], mesh=self.mesh
+        )
         return {"params": state.params, "eval": trace, "nonfinite_step": state.nonfinite_step}
 
     def row_method(self, row: str):
@@ -111,7 +113,7 @@ class PostTraining:
                 max_new_tokens=opts["max_new_tokens"],
                 pad_id=self.env.pad_id,
             )
-        return method_state(method, params, key, example)
+        return method_state(method, params, key, example, mesh=self.mesh)
 
     @property
     def chunks_per_call(self) -> int:
@@ -139,7 +141,7 @@ class PostTraining:
             step = method_step(method, name=row)
             draw = lambda k: shard_batch(verifiable.sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
         evaluate = lambda params: self.evaluate(params, data)
-        return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"])
+        return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"], mesh=self.mesh)
 
     def hparams(self, row: str) -> dict:
         """The row's traced hyperparameters."""
