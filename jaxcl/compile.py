@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -106,6 +107,33 @@ def hbm_bytes(t: Target, n_devices: int) -> float:
     return t.hbm_gib * GIB * t.chips / n_devices
 
 
+# XLA's TPU compiler: "the total memory required for HLO temporaries (26.26G) exceeds available HBM"
+OOM = re.compile(r"memory required for [\w ]+ \((\d+(?:\.\d+)?)G\) exceeds available HBM")
+
+
+def out_of_memory(p: Program, need: float, hbm: float, compile_s: float) -> dict:
+    """The row of a program the compiler refused for want of HBM: what it said it needs."""
+    nan = float("nan")
+    return {
+        "program": p.name,
+        "arguments_bytes": 0,
+        "outputs_bytes": 0,
+        "temp_bytes": int(need),
+        "code_bytes": 0,
+        "alias_bytes": 0,
+        "total_bytes": int(need),
+        "hbm_bytes": int(hbm),
+        "fits": False,
+        "flops": nan,
+        "bytes_accessed": nan,
+        "estimate_s": None,
+        "roofline_s": None,
+        "steps": p.steps,
+        "compile_s": compile_s,
+        "refused": "the compiler: out of HBM (its figure is the temporaries alone)",
+    }
+
+
 def roofline(t: Target, n_devices: int, cost: dict) -> float | None:
     """``max(FLOPs / peak, bytes accessed / bandwidth)`` of one device, seconds (None on a CPU)."""
     if not t.tflops or "flops" not in cost:
@@ -123,6 +151,18 @@ def abstract(tree, mesh=None, spec=P()):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding), tree)
 
 
+def placed(tree, mesh=None, *, seeds: bool = False):
+    """``tree`` as ShapeDtypeStructs placed as a run places a train state
+    (:func:`jaxcl.parallel.state_sharding`: large arrays over the mesh's ``model`` axis, FSDP;
+    ``seeds``: the leading dimension over ``seeds``); unsharded without a mesh."""
+    if mesh is None:
+        return abstract(tree)
+    from .parallel import state_sharding
+
+    shardings = state_sharding(tree, mesh, seeds=seeds)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s), tree, shardings)
+
+
 def seeds_spec(mesh) -> P:
     """The seed axis over the mesh's ``seeds`` axis (replicated without a mesh)."""
     return P("seeds") if mesh is not None and "seeds" in mesh.axis_names else P()
@@ -135,7 +175,14 @@ def analyse(p: Program, t: Target, n_devices: int) -> dict:
     (a lower bound: bf16 peak, perfect overlap)."""
     hbm = hbm_bytes(t, n_devices)
     t0 = time.perf_counter()
-    compiled = p.fn.lower(*p.args).compile()
+    lowered = p.fn.lower(*p.args)
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # the TPU compiler refuses a program that cannot fit its HBM
+        need = OOM.search(str(e))
+        if need is None:
+            raise
+        return out_of_memory(p, float(need.group(1)) * GIB, hbm, time.perf_counter() - t0)
     compile_s = time.perf_counter() - t0
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()

@@ -15,7 +15,7 @@ WORKERS="${JAXCL_TEST_WORKERS:-2}"
 # the files the optimised Python 3.12 part below runs (every method's golden and mutation, the
 # mesh, multi-host and resume subprocesses, the core of every level) run there only, once; the
 # studies' tests here run that core on Python 3.11 too
-CORE=(tests/test_registry.py tests/test_llama.py tests/test_engine.py tests/test_conv.py tests/test_unlearn_ssd.py
+CORE=(tests/test_compile_check.py tests/test_registry.py tests/test_llama.py tests/test_engine.py tests/test_conv.py tests/test_unlearn_ssd.py
   tests/test_checkpoint.py tests/test_parallel.py tests/test_mesh_agreement.py tests/test_multihost.py
   tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py
   tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py)
@@ -36,10 +36,10 @@ fi
 echo "== Python $("$PY312" --version | cut -d' ' -f2), XLA optimisations on =="
 VENV=".venv312"
 [ -x "$VENV/bin/python" ] || "$PY312" -m venv "$VENV"
-PYTHON="$VENV/bin/python" EXTRAS="dev,torch" bash scripts/setup.sh
+PYTHON="$VENV/bin/python" EXTRAS="dev,torch,tpu" bash scripts/setup.sh
 # compiled as users' runs are (the suite above ran with most optimisations off, for speed): every
 # golden and its mutation check, the PyTorch / transformers parity checks, bit-exact resume,
 # CLI == API, 1-vs-8-device and multi-host agreement, and the core of every level
-JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${CORE[@]}" \
+JAXCL_TPU_COMPILER=required JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${CORE[@]}" \
   "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots" \
   "tests/test_cl_study.py::test_cli_python_api_and_no_checkpoint_give_the_same_numbers"

@@ -399,7 +399,7 @@ def programs(cfg: dict, mesh) -> list:
     """The compiled calls of a run without checkpoints (``jaxcl compile``): per method, the whole
     stream for every seed (:meth:`Experiment.run` over the seeds) and one training step of every
     seed (:meth:`Experiment.one_step`), on a stream of the config's shapes."""
-    from ..compile import Program, abstract, seeds_spec
+    from ..compile import Program, abstract, placed, seeds_spec
 
     stream = streams.from_config(cfg["data"], cfg["seed"], shapes_only=True)
     keys = jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"]))
@@ -409,7 +409,7 @@ def programs(cfg: dict, mesh) -> list:
         exp, hp = experiment(cfg, stream, method, mesh=mesh)
         seeds = lambda fn, exp=exp: parallel.seeds_map(fn, (0, None, None), mesh, model=exp.model)  # noqa: E731
         hp = abstract(hp, mesh)
-        state = abstract(jax.eval_shape(seeds(exp.init), keys, st, hp), mesh, seeds_spec(mesh))
+        state = placed(jax.eval_shape(seeds(exp.init), keys, st, hp), mesh, seeds=True)
         out.append(Program(f"{method}: the stream", jax.jit(seeds(exp.run)), (keys, st, hp)))
         out.append(Program(f"{method}: one step", jax.jit(seeds(exp.one_step)), (state, st, hp), steps=1))
     return out

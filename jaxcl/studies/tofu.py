@@ -293,7 +293,7 @@ def programs(cfg: dict, mesh) -> list:
     model (TOFU's recipe) and every method's unlearning, each as its whole phase and its first
     step, on problems of the split's shapes and the model's shapes (no weights or data loaded).
     The evaluation (generation, ROUGE, truth ratios) is not declared."""
-    from ..compile import Program, abstract
+    from ..compile import Program, abstract, placed
 
     model, params = lm.abstract(cfg["model"])
     d = cfg["data"]
@@ -305,7 +305,7 @@ def programs(cfg: dict, mesh) -> list:
     }
     problem = LMProblem(forget=rows(n_f), forget_alt=rows(n_f), retain=rows(n_r))
     key = abstract(jax.eval_shape(lambda: jax.random.key(0)), mesh)
-    p = abstract(params, mesh)
+    p = placed(params, mesh)  # over the mesh's model axis where it has one (FSDP)
     out = []
     for name, n in (("target", n_f + n_r), ("retain", n_r)):
         phase, hp = trainer(model, cfg, n, mesh)
