@@ -77,7 +77,13 @@ class Program:
     steps: int = 0
 
 
+LOCAL = "local"  # the devices this process runs on (the check jaxcl run makes first on an accelerator)
+
+
 def target(name: str) -> Target:
+    if name == LOCAL:
+        d = jax.devices()[0]
+        return Target(f"{d.platform} ({d.device_kind})", LOCAL, jax.device_count(), 0.0)
     if name not in TARGETS:
         raise ConfigError(f"--target {name!r} is not valid; valid: {', '.join(TARGETS)}")
     return TARGETS[name]
@@ -87,6 +93,8 @@ def devices(t: Target) -> list:
     """The target's devices: this process's CPU devices, or a TPU topology's abstract devices."""
     if t.topology is None:
         return jax.devices("cpu")
+    if t.topology == LOCAL:
+        return jax.devices()
     # compiling only: several processes may hold the TPU runtime at once (CI's parallel tests)
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
@@ -102,8 +110,11 @@ def devices(t: Target) -> list:
 
 def hbm_bytes(t: Target, n_devices: int) -> float:
     """A device's memory: the target's HBM per device, or this machine's RAM for ``cpu``."""
-    if t.topology is None:
+    if t.topology is None or (t.topology == LOCAL and jax.devices()[0].platform == "cpu"):
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if t.topology == LOCAL:  # an accelerator's own figure
+        stats = jax.devices()[0].memory_stats() or {}
+        return float(stats.get("bytes_limit", float("inf")))
     return t.hbm_gib * GIB * t.chips / n_devices
 
 

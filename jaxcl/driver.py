@@ -170,6 +170,10 @@ class Study:
         if resume:
             self.refuse("resume")
         self.checks(cfg, mesh)
+        if self.programs and (jax.default_backend() != "cpu" or os.environ.get("JAXCL_PREFLIGHT")):
+            # on an accelerator: every program compiled and checked against the device's memory
+            # before anything runs (a program that does not fit is an error naming it)
+            self.compile(cfg, "local", mesh=mesh)
         ckpt = bool(self.checkpoint_key) and get(cfg, self.checkpoint_key)
         run = Run(cfg, out or None, resume, fresh, verbose, mesh, ckpt)
         if not run.out:
@@ -210,8 +214,8 @@ class Study:
         self.refuse("compile")
         t = C.target(target)
         devs = C.devices(t)
-        m = None
-        if self.takes_mesh and mesh not in (None, "", "none"):
+        m = None if isinstance(mesh, str) else mesh  # a spec, or the run's own mesh
+        if isinstance(mesh, str) and self.takes_mesh and mesh not in ("", "none"):
             from .studies import meshing
 
             m = meshing.study_mesh(cfg, mesh, devices=devs)

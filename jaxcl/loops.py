@@ -445,14 +445,15 @@ class Phase:
         memory is a step's (parameters, gradients, optimizer and method state)."""
         method = build_method(self.spec, self.model, hp, self.options)
         example = shard_batch(problem.draw(key, self.phase.batch_size), self.mesh)
-        state = init_state(params, method.tx, key, method.data, example)
+        state = shard_state(init_state(params, method.tx, key, method.data, example), self.mesh)
         if method.consolidate is not None:
-            state = method.consolidate(state, example, key)
+            state = shard_state(method.consolidate(state, example, key), self.mesh)
         handles = ("consolidate", "edit")
         step = method_step(
             method, name=self.spec.name, handles=handles, skip_nonfinite=self.phase.skip_nonfinite
         )
-        return step(state, example)
+        state, metrics = step(state, example)
+        return shard_state(state, self.mesh), metrics
 
     def run(self, params, key, problem, hp: dict) -> dict:
         cfg = self.phase
@@ -462,9 +463,9 @@ class Phase:
         if method.trains:
             draw = lambda k: shard_batch(problem.draw(k, cfg.batch_size), self.mesh)
             example = draw(k_state)
-            state = init_state(params, method.tx, k_state, method.data, example)
+            state = shard_state(init_state(params, method.tx, k_state, method.data, example), self.mesh)
             if method.consolidate is not None:
-                state = method.consolidate(state, example, k_state)
+                state = shard_state(method.consolidate(state, example, k_state), self.mesh)
             step = method_step(
                 method,
                 name=self.spec.name,
