@@ -49,6 +49,10 @@ def studies_page() -> None:
         "",
         "::: jaxcl.driver",
         "",
+        "## Compiling for an accelerator (`jaxcl compile`)",
+        "",
+        "::: jaxcl.compile",
+        "",
     ]
     for study, mod in STUDIES.items():
         lines += [
