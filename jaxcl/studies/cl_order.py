@@ -152,7 +152,5 @@ def plot_orders(res: dict, path: str) -> str:
     return path
 
 
-STUDY = Study(
-    "cl-order", kinds=("cl",), defaults=DEFAULTS, validate=validate, body=body, programs=programs
-)
+STUDY = Study("cl-order", kinds=("cl",), defaults=DEFAULTS, validate=validate, body=body, programs=programs)
 run, sweep = STUDY.run, STUDY.sweep
