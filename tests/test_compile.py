@@ -1,6 +1,6 @@
 """``jaxcl compile``: every study that declares its programs compiles them for this CPU at its tiny
-size, one row per program, and the programs' arguments follow the config (a doubled batch grows
-the one-step program)."""
+size, one row per program, and the programs follow the config (a doubled batch doubles the
+one-step program's work)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from jaxcl.studies import get_study
 def _check(name: str, batch_key: str, *sets: str):
     """Compile ``name``'s tiny config (``sets``: ``--set`` overrides) for ``cpu``: one row per
     declared program, memory > 0, every program fits; then the one-step program of a config with
-    ``batch_key`` doubled needs more argument or temporary bytes and more FLOPs."""
+    ``batch_key`` doubled does about twice the work, in no less memory."""
     cfg = config.resolve(config.load(name, tiny=True), sets)
     study = get_study(cfg["study"])
     names = [p.name for p in study.programs(cfg, None)]
@@ -30,8 +30,10 @@ def _check(name: str, batch_key: str, *sets: str):
     big[sec][key] *= 2
     prog = next(p for p in study.programs(big, None) if p.name == one)
     grown = C.analyse(prog, C.target("cpu"), 1)
-    assert grown["arguments_bytes"] + grown["temp_bytes"] > small["arguments_bytes"] + small["temp_bytes"]
-    assert grown["flops"] > small["flops"]
+    # the step's work follows the batch (about twice the FLOPs) and its memory never shrinks (XLA
+    # may reuse a buffer, so a small model's temporaries need not grow)
+    assert grown["flops"] > 1.5 * small["flops"], (grown["flops"], small["flops"])
+    assert grown["arguments_bytes"] + grown["temp_bytes"] >= small["arguments_bytes"] + small["temp_bytes"]
 
 
 def test_programs_lm_cpt():
