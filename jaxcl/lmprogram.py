@@ -98,6 +98,13 @@ class LMProgram:
             mesh=self.mesh,
         )
 
+    def one_step(self, state, hp, data):
+        """One training step, the batch drawn as :func:`jaxcl.loops.run_chunks` draws it: the
+        per-step program of the compile check (:mod:`jaxcl.compile`)."""
+        step = method_step(self.method(hp), name=self.name, handles=self.handles, norms=self.norms)
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.step)
+        return self.wrap(step, data)(state, self.draw(data, key))
+
     def programs(self, C: int):
         """``(init(keys, params0, hp), evaluate(state, data), call(state, hp, data))``, ``call``
         of ``C`` chunks, jitted over seeds and kept (a resumed run compiles nothing new)."""
@@ -107,3 +114,26 @@ class LMProgram:
             call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
             self._programs[C] = (init, ev, call)
         return self._programs[C]
+
+    def compile_programs(self, keys, data, C: int, *, initial: bool = False, label: str = "") -> list:
+        """What :func:`jaxcl.driver.train_calls` compiles, abstract (:mod:`jaxcl.compile`):
+        ``init``, ``call`` of ``C`` chunks, one training step of every seed and, with
+        ``initial``, the evaluation; ``keys`` (S,) and ``data`` arrays or ShapeDtypeStructs, the
+        pretrained parameters (:attr:`pretrained`) abstract or real; ``label`` prefixes the names."""
+        from .compile import Program, abstract, seeds_spec
+
+        m, sp = self.mesh, seeds_spec(self.mesh)
+        init, ev, call = self.programs(C)
+        keys, data, hp = abstract(keys, m, sp), abstract(data, m), abstract(self.hp, m)
+        pre = None if self.pretrained is None else abstract(self.pretrained, m)
+        state = jax.eval_shape(jax.vmap(self.init, in_axes=(0, None, None)), keys, pre, hp)
+        state = abstract(state, m, sp)
+        step = jit_seeds(self.one_step, (0, None, None), m)
+        out = [
+            Program(f"{label}init", init, (keys, pre, hp)),
+            Program(f"{label}train call ({C} x {self.eval_every} steps)", call, (state, hp, data)),
+            Program(f"{label}one step", step, (state, hp, data), steps=1),
+        ]
+        if initial:
+            out.append(Program(f"{label}evaluate", ev, (state, data)))
+        return out

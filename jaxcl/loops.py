@@ -439,21 +439,31 @@ class Phase:
             "retain_nll": nll(params, cap(problem.retain_set)),
         }
 
-    def one_step(self, params, key, problem, hp: dict):
-        """The phase's first step (the state's initialisation, the method's consolidation, one
-        training step): the per-step program of the compile check (:mod:`jaxcl.compile`), whose
-        memory is a step's (parameters, gradients, optimizer and method state)."""
-        method = build_method(self.spec, self.model, hp, self.options)
-        example = shard_batch(problem.draw(key, self.phase.batch_size), self.mesh)
+    def _draw(self, problem):
+        return lambda k: shard_batch(problem.draw(k, self.phase.batch_size), self.mesh)
+
+    def _step(self, method):
+        handles = ("consolidate", "edit")
+        return method_step(
+            method, name=self.spec.name, handles=handles, skip_nonfinite=self.phase.skip_nonfinite
+        )
+
+    def start(self, params, key, problem, hp: dict, method=None):
+        """The train state the loop starts from (``key``: the state's key; the method's
+        ``consolidate`` applied: NPO's reference)."""
+        method = method or build_method(self.spec, self.model, hp, self.options)
+        example = self._draw(problem)(key)
         state = shard_state(init_state(params, method.tx, key, method.data, example), self.mesh)
         if method.consolidate is not None:
             state = shard_state(method.consolidate(state, example, key), self.mesh)
-        handles = ("consolidate", "edit")
-        step = method_step(
-            method, name=self.spec.name, handles=handles, skip_nonfinite=self.phase.skip_nonfinite
-        )
-        state, metrics = step(state, example)
-        return shard_state(state, self.mesh), metrics
+        return state
+
+    def one_step(self, state, problem, hp: dict):
+        """One training step from ``state`` (:meth:`start`), the batch drawn as
+        :func:`run_chunks` draws it: the per-step program of the compile check."""
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.step)
+        method = build_method(self.spec, self.model, hp, self.options)
+        return self._step(method)(state, self._draw(problem)(key))
 
     def run(self, params, key, problem, hp: dict) -> dict:
         cfg = self.phase
@@ -461,21 +471,11 @@ class Phase:
         k_state, k_edit = jax.random.split(key)
         trace, nonfinite = {}, jnp.full((), -1, jnp.int32)
         if method.trains:
-            draw = lambda k: shard_batch(problem.draw(k, cfg.batch_size), self.mesh)
-            example = draw(k_state)
-            state = shard_state(init_state(params, method.tx, k_state, method.data, example), self.mesh)
-            if method.consolidate is not None:
-                state = shard_state(method.consolidate(state, example, k_state), self.mesh)
-            step = method_step(
-                method,
-                name=self.spec.name,
-                handles=("consolidate", "edit"),
-                skip_nonfinite=cfg.skip_nonfinite,
-            )
+            state = self.start(params, k_state, problem, hp, method)
             state, trace = run_chunks(
-                step,
+                self._step(method),
                 state,
-                draw,
+                self._draw(problem),
                 lambda p: self.evaluate(p, problem),
                 cfg.steps // cfg.eval_every,
                 cfg.eval_every,

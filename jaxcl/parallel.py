@@ -296,6 +296,10 @@ class _Placed:
         return self.jitted(*place_seeds(args, self.in_axes, self.mesh))
 
     def lower(self, *args):
+        """Lowered for ``args``; abstract ones (``jax.ShapeDtypeStruct`` with their shardings: the
+        compile check, :mod:`jaxcl.compile`) are taken as they are."""
+        if all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(args)):
+            return self.jitted.lower(*args)
         return self.jitted.lower(*place_seeds(args, self.in_axes, self.mesh))
 
 

@@ -118,8 +118,6 @@ def tiny(**kw) -> LlamaConfig:
     return LlamaConfig(**{**base, **kw})
 
 
-CONFIGS = {"smollm2-135m": smollm2_135m, "tiny": tiny}
-
 # names of the linear layers inside `params["layers"]`, (in, out) per layer
 LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 

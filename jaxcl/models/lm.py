@@ -95,24 +95,6 @@ SHAPES = {
 }
 
 
-def abstract(model: dict, *, max_seq_len: int = 0, tokenizer=None, padded: bool = False):
-    """``(model, params as ShapeDtypeStructs)`` of a ``model`` section without loading weights
-    (the compile check, :mod:`jaxcl.compile`): a pretrained model of :data:`SHAPES` or a scratch
-    Llama (its tokenizer's vocabulary)."""
-    from ..config import ConfigError
-
-    name, dt = model.get("name", "scratch"), model.get("compute_dtype", "float32")
-    if name == "scratch" or name in SIZES:
-        lm = load(model, max_seq_len=max_seq_len, tokenizer=tokenizer, padded=padded)[0]
-    elif name in SHAPES:
-        lm = language_model(SHAPES[name](compute_dtype=dt), name, padded=padded)
-    else:
-        raise ConfigError(
-            f"model.name={name!r}: its shapes are not known without loading it; known: {', '.join(SHAPES)}"
-        )
-    return lm, jax.eval_shape(lm.init, jax.random.key(0))
-
-
 class LanguageModel(NamedTuple):
     """A Llama-architecture model as the registry sees it."""
 
@@ -152,7 +134,13 @@ def language_model(cfg: llama.LlamaConfig, name: str = "llama", *, padded: bool 
 
 
 def load(
-    model: dict, *, max_seq_len: int = 0, tokenizer=None, seed: int = 0, padded: bool = False
+    model: dict,
+    *,
+    max_seq_len: int = 0,
+    tokenizer=None,
+    seed: int = 0,
+    padded: bool = False,
+    shapes_only: bool = False,
 ) -> tuple[LanguageModel, dict | None, object]:
     """``(model, pretrained params or None, tokenizer)`` of a config's ``model`` section.
 
@@ -162,7 +150,9 @@ def load(
     randomly initialised Llama of the section's :data:`DIMS` over ``tokenizer``'s vocabulary and
     ``max_seq_len`` positions; no params: the caller initialises per seed) or a size of
     :data:`SIZES` (scratch, of that size). ``model['compute_dtype']``: the matmuls' dtype (float32
-    or bfloat16)."""
+    or bfloat16). ``shapes_only``: a pretrained model's params as ``jax.ShapeDtypeStruct``s
+    (:func:`abstract_pretrained`: a model of :data:`SHAPES` without reading a weight; the
+    compile check, :mod:`jaxcl.compile`)."""
     from .. import hf
 
     name, dt = model.get("name", "scratch"), model.get("compute_dtype", "float32")
@@ -174,6 +164,8 @@ def load(
             vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, compute_dtype=dt, **dims
         )
         return language_model(lc, model.get("label", name), padded=padded), None, tokenizer
+    if shapes_only and name in SHAPES:
+        return abstract_pretrained(name, dt, padded=padded, label=model.get("label", name))
     if name == "tiny":
         tok = hf.ByteTokenizer()
         lc = llama.tiny(vocab_size=tok.vocab_size, compute_dtype=dt)
@@ -184,4 +176,18 @@ def load(
         lc, params, tok = hf.load_gguf(name, compute_dtype=dt)
     else:
         lc, params, tok = hf.load_hf(name, compute_dtype=dt)
+    if shapes_only:
+        params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     return language_model(lc, model.get("label", name), padded=padded), params, tok
+
+
+def abstract_pretrained(name: str, compute_dtype: str = "float32", *, padded: bool = False, label=None):
+    """``(model, params as ShapeDtypeStructs, tokenizer)`` of a pretrained model of :data:`SHAPES`,
+    no weight read: its architecture and, for a named model of :data:`PRETRAINED`, its tokenizer
+    (SmolLM2's from the GGUF's metadata; None for a hub checkpoint)."""
+    from ..data import text
+
+    lc = SHAPES[name](compute_dtype=compute_dtype)
+    model = language_model(lc, label or name, padded=padded)
+    tok = text.tokenizer(PRETRAINED[name]) if name in PRETRAINED else None
+    return model, jax.eval_shape(model.init, jax.random.key(0)), tok

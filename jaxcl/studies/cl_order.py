@@ -54,6 +54,22 @@ def orders(cfg: dict) -> np.ndarray:
     return np.stack([np.arange(T)] + [rng.permutation(T) for _ in range(cfg["orders"] - 1)])
 
 
+def experiment(cfg: dict, model, stream, name: str) -> tuple[Experiment, dict]:
+    """Method ``name``'s :class:`Experiment` (checked against the stream) and its traced
+    hyperparameters."""
+    hp, opts = method_settings(cfg, name)
+    exp = Experiment(model, get_method(name, "cl"), LoopConfig(**cfg["loop"]), **opts)
+    exp.check(stream)
+    return exp, exp.default_hparams(**hp)
+
+
+def over_orders(fn):
+    """``fn(key, stream, hp)`` for every (order, seed): ``(keys (S,), perms (O, T), stream, hp)``,
+    the stream's task axis gathered by each order inside (one program)."""
+    one = lambda k, perm, stream, h: fn(k, jax.tree.map(lambda a: a[perm], stream), h)  # noqa: E731
+    return jax.vmap(jax.vmap(one, (0, None, None, None)), (None, 0, None, None))
+
+
 def body(cfg: dict, run: Run) -> Report:
     """Every method, every order x seed in one program; a checkpoint-free segment per method."""
     d = {**cfg["data"], "max_train_per_task": 0, "max_test_per_task": 0}
@@ -62,14 +78,11 @@ def body(cfg: dict, run: Run) -> Report:
     perms, keys = orders(cfg), seeds_keys(cfg["seed"], cfg["seeds"])
 
     def method(name: str) -> Segment:
-        hp, opts = method_settings(cfg, name)
-        exp = Experiment(model, get_method(name, "cl"), LoopConfig(**cfg["loop"]), **opts)
-        exp.check(stream)
-        one = lambda k, perm, h: exp.run(k, jax.tree.map(lambda a: a[perm], stream), h)
-        program = jax.jit(jax.vmap(jax.vmap(one, (0, None, None)), (None, 0, None)))
+        exp, hp = experiment(cfg, model, stream, name)
+        program = jax.jit(over_orders(exp.run))
 
         def fn(state, out):
-            o = program(keys, perms, exp.default_hparams(**hp))
+            o = program(keys, perms, stream, hp)
             R, R0 = np.asarray(o["R"]), np.asarray(o["R0"])  # (orders, seeds, T, T), (orders, seeds, T)
             out[name] = {"R": R, "acc_trace": np.asarray(o["trace"]["acc"]), "R0": R0}
             check_finite(o["nonfinite_step"], where=f"(method {name})")
@@ -102,6 +115,30 @@ def body(cfg: dict, run: Run) -> Report:
     return Report(res, header, plots=(lambda res, out: plot_orders(res, os.path.join(out, "orders.png")),))
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``), on a stream of the data set's shapes: per
+    method every order x seed through the stream (one program) and one training step of each
+    (the run replicates them: on a mesh, every argument is replicated over it)."""
+    from .. import compile as C
+
+    d = {**cfg["data"], "max_train_per_task": 0, "max_test_per_task": 0}
+    stream = streams.from_config(d, cfg["seed"], shapes_only=True)
+    model = from_config(cfg["model"], stream.input_shape, stream.n_classes)
+    perms, st = C.abstract(orders(cfg), mesh), C.abstract(stream, mesh)
+    keys = C.abstract(jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"])), mesh)
+    out = []
+    for name in cfg["methods"]:
+        exp, hp = experiment(cfg, model, stream, name)
+        hp = C.abstract(hp, mesh)
+        state = C.abstract(jax.eval_shape(over_orders(exp.init), keys, perms, st, hp), mesh)
+        step = jax.jit(jax.vmap(jax.vmap(exp.one_step, (0, None, None)), (0, None, None)))
+        out += [
+            C.Program(f"{name}: every order x seed", jax.jit(over_orders(exp.run)), (keys, perms, st, hp)),
+            C.Program(f"{name}: one step", step, (state, st, hp), steps=1),
+        ]
+    return out
+
+
 def plot_orders(res: dict, path: str) -> str:
     """Each method's mean ACC in every task order (dots) and over orders (bar)."""
     with plots.figure(path, (1.6 + 1.2 * len(res["rows"]), 3.6), dpi=110) as (ax,):
@@ -115,5 +152,5 @@ def plot_orders(res: dict, path: str) -> str:
     return path
 
 
-STUDY = Study("cl-order", kinds=("cl",), defaults=DEFAULTS, validate=validate, body=body)
+STUDY = Study("cl-order", kinds=("cl",), defaults=DEFAULTS, validate=validate, body=body, programs=programs)
 run, sweep = STUDY.run, STUDY.sweep

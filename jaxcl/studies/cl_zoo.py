@@ -152,6 +152,19 @@ def sweep_cells(cfg: dict, method: str, run: Run):
     return dataclasses.replace(CL.sweep_body(sub, method, run), cfg=sub, subdir=b)
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): every benchmark's ``cl`` programs
+    (:func:`jaxcl.studies.cl.programs`: per method the whole stream and one step), named
+    ``<benchmark>/<method>: ...``."""
+    from . import cl
+
+    out = []
+    for b in cfg["benchmarks"]:
+        for p in cl.programs(sub_config(cfg, b), mesh):
+            out.append(dataclasses.replace(p, name=f"{b}/{p.name}"))
+    return out
+
+
 STUDY = Study(
     "cl-zoo",
     kinds=("cl",),
@@ -161,5 +174,6 @@ STUDY = Study(
     sweep_body=sweep_cells,
     mesh_batches=("loop.batch_size",),
     checkpoint_key="loop.checkpoint",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

@@ -137,11 +137,17 @@ def sizes(cfg: dict) -> tuple[str, ...]:
     return (n,) if isinstance(n, str) else tuple(n)
 
 
-def load_model(cfg: dict, size: str):
+def load_model(cfg: dict, size: str, *, shapes_only: bool = False):
     """``(LanguageModel, pretrained params or None)`` of one of ``model.name``'s models:
-    SmolLM2-135M, or a scratch Llama over bytes (:func:`jaxcl.models.lm.load`)."""
+    SmolLM2-135M, or a scratch Llama over bytes (:func:`jaxcl.models.lm.load`; ``shapes_only``:
+    pretrained params as ShapeDtypeStructs)."""
     section = {**cfg["model"], "name": size}
-    model, params, _ = lm.load(section, max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))
+    model, params, _ = lm.load(
+        section,
+        max_seq_len=cfg["data"]["seq_len"],
+        tokenizer=text.tokenizer("byte"),
+        shapes_only=shapes_only,
+    )
     return model, params
 
 
@@ -382,6 +388,37 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
     )
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``), on the config's stream (small host text)
+    and the models' abstract parameters: per model the initial held-out losses; per (model, row)
+    ``init``, the domain program (``steps_per_domain`` steps and the consolidation) and one
+    training step of every seed."""
+    from .. import compile as C
+
+    stream = build_stream(cfg)
+    sp = C.seeds_spec(mesh)
+    keys = C.abstract(jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"])), mesh, sp)
+    st, t = C.abstract(stream, mesh), C.abstract(jnp.int32(0), mesh)
+    out = []
+    for size in sizes(cfg):
+        model, pretrained = load_model(cfg, size, shapes_only=True)
+        pre = None if pretrained is None else C.abstract(pretrained, mesh)
+        for i, row in enumerate(cfg["rows"]):
+            prog = Program(cfg, model, pretrained, row, mesh)
+            name, hp = _row_name(cfg, size, row), C.abstract(prog.hp, mesh)
+            state = jax.eval_shape(jax.vmap(prog._init, in_axes=(None, 0, None)), pre, keys, st)
+            state = C.abstract(state, mesh, sp)
+            if i == 0:
+                out.append(C.Program(f"{size}: held-out losses", _losses_program(model), (state.params, st)))
+            step = jit_seeds(prog.one_step, (0, None, None), mesh)
+            out += [
+                C.Program(f"{name}: init", prog.init, (pre, keys, st)),
+                C.Program(f"{name}: a domain", prog.domain, (state, t, hp, st)),
+                C.Program(f"{name}: one step", step, (state, hp, {"stream": st, "t": t}), steps=1),
+            ]
+    return out
+
+
 STUDY = Study(
     "lm",
     kinds=("cl",),
@@ -392,5 +429,6 @@ STUDY = Study(
     methods=LM_METHODS,
     mesh_batches=MESH_BATCHES,
     checkpoint_key="train.checkpoint",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

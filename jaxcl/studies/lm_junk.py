@@ -48,7 +48,7 @@ from ..engine import check_finite
 from ..lmprogram import LMProgram
 from ..loops import method_state, seeds_keys
 from ..models import lm
-from ..parallel import jit_seeds, place_seeds, shard_batch
+from ..parallel import jit_seeds, shard_batch
 
 DEFAULTS = {
     "model": lm.section("xs"),
@@ -112,11 +112,13 @@ def validate(cfg: dict) -> None:
 # -- the programs ---------------------------------------------------------------------------------
 
 
-def programs(cfg, model, stream, probe, groups, mesh=None):
+def programs(cfg, model, stream, probe, groups, mesh=None, *, one_steps=False):
     """``base(key) -> (state, eval)`` and ``junk(state, ratios) -> trace``, vmapped over seeds
     (``mesh``: seeds over its ``seeds`` axis, every drawn batch over its ``data`` axis): two
     :class:`jaxcl.lmprogram.LMProgram` of the registry's ``finetune`` whose data is the mixture's
-    weights over the stream's domains."""
+    weights over the stream's domains. ``one_steps``: also one training step of each phase,
+    ``(base_step(state), junk_step(state, r), base_init(key), junk_init(params, key))``, pure (the
+    compile check's per-step programs)."""
     b, j, K = cfg["base"], cfg["junk"], stream.n_domains
     evaluate = lambda p, _: {
         "heldout": text.domain_losses(model.nll, p, stream),
@@ -147,15 +149,24 @@ def programs(cfg, model, stream, probe, groups, mesh=None):
         state, trace = cpt.call(state, cpt.hp, w, j["steps"] // j["eval_every"])
         return trace, state.nonfinite_step
 
+    if one_steps:
+        base_w = lambda: junk_data.group_weights(  # noqa: E731
+            groups, K, {"base": 1.0 - b["task_fraction"], "tasks": b["task_fraction"]}
+        )
+        junk_w = lambda r: junk_data.group_weights(groups, K, {"junk": r, "control": 1.0 - r})  # noqa: E731
+        return (
+            lambda state: pre.one_step(state, pre.hp, base_w()),
+            lambda state, r: cpt.one_step(state, cpt.hp, junk_w(r)),
+            lambda key: pre.init(key, None, pre.hp),
+            lambda params, key: method_state(cpt.method(cpt.hp), params, key),
+        )
     if mesh is None:
         base_fn = jax.jit(jax.vmap(base))
         junk_fn = jax.jit(jax.vmap(jax.vmap(junk, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
         return base_fn, junk_fn
     base_fn = jit_seeds(base, (0,), mesh)
     inner = jax.vmap(junk, in_axes=(None, None, 0))  # the ratios: not sharded
-    junk_jit = jax.jit(jax.vmap(inner, in_axes=(0, 0, None), spmd_axis_name="seeds"))
-    junk_fn = lambda p, k, r: junk_jit(*place_seeds((p, k, r), (0, 0, None), mesh))  # noqa: E731
-    return base_fn, junk_fn
+    return base_fn, jit_seeds(inner, (0, 0, None), mesh)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -256,6 +267,31 @@ def _plot(cfg, acc, base_loss, path):
     return path
 
 
+def compile_programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``) on the run's stream (small host text; a
+    constant of these programs, as in the run): the base pre-training and the junk phase (every
+    ratio x seed) and one training step of each, for every seed."""
+    from .. import compile as C
+
+    stream, probe, groups = junk_data.build(cfg)
+    model = lm.load(cfg["model"], max_seq_len=cfg["data"]["seq_len"], tokenizer=text.tokenizer("byte"))[0]
+    base_fn, junk_fn = programs(cfg, model, stream, probe, groups, mesh)
+    base_step, junk_step, base_init, junk_init = programs(cfg, model, stream, probe, groups, one_steps=True)
+    sp = C.seeds_spec(mesh)
+    keys = C.abstract(jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"])), mesh, sp)
+    ratios = C.abstract(jnp.asarray(cfg["junk"]["ratios"], jnp.float32), mesh)
+    s_base = C.abstract(jax.eval_shape(jax.vmap(base_init), keys), mesh, sp)
+    params = s_base.params  # the base pre-training's result: the parameters' shapes
+    s_junk = C.abstract(jax.eval_shape(jax.vmap(junk_init), params, keys), mesh, sp)
+    r = C.abstract(jnp.float32(0), mesh)
+    return [
+        C.Program("base pre-training", base_fn, (keys,)),
+        C.Program("base: one step", jit_seeds(base_step, (0,), mesh), (s_base,), steps=1),
+        C.Program("junk phase (every ratio)", junk_fn, (params, keys, ratios)),
+        C.Program("junk: one step", jit_seeds(junk_step, (0, None), mesh), (s_junk, r), steps=1),
+    ]
+
+
 STUDY = Study(
     "lm-junk",
     kinds=("cl",),
@@ -265,5 +301,6 @@ STUDY = Study(
     no_sweep="every junk ratio x seed already runs as one program: --set junk.ratios=0,0.5,1",
     methods=("finetune",),
     mesh_batches=MESH_BATCHES,
+    programs=compile_programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

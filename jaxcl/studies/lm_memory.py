@@ -127,7 +127,7 @@ def validate(cfg: dict) -> None:
 # -- the model and the programs --------------------------------------------------------------------
 
 
-def load_model(cfg: dict):
+def load_model(cfg: dict, shapes_only: bool = False):
     """``(model, tokenizer, pretrained params or None)``: a scratch Llama (``model.tokenizer``:
     ``byte``, or ``smollm2`` restricted to the ids of the run's domains and items,
     :class:`jaxcl.data.vocab.CompactTokenizer`), or SmolLM2-135M with its tokenizer
@@ -146,7 +146,7 @@ def load_model(cfg: dict):
     else:
         tok = vocab.compact(text.tokenizer("smollm2"), record)
     max_len = max(cfg["data"]["seq_len"], cfg["fewshot"]["length"]) + 8
-    model, params, tok = lm.load(m, max_seq_len=max_len, tokenizer=tok)
+    model, params, tok = lm.load(m, max_seq_len=max_len, tokenizer=tok, shapes_only=shapes_only)
     return model, tok, params
 
 
@@ -157,9 +157,9 @@ class Study(LMProgram):
     by the registry's ``finetune`` (:class:`jaxcl.lmprogram.LMProgram`) with the injected rows of
     each step."""
 
-    def __init__(self, cfg: dict, mesh=None):
+    def __init__(self, cfg: dict, mesh=None, *, shapes_only: bool = False):
         self.cfg = cfg  # mesh: seeds over its seeds axis, every batch over its data axis
-        model, tok, pretrained = load_model(cfg)
+        model, tok, pretrained = load_model(cfg, shapes_only)  # shapes_only: abstract pretrained params
         super().__init__(model, cfg, eval_every=cfg["train"]["eval_every"], pretrained=pretrained, mesh=mesh)
         d = cfg["data"]
         data, self.conds, self.table = I.build_items(cfg, tok)
@@ -344,6 +344,17 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
     )
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): ``init``, a call of
+    ``train.checkpoint_every`` steps and one training step (injected rows included) of every seed,
+    on the run's data (small host text and items) and the model's abstract parameters."""
+    study = Study(cfg, mesh, shapes_only=True)
+    t = cfg["train"]
+    C = max((t["checkpoint_every"] or t["steps"]) // t["eval_every"], 1)
+    keys = jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"]))
+    return study.compile_programs(keys, study.data, C)
+
+
 STUDY = driver.Study(
     "lm-memory",
     kinds=("cl",),
@@ -354,5 +365,6 @@ STUDY = driver.Study(
     methods=("finetune",),
     mesh_batches=MESH_BATCHES,
     checkpoint_key="train.checkpoint",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

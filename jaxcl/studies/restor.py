@@ -97,6 +97,27 @@ def validate(cfg: dict) -> None:
 # -- running ---------------------------------------------------------------------------------------
 
 
+def phases(cfg: dict, model, data, mesh=None) -> list:
+    """The schedule, ``[(name, key role, Phase, hp, problem)]``: the clean fine-tuning (the stream
+    and the true documents), the corrupting one (the wrong documents with stream windows), then
+    every method's unlearning of the wrong documents (retain: stream windows); each phase starts
+    from the previous training phase's parameters (the methods: from the corrupted model's)."""
+    empty = {k: v[:1] for k, v in data["wrong"].items()}
+    rows = restor_data.mix(data["clean"], cfg["clean"]["repeats"], data["windows"])
+    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
+    problem = LMProblem(forget=empty, forget_alt=empty, retain=rows)
+    out = [("clean", CLEAN, phase, hp, problem)]
+    win = {k: v[: cfg["corrupt"]["n_windows"]] for k, v in data["windows"].items()}
+    rows = restor_data.mix(data["wrong"], cfg["corrupt"]["repeats"], win)
+    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
+    out.append(("corrupted", CORRUPT, phase, hp, problem.replace(retain=rows)))
+    problem = LMProblem(forget=data["wrong"], forget_alt=data["clean"], retain=data["windows"])
+    for name in cfg["methods"]:
+        phase, hp = unlearner(model, cfg, name, cfg["data"]["n_facts"], mesh)
+        out.append((name, UNLEARN, phase, hp, problem))
+    return out
+
+
 def body(cfg: dict, run: Run) -> Report:
     """Clean -> corrupted -> every method; with a mesh, seeds over its ``seeds`` axis and every
     training batch over its ``data`` axis."""
@@ -107,10 +128,9 @@ def body(cfg: dict, run: Run) -> Report:
     model = lm.load(cfg["model"], max_seq_len=T + 8, tokenizer=tok)[0]
     data = restor_data.build(cfg, tok)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
-    S, rk = cfg["seeds"], cfg["clean"]["repeats"]
+    S = cfg["seeds"]
     score = jit_seeds(lambda p, d: restor_data.scores(model, p, d), (0, None), mesh)
     init = jax.vmap(model.init)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
-    empty = {k: v[:1] for k, v in data["wrong"].items()}
     timing, evaluated, traces = {}, {}, {}
 
     def phase_run(phase, hp, params, role, problem):
@@ -121,39 +141,18 @@ def body(cfg: dict, run: Run) -> Report:
         check_finite(o["nonfinite_step"], where=f"(phase {role})")
         return o, c_s, t_s
 
-    # 1. clean: the stream and the true documents
-    rows = restor_data.mix(data["clean"], rk, data["windows"])
-    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
-    problem = LMProblem(forget=empty, forget_alt=empty, retain=rows)
-    o, c_s, t_s = phase_run(phase, hp, init, CLEAN, problem)
-    clean = o["params"]
-    timing["clean"] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
-    evaluated["clean"] = jax.tree.map(np.asarray, score(clean, data))
-    say(
-        f"clean: {phase.phase.steps} steps ({t_s:.1f}s + {c_s:.1f}s compile), pref {evaluated['clean']['pref'].mean():.3f}"
-    )
-
-    # 2. corrupted: the wrong documents, with stream windows
-    win = {k: v[: cfg["corrupt"]["n_windows"]] for k, v in data["windows"].items()}
-    rows = restor_data.mix(data["wrong"], cfg["corrupt"]["repeats"], win)
-    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
-    o, c_s, t_s = phase_run(phase, hp, clean, CORRUPT, problem.replace(retain=rows))
-    corrupted = o["params"]
-    timing["corrupted"] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
-    evaluated["corrupted"] = jax.tree.map(np.asarray, score(corrupted, data))
-    say(f"corrupted: {phase.phase.steps} steps, pref {evaluated['corrupted']['pref'].mean():.3f}")
-
-    # 3. unlearning the wrong documents (retain: stream windows)
-    problem = LMProblem(forget=data["wrong"], forget_alt=data["clean"], retain=data["windows"])
-    for name in cfg["methods"]:
-        phase, hp = unlearner(model, cfg, name, cfg["data"]["n_facts"], mesh)
-        o, c_s, t_s = phase_run(phase, hp, corrupted, UNLEARN, problem)
+    start = {CLEAN: init}  # the parameters each role starts from
+    for name, role, phase, hp, problem in phases(cfg, model, data, mesh):
+        o, c_s, t_s = phase_run(phase, hp, start[role], role, problem)
         evaluated[name] = jax.tree.map(np.asarray, score(o["params"], data))
         timing[name] = {"compile_s": c_s, "time_s": t_s, "steps": phase.phase.steps}
-        traces[name] = {k: np.asarray(v).mean(0).tolist() for k, v in o["trace"].items()}
-        say(
-            f"  {name:12s} {phase.phase.steps} steps: pref {evaluated[name]['pref'].mean():.3f} ({t_s:.1f}s + {c_s:.1f}s)"
-        )
+        pref = evaluated[name]["pref"].mean()
+        if role == UNLEARN:
+            traces[name] = {k: np.asarray(v).mean(0).tolist() for k, v in o["trace"].items()}
+            say(f"  {name:12s} {phase.phase.steps} steps: pref {pref:.3f} ({t_s:.1f}s + {c_s:.1f}s)")
+            continue
+        start[role + 1] = o["params"]  # clean -> corrupted -> unlearning
+        say(f"{name}: {phase.phase.steps} steps ({t_s:.1f}s + {c_s:.1f}s compile), pref {pref:.3f}")
 
     p_clean, p_corr = evaluated["clean"]["pref"], evaluated["corrupted"]["pref"]
     out_rows = {}
@@ -181,6 +180,44 @@ def body(cfg: dict, run: Run) -> Report:
     return Report(res, header, plots=(lambda res, out: plot(res, os.path.join(out, "recovery.png")),))
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``), on the run's data (small host text) and
+    abstract parameters: the scores, and for every phase of :func:`phases` the whole phase and one
+    training step of every seed."""
+    from .. import compile as C
+
+    tok = restor_data.tokenizer(cfg)
+    model = lm.load(cfg["model"], max_seq_len=cfg["data"]["seq_len"] + 8, tokenizer=tok)[0]
+    data = restor_data.build(cfg, tok)
+    sp = C.seeds_spec(mesh)
+    keys = C.abstract(jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"])), mesh, sp)
+    params = C.abstract(jax.eval_shape(jax.vmap(model.init), keys), mesh, sp)
+    score = jit_seeds(lambda p, d: restor_data.scores(model, p, d), (0, None), mesh)
+    out = [C.Program("scores", score, (params, C.abstract(data, mesh)))]
+    for name, role, phase, hp, problem in phases(cfg, model, data, mesh):
+        prob = C.abstract(problem, mesh)
+        run = lambda p, k, pr, phase=phase, role=role, hp=hp: phase.run(
+            p, jax.random.fold_in(k, role), pr, hp
+        )  # noqa: E731
+        start = lambda p, k, pr, phase=phase, hp=hp: phase.start(p, k, pr, hp)  # noqa: E731
+        state = jax.eval_shape(jax.vmap(start, (0, 0, None)), params, keys, prob)
+        step = lambda s, pr, phase=phase, hp=hp: phase.one_step(s, pr, hp)  # noqa: E731
+        out += [
+            C.Program(
+                f"{name}: the phase ({phase.phase.steps} steps)",
+                jit_seeds(run, (0, 0, None), mesh),
+                (params, keys, prob),
+            ),
+            C.Program(
+                f"{name}: one step",
+                jit_seeds(step, (0, None), mesh),
+                (C.abstract(state, mesh, sp), prob),
+                steps=1,
+            ),
+        ]
+    return out
+
+
 def plot(res: dict, path: str) -> str:
     """Preference for the true values (bars, mean ± std over seeds) per model."""
     names = list(res["rows"])
@@ -204,5 +241,6 @@ STUDY = Study(
     no_sweep="its unlearning phases are short: compare settings with jaxcl run ... --set",
     methods=METHODS,
     mesh_batches=MESH_BATCHES,
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

@@ -170,8 +170,8 @@ class Study(LMProgram):
     """Everything a run needs: the model, the data on the device (an argument of every program),
     the test pairs; trained by the registry's ``finetune`` (:class:`jaxcl.lmprogram.LMProgram`)."""
 
-    def __init__(self, cfg: dict, mesh=None):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, mesh=None, *, shapes_only: bool = False):
+        self.cfg = cfg  # shapes_only: a pretrained model's params abstract (the compile check)
         s, t = cfg["sort"], cfg["train"]
         X, G = s["excerpt_len"], s["segment_len"]
         docs = D.book_documents(cfg["books"])
@@ -179,7 +179,7 @@ class Study(LMProgram):
         # the model (jaxcl.models.lm.load): SmolLM2-135M with its tokenizer, or a scratch Llama
         scratch = cfg["model"]["name"] != "smollm2-135m"
         tok = D.tokenizer(cfg["model"]["tokenizer"], docs, s["prompt"]) if scratch else None
-        model, pretrained, tok = lm.load(cfg["model"], max_seq_len=T, tokenizer=tok)
+        model, pretrained, tok = lm.load(cfg["model"], max_seq_len=T, tokenizer=tok, shapes_only=shapes_only)
         cosine = {"warmup_cosine_steps": t["steps"]} if t["cosine"] and t["steps"] else None
         super().__init__(
             model, cfg, eval_every=t["eval_every"], opts=cosine, pretrained=pretrained, mesh=mesh
@@ -351,6 +351,17 @@ def plot(res: dict, met: dict, out: str) -> list[str]:
     return files
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): ``init``, the evaluation of the initial
+    model, a call of ``train.checkpoint_every`` steps and one training step of every seed, on the
+    run's data (small host text) and the model's abstract parameters."""
+    study = Study(cfg, mesh, shapes_only=True)
+    t = cfg["train"]
+    C = max((t["checkpoint_every"] or t["steps"]) // t["eval_every"], 1)
+    keys = jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"]))
+    return study.compile_programs(keys, study.data, C, initial=True)
+
+
 STUDY = driver.Study(
     "sort",
     kinds=("cl",),
@@ -361,5 +372,6 @@ STUDY = driver.Study(
     methods=("finetune",),
     mesh_batches=MESH_BATCHES,
     checkpoint_key="train.checkpoint",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

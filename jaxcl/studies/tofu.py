@@ -288,6 +288,12 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
     )
 
 
+def first_step(phase):
+    """``(params, key, problem, hp) -> (state, metrics)``: the phase's start (the state, the
+    method's consolidation) and its first step, one program: a step's memory."""
+    return lambda p, k, pr, hp: phase.one_step(phase.start(p, k, pr, hp), pr, hp)
+
+
 def programs(cfg: dict, mesh) -> list:
     """The compiled calls of a run (``jaxcl compile``): fine-tuning the target and the retain
     model (TOFU's recipe) and every method's unlearning, each as its whole phase and its first
@@ -295,7 +301,7 @@ def programs(cfg: dict, mesh) -> list:
     The evaluation (generation, ROUGE, truth ratios) is not declared."""
     from ..compile import Program, abstract, placed
 
-    model, params = lm.abstract(cfg["model"])
+    model, params, _ = lm.load(cfg["model"], shapes_only=True)
     d = cfg["data"]
     n_f = d["n_forget"] or tdata.FORGET_SIZES[d["split"]]
     n_r = d["n_retain"] or tdata.TOTAL_QA - tdata.FORGET_SIZES[d["split"]]
@@ -311,7 +317,7 @@ def programs(cfg: dict, mesh) -> list:
         phase, hp = trainer(model, cfg, n, mesh)
         prob = abstract(problem.learning(**rows(n)), mesh)
         run = jax.jit(lambda p, k, pr, phase=phase, hp=hp: phase.run(p, k, pr, hp))
-        step = jax.jit(lambda p, k, pr, phase=phase, hp=hp: phase.one_step(p, k, pr, hp))
+        step = jax.jit(lambda p, k, pr, phase=phase, hp=hp: first_step(phase)(p, k, pr, hp))
         out += [
             Program(f"fine-tune the {name} model ({phase.phase.steps} steps)", run, (p, key, prob)),
             Program(f"fine-tune the {name} model: one step", step, (p, key, prob), steps=1),
@@ -322,7 +328,7 @@ def programs(cfg: dict, mesh) -> list:
         hp = abstract(hp, mesh)
         out += [
             Program(f"{name} ({phase.phase.steps} steps)", jax.jit(phase.run), (p, key, prob, hp)),
-            Program(f"{name}: one step", jax.jit(phase.one_step), (p, key, prob, hp), steps=1),
+            Program(f"{name}: one step", jax.jit(first_step(phase)), (p, key, prob, hp), steps=1),
         ]
     return out
 
