@@ -28,7 +28,8 @@ class SmallCNN(nnx.Module):
     ):
         chans, kw = [in_channels, *channels], precision.layer_kwargs(compute_dtype)
         self.compute_dtype = compute_dtype
-        self.convs = nnx.List([Conv(a, b, (3, 3), rngs=rngs, **kw) for a, b in zip(chans[:-1], chans[1:])])
+        ckw = precision.layer_kwargs(compute_dtype, conv=True)
+        self.convs = nnx.List([Conv(a, b, (3, 3), rngs=rngs, **ckw) for a, b in zip(chans[:-1], chans[1:])])
         h, w = hw
         for _ in channels:
             h, w = h // 2, w // 2

@@ -59,7 +59,7 @@ class BatchNorm(nnx.Module):
 
 class BasicBlock(nnx.Module):
     def __init__(self, cin: int, cout: int, stride: int, compute_dtype: str = "float32", *, rngs: nnx.Rngs):
-        kw = dict(use_bias=False, rngs=rngs, **precision.layer_kwargs(compute_dtype))
+        kw = dict(use_bias=False, rngs=rngs, **precision.layer_kwargs(compute_dtype, conv=True))
         self.compute_dtype = compute_dtype
         self.conv1 = Conv(cin, cout, (3, 3), strides=stride, padding=1, **kw)
         self.bn1 = BatchNorm(cout)
@@ -88,9 +88,16 @@ class ResNet18(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        kw = precision.layer_kwargs(compute_dtype)
         self.compute_dtype = compute_dtype
-        self.stem = Conv(in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs, **kw)
+        self.stem = Conv(
+            in_channels,
+            width,
+            (3, 3),
+            padding=1,
+            use_bias=False,
+            rngs=rngs,
+            **precision.layer_kwargs(compute_dtype, conv=True),
+        )
         self.bn = BatchNorm(width)
         blocks, cin = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
@@ -101,7 +108,7 @@ class ResNet18(nnx.Module):
             ]
             cin = cout
         self.blocks = nnx.List(blocks)
-        self.head = nnx.Linear(cin, n_classes, rngs=rngs, **kw)
+        self.head = nnx.Linear(cin, n_classes, rngs=rngs, **precision.layer_kwargs(compute_dtype))
 
     def features(self, x_BxHxWxC, mode: int = MODE_EVAL):
         h = precision.act(jax.nn.relu(self.bn(self.stem(to_float(x_BxHxWxC)), mode)), self.compute_dtype)
