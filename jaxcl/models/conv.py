@@ -23,6 +23,11 @@ Both are the same arithmetic as JAX's own transpose rules (the gradients agree t
 the tests), only expressed so that the CPU backend needs no canonicalisation. On other backends
 ``conv2d`` is the plain ``lax.conv_general_dilated`` (cuDNN and the TPU compiler handle any
 layout). :class:`Conv` is ``nnx.Conv`` (same parameters, names and initialisation) calling it.
+
+Mixed precision (``preferred_element_type=float32`` with bfloat16 inputs and kernel): the forward
+accumulates in float32; the backward casts the output gradient to the inputs' dtype, accumulates
+both gradients in float32 and returns them in the dtypes of ``x`` and ``w``. Without it (float32)
+every cast is the identity and the program is the one it always was.
 """
 
 from __future__ import annotations
@@ -37,34 +42,44 @@ from flax import nnx
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv(x, w, stride, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
+def _conv(x, w, stride, padding, lhs_dilation=(1, 1), rhs_dilation=(1, 1), preferred=None):
     return jax.lax.conv_general_dilated(
-        x, w, stride, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=_DN
+        x,
+        w,
+        stride,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=_DN,
+        preferred_element_type=preferred,
     )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_canonical(x_NxHxWxCi, w_KHxKWxCixCo, stride, padding):
-    return _conv(x_NxHxWxCi, w_KHxKWxCixCo, stride, padding)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d_canonical(x_NxHxWxCi, w_KHxKWxCixCo, stride, padding, preferred=None):
+    return _conv(x_NxHxWxCi, w_KHxKWxCixCo, stride, padding, preferred=preferred)
 
 
-def _fwd(x, w, stride, padding):
-    return _conv(x, w, stride, padding), (x, w)
+def _fwd(x, w, stride, padding, preferred):
+    return _conv(x, w, stride, padding, preferred=preferred), (x, w)
 
 
-def _bwd(stride, padding, res, dy_NxHoxWoxCo):
+def _bwd(stride, padding, preferred, res, dy_NxHoxWoxCo):
     x, w = res
+    dy_NxHoxWoxCo = dy_NxHoxWoxCo.astype(x.dtype)
     pads_dx, pads_dw = [], []
     for size, k, s, (lo, hi) in zip(x.shape[1:3], w.shape[:2], stride, padding):
         rem = (size + lo + hi - k) % s  # rows of the padded input no forward window reached
         pads_dx.append((k - 1 - lo, k - 1 - hi + rem))
         pads_dw.append((lo, hi - rem))
     w_flip = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # KH, KW, Co, Ci
-    dx = _conv(dy_NxHoxWoxCo, w_flip, (1, 1), pads_dx, lhs_dilation=stride)
+    dx = _conv(dy_NxHoxWoxCo, w_flip, (1, 1), pads_dx, lhs_dilation=stride, preferred=preferred)
     x_CixHxWxN = x.transpose(3, 1, 2, 0)
     dy_HoxWoxNxCo = dy_NxHoxWoxCo.transpose(1, 2, 0, 3)
-    dw_CixKHxKWxCo = _conv(x_CixHxWxN, dy_HoxWoxNxCo, (1, 1), pads_dw, rhs_dilation=stride)
-    return dx, dw_CixKHxKWxCo.transpose(1, 2, 0, 3)
+    dw_CixKHxKWxCo = _conv(
+        x_CixHxWxN, dy_HoxWoxNxCo, (1, 1), pads_dw, rhs_dilation=stride, preferred=preferred
+    )
+    return dx.astype(x.dtype), dw_CixKHxKWxCo.transpose(1, 2, 0, 3).astype(w.dtype)
 
 
 _conv2d_canonical.defvjp(_fwd, _bwd)
@@ -84,10 +99,11 @@ def conv_padding(padding, kernel_hw: tuple, stride: tuple, in_hw: tuple) -> tupl
     return tuple(pads)
 
 
-def conv2d(x_NxHxWxCi, w_KHxKWxCixCo, stride=1, padding="SAME", *, impl: str = "auto"):
+def conv2d(x_NxHxWxCi, w_KHxKWxCixCo, stride=1, padding="SAME", *, impl: str = "auto", preferred=None):
     """``NHWC x HWIO -> NHWC`` convolution. ``impl``: ``'auto'`` (the canonical-gradient version
     on the CPU backend, ``lax`` elsewhere; the environment variable ``JAXCL_CONV_IMPL`` overrides
-    it, e.g. to time both), ``'canonical'`` or ``'lax'``."""
+    it, e.g. to time both), ``'canonical'`` or ``'lax'``. ``preferred``: the accumulation and
+    output dtype (``jnp.float32`` for bfloat16 inputs; None: the inputs' dtype)."""
     if x_NxHxWxCi.ndim != 4 or w_KHxKWxCixCo.ndim != 4:
         raise ValueError(
             f"conv2d expects x (N, H, W, C) and w (KH, KW, Cin, Cout), got shapes "
@@ -105,15 +121,17 @@ def conv2d(x_NxHxWxCi, w_KHxKWxCixCo, stride=1, padding="SAME", *, impl: str = "
     if impl == "auto":
         impl = "canonical" if jax.default_backend() == "cpu" else "lax"
     if impl == "canonical":
-        return _conv2d_canonical(x_NxHxWxCi, w_KHxKWxCixCo, stride, pads)
+        return _conv2d_canonical(x_NxHxWxCi, w_KHxKWxCixCo, stride, pads, preferred)
     if impl == "lax":
-        return _conv(x_NxHxWxCi, w_KHxKWxCixCo, stride, pads)
+        return _conv(x_NxHxWxCi, w_KHxKWxCixCo, stride, pads, preferred=preferred)
     raise ValueError(f"conv2d: unknown impl {impl!r}; use 'auto', 'canonical' or 'lax'")
 
 
 class Conv(nnx.Conv):
     """``nnx.Conv`` (2-D, no dilation or groups) computed by :func:`conv2d`: identical parameters,
-    parameter names and initialisation, fast gradients inside loops on the CPU."""
+    parameter names and initialisation, fast gradients inside loops on the CPU. ``dtype`` None /
+    float32, or bfloat16 with ``preferred_element_type=jnp.float32`` (float32 accumulation and
+    output; :func:`jaxcl.models.precision.layer_kwargs`)."""
 
     def __init__(self, in_features: int, out_features: int, kernel_size, **kwargs):
         super().__init__(in_features, out_features, kernel_size, **kwargs)
@@ -131,17 +149,20 @@ class Conv(nnx.Conv):
         if (
             (isinstance(pad, str) and pad.upper() not in ("SAME", "VALID", "SAME_LOWER"))
             or getattr(self, "mask", None) is not None
-            or self.dtype not in (None, jnp.float32)
+            or self.dtype not in (None, jnp.float32, jnp.bfloat16)
         ):
             raise ValueError(
-                f"jaxcl Conv supports SAME/VALID/explicit padding, no mask and float32 "
-                f"compute (got padding={pad!r}); use flax.nnx.Conv for the rest"
+                f"jaxcl Conv supports SAME/VALID/explicit padding, no mask and float32 or bfloat16 "
+                f"compute (got padding={pad!r}, dtype={self.dtype!r}); use flax.nnx.Conv for the rest"
             )
 
     def __call__(self, x_NxHxWxCi):
         s = self.strides
         stride = (s, s) if isinstance(s, int) else tuple(s or (1, 1))
-        y = conv2d(x_NxHxWxCi, self.kernel[...], stride, self.padding)
+        w = self.kernel[...]
+        if self.dtype is not None and jnp.dtype(self.dtype) != w.dtype:  # mixed precision
+            x_NxHxWxCi, w = x_NxHxWxCi.astype(self.dtype), w.astype(self.dtype)
+        y = conv2d(x_NxHxWxCi, w, stride, self.padding, preferred=self.preferred_element_type)
         if self.bias is not None:
             y = y + self.bias[...]
         return y

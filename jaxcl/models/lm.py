@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import llama
+from . import llama, precision
 
 DIMS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 TOKENIZERS = ("byte", "smollm2")  # jaxcl.data.text's: bytes, or SmolLM2's (restricted to a run's ids)
-DTYPES = ("float32", "bfloat16")
+DTYPES = precision.DTYPES  # the one list, shared with the classifiers
 # pretrained models by name, with the one tokenizer each takes
 PRETRAINED = {"tiny": "byte", "smollm2-135m": "smollm2"}
 # named scratch sizes: ``model.name=xs`` is a scratch Llama of these dimensions

@@ -16,6 +16,11 @@ optimizers leave them alone (Adam's update of a zero gradient is zero), SSD neve
 * ``recalibrate(params, x_NxHxWxC, chunk)``: sets the running statistics to the mean over chunks of
   the batch statistics of the given data ("precise BN", Wu and Johnson 2021), once after
   training. There is no EMA inside the training step, so the step stays ``(params) -> params``.
+
+``compute_dtype`` (:mod:`jaxcl.models.precision`): in bfloat16 the convolutions and the head take
+bfloat16 inputs and accumulate in float32; BatchNorm (statistics, running statistics and its
+output) is float32; activations are stored in bfloat16 after each ReLU; features and logits are
+float32.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import precision
 from .base import PureModel, to_float
 from .conv import Conv
 
@@ -52,40 +58,63 @@ class BatchNorm(nnx.Module):
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv1 = Conv(cin, cout, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
+    def __init__(self, cin: int, cout: int, stride: int, compute_dtype: str = "float32", *, rngs: nnx.Rngs):
+        kw = dict(use_bias=False, rngs=rngs, **precision.layer_kwargs(compute_dtype, conv=True))
+        self.compute_dtype = compute_dtype
+        self.conv1 = Conv(cin, cout, (3, 3), strides=stride, padding=1, **kw)
         self.bn1 = BatchNorm(cout)
-        self.conv2 = Conv(cout, cout, (3, 3), padding=1, use_bias=False, rngs=rngs)
+        self.conv2 = Conv(cout, cout, (3, 3), padding=1, **kw)
         self.bn2 = BatchNorm(cout)
         self.has_proj = stride != 1 or cin != cout
         if self.has_proj:
-            self.proj = Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.proj = Conv(cin, cout, (1, 1), strides=stride, **kw)
             self.bn_proj = BatchNorm(cout)
 
     def __call__(self, x, mode):
-        h = jax.nn.relu(self.bn1(self.conv1(x), mode))
+        act = lambda h: precision.act(jax.nn.relu(h), self.compute_dtype)
+        h = act(self.bn1(self.conv1(x), mode))
         h = self.bn2(self.conv2(h), mode)
         short = x if not self.has_proj else self.bn_proj(self.proj(x), mode)
-        return jax.nn.relu(h + short)
+        return act(h + short)
 
 
 class ResNet18(nnx.Module):
-    def __init__(self, in_channels: int, n_classes: int, width: int = 64, *, rngs: nnx.Rngs):
-        self.stem = Conv(in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs)
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        width: int = 64,
+        compute_dtype: str = "float32",
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.compute_dtype = compute_dtype
+        self.stem = Conv(
+            in_channels,
+            width,
+            (3, 3),
+            padding=1,
+            use_bias=False,
+            rngs=rngs,
+            **precision.layer_kwargs(compute_dtype, conv=True),
+        )
         self.bn = BatchNorm(width)
         blocks, cin = [], width
         for i, stride in enumerate((1, 2, 2, 2)):
             cout = width * 2**i
-            blocks += [BasicBlock(cin, cout, stride, rngs=rngs), BasicBlock(cout, cout, 1, rngs=rngs)]
+            blocks += [
+                BasicBlock(cin, cout, stride, compute_dtype, rngs=rngs),
+                BasicBlock(cout, cout, 1, compute_dtype, rngs=rngs),
+            ]
             cin = cout
         self.blocks = nnx.List(blocks)
-        self.head = nnx.Linear(cin, n_classes, rngs=rngs)
+        self.head = nnx.Linear(cin, n_classes, rngs=rngs, **precision.layer_kwargs(compute_dtype))
 
     def features(self, x_BxHxWxC, mode: int = MODE_EVAL):
-        h = jax.nn.relu(self.bn(self.stem(to_float(x_BxHxWxC)), mode))
+        h = precision.act(jax.nn.relu(self.bn(self.stem(to_float(x_BxHxWxC)), mode)), self.compute_dtype)
         for block in self.blocks:
             h = block(h, mode)
-        return h.mean((1, 2))  # features_BxF
+        return h.astype(jnp.float32).mean((1, 2))  # features_BxF
 
     def __call__(self, x_BxHxWxC, mode: int = MODE_EVAL):
         return self.head(self.features(x_BxHxWxC, mode))
@@ -95,9 +124,11 @@ class BNPureModel(PureModel):
     """A :class:`PureModel` with BatchNorm: adds ``apply_train`` and ``recalibrate``."""
 
 
-def resnet18(input_shape: tuple, n_classes: int, width: int = 64) -> PureModel:
+def resnet18(
+    input_shape: tuple, n_classes: int, width: int = 64, *, compute_dtype: str = "float32"
+) -> PureModel:
     h, w, c = input_shape
-    build = lambda rngs: ResNet18(c, n_classes, width, rngs=rngs)
+    build = lambda rngs: ResNet18(c, n_classes, width, compute_dtype, rngs=rngs)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param)
 
     def init(key):
@@ -126,7 +157,14 @@ def resnet18(input_shape: tuple, n_classes: int, width: int = 64) -> PureModel:
         is_stat = lambda path: path[-1].key in ("mean", "var") if hasattr(path[-1], "key") else False
         return jax.tree_util.tree_map_with_path(lambda path, p, s: s if is_stat(path) else p, params, mean)
 
-    model = BNPureModel(init, apply, features, tuple(input_shape), n_classes, f"resnet18-w{width}")
+    model = BNPureModel(
+        init,
+        apply,
+        features,
+        tuple(input_shape),
+        n_classes,
+        f"resnet18-w{width}{precision.name_suffix(compute_dtype)}",
+    )
     model.apply_train = apply_train
     model.recalibrate = recalibrate
     return model

@@ -30,7 +30,7 @@ from ..driver import Report, Run, Segment, Study, run_segments
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
 from ..methods import get_method
-from ..models import MODELS, from_config, model_config
+from ..models import check_section, from_config, model_config
 
 DEFAULTS = {
     "data": {
@@ -148,8 +148,7 @@ def validate(cfg: dict) -> None:
         )
     if d["scenario"] == "scole" and d.get("classes_per_task", 2) < 1:
         raise ConfigError(f"data.classes_per_task={d.get('classes_per_task')} must be >= 1")
-    if cfg["model"]["name"] not in MODELS:
-        raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
+    check_section(cfg["model"])
     try:
         loop_config(cfg).validate()
     except ValueError as e:

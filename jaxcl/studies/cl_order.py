@@ -24,7 +24,7 @@ from ..driver import Report, Run, Segment, Study, run_segments
 from ..engine import check_finite
 from ..loops import Experiment, LoopConfig, seeds_keys
 from ..methods import get_method
-from ..models import from_config, model_config
+from ..models import check_section, from_config, model_config
 
 DEFAULTS = {
     "data": {"dataset": "digits", "scenario": "class-incremental", "n_tasks": 5},
@@ -46,6 +46,7 @@ COLUMNS = [
 def validate(cfg: dict) -> None:
     config.check_positive(cfg, ["orders", "seeds", "data.n_tasks"] + [f"loop.{k}" for k in DEFAULTS["loop"]])
     LoopConfig(**cfg["loop"]).validate()
+    check_section(cfg["model"])
 
 
 def orders(cfg: dict) -> np.ndarray:

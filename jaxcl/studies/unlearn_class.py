@@ -33,7 +33,7 @@ from ..batching import over_seeds, resolve_mode
 from ..config import ConfigError, method_settings
 from ..driver import Report, Run, Study
 from ..methods import METHODS as REGISTRY
-from ..models import MODELS, model_config
+from ..models import check_section, model_config
 from ..parallel import place_seeds, seeds_map
 from ..unlearn import scenarios
 from ..unlearn.classifier import (
@@ -115,8 +115,7 @@ def validate(cfg: dict) -> None:
     if not 0 <= d["forget_class"] < N_CLASSES:
         raise ConfigError(f"data.forget_class={d['forget_class']!r}; valid: 0 to {N_CLASSES - 1}")
     config.check_nonnegative(cfg, ["data.n_per_class", "data.n_test"], "every example")
-    if cfg["model"]["name"] not in MODELS:
-        raise ConfigError(f"model.name={cfg['model']['name']!r}; valid: {', '.join(sorted(MODELS))}")
+    check_section(cfg["model"])
     for where in ("train", "unlearn"):
         try:
             phase_config(cfg[where], cfg["unlearn"]["eval_size"]).validate(where)

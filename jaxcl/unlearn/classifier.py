@@ -232,6 +232,8 @@ def prepare(cfg: dict, out: str | None, *, fresh: bool = False, verbose: bool = 
         "seed": cfg["seed"],
         "train": cfg["train"],
     }
+    if cfg["model"].get("compute_dtype", "float32") != "float32":  # float32 caches keep their key
+        models_key["compute_dtype"] = cfg["model"]["compute_dtype"]
     run_key = {"unlearn": cfg["unlearn"], "eval": cfg["eval"]}
     store = RunStore(out, models_key, run_key, fresh=fresh) if out else None
     k_orig, k_oracle = role_keys(cfg, ORIGINAL), role_keys(cfg, ORACLE)
