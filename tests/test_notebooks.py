@@ -56,4 +56,4 @@ def test_every_notebook_runs_on_eight_host_devices(tmp_path):
     # divides the tiny config's seeds and batch sizes)
     for n in ("unlearn_class", "tofu", "rft_continual", "lm_cpt", "lm_junk", "lm_facts", "restor", "sort"):
         assert done[f"{n}.ipynb"]["mesh"] is not None, done[f"{n}.ipynb"]
-    assert done["lm_cpt.ipynb"]["mesh"] == {"seeds": 2, "data": 4}, done["lm_cpt.ipynb"]
+    assert done["lm_cpt.ipynb"]["mesh"] == {"seeds": 2, "data": 4, "model": 1}, done["lm_cpt.ipynb"]
