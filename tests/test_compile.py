@@ -1,6 +1,6 @@
 """``jaxcl compile``: every study that declares its programs compiles them for this CPU at its tiny
 size, one row per program, and the programs follow the config (a doubled batch doubles the
-one-step program's work)."""
+one-step program's FLOPs)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from jaxcl.studies import get_study
 
 def _check(name: str, batch_key: str, *sets: str):
     """Compile ``name``'s tiny config (``sets``: ``--set`` overrides) for ``cpu``: one row per
-    declared program, memory > 0, every program fits; then the one-step program of a config with
-    ``batch_key`` doubled does about twice the work, in no less memory."""
+    declared program, memory > 0, every program fits; then the first one-step program of a config
+    with ``batch_key`` (that step's batch) doubled does about twice the work."""
     cfg = config.resolve(config.load(name, tiny=True), sets)
     study = get_study(cfg["study"])
     names = [p.name for p in study.programs(cfg, None)]
@@ -30,10 +30,11 @@ def _check(name: str, batch_key: str, *sets: str):
     big[sec][key] *= 2
     prog = next(p for p in study.programs(big, None) if p.name == one)
     grown = C.analyse(prog, C.target("cpu"), 1)
-    # the step's work follows the batch (about twice the FLOPs) and its memory never shrinks (XLA
-    # may reuse a buffer, so a small model's temporaries need not grow)
+    # the step's work follows the batch (about twice the FLOPs); its memory is not checked here:
+    # XLA's buffer assignment may even shrink a tiny model's temporaries at a larger batch
+    # (unlearn-class's GA step: 1.2 MB -> 0.8 MB), and the argument bytes are checked against an
+    # independent count in tests/test_compile_check.py
     assert grown["flops"] > 1.5 * small["flops"], (grown["flops"], small["flops"])
-    assert grown["arguments_bytes"] + grown["temp_bytes"] >= small["arguments_bytes"] + small["temp_bytes"]
 
 
 def test_programs_lm_cpt():
@@ -62,3 +63,11 @@ def test_programs_cl_zoo():
 
 def test_programs_cl_order():
     _check("cl-order", "loop.batch_size", "methods=er")
+
+
+def test_programs_unlearn_class():
+    _check("unlearn-class", "unlearn.batch_size", "methods=ga")
+
+
+def test_programs_tofu():
+    _check("tofu", "train.batch_size", "methods=npo")

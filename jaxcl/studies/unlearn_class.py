@@ -317,6 +317,47 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
     )
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): training the original and the oracle and
+    every method's unlearning phase with its first step, all seeds in each, on the config's
+    problem (Fashion-MNIST, loaded: it is small). The evaluation is not declared."""
+    import jax
+
+    from ..compile import Program, abstract, placed, seeds_spec
+    from ..loops import as_hparams, build_method
+    from ..methods import get_method
+    from ..unlearn.classifier import ORIGINAL, load_problem, trainer
+
+    data, model = load_problem(cfg)
+    keys = abstract(jax.eval_shape(lambda: role_keys(cfg, ORIGINAL)), mesh, seeds_spec(mesh))
+    train = jax.jit(seeds_map(trainer(model, cfg, mesh=mesh), (0, None, None), mesh, model=model))
+    hp = abstract(as_hparams(get_method("finetune"), {"lr": cfg["train"]["lr"]}), mesh)
+    out = [
+        Program(f"train the {role}", train, (keys, abstract(problem, mesh), hp))
+        for role, problem in (
+            ("original", data.learning(data.x_train, data.y_train)),
+            ("oracle", data.learning(data.x_retain, data.y_retain)),
+        )
+    ]
+    params = placed(
+        jax.eval_shape(jax.vmap(model.init), jax.eval_shape(lambda: role_keys(cfg, ORIGINAL))),
+        mesh,
+        seeds=True,
+    )
+    problem = abstract(data, mesh)
+    axes = (0, 0, None, None)
+    for name in cfg["methods"]:
+        phase, mhp = unlearner(model, cfg, name, mesh)
+        first = lambda p, k, d, h, phase=phase: phase.one_step(phase.start(p, k, d, h), d, h)  # noqa: E731
+        args = (params, keys, problem, abstract(mhp, mesh))
+        run = jax.jit(seeds_map(phase.run, axes, mesh, model=model))
+        out.append(Program(f"{name} ({phase.phase.steps} steps)", run, args))
+        if build_method(phase.spec, model, mhp, phase.options).trains:  # an edit (SSD) has no steps
+            step = jax.jit(seeds_map(first, axes, mesh, model=model))
+            out.append(Program(f"{name}: one step", step, args, steps=1))
+    return out
+
+
 STUDY = Study(
     "unlearn-class",
     kinds=("unlearn",),
@@ -327,5 +368,6 @@ STUDY = Study(
     methods=METHODS_HERE,
     mesh_batches=MESH_BATCHES,
     no_resume="a rerun into the same --out reuses its cached models and rows; --fresh ignores them",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep
