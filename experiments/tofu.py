@@ -50,9 +50,14 @@ UNLEARNING = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", 
 
 
 def get_config(tiny: bool = False, size: str | None = None) -> dict:
-    if size == "accel":  # a 1B Llama (Llama-3.2-1B from the hub, gated), forget10, bf16 matmuls
-        cfg = get_config()
-        cfg["model"] = {"name": "meta-llama/Llama-3.2-1B", "tokenizer": "own", "compute_dtype": "bfloat16"}
+    if size == "accel":  # a 1B Llama (Llama-3.2-1B from the hub, gated), forget10, bf16 matmuls,
+        cfg = get_config()  # each layer recomputed in the backward pass (remat)
+        cfg["model"] = {
+            "name": "meta-llama/Llama-3.2-1B",
+            "tokenizer": "own",
+            "compute_dtype": "bfloat16",
+            "remat": True,
+        }
         cfg["data"] = {**cfg["data"], "split": "forget10"}
         return cfg
     cfg = {

@@ -274,3 +274,20 @@ def test_target_logprobs_equal_log_softmax_gather(tie):
     _, jvp = jax.jvp(fused, (p,), (tangent,))
     _, jvp_ref = jax.jvp(ref, (p,), (tangent,))
     np.testing.assert_allclose(jvp, jvp_ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(jvp_ref).max()))
+
+
+def test_model_section_remat_reaches_every_kind_of_model():
+    """``model.remat`` (one key of the one LM section) reaches the Llama of a scratch, a tiny and an
+    abstract pretrained model, and a bad value is one line naming the key."""
+    from jaxcl import hf
+    from jaxcl.config import ConfigError
+    from jaxcl.models import lm
+
+    tok = hf.ByteTokenizer()
+    for name in ("scratch", "tiny", "meta-llama/Llama-3.2-1B"):
+        for remat in (False, True):
+            sec = lm.section(name, remat=remat, tokenizer="own" if "/" in name else "byte")
+            model, _, _ = lm.load(sec, max_seq_len=16, tokenizer=tok, shapes_only=True)
+            assert model.cfg.remat is remat, (name, remat)
+    with pytest.raises(ConfigError, match="model.remat"):
+        lm.check({**lm.section(), "remat": "yes"})

@@ -32,7 +32,9 @@ SIZES = {
 }
 
 
-def section(name="scratch", *, tokenizer: str = "byte", compute_dtype: str = "float32", **dims) -> dict:
+def section(
+    name="scratch", *, tokenizer: str = "byte", compute_dtype: str = "float32", remat: bool = False, **dims
+) -> dict:
     """The one shape of a config's ``model`` section, in every language-model study:
 
     - ``name``: ``scratch`` (a random Llama of the section's dimensions), a size of :data:`SIZES`
@@ -43,8 +45,18 @@ def section(name="scratch", *, tokenizer: str = "byte", compute_dtype: str = "fl
     - ``tokenizer``: ``byte`` or ``smollm2`` for a scratch model (``smollm2``: SmolLM2's, restricted
       to the run's ids); a named pretrained model's own (:data:`PRETRAINED`); a file or hub
       checkpoint loads its own whatever the key says (``own`` says so);
-    - ``compute_dtype``: the matmuls' dtype (:data:`DTYPES`)."""
-    return {"name": name, **SIZES["xs"], **dims, "tokenizer": tokenizer, "compute_dtype": compute_dtype}
+    - ``compute_dtype``: the matmuls' dtype (:data:`DTYPES`);
+    - ``remat``: recompute each layer's activations in the backward pass (``jax.checkpoint`` per
+      layer) instead of keeping them: activation memory of one layer instead of all, for about
+      one more forward pass of compute (what a 1B model needs to train on a 16 GiB chip)."""
+    return {
+        "name": name,
+        **SIZES["xs"],
+        **dims,
+        "tokenizer": tokenizer,
+        "compute_dtype": compute_dtype,
+        "remat": remat,
+    }
 
 
 def check(model: dict, *, names: tuple | None = None, tokenizers: tuple = TOKENIZERS) -> None:
@@ -58,6 +70,8 @@ def check(model: dict, *, names: tuple | None = None, tokenizers: tuple = TOKENI
         raise ConfigError(f"model: keys {extra or ''} {missing or ''} differ from {', '.join(section())}")
     if model["compute_dtype"] not in DTYPES:
         raise ConfigError(f"model.compute_dtype={model['compute_dtype']!r}; valid: {', '.join(DTYPES)}")
+    if not isinstance(model["remat"], bool):
+        raise ConfigError(f"model.remat={model['remat']!r} must be true or false")
     given = model["name"] if isinstance(model["name"], (list, tuple)) else (model["name"],)
     if not given:
         raise ConfigError("model.name is empty; set model.name=scratch or a size of " + ", ".join(SIZES))
@@ -156,38 +170,39 @@ def load(
     from .. import hf
 
     name, dt = model.get("name", "scratch"), model.get("compute_dtype", "float32")
+    kw = {"compute_dtype": dt, "remat": bool(model.get("remat", False))}
     if name == "scratch" or name in SIZES:
         if tokenizer is None or not max_seq_len:
             raise ValueError("a scratch model needs its tokenizer and max_seq_len")
         dims = SIZES[name] if name in SIZES else {k: model[k] for k in DIMS}
-        lc = llama.LlamaConfig(
-            vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, compute_dtype=dt, **dims
-        )
+        lc = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, **kw, **dims)
         return language_model(lc, model.get("label", name), padded=padded), None, tokenizer
     if shapes_only and name in SHAPES:
-        return abstract_pretrained(name, dt, padded=padded, label=model.get("label", name))
+        return abstract_pretrained(name, padded=padded, label=model.get("label", name), **kw)
     if name == "tiny":
         tok = hf.ByteTokenizer()
-        lc = llama.tiny(vocab_size=tok.vocab_size, compute_dtype=dt)
+        lc = llama.tiny(vocab_size=tok.vocab_size, **kw)
         params = llama.init_params(lc, seed=seed)
     elif name == "smollm2-135m":
-        lc, params, tok = hf.load_gguf(compute_dtype=dt)
+        lc, params, tok = hf.load_gguf(**kw)
     elif name.lower().endswith(".gguf"):
-        lc, params, tok = hf.load_gguf(name, compute_dtype=dt)
+        lc, params, tok = hf.load_gguf(name, **kw)
     else:
-        lc, params, tok = hf.load_hf(name, compute_dtype=dt)
+        lc, params, tok = hf.load_hf(name, **kw)
     if shapes_only:
         params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     return language_model(lc, model.get("label", name), padded=padded), params, tok
 
 
-def abstract_pretrained(name: str, compute_dtype: str = "float32", *, padded: bool = False, label=None):
+def abstract_pretrained(
+    name: str, compute_dtype: str = "float32", *, padded: bool = False, label=None, remat: bool = False
+):
     """``(model, params as ShapeDtypeStructs, tokenizer)`` of a pretrained model of :data:`SHAPES`,
     no weight read: its architecture and, for a named model of :data:`PRETRAINED`, its tokenizer
     (SmolLM2's from the GGUF's metadata; None for a hub checkpoint)."""
     from ..data import text
 
-    lc = SHAPES[name](compute_dtype=compute_dtype)
+    lc = SHAPES[name](compute_dtype=compute_dtype, remat=remat)
     model = language_model(lc, label or name, padded=padded)
     tok = text.tokenizer(PRETRAINED[name]) if name in PRETRAINED else None
     return model, jax.eval_shape(model.init, jax.random.key(0)), tok

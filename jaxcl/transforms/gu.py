@@ -67,23 +67,29 @@ class ProjectOutState(NamedTuple):
     gram: object  # per_tensor: tree of (K, K); global: (K, K): Gram matrix of ``history``
 
 
-def _rows(a):
-    return a.reshape(a.shape[0], -1).astype(jnp.float32)
+def _inner_axes(a, start: int = 1):
+    return tuple(range(start, a.ndim))
 
 
 def _leaf_hdot(h, x):
-    """(K,) dot products of the K rows of ``h`` with ``x``."""
-    return jnp.dot(_rows(h), x.reshape(-1).astype(jnp.float32), precision=_HI)
+    """(K,) dot products of the K rows of ``h`` (K x shape) with ``x`` (shape): a contraction over
+    the parameter axes, kept unflattened so a history sharded like its parameter stays sharded."""
+    return jnp.tensordot(
+        h.astype(jnp.float32),
+        x.astype(jnp.float32),
+        axes=(_inner_axes(h), tuple(range(x.ndim))),
+        precision=_HI,
+    )
 
 
 def _leaf_gram(a):
-    r = _rows(a)
-    return jnp.dot(r, r.T, precision=_HI)
+    a = a.astype(jnp.float32)
+    return jnp.tensordot(a, a, axes=(_inner_axes(a), _inner_axes(a)), precision=_HI)
 
 
 def _leaf_comb(w, h):
     """``w @ h`` over the leading K axis: rows of the result are combinations of rows of h."""
-    return jnp.dot(w, _rows(h), precision=_HI).reshape((w.shape[0],) + h.shape[1:])
+    return jnp.tensordot(w, h.astype(jnp.float32), axes=((1,), (0,)), precision=_HI)
 
 
 def _tree_hdot(h, x):
