@@ -24,7 +24,8 @@ CHECKS = [
     ("split-cifar100-resnet18", "split-fashion-mnist", "accel", ["methods=er"], "auto", True),
     ("tofu-1b-replicated", "tofu", "accel", ["methods=npo"], "seeds=1,data=8", False),
     ("tofu-1b-sharded", "tofu", "accel", ["methods=npo"], "seeds=1,data=1,model=8", True),
-    ("tofu-1b-gu-sharded", "tofu", "accel", ["methods=gu-npo"], "seeds=1,data=1,model=8", None),
+    ("tofu-1b-gu-sharded", "tofu", "accel", ["methods=gu-npo"], "seeds=1,data=1,model=8", True),
+    ("tofu-1b-gu-rank8-sharded", "tofu", "accel", ["methods=gu-npo", "gu-npo.rank=8"], "seeds=1,data=1,model=8", False),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
