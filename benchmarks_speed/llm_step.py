@@ -7,18 +7,24 @@ Workloads (same weights, same shapes, one process, sides interleaved):
     one jitted ``lax.scan`` (the way jaxcl runs training).
   - torch-eager: transformers ``LlamaForCausalLM`` (SDPA attention), ``torch.optim.AdamW``
     (fused where available, else foreach), ``model(ids, labels=ids).loss.backward()`` per step;
-    bf16 via ``torch.autocast`` when ``--dtype bfloat16``.
+    bf16 via ``torch.autocast(device_type, dtype=torch.bfloat16)`` when ``--dtype bfloat16``
+    (fp32 weights and AdamW state, as jaxcl's ``compute_dtype="bfloat16"``).
   - torch-compile (``--compile``): the same with the model under ``torch.compile``.
 * ``llm_generate``: greedy decoding of ``--new`` tokens for B prompts of ``--prompt`` tokens.
   - jaxcl: ``jaxcl.generate.generate`` (prefill + ``lax.scan`` decode with the KV cache).
   - torch: transformers ``model.generate(do_sample=False, min_new_tokens=max_new_tokens)``.
 
 Metrics are tokens/s (train: B*T*steps per call; generate: B*new per call); ratio =
-jaxcl tokens/s / torch tokens/s (> 1: jaxcl is faster). On a GPU also MFU against a measured
+jaxcl tokens/s / torch tokens/s (> 1: jaxcl is faster), against jaxcl in the same dtype.
+``--dtype float32 bfloat16`` builds both dtypes' sides in one process and interleaves all of them
+(the bf16 sides are named ``<side>-bf16``); every line records the 1-minute load average before
+and after the timed repeats, and on the CPU the model FLOP/s beside the matmul peaks measured in
+the same run (float32, and bfloat16 inputs with float32 accumulation). On a GPU also MFU against a measured
 8192^3 bf16 matmul, with model FLOPs = 6 * non-embedding params * tokens + 12 * L * T * d *
 tokens (+ 6 * d * V * tokens for the output projection).
 
     python benchmarks_speed/llm_step.py                     # CPU default: 4 SmolLM2 layers, B 4, T 256
+    python benchmarks_speed/llm_step.py --dtype float32 bfloat16 --no-generate --no-variants  # fp32 vs bf16
     python benchmarks_speed/llm_step.py --layers 30 --batch 16 --seq 1024 --dtype bfloat16 --compile  # GPU
     python benchmarks_speed/llm_step.py --tiny --out /tmp/x.jsonl
 """
@@ -57,9 +63,13 @@ def meta():
 
     from jaxcl import report
 
+    isa = []  # bf16 speed on a CPU depends on these (AVX2 alone has no bf16 dot instructions)
+    if os.path.exists("/proc/cpuinfo"):
+        flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+        isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
     return {
         "versions": {**report.versions(), "torch": torch.__version__},
-        "device": {**report.device_info(), "torch_threads": torch.get_num_threads()},
+        "device": {**report.device_info(), "torch_threads": torch.get_num_threads(), "cpu_isa": isa},
         "git_commit": report.git_commit(),
     }
 
@@ -314,13 +324,47 @@ def bench(sides, repeats, log, values=None):
     return first, {k: stats(v) for k, v in times.items()}
 
 
+def cpu_matmul_peaks(shapes):
+    """GFLOP/s of jitted matmuls on this device, measured now: float32, and bfloat16 inputs with
+    float32 accumulation (``preferred_element_type``, what ``compute_dtype="bfloat16"`` runs);
+    the best over ``shapes`` (``(M, K, N)``) per dtype, and each shape's figure."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    out = {"float32": 0.0, "bfloat16": 0.0, "by_shape": {}}
+    for m, k, n in shapes:
+        for dt in ("float32", "bfloat16"):
+            a = jax.random.normal(jax.random.key(0), (m, k)).astype(dt)
+            b = jax.random.normal(jax.random.key(1), (k, n)).astype(dt)
+            f(a, b).block_until_ready()
+            ts = []
+            for _ in range(5):
+                t = time.perf_counter()
+                f(a, b).block_until_ready()
+                ts.append(time.perf_counter() - t)
+            g = 2 * m * k * n / min(ts) / 1e9
+            out["by_shape"][f"{m}x{k}x{n} {dt}"] = round(g, 1)
+            out[dt] = max(out[dt], round(g, 1))
+    return out
+
+
+SUFFIX = {"float32": "", "bfloat16": "-bf16"}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=4, help="SmolLM2-135M has 30")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="training steps per timed call")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16"],
+        help="compute dtype(s); several: every dtype's sides in one process, interleaved",
+    )
     p.add_argument("--prompt", type=int, default=64)
     p.add_argument("--new", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
@@ -339,68 +383,94 @@ def main(argv=None):
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "llm_step_cpu.jsonl"),
     )
     a = p.parse_args(argv)
+    dtypes = list(dict.fromkeys(a.dtype))
 
     import jax
     import torch
 
     from jaxcl.models import llama
 
-    cfg = (llama.tiny(vocab_size=512) if a.tiny else llama.smollm2_135m(n_layers=a.layers)).replace(
-        compute_dtype=a.dtype
-    )
+    base = llama.tiny(vocab_size=512) if a.tiny else llama.smollm2_135m(n_layers=a.layers)
+    cfgs = {dt: base.replace(compute_dtype=dt) for dt in dtypes}
     if a.tiny:
         a.batch, a.seq, a.steps, a.prompt, a.new, a.repeats = 2, 32, 2, 8, 4, 2
-    params = llama.init_params(cfg, seed=0)
+    params = llama.init_params(base, seed=0)
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, cfg.vocab_size, (a.batch, a.seq)).astype(np.int32)
+    tokens = rng.integers(0, base.vocab_size, (a.batch, a.seq)).astype(np.int32)
     info = meta()
     on_gpu = jax.default_backend() == "gpu"
     peak = matmul_peak_flops() if on_gpu else None
+    # the CPU's limit in this run: square matmuls and the step's largest shape (the tied head)
+    cpu_peaks = (
+        None
+        if on_gpu
+        else cpu_matmul_peaks(
+            [(1024, 1024, 1024), (2048, 2048, 2048), (a.batch * (a.seq - 1), base.d_model, base.vocab_size)]
+            if not a.tiny
+            else [(64, 64, 64), (a.batch * (a.seq - 1), base.d_model, base.vocab_size)]
+        )
+    )
     log = lambda s: print(s, flush=True)
     log(
-        f"[llm_step] {info['device']} torch {torch.__version__}; cfg layers {cfg.n_layers} d "
-        f"{cfg.d_model} vocab {cfg.vocab_size}, B {a.batch} T {a.seq}, {a.dtype}"
+        f"[llm_step] {info['device']} torch {torch.__version__}; cfg layers {base.n_layers} d "
+        f"{base.d_model} vocab {base.vocab_size}, B {a.batch} T {a.seq}, {' + '.join(dtypes)}"
+        + (f"; CPU matmul GFLOP/s {cpu_peaks['by_shape']}" if cpu_peaks else "")
     )
     rows = []
 
-    sides = [JaxTrain(cfg, params, tokens, a.steps, 1e-4)]
-    if not a.no_torch:
-        sides.append(TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, False))
-    if not a.no_variants and a.dtype == "float32":  # the hand-written step has no bf16 casts
-        sides[1:1] = [
-            JaxHandwritten(cfg, params, tokens, a.steps, 1e-4),
-            JaxWithNorms(cfg, params, tokens, a.steps, 1e-4),
-            JaxUnfusedHead(cfg, params, tokens, a.steps, 1e-4),
-        ]
-    if a.compile and not a.no_torch:
-        try:
-            side = TorchTrain(cfg, params, tokens, a.steps, 1e-4, a.dtype, True)
-            side()
-            sides.append(side)
-        except Exception as e:  # torch.compile may lack a compiler here
-            log(f"  torch-compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    def named(side, dt):
+        side.name += SUFFIX[dt]
+        side.dtype = dt
+        return side
+
+    sides = []
+    for dt in dtypes:
+        cfg = cfgs[dt]
+        sides.append(named(JaxTrain(cfg, params, tokens, a.steps, 1e-4), dt))
+        if not a.no_variants and dt == "float32":  # the hand-written step has no bf16 casts
+            sides += [
+                named(JaxHandwritten(cfg, params, tokens, a.steps, 1e-4), dt),
+                named(JaxWithNorms(cfg, params, tokens, a.steps, 1e-4), dt),
+                named(JaxUnfusedHead(cfg, params, tokens, a.steps, 1e-4), dt),
+            ]
+        if not a.no_torch:
+            sides.append(named(TorchTrain(cfg, params, tokens, a.steps, 1e-4, dt, False), dt))
+        if a.compile and not a.no_torch:
+            try:
+                side = named(TorchTrain(cfg, params, tokens, a.steps, 1e-4, dt, True), dt)
+                side()
+                sides.append(side)
+            except Exception as e:  # torch.compile may lack a compiler here
+                log(f"  torch-compile unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     first_loss = {}
+    load = [os.getloadavg()[0]]
     first, st = bench(sides, a.repeats, log, first_loss)
+    load.append(os.getloadavg()[0])
+    dtype_of = {s.name: s.dtype for s in sides}
     n_tok = a.batch * a.seq * a.steps
-    fpt = model_flops_per_token(cfg, a.seq)
+    fpt = model_flops_per_token(base, a.seq)
     for name, s in st.items():
         tps = n_tok / s["median_s"]
+        dt = dtype_of[name]
         row = dict(
             workload="llm_train_step",
             side=name,
-            layers=cfg.n_layers,
-            d_model=cfg.d_model,
-            vocab=cfg.vocab_size,
+            layers=base.n_layers,
+            d_model=base.d_model,
+            vocab=base.vocab_size,
             batch=a.batch,
             seq=a.seq,
             steps_per_call=a.steps,
-            dtype=a.dtype,
+            dtype=dt,
             tokens_per_s=tps,
             first_call_s=first[name],
-            loss_after_first_call=first_loss[name],  # same weights and tokens: equal across sides
+            loss_after_first_call=first_loss[name],  # same weights and tokens: equal within a dtype
             **s,
-            ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
+            ratio_jaxcl_over_this=(n_tok / st["jaxcl" + SUFFIX[dt]]["median_s"]) / tps,
             mfu=(tps * fpt / peak) if peak else None,
+            model_gflops_per_s=tps * fpt / 1e9,  # 6 x params x tokens + attention (see docstring)
+            cpu_matmul_peak_gflops=cpu_peaks,
+            loadavg_1min=[round(v, 2) for v in load],
             **info,
         )
         if a.note:
@@ -408,43 +478,66 @@ def main(argv=None):
         rows.append(row)
 
     if not a.no_generate:
-        prompts = rng.integers(0, cfg.vocab_size, (a.batch, a.prompt)).astype(np.int32)
-        gsides = [JaxGen(cfg, params, prompts, a.new)]
-        if not a.no_torch:
-            gsides.append(TorchGen(cfg, params, prompts, a.new, a.dtype))
+        prompts = rng.integers(0, base.vocab_size, (a.batch, a.prompt)).astype(np.int32)
+        gsides = []
+        for dt in dtypes:
+            gsides.append(named(JaxGen(cfgs[dt], params, prompts, a.new), dt))
+            if not a.no_torch:
+                gsides.append(named(TorchGen(cfgs[dt], params, prompts, a.new, dt), dt))
+        load = [os.getloadavg()[0]]
         first, st = bench(gsides, a.repeats, log)
-        same = (gsides[0]() == gsides[1]()).mean() if len(gsides) > 1 else None
+        load.append(os.getloadavg()[0])
+        same = {}
+        if not a.no_torch:
+            for dt in dtypes:
+                j, t = (g for g in gsides if g.dtype == dt)
+                same[dt] = float((j() == t()).mean())
         n_tok = a.batch * a.new
-        for name, s in st.items():
+        for g in gsides:
+            s, dt = st[g.name], g.dtype
             tps = n_tok / s["median_s"]
             rows.append(
                 dict(
                     workload="llm_generate",
-                    side=name,
-                    layers=cfg.n_layers,
+                    side=g.name,
+                    layers=base.n_layers,
                     batch=a.batch,
                     prompt=a.prompt,
                     new=a.new,
-                    dtype=a.dtype,
+                    dtype=dt,
                     tokens_per_s=tps,
-                    first_call_s=first[name],
+                    first_call_s=first[g.name],
                     **s,
-                    greedy_token_agreement=None if same is None else float(same),
-                    ratio_jaxcl_over_this=(n_tok / st["jaxcl"]["median_s"]) / tps,
+                    greedy_token_agreement=same.get(dt),
+                    ratio_jaxcl_over_this=(n_tok / st["jaxcl" + SUFFIX[dt]]["median_s"]) / tps,
+                    loadavg_1min=[round(v, 2) for v in load],
                     **info,
                 )
             )
 
+    # a bf16 side against the same side in float32, same process (> 1: bf16 is faster)
+    by = {(r["workload"], r["side"]): r["tokens_per_s"] for r in rows}
+    for r in rows:
+        f32 = by.get((r["workload"], r["side"].removesuffix(SUFFIX["bfloat16"])))
+        if r["dtype"] == "bfloat16" and f32:
+            r["ratio_over_float32"] = r["tokens_per_s"] / f32
     log(
-        f"{'workload':16s} {'side':22s} {'tokens/s':>10s} {'median s':>9s} {'first s':>8s} "
-        f"{'jaxcl x':>8s}" + ("  MFU" if peak else "")
+        f"{'workload':16s} {'side':26s} {'tokens/s':>10s} {'median s':>9s} {'first s':>8s} "
+        f"{'jaxcl x':>8s} {'GFLOP/s':>8s}" + ("  MFU" if peak else "")
     )
     for r in rows:
         log(
-            f"{r['workload']:16s} {r['side']:22s} {r['tokens_per_s']:10.1f} {r['median_s']:9.3f} "
-            f"{r['first_call_s']:8.2f} {r['ratio_jaxcl_over_this']:8.2f}"
+            f"{r['workload']:16s} {r['side']:26s} {r['tokens_per_s']:10.1f} {r['median_s']:9.3f} "
+            f"{r['first_call_s']:8.2f} {r['ratio_jaxcl_over_this']:8.2f} "
+            f"{r.get('model_gflops_per_s') or 0:8.1f}"
+            + (f"  bf16/fp32 {r['ratio_over_float32']:.2f}x" if "ratio_over_float32" in r else "")
             + (f"  {r['mfu']:.1%}" if peak and r.get("mfu") else "")
         )
+    if cpu_peaks:
+        log(
+            f"CPU matmul peak in this run: float32 {cpu_peaks['float32']} GFLOP/s, bf16 {cpu_peaks['bfloat16']}"
+        )
+    log(f"1-minute load average: {load}")
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "a") as f:

@@ -255,7 +255,11 @@ def _by_side(lines, key="median_s", first="first_s"):
     out = []
     for j in (d for d in lines if not is_peer(d)):
         name = j["workload"] if j.get("side") in (None, "jaxcl") else f"{j['workload']} [{j['side']}]"
-        peers = [p for p in lines if is_peer(p) and p["workload"] == j["workload"]]
+        peers = [  # the same workload in the same dtype (llm_step writes float32 and bf16 sides)
+            p
+            for p in lines
+            if is_peer(p) and p["workload"] == j["workload"] and p.get("dtype") == j.get("dtype")
+        ]
         for p in peers or [None]:
             out.append(
                 _row(

@@ -10,6 +10,7 @@ injected 4 times beside as many never seen.
     jaxcl run lm-facts --set data.duplication=8     # the duplication effect (1/8 of the windows)
     jaxcl sweep lm-facts --grid finetune.lr=1e-3,3e-3
     jaxcl run lm-facts --set model.name=smollm2-135m --set data.seq_len=64   # an accelerator run
+    jaxcl run lm-facts --seeds 16 --set model.compute_dtype=bfloat16    # bf16 (README: "Mixed precision")
 
 Expected runtime (2-core CPU): --tiny 14 s (mostly compiling); default 4 min on an idle machine,
 9-13 min with other jobs running, 3.6 min at load ~3.8 (3 seeds vmapped, 400 steps of 16 x 64 tokens, 20 in-loop

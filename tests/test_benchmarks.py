@@ -205,3 +205,44 @@ def test_run_all_sizes_a_benchmark_from_its_pilot(monkeypatch):
     assert ra.run_bench("ssd", ["--repeats", "2"], 12.0, "/tmp", tiny=False, second_process=False)[0][
         "error"
     ].startswith("row budget 12 s too small")
+
+
+def test_llm_step_float32_and_bf16_sides_are_paired_within_their_dtype():
+    ra = _run_all()
+    line = lambda side, dt, s: {"workload": "llm_train_step", "side": side, "dtype": dt, "median_s": s}
+    lines = [
+        line("jaxcl", "float32", 2.0),
+        line("torch-eager", "float32", 3.0),
+        line("jaxcl-bf16", "bfloat16", 1.0),
+        line("torch-eager-bf16", "bfloat16", 4.0),
+    ]
+    rows = {r["workload"]: r for r in ra.ADAPTERS["llm_step"](lines)}
+    assert set(rows) == {"llm_train_step", "llm_train_step [jaxcl-bf16]"}
+    assert rows["llm_train_step"]["peer"] == "torch-eager" and rows["llm_train_step"]["ratio"] == 1.5
+    bf = rows["llm_train_step [jaxcl-bf16]"]
+    assert bf["peer"] == "torch-eager-bf16" and bf["ratio"] == 4.0
+
+
+def test_llm_step_tiny_writes_float32_and_bf16_sides_in_one_process(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    out = tmp_path / "llm.jsonl"
+    script = os.path.join(ROOT, "benchmarks_speed", "llm_step.py")
+    argv = ["--tiny", "--dtype", "float32", "bfloat16", "--no-generate", "--no-variants", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, script, *argv], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {r["side"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert list(rows) == ["jaxcl", "torch-eager", "jaxcl-bf16", "torch-eager-bf16"]
+    assert [r["dtype"] for r in rows.values()] == ["float32"] * 2 + ["bfloat16"] * 2
+    for r in rows.values():
+        assert r["tokens_per_s"] > 0 and len(r["loadavg_1min"]) == 2
+        assert r["cpu_matmul_peak_gflops"]["float32"] > 0 and r["cpu_matmul_peak_gflops"]["bfloat16"] > 0
+    assert rows["jaxcl-bf16"]["ratio_jaxcl_over_this"] == 1.0 and "ratio_over_float32" in rows["jaxcl-bf16"]
+    assert "ratio_over_float32" not in rows["jaxcl"]
+    # same weights and tokens: the sides agree within a dtype; bf16 is near float32, not equal to it
+    loss = {k: r["loss_after_first_call"] for k, r in rows.items()}
+    assert loss["jaxcl"] == pytest.approx(loss["torch-eager"], abs=1e-3)
+    assert loss["jaxcl-bf16"] == pytest.approx(loss["torch-eager-bf16"], abs=0.05)
+    assert 0 < abs(loss["jaxcl-bf16"] - loss["jaxcl"]) < 0.05

@@ -163,3 +163,70 @@ def test_committed_bf16_main_job_is_within_the_seeds_spread_of_float32():
         for key in ("acc", "bwt", "fwt", "forgetting", "min_acc", "wc_acc", "wf10"):
             a, b = f32["rows"][row]["columns"][key], bf16["rows"][row]["columns"][key]
             assert abs(a["mean"] - b["mean"]) <= max(a["std"], b["std"]) + 1e-9, (row, key, a, b)
+
+
+# -- the Llama (``LlamaConfig.compute_dtype``, the language-model studies' ``model.compute_dtype``)
+
+
+def _llama_pair():
+    from jaxcl.models import llama
+
+    cfg = llama.tiny(vocab_size=128)
+    params = llama.init_params(cfg, seed=0)
+    params["embed"] = params["embed"] * 20  # logits of order 1 (the random model's are ~0.01)
+    toks = jax.random.randint(jax.random.key(1), (4, 17), 0, cfg.vocab_size)
+    return cfg, cfg.replace(compute_dtype="bfloat16"), params, toks
+
+
+def test_llama_bf16_logits_and_gradient_within_tolerance_of_float32():
+    """Stated tolerance (the classifier families' above): logits within 3 % of float32's largest
+    logit, the same argmax on 90 % of positions, the gradient of the float32 token loss float32
+    with cosine >= 0.99 to float32's."""
+    from jaxcl.models import llama
+
+    f32, bf16, params, toks = _llama_pair()
+    lf, lb = (jax.jit(llama.make_apply(c))(params, toks) for c in (f32, bf16))
+    assert lb.dtype == jnp.float32
+    err = float(jnp.max(jnp.abs(lb - lf)))
+    assert 0 < err <= 0.03 * float(jnp.max(jnp.abs(lf))), err  # > 0: it did run in bf16
+    assert float(jnp.mean(lb.argmax(-1) == lf.argmax(-1))) >= 0.9
+    loss = lambda c: lambda p: -llama.token_logprobs(c, p, toks).mean()
+    gf, gb = (ravel_pytree(jax.jit(jax.grad(loss(c)))(params))[0] for c in (f32, bf16))
+    assert gb.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(gb)))
+    cos = float(gf @ gb / (jnp.linalg.norm(gf) * jnp.linalg.norm(gb)))
+    assert cos >= 0.99, cos
+
+
+def test_llama_bf16_forward_matmuls_take_bf16_and_logits_are_float32():
+    """Every contraction of the bf16 forward takes bfloat16 inputs; the output head accumulates
+    in float32 (float32 logits); the float32 program has no bfloat16 in it."""
+    from jaxcl.models import llama
+
+    f32, bf16, params, toks = _llama_pair()
+    text = jax.jit(llama.make_apply(bf16)).lower(params, toks).as_text()
+    ops = CONTRACTION.findall(text)
+    assert len(ops) >= 7, text[:2000]  # q, k, v, scores, weighted values, o, gate, up, down, head
+    for a, b, _ in ops:
+        assert a.endswith("xbf16>") and b.endswith("xbf16>"), (a, b)
+    assert any(out.endswith(f"x{f32.vocab_size}xf32>") for _, _, out in ops), ops  # the head
+    assert "bf16" not in jax.jit(llama.make_apply(f32)).lower(params, toks).as_text()
+
+
+def test_llama_params_and_adamw_state_stay_float32_through_bf16_training():
+    import optax
+
+    from jaxcl import engine
+    from jaxcl.models import llama
+
+    _, bf16, params, toks = _llama_pair()
+    tx = optax.adamw(1e-3)
+    step = engine.make_step(lambda p, b, k: (-llama.token_logprobs(bf16, p, b).mean(), {}), tx, norms=False)
+    state = engine.init_state(params, tx, 0)
+    state, m = jax.jit(lambda s: jax.lax.scan(step, s, jnp.broadcast_to(toks, (3, *toks.shape))))(state)
+    floats = lambda tree: [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+    assert floats(state.params) and all(a.dtype == jnp.float32 for a in floats(state.params))
+    assert floats(state.opt_state) and all(a.dtype == jnp.float32 for a in floats(state.opt_state))
+    assert bool(jnp.all(jnp.isfinite(m["loss"]))) and float(m["loss"][-1]) < float(m["loss"][0])
+    assert not any(
+        bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params))
+    )

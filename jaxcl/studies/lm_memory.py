@@ -240,6 +240,8 @@ def body(cfg: dict, run: Run) -> Report:
             "eval_steps": ((np.arange(traces["domain_nll"].shape[1]) + 1) * t["eval_every"]).tolist(),
             "domains": list(cfg["data"]["domains"]),
             "domain_nll_mean": traces["domain_nll"].mean(0).tolist(),
+            # per seed (seeds x domains) at the last evaluation: the study's held-out loss
+            "domain_nll_final": traces["domain_nll"][:, -1].tolist(),
             "injections_per_step": int(study.table.shape[1]),
         },
         first="condition",
