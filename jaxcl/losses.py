@@ -161,6 +161,52 @@ def mean_nll(model) -> Callable:
     return fn
 
 
+def token_logits(model) -> Callable:
+    """``(params, sub) -> (logits_BxTxC, targets_BxT, mask_BxT)``: the logits of every scored
+    position, its target and a float mask of the scored ones.
+
+    Classifiers: one position per example (``T = 1``): the (task-masked) logits of ``sub['x']``,
+    target ``sub['y']``, mask 1. Language models (``sub = {'tokens', 'mask'}``): the logits of
+    ``tokens[:, :-1]``, targets ``tokens[:, 1:]`` and the answer mask ``mask[:, 1:]`` (the positions
+    :func:`nll_per_example` sums over). The full (B, T, V) logits: for methods that need the whole
+    distribution (UNDIAL); :func:`token_logprobs` when the target's log-probability is enough."""
+    if hasattr(model, "nll"):
+
+        def lm(params, sub):
+            logits_BxTxV = model.apply(params, sub["tokens"][:, :-1])
+            return logits_BxTxV, sub["tokens"][:, 1:], sub["mask"][:, 1:].astype(jnp.float32)
+
+        return lm
+
+    def clf(params, sub):
+        logits_BxC = masked_logits(model.apply(params, sub["x"]), sub)
+        return logits_BxC[:, None], sub["y"][:, None], jnp.ones(sub["y"].shape + (1,), jnp.float32)
+
+    return clf
+
+
+def token_logprobs(model) -> Callable:
+    """``(params, sub) -> (logp_BxT, mask_BxT)``: ``log p(target)`` at every position of
+    :func:`token_logits` and its mask; a language model's without materialising the log-softmax
+    (:func:`jaxcl.models.llama.token_logprobs`)."""
+    if hasattr(model, "nll"):
+        from .models import llama
+
+        def lm(params, sub):
+            lp_BxT = llama.token_logprobs(model.cfg, params, sub["tokens"])
+            return lp_BxT, sub["mask"][:, 1:].astype(jnp.float32)
+
+        return lm
+    logits = token_logits(model)
+
+    def clf(params, sub):
+        logits_BxTxC, t_BxT, m_BxT = logits(params, sub)
+        lp_BxTxC = jax.nn.log_softmax(logits_BxTxC, -1)
+        return jnp.take_along_axis(lp_BxTxC, t_BxT[..., None], -1)[..., 0], m_BxT
+
+    return clf
+
+
 def npo_loss(nll_B: jax.Array, ref_nll_B: jax.Array, beta) -> jax.Array:
     """NPO (Zhang et al., 2024): ``(2/beta) * mean softplus(beta * (log pi - log pi_ref))`` with
     ``log pi = -nll``; bounded below by 0; ``beta -> 0`` gives gradient ascent."""

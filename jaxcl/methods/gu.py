@@ -1,5 +1,5 @@
 """GU: Geometric-disentanglement Unlearning ("Geometric-Disentanglement Unlearning", 2025),
-attached to GA, GradDiff, NPO and IDK as ``gu-<base>``.
+attached to GA, GradDiff, NPO, IDK, SimNPO, WGA, SatImp, UNDIAL and DPO as ``gu-<base>``.
 
 The forget update is split into its component in the span of the last ``rank`` retain gradients
 and the orthogonal rest; only the rest is applied, so the retain loss is unchanged to first order:
@@ -13,11 +13,21 @@ implementation for classifiers and language models); options ``rank`` (8), ``mod
 updates, then plain SGD).
 """
 
-from . import ga, graddiff, idk, npo
+from . import dpo, ga, graddiff, idk, npo, satimp, simnpo, undial, wga
 from .base import METHODS, register
 from .unlearning import spec
 
-BASES = {"ga": ga, "graddiff": graddiff, "npo": npo, "idk": idk}
+BASES = {
+    "ga": ga,
+    "graddiff": graddiff,
+    "npo": npo,
+    "idk": idk,
+    "simnpo": simnpo,
+    "wga": wga,
+    "satimp": satimp,
+    "undial": undial,
+    "dpo": dpo,
+}
 
 SPECS = {
     base: register(

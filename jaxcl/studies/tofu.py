@@ -47,6 +47,10 @@ from ..tofu.problem import load_model, load_problem
 from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
+# the methods it can run: the default ones and the newer open-unlearning baselines with their GU
+# variants (dpo on TOFU's refusal alternatives is IdkDPO)
+NEWER = ("simnpo", "wga", "satimp", "undial", "dpo")
+CHOICES = METHODS + NEWER + tuple(f"gu-{m}" for m in NEWER)
 SPLITS = tuple(tdata.FORGET_SIZES)
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 
@@ -205,7 +209,7 @@ def body(cfg: dict, run: Run) -> Report:
         t0 = time.perf_counter()
         evaluated[name] = res = ev.evaluate(o["params"])
         timing[name] = {"compile_s": c_s, "time_s": t_s, "eval_s": time.perf_counter() - t0}
-        # an edit-only method has no trace (the config refuses them: not in METHODS)
+        # an edit-only method has no trace (the config refuses them: not in CHOICES)
         f = traces[name].get("forget_nll")
         run.say(
             f"  {name:12s} {phase.phase.steps} steps"
@@ -340,7 +344,7 @@ STUDY = Study(
     validate=validate,
     body=body,
     sweep_body=sweep_cells,
-    methods=METHODS,
+    methods=CHOICES,
     mesh_batches=MESH_BATCHES,
     no_resume="nothing is cached between runs; run it again",
     programs=programs,

@@ -94,7 +94,7 @@ COLUMNS = [
 ]
 
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
-NEEDS_ALTERNATIVES = ("idk", "gu-idk")  # language-model methods (batch['forget_alt'])
+NEEDS_ALTERNATIVES = ("idk", "gu-idk", "dpo", "gu-dpo")  # language-model methods (batch['forget_alt'])
 METHODS_HERE = tuple(n for n, s in REGISTRY.items() if s.applies_to("unlearn"))
 
 
