@@ -25,13 +25,13 @@ def np_adv(r, scale, baseline, eps=1e-4):
         for j in range(G):
             b = r[i].mean() if baseline == "mean" else (r[i].sum() - r[i, j]) / (G - 1)
             a = r[i, j] - b
-            if scale == "std":
+            if scale == "group":
                 a /= np.std(r[i], ddof=1) + eps
             out[i, j] = a
     return out
 
 
-@pytest.mark.parametrize("scale", ["std", "none"])
+@pytest.mark.parametrize("scale", ["group", "none"])
 @pytest.mark.parametrize("baseline", ["mean", "rloo"])
 def test_advantages_match_numpy(scale, baseline):
     got = grpo.group_advantages(jnp.asarray(R), scale=scale, baseline=baseline)
@@ -60,8 +60,8 @@ def test_clipped_loss_matches_numpy_token_and_sequence():
             per[i, t] = -min(rho * adv[i], np.clip(rho, 1 - eps, 1 + eps) * adv[i])
     want_tok = (per * mask).sum() / mask.sum()
     want_seq = np.mean([(per[i] * mask[i]).sum() / mask[i].sum() for i in range(4)])
-    got_tok, _ = grpo.clipped_policy_loss(logp, old, adv, mask, clip_eps=eps, norm="token")
-    got_seq, _ = grpo.clipped_policy_loss(logp, old, adv, mask, clip_eps=eps, norm="sequence")
+    got_tok, _ = grpo.clipped_policy_loss(logp, old, adv, mask, clip_eps=eps, loss_type="bnpo")
+    got_seq, _ = grpo.clipped_policy_loss(logp, old, adv, mask, clip_eps=eps, loss_type="grpo")
     np.testing.assert_allclose(got_tok, want_tok, rtol=1e-5)
     np.testing.assert_allclose(got_seq, want_seq, rtol=1e-5)
     # ratio 1 (mu = 1): the loss is the policy gradient, -A * d logp
@@ -155,7 +155,7 @@ def test_rollout_batch_and_rif_selection(rif_run):
     )
     np.testing.assert_array_equal(batch["tokens"][4:, :12], jnp.repeat(prompts["prompt"][:1], 4, 0))
     np.testing.assert_array_equal(batch["weight"], [1] * 4 + [0] * 4)
-    want = np_adv(np.array([[1.0, 0, 0, 0], [0, 0, 0, 0]], np.float32), "std", "mean").reshape(-1)
+    want = np_adv(np.array([[1.0, 0, 0, 0], [0, 0, 0, 0]], np.float32), "group", "mean").reshape(-1)
     np.testing.assert_allclose(batch["adv"], want, rtol=1e-4, atol=1e-6)
     assert float(batch["adv"][0]) > 1.0  # the rewarded completion: 1.5 standard deviations up
     # the sampling policy's log-probs are those of a plain forward pass on the unpadded rows

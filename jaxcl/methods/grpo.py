@@ -12,6 +12,23 @@ instance filtering): the prompt batch is a pool of ``rif_pool`` batches, all rol
 the prompts whose ``G`` rewards are not all equal fill one batch (so a runner draws
 ``rif_pool * batch`` prompts for it: :func:`prompt_rows`).
 
+The variants TRL users choose between are options, under TRL's names (equations in
+:mod:`jaxcl.grpo`):
+
+- ``loss_type``: ``"bnpo"`` (default; token-level mean, as ``"dapo"``: DAPO), ``"grpo"`` (per
+  sequence then over sequences, DeepSeekMath), ``"dr_grpo"`` (masked sum over batch x
+  ``max_new_tokens``: Dr. GRPO, Liu et al. 2025, no length bias);
+- ``scale_rewards``: ``"group"`` (default), ``"batch"`` or ``"none"`` (Dr. GRPO);
+- ``clip_eps`` is TRL's ``epsilon``; ``epsilon_high`` (traced; 0: equal to ``clip_eps``) is DAPO's
+  clip-higher;
+- ``importance_sampling_level``: ``"token"`` (default) or ``"sequence"`` (GSPO, Zheng et al. 2025;
+  use it with ``loss_type="grpo"`` for the paper's objective);
+- ``kl="none"``: TRL's ``beta = 0`` with no reference model (no KL term, no reference forward);
+- dynamic sampling (DAPO): ``rif=True`` with ``rif_pool`` (zero-advantage groups are dropped and the
+  batch is refilled from ``rif_pool`` times as many rollouts; unfilled rows are masked out);
+- ``reward_funcs`` (``env``: the task's reward; ``format``: ended with the end token;
+  ``soft_overlong``: DAPO's overlong shaping with ``soft_punish_cache``) with ``reward_weights``.
+
 Batches are prompt batches; an iteration is :func:`jaxcl.grpo.make_iteration` (``rollout``).
 """
 
@@ -40,21 +57,26 @@ OPTIONS = {
     "max_new_tokens": 8,
     "temperature": 1.0,
     "top_p": 1.0,
-    "scale": "std",
+    "scale_rewards": "group",
     "baseline": "mean",
-    "norm": "token",
+    "loss_type": "bnpo",
+    "importance_sampling_level": "token",
     "kl": "k3",
     "reference": "task",
     "rif": False,
     "rif_pool": 2,
+    "reward_funcs": ("env",),
+    "reward_weights": (),
+    "soft_punish_cache": 0,
     **OPTIMIZER_OPTIONS,
 }
 CHOICES = {
     "optim": OPTIMIZERS,
-    "scale": grpo.SCALES,
+    "scale_rewards": grpo.SCALES,
     "baseline": grpo.BASELINES,
-    "norm": grpo.NORMS,
-    "kl": grpo.KL_ESTIMATORS,
+    "loss_type": grpo.LOSS_TYPES,
+    "importance_sampling_level": grpo.IS_LEVELS,
+    "kl": (*grpo.KL_ESTIMATORS, "none"),
     "reference": ("task", "base"),
     "rif": (False, True),
 }
@@ -68,6 +90,7 @@ RANGES = {
     "max_new_tokens": (1, False, None, True, "tokens sampled per completion"),
     "rif_pool": (1, False, None, True, "prompt batches rolled out per RIF batch"),
     "top_p": (0.0, True, 1.0, False, "nucleus sampling mass; 1 is off"),
+    "soft_punish_cache": (0, False, None, True, "DAPO's overlong cache length L_cache; 0 is off"),
 }
 
 
@@ -91,6 +114,29 @@ def check_options(opts: dict) -> None:
                 "rewards are equal, every advantage is 0 and nothing is learned"
             )
         raise ValueError(f"grpo.{k}={v!r} is not valid{why}; set it to {valid} (default {OPTIONS[k]})")
+    funcs, weights = tuple(opts["reward_funcs"]), tuple(opts["reward_weights"])
+    bad = [f for f in funcs if f not in grpo.REWARD_FUNCS]
+    if bad or not funcs or len(set(funcs)) < len(funcs):
+        raise ValueError(
+            f"grpo.reward_funcs={funcs!r} is not valid; name each of {', '.join(grpo.REWARD_FUNCS)} "
+            "at most once, e.g. grpo.reward_funcs=env,soft_overlong"
+        )
+    try:
+        ok = all(math.isfinite(float(w)) for w in weights)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or (weights and len(weights) != len(funcs)):
+        raise ValueError(
+            f"grpo.reward_weights={weights!r} is not valid; give one finite number per reward function "
+            f"{funcs} (e.g. grpo.reward_weights={','.join(['1'] * len(funcs))}) or none (all 1)"
+        )
+    cache = opts["soft_punish_cache"]
+    if ("soft_overlong" in funcs) != (cache > 0) or cache > opts["max_new_tokens"]:
+        raise ValueError(
+            f"grpo.soft_punish_cache={cache!r} with reward_funcs={funcs!r}: DAPO's overlong shaping "
+            f"needs both soft_overlong in grpo.reward_funcs and grpo.soft_punish_cache in "
+            f"[1, max_new_tokens={opts['max_new_tokens']}]"
+        )
 
 
 class Spec(MethodSpec):
@@ -106,10 +152,21 @@ def build(model, hp, params_like, **options):
     check_options(options)
     opt = pop_optimizer(options)
     cfg = model.cfg
-    G, n_new = int(options["group_size"]), int(options["max_new_tokens"])
-    exact = options["kl"] == "exact"
-    loss = grpo.grpo_loss(cfg, clip_eps=hp["clip_eps"], norm=options["norm"], keep_logits=exact)
-    loss = grpo.with_kl_penalty(loss, beta=hp["beta"], estimator=options["kl"], norm=options["norm"])
+    n_new = int(options["max_new_tokens"])
+    exact, use_ref = options["kl"] == "exact", options["kl"] != "none"
+    loss = grpo.grpo_loss(
+        cfg,
+        clip_eps=hp["clip_eps"],
+        epsilon_high=hp["epsilon_high"],
+        loss_type=options["loss_type"],
+        importance_sampling_level=options["importance_sampling_level"],
+        keep_logits=exact,
+    )
+    if not use_ref:  # TRL's beta = 0: no reference model, no reference forward, no KL term
+        return _method(grpo.without_kl(loss), opt, hp, None, lambda state, batch, key: state, options, cfg)
+    loss = grpo.with_kl_penalty(
+        loss, beta=hp["beta"], estimator=options["kl"], loss_type=options["loss_type"]
+    )
 
     def ref_fn(p, b):
         if exact:
@@ -132,17 +189,25 @@ def build(model, hp, params_like, **options):
             }
         return state.replace(data_state=new)
 
+    return _method(loss, opt, hp, data, consolidate, options, cfg)
+
+
+def _method(loss, opt, hp, data, consolidate, options, cfg) -> Method:
+    G, n_new = int(options["group_size"]), int(options["max_new_tokens"])
     rollout = grpo.make_rollout(
         cfg,
         group_size=G,
         max_new_tokens=n_new,
         temperature=options["temperature"],
         top_p=options["top_p"],
-        scale=options["scale"],
+        scale=options["scale_rewards"],
         baseline=options["baseline"],
         rif=bool(options["rif"]),
         rif_pool=int(options["rif_pool"]) if options["rif"] else 1,
         sampling_logp=int(options["mu"]) > 1,
+        reward_funcs=tuple(options["reward_funcs"]),
+        reward_weights=tuple(float(w) for w in options["reward_weights"]),
+        soft_punish_cache=int(options["soft_punish_cache"]),
     )
 
     return Method(
@@ -162,7 +227,10 @@ def prompt_rows(options: dict, batch: int) -> int:
 HPARAMS = {
     "lr": LR(1e-4),
     "beta": Hparam(0.04, 0.0, None, help="KL penalty coefficient"),
-    "clip_eps": Hparam(0.2, 0.0, None, low_open=True, help="ratio clipping"),
+    "clip_eps": Hparam(0.2, 0.0, None, low_open=True, help="ratio clipping (TRL's epsilon)"),
+    "epsilon_high": Hparam(
+        0.0, 0.0, None, help="upper ratio clip (TRL's epsilon_high, DAPO's clip-higher); 0: equal to clip_eps"
+    ),
 }
 PAPER = "Shao et al. 2024, DeepSeekMath (GRPO)"
 
