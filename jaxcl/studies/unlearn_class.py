@@ -18,12 +18,21 @@ settings (``fresh=True`` ignores them); a method's cache entry is keyed by its o
 :mod:`jaxcl.results`, plus ``forget_vs_retain.png`` and ``relearn.png``. The pieces (the problem,
 the original and the oracle, a method's phase, the evaluation, the cache) are
 :mod:`jaxcl.unlearn.classifier`; this runner is their schedule and the rows.
+
+U-LiRA (Hayes et al. 2024; :mod:`jaxcl.unlearn.ulira`) with 3 or more seeds: the seeds are the
+shadow models (``S`` originals and ``S`` oracles, already one vmapped program each; each method's
+``S`` unlearned models, one more). Per row, LiRA's statistic on the forget examples is fitted per
+example over the other ``S - 1`` seeds' unlearned ("in") and oracle ("out") models, and the held-out
+seed's unlearned model is told from its oracle: columns ``ulira_auc`` / ``ulira_acc`` (per held-out
+seed), row extra ``ulira`` (pooled AUC / accuracy and per-example scores). The oracle row is the
+null check (0.5); the original row is plain LiRA (original vs retrained).
 """
 
 from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,7 +44,7 @@ from ..driver import Report, Run, Study
 from ..methods import METHODS as REGISTRY
 from ..models import check_section, model_config
 from ..parallel import place_seeds, seeds_map
-from ..unlearn import scenarios
+from ..unlearn import scenarios, ulira
 from ..unlearn.classifier import (
     N_CLASSES,
     RELEARN,
@@ -90,6 +99,8 @@ COLUMNS = [
     ("cka_oracle", "CKA_orc", "float"),
     ("probe_forget_acc", "probe_f", "float"),
     ("relearn_acc", "relearn", "float"),
+    ("ulira_auc", "ULiRA_auc", "float"),
+    ("ulira_acc", "ULiRA_acc", "float"),
     ("time_s", "time (s)", "seconds"),
 ]
 
@@ -176,6 +187,23 @@ def per_seed_row(metrics: dict, oracle: dict, relearn_curve) -> dict:
     return {**m, "gap": gap, "relearn_acc": np.asarray(relearn_curve)[:, -1]}
 
 
+def ulira_row(phi_in, phi_out) -> tuple[dict, dict]:
+    """U-LiRA of one row against the oracles (:func:`jaxcl.unlearn.ulira.ulira`, leave one seed
+    out): the per-seed columns (AUC and best-threshold accuracy of the held-out seed's unlearned
+    model vs its oracle on the forget examples) and the row's extra entry (pooled AUC / accuracy,
+    per-example scores ``(S, N)``)."""
+    r = ulira.ulira(jnp.asarray(phi_in, jnp.float32), jnp.asarray(phi_out, jnp.float32))
+    per_fold = jax.vmap(ulira.decide)(r["scores_pos"], r["scores_neg"])
+    cols = {"ulira_auc": per_fold["auc"], "ulira_acc": per_fold["acc"]}
+    extra = {
+        "auc_pooled": float(r["auc"]),
+        "acc_pooled": float(r["acc"]),
+        "scores_unlearned": np.round(np.asarray(r["scores_pos"], np.float64), 4).tolist(),
+        "scores_oracle": np.round(np.asarray(r["scores_neg"], np.float64), 4).tolist(),
+    }
+    return cols, extra
+
+
 # -- run -------------------------------------------------------------------------------------
 
 
@@ -197,11 +225,18 @@ def body(cfg: dict, run: Run) -> Report:
             _progress(ctx, name, done, cached=True)
         entries[name] = done
     oracle = entries["oracle"]["metrics"]
+    phi_oracle = entries["oracle"].get("ulira_phi")
+    with_ulira = cfg["seeds"] >= 3 and phi_oracle is not None
+    if not with_ulira:
+        ctx.say("  U-LiRA: needs 3 or more seeds (its shadow models are the seeds); not computed")
     rows = {}
     for name, e in entries.items():
         per_seed = per_seed_row(e["metrics"], oracle, e["relearn_curve"])
         per_seed["time_s"] = [e["timing"].get("time_s", 0.0)]
         extra = {k: e[k] for k in ("trace", "nonfinite_step") if k in e}
+        if with_ulira and "ulira_phi" in e:  # a cache from before U-LiRA has no statistic
+            cols, extra["ulira"] = ulira_row(e["ulira_phi"], phi_oracle)
+            per_seed.update(cols)
         if name in cfg:
             extra["settings"] = cfg[name]
         rows[name] = results.row(per_seed, timing=e["timing"], **extra)

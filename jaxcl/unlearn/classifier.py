@@ -40,7 +40,7 @@ from ..methods import MethodSpec, get_method
 from ..models import from_config
 from ..parallel import place_seeds, seeds_map
 from . import eval as ev
-from . import scenarios
+from . import scenarios, ulira
 from .common import UnlearnData, recalibrate
 from .store import RunStore, fingerprint
 
@@ -140,6 +140,19 @@ def evaluator(model, cfg: dict) -> Callable:
     return fn
 
 
+def forget_phi(model, cfg: dict) -> Callable:
+    """Per seed ``(params, data) -> phi_N``: LiRA's logit-scaled confidence
+    (:func:`jaxcl.unlearn.ulira.logit_confidence`) on the first ``eval.eval_cap`` forget examples,
+    the statistic U-LiRA fits over seeds (the study's shadow models)."""
+    cap = cfg["eval"]["eval_cap"]
+
+    def fn(params, data):
+        x, y = data.x_forget[:cap], data.y_forget[:cap]
+        return ulira.logit_confidence(ev.batched(model.apply, params, x), y)
+
+    return fn
+
+
 def entry_key(cfg: dict, name: str) -> str:
     """A row's cache file name: ``oracle``, ``original``, or a method's name and a hash of its own
     settings (IAU's with the regularised original's)."""
@@ -164,6 +177,7 @@ class Context:
     timing: dict
     say: Callable
     evaluate_fn: Callable | None = None  # compiled on the first evaluate
+    phi_fn: Callable | None = None  # compiled on the first evaluate
     mesh: object = None  # seeds over its seeds axis, training batches over its data axis
 
     def evaluate(self, params):
@@ -176,13 +190,24 @@ class Context:
         args = (params, k, self.data, self.params["original"], self.params["oracle"])
         return self.evaluate_fn(*place_seeds(args, axes, self.mesh))
 
+    def phi(self, params):
+        """LiRA's statistic on the forget examples, ``(S, N)`` (all seeds in one program)."""
+        axes = (0, None)
+        if self.phi_fn is None:
+            self.phi_fn = jax.jit(
+                seeds_map(forget_phi(self.model, self.cfg), axes, self.mesh, model=self.model)
+            )
+        return self.phi_fn(*place_seeds((params, self.data), axes, self.mesh))
+
     def evaluated(self, name: str, params, timing: dict, extra: dict | None = None) -> dict:
         """Evaluate ``params`` (all seeds) and return row ``name``'s entry ``{'metrics': {name:
-        per-seed list}, 'relearn_curve': (S, E) list, 'timing', **extra}``, cached in the store."""
+        per-seed list}, 'relearn_curve': (S, E) list, 'ulira_phi': (S, N) list, 'timing',
+        **extra}``, cached in the store."""
         m, curve = self.evaluate(params)
         entry = {
             "metrics": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in m.items()},
             "relearn_curve": np.asarray(curve, np.float64).tolist(),
+            "ulira_phi": np.asarray(self.phi(params), np.float64).tolist(),
             "timing": timing,
             **(extra or {}),
         }
