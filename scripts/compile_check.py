@@ -25,7 +25,14 @@ CHECKS = [
     ("tofu-1b-replicated", "tofu", "accel", ["methods=npo"], "seeds=1,data=8", False),
     ("tofu-1b-sharded", "tofu", "accel", ["methods=npo"], "seeds=1,data=1,model=8", True),
     ("tofu-1b-gu-sharded", "tofu", "accel", ["methods=gu-npo"], "seeds=1,data=1,model=8", True),
-    ("tofu-1b-gu-rank8-sharded", "tofu", "accel", ["methods=gu-npo", "gu-npo.rank=8"], "seeds=1,data=1,model=8", False),
+    (
+        "tofu-1b-gu-rank8-sharded",
+        "tofu",
+        "accel",
+        ["methods=gu-npo", "gu-npo.rank=8"],
+        "seeds=1,data=1,model=8",
+        False,
+    ),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
