@@ -237,6 +237,8 @@ def body(cfg: dict, run: Run) -> Report:
         if with_ulira and "ulira_phi" in e:  # a cache from before U-LiRA has no statistic
             cols, extra["ulira"] = ulira_row(e["ulira_phi"], phi_oracle)
             per_seed.update(cols)
+        else:  # not computed: NaN (shown as -), so every row has every column
+            per_seed.update({k: [float("nan")] * cfg["seeds"] for k in ("ulira_auc", "ulira_acc")})
         if name in cfg:
             extra["settings"] = cfg[name]
         rows[name] = results.row(per_seed, timing=e["timing"], **extra)
