@@ -71,3 +71,7 @@ def test_programs_unlearn_class():
 
 def test_programs_tofu():
     _check("tofu", "train.batch_size", "methods=npo")
+
+
+def test_programs_rft_continual():
+    _check("rft-continual", "post.batch_size")
