@@ -27,12 +27,34 @@ held-out prompts of each of add, rev, sort, count; the base model had 20.7 %):
 Hedges' g (100 % vs 0 % junk): task accuracy -0.03, base-domain loss 0.16: no dose-response at
 this scale (every continual pre-training condition loses ~5 points of task accuracy).
 
+--size accel: a scratch Llama of SmolLM2-135M's shape (30 layers, d 576) over bytes, bf16,
+base pre-training 5000 steps of 16 x 256 bytes, then every junk ratio 2000 steps, 8 seeds (one
+per chip, its five ratios on it).
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile lm-junk --size accel --target tpu-v5e-8
+
+    <!-- results: results/compile/lm-junk-135m-scratch-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+
 Writes runs/lm-junk[-tiny]/{results.json, dose_response.png}.
 """
 
+# SmolLM2-135M's dimensions (jaxcl.models.llama.smollm2_135m), trained from scratch
+SMOLLM2_135M_DIMS = {"d_model": 576, "n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "d_ff": 1536}
 
-def get_config(tiny: bool = False) -> dict:
+
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
     cfg = {"study": "lm-junk", "finetune": {"lr": 1e-3}}
+    if size == "accel":  # a scratch Llama of SmolLM2-135M's shape over bytes, 16 x 256 bytes, 8 seeds
+        cfg.update(
+            model={"name": "scratch", **SMOLLM2_135M_DIMS, "tokenizer": "byte", "compute_dtype": "bfloat16"},
+            data={"seq_len": 256, "n_eval": 64, "max_train": 20000},
+            base={"steps": 5000, "batch_size": 16, "lr": 1e-3, "task_fraction": 0.3},
+            junk={"ratios": (0.0, 0.2, 0.5, 0.8, 1.0), "steps": 2000, "batch_size": 16, "eval_every": 200},
+            finetune={"lr": 3e-4},
+            seeds=8,
+        )
     if tiny:
         cfg.update(
             data={

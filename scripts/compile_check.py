@@ -25,6 +25,14 @@ CHECKS = [
     ("tofu-1b-replicated", "tofu", "accel", ["methods=npo"], "seeds=1,data=8", False),
     ("tofu-1b-sharded", "tofu", "accel", ["methods=npo"], "seeds=1,data=1,model=8", True),
     ("tofu-1b-gu-sharded", "tofu", "accel", ["methods=gu-npo"], "seeds=1,data=1,model=8", None),
+    # the other studies at their accelerator sizes: 8 seeds, one per chip (--mesh auto)
+    ("unlearn-class-cifar10-resnet18", "unlearn-class", "accel", ["methods=ga"], "auto", True),
+    ("lm-cpt-smollm2-135m", "lm-cpt", "accel", ["rows=er", "methods=er"], "auto", True),
+    ("lm-facts-smollm2-135m", "lm-facts", "accel", [], "auto", True),
+    ("sort-smollm2-135m", "sort", "accel", [], "auto", True),
+    ("lm-junk-135m-scratch", "lm-junk", "accel", [], "auto", True),
+    ("restor-135m-scratch", "restor", "accel", ["methods=npo"], "auto", True),
+    ("rft-continual-smollm2-135m", "rft-continual", "accel", ["rows=sft,rft"], "auto", True),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
