@@ -43,11 +43,13 @@ findings beside these numbers.
 
 --size accel: SmolLM2-135M-Instruct (pretrained, chat prompts of up to 64 tokens, bf16), no
 base SFT, 2-digit tasks, 200 SFT steps or GRPO iterations per task of 16 prompts (x 8 rollouts of
-8 tokens for GRPO; lr 1e-5 SFT, 1e-6 GRPO), 8 seeds (one per chip).
+8 tokens for GRPO; lr 1e-5 SFT, 1e-6 GRPO), 4 seeds (a seed on two chips, its prompts and
+rollouts split over them: `--mesh seeds=4,data=2`; one seed per chip, its 128 rollouts, needs
+more than a chip's HBM).
 Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
 row's roofline bound is per step):
 
-    jaxcl compile rft-continual --size accel --target tpu-v5e-8 --set rows=sft,rft
+    jaxcl compile rft-continual --size accel --target tpu-v5e-8 --mesh seeds=4,data=2 --set rows=sft,rft
 
     <!-- results: results/compile/rft-continual-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
 
@@ -61,7 +63,8 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "finetune": {"lr": 1e-4},
         "grpo": {"lr": 1e-4, "beta": 0.1, "group_size": 8, "max_new_tokens": 8, "rif_pool": 2},
     }
-    if size == "accel":  # SmolLM2-135M-Instruct (chat prompts), 16 prompts x 8 rollouts, 8 seeds
+    # SmolLM2-135M-Instruct (chat prompts), 16 prompts x 8 rollouts, 4 seeds (--mesh seeds=4,data=2)
+    if size == "accel":
         cfg.update(
             model={"name": "smollm2-135m", "tokenizer": "smollm2", "compute_dtype": "bfloat16"},
             data={
@@ -75,7 +78,7 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
             base={"steps": 0},
             post={"steps_per_task": 200, "batch_size": 16, "eval_every": 50, "checkpoint_every": 50},
             finetune={"lr": 1e-5},
-            seeds=8,
+            seeds=4,
         )
         cfg["grpo"]["lr"] = 1e-6
         return cfg
