@@ -39,6 +39,15 @@ row's roofline bound is per step):
     jaxcl compile restor --size accel --target tpu-v5e-8 --set methods=npo
 
     <!-- results: results/compile/restor-135m-scratch-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | scores | 814.1 | 5.0 | 59.8 | 4.89 |
+    | clean: the phase (220 steps) | 8259.9 | 50.4 | 266.8 | 18.97 |
+    | clean: one step | 8304.4 | 50.7 | 159.8 | 13.08 |
+    | corrupted: the phase (96 steps) | 8258.8 | 50.4 | 266.8 | 18.97 |
+    | corrupted: one step | 8303.8 | 50.7 | 159.8 | 13.07 |
+    | npo: the phase (16 steps) | 7587.1 | 46.3 | 94.4 | 21.06 |
+    | npo: one step | 8149.3 | 49.7 | 94.2 | 23.22 |
 
 Writes runs/restor[-tiny]/{results.json, recovery.png}.
 """

@@ -30,9 +30,9 @@ CHECKS = [
     ("lm-cpt-smollm2-135m", "lm-cpt", "accel", ["rows=er", "methods=er"], "auto", True),
     ("lm-facts-smollm2-135m", "lm-facts", "accel", [], "auto", True),
     ("sort-smollm2-135m", "sort", "accel", [], "auto", True),
-    ("lm-junk-135m-scratch", "lm-junk", "accel", [], "auto", True),
+    ("lm-junk-135m-scratch", "lm-junk", "accel", [], "seeds=2,data=2,model=2", True),
     ("restor-135m-scratch", "restor", "accel", ["methods=npo"], "auto", True),
-    ("rft-continual-smollm2-135m", "rft-continual", "accel", ["rows=sft,rft"], "auto", True),
+    ("rft-continual-smollm2-135m", "rft-continual", "accel", ["rows=sft,rft"], "seeds=4,data=2", True),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

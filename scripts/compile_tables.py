@@ -24,9 +24,9 @@ TITLES = {
     "lm-cpt-smollm2-135m": "lm-cpt, SmolLM2-135M, 16 x 256 tokens a step, 8 seeds, ER row (`--mesh auto`: a seed per chip)",
     "lm-facts-smollm2-135m": "lm-facts, SmolLM2-135M, 32 x 128 tokens a step, 8 seeds (`--mesh auto`: a seed per chip)",
     "sort-smollm2-135m": "sort, SmolLM2-135M, natural prompts, 256-token excerpts, batch 16, 8 seeds (`--mesh auto`: a seed per chip)",
-    "lm-junk-135m-scratch": "lm-junk, a scratch Llama of SmolLM2-135M's shape over bytes, 16 x 256 bytes a step, 5 junk ratios x 8 seeds (`--mesh auto`: a seed per chip)",
+    "lm-junk-135m-scratch": "lm-junk, a scratch Llama of SmolLM2-135M's shape over bytes, 128-byte windows, junk batch 8, 5 junk ratios x 2 seeds (`--mesh seeds=2,data=4`: a seed's five models on four chips)",
     "restor-135m-scratch": "restor, a scratch Llama of SmolLM2-135M's shape, 32 x 128 tokens a step, 8 seeds, NPO (`--mesh auto`: a seed per chip)",
-    "rft-continual-smollm2-135m": "rft-continual, SmolLM2-135M-Instruct, 16 prompts x 8 rollouts a GRPO iteration, 8 seeds, sft and rft (`--mesh auto`: a seed per chip)",
+    "rft-continual-smollm2-135m": "rft-continual, SmolLM2-135M-Instruct, 16 prompts x 8 rollouts a GRPO iteration, 4 seeds, sft and rft (`--mesh seeds=4,data=2`: a seed on two chips)",
 }
 
 
