@@ -22,18 +22,44 @@ results file (xs: 0.12M parameters, 3 seeds, held-out NLL per token in nats, mea
     | er+rewarm | 2.218 | -0.038 | 0.130 | 2.394 |
     | joint | 2.116 | 0.153 | -0.046 | 2.190 |
 
+--size accel: SmolLM2-135M (pretrained, its tokenizer, bf16), the four domains in 256-token
+windows, 1000 steps of 16 per domain, ER with 4000 windows, 8 seeds (one per chip). `init` holds
+every seed's state on each chip (its output, broadcast from the shared pretrained parameters, is
+not sharded over the seeds yet): the largest row, though the training programs need less.
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile lm-cpt --size accel --target tpu-v5e-8 --set rows=er --set methods=er
+
+    <!-- results: results/compile/lm-cpt-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | smollm2-135m: held-out losses | 3871.7 | 23.6 | 1052.7 | 14.10 |
+    | er: init | 13149.7 | 80.3 | 0.0 | 17.78 |
+    | er: a domain | 10257.6 | 62.6 | 1843.9 | 32.22 |
+    | er: one step | 11216.3 | 68.5 | 791.1 | 20.57 |
+
 README: "Language-model continual pre-training", with the papers' findings beside these numbers.
 
 Writes runs/lm-cpt[-tiny]/{results.json, loss_matrix.png, loss_over_training.png}.
 """
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
     cfg = {
         "study": "lm",
         "finetune": {"lr": 3e-3},
         "er": {"lr": 3e-3, "replay_fraction": 0.25, "capacity": 2000},
     }
+    if size == "accel":  # SmolLM2-135M (pretrained), 16 x 256 tokens a step, 8 seeds (one per v5e chip)
+        cfg.update(
+            model={"name": ("smollm2-135m",), "tokenizer": "smollm2", "compute_dtype": "bfloat16"},
+            data={"seq_len": 256, "n_eval": 64, "max_train": 4000},
+            train={"steps_per_domain": 1000, "batch_size": 16, "eval_every": 100, "consolidate_samples": 256},
+            finetune={"lr": 1e-4},
+            er={"lr": 1e-4, "replay_fraction": 0.25, "capacity": 4000},
+            seeds=8,
+        )
     if tiny:
         cfg.update(
             model={"name": ("xs",)},

@@ -35,11 +35,36 @@ of the gain from its peak on, per seed):
 Exact match of the spans: 0-6 % everywhere (seen or not). README: "Language-model memory
 studies", with the papers' findings beside these numbers.
 
+--size accel: SmolLM2-135M (pretrained, its tokenizer, bf16) on the law in 128-token windows,
+2000 steps of 32 with the facts injected up to step 1019, 8 seeds (one per chip).
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile lm-facts --size accel --target tpu-v5e-8
+
+    <!-- results: results/compile/lm-facts-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | init | 13110.8 | 80.0 | 0.0 | 17.73 |
+    | train call (10 x 50 steps) | 10944.7 | 66.8 | 2373.3 | 67.51 |
+    | one step | 10325.3 | 63.0 | 785.2 | 21.30 |
+
 Writes runs/lm-facts[-tiny]/{results.json, retention.png}.
 """
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
+    if size == "accel":  # SmolLM2-135M (pretrained), 32 x 128 tokens a step, 8 seeds (one per v5e chip)
+        cfg = get_config()
+        cfg.update(
+            model={"name": "smollm2-135m", "tokenizer": "smollm2", "compute_dtype": "bfloat16"},
+            data={"domains": ("bible:law",), "seq_len": 128},
+            train={"steps": 2000, "batch_size": 32, "eval_every": 50, "checkpoint_every": 500},
+            inject={"last_step": 1019, "spacing": 8, "per_step": 8},
+            finetune={"lr": 1e-4, "clip_norm": 1.0},
+            seeds=8,
+        )
+        return cfg
     cfg = {
         "study": "lm-memory",
         "model": {"tokenizer": "smollm2"},

@@ -27,12 +27,46 @@ held-out prompts of each of add, rev, sort, count; the base model had 20.7 %):
 Hedges' g (100 % vs 0 % junk): task accuracy -0.03, base-domain loss 0.16: no dose-response at
 this scale (every continual pre-training condition loses ~5 points of task accuracy).
 
+--size accel: a scratch Llama of SmolLM2-135M's shape (30 layers, d 576) over bytes, bf16,
+base pre-training 5000 steps of 16 x 128 bytes, then every junk ratio 2000 steps of 8, 2 seeds (a
+seed and its five ratios' models on four chips: batches over two, the train states over two,
+`--mesh seeds=2,data=2,model=2`). The junk phase holds the five ratios' models at once (vmapped):
+unsharded, their states, gradients and updates need more than a chip's HBM even with a seed's
+batch split over four chips.
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile lm-junk --size accel --target tpu-v5e-8 --mesh seeds=2,data=2,model=2
+
+    <!-- results: results/compile/lm-junk-135m-scratch-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | base pre-training | 2221.1 | 13.6 | 57.0 | 8.64 |
+    | base: one step | 5667.0 | 34.6 | 49.0 | 10.16 |
+    | junk phase (every ratio) | 10356.1 | 63.2 | 208.7 | 33.59 |
+    | junk: one step | 4430.9 | 27.0 | 25.5 | 9.08 |
+
 Writes runs/lm-junk[-tiny]/{results.json, dose_response.png}.
 """
 
+# SmolLM2-135M's dimensions (jaxcl.models.llama.smollm2_135m), trained from scratch
+SMOLLM2_135M_DIMS = {"d_model": 576, "n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "d_ff": 1536}
 
-def get_config(tiny: bool = False) -> dict:
+
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
     cfg = {"study": "lm-junk", "finetune": {"lr": 1e-3}}
+    # a scratch Llama of SmolLM2-135M's shape over bytes, 128-byte windows, 2 seeds x 5 ratios: a
+    # seed's five models on four chips, their states split over two (--mesh seeds=2,data=2,model=2);
+    # the junk phase holds every ratio's model at once (vmapped), over 16 GiB a chip unsharded
+    if size == "accel":
+        cfg.update(
+            model={"name": "scratch", **SMOLLM2_135M_DIMS, "tokenizer": "byte", "compute_dtype": "bfloat16"},
+            data={"seq_len": 128, "n_eval": 16, "max_train": 20000},
+            base={"steps": 5000, "batch_size": 16, "lr": 1e-3, "task_fraction": 0.3},
+            junk={"ratios": (0.0, 0.2, 0.5, 0.8, 1.0), "steps": 2000, "batch_size": 8, "eval_every": 200},
+            finetune={"lr": 3e-4},
+            seeds=2,
+        )
     if tiny:
         cfg.update(
             data={

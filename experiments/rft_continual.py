@@ -41,16 +41,53 @@ No forgetting difference between SFT, RFT and RIF-RFT is shown (every interval c
 multi-task SFT forgets less. README: "Reinforcement fine-tuning and forgetting", with the papers'
 findings beside these numbers.
 
+--size accel: SmolLM2-135M-Instruct (pretrained, chat prompts of up to 64 tokens, bf16), no
+base SFT, 2-digit tasks, 200 SFT steps or GRPO iterations per task of 16 prompts (x 8 rollouts of
+8 tokens for GRPO; lr 1e-5 SFT, 1e-6 GRPO), 4 seeds (a seed on two chips, its prompts and
+rollouts split over them: `--mesh seeds=4,data=2`; one seed per chip, its 128 rollouts, needs
+more than a chip's HBM).
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile rft-continual --size accel --target tpu-v5e-8 --mesh seeds=4,data=2 --set rows=sft,rft
+
+    <!-- results: results/compile/rft-continual-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | sft: a task call (50 steps) | 5338.3 | 32.6 | 770.5 | 30.40 |
+    | sft: one step | 5178.7 | 31.6 | 111.9 | 16.04 |
+    | rft: a task call (50 iterations) | 11075.7 | 67.6 | 1862.1 | 48.15 |
+    | rft: one step | 12088.3 | 73.8 | 1203.4 | 30.69 |
+
 Writes runs/rft-continual[-tiny]/{results.json, accuracy_matrix.png, accuracy_over_training.png}.
 """
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
     cfg = {
         "study": "rft",
         "finetune": {"lr": 1e-4},
         "grpo": {"lr": 1e-4, "beta": 0.1, "group_size": 8, "max_new_tokens": 8, "rif_pool": 2},
     }
+    # SmolLM2-135M-Instruct (chat prompts), 16 prompts x 8 rollouts, 4 seeds (--mesh seeds=4,data=2)
+    if size == "accel":
+        cfg.update(
+            model={"name": "smollm2-135m", "tokenizer": "smollm2", "compute_dtype": "bfloat16"},
+            data={
+                "digits": 2,
+                "n_train": 4000,
+                "n_eval": 128,
+                "corpus_eval": 128,
+                "prompt_len": 64,
+                "answer_len": 8,
+            },
+            base={"steps": 0},
+            post={"steps_per_task": 200, "batch_size": 16, "eval_every": 50, "checkpoint_every": 50},
+            finetune={"lr": 1e-5},
+            seeds=4,
+        )
+        cfg["grpo"]["lr"] = 1e-6
+        return cfg
     if tiny:
         cfg.update(
             model={

@@ -31,15 +31,51 @@ Parametric SORT stays at chance although the parametric books are memorised (NLL
 loss stays at ln 2), so the paper's in-context finding is not reproduced at this scale. README:
 "Sequence order recall (SORT)".
 
+--size accel: SmolLM2-135M (pretrained, its tokenizer, bf16), natural-language prompts,
+256-token excerpts, 16-token segments, 96 test pairs per condition, 2000 steps of 16, 8 seeds
+(one per chip).
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile sort --size accel --target tpu-v5e-8
+
+    <!-- results: results/compile/sort-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | init | 13110.8 | 80.0 | 0.0 | 17.73 |
+    | train call (5 x 200 steps) | 14882.5 | 90.8 | 2000.3 | 53.80 |
+    | one step | 14265.3 | 87.1 | 1001.8 | 22.92 |
+    | evaluate | 4810.4 | 29.4 | 998.4 | 23.33 |
+
 Writes runs/sort[-tiny]/{results.json, accuracy_vs_distance.png, accuracy_over_training.png}.
 """
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
     cfg = {
         "study": "sort",
         "finetune": {"lr": 3e-3, "clip_norm": 1.0},
     }
+    if size == "accel":  # SmolLM2-135M (pretrained), natural prompts, 256-token excerpts, 8 seeds
+        cfg.update(
+            model={"name": "smollm2-135m", "tokenizer": "smollm2", "compute_dtype": "bfloat16"},
+            sort={
+                "prompt": "natural",
+                "excerpt_len": 256,
+                "segment_len": 16,
+                "pairs": 96,
+                "distance_bins": 3,
+            },
+            train={
+                "steps": 2000,
+                "batch_size": 16,
+                "eval_every": 200,
+                "checkpoint_every": 1000,
+                "n_eval": 16,
+            },
+            finetune={"lr": 1e-4, "clip_norm": 1.0},
+            seeds=8,
+        )
     if tiny:
         cfg.update(
             model={"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64},

@@ -64,6 +64,23 @@ forget 0.90 / retain 0.89; fine-tune 0.04 / 0.91, NPO 0.02 / 0.85, GU-NPO 0.05 /
 labels 0.21 / 0.91, IAU 0.24 / 0.89, GradDiff 0.46 and GU-GradDiff 0.51, GA and GU-GA 0.78 at
 retain 0.89 / 0.88, SSD 0.04 / 0.69.
 Writes runs/unlearn-class[-tiny]/{results.json, forget_vs_retain.png, relearn.png} and <out>/cache.
+
+--size accel: CIFAR-10 (32x32x3, 10 classes, every training and test example; $JAXCL_DATA/cifar10
+in the image-folder layout, or the hub: not on this machine, so a run without it stops with one
+line naming where to put it), ResNet-18 width 64 in bf16, original and oracle 20000 steps of 256,
+unlearning 100 steps of 256, 8 seeds (one per chip).
+Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+row's roofline bound is per step):
+
+    jaxcl compile unlearn-class --size accel --target tpu-v5e-8 --set methods=ga
+
+    <!-- results: results/compile/unlearn-class-cifar10-resnet18-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
+    |---|---|---|---|---|
+    | train the original | 1893.9 | 11.6 | 1235.0 | 25.82 |
+    | train the oracle | 1820.6 | 11.1 | 1235.0 | 25.73 |
+    | ga (100 steps) | 1520.9 | 9.3 | 1712.8 | 18.14 |
+    | ga: one step | 1035.2 | 6.3 | 745.0 | 12.77 |
 """
 
 # unlearning learning rates for the ResNet (IAU keeps the reference 1e-3)
@@ -79,7 +96,24 @@ RESNET_LR = {
 }
 
 
-def get_config(tiny: bool = False) -> dict:
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
+    if size == "accel":  # CIFAR-10, ResNet-18 (width 64), every example, 8 seeds (one per v5e chip)
+        cfg = get_config()
+        cfg.update(
+            data={
+                "dataset": "cifar10",
+                "forget_class": 3,
+                "scenario": "full-class",
+                "n_per_class": 0,
+                "n_test": 0,
+            },
+            model={"name": "resnet18", "resnet18": {"width": 64}, "compute_dtype": "bfloat16"},
+            train={"steps": 20000, "lr": 1e-3, "batch_size": 256, "eval_every": 1000},
+            unlearn={"steps": 100, "batch_size": 256, "eval_every": 20, "eval_size": 1000},
+            eval={"eval_cap": 2000, "relearn_steps": 20, "relearn_every": 5, "relearn_n": 256},
+            seeds=8,
+        )
+        return cfg
     cfg = {
         "study": "unlearn-class",
         "data": {"forget_class": 3, "scenario": "full-class", "n_per_class": 500, "n_test": 1000},

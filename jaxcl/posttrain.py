@@ -26,18 +26,25 @@ class PostTraining:
     data (on the device) is an argument of every compiled program, never a constant inside it."""
 
     @classmethod
-    def from_config(cls, cfg: dict, mesh=None) -> PostTraining:
+    def from_config(cls, cfg: dict, mesh=None, *, shapes_only: bool = False) -> PostTraining:
         """The model (:func:`jaxcl.models.lm.load`: a scratch Llama over bytes, or
         SmolLM2-135M-Instruct with its chat template; scoring left-padded prompts and
         completions), the data of :func:`jaxcl.data.verifiable.build` on the device and the
-        tasks' reward environment; ``pretrained``: the loaded params (None for a scratch model)."""
+        tasks' reward environment; ``pretrained``: the loaded params (None for a scratch model).
+        ``shapes_only``: the pretrained params as ``jax.ShapeDtypeStruct``s and the data left on
+        the host (the compile check, :mod:`jaxcl.compile`; the data is small host text)."""
         m, d = cfg["model"], cfg["data"]
         chat = m["name"] == "smollm2-135m"
         tok = None if chat else hf.ByteTokenizer()
         model, params, tok = lm.load(
-            m, max_seq_len=d["prompt_len"] + d["answer_len"], tokenizer=tok, padded=True
+            m,
+            max_seq_len=d["prompt_len"] + d["answer_len"],
+            tokenizer=tok,
+            padded=True,
+            shapes_only=shapes_only,
         )
-        data = jax.device_put(jax.tree.map(jnp.asarray, verifiable.build(d, tok, cfg["seed"], chat)))
+        data = verifiable.build(d, tok, cfg["seed"], chat)
+        data = data if shapes_only else jax.device_put(jax.tree.map(jnp.asarray, data))
         out = cls(cfg, model, tok, data, tasks.env(tok, partial=d["partial_reward"]), mesh)
         out.pretrained = params
         return out
@@ -127,21 +134,38 @@ class PostTraining:
         :attr:`chunks_per_call` chunks of ``eval_every`` steps / iterations, each followed by the
         evaluation. ``first`` (traced): the task starts here, so an RL method consolidates first
         (the reference becomes the current policy)."""
-        p = self.cfg["post"]
-        spec, _, opts, _ = self.row_method(row)
-        method = build_method(spec, self.model, hp, opts)
+        spec, _, _, _ = self.row_method(row)
         if spec.kind == "rl":
-            new = method.consolidate(state, None, None).data_state
+            new = self._method(row, hp).consolidate(state, None, None).data_state
             keep = jax.tree.map(lambda a, b: jnp.where(first, a, b), new, state.data_state)
             state = state.replace(data_state=keep)
+        step, draw = self._step_draw(row, t, hp, seen, data)
+        evaluate = lambda params: self.evaluate(params, data)
+        p = self.cfg["post"]
+        return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"], mesh=self.mesh)
+
+    def one_step(self, row: str, state, t, hp, seen, data):
+        """One SFT step or GRPO iteration of task ``t``, its batch drawn as :meth:`task` draws it:
+        the per-step program of the compile check (:mod:`jaxcl.compile`)."""
+        step, draw = self._step_draw(row, t, hp, seen, data)
+        return step(state, draw(jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.step)))
+
+    def _method(self, row: str, hp):
+        spec, _, opts, _ = self.row_method(row)
+        return build_method(spec, self.model, hp, opts)
+
+    def _step_draw(self, row: str, t, hp, seen, data):
+        """``(step, draw)`` of a row on task ``t``: a GRPO iteration on prompts, or an SFT step on
+        rows (``seen``: of every task up to ``t``)."""
+        p = self.cfg["post"]
+        spec, _, opts, _ = self.row_method(row)
+        method = self._method(row, hp)
+        if spec.kind == "rl":
             step = grpo.make_iteration(method, self.env, mesh=self.mesh)
             n = grpo_method.prompt_rows(opts, p["batch_size"])
-            draw = lambda k: verifiable.rl_draw(data, t, k, n)
-        else:
-            step = method_step(method, name=row)
-            draw = lambda k: shard_batch(verifiable.sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
-        evaluate = lambda params: self.evaluate(params, data)
-        return run_chunks(step, state, draw, evaluate, self.chunks_per_call, p["eval_every"], mesh=self.mesh)
+            return step, lambda k: verifiable.rl_draw(data, t, k, n)
+        step = method_step(method, name=row)
+        return step, lambda k: shard_batch(verifiable.sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
 
     def hparams(self, row: str) -> dict:
         """The row's traced hyperparameters."""

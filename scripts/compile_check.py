@@ -33,6 +33,14 @@ CHECKS = [
         "seeds=1,data=1,model=8",
         False,
     ),
+    # the other studies at their accelerator sizes: 8 seeds, one per chip (--mesh auto)
+    ("unlearn-class-cifar10-resnet18", "unlearn-class", "accel", ["methods=ga"], "auto", True),
+    ("lm-cpt-smollm2-135m", "lm-cpt", "accel", ["rows=er", "methods=er"], "auto", True),
+    ("lm-facts-smollm2-135m", "lm-facts", "accel", [], "auto", True),
+    ("sort-smollm2-135m", "sort", "accel", [], "auto", True),
+    ("lm-junk-135m-scratch", "lm-junk", "accel", [], "seeds=2,data=2,model=2", True),
+    ("restor-135m-scratch", "restor", "accel", ["methods=npo"], "auto", True),
+    ("rft-continual-smollm2-135m", "rft-continual", "accel", ["rows=sft,rft"], "seeds=4,data=2", True),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,12 +1,18 @@
-"""The README's compile tables from results/compile/*.json (scripts/compile_check.py --record):
-the numbers are the files', the doc test checks them.
+"""The README's compile tables, and the tables in the config headers, from results/compile/*.json
+(scripts/compile_check.py --record): the numbers are the files', the doc test checks them.
 
     python scripts/compile_tables.py
+
+A config header (``experiments/*.py``) holds its check's table after a marker line
+``<!-- results: results/compile/<check>-tpu-v5e-8.json cols=... -->``; the table below such a
+marker is rewritten from the file.
 """
 
+import glob
 import json
 import math
 import os
+import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TITLES = {
@@ -15,12 +21,18 @@ TITLES = {
     "tofu-1b-sharded": "TOFU, 1B Llama, NPO, FSDP over 8 chips (`--mesh seeds=1,data=1,model=8`; every layer rematerialised, `model.remat=true`)",
     "tofu-1b-gu-sharded": "TOFU, 1B Llama, GU-NPO with rank 4 (the 1B config's), FSDP over 8 chips (`--mesh seeds=1,data=1,model=8`, `model.remat=true`): GU's history of retain gradients is sharded as its parameters are",
     "tofu-1b-gu-rank8-sharded": "The same with GU's default rank 8 (`--set gu-npo.rank=8`): one step fits, the 125-step phase does not (its loop's temporaries are over three times the step's; not solved)",
+    "unlearn-class-cifar10-resnet18": "unlearn-class at its accelerator size (CIFAR-10 shapes, ResNet-18 width 64, bf16, batch 256, 8 seeds, GA; `--mesh auto`: a seed per chip)",
+    "lm-cpt-smollm2-135m": "lm-cpt, SmolLM2-135M, 16 x 256 tokens a step, 8 seeds, ER row (`--mesh auto`: a seed per chip)",
+    "lm-facts-smollm2-135m": "lm-facts, SmolLM2-135M, 32 x 128 tokens a step, 8 seeds (`--mesh auto`: a seed per chip)",
+    "sort-smollm2-135m": "sort, SmolLM2-135M, natural prompts, 256-token excerpts, batch 16, 8 seeds (`--mesh auto`: a seed per chip)",
+    "lm-junk-135m-scratch": "lm-junk, a scratch Llama of SmolLM2-135M's shape over bytes, 128-byte windows, junk batch 8, 5 junk ratios x 2 seeds (`--mesh seeds=2,data=2,model=2`: a seed's five models on four chips, their states sharded over two)",
+    "restor-135m-scratch": "restor, a scratch Llama of SmolLM2-135M's shape, 32 x 128 tokens a step, 8 seeds, NPO (`--mesh auto`: a seed per chip)",
+    "rft-continual-smollm2-135m": "rft-continual, SmolLM2-135M-Instruct, 16 prompts x 8 rollouts a GRPO iteration, 4 seeds, sft and rft (`--mesh seeds=4,data=2`: a seed on two chips)",
 }
-out = []
-for name, title in TITLES.items():
-    path = f"results/compile/{name}-tpu-v5e-8.json"
-    if not os.path.exists(os.path.join(ROOT, path)):
-        continue
+
+
+def table(path: str, indent: str = "") -> list[str]:
+    """The marker and the table of one results/compile file (``path`` relative to the root)."""
     s = json.load(open(os.path.join(ROOT, path)))
     rows = s["rows"]
     refused = all(not math.isfinite(r["columns"]["gflop"]["mean"]) for r in rows.values())
@@ -28,9 +40,7 @@ for name, title in TITLES.items():
     head = ["program", "MiB per chip", "% of its 16 GiB"] + (
         [] if refused else ["GFLOP per call", "roofline bound (ms)"]
     )
-    out.append(f"{title}:")
-    out.append("")
-    out.append(f"<!-- results: {path} cols={','.join(cols)} -->")
+    out = [f"<!-- results: {path} cols={','.join(cols)} -->"]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     for prog, r in rows.items():
@@ -41,7 +51,15 @@ for name, title in TITLES.items():
             ok = math.isfinite(g)
             cells += [f"{g:.1f}" if ok else "refused: out of HBM", f"{r:.2f}" if ok else "-"]
         out.append(f"| {prog} | " + " | ".join(cells) + " |")
-    out.append("")
+    return [indent + line for line in out]
+
+
+out = []
+for name, title in TITLES.items():
+    path = f"results/compile/{name}-tpu-v5e-8.json"
+    if not os.path.exists(os.path.join(ROOT, path)):
+        continue
+    out += [f"{title}:", "", *table(path), ""]
 text = "\n".join(out).rstrip()
 p = os.path.join(ROOT, "README.md")
 s = open(p).read()
@@ -54,3 +72,22 @@ else:
     s = s[:i] + block + s[j:]
 open(p, "w").write(s)
 print(text)
+
+# the config headers: the table after each results/compile marker, rewritten
+MARKER = re.compile(r"^(\s*)<!-- results: (results/compile/[\w.-]+\.json)[^>]*-->\s*$")
+for cfg in sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py"))):
+    lines, new, i, changed = open(cfg).read().split("\n"), [], 0, False
+    while i < len(lines):
+        m = MARKER.match(lines[i])
+        if not m or not os.path.exists(os.path.join(ROOT, m.group(2))):
+            new.append(lines[i])
+            i += 1
+            continue
+        new += table(m.group(2), m.group(1))
+        i += 1
+        while i < len(lines) and lines[i].strip().startswith("|"):
+            i += 1
+        changed = True
+    if changed:
+        open(cfg, "w").write("\n".join(new))
+        print(f"rewrote the compile tables of {os.path.relpath(cfg, ROOT)}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from jaxcl import compile as C
 from jaxcl import config
 from jaxcl.studies import get_study
@@ -71,3 +73,78 @@ def test_programs_unlearn_class():
 
 def test_programs_tofu():
     _check("tofu", "train.batch_size", "methods=npo")
+
+
+def test_programs_rft_continual():
+    _check("rft-continual", "post.batch_size")
+
+
+def _compile_checks():
+    """scripts/compile_check.py's CHECKS (the script is not a module of the package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "compile_check.py"
+    )
+    spec = importlib.util.spec_from_file_location("compile_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.CHECKS
+
+
+def test_every_accelerator_size_is_valid_and_compile_checked():
+    """Every config with ``get_config(size="accel")`` resolves and passes its study's checks, is
+    compiled for a v5e-8 by scripts/compile_check.py (a check that must fit) and the language
+    models are SmolLM2-135M or larger, pretrained or of its shape."""
+    from jaxcl.models import llama, lm
+
+    smol = llama.smollm2_135m()
+    checked = {cfg_name for _, cfg_name, size, _, _, fits in _compile_checks() if size == "accel" and fits}
+    accel = []
+    for name in config.available():
+        try:
+            cfg = config.load(name, size="accel")
+        except config.ConfigError as e:
+            assert "has no accelerator size" in str(e), e
+            continue
+        accel.append(name)
+        study = get_study(cfg["study"])
+        cfg = config.resolve(cfg, [], study=study)
+        study.validate(cfg)
+        assert name in checked, f"{name}: its accelerator size is not in scripts/compile_check.py's CHECKS"
+        m = cfg["model"]
+        if "d_model" in m:  # a language model
+            names = m["name"] if isinstance(m["name"], (list, tuple)) else (m["name"],)
+            for n in names:
+                if n in lm.SHAPES:
+                    assert lm.SHAPES[n]().d_model >= smol.d_model, (name, n)
+                else:
+                    assert n == "scratch" and (m["d_model"], m["n_layers"], m["d_ff"]) == (
+                        smol.d_model,
+                        smol.n_layers,
+                        smol.d_ff,
+                    ), (name, m)
+    for name in ("unlearn-class", "lm-cpt", "lm-facts", "sort", "lm-junk", "restor", "rft-continual", "tofu"):
+        assert name in accel, f"{name} has no accelerator size"
+
+
+def test_unlearn_class_accel_is_cifar10_shapes_and_refuses_to_run_without_the_data(tmp_path, monkeypatch):
+    """The accelerator size's programs take CIFAR-10's shapes (every example, 32x32x3) without
+    the data; loading it where it is not is one line naming where to put it."""
+    from jaxcl import hf
+    from jaxcl.data.loaders import DatasetNotFoundError
+    from jaxcl.unlearn.classifier import load_problem
+
+    cfg = config.resolve(config.load("unlearn-class", size="accel"), ["methods=ga"])
+    train = get_study(cfg["study"]).programs(cfg, None)[0]
+    x = train.args[1].x_retain  # the original's training set: every CIFAR-10 training image
+    assert x.shape == (50000, 32, 32, 3), x.shape
+    monkeypatch.setenv("JAXCL_DATA", str(tmp_path))
+
+    def offline(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(hf, "load_hub_dataset", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found .*\$JAXCL_DATA/cifar10"):
+        load_problem(cfg)

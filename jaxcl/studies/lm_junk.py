@@ -133,8 +133,11 @@ def programs(cfg, model, stream, probe, groups, mesh=None, *, one_steps=False):
         opts={"warmup_cosine_steps": b["steps"]},
         draw=mixture(b["batch_size"]),
         evaluate=evaluate,
+        mesh=mesh,  # a model axis: the train states sharded over it (FSDP)
     )
-    cpt = LMProgram(model, cfg, eval_every=j["eval_every"], draw=mixture(j["batch_size"]), evaluate=evaluate)
+    cpt = LMProgram(
+        model, cfg, eval_every=j["eval_every"], draw=mixture(j["batch_size"]), evaluate=evaluate, mesh=mesh
+    )
 
     def base(key):
         w = junk_data.group_weights(
@@ -145,7 +148,7 @@ def programs(cfg, model, stream, probe, groups, mesh=None, *, one_steps=False):
 
     def junk(params, key, r):
         w = junk_data.group_weights(groups, K, {"junk": r, "control": 1.0 - r})
-        state = method_state(cpt.method(cpt.hp), params, key)
+        state = method_state(cpt.method(cpt.hp), params, key, mesh=mesh)
         state, trace = cpt.call(state, cpt.hp, w, j["steps"] // j["eval_every"])
         return trace, state.nonfinite_step
 

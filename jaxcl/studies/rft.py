@@ -219,6 +219,14 @@ def prepare(cfg: dict, mesh=None) -> tuple[PostTraining, jax.Array]:
     return study, seeds_keys(cfg["seed"], cfg["seeds"])
 
 
+def base_program(study: PostTraining):
+    """The base SFT of every seed, ``(keys, pretrained, data) -> {params, eval, ...}``; the
+    pretrained parameters are an argument (never a constant baked into the program)."""
+    return jit_seeds(
+        lambda k, p, d: study.base(jax.random.fold_in(k, BASE), p, d), (0, None, None), study.mesh
+    )
+
+
 def train_base(study: PostTraining, keys, ckpt_dir=None, resume=False, verbose=True) -> dict:
     """The base SFT of every seed (one program), restored from / saved to ``ckpt_dir/base``."""
     from ..checkpoint import Checkpointer
@@ -231,10 +239,7 @@ def train_base(study: PostTraining, keys, ckpt_dir=None, resume=False, verbose=T
         if ckpt_dir
         else None
     )
-    # pretrained parameters are an argument (never a constant baked into the program)
-    base_fn = jit_seeds(
-        lambda k, p, d: study.base(jax.random.fold_in(k, BASE), p, d), (0, None, None), study.mesh
-    )
+    base_fn = base_program(study)
     base = None
     if base_ck is not None and resume:
         base_like = jax.eval_shape(base_fn, keys, pretrained, data)
@@ -369,6 +374,54 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
     )
 
 
+def row_kinds(rows) -> tuple[str, ...]:
+    """The distinct programs of ``rows``: rows that differ only in traced values share them
+    (sft and mtl-sft; rft and rft-nokl)."""
+    kinds = [{"mtl-sft": "sft", "rft-nokl": "rft"}.get(r, r) for r in rows]
+    return tuple(dict.fromkeys(kinds))
+
+
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): the base SFT (where ``base.steps`` > 0)
+    and, per program kind of the rows (sft, rft, rif-rft), a call of the task program
+    (``post.checkpoint_every`` steps or GRPO iterations, each chunk followed by the evaluation) and
+    one SFT step or GRPO iteration (rollouts, rewards and the policy updates), every seed in each;
+    on the run's data (small host text) and the model's abstract parameters. A row's ``init``
+    (the base parameters copied into its train state, no arithmetic) is not declared."""
+    from .. import compile as C
+
+    study = PostTraining.from_config(cfg, mesh, shapes_only=True)
+    p = cfg["post"]
+    place = lambda tree, seeds=False: C.placed(C.abstract(tree), mesh, seeds=seeds)  # noqa: E731
+    sp = C.seeds_spec(mesh)
+    keys = C.abstract(jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"])), mesh, sp)
+    data, pre = place(study.data), None if study.pretrained is None else place(study.pretrained)
+    out = []
+    base_fn = base_program(study)
+    if cfg["base"]["steps"]:
+        out.append(C.Program(f"base SFT ({cfg['base']['steps']} steps)", base_fn, (keys, pre, data)))
+    shape_of = lambda fn, *a: jax.eval_shape(getattr(fn, "jitted", fn), *a)  # noqa: E731 (unplaced)
+    base_params = place(shape_of(base_fn, keys, pre, data)["params"], seeds=True)
+    post_keys = C.abstract(jax.eval_shape(jax.vmap(lambda k: jax.random.fold_in(k, POST)), keys), mesh, sp)
+    t, flag = C.abstract(jnp.int32(0), mesh), C.abstract(jnp.bool_(False), mesh)
+    n = study.chunks_per_call * p["eval_every"]
+    for kind in row_kinds(cfg["rows"]):
+        init, task = study.programs(kind)
+        hp = place(study.hparams(kind))
+        state = place(shape_of(init, base_params, post_keys, data), seeds=True)
+        unit = "iterations" if kind in ("rft", "rif-rft") else "steps"
+        step = jit_seeds(
+            lambda s, t, h, seen, d, kind=kind: study.one_step(kind, s, t, h, seen, d),
+            (0, None, None, None, None),
+            mesh,
+        )
+        out += [
+            C.Program(f"{kind}: a task call ({n} {unit})", task, (state, t, hp, flag, flag, data)),
+            C.Program(f"{kind}: one step", step, (state, t, hp, flag, data), steps=1),
+        ]
+    return out
+
+
 STUDY = driver.Study(
     "rft",
     kinds=("rl",),
@@ -379,5 +432,6 @@ STUDY = driver.Study(
     methods=("finetune", "grpo"),
     mesh_batches=MESH_BATCHES,
     checkpoint_key="post.checkpoint",
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

@@ -72,7 +72,14 @@ METHODS = (
 )
 
 DEFAULTS = {
-    "data": {"forget_class": 3, "scenario": "full-class", "n_per_class": 500, "n_test": 1000},  # 0: all
+    # dataset: fashion-mnist (offline), or cifar10 ($JAXCL_DATA/cifar10 or the hub)
+    "data": {
+        "dataset": "fashion-mnist",
+        "forget_class": 3,
+        "scenario": "full-class",
+        "n_per_class": 500,  # 0: all
+        "n_test": 1000,  # 0: all
+    },
     "model": model_config("resnet18", resnet18={"width": 16}, mlp={"hidden": (128, 64)}),
     # the recipe of the original and the oracle (the registry's finetune, training mode)
     "train": {"steps": 500, "lr": 1e-3, "batch_size": 64, "eval_every": 50},
@@ -104,6 +111,7 @@ COLUMNS = [
     ("time_s", "time (s)", "seconds"),
 ]
 
+DATASETS = ("fashion-mnist", "cifar10")
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 NEEDS_ALTERNATIVES = ("idk", "gu-idk", "dpo", "gu-dpo")  # language-model methods (batch['forget_alt'])
 METHODS_HERE = tuple(n for n, s in REGISTRY.items() if s.applies_to("unlearn"))
@@ -122,6 +130,7 @@ def validate(cfg: dict) -> None:
         + ["seeds"],
     )
     config.check_choice(cfg, "data.scenario", scenarios.SCENARIOS)
+    config.check_choice(cfg, "data.dataset", DATASETS)
     d = cfg["data"]
     if not 0 <= d["forget_class"] < N_CLASSES:
         raise ConfigError(f"data.forget_class={d['forget_class']!r}; valid: 0 to {N_CLASSES - 1}")
@@ -357,7 +366,8 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
 def programs(cfg: dict, mesh) -> list:
     """The compiled calls of a run (``jaxcl compile``): training the original and the oracle and
     every method's unlearning phase with its first step, all seeds in each, on the config's
-    problem (Fashion-MNIST, loaded: it is small). The evaluation is not declared."""
+    problem (zero images of the data set's shapes: no data needed). The evaluation is not
+    declared."""
     import jax
 
     from ..compile import Program, abstract, placed, seeds_spec
@@ -365,7 +375,7 @@ def programs(cfg: dict, mesh) -> list:
     from ..methods import get_method
     from ..unlearn.classifier import ORIGINAL, load_problem, trainer
 
-    data, model = load_problem(cfg)
+    data, model = load_problem(cfg, shapes_only=True)
     keys = abstract(jax.eval_shape(lambda: role_keys(cfg, ORIGINAL)), mesh, seeds_spec(mesh))
     train = jax.jit(seeds_map(trainer(model, cfg, mesh=mesh), (0, None, None), mesh, model=model))
     hp = abstract(as_hparams(get_method("finetune"), {"lr": cfg["train"]["lr"]}), mesh)

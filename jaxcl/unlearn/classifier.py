@@ -55,13 +55,16 @@ def phase_config(section: dict, eval_size: int) -> PhaseConfig:
     )
 
 
-def load_problem(cfg: dict) -> tuple[UnlearnData, object]:
-    """``(data, model)``: the forgetting problem on Fashion-MNIST (``data.scenario`` of
-    ``data.forget_class``) and the config's model."""
-    from ..data.loaders import fashion_mnist
+def load_problem(cfg: dict, *, shapes_only: bool = False) -> tuple[UnlearnData, object]:
+    """``(data, model)``: the forgetting problem on ``data.dataset`` (Fashion-MNIST by default;
+    ``data.scenario`` of ``data.forget_class``) and the config's model. ``shapes_only``: zero
+    images of the data set's shapes (:func:`jaxcl.data.loaders.placeholder`; the compile check,
+    for a data set not on this machine such as CIFAR-10)."""
+    from ..data import loaders
 
     d = cfg["data"]
-    ds = fashion_mnist()
+    name = d.get("dataset", "fashion-mnist")
+    ds = loaders.placeholder(name) if shapes_only else loaders.load(name)
     data = scenarios.make(
         ds, d["scenario"], d["forget_class"], n_per_class=d["n_per_class"] or None, n_test=d["n_test"] or None
     )
