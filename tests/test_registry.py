@@ -284,6 +284,11 @@ MUTATIONS = {
         ("the retain term", {"retain_weight": 0.0}, None),
         ("DPO's reference (never set)", {}, "consolidate"),
     ],
+    "rmu": [
+        ("the steering term", {}, "forget"),
+        ("the retain activation term", {"alpha": 0.0}, None),
+        ("RMU's frozen reference (never set)", {}, "consolidate"),
+    ],
     # GU: without the projection the method is its base (retain gradients zeroed: no basis)
     "gu-ga": [("GU's projection", {}, "gu")],
     "gu-graddiff": [("GU's projection", {}, "gu")],

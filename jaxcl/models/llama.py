@@ -267,6 +267,36 @@ def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS):
     return x_NxD.reshape(B, T, D), new_kv
 
 
+def _run_layers(cfg, dt, x_BxTxD, layers, cos, sin):
+    """The (stacked) decoder layers ``layers`` in order under ``lax.scan``, no cache."""
+
+    def body(x, lp):
+        return _block(cfg, dt, x, lp, cos, sin, None, None)[0], None
+
+    if cfg.remat:
+        body = jax.checkpoint(body)
+    return jax.lax.scan(body, x_BxTxD, layers)[0]
+
+
+def hidden_at(cfg: LlamaConfig, params, tokens_BxT, layer: int):
+    """The residual stream after decoder layer ``layer`` (0-based, static): (B, T, D) in the
+    compute dtype, before any final norm; what a forward hook on Hugging Face's
+    ``model.layers[layer]`` returns (RMU's activations, Li et al. 2024). Only the first
+    ``layer + 1`` layers run (their stacked parameters sliced), with :func:`forward`'s code, so
+    ``rms_norm(hidden_at(cfg, p, x, n_layers - 1), p['final_norm'])`` is
+    ``forward(cfg, p, x, return_hidden=True)``."""
+    if not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"layer={layer} is out of range; valid: 0 .. {cfg.n_layers - 1}")
+    params = pure_dict(params)
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, T = tokens_BxT.shape
+    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
+    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
+    layers = jax.tree.map(lambda a: a[: layer + 1], params["layers"])
+    return _run_layers(cfg, dt, x_BxTxD, layers, cos, sin)
+
+
 def forward(
     cfg: LlamaConfig,
     params,
@@ -293,13 +323,7 @@ def forward(
     layers = params["layers"]
 
     if cache is None:
-
-        def body(x, lp):
-            return _block(cfg, dt, x, lp, cos, sin, None, None)[0], None
-
-        if cfg.remat:
-            body = jax.checkpoint(body)
-        x_BxTxD, _ = jax.lax.scan(body, x_BxTxD, layers)
+        x_BxTxD = _run_layers(cfg, dt, x_BxTxD, layers, cos, sin)
         new_cache = None
     else:
         index, S = cache["index"], cache["k"].shape[2]

@@ -50,7 +50,8 @@ METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu
 # the methods it can run: the default ones and the newer open-unlearning baselines with their GU
 # variants (dpo on TOFU's refusal alternatives is IdkDPO)
 NEWER = ("simnpo", "wga", "satimp", "undial", "dpo")
-CHOICES = METHODS + NEWER + tuple(f"gu-{m}" for m in NEWER)
+# RMU (activation steering; no GU variant: its retain term is not the retain NLL)
+CHOICES = METHODS + NEWER + tuple(f"gu-{m}" for m in NEWER) + ("rmu",)
 SPLITS = tuple(tdata.FORGET_SIZES)
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 
