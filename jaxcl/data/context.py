@@ -83,6 +83,14 @@ def set_teacher(state, params):
     return {"params": jax.tree.map(jax.lax.stop_gradient, params), "on": jnp.ones((), jnp.float32)}
 
 
+def freeze_current(train_state, batch=None, key=None):
+    """A method's ``consolidate``: the train state's current parameters become the frozen
+    teacher / reference of its data state (LwF at a task's end; NPO, DPO, UNDIAL and RMU at the
+    start of unlearning)."""
+    del batch, key
+    return train_state.replace(data_state=set_teacher(train_state.data_state, train_state.params))
+
+
 def ewc_anchor(params_like, *, key: str = "ewc") -> DataTransform:
     """EWC's anchor and accumulated Fisher diagonal; state ``{'anchor', 'fisher'}``."""
 

@@ -53,9 +53,7 @@ def forget_term(model, hp, params_like):
         l = dpo_loss(s_w, r["w"], s_l, r["l"], hp["beta"])
         return l, {"dpo": l, "forget_nll": s_l.sum() / jnp.maximum(n_l.sum(), 1.0)}
 
-    def consolidate(state, batch, key):
-        del batch, key
-        return state.replace(data_state=context.set_teacher(state.data_state, state.params))
+    consolidate = context.freeze_current
 
     return loss_fn, ref, consolidate
 

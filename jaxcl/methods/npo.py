@@ -29,9 +29,7 @@ def forget_term(model, hp, params_like):
         l = npo_loss(s_B, batch["ref_nll"], hp["beta"])
         return l, {"npo": l, "forget_nll": s_B.sum() / n_B.sum()}
 
-    def consolidate(state, batch, key):
-        del batch, key
-        return state.replace(data_state=context.set_teacher(state.data_state, state.params))
+    consolidate = context.freeze_current
 
     return loss_fn, ref, consolidate
 

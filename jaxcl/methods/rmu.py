@@ -122,9 +122,7 @@ def build(model, hp, params_like, **options):
         retain = rmu_distance(h_r, batch["ref_hidden"], m_r)
         return forget + hp["alpha"] * retain, {"rmu_forget": forget, "rmu_retain": retain}
 
-    def consolidate(state, batch, key):
-        del batch, key
-        return state.replace(data_state=context.set_teacher(state.data_state, state.params))
+    consolidate = context.freeze_current
 
     mask = update_mask(model, params_like, options["layer"], options["update_span"], options["update"])
     tx = optax.chain(optimizer_from(opt, hp["lr"]), masked_updates(mask))

@@ -48,9 +48,7 @@ def forget_term(model, hp, params_like):
         lp_BxT = jnp.take_along_axis(jax.nn.log_softmax(z_BxTxV, -1), t_BxT[..., None], -1)[..., 0]
         return l, {"undial": l, "forget_nll": -(lp_BxT * m_BxT).sum() / n}
 
-    def consolidate(state, batch, key):
-        del batch, key
-        return state.replace(data_state=context.set_teacher(state.data_state, state.params))
+    consolidate = context.freeze_current
 
     return loss_fn, ref, consolidate
 
