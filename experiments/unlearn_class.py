@@ -2,6 +2,7 @@
 
     jaxcl run unlearn-class                                    # this config (ResNet-18)
     jaxcl run unlearn-class --tiny                             # seconds; what the tests run
+    jaxcl run unlearn-class --tiny --seeds 16                  # with U-LiRA (needs --seeds 3+)
     jaxcl run unlearn-class --set ssd.alpha=5 --set methods=ssd,gu-npo --seeds 3
     jaxcl run unlearn-class --set data.scenario=sub-class --set data.forget_class=0
     jaxcl run unlearn-class --model vit --set ssd.alpha=5      # ViT: the SSD paper's alpha
@@ -19,8 +20,11 @@ registry defaults, destroy the ResNet's retain accuracy for NPO and GradDiff). M
 retain / test accuracy and the mean gap to the oracle, a loss/entropy membership-inference
 attack (fraction of forget examples called members), linear CKA of penultimate features on
 forget examples to the original and the oracle, a linear probe for the forgotten class, a
-10-step relearning attack, wall-clock per method. A ViT no longer switches SSD to alpha 5 by
-itself: pass --set ssd.alpha=5.
+10-step relearning attack, wall-clock per method, and U-LiRA (Hayes et al. 2024: columns
+ULiRA_auc / ULiRA_acc) when the run has --seeds 3 or more: the seeds are the shadow models (N =
+the number of seeds, each held out once as the target), so U-LiRA is NaN at the default of one
+seed (the default stays one seed: each seed trains its own original and oracle). A ViT no
+longer switches SSD to alpha 5 by itself: pass --set ssd.alpha=5.
 
 Expected runtime (2-core CPU, one seed, measured after the redesign): default size 6.2 minutes
 wall, 13.8 min at load ~4 with another job on the cores (original and oracle about 70 s of
