@@ -12,36 +12,47 @@ AdamW lr 1e-5, weight decay 0.01, batch 32, warm-up + cosine, clipping at 1; the
 unlearns the forget split from the target, open-unlearning's recipe: 10 epochs of the forget set,
 batch 32, lr 1e-5, NPO with beta 0.1 and its retain term (retain_weight 1), GU rank 8 per tensor.
 Columns: FQ (forget quality, KS p-value against the retain model), MU (model utility), and the
-forget / retain / real-authors / world-facts probability, ROUGE-L recall and truth ratio.
+forget / retain / real-authors / world-facts probability, ROUGE-L recall and truth ratio; then
+membership inference of the forget rows against a holdout (AUC of the LOSS, ZLib, Min-K% and
+Min-K%++ attacks, open-unlearning's signs: 1 = the forget rows look like members, 0.5 = no
+signal) and MUSE's PrivLeak (%, the Min-K% AUC against the retain model's). The holdout is
+`data.n_holdout` QA rows cut from the END of the retain split and trained on by neither the target
+nor the retain model (default -1: max(8, n_forget // 10), so 8 for forget01 and --tiny, 40 for
+forget10; 0: no holdout, no MIA columns). GradNorm (a per-example gradient: costly) and Reference
+are not run by the study; `jaxcl.unlearn.attacks.mia` has them.
 
-Expected runtime: --tiny (a random 2-layer byte-level model, 10 forget / 30 retain questions, 8
-evaluation questions per set; fine-tuning 12 epochs at lr 3e-3, unlearning 12 steps at lr 1e-3,
-GU rank 2) 61 s on the idle 2-core CPU, 45 s of it compiling the ten phase programs (4-5 s each;
+Expected runtime: --tiny (a random 2-layer byte-level model, 10 forget / 30 retain / 8 holdout
+questions, 8 evaluation questions per set; fine-tuning 12 epochs at lr 3e-3, unlearning 12 steps
+at lr 1e-3, GU rank 2) 61 s on the idle 2-core CPU, 45 s of it compiling the ten phase programs (4-5 s each;
 the 2-layer model's gradient alone takes 3 s to compile there); 140 s at load ~4.
 SmolLM2-135M, forget01: 2 x ~620
 fine-tuning steps of 32 x 192 tokens, 8 unlearning runs of 12 steps and 10 evaluations (657
 greedy answers each): not yet measured; a GPU job (hours on a CPU). A CPU smoke run of the real
 model (2 forget / 4 retain questions, 2 per evaluation set, npo and gu-idk, float32) took 2.3 min.
 
-Measured result, --tiny (results/studies/tofu-tiny.json, commit 02ef018, 2-core CPU at load ~4;
-ROUGE and so model utility are 0 for every row: a random 0.1M-parameter model learns the answers'
-style only). Fine-tuning raises the forget-set answer probability to 0.041 (the retain
-model's 0.030); GA drives it to 0.000 (and the retain probability with it), GU-GA to
-0.001 at retain 0.006, NPO to 0.014; IDK barely moves it:
+Measured result, --tiny (results/studies/tofu-tiny.json, commit 976f80a plus the holdout change,
+2-core CPU at load ~3; ROUGE and so model utility are 0 for every row: a random 0.1M-parameter
+model learns the answers' style only). Fine-tuning raises the forget-set answer probability to
+0.041 (the retain model's 0.030); GA drives it to 0.000 (and the retain probability with it),
+GU-GA to 0.001 at retain 0.006, NPO to 0.014; IDK barely moves it. The MIA AUCs are below 0.5
+even for the target: the 8 holdout rows (the end of retain99, later authors) have a lower loss
+than the forget rows under every model of this size, so at --tiny the holdout is no matched
+non-member set and the MIA columns only show that the study computes them; GA's 0.79 is the
+model collapsed by GA (retain probability 0.000), not forgetting:
 
     <!-- results: results/studies/tofu-tiny.json -->
-    | method                     | FQ        | MU     | F.prob | F.TR   | R.prob |
-    |----------------------------|-----------|--------|--------|--------|--------|
-    | retain (reference)         |  1.00e+00 |  0.000 |  0.030 |  0.975 |  0.038 |
-    | target (before unlearning) |  6.60e-01 |  0.000 |  0.041 |  0.979 |  0.044 |
-    | ga                         |  6.60e-01 |  0.000 |  0.000 |  0.893 |  0.000 |
-    | graddiff                   |  6.60e-01 |  0.000 |  0.006 |  0.934 |  0.010 |
-    | npo                        |  2.83e-01 |  0.000 |  0.014 |  0.950 |  0.016 |
-    | idk                        |  6.60e-01 |  0.000 |  0.038 |  0.978 |  0.044 |
-    | gu-ga                      |  8.70e-02 |  0.000 |  0.001 |  0.895 |  0.006 |
-    | gu-graddiff                |  2.83e-01 |  0.000 |  0.029 |  0.954 |  0.042 |
-    | gu-npo                     |  6.60e-01 |  0.000 |  0.027 |  0.961 |  0.038 |
-    | gu-idk                     |  6.60e-01 |  0.000 |  0.038 |  0.976 |  0.044 |
+    | method                     | FQ        | MU     | F.prob | F.TR   | R.prob | MIA loss | MIA min-k | PrivLeak |
+    |----------------------------|-----------|--------|--------|--------|--------|----------|-----------|----------|
+    | retain (reference)         |  1.00e+00 |  0.000 |  0.030 |  0.975 |  0.038 |  0.112   |  0.112    |  0.000   |
+    | target (before unlearning) |  6.60e-01 |  0.000 |  0.041 |  0.979 |  0.044 |  0.275   |  0.312    | -22.535  |
+    | ga                         |  6.60e-01 |  0.000 |  0.000 |  0.893 |  0.000 |  0.788   |  0.762    | -73.239  |
+    | graddiff                   |  6.60e-01 |  0.000 |  0.006 |  0.934 |  0.010 |  0.387   |  0.475    | -40.845  |
+    | npo                        |  2.83e-01 |  0.000 |  0.014 |  0.950 |  0.016 |  0.312   |  0.412    | -33.803  |
+    | idk                        |  6.60e-01 |  0.000 |  0.038 |  0.978 |  0.044 |  0.188   |  0.237    | -14.085  |
+    | gu-ga                      |  8.70e-02 |  0.000 |  0.001 |  0.895 |  0.006 |  0.150   |  0.162    | -5.634   |
+    | gu-graddiff                |  2.83e-01 |  0.000 |  0.029 |  0.954 |  0.042 |  0.062   |  0.075    |  4.225   |
+    | gu-npo                     |  6.60e-01 |  0.000 |  0.027 |  0.961 |  0.038 |  0.062   |  0.075    |  4.225   |
+    | gu-idk                     |  6.60e-01 |  0.000 |  0.038 |  0.976 |  0.044 |  0.150   |  0.237    | -14.085  |
 
 Writes runs/tofu[-tiny]/{results.json, fq_vs_mu.png}.
 """

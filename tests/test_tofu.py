@@ -218,6 +218,35 @@ def test_tiny_study_end_to_end(tmp_path):
     # off, as the tests compile, 0.45x with them on: float rounding over 60 steps)
     assert f_prob["ga"] < 0.6 * f_prob[T.TARGET]
     assert res["plots"] == ["fq_vs_mu.png"] and (tmp_path / "fq_vs_mu.png").stat().st_size > 0
+    # membership inference of the forget rows against the holdout, every row
+    mia = ["mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus"]
+    assert [c[0] for c in res["columns"]][-5:] == [*mia, "privleak"]
+    for name, row in res["rows"].items():
+        assert all(0.0 <= row["summary"][k]["mean"] <= 1.0 for k in mia), name
+    assert res["rows"][T.REFERENCE]["summary"]["privleak"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert res["extra"]["n_holdout"] == 8
+
+
+@needs_data
+def test_holdout_is_in_neither_models_training_data():
+    """The holdout rows (the MIA's non-members) are the last ``n_holdout`` of the retain split and
+    in neither the target's (forget + retain) nor the retain model's (retain) training rows."""
+    for sets, n_h in (((), 8), (("data.n_retain=0",), 8), (("data.n_holdout=20",), 20)):
+        cfg = tiny_cfg(*sets)
+        assert tproblem.n_holdout(cfg) == n_h
+        retain, holdout = tproblem.split_retain(cfg)
+        full = tdata.load_split("retain99")
+        assert holdout == full[-n_h:] and len(holdout) == n_h
+        tok = hf.ByteTokenizer()
+        problem = tproblem.load_problem(cfg, tok)[0]
+        enc = tproblem.load_holdout(cfg, tok)
+        train = {tuple(r) for r in np.asarray(problem.train_set["tokens"])}  # target's rows
+        assert {tuple(r) for r in np.asarray(problem.retain_set["tokens"])} <= train  # retain model's
+        assert not {tuple(r) for r in np.asarray(enc["tokens"])} & train
+    assert tproblem.n_holdout(config.resolve(config.load("tofu"), ["data.split=forget10"])) == 40
+    assert tproblem.load_holdout(tiny_cfg("data.n_holdout=0"), hf.ByteTokenizer()) is None
+    with pytest.raises(config.ConfigError, match="n_holdout=-2"):
+        tiny_cfg("data.n_holdout=-2")
 
 
 @needs_data

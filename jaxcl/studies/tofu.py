@@ -15,7 +15,19 @@ forget split (1/5/10 % of the 200 authors' 4000 question/answer pairs) and ``D_r
    ratio and ROUGE-L recall of greedy answers on the forget / retain / real-authors /
    world-facts sets, forget quality ``FQ = p-value of KS(TR_model(D_f), TR_retain(D_f))`` and
    model utility ``MU = harmonic mean of the nine (prob, TR, ROUGE) values on retain, real
-   authors and world facts``.
+   authors and world facts``;
+4. membership inference (:mod:`jaxcl.unlearn.attacks`, open-unlearning's signs) of every model,
+   the forget rows (members of the target) against the holdout: ``data.n_holdout`` QA rows cut
+   from the END of the retain split before ``n_retain`` is applied (default ``-1``:
+   ``max(8, n_forget // 10)``; 0: no holdout and no MIA columns), trained on by neither the
+   target nor the retain model. Columns ``mia_loss``, ``mia_zlib``, ``mia_min_k``,
+   ``mia_min_k_plus_plus`` (AUC, 1: the forget rows look like members, 0.5: indistinguishable;
+   Min-K% with k = 0.4) and ``privleak`` (MUSE's PrivLeak in %, of the Min-K% AUC against the
+   retain model's: 0 for the retain model, negative: under-unlearned). GradNorm (a per-example
+   gradient) and Reference are not run here: :func:`jaxcl.unlearn.attacks.mia` has them. The
+   holdout rows of a retain split come from its last authors; on the full split the last of them
+   has other questions in training (TOFU has 20 per author), so the holdout is unseen by row,
+   not always by author.
 
 Everything trains through the one loop: :class:`jaxcl.loops.Phase` (one jitted program per
 phase) with the registry's ``finetune`` for the target and the retain model and each method's
@@ -43,7 +55,9 @@ from ..models import llama, lm
 from ..parallel import place_seeds
 from ..tofu import data as tdata
 from ..tofu.eval import EVAL_SETS, Evaluator, scores
-from ..tofu.problem import load_model, load_problem
+from ..tofu.problem import load_holdout, load_model, load_problem, n_holdout
+from ..unlearn import attacks
+from ..unlearn.eval import auc
 from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
@@ -59,7 +73,17 @@ DEFAULTS = {
     # name: smollm2-135m | tiny | a .gguf file | a Hugging Face checkpoint folder | a hub id
     "model": lm.section("smollm2-135m", tokenizer="smollm2", compute_dtype="bfloat16"),
     # n_forget / n_retain / n_eval: 0 = the whole split / set; data_dir "": the package's copy
-    "data": {"split": "forget01", "n_forget": 0, "n_retain": 0, "n_eval": 0, "max_len": 192, "data_dir": ""},
+    # n_holdout: non-member rows cut from the end of the retain split, trained on by no model;
+    # -1 = max(8, n_forget // 10), 0 = none (no MIA columns)
+    "data": {
+        "split": "forget01",
+        "n_forget": 0,
+        "n_retain": 0,
+        "n_holdout": -1,
+        "n_eval": 0,
+        "max_len": 192,
+        "data_dir": "",
+    },
     # the target and the retain model (the registry's finetune); eval_every 0: once at the end
     "train": {
         "epochs": 5.0,
@@ -88,6 +112,14 @@ COLUMNS = [
     ("real_authors_rouge", "RA.rouge", "float"),
     ("world_facts_rouge", "WF.rouge", "float"),
     ("time_s", "time (s)", "seconds"),
+]
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")  # cheap: one forward pass per row
+MIA_COLUMNS = [
+    ("mia_loss", "MIA loss", "float"),
+    ("mia_zlib", "MIA zlib", "float"),
+    ("mia_min_k", "MIA min-k", "float"),
+    ("mia_min_k_plus_plus", "MIA min-k++", "float"),
+    ("privleak", "PrivLeak", "float"),
 ]
 REFERENCE, TARGET = "retain (reference)", "target (before unlearning)"
 TRAIN_TARGET, TRAIN_RETAIN, UNLEARN = 1, 2, 3  # key roles: fold_in(key(seed), role)
@@ -126,6 +158,17 @@ def validate(cfg: dict) -> None:
             f"{tdata.FORGET_SIZES[d['split']]} for {d['split']}"
         )
     config.check_nonnegative(cfg, ["data.n_retain", "data.n_eval"], "every row")
+    n_rs = tdata.TOTAL_QA - tdata.FORGET_SIZES[d["split"]]
+    if not isinstance(d["n_holdout"], int) or d["n_holdout"] < -1:
+        raise ConfigError(
+            f"data.n_holdout={d['n_holdout']!r}; valid: -1 (max(8, n_forget // 10)), 0 (no holdout) or "
+            "a positive number of rows"
+        )
+    if n_holdout(cfg) + d["n_retain"] > n_rs or n_holdout(cfg) >= n_rs:
+        raise ConfigError(
+            f"data.n_holdout={n_holdout(cfg)} with data.n_retain={d['n_retain']}: together more than the "
+            f"{n_rs} rows of {tdata.retain_for(d['split'])}"
+        )
     lm.check(cfg["model"])
     if cfg["model"]["name"] == "scratch" or cfg["model"]["name"] in lm.SIZES:
         raise ConfigError(
@@ -152,16 +195,51 @@ def check_methods(cfg: dict, methods) -> None:
 # -- running -----------------------------------------------------------------------------------
 
 
+class MIA:
+    """The cheap membership-inference attacks (:data:`MIA_ATTACKS`) of a model's parameters: the
+    forget rows (members) against the holdout rows, scored in one jitted forward program over
+    both (one compilation for every model of the run)."""
+
+    def __init__(self, model, forget: dict, holdout: dict, tok, *, k: float = 0.4, chunk: int = 16):
+        self.n_f = forget["tokens"].shape[0]
+        rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), forget, holdout)
+        self.rows = attacks.with_zlib(rows, tok)
+
+        def fn(params, rows):
+            def one(sub):
+                t, m = sub["tokens"], sub["mask"]
+                logits = model.apply(params, t)
+                loss = attacks.loss_score(logits, t, m)
+                return {
+                    "loss": loss,
+                    "zlib": loss / sub["zlib_len"],
+                    "min_k": attacks.min_k_score(logits, t, m, k),
+                    "min_k_plus_plus": attacks.min_k_plus_plus_score(logits, t, m, k),
+                }
+
+            return attacks.map_rows(one, rows, chunk)
+
+        self.fn = jax.jit(fn)
+
+    def __call__(self, params) -> dict:
+        """``{'mia_<attack>': AUC}`` (1: the forget rows look like members)."""
+        s = self.fn(params, self.rows)
+        return {f"mia_{a}": float(auc(s[a][self.n_f :], s[a][: self.n_f])) for a in MIA_ATTACKS}
+
+
 def prepare(cfg: dict, say, mesh=None) -> tuple:
-    """``(model, problem, evaluator, params, timing)``: load the model and the data, fine-tune the
-    target and the retain model (``params['target']``, ``params['retain']``)."""
+    """``(model, problem, evaluator, params, timing, mia)``: load the model and the data, fine-tune
+    the target and the retain model (``params['target']``, ``params['retain']``); ``mia`` the
+    :class:`MIA` of the holdout (None with ``data.n_holdout=0``)."""
     t0 = time.perf_counter()
     model, params0, tok = load_model(cfg)
     problem, evals = load_problem(cfg, tok)
+    holdout = load_holdout(cfg, tok)
     n_f, n_r = problem.forget["tokens"].shape[0], problem.retain["tokens"].shape[0]
+    n_h = 0 if holdout is None else holdout["tokens"].shape[0]
     say(
         f"tofu: {cfg['model']['name']} ({llama.param_count(params0) / 1e6:.1f}M parameters), "
-        f"{cfg['data']['split']}: {n_f} forget / {n_r} retain QA, evaluation on "
+        f"{cfg['data']['split']}: {n_f} forget / {n_r} retain / {n_h} holdout QA, evaluation on "
         f"{', '.join(f'{len(v)} {k}' for k, v in evals.items())} ({time.perf_counter() - t0:.1f}s)"
     )
     key = jax.random.key(cfg["seed"])
@@ -183,7 +261,8 @@ def prepare(cfg: dict, say, mesh=None) -> tuple:
             f"{phase.phase.eval_every} steps) -> {nll[-1]:.3f} (last {phase.phase.eval_every}) "
             f"({t_s:.1f}s + {c_s:.1f}s compile)"
         )
-    return model, problem, Evaluator.from_config(cfg, model.cfg, tok, evals), params, timing
+    mia = None if holdout is None else MIA(model, problem.forget, holdout, tok)
+    return model, problem, Evaluator.from_config(cfg, model.cfg, tok, evals), params, timing, mia
 
 
 def body(cfg: dict, run: Run) -> Report:
@@ -191,11 +270,13 @@ def body(cfg: dict, run: Run) -> Report:
     axis must be 1): the rows of every fine-tuning and unlearning batch over its ``data`` axis,
     the parameters replicated."""
     t_start = time.perf_counter()
-    model, problem, ev, params, models_timing = prepare(cfg, run.say, run.mesh)
-    evaluated, timing, traces, nonfinite = {}, {}, {}, {}
+    model, problem, ev, params, models_timing, mia = prepare(cfg, run.say, run.mesh)
+    evaluated, timing, traces, nonfinite, mias = {}, {}, {}, {}, {}
     for name, which, fn in ((REFERENCE, "retain", ev.reference), (TARGET, "target", ev.evaluate)):
         t0 = time.perf_counter()
         evaluated[name] = fn(params[which])
+        if mia is not None:
+            mias[name] = mia(params[which])
         timing[name] = {**models_timing[which], "eval_s": time.perf_counter() - t0}  # time_s: fine-tuning
     n_f = problem.forget["tokens"].shape[0]
     key = jax.random.fold_in(jax.random.key(cfg["seed"]), UNLEARN)  # every method: the same batches
@@ -209,6 +290,8 @@ def body(cfg: dict, run: Run) -> Report:
         traces[name] = {k: np.asarray(v, np.float64).tolist() for k, v in o["trace"].items()}
         t0 = time.perf_counter()
         evaluated[name] = res = ev.evaluate(o["params"])
+        if mia is not None:
+            mias[name] = mia(o["params"])
         timing[name] = {"compile_s": c_s, "time_s": t_s, "eval_s": time.perf_counter() - t0}
         # an edit-only method has no trace (the config refuses them: not in CHOICES)
         f = traces[name].get("forget_nll")
@@ -221,6 +304,9 @@ def body(cfg: dict, run: Run) -> Report:
     rows = {}
     for name, res in evaluated.items():
         per_seed = {**scores(res), "time_s": timing[name].get("time_s", 0.0)}
+        if mia is not None:
+            leak = attacks.privleak(mias[name]["mia_min_k"], mias[REFERENCE]["mia_min_k"])
+            per_seed.update(mias[name], privleak=float(leak))
         extra = {"settings": cfg[name], "nonfinite_step": nonfinite[name]} if name in nonfinite else {}
         rows[name] = results.row(per_seed, timing=timing[name], **extra)
     timing["total_s"] = time.perf_counter() - t_start
@@ -228,12 +314,13 @@ def body(cfg: dict, run: Run) -> Report:
         "tofu",
         cfg,
         rows,
-        COLUMNS,
+        COLUMNS + (MIA_COLUMNS if mia is not None else []),
         timing=timing,
         extra={
             "model": cfg["model"]["name"],
             "n_forget": n_f,
             "n_retain": int(problem.retain["tokens"].shape[0]),
+            "n_holdout": n_holdout(cfg),
             "n_eval": {k: len(v) for k, v in ev.sets.items()},
             "generations": {n: {s: r[s]["generations"] for s in EVAL_SETS} for n, r in evaluated.items()},
             "truth_ratios": {n: {s: r[s]["truth_ratios"] for s in EVAL_SETS} for n, r in evaluated.items()},
@@ -268,7 +355,7 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> sweep_mod.SweepPlan:
     as one program (``lax.map`` over cells of ``Phase.run``), then each cell evaluated; the target
     and the retain model as in a run."""
     check_methods(cfg, [method])
-    model, problem, ev, params, models_timing = prepare(cfg, run.say)
+    model, problem, ev, params, models_timing, _ = prepare(cfg, run.say)
     ev.reference(params["retain"])  # the truth ratios forget quality compares with
     phase, base = unlearner(model, cfg, method, problem.forget["tokens"].shape[0])
 
@@ -309,7 +396,7 @@ def programs(cfg: dict, mesh) -> list:
     model, params, _ = lm.load(cfg["model"], shapes_only=True)
     d = cfg["data"]
     n_f = d["n_forget"] or tdata.FORGET_SIZES[d["split"]]
-    n_r = d["n_retain"] or tdata.TOTAL_QA - tdata.FORGET_SIZES[d["split"]]
+    n_r = d["n_retain"] or tdata.TOTAL_QA - tdata.FORGET_SIZES[d["split"]] - n_holdout(cfg)
     rows = lambda n: {  # noqa: E731
         "tokens": jax.ShapeDtypeStruct((n, d["max_len"]), jnp.int32),
         "mask": jax.ShapeDtypeStruct((n, d["max_len"]), jnp.bool_),

@@ -5,7 +5,9 @@ evaluation sets (:func:`load_problem`).
 
 ``D_f`` is the forget split (``forget01/05/10``: 1/5/10 % of the 200 authors' 4000 pairs) and
 ``D_r`` its retain split (``retain99/95/90``); the evaluation sets are ``D_f`` and ``D_r`` with
-paraphrased and perturbed answers, the real authors and the world facts.
+paraphrased and perturbed answers, the real authors and the world facts. The holdout
+(:func:`split_retain`, ``data.n_holdout`` rows cut from the END of the retain split) is in no
+training set: the non-members of the membership-inference attacks (:func:`load_holdout`).
 """
 
 from __future__ import annotations
@@ -36,13 +38,37 @@ def encode(tok, rows: list[dict], max_len: int, answers: list[str] | None = None
     return {"tokens": jnp.asarray(t), "mask": jnp.asarray(m)}
 
 
+def n_holdout(cfg: dict) -> int:
+    """``data.n_holdout`` resolved: ``-1`` (the default) is ``max(8, n_forget // 10)``, 0 none."""
+    d = cfg["data"]
+    if d["n_holdout"] >= 0:
+        return d["n_holdout"]
+    return max(8, (d["n_forget"] or tdata.FORGET_SIZES[d["split"]]) // 10)
+
+
+def split_retain(cfg: dict) -> tuple[list[dict], list[dict]]:
+    """``(retain rows, holdout rows)``: the holdout is the last :func:`n_holdout` rows of the
+    retain split, the retain rows the first ``n_retain`` (0: all) of the rest, so the two never
+    share a row and the holdout is in neither the target's nor the retain model's training set."""
+    d = cfg["data"]
+    full = tdata.load_split(tdata.retain_for(d["split"]), d["data_dir"] or None)
+    cut = len(full) - n_holdout(cfg)
+    return full[:cut][: d["n_retain"] or None], full[cut:]
+
+
+def load_holdout(cfg: dict, tok) -> dict | None:
+    """The encoded holdout rows (non-members of both models), or None with ``n_holdout=0``."""
+    rows = split_retain(cfg)[1]
+    return encode(tok, rows, cfg["data"]["max_len"]) if rows else None
+
+
 def load_problem(cfg: dict, tok) -> tuple[LMProblem, dict]:
     """The encoded problem and the evaluation sets (rows with paraphrased / perturbed answers).
     The refusal answers of ``forget_alt`` are drawn from ``idontknow.txt`` with ``seed``."""
     d = cfg["data"]
     root = d["data_dir"] or None
     forget = tdata.load_split(d["split"], root)[: d["n_forget"] or None]
-    retain = tdata.load_split(tdata.retain_for(d["split"]), root)[: d["n_retain"] or None]
+    retain = split_retain(cfg)[0]
     cap = lambda rows: rows[: d["n_eval"] or None]
     evals = {
         "forget": cap(tdata.load_split(d["split"] + "_perturbed", root)[: len(forget)]),
