@@ -65,12 +65,16 @@ def per_seed(res):
     return {r: {k: v for k, v in row["per_seed"].items() if k != "time_s"} for r, row in res["rows"].items()}
 
 
+def absdiff(x, y) -> float:
+    """The largest |x - y|; a value that is NaN on both sides (not computed, e.g. U-LiRA below 3
+    seeds) agrees, NaN on one side only is an infinite difference."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    d = np.where(np.isnan(x) & np.isnan(y), 0.0, np.abs(x - y))
+    return float(np.max(np.where(np.isnan(d), np.inf, d)))
+
+
 def diffs(a, b):
-    return {
-        f"{r}.{k}": float(np.nanmax(np.abs(np.asarray(a[r][k]) - np.asarray(b[r][k]))))
-        for r in a
-        for k in a[r]
-    }
+    return {f"{r}.{k}": absdiff(a[r][k], b[r][k]) for r in a for k in a[r]}
 
 
 def maxdiff(a, b):
@@ -124,7 +128,7 @@ for name, runner, cfg in (("unlearn_class", unlearn_class, uc), ("lm", lm, lc)):
         # the largest value (always > 0.1: not a check; tests/test_runners_mesh.py still reads it)
         # differences in examples of the accuracy-like values (over n examples: multiples of 1/n)
         "examples": {
-            f"{r}.{k}": round(float(np.nanmax(np.abs(np.asarray(one[r][k]) - np.asarray(many[r][k])))) * n, 3)
+            f"{r}.{k}": round(absdiff(one[r][k], many[r][k]) * n, 3)
             for r in one
             for k in one[r]
             if (n := denominator(one[r][k] + many[r][k])) and k.endswith(("_acc", "gap", "mia_forget"))
