@@ -250,6 +250,29 @@ def test_holdout_is_in_neither_models_training_data():
 
 
 @needs_data
+def test_study_mia_columns_equal_the_audit_modules_suite():
+    """The study's one-program MIA (forget rows against the holdout, chunked) gives the same AUCs
+    as :func:`jaxcl.unlearn.attacks.mia` run on the two sets apart, for a model trained on some
+    forget rows (AUCs away from 0.5, so a swapped sign or set would show)."""
+    from jaxcl.unlearn import attacks
+
+    cfg = tiny_cfg()
+    model, params, tok = tproblem.load_model(cfg)
+    problem = tproblem.load_problem(cfg, tok)[0]
+    holdout = tproblem.load_holdout(cfg, tok)
+    forget = problem.forget
+    loss = lambda p: mean_nll(model)(p, forget)  # noqa: E731
+    step = jax.jit(lambda p: jax.tree.map(lambda w, g: w - 0.5 * g, p, jax.grad(loss)(p)))
+    for _ in range(20):
+        params = step(params)
+    study = T.MIA(model, forget, holdout, tok, chunk=3)(params)
+    suite = attacks.mia(model, params, forget, holdout, tokenizer=tok, chunk=5)
+    for a in ("loss", "zlib", "min_k", "min_k_plus_plus"):
+        assert study[f"mia_{a}"] == pytest.approx(suite[a], abs=1e-6), a
+    assert study["mia_loss"] > 0.6  # the trained-on forget rows are told from the holdout
+
+
+@needs_data
 def test_tiny_sweep_runs_every_cell_in_one_program(tmp_path):
     grid = {"ga.lr": [1e-4, 1e-3]}
     res = T.sweep(tiny_cfg("train.epochs=2"), grid, out=str(tmp_path), verbose=False)
