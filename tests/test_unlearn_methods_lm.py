@@ -245,3 +245,24 @@ def test_classifier_unlearning_raises_forget_nll_more_than_retain():
         d_f = float(nll(p1, fb) - nll(p0, fb))
         d_r = float(nll(p1, {"x": x[ri], "y": y[ri]}) - nll(p0, {"x": x[ri], "y": y[ri]}))
         assert d_f > 0 and d_f > d_r, (name, d_f, d_r)
+
+
+@pytest.mark.parametrize("name", ["ssd", "iau"])
+def test_lm_edit_methods_forget_more_than_retain(name):
+    """SSD and IAU (edits, no training steps) on a language model: the edit reads the LM's
+    forget / train / retain rows (:class:`jaxcl.unlearn.lm.LMProblem`), changes the parameters and
+    raises the forget rows' NLL more than the retain rows'."""
+    from jaxcl.unlearn.lm import LMProblem
+
+    f, r, alt = lm_rows(10), lm_rows(11), lm_rows(12)
+    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), f, r)
+    p0 = jax.jit(lambda p: trained(LM, p, both, 150, 1e-2))(LM_PARAMS)
+    spec = METHODS[name]
+    hp = as_hparams(spec, {"alpha": 2.0} if name == "ssd" else {})
+    m = build_method(spec, LM, hp, spec.split({})[1])
+    assert not m.trains and m.edit is not None
+    p1 = jax.jit(m.edit)(p0, LMProblem(forget=f, forget_alt=alt, retain=r), hp, jax.random.key(0))
+    nll = mean_nll(LM)
+    d_f = float(nll(p1, f) - nll(p0, f))
+    d_r = float(nll(p1, r) - nll(p0, r))
+    assert np.isfinite(d_f) and d_f > 0 and d_f > d_r, (d_f, d_r)

@@ -64,8 +64,9 @@ METHODS = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu
 # the methods it can run: the default ones and the newer open-unlearning baselines with their GU
 # variants (dpo on TOFU's refusal alternatives is IdkDPO)
 NEWER = ("simnpo", "wga", "satimp", "undial", "dpo")
-# RMU (activation steering; no GU variant: its retain term is not the retain NLL)
-CHOICES = METHODS + NEWER + tuple(f"gu-{m}" for m in NEWER) + ("rmu",)
+# RMU (activation steering; no GU variant: its retain term is not the retain NLL); SSD and IAU (edits:
+# the same phase, no training steps; their importances and gradients on the LM rows)
+CHOICES = METHODS + NEWER + tuple(f"gu-{m}" for m in NEWER) + ("rmu", "ssd", "iau")
 SPLITS = tuple(tdata.FORGET_SIZES)
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 
@@ -293,10 +294,12 @@ def body(cfg: dict, run: Run) -> Report:
         if mia is not None:
             mias[name] = mia(o["params"])
         timing[name] = {"compile_s": c_s, "time_s": t_s, "eval_s": time.perf_counter() - t0}
-        # an edit-only method has no trace (the config refuses them: not in CHOICES)
+        # an edit-only method (SSD, IAU) has no training steps and no trace
         f = traces[name].get("forget_nll")
+        trains = bool(traces[name])
         run.say(
-            f"  {name:12s} {phase.phase.steps} steps"
+            f"  {name:12s} "
+            + (f"{phase.phase.steps} steps" if trains else "an edit")
             + (f", forget NLL -> {f[-1]:.3f}" if f else "")
             + f": FQ {res['forget_quality']:.2e}, MU {res['model_utility']:.3f}, F.prob {res['forget']['prob']:.3f} "
             f"({t_s:.1f}s + {c_s:.1f}s compile, eval {timing[name]['eval_s']:.1f}s)"
