@@ -32,6 +32,39 @@ def test_loss_metrics_by_hand():
     assert m["max_loss"] == pytest.approx((3.0 + 3.5) / 2)
 
 
+def test_unigram_js_divergence_against_hand_values_and_scipy():
+    from scipy.spatial.distance import jensenshannon
+
+    P = np.array([[2.0, 2.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
+    D = M.js_divergence(P)
+    assert D[0, 1] == pytest.approx(0.5 * np.log(2))  # m = (1/4, 1/2, 1/4): KL = ln2 / 2 each
+    assert D[0, 2] == pytest.approx(np.log(2))  # disjoint supports
+    assert D[0, 3] == 0.0 and np.allclose(D, D.T) and np.all(np.diag(D) == 0)
+    rng = np.random.default_rng(0)
+    Q = rng.random((4, 7)) * (rng.random((4, 7)) > 0.3)
+    want = np.array([[jensenshannon(a, b) ** 2 for b in Q] for a in Q])  # natural log by default
+    np.testing.assert_allclose(M.js_divergence(Q), want, atol=1e-12)
+
+
+def test_domain_orders_and_gain_vs_standalone_by_hand():
+    D = np.array([[0, 0.1, 0.5, 0.3], [0.1, 0, 0.2, 0.6], [0.5, 0.2, 0, 0.4], [0.3, 0.6, 0.4, 0]])
+    assert lm.domain_order(D, similar=True) == [0, 1, 2, 3]  # 0 -> 1 (0.1) -> 2 (0.2) -> 3
+    assert lm.domain_order(D, similar=False) == [0, 2, 3, 1]  # 0 -> 2 (0.5) -> 3 (0.4 > 0.2) -> 1
+    L = np.array([[2.0, 5.0, 6.0], [2.5, 3.0, 5.5], [3.0, 3.5, 2.5]])
+    s = np.array([2.0, 3.5, 2.0])  # each domain trained alone
+    assert M.gain_vs_standalone(L, s) == pytest.approx(((3.5 - 3.0) + (2.0 - 2.5)) / 2)
+    # a row in another order: its matrix and the stand-alone losses are both taken in that order
+    trace = np.zeros((1, 3, 1, 3))
+    order = [2, 0, 1]
+    for i, t in enumerate(order):  # trained t at position i; evaluated in the stream's order
+        trace[0, i, 0] = np.arange(3) + 10 * i + (t == np.arange(3)) * 0.5
+    per, Lr = lm.row_metrics(trace, np.full((1, 3), 9.0), order, standalone=np.array([[10.0, 20.0, 30.0]]))
+    np.testing.assert_allclose(Lr[0], trace[0, :, 0][:, order])
+    diag = [Lr[0, i, i] for i in range(3)]  # 2.5, 10.5, 21.5
+    assert per["diag_loss"][0] == pytest.approx(np.mean(diag))
+    assert per["sa_gain"][0] == pytest.approx(((10.0 - diag[1]) + (20.0 - diag[2])) / 2)
+
+
 def test_lr_restart_every_rewarms_the_schedule():
     tx = optimizer("sgd", 1.0, warmup_cosine_steps=10, lr_restart_every=10)
     p = jnp.zeros(())
@@ -80,6 +113,41 @@ def test_tiny_study_writes_results_and_learns_each_domain(tiny_run):
         assert np.std(row["per_seed"]["final_loss"]) > 0  # seeds differ
         for k in ("bwt", "forgetting", "fwt", "max_loss", "final_ppl"):
             assert np.all(np.isfinite(row["per_seed"][k])), (name, k)
+
+
+def test_standalone_and_ordered_rows_end_to_end():
+    """Three domains, rows ``finetune``, ``finetune@similar``, ``finetune@dissimilar`` and
+    ``standalone`` (2 seeds): the orders are the greedy chains of the stream's unigram JS matrix;
+    stand-alone training on the first domain is the continual row's first domain (same start and
+    keys), so each row's ``vs stand-alone`` equals the column recomputed from the loss matrices."""
+    cfg = config.resolve(
+        config.load("lm-cpt", tiny=True),
+        [
+            "data.domains=zen,bible:ruth,bible:jonah",
+            "rows=finetune,finetune@similar,finetune@dissimilar,standalone",
+        ],
+    )
+    res = lm.run(cfg, None, verbose=False)
+    names = list(cfg["data"]["domains"])
+    D = np.asarray(res["extra"]["unigram_js"])
+    want = lm.unigram_divergence(res["stream"])
+    np.testing.assert_allclose(D, want, atol=1e-6)
+    assert D[0, 1] > 0 and D[1, 2] > 0
+    for o in lm.ORDERS:
+        order = lm.domain_order(want, o == "similar")
+        assert res["extra"]["orders"][o] == [names[t] for t in order]
+        assert res["rows"][f"finetune@{o}"]["order"] == res["extra"]["orders"][o]
+    rows = res["rows"]
+    sa = np.diagonal(np.asarray(rows["standalone"]["L_per_seed"]), axis1=1, axis2=2)  # (S, T) stream order
+    L_ft = np.asarray(rows["finetune"]["L_per_seed"])
+    np.testing.assert_allclose(sa[:, 0], L_ft[:, 0, 0], rtol=1e-6)  # the same first domain
+    for row in ("finetune", "finetune@similar", "finetune@dissimilar"):
+        L = np.asarray(rows[row]["L_per_seed"])
+        s = sa[:, [names.index(n) for n in rows[row]["order"]]]
+        gain = [np.mean([s[k, j] - L[k, j, j] for j in (1, 2)]) for k in range(len(L))]
+        np.testing.assert_allclose(rows[row]["per_seed"]["sa_gain"], gain, rtol=1e-5)
+    assert np.isnan(rows["standalone"]["per_seed"]["forgetting"]).all()
+    assert np.isfinite(rows["standalone"]["per_seed"]["diag_loss"]).all()
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
@@ -132,6 +200,9 @@ def test_bf16_run_stays_within_tolerance_of_float32(tiny_run):
     [
         (["rows=finetune,ppo"], "unknown row 'ppo'"),
         (["rows=ewc"], "needs 'ewc' in methods"),
+        (["rows=finetune@random"], "unknown row 'finetune@random'"),
+        (["rows=joint@similar"], "unknown row 'joint@similar'"),
+        (["rows=standalone+rewarm"], "unknown row 'standalone\\+rewarm'"),
         (["model.name=xl"], "model.name='xl' is not valid here; valid: scratch, xs, s, m, smollm2-135m"),
         (["model.tokenizer=smollm2"], "model.tokenizer='smollm2' is not valid here; valid: byte"),
         (["model.name=xs,smollm2-135m"], "tokenizer mismatch; set model.tokenizer=smollm2"),
