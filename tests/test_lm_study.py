@@ -150,6 +150,45 @@ def test_standalone_and_ordered_rows_end_to_end():
     assert np.isfinite(rows["standalone"]["per_seed"]["diag_loss"]).all()
 
 
+def test_kappatune_on_the_llama_ranks_each_layer_matrix_and_freezes_the_rest():
+    """KappaTune in ``lm-cpt`` (row ``kappatune``): the selection after the first domain ranks
+    every layer's slice of each stacked matrix (and the embedding) by its condition number (numpy's
+    ``cond``), keeps the ``ceil(fraction * n)`` smallest; training the next domain changes exactly
+    the selected slices."""
+
+    cfg = config.resolve(
+        config.load("lm-cpt", tiny=True),
+        ["methods=finetune,kappatune", "rows=kappatune", "kappatune.lr=3e-3"],
+    )
+    lm.validate(cfg)
+    model, pre = lm.load_model(cfg, "xs")
+    stream = lm.build_stream(cfg)
+    prog = lm.Program(cfg, model, pre, "kappatune")
+    state = prog.init(pre, lm.seeds_keys(cfg["seed"], cfg["seeds"]), stream)
+    state, _ = prog.domain(state, jnp.int32(0), prog.hp, stream)
+    p0 = jax.tree.map(lambda a: np.asarray(a[0]), state.params)  # seed 0
+    mask = jax.tree.map(lambda a: np.asarray(a[0]), state.opt_state.mask)
+    units = {("embed", None): np.linalg.cond(p0["embed"])}
+    for k, w in p0["layers"].items():
+        if w.ndim == 3:
+            units.update({(k, l): np.linalg.cond(w[l]) for l in range(len(w))})
+    n_keep = int(np.ceil(cfg["kappatune"]["kappa_fraction"] * len(units)))
+    keep = set(sorted(units, key=units.get)[:n_keep])
+    assert float(mask["embed"]) == (("embed", None) in keep)
+    for k, m in mask["layers"].items():
+        want = (
+            [(k, l) in keep for l in range(m.shape[0])] if p0["layers"][k].ndim == 3 else [False] * m.shape[0]
+        )
+        np.testing.assert_array_equal(m.reshape(-1), want, err_msg=k)
+    assert float(mask["final_norm"]) == 0.0
+    state, _ = prog.domain(state, jnp.int32(1), prog.hp, stream)
+    p1 = jax.tree.map(lambda a: np.asarray(a[0]), state.params)
+    for k, w in p1["layers"].items():
+        for l in range(len(w)):
+            moved = np.abs(w[l] - p0["layers"][k][l]).max() > 0
+            assert moved == bool(mask["layers"][k].reshape(-1)[l]), (k, l)
+
+
 def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
     cfg, out, res = tiny_run
     row_dir = os.path.join(out, "checkpoints", "xs", "finetune+rewarm")
