@@ -6,7 +6,7 @@
     jaxcl run unlearn-class --set ssd.alpha=5 --set methods=ssd,gu-npo --seeds 3
     jaxcl run unlearn-class --set data.scenario=sub-class --set data.forget_class=0
     jaxcl run unlearn-class --model vit --set ssd.alpha=5      # ViT: the SSD paper's alpha
-    jaxcl run unlearn-class --set iau_reg_train=true           # IAU from its own regularised original
+    jaxcl run unlearn-class --set iau_reg_train=true           # + rows original-reg, iau-reg (IAU from its regularised original)
     jaxcl sweep unlearn-class --tiny --grid ssd.alpha=5,10,20 [--grid ssd.lambda=0.5,1]
 
 An original ResNet-18 (28x28 variant, width 16, pure BatchNorm: batch statistics in training,

@@ -120,6 +120,36 @@ def loss_metrics(L: np.ndarray, b: np.ndarray, trace: np.ndarray, w: int = 10) -
     }
 
 
+def gain_vs_standalone(L: np.ndarray, s: np.ndarray) -> float:
+    """Continual pre-training against stand-alone fine-tuning (Yildiz et al., "Investigating
+    Continual Pretraining in Large Language Models", 2024): ``mean_{j>=1} (s[j] - L[j, j])``, where
+    ``L[j, j]`` is the held-out loss on domain j right after training through domains 0..j and
+    ``s[j]`` the loss on j after training on j alone, from the same start, for as many steps.
+    Positive: the domains before j helped j (forward transfer); domain 0 is left out (its run is
+    the stand-alone one)."""
+    T = L.shape[0]
+    if T < 2:
+        return 0.0
+    return float(np.mean([s[j] - L[j, j] for j in range(1, T)]))
+
+
+def js_divergence(P: np.ndarray) -> np.ndarray:
+    """Pairwise Jensen-Shannon divergence (nats) between the rows of ``P`` (K x V counts or
+    probabilities, each row normalised to sum 1): ``JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2``
+    with ``m = (p + q) / 2``; 0 for equal rows, at most ln 2 for disjoint supports. K x K,
+    symmetric."""
+    P = np.asarray(P, np.float64)
+    P = P / P.sum(1, keepdims=True)
+    K = len(P)
+    out = np.zeros((K, K))
+    for a in range(K):
+        for b in range(a + 1, K):
+            m = (P[a] + P[b]) / 2
+            kl = lambda p: float(np.sum(p[p > 0] * np.log(p[p > 0] / m[p > 0])))  # noqa: E731
+            out[a, b] = out[b, a] = (kl(P[a]) + kl(P[b])) / 2
+    return out
+
+
 def hedges_g(a, b) -> float:
     """Hedges' g of ``mean(a) - mean(b)`` over independent samples (seeds): Cohen's d with the
     pooled standard deviation ``sqrt(((n_a-1) s_a^2 + (n_b-1) s_b^2) / (n_a+n_b-2))`` (``ddof=1``)

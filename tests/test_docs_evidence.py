@@ -353,7 +353,7 @@ def test_study_summaries_are_consistent():
                 )
                 if v.size > 1 and v.std() > 0:
                     lo, hi = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
-                    np.testing.assert_allclose(c["ci95"], (hi - lo) / 2, rtol=1e-9, err_msg=where)
+                    np.testing.assert_allclose(c["ci95"], (hi - lo) / 2, rtol=1e-9, atol=1e-12, err_msg=where)
         for name, r in s.get("comparisons", {}).items():
             a, b = name.split(" - ")
             for key, c in r["columns"].items():

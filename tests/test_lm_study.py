@@ -32,6 +32,39 @@ def test_loss_metrics_by_hand():
     assert m["max_loss"] == pytest.approx((3.0 + 3.5) / 2)
 
 
+def test_unigram_js_divergence_against_hand_values_and_scipy():
+    from scipy.spatial.distance import jensenshannon
+
+    P = np.array([[2.0, 2.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
+    D = M.js_divergence(P)
+    assert D[0, 1] == pytest.approx(0.5 * np.log(2))  # m = (1/4, 1/2, 1/4): KL = ln2 / 2 each
+    assert D[0, 2] == pytest.approx(np.log(2))  # disjoint supports
+    assert D[0, 3] == 0.0 and np.allclose(D, D.T) and np.all(np.diag(D) == 0)
+    rng = np.random.default_rng(0)
+    Q = rng.random((4, 7)) * (rng.random((4, 7)) > 0.3)
+    want = np.array([[jensenshannon(a, b) ** 2 for b in Q] for a in Q])  # natural log by default
+    np.testing.assert_allclose(M.js_divergence(Q), want, atol=1e-12)
+
+
+def test_domain_orders_and_gain_vs_standalone_by_hand():
+    D = np.array([[0, 0.1, 0.5, 0.3], [0.1, 0, 0.2, 0.6], [0.5, 0.2, 0, 0.4], [0.3, 0.6, 0.4, 0]])
+    assert lm.domain_order(D, similar=True) == [0, 1, 2, 3]  # 0 -> 1 (0.1) -> 2 (0.2) -> 3
+    assert lm.domain_order(D, similar=False) == [0, 2, 3, 1]  # 0 -> 2 (0.5) -> 3 (0.4 > 0.2) -> 1
+    L = np.array([[2.0, 5.0, 6.0], [2.5, 3.0, 5.5], [3.0, 3.5, 2.5]])
+    s = np.array([2.0, 3.5, 2.0])  # each domain trained alone
+    assert M.gain_vs_standalone(L, s) == pytest.approx(((3.5 - 3.0) + (2.0 - 2.5)) / 2)
+    # a row in another order: its matrix and the stand-alone losses are both taken in that order
+    trace = np.zeros((1, 3, 1, 3))
+    order = [2, 0, 1]
+    for i, t in enumerate(order):  # trained t at position i; evaluated in the stream's order
+        trace[0, i, 0] = np.arange(3) + 10 * i + (t == np.arange(3)) * 0.5
+    per, Lr = lm.row_metrics(trace, np.full((1, 3), 9.0), order, standalone=np.array([[10.0, 20.0, 30.0]]))
+    np.testing.assert_allclose(Lr[0], trace[0, :, 0][:, order])
+    diag = [Lr[0, i, i] for i in range(3)]  # 2.5, 10.5, 21.5
+    assert per["diag_loss"][0] == pytest.approx(np.mean(diag))
+    assert per["sa_gain"][0] == pytest.approx(((10.0 - diag[1]) + (20.0 - diag[2])) / 2)
+
+
 def test_lr_restart_every_rewarms_the_schedule():
     tx = optimizer("sgd", 1.0, warmup_cosine_steps=10, lr_restart_every=10)
     p = jnp.zeros(())
@@ -80,6 +113,128 @@ def test_tiny_study_writes_results_and_learns_each_domain(tiny_run):
         assert np.std(row["per_seed"]["final_loss"]) > 0  # seeds differ
         for k in ("bwt", "forgetting", "fwt", "max_loss", "final_ppl"):
             assert np.all(np.isfinite(row["per_seed"][k])), (name, k)
+
+
+def test_standalone_and_ordered_rows_end_to_end():
+    """Three domains, rows ``finetune``, ``finetune@similar``, ``finetune@dissimilar`` and
+    ``standalone`` (2 seeds): the orders are the greedy chains of the stream's unigram JS matrix;
+    stand-alone training on the first domain is the continual row's first domain (same start and
+    keys), so each row's ``vs stand-alone`` equals the column recomputed from the loss matrices."""
+    cfg = config.resolve(
+        config.load("lm-cpt", tiny=True),
+        [
+            "data.domains=zen,bible:ruth,bible:jonah",
+            "rows=finetune,finetune@similar,finetune@dissimilar,standalone",
+        ],
+    )
+    res = lm.run(cfg, None, verbose=False)
+    names = list(cfg["data"]["domains"])
+    D = np.asarray(res["extra"]["unigram_js"])
+    want = lm.unigram_divergence(res["stream"])
+    np.testing.assert_allclose(D, want, atol=1e-6)
+    assert D[0, 1] > 0 and D[1, 2] > 0
+    for o in lm.ORDERS:
+        order = lm.domain_order(want, o == "similar")
+        assert res["extra"]["orders"][o] == [names[t] for t in order]
+        assert res["rows"][f"finetune@{o}"]["order"] == res["extra"]["orders"][o]
+    rows = res["rows"]
+    sa = np.diagonal(np.asarray(rows["standalone"]["L_per_seed"]), axis1=1, axis2=2)  # (S, T) stream order
+    L_ft = np.asarray(rows["finetune"]["L_per_seed"])
+    np.testing.assert_allclose(sa[:, 0], L_ft[:, 0, 0], rtol=1e-6)  # the same first domain
+    for row in ("finetune", "finetune@similar", "finetune@dissimilar"):
+        L = np.asarray(rows[row]["L_per_seed"])
+        s = sa[:, [names.index(n) for n in rows[row]["order"]]]
+        gain = [np.mean([s[k, j] - L[k, j, j] for j in (1, 2)]) for k in range(len(L))]
+        np.testing.assert_allclose(rows[row]["per_seed"]["sa_gain"], gain, rtol=1e-5)
+    assert np.isnan(rows["standalone"]["per_seed"]["forgetting"]).all()
+    assert np.isfinite(rows["standalone"]["per_seed"]["diag_loss"]).all()
+
+
+def test_kappatune_on_the_llama_ranks_each_layer_matrix_and_freezes_the_rest():
+    """KappaTune in ``lm-cpt`` (row ``kappatune``): the selection after the first domain ranks
+    every layer's slice of each stacked matrix (and the embedding) by its condition number (numpy's
+    ``cond``), keeps the ``ceil(fraction * n)`` smallest; training the next domain changes exactly
+    the selected slices."""
+
+    cfg = config.resolve(
+        config.load("lm-cpt", tiny=True),
+        ["methods=finetune,kappatune", "rows=kappatune", "kappatune.lr=3e-3"],
+    )
+    lm.validate(cfg)
+    model, pre = lm.load_model(cfg, "xs")
+    stream = lm.build_stream(cfg)
+    prog = lm.Program(cfg, model, pre, "kappatune")
+    state = prog.init(pre, lm.seeds_keys(cfg["seed"], cfg["seeds"]), stream)
+    state, _ = prog.domain(state, jnp.int32(0), prog.hp, stream)
+    p0 = jax.tree.map(lambda a: np.asarray(a[0]), state.params)  # seed 0
+    mask = jax.tree.map(lambda a: np.asarray(a[0]), state.opt_state.mask)
+    units = {("embed", None): np.linalg.cond(p0["embed"])}
+    for k, w in p0["layers"].items():
+        if w.ndim == 3:
+            units.update({(k, l): np.linalg.cond(w[l]) for l in range(len(w))})
+    n_keep = int(np.ceil(cfg["kappatune"]["kappa_fraction"] * len(units)))
+    keep = set(sorted(units, key=units.get)[:n_keep])
+    assert float(mask["embed"]) == (("embed", None) in keep)
+    for k, m in mask["layers"].items():
+        want = (
+            [(k, l) in keep for l in range(m.shape[0])] if p0["layers"][k].ndim == 3 else [False] * m.shape[0]
+        )
+        np.testing.assert_array_equal(m.reshape(-1), want, err_msg=k)
+    assert float(mask["final_norm"]) == 0.0
+    state, _ = prog.domain(state, jnp.int32(1), prog.hp, stream)
+    p1 = jax.tree.map(lambda a: np.asarray(a[0]), state.params)
+    for k, w in p1["layers"].items():
+        for l in range(len(w)):
+            moved = np.abs(w[l] - p0["layers"][k][l]).max() > 0
+            assert moved == bool(mask["layers"][k].reshape(-1)[l]), (k, l)
+
+
+def test_gere_on_the_llama_labels_hidden_states_and_its_margin_keeps_them():
+    """GeRe in ``lm-cpt`` (row ``gere``): after the first domain the general set holds token
+    windows whose labels are the three-way split of the final-norm hidden states at ``mu +-
+    sigma`` per dimension over every position (numpy); the margin loss is 0 on them then; training
+    the next domain with the margin (weight 100) leaves a smaller margin loss on the general set
+    than weight 0, from the same state, for every seed."""
+    from jaxcl.methods import gere
+
+    cfg = config.resolve(
+        config.load("lm-cpt", tiny=True),
+        [
+            "methods=finetune,gere",
+            "rows=gere",
+            "gere.lr=3e-3",
+            "gere.general_samples=8",
+            "gere.memory_batch=4",
+        ],
+    )
+    lm.validate(cfg)
+    model, pre = lm.load_model(cfg, "xs")
+    stream = lm.build_stream(cfg)
+    prog = lm.Program(cfg, model, pre, "gere")
+    state = prog.init(pre, lm.seeds_keys(cfg["seed"], cfg["seeds"]), stream)
+    state, _ = prog.domain(state, jnp.int32(0), prog.hp, stream)
+    g = jax.tree.map(np.asarray, state.data_state)
+    assert (g["on"] == 1).all() and g["labels"].shape[2:] == (cfg["data"]["seq_len"] - 1, model.cfg.d_model)
+
+    def margin(params, s):
+        p = jax.tree.map(lambda a: a[s], params)
+        h = gere.lm_states(model, p, jnp.asarray(g["tokens"][s])).reshape(-1, model.cfg.d_model)
+        lab = jnp.asarray(g["labels"][s].reshape(-1, model.cfg.d_model))
+        return np.asarray(h), float(gere.tm_loss(h, lab, g["pos"][s], g["neg"][s]))
+
+    for s in range(cfg["seeds"]):
+        h0, tm0 = margin(state.params, s)
+        mu, sd = h0.astype(np.float64).mean(0), h0.astype(np.float64).std(0)
+        want = np.where(h0 <= mu - sd, 0, np.where(h0 >= mu + sd, 2, 1))
+        near = np.isclose(h0, mu - sd, atol=1e-5) | np.isclose(h0, mu + sd, atol=1e-5)
+        np.testing.assert_array_equal(g["labels"][s].reshape(h0.shape)[~near], want[~near])
+        assert tm0 == 0.0
+    runs = {}
+    for w in (0.0, 100.0):
+        hp = {**prog.hp, "gere_weight": jnp.asarray(w, prog.hp["gere_weight"].dtype)}
+        st, _ = prog.domain(jax.tree.map(jnp.copy, state), jnp.int32(1), hp, stream)
+        runs[w] = [margin(st.params, s)[1] for s in range(cfg["seeds"])]
+    assert all(a < b for a, b in zip(runs[100.0], runs[0.0])), runs
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
@@ -132,6 +287,9 @@ def test_bf16_run_stays_within_tolerance_of_float32(tiny_run):
     [
         (["rows=finetune,ppo"], "unknown row 'ppo'"),
         (["rows=ewc"], "needs 'ewc' in methods"),
+        (["rows=finetune@random"], "unknown row 'finetune@random'"),
+        (["rows=joint@similar"], "unknown row 'joint@similar'"),
+        (["rows=standalone+rewarm"], "unknown row 'standalone\\+rewarm'"),
         (["model.name=xl"], "model.name='xl' is not valid here; valid: scratch, xs, s, m, smollm2-135m"),
         (["model.tokenizer=smollm2"], "model.tokenizer='smollm2' is not valid here; valid: byte"),
         (["model.name=xs,smollm2-135m"], "tokenizer mismatch; set model.tokenizer=smollm2"),

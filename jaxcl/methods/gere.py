@@ -24,6 +24,13 @@ end (``consolidate``) ``general_samples`` rows of that task's ``loop.consolidate
 examples (repeated when fewer) become the general set with their features
 ``model.features`` (the penultimate activations); it stays fixed afterwards. Each step replays
 ``memory_batch`` of them.
+
+On a language model (``model.nll``: the Llama) the general set is ``general_samples`` token
+windows of the first domain's ``consolidate_samples`` (``{'tokens', 'mask'}``), the activation
+states are the last layer's hidden states after the final norm (what Hugging Face's
+``hidden_states[-1]`` gives) at every position that predicts a token, ``(T - 1) x D`` per window,
+with the thresholds per dimension over all of them, and CE is the token-mean NLL of the task
+batch and of the replayed windows.
 """
 
 import jax
@@ -31,7 +38,8 @@ import jax.numpy as jnp
 import optax
 
 from ..engine import DataTransform
-from ..losses import masked_logits
+from ..losses import masked_logits, mean_nll
+from ..models import llama
 from .base import (
     LR,
     OPTIMIZER_OPTIONS,
@@ -66,6 +74,81 @@ def tm_loss(h_BxF, labels_BxF, pos_F, neg_F, weight_B=None):
     if weight_B is not None:
         l = l * weight_B[:, None]
     return l.sum() / (jax.lax.stop_gradient((l > 0).sum()) + 1e-8)
+
+
+def lm_states(model, params, tokens_BxT):
+    """A language model's activation states: the final-norm hidden states of the last layer at
+    the positions that predict a token, ``(B, T-1, D)`` float32."""
+    h = llama.forward(model.cfg, params, tokens_BxT[:, :-1], return_hidden=True)
+    return h.astype(jnp.float32)
+
+
+def general_set_lm(model, params_like, size: int, mem_n: int) -> DataTransform:
+    """:func:`general_set` for token windows: state ``{'tokens', 'mask', 'labels' (size, T-1, D),
+    'pos', 'neg', 'on'}``."""
+
+    def init(example):
+        t = example["tokens"]
+        d = jax.eval_shape(lambda p, x: lm_states(model, p, x), params_like, t[:1]).shape[-1]
+        return {
+            "tokens": jnp.zeros((size,) + t.shape[1:], t.dtype),
+            "mask": jnp.ones((size,) + t.shape[1:], bool),
+            "labels": jnp.zeros((size, t.shape[1] - 1, d), jnp.int8),
+            "pos": jnp.zeros((d,), jnp.float32),
+            "neg": jnp.zeros((d,), jnp.float32),
+            "on": jnp.zeros((), jnp.float32),
+        }
+
+    def update(batch, state, key):
+        idx = jax.random.randint(key, (mem_n,), 0, size)
+        g = {k: state[k][idx] for k in ("tokens", "mask", "labels")}
+        g.update(pos=state["pos"], neg=state["neg"], weight=jnp.full((mem_n,), state["on"]))
+        return {**batch, "general": g}, state
+
+    return DataTransform(init, update)
+
+
+def collect_lm(model, data_state, params, task_batch):
+    """:func:`collect` for token windows: thresholds over every position of every window."""
+    size = data_state["tokens"].shape[0]
+    idx = jnp.arange(size) % task_batch["tokens"].shape[0]
+    tokens, mask = task_batch["tokens"][idx], task_batch["mask"][idx]
+    h0 = lm_states(model, params, tokens)
+    lab, pos, neg = state_labels(h0.reshape(-1, h0.shape[-1]))
+    new = {
+        "tokens": tokens.astype(data_state["tokens"].dtype),
+        "mask": mask,
+        "labels": lab.reshape(h0.shape),
+        "pos": pos,
+        "neg": neg,
+        "on": jnp.ones((), jnp.float32),
+    }
+    first = data_state["on"] == 0
+    return jax.tree.map(lambda a, b: jnp.where(first, a, b), new, data_state)
+
+
+def gere_lm_loss(model, weight, dynamic: bool):
+    """GeRe's loss on a language model: token-mean NLL of the batch and of the general windows,
+    and the margin loss on the general windows' states."""
+    nll = mean_nll(model)
+
+    def loss_fn(params, batch, key):
+        del key
+        g = batch["general"]
+        ce_task = nll(params, {"tokens": batch["tokens"], "mask": batch["mask"]})
+        h_MxTxD = lm_states(model, params, g["tokens"])
+        lp_MxT = llama.target_logprobs(model.cfg, params, h_MxTxD, g["tokens"][:, 1:])
+        m_MxT = g["mask"][:, 1:].astype(jnp.float32)
+        ce_gen = -(lp_MxT * m_MxT).sum() / jnp.maximum(m_MxT.sum(), 1.0)
+        on = g["weight"].max()
+        ce = jnp.where(on > 0, (ce_task + ce_gen) / 2, ce_task)
+        D, T1 = h_MxTxD.shape[-1], h_MxTxD.shape[1]
+        w_N = jnp.repeat(g["weight"], T1)
+        tm = tm_loss(h_MxTxD.reshape(-1, D), g["labels"].reshape(-1, D), g["pos"], g["neg"], w_N)
+        w = jax.lax.stop_gradient(ce / (tm + 1e-8)) if dynamic else weight
+        return ce + on * w * tm, {"ce": ce_task, "ce_general": ce_gen, "tm_loss": tm}
+
+    return loss_fn
 
 
 def general_set(model, params_like, size: int, mem_n: int) -> DataTransform:
@@ -144,13 +227,15 @@ def gere_loss(model, weight, dynamic: bool):
 
 def build(model, hp, params_like, **options):
     opt = pop_optimizer(options)
-    data = general_set(model, params_like, options["general_samples"], options["memory_batch"])
+    is_lm = hasattr(model, "nll")
+    make_set, gather = (general_set_lm, collect_lm) if is_lm else (general_set, collect)
+    data = make_set(model, params_like, options["general_samples"], options["memory_batch"])
 
     def consolidate(state, task_batch, key):
         del key
-        return state.replace(data_state=collect(model, state.data_state, state.params, task_batch))
+        return state.replace(data_state=gather(model, state.data_state, state.params, task_batch))
 
-    loss = gere_loss(model, hp["gere_weight"], options["dynamic_weight"])
+    loss = (gere_lm_loss if is_lm else gere_loss)(model, hp["gere_weight"], options["dynamic_weight"])
     return Method(loss, optimizer_from(opt, hp["lr"]), data=data, consolidate=consolidate)
 
 

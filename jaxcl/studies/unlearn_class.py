@@ -90,7 +90,9 @@ DEFAULTS = {
     "methods": METHODS,
     "seeds": 1,
     "seed": 0,
-    "iau_reg_train": False,  # train IAU's own original with its gradient-norm regulariser
+    # also train IAU's own original with its gradient-norm regulariser (rows original-reg, iau-reg;
+    # a sweep of iau unlearns from it)
+    "iau_reg_train": False,
     "iau_reg": 0.005,
 }
 
@@ -111,6 +113,8 @@ COLUMNS = [
     ("time_s", "time (s)", "seconds"),
 ]
 
+# rows added by iau_reg_train: IAU's regularised original and IAU unlearning from it
+REG_ROWS = ("original-reg", "iau-reg")
 DATASETS = ("fashion-mnist", "cifar10")
 MESH_BATCHES = ("train.batch_size", "unlearn.batch_size")  # split over a mesh's data axis
 NEEDS_ALTERNATIVES = ("idk", "gu-idk", "dpo", "gu-dpo")  # language-model methods (batch['forget_alt'])
@@ -167,9 +171,11 @@ def check_methods(cfg: dict, methods) -> None:
 
 
 def unlearn(ctx: Context, name: str) -> dict:
-    """Method ``name`` from the original (all seeds in one program), evaluated and cached."""
-    phase, hp = unlearner(ctx.model, ctx.cfg, name, ctx.mesh)
-    start = ctx.start(name)
+    """Method ``name`` from the original (all seeds in one program), evaluated and cached; row
+    ``iau-reg`` is IAU from its own regularised original (``iau_reg_train``)."""
+    reg = name == REG_ROWS[1]
+    phase, hp = unlearner(ctx.model, ctx.cfg, "iau" if reg else name, ctx.mesh)
+    start = ctx.regularised_original() if reg else ctx.params["original"]
     axes = (0, 0, None, None)
     fn = seeds_map(phase.run, axes, ctx.mesh, model=ctx.model)
     args = place_seeds((start, role_keys(ctx.cfg, UNLEARN), ctx.data, hp), axes, ctx.mesh)
@@ -216,16 +222,27 @@ def ulira_row(phi_in, phi_out) -> tuple[dict, dict]:
 # -- run -------------------------------------------------------------------------------------
 
 
+def row_names(cfg: dict) -> tuple[str, ...]:
+    """The rows of a run: oracle, original, each method, and with ``iau_reg_train`` (and IAU among
+    the methods) also IAU's regularised original and IAU from it (:data:`REG_ROWS`), so both IAU
+    rows come from the same seeds' originals (paired)."""
+    reg = REG_ROWS if cfg["iau_reg_train"] and "iau" in cfg["methods"] else ()
+    return ("oracle", "original", *cfg["methods"], *reg)
+
+
 def body(cfg: dict, run: Run) -> Report:
     """Oracle, original and every method of the config; with ``run.out``, the models and rows are
     cached under ``<out>/cache`` (a rerun reuses them; ``--fresh`` ignores them). With a mesh, seeds
     are sharded over its ``seeds`` axis and every training batch over its ``data`` axis."""
     ctx = prepare(cfg, run.out, fresh=run.fresh, verbose=run.verbose, mesh=run.mesh)
     entries = {}
-    for name in ("oracle", "original", *cfg["methods"]):
+    for name in row_names(cfg):
         done = ctx.store.load_method(entry_key(cfg, name)) if ctx.store else None
         if done is None and name in ("oracle", "original"):
             done = ctx.evaluated(name, ctx.params[name], ctx.timing[name])
+            _progress(ctx, name, done, cached=False)
+        elif done is None and name == REG_ROWS[0]:
+            done = ctx.evaluated(name, ctx.regularised_original(), ctx.timing["iau_original"])
             _progress(ctx, name, done, cached=False)
         elif done is None:
             done = unlearn(ctx, name)

@@ -158,12 +158,14 @@ def forget_phi(model, cfg: dict) -> Callable:
 
 def entry_key(cfg: dict, name: str) -> str:
     """A row's cache file name: ``oracle``, ``original``, or a method's name and a hash of its own
-    settings (IAU's with the regularised original's)."""
+    settings (``iau-reg``: IAU's and the regulariser's weight; ``original-reg``: the weight)."""
     if name in ("oracle", "original"):
         return name
-    settings = dict(cfg[name])
-    if name == "iau":
-        settings.update(iau_reg_train=cfg["iau_reg_train"], iau_reg=cfg["iau_reg"])
+    if name == "original-reg":
+        return f"{name}-{fingerprint({'iau_reg': cfg['iau_reg']})}"
+    settings = dict(cfg["iau" if name == "iau-reg" else name])
+    if name == "iau-reg":
+        settings.update(iau_reg=cfg["iau_reg"])
     return f"{name}-{fingerprint(settings)}"
 
 
@@ -219,10 +221,15 @@ class Context:
         return entry
 
     def start(self, name: str):
-        """The parameters method ``name`` unlearns from (IAU's own regularised original when
-        ``iau_reg_train``)."""
+        """The parameters a sweep of method ``name`` unlearns from (IAU's own regularised original
+        when ``iau_reg_train``)."""
         if name != "iau" or not self.cfg["iau_reg_train"]:
             return self.params["original"]
+        return self.regularised_original()
+
+    def regularised_original(self):
+        """IAU's original (all seeds): the original's recipe, same keys, with the loss
+        ``L + iau_reg * ||grad L||^2`` (:func:`grad_norm_finetune`); trained once per run."""
         if "iau_original" not in self.params:
             spec = grad_norm_finetune(self.cfg["iau_reg"])
             axes = (0, None, None)
