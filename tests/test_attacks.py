@@ -4,6 +4,7 @@ behaviours the attacks exist for on a tiny random Llama: a model fine-tuned on t
 gives them away, an untouched one does not; PrivLeak's sign; EM = ES = 1 on a memorised row;
 the relearning attack brings a forgotten set back."""
 
+import math
 import zlib
 
 import jax
@@ -182,6 +183,7 @@ def test_privleak_sign(setup, members_model):
     assert attacks.privleak(auc_kept, auc_retrain) < -50  # under-unlearning: large negative
     assert attacks.privleak(auc_retrain, auc_retrain) == pytest.approx(0.0)
     assert attacks.privleak(0.3, 0.5) == pytest.approx((0.7 - 0.5) / 0.5 * 100)  # over-unlearning
+    assert math.isnan(attacks.privleak(0.5, 1.0))  # no scale: the retrained model's AUC' is 0
 
 
 def test_exact_memorisation_of_a_memorised_row(setup):

@@ -139,3 +139,23 @@ def test_forget_quality_is_the_ks_p_value(shift):
     np.testing.assert_allclose(tm.forget_quality(x, y), ref.pvalue, rtol=1e-12)
     if shift == 1.5:  # disjoint samples: the smallest p-value there is, 2 / C(13, 6)
         np.testing.assert_allclose(tm.forget_quality(x, y), 2 / 1716, rtol=1e-9)
+
+
+def test_evaluation_chunks_pad_a_few_rows_to_a_power_of_two_not_a_whole_batch():
+    """``chunk_rows``: a set of n rows is scored in chunks of min(batch, 2^ceil(log2 n)) rows, and
+    the per-row NLL does not depend on the chunking (padding rows are dropped)."""
+    from jaxcl.models import llama
+
+    assert [tm.chunk_rows(n, 32) for n in (1, 2, 3, 4, 5, 8, 9, 31, 32, 33, 200)] == [
+        1, 2, 4, 4, 8, 8, 16, 32, 32, 32, 32
+    ]  # fmt: skip
+    cfg = llama.LlamaConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32)
+    params = llama.init_params(cfg, 0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 32, (5, 12)).astype(np.int32)
+    mask = rng.random((5, 12)) < 0.6
+    one_by_one = np.concatenate(
+        [tm.avg_nll(cfg, params, tokens[i : i + 1], mask[i : i + 1], 1) for i in range(5)]
+    )
+    np.testing.assert_allclose(tm.avg_nll(cfg, params, tokens, mask, 32), one_by_one, rtol=1e-5)
+    np.testing.assert_allclose(tm.avg_nll(cfg, params, tokens, mask, 2), one_by_one, rtol=1e-5)

@@ -39,9 +39,18 @@ def _chunk_nll(params, tokens_BxT, mask_BxT, *, cfg):
     return s / jnp.maximum(n, 1.0)
 
 
+def chunk_rows(n: int, batch_size: int) -> int:
+    """The rows of one evaluation chunk for ``n`` rows: ``batch_size``, or the next power of two
+    at or above ``n`` when that is smaller (a few rows are not padded to a whole batch; at most
+    log2(batch_size) + 1 programs are compiled)."""
+    return min(batch_size, 1 << max(0, int(n) - 1).bit_length())
+
+
 def avg_nll(cfg, params, tokens, mask, batch_size: int) -> np.ndarray:
-    """Mean answer-token NLL per row (N,), in fixed-size jitted chunks (one compile per shape)."""
+    """Mean answer-token NLL per row (N,), in fixed-size jitted chunks (one compile per shape;
+    :func:`chunk_rows`)."""
     N = len(tokens)
+    batch_size = chunk_rows(N, batch_size)
     pad = -N % batch_size
     tokens = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)])
     mask = np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
@@ -72,6 +81,7 @@ def greedy_answers(
     """Greedy answers with the KV cache, prompts left-padded to `prompt_len` (one compile)."""
     prompts = tdata.encode_prompts(tokenizer, questions)
     prompts = [p[-prompt_len:] for p in prompts]
+    batch_size = chunk_rows(len(prompts), batch_size)
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i : i + batch_size]

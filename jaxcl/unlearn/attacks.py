@@ -240,9 +240,10 @@ def privleak(auc_unlearned, auc_retrain):
     scores ``-loss``: ``muse_bench/metrics/privleak.py``; open-unlearning's ``privleak`` converts
     the same way). Near 0: the unlearned model leaks as much as one retrained without the forget
     set; negative: under-unlearning (the forget rows still look like members); positive:
-    over-unlearning."""
+    over-unlearning. NaN where the retrained model's ``AUC'`` is 0 (its AUC 1: the attack tells the
+    forget rows from the holdout without any training on them, so the ratio has no scale)."""
     a_u, a_r = 1.0 - auc_unlearned, 1.0 - auc_retrain
-    return (a_u - a_r) / (a_r + 1e-10) * 100.0
+    return float("nan") if a_r <= 0.0 else (a_u - a_r) / a_r * 100.0
 
 
 # -- relearning attack -------------------------------------------------------------------------
