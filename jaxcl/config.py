@@ -274,6 +274,16 @@ def method_settings(cfg: dict, name: str) -> tuple[dict, dict]:
     return METHODS[name].split(cfg[name])
 
 
+def method_section(cfg: dict, name: str) -> dict:
+    """The raw settings of method ``name`` in a resolved config: its section, or a chain's
+    gathered from its pieces' sections (``kl.beta``: :func:`jaxcl.methods.compose.settings_section`)."""
+    if "+" in name:
+        from .methods.compose import settings_section
+
+        return settings_section(cfg, name)
+    return cfg[name]
+
+
 def get(cfg: dict, key: str):
     """The value at a dotted key (``get(cfg, "loop.eval_every")``)."""
     for p in key.split("."):

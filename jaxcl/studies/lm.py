@@ -87,14 +87,22 @@ COLUMNS = [
 
 
 def parse_row(row: str) -> tuple[str, bool]:
-    """``"er+rewarm"`` -> ``("er", True)``; ``"joint"`` -> ``("joint", False)``."""
-    name, _, suffix = row.partition("+")
-    if suffix not in ("", "rewarm") or (name not in LM_METHODS and name != "joint"):
+    """``"er+rewarm"`` -> ``("er", True)``; ``"joint"`` -> ``("joint", False)``; a chain of
+    methods (``"finetune+kl"``, :mod:`jaxcl.methods.compose`) -> ``("finetune+kl", False)``."""
+    rewarm = row.endswith("+rewarm")
+    name = row[: -len("+rewarm")] if rewarm else row
+    if name.split("+")[0] not in LM_METHODS and name != "joint":
         raise ConfigError(
-            f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} with an optional "
-            "'+rewarm', or 'joint'"
+            f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} (or a chain of one and "
+            "modifiers in methods, e.g. finetune+kl) with an optional '+rewarm', or 'joint'"
         )
-    return name, suffix == "rewarm"
+    return name, rewarm
+
+
+def row_names(cfg: dict) -> tuple[str, ...]:
+    """The rows: ``rows``, then each chain of ``methods`` (``finetune+kl``) that no row names."""
+    named = {parse_row(r)[0] for r in cfg["rows"]}
+    return tuple(cfg["rows"]) + tuple(m for m in cfg["methods"] if "+" in m and m not in named)
 
 
 def validate(cfg: dict) -> None:
@@ -103,7 +111,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.domains={d['domains']!r}: a continual study needs at least 2 domains")
     lm.check(cfg["model"], names=MODELS, tokenizers=("byte",))
     config.check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
-    for r in cfg["rows"]:
+    for r in row_names(cfg):
         name, _ = parse_row(r)
         if name != "joint" and name not in cfg["methods"]:
             raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
@@ -285,13 +293,13 @@ def body(cfg: dict, run: Run) -> Report:
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     T, S = stream.n_domains, cfg["seeds"]
     rows, raw, timing, params = {}, {}, {}, {}
-    total = len(sizes(cfg)) * len(cfg["rows"]) * T
+    total = len(sizes(cfg)) * len(row_names(cfg)) * T
     with run.progress(total, "domain") as bar:
         for size in sizes(cfg):
             model, pretrained = load_model(cfg, size)
             text.check_vocab(stream, model.cfg.vocab_size, cfg["model"]["tokenizer"])
             params[size] = llama.param_count(model.init(jax.random.key(0))) if pretrained is None else None
-            for row in cfg["rows"]:
+            for row in row_names(cfg):
                 name = _row_name(cfg, size, row)
                 bar.set_postfix_str(f"{name} x {S} seeds")
                 prog = Program(cfg, model, pretrained, row, run.mesh)
@@ -403,7 +411,7 @@ def programs(cfg: dict, mesh) -> list:
     for size in sizes(cfg):
         model, pretrained = load_model(cfg, size, shapes_only=True)
         pre = None if pretrained is None else C.abstract(pretrained, mesh)
-        for i, row in enumerate(cfg["rows"]):
+        for i, row in enumerate(row_names(cfg)):
             prog = Program(cfg, model, pretrained, row, mesh)
             name, hp = _row_name(cfg, size, row), C.abstract(prog.hp, mesh)
             state = jax.eval_shape(jax.vmap(prog._init, in_axes=(None, 0, None)), pre, keys, st)

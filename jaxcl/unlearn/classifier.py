@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import report
 from ..batching import resolve_mode
-from ..config import method_settings
+from ..config import method_section, method_settings
 from ..engine import check_finite
 from ..loops import Phase, PhaseConfig, as_hparams, seeds_keys
 from ..losses import with_grad_norm
@@ -161,7 +161,7 @@ def entry_key(cfg: dict, name: str) -> str:
     settings (IAU's with the regularised original's)."""
     if name in ("oracle", "original"):
         return name
-    settings = dict(cfg[name])
+    settings = dict(method_section(cfg, name))
     if name == "iau":
         settings.update(iau_reg_train=cfg["iau_reg_train"], iau_reg=cfg["iau_reg"])
     return f"{name}-{fingerprint(settings)}"
