@@ -89,12 +89,26 @@ def modifier(model, hp, params_like, **options) -> Modifier:
     return Modifier(tx=tx, data=DataTransform(init, update), extra_args=extra_args)
 
 
+class _Spec(MethodSpec):
+    """The ``gu`` modifier's spec: whole-number options checked before anything is compiled."""
+
+    def split(self, section: dict) -> tuple[dict, dict]:
+        hp, opts = super().split(section)
+        for k in ("rank", "capacity", "memory_batch"):
+            v = opts[k]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
+                raise ValueError(
+                    f"gu.{k}={v!r} is not valid; give a whole number >= 1 (default {self.options[k]})"
+                )
+        return hp, opts
+
+
 def _alone(model, hp, params_like, **options):
     raise ValueError("gu is a modifier; use it in a chain such as npo+gu or ewc+gu")
 
 
 GU = register(
-    MethodSpec(
+    _Spec(
         "gu",
         _alone,
         {},
