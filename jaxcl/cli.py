@@ -104,7 +104,11 @@ def _sets(args, cfg: dict) -> list[str]:
                 methods = item.split("=", 1)[1].split(",")
         from .methods import METHODS
 
-        sets.extend(f"{m}.lr={args.lr!r}" for m in methods if m in METHODS and "lr" in METHODS[m].hparams)
+        sets.extend(
+            f"{m}.lr={args.lr!r}"
+            for m in dict.fromkeys(x.split("+")[0] for x in methods)
+            if m in METHODS and "lr" in METHODS[m].hparams
+        )
     return sets + list(args.set)
 
 
@@ -208,6 +212,11 @@ def _list() -> int:
             if spec.applies_to(kind):
                 hp = ", ".join(f"{k}={h.default:g}" for k, h in spec.hparams.items())
                 print(f"  {name:13s} {spec.summary}  [{hp}]")
+    print("\nmodifiers (after a base in a chain, methods=base+modifier, e.g. ewc+gu; see README):")
+    for name, spec in sorted(METHODS.items()):
+        if spec.joins is not None:
+            hp = ", ".join(f"{k}={h.default:g}" for k, h in spec.hparams.items() if k != "lr")
+            print(f"  {name:13s} joins {', '.join(spec.joins.kinds)} bases  [{hp}]")
     return 0
 
 

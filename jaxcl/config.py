@@ -191,15 +191,16 @@ def resolve(cfg: dict, sets: list[str] | tuple = (), *, study=None) -> dict:
 
         study = get_study(cfg.get("study", ""))
     runnable = study.runnable()
+    sections = study.sections() if hasattr(study, "sections") else runnable
     full_defaults = {
         **copy.deepcopy(study.defaults),
         "study": cfg.get("study"),
         "name": cfg.get("name", ""),
         "tiny": False,
     }
-    full_defaults.update({n: METHODS[n].defaults() for n in runnable})
+    full_defaults.update({n: METHODS[n].defaults() for n in sections})
     for name in cfg:
-        if name in METHODS and name not in runnable:
+        if name in METHODS and name not in sections:
             raise ConfigError(
                 f"config section {name!r}: the {study.name} study does not run {name}; "
                 f"it runs: {', '.join(runnable)}"
@@ -207,16 +208,17 @@ def resolve(cfg: dict, sets: list[str] | tuple = (), *, study=None) -> dict:
     out = _merge(full_defaults, cfg, "")
     for item in sets:
         head = item.split("=", 1)[0].strip().split(".", 1)[0]
-        if head in METHODS and head not in runnable:
+        if head in METHODS and head not in sections:
             raise ConfigError(
                 f"--set {item}: the {study.name} study does not run {head}; it runs: {', '.join(runnable)}"
             )
         set_value(out, item)
     out["methods"] = tuple(out["methods"])
     check_methods(out, runnable)
+    used = {p for m in out["methods"] for p in m.split("+")}
     for item in sets:
         head = item.split("=", 1)[0].strip().split(".", 1)[0]
-        if head in METHODS and head not in out["methods"]:
+        if head in METHODS and head not in used:
             raise ConfigError(
                 f"--set {item}: {head} is not in this run (methods: {', '.join(out['methods'])}); "
                 f"add it with --set methods=... or drop the --set"
@@ -228,10 +230,25 @@ def check_methods(cfg: dict, runnable) -> None:
     """Every listed method is one the study can run; every method section's values are valid."""
     if not cfg["methods"]:
         raise ConfigError("no methods to run; set methods=<name>[,<name>...]")
+    from .methods.compose import alone_error, compose, settings_section
+
     for m in cfg["methods"]:
-        if m not in runnable:
+        if "+" in m:
+            try:
+                spec = compose(m)
+            except ValueError as e:
+                raise ConfigError(f"methods: {e}") from None
+            if spec.pieces[0] not in runnable:
+                raise ConfigError(
+                    f"methods: the base of {m!r}, {spec.pieces[0]!r}, is not a method of a {cfg['study']} "
+                    f"study; valid bases: {', '.join(runnable)}"
+                )
+        elif m in METHODS and not METHODS[m].alone:
+            raise ConfigError(f"methods: {alone_error(m)}")
+        elif m not in runnable:
             raise ConfigError(
-                f"unknown method {m!r} for a {cfg['study']} study; valid: {', '.join(runnable)}"
+                f"unknown method {m!r} for a {cfg['study']} study; valid: {', '.join(runnable)}, or a chain "
+                "base+modifier (e.g. finetune+kl)"
             )
     for name, spec in METHODS.items():
         if name in cfg:
@@ -239,11 +256,32 @@ def check_methods(cfg: dict, runnable) -> None:
                 spec.split(cfg[name])
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+    for m in cfg["methods"]:
+        if "+" in m:
+            try:
+                compose(m).split(settings_section(cfg, m))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
 
 def method_settings(cfg: dict, name: str) -> tuple[dict, dict]:
-    """``(hparams, options)`` of method ``name`` in a resolved config."""
+    """``(hparams, options)`` of method ``name`` in a resolved config (a chain ``a+b``: gathered
+    from its pieces' sections, :func:`jaxcl.methods.compose.settings_section`)."""
+    if "+" in name:
+        from .methods.compose import compose, settings_section
+
+        return compose(name).split(settings_section(cfg, name))
     return METHODS[name].split(cfg[name])
+
+
+def method_section(cfg: dict, name: str) -> dict:
+    """The raw settings of method ``name`` in a resolved config: its section, or a chain's
+    gathered from its pieces' sections (``kl.beta``: :func:`jaxcl.methods.compose.settings_section`)."""
+    if "+" in name:
+        from .methods.compose import settings_section
+
+        return settings_section(cfg, name)
+    return cfg[name]
 
 
 def get(cfg: dict, key: str):

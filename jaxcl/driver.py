@@ -129,6 +129,16 @@ class Study:
         names = self.methods if self.methods is not None else tuple(METHODS)
         return tuple(n for n in names if n in METHODS and any(METHODS[n].applies_to(k) for k in self.kinds))
 
+    def sections(self) -> tuple[str, ...]:
+        """The methods with a config section: :meth:`runnable` and the modifiers that join one of
+        them in a chain ``base+modifier`` (:mod:`jaxcl.methods.compose`)."""
+        from .methods import METHODS
+        from .methods.compose import modifiers
+
+        runnable = self.runnable()
+        joinable = modifiers({METHODS[n].kind for n in runnable})
+        return runnable + tuple(n for n in joinable if n not in runnable)
+
     def refuse(self, verb: str) -> None:
         """A :class:`ConfigError` (exit 2, one line) when ``verb`` is not one the study supports."""
         if verb == "sweep" and not self.sweep_body:

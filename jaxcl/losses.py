@@ -76,6 +76,35 @@ def with_kl(loss_fn: LossFn, *, weight=1.0, temperature=1.0, ref_key: str = "ref
     return wrapped
 
 
+def token_kl(ref_logits_BxTxC, logits_BxTxC, mask_BxT, temperature=1.0) -> jax.Array:
+    """``KL(softmax(ref/T) || softmax(logits/T))`` per scored position, averaged over the mask."""
+    logp_ref = jax.nn.log_softmax(ref_logits_BxTxC.astype(jnp.float32) / temperature, axis=-1)
+    logp = jax.nn.log_softmax(logits_BxTxC.astype(jnp.float32) / temperature, axis=-1)
+    kl_BxT = (jnp.exp(logp_ref) * (logp_ref - logp)).sum(-1)
+    return (kl_BxT * mask_BxT).sum() / jnp.maximum(mask_BxT.sum(), 1.0)
+
+
+def with_reference_kl(
+    loss_fn: LossFn, model, *, weight=1.0, temperature=1.0, ref_key: str = "kl_ref_logits"
+) -> LossFn:
+    """Add ``weight * T^2 * KL(p_ref || p_theta)`` on the batch's scored positions (classifiers:
+    one per example; language models: the answer tokens, :func:`token_logits`) to a loss.
+
+    Unlike :func:`with_kl` it runs its own forward pass, so it wraps any loss (a language model's
+    NLL, NPO's forget term). The reference logits come from ``batch[ref_key]`` (a
+    :func:`jaxcl.data.context.reference` transform) and ``batch[ref_key + '_on']`` switches the
+    term off before a reference exists. ``weight`` may be traced."""
+    logits = token_logits(model)
+
+    def wrapped(params, batch, key):
+        loss, aux = loss_fn(params, batch, key)
+        logits_BxTxC, _, mask_BxT = logits(params, batch)
+        kl = token_kl(batch[ref_key], logits_BxTxC, mask_BxT, temperature) * temperature**2
+        return loss + batch.get(ref_key + "_on", 1.0) * weight * kl, {**aux, "kl": kl}
+
+    return wrapped
+
+
 def ewc_penalty(params, anchor, fisher) -> jax.Array:
     """``0.5 * sum_i F_i (theta_i - theta*_i)^2`` over all leaves."""
     terms = jax.tree.map(lambda p, a, f: (f * (p - a) ** 2).sum(), params, anchor, fisher)
@@ -169,10 +198,17 @@ def token_logits(model) -> Callable:
     target ``sub['y']``, mask 1. Language models (``sub = {'tokens', 'mask'}``): the logits of
     ``tokens[:, :-1]``, targets ``tokens[:, 1:]`` and the answer mask ``mask[:, 1:]`` (the positions
     :func:`nll_per_example` sums over). The full (B, T, V) logits: for methods that need the whole
-    distribution (UNDIAL); :func:`token_logprobs` when the target's log-probability is enough."""
+    distribution (UNDIAL); :func:`token_logprobs` when the target's log-probability is enough.
+    Left-padded sequences (``sub = {'tokens', 'valid', 'loss_mask'}``, the RL studies' rows): the
+    padding is masked out of attention and the mask is ``loss_mask[:, 1:]``."""
     if hasattr(model, "nll"):
 
         def lm(params, sub):
+            if "valid" in sub:
+                from .grpo import masked_forward
+
+                logits_BxTxV = masked_forward(model.cfg, params, sub["tokens"][:, :-1], sub["valid"][:, :-1])
+                return logits_BxTxV, sub["tokens"][:, 1:], sub["loss_mask"][:, 1:].astype(jnp.float32)
             logits_BxTxV = model.apply(params, sub["tokens"][:, :-1])
             return logits_BxTxV, sub["tokens"][:, 1:], sub["mask"][:, 1:].astype(jnp.float32)
 

@@ -82,7 +82,10 @@ class PostTraining:
         return {"params": state.params, "eval": trace, "nonfinite_step": state.nonfinite_step}
 
     def row_method(self, row: str):
-        """``(spec, hp, options, seen)`` of a row."""
+        """``(spec, hp, options, seen)`` of a row (a chain ``grpo+er``: its own method)."""
+        if "+" in row:
+            hp, opts = method_settings(self.cfg, row)
+            return get_method(row), hp, opts, False
         if row in ("sft", "mtl-sft"):
             hp, opts = method_settings(self.cfg, "finetune")
             return get_method("finetune"), hp, opts, row == "mtl-sft"
@@ -120,6 +123,8 @@ class PostTraining:
                 max_new_tokens=opts["max_new_tokens"],
                 pad_id=self.env.pad_id,
             )
+        elif method.data is not None:  # an SFT chain's data transform (kl's reference) sized by a batch
+            example = verifiable.sft_draw(data, 0, False, key, self.cfg["post"]["batch_size"])
         return method_state(method, params, key, example, mesh=self.mesh)
 
     @property
@@ -132,11 +137,11 @@ class PostTraining:
     def task(self, row: str, state, t, hp, seen, first, data):
         """Post-train on task ``t`` (traced; with ``seen``, traced, on every task up to it) for
         :attr:`chunks_per_call` chunks of ``eval_every`` steps / iterations, each followed by the
-        evaluation. ``first`` (traced): the task starts here, so an RL method consolidates first
-        (the reference becomes the current policy)."""
-        spec, _, _, _ = self.row_method(row)
-        if spec.kind == "rl":
-            new = self._method(row, hp).consolidate(state, None, None).data_state
+        evaluation. ``first`` (traced): the task starts here, so a method with a ``consolidate``
+        consolidates first (GRPO's and ``kl``'s reference becomes the current model)."""
+        consolidate = self._method(row, hp).consolidate
+        if consolidate is not None:
+            new = consolidate(state, None, None).data_state
             keep = jax.tree.map(lambda a, b: jnp.where(first, a, b), new, state.data_state)
             state = state.replace(data_state=keep)
         step, draw = self._step_draw(row, t, hp, seen, data)
@@ -164,7 +169,7 @@ class PostTraining:
             step = grpo.make_iteration(method, self.env, mesh=self.mesh)
             n = grpo_method.prompt_rows(opts, p["batch_size"])
             return step, lambda k: verifiable.rl_draw(data, t, k, n)
-        step = method_step(method, name=row)
+        step = method_step(method, name=row, handles=("consolidate",))  # run by task()
         return step, lambda k: shard_batch(verifiable.sft_draw(data, t, seen, k, p["batch_size"]), self.mesh)
 
     def hparams(self, row: str) -> dict:

@@ -115,7 +115,9 @@ def one_step(name: str, key):
     return state.params, metrics, state
 
 
-NAMES = sorted(METHODS)
+NAMES = sorted(
+    n for n, s in METHODS.items() if s.alone
+)  # modifier-only pieces (kl, gu): tests/test_compose.py
 JIT_ONE_STEP = jax.jit(one_step, static_argnums=0)  # one compiled program per method, shared by the tests
 
 

@@ -103,7 +103,9 @@ def test_every_config_resolves_with_only_its_studys_methods(name):
         cfg = config.resolve(config.load(name, tiny=tiny), study=study)
         study.validate(cfg)
         sections = {k for k in cfg if k in METHODS}
-        assert sections == set(study.runnable()), "a section for a method the study cannot run"
+        # its methods, and the modifiers that join them in a chain (base+modifier)
+        assert sections == set(study.sections()), "a section for a method the study cannot run"
+        assert set(study.runnable()) <= sections
         if not any(isinstance(v, dict) for v in cfg["model"].values()):  # a language model's
             assert list(cfg["model"]) == list(lm.section()), f"{name}: the model section's shape"
         for p in study.mesh_batches:  # the batch sizes a mesh splits exist in the config
@@ -127,7 +129,7 @@ def test_every_verb_works_or_exits_2_with_one_line(name, capsys, tmp_path):
         err = _err(capsys)
         assert err.count("\n") == 0 and "writes no checkpoints" in err
     # a method the study cannot run, and one it can run that is not in this run
-    other = next(m for m in sorted(METHODS) if m not in study.runnable())
+    other = next(m for m in sorted(METHODS) if m not in study.sections())
     assert cli.main(["run", name, "--tiny", "--set", f"{other}.lr=0.1", "--out", out]) == 2
     assert f"does not run {other}" in _err(capsys)
     cfg = config.resolve(config.load(name, tiny=True), study=study)

@@ -7,7 +7,7 @@ import pkgutil
 
 from .base import METHODS, Hparam, Method, MethodSpec, get_method, optimizer, register
 
-_HELPERS = {"base", "unlearning"}
+_HELPERS = {"base", "compose", "unlearning"}
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _m not in _HELPERS:
         importlib.import_module(f"{__name__}.{_m}")

@@ -22,6 +22,10 @@ levels' pieces:
 ``kind`` says which problems a method applies to: ``"cl"`` (a stream of tasks), ``"unlearn"`` (a
 forgetting problem: batches carry the retain data at the top level and ``batch['forget']``), or
 ``"any"`` (both: fine-tuning).
+
+A method may also join a chain ``base+modifier+...`` (:mod:`.compose`) after a base: its
+:class:`Joins` says how (its modifier form, the kinds of bases it joins, whether it is only a
+modifier). ``get_method("ewc+gu")`` returns the composed spec.
 """
 
 from __future__ import annotations
@@ -87,6 +91,26 @@ LR = lambda default: Hparam(default, 0.0, None, low_open=True, help="learning ra
 
 
 @dataclasses.dataclass(frozen=True)
+class Joins:
+    """How a method joins a chain ``base+modifier+...`` after its base (:mod:`.compose`).
+
+    ``build(model, hp, params_like, **options) -> compose.Modifier`` is its modifier form (a loss
+    wrapper, a gradient transform placed before the base's optimizer, a data transform, extra
+    args, a consolidate), built from its own section minus ``lr`` and the optimizer options
+    (the base's optimizer is the chain's). ``kinds``: the kinds of bases it joins. ``alone``:
+    False for a piece that is only a modifier (refused alone and as a base). ``rows``: its data
+    transform replaces rows of the batch (replay), so it runs before every other piece's data
+    transform (which then see the replayed rows). ``conflicts``: ``fnmatch`` patterns of pieces it
+    cannot share a chain with, and why."""
+
+    build: Callable
+    kinds: tuple[str, ...]
+    alone: bool = True
+    rows: bool = False
+    conflicts: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str
     build: Callable  # (model, hp, params_like, **options) -> Method
@@ -96,13 +120,19 @@ class MethodSpec:
     kind: str = "cl"
     paper: str = ""
     choices: dict[str, tuple] = dataclasses.field(default_factory=dict)  # valid values of options
+    joins: Joins | None = None  # its modifier form in a chain ``base+this`` (None: a base only)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"method {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
 
+    @property
+    def alone(self) -> bool:
+        """Whether it runs alone (and as a chain's base); False for a modifier-only piece."""
+        return self.joins is None or self.joins.alone
+
     def applies_to(self, kind: str) -> bool:
-        return self.kind == "any" or self.kind == kind
+        return self.alone and (self.kind == "any" or self.kind == kind)
 
     def defaults(self) -> dict:
         return {**{k: h.default for k, h in self.hparams.items()}, **self.options}
@@ -136,6 +166,15 @@ def register(spec: MethodSpec) -> MethodSpec:
 
 
 def get_method(name: str, kind: str | None = None) -> MethodSpec:
+    """The registered method ``name``, or the chain ``a+b+...`` composed (:mod:`.compose`)."""
+    if "+" in name:
+        from .compose import compose
+
+        return compose(name, kind)
+    if name in METHODS and not METHODS[name].alone:
+        from .compose import alone_error
+
+        raise ValueError(alone_error(name))
     valid = sorted(n for n, s in METHODS.items() if kind is None or s.applies_to(kind))
     if name not in METHODS or (kind is not None and not METHODS[name].applies_to(kind)):
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}")

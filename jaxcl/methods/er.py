@@ -3,6 +3,13 @@
 A reservoir buffer of ``capacity`` examples lives on the device; every batch has a fraction
 ``replay_fraction`` of its rows replaced by buffer samples, then
 ``theta <- theta - lr * grad L(batch_mixed)``. See :mod:`jaxcl.data.replay`.
+
+In a chain after a base (``ewc+er``, ``grpo+er``) it is the replay alone: the base's loss on the
+mixed batch. Its data transform runs before the other pieces', so references computed on the
+batch (GRPO's reference log-probs, ``kl``'s logits) see the replayed rows. After GRPO the rows are
+the rollouts (prompt and completion tokens, their advantages and weights), replayed with the
+advantages they were scored with (with ``grpo.mu = 1`` the policy loss of a replayed rollout is
+its policy gradient at the current parameters; a rollout is stored once per inner step).
 """
 
 from ..data.replay import reservoir
@@ -12,12 +19,22 @@ from .base import (
     OPTIMIZER_OPTIONS,
     OPTIMIZERS,
     Hparam,
+    Joins,
     Method,
     MethodSpec,
     optimizer_from,
     pop_optimizer,
     register,
 )
+from .compose import Modifier
+
+FIELDS = ("x", "y", "t", "mask", "tokens")
+RL_FIELDS = ("valid", "completion_mask", "adv", "weight", "old_logp")  # a GRPO rollout's rows
+
+
+def modifier(model, hp, params_like, **options) -> Modifier:
+    del model, params_like
+    return Modifier(data=reservoir(options["capacity"], hp["replay_fraction"], fields=FIELDS + RL_FIELDS))
 
 
 def build(model, hp, params_like, **options):
@@ -26,7 +43,7 @@ def build(model, hp, params_like, **options):
     return Method(
         supervised_loss(model),
         optimizer_from(opt, hp["lr"]),
-        data=reservoir(options["capacity"], hp["replay_fraction"], fields=("x", "y", "t", "mask", "tokens")),
+        data=reservoir(options["capacity"], hp["replay_fraction"], fields=FIELDS),
     )
 
 
@@ -39,5 +56,6 @@ SPEC = register(
         "experience replay, reservoir buffer mixed into every batch",
         paper="Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning",
         choices={"optim": OPTIMIZERS},
+        joins=Joins(modifier, kinds=("cl", "rl", "any"), rows=True),
     )
 )

@@ -183,6 +183,7 @@ def with_refresh(spec: MethodSpec, name: str | None = None) -> MethodSpec:
         options={**spec.options, "fisher_coef": 1e-3},
         summary=f"{spec.summary}; with refresh learning (unlearn, then relearn, every step)",
         paper=f"{PAPER}; host: {spec.paper}",
+        joins=None,  # a base only: refresh learning changes the loss and the optimizer
     )
 
 

@@ -108,21 +108,29 @@ COLUMNS = [
 
 def parse_row(row: str) -> tuple[str, bool, str | None]:
     """``"er+rewarm"`` -> ``("er", True, None)``; ``"finetune@similar"`` -> ``("finetune", False,
-    "similar")``; ``"joint"`` / ``"standalone"`` -> ``(row, False, None)``."""
+    "similar")``; ``"joint"`` / ``"standalone"`` -> ``(row, False, None)``; a chain of methods
+    (``"finetune+kl"``, :mod:`jaxcl.methods.compose`) -> ``("finetune+kl", False, None)``."""
     head, _, order = row.partition("@")
-    name, _, suffix = head.partition("+")
+    rewarm = head.endswith("+rewarm")
+    name = head[: -len("+rewarm")] if rewarm else head
     special = name in ("joint", "standalone")
     if (
-        suffix not in ("", "rewarm")
-        or (name not in LM_METHODS and not special)
+        (name.split("+")[0] not in LM_METHODS and not special)
         or (order and (order not in ORDERS or special))
-        or (special and suffix)
+        or (special and rewarm)
     ):
         raise ConfigError(
-            f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} with an optional "
-            f"'+rewarm' and an optional order '@{'|@'.join(ORDERS)}', or 'joint', or 'standalone'"
+            f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} (or a chain of one and "
+            f"modifiers in methods, e.g. finetune+kl) with an optional '+rewarm' and an optional order "
+            f"'@{'|@'.join(ORDERS)}', or 'joint', or 'standalone'"
         )
-    return name, suffix == "rewarm", order or None
+    return name, rewarm, order or None
+
+
+def row_names(cfg: dict) -> tuple[str, ...]:
+    """The rows: ``rows``, then each chain of ``methods`` (``finetune+kl``) that no row names."""
+    named = {parse_row(r)[0] for r in cfg["rows"]}
+    return tuple(cfg["rows"]) + tuple(m for m in cfg["methods"] if "+" in m and m not in named)
 
 
 def validate(cfg: dict) -> None:
@@ -131,7 +139,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.domains={d['domains']!r}: a continual study needs at least 2 domains")
     lm.check(cfg["model"], names=MODELS, tokenizers=("byte",))
     config.check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
-    for r in cfg["rows"]:
+    for r in row_names(cfg):
         name, _, _ = parse_row(r)
         if name not in ("joint", "standalone") and name not in cfg["methods"]:
             raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
@@ -360,14 +368,14 @@ def body(cfg: dict, run: Run) -> Report:
     rows, raw, timing, params = {}, {}, {}, {}
     div = unigram_divergence(stream)
     orders = {o: domain_order(div, o == "similar") for o in ORDERS}
-    total = len(sizes(cfg)) * len(cfg["rows"]) * T
+    total = len(sizes(cfg)) * len(row_names(cfg)) * T
     with run.progress(total, "domain") as bar:
         for size in sizes(cfg):
             model, pretrained = load_model(cfg, size)
             text.check_vocab(stream, model.cfg.vocab_size, cfg["model"]["tokenizer"])
             params[size] = llama.param_count(model.init(jax.random.key(0))) if pretrained is None else None
             done = {}
-            for row in sorted(cfg["rows"], key=lambda r: r != "standalone"):  # stand-alone first
+            for row in sorted(row_names(cfg), key=lambda r: r != "standalone"):  # stand-alone first
                 name = _row_name(cfg, size, row)
                 bar.set_postfix_str(f"{name} x {S} seeds")
                 prog = Program(cfg, model, pretrained, row, run.mesh)
@@ -379,7 +387,7 @@ def body(cfg: dict, run: Run) -> Report:
                     run_row(prog, stream, keys, order=order, ckpt_dir=ck, resume=run.resume, progress=bar),
                 )
             sa = standalone_losses(done["standalone"][2]["loss"]) if "standalone" in done else None
-            for row in cfg["rows"]:
+            for row in row_names(cfg):
                 prog, order, r = done[row]
                 name = _row_name(cfg, size, row)
                 per, L = row_metrics(r["loss"], r["b"], order, None if row == "standalone" else sa)
@@ -493,7 +501,7 @@ def programs(cfg: dict, mesh) -> list:
     for size in sizes(cfg):
         model, pretrained = load_model(cfg, size, shapes_only=True)
         pre = None if pretrained is None else C.abstract(pretrained, mesh)
-        for i, row in enumerate(cfg["rows"]):
+        for i, row in enumerate(row_names(cfg)):
             prog = Program(cfg, model, pretrained, row, mesh)
             name, hp = _row_name(cfg, size, row), C.abstract(prog.hp, mesh)
             state = jax.eval_shape(jax.vmap(prog._init, in_axes=(None, 0, None)), pre, keys, st)

@@ -97,6 +97,17 @@ BASE, POST = 1, 2  # key roles: fold_in(key(seed), role)
 # -- config ---------------------------------------------------------------------------------------
 
 
+def chains(cfg: dict) -> tuple[str, ...]:
+    """The chains of ``methods`` (``grpo+er``, ``finetune+kl``: :mod:`jaxcl.methods.compose`)."""
+    return tuple(m for m in cfg["methods"] if "+" in m)
+
+
+def row_names(cfg: dict) -> tuple[str, ...]:
+    """The rows: ``rows``, then each chain of ``methods`` that ``rows`` does not name (a chain's
+    row is its method: an SFT row for a finetune chain, an RFT row for a grpo chain)."""
+    return tuple(cfg["rows"]) + tuple(m for m in chains(cfg) if m not in cfg["rows"])
+
+
 def validate(cfg: dict) -> None:
     d, m = cfg["data"], cfg["model"]
     config.check_each(cfg, "data.tasks", tasks.TASKS, "task")
@@ -105,7 +116,16 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
     config.check_choice(cfg, "data.corpus", CORPORA)
     lm.check(m, names=MODELS, tokenizers=("byte",))
-    config.check_each(cfg, "rows", ROWS, "row")
+    config.check_each(
+        cfg,
+        "rows",
+        ROWS + chains(cfg),
+        "row",
+        unknown=lambda r: (
+            f"unknown row {r!r}; valid: {', '.join(ROWS)}, or a chain of finetune or grpo "
+            "with modifiers that methods lists (e.g. methods=finetune,grpo,grpo+er)"
+        ),
+    )
     config.check_positive(
         cfg,
         [
@@ -270,8 +290,8 @@ def body(cfg: dict, run: Run) -> Report:
     base_params = jax.tree.map(jnp.asarray, base["params"])
 
     rows, raw = {}, {}
-    with run.progress(len(cfg["rows"]) * T, "task") as bar:
-        for row in cfg["rows"]:
+    with run.progress(len(row_names(cfg)) * T, "task") as bar:
+        for row in row_names(cfg):
             bar.set_postfix_str(f"{row} x {S} seeds")
             r = run_row(study, row, base_params, keys, ckpt_dir=ckpt_dir, resume=resume, progress=bar)
             per, R = row_metrics(r["traces"], base_eval, T)
@@ -405,7 +425,7 @@ def programs(cfg: dict, mesh) -> list:
     post_keys = C.abstract(jax.eval_shape(jax.vmap(lambda k: jax.random.fold_in(k, POST)), keys), mesh, sp)
     t, flag = C.abstract(jnp.int32(0), mesh), C.abstract(jnp.bool_(False), mesh)
     n = study.chunks_per_call * p["eval_every"]
-    for kind in row_kinds(cfg["rows"]):
+    for kind in row_kinds(row_names(cfg)):
         init, task = study.programs(kind)
         hp = place(study.hparams(kind))
         state = place(shape_of(init, base_params, post_keys, data), seeds=True)

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import config, plots, report, results
 from .. import sweep as sweep_mod
-from ..config import ConfigError
+from ..config import ConfigError, method_section
 from ..driver import Report, Run, Study
 from ..engine import check_finite
 from ..models import llama, lm
@@ -310,7 +310,11 @@ def body(cfg: dict, run: Run) -> Report:
         if mia is not None:
             leak = attacks.privleak(mias[name]["mia_min_k"], mias[REFERENCE]["mia_min_k"])
             per_seed.update(mias[name], privleak=float(leak))
-        extra = {"settings": cfg[name], "nonfinite_step": nonfinite[name]} if name in nonfinite else {}
+        extra = (
+            {"settings": method_section(cfg, name), "nonfinite_step": nonfinite[name]}
+            if name in nonfinite
+            else {}
+        )
         rows[name] = results.row(per_seed, timing=timing[name], **extra)
     timing["total_s"] = time.perf_counter() - t_start
     res = results.make(

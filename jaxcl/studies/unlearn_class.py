@@ -39,7 +39,7 @@ import numpy as np
 from .. import config, plots, report, results
 from .. import sweep as sweep_mod
 from ..batching import over_seeds, resolve_mode
-from ..config import ConfigError, method_settings
+from ..config import ConfigError, method_section, method_settings
 from ..driver import Report, Run, Study
 from ..methods import METHODS as REGISTRY
 from ..models import check_section, model_config
@@ -265,8 +265,8 @@ def body(cfg: dict, run: Run) -> Report:
             per_seed.update(cols)
         else:  # not computed: NaN (shown as -), so every row has every column
             per_seed.update({k: [float("nan")] * cfg["seeds"] for k in ("ulira_auc", "ulira_acc")})
-        if name in cfg:
-            extra["settings"] = cfg[name]
+        if name in cfg or "+" in name:
+            extra["settings"] = method_section(cfg, name)
         rows[name] = results.row(per_seed, timing=e["timing"], **extra)
     e = cfg["eval"]
     res = results.make(

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import report
 from ..batching import resolve_mode
-from ..config import method_settings
+from ..config import method_section, method_settings
 from ..engine import check_finite
 from ..loops import Phase, PhaseConfig, as_hparams, seeds_keys
 from ..losses import with_grad_norm
@@ -163,7 +163,7 @@ def entry_key(cfg: dict, name: str) -> str:
         return name
     if name == "original-reg":
         return f"{name}-{fingerprint({'iau_reg': cfg['iau_reg']})}"
-    settings = dict(cfg["iau" if name == "iau-reg" else name])
+    settings = dict(method_section(cfg, "iau" if name == "iau-reg" else name))
     if name == "iau-reg":
         settings.update(iau_reg=cfg["iau_reg"])
     return f"{name}-{fingerprint(settings)}"

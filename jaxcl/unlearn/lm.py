@@ -107,9 +107,10 @@ def check_ranks(cfg: dict, methods, n_forget: int) -> None:
     u = cfg["unlearn"]
     steps = n_steps(u["epochs"], n_forget, u["batch_size"])
     for m in methods:
-        rank = method_settings(cfg, m)[1].get("rank", 0)
+        opts = method_settings(cfg, m)[1]  # a chain's modifier: gu.rank
+        key, rank = next(((k, v) for k, v in opts.items() if k.split(".")[-1] == "rank"), ("rank", 0))
         if rank > steps:
             raise ConfigError(
-                f"{m}.rank={rank} is larger than the history of retain gradients ({steps} unlearning "
+                f"{m.split('+')[0] + '.' + key if key == 'rank' else key}={rank} is larger than the history of retain gradients ({steps} unlearning "
                 f"steps): the basis could never fill; valid: 1 to {steps}"
             )
