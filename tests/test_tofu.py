@@ -243,7 +243,10 @@ def test_holdout_is_in_neither_models_training_data():
         train = {tuple(r) for r in np.asarray(problem.train_set["tokens"])}  # target's rows
         assert {tuple(r) for r in np.asarray(problem.retain_set["tokens"])} <= train  # retain model's
         assert not {tuple(r) for r in np.asarray(enc["tokens"])} & train
-    assert tproblem.n_holdout(config.resolve(config.load("tofu"), ["data.split=forget10"])) == 40
+    assert (
+        tproblem.n_holdout(config.resolve(config.load("tofu"), ["data.split=forget10", "data.n_forget=0"]))
+        == 40
+    )
     assert tproblem.load_holdout(tiny_cfg("data.n_holdout=0"), hf.ByteTokenizer()) is None
     with pytest.raises(config.ConfigError, match="n_holdout=-2"):
         tiny_cfg("data.n_holdout=-2")
