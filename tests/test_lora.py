@@ -264,6 +264,25 @@ def test_studies_without_lora_refuse_it_before_anything_runs(tmp_path, capsys):
     assert "model.lora.rank=8" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "name,sub,want",
+    [
+        ("resnet18", {"width": 8}, ["blocks/7/conv1/kernel", "blocks/7/conv2/kernel", "head/kernel"]),
+        ("vit", {}, [f"blocks/{i}/fc{j}/kernel" for i in range(4) for j in (1, 2)]),
+    ],
+)
+def test_resnet_and_vit_default_targets_and_adapter_shapes(name, sub, want):
+    sec = model_config(name, **{name: sub})
+    sec["lora"] = lora.section(4)
+    model = from_config(sec, (32, 32, 3), 10)
+    base = jax.eval_shape(model.init, jax.random.key(0))
+    ad = jax.eval_shape(lambda: lora.init(model.lora, base, jax.random.key(0)))
+    assert sorted(ad) == sorted(want)
+    w = ad[want[0]]  # a convolution: one rank-4 product per (kh, kw) tap; a dense layer: one
+    assert w["a"].shape[-1] == 4 and w["b"].shape[-2] == 4
+    assert hasattr(model, "apply_train") == (name == "resnet18")  # kept for the BatchNorm model
+
+
 def test_llama_defaults_to_query_and_value():
     model = lm.load({**lm.section("tiny", compute_dtype="float32"), "lora": lora.section(8)})[0]
     assert model.lora == lora.LoraSpec(("layers/wq", "layers/wv"), 8, 8.0)
@@ -272,9 +291,9 @@ def test_llama_defaults_to_query_and_value():
 @pytest.mark.parametrize(
     "study,sets",
     [
-        ("tofu", ["methods=npo,gu-ga"]),
+        ("tofu", ["methods=gu-npo"]),
         ("lm-facts", []),
-        ("unlearn-class", ["methods=ga,ssd,gu-ga"]),
+        ("unlearn-class", ["methods=ssd,gu-ga"]),
     ],
 )
 def test_tiny_study_runs_with_lora(study, sets, tmp_path):
