@@ -54,6 +54,9 @@ class TrainState:
     data_state: PyTree
     key: jax.Array  # typed PRNG key (jax.random.key)
     nonfinite_step: jax.Array  # int32, first step whose loss was not finite, or -1
+    # what the step carries untouched: a LoRA run's frozen base (jaxcl.models.lora; the params are
+    # its adapters), an argument of the program and never a constant; () otherwise
+    frozen: PyTree = ()
 
 
 def as_typed_key(key) -> jax.Array:

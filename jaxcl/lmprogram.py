@@ -17,6 +17,7 @@ import jax
 from .config import method_settings
 from .loops import as_hparams, build_method, method_state, method_step, run_chunks
 from .methods import get_method
+from .models import lora
 from .parallel import jit_seeds
 
 
@@ -26,7 +27,10 @@ class LMProgram:
     every ``eval_every`` steps. ``pretrained``: the parameters training starts from (``None``: a
     random initialisation). ``mesh``: seeds over its ``seeds`` axis (:meth:`programs`), the
     study's ``draw`` shards every batch over its ``data`` axis. ``name``, ``handles``, ``norms``:
-    :func:`jaxcl.loops.method_step`'s."""
+    :func:`jaxcl.loops.method_step`'s. A model with a ``lora`` spec (``model.lora.rank > 0``):
+    the method trains low-rank adapters over the frozen initial parameters (the pretrained ones,
+    or each seed's random initialisation), which travel in ``TrainState.frozen``; the study's
+    ``evaluate`` sees the merged parameters, as does :meth:`params`."""
 
     def __init__(
         self,
@@ -46,6 +50,8 @@ class LMProgram:
         norms: bool = True,
     ):
         self.model, self.pretrained, self.mesh, self.eval_every = model, pretrained, mesh, eval_every
+        spec = getattr(model, "lora", None)
+        self.lora = spec if isinstance(spec, lora.LoraSpec) else None
         self.spec = get_method(method)
         values, options = method_settings(cfg, self.spec.name)
         self.opts = {**options, **(opts or {})}
@@ -71,28 +77,45 @@ class LMProgram:
 
     # -- pure functions ----------------------------------------------------------------------------
 
-    def method(self, hp):
-        return build_method(self.spec, self.model, hp, self.opts)
+    def method(self, hp, frozen=()):
+        """The registry's method on :attr:`model`, or with LoRA on the adapters over ``frozen``."""
+        model = self.model if self.lora is None else lora.adapt(self.model, self.lora, frozen)
+        return build_method(self.spec, model, hp, self.opts)
+
+    def params(self, state):
+        """The state's model as ordinary params: with LoRA, the adapters merged into the base."""
+        return state.params if self.lora is None else lora.merge(self.lora, state.frozen, state.params)
 
     def init(self, key, params0, hp, data=None):
         """The train state of one seed: ``key`` split into the initialisation's and the run's,
         the parameters ``params0`` (``None``: ``model.init``); ``data``: a batch drawn from it
         builds the method's data-transform state (replay)."""
-        method = self.method(hp)
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params0 is None else params0
         example = None if data is None else self.draw(data, k_init)
-        return method_state(method, params, k_run, example, mesh=self.mesh)
+        return self.start(params, k_run, hp, example)
+
+    def start(self, params, key, hp, example=None):
+        """The train state from ``params`` with the run's ``key`` (:func:`jaxcl.loops.method_state`);
+        with LoRA, fresh adapters (``fold_in(key, lora.KEY)``) over the frozen ``params``."""
+        method = self.method(hp, params)
+        if self.lora is None:
+            return method_state(method, params, key, example, mesh=self.mesh)
+        adapters = lora.init(self.lora, params, jax.random.fold_in(key, lora.KEY))
+        return method_state(method, adapters, key, example, mesh=self.mesh, frozen=params)
 
     def call(self, state, hp, data, n_chunks: int):
         """``n_chunks`` chunks of ``eval_every`` steps of the method's step, each followed by
         :meth:`evaluate`: ``(state, trace)`` of :func:`jaxcl.loops.run_chunks`."""
-        step = method_step(self.method(hp), name=self.name, handles=self.handles, norms=self.norms)
+        step = method_step(
+            self.method(hp, state.frozen), name=self.name, handles=self.handles, norms=self.norms
+        )
+        merged = (lambda p: p) if self.lora is None else (lambda p: lora.merge(self.lora, state.frozen, p))
         return run_chunks(
             self.wrap(step, data),
             state,
             lambda k: self.draw(data, k),
-            lambda p: self.evaluate(p, data),
+            lambda p: self.evaluate(merged(p), data),
             n_chunks,
             self.eval_every,
             mesh=self.mesh,
@@ -101,7 +124,9 @@ class LMProgram:
     def one_step(self, state, hp, data):
         """One training step, the batch drawn as :func:`jaxcl.loops.run_chunks` draws it: the
         per-step program of the compile check (:mod:`jaxcl.compile`)."""
-        step = method_step(self.method(hp), name=self.name, handles=self.handles, norms=self.norms)
+        step = method_step(
+            self.method(hp, state.frozen), name=self.name, handles=self.handles, norms=self.norms
+        )
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.step)
         return self.wrap(step, data)(state, self.draw(data, key))
 
@@ -110,7 +135,7 @@ class LMProgram:
         of ``C`` chunks, jitted over seeds and kept (a resumed run compiles nothing new)."""
         if C not in self._programs:
             init = jit_seeds(self.init, (0, None, None), self.mesh)
-            ev = jit_seeds(lambda s, d: self.evaluate(s.params, d), (0, None), self.mesh)
+            ev = jit_seeds(lambda s, d: self.evaluate(self.params(s), d), (0, None), self.mesh)
             call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
             self._programs[C] = (init, ev, call)
         return self._programs[C]

@@ -25,6 +25,7 @@ from .data.streams import Stream
 from .engine import TrainState, init_state, make_step
 from .losses import mean_nll
 from .methods.base import Method, MethodSpec
+from .models import lora
 from .models.base import PureModel, check_input_shape
 from .parallel import check_divides, replicated, shard_batch, shard_state
 
@@ -142,11 +143,14 @@ def method_step(method: Method, *, name: str = "the method", handles=(), skip_no
     )
 
 
-def method_state(method: Method, params, key, example: dict | None = None, *, mesh=None) -> TrainState:
+def method_state(
+    method: Method, params, key, example: dict | None = None, *, mesh=None, frozen=()
+) -> TrainState:
     """The train state a :func:`method_step` starts from (the data transform's state built from
     ``example`` when the method has one); on ``mesh``'s ``model`` axis, sharded over it
-    (:func:`jaxcl.parallel.shard_state`)."""
-    return shard_state(init_state(params, method.tx, key, method.data, example), mesh)
+    (:func:`jaxcl.parallel.shard_state`); ``frozen``: what the state carries untouched (a LoRA
+    run's base)."""
+    return shard_state(init_state(params, method.tx, key, method.data, example).replace(frozen=frozen), mesh)
 
 
 def as_hparams(spec: MethodSpec, values: dict | None = None) -> dict:
@@ -172,6 +176,13 @@ class Experiment:
         batches are then sharded over ``data`` inside the compiled loop and the train state over
         ``model``."""
         loop.validate()
+        if isinstance(getattr(model, "lora", None), lora.LoraSpec):
+            from .config import ConfigError
+
+            raise ConfigError(
+                "model.lora.rank > 0: a continual-learning stream trains its model from a random "
+                "initialisation, and LoRA adapts given weights; set model.lora.rank=0"
+            )
         check_divides(mesh, batch_size=loop.batch_size)
         self.mesh = mesh
         _, self.options = method.split(options)  # unknown or invalid options fail here
@@ -417,7 +428,10 @@ class Phase:
     so one compiled program serves all seeds (``over_seeds``) and hyperparameter cells. The
     method's ``consolidate`` runs first (the starting model becomes the reference: NPO), then
     :func:`run_chunks` with the forget and retain NLL evaluated every ``eval_every`` steps, then
-    the method's edit (SSD, IAU).
+    the method's edit (SSD, IAU). A model with a ``lora`` spec (``model.lora.rank > 0``): the
+    method trains and edits low-rank adapters over the frozen ``params``
+    (:func:`jaxcl.models.lora.adapt`; the base travels in ``TrainState.frozen``, an argument),
+    and ``run`` returns the merged params.
     """
 
     def __init__(self, model, method: MethodSpec, phase: PhaseConfig, *, mesh=None, **options: Any):
@@ -430,9 +444,21 @@ class Phase:
                 f"({phase.steps} steps): the basis could never fill; lower the rank or raise the steps"
             )
         self.model, self.spec, self.mesh = model, method, mesh
+        spec = getattr(model, "lora", None)
+        self.lora = spec if isinstance(spec, lora.LoraSpec) else None
 
-    def evaluate(self, params, problem) -> dict:
-        nll = mean_nll(self.model)
+    def bound(self, frozen):
+        """The model the method trains: ``self.model``, or with LoRA (the model's ``lora``, a
+        :class:`jaxcl.models.lora.LoraSpec`) the model whose params are adapters over ``frozen``,
+        the base (traced: call inside the program)."""
+        return self.model if self.lora is None else lora.adapt(self.model, self.lora, frozen)
+
+    def params(self, state: TrainState):
+        """The state's model as ordinary params: with LoRA, the adapters merged into the base."""
+        return state.params if self.lora is None else lora.merge(self.lora, state.frozen, state.params)
+
+    def evaluate(self, params, problem, model=None) -> dict:
+        nll = mean_nll(model or self.model)
         cap = lambda sub: jax.tree.map(lambda a: a[: self.phase.eval_size], sub)
         return {
             "forget_nll": nll(params, cap(problem.forget_set)),
@@ -448,12 +474,22 @@ class Phase:
             method, name=self.spec.name, handles=handles, skip_nonfinite=self.phase.skip_nonfinite
         )
 
+    def _trained(self, params, key):
+        """``(params the method trains, frozen)``: ``(params, ())``, or with LoRA fresh adapters
+        (``fold_in(key, lora.KEY)``) and the base ``params``."""
+        if self.lora is None:
+            return params, ()
+        return lora.init(self.lora, params, jax.random.fold_in(key, lora.KEY)), params
+
     def start(self, params, key, problem, hp: dict, method=None):
         """The train state the loop starts from (``key``: the state's key; the method's
-        ``consolidate`` applied: NPO's reference)."""
-        method = method or build_method(self.spec, self.model, hp, self.options)
+        ``consolidate`` applied: NPO's reference); with LoRA, its params are the adapters and
+        ``frozen`` the base ``params``."""
+        method = method or build_method(self.spec, self.bound(params), hp, self.options)
         example = self._draw(problem)(key)
-        state = shard_state(init_state(params, method.tx, key, method.data, example), self.mesh)
+        trained, frozen = self._trained(params, key)
+        state = init_state(trained, method.tx, key, method.data, example).replace(frozen=frozen)
+        state = shard_state(state, self.mesh)
         if method.consolidate is not None:
             state = shard_state(method.consolidate(state, example, key), self.mesh)
         return state
@@ -462,26 +498,31 @@ class Phase:
         """One training step from ``state`` (:meth:`start`), the batch drawn as
         :func:`run_chunks` draws it: the per-step program of the compile check."""
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.step)
-        method = build_method(self.spec, self.model, hp, self.options)
+        method = build_method(self.spec, self.bound(state.frozen), hp, self.options)
         return self._step(method)(state, self._draw(problem)(key))
 
     def run(self, params, key, problem, hp: dict) -> dict:
+        """With LoRA, the method trains (and edits) adapters over the frozen ``params``; the
+        returned params are merged."""
         cfg = self.phase
-        method = build_method(self.spec, self.model, hp, self.options)
+        model = self.bound(params)
+        method = build_method(self.spec, model, hp, self.options)
         k_state, k_edit = jax.random.split(key)
         trace, nonfinite = {}, jnp.full((), -1, jnp.int32)
+        out = self._trained(params, k_state)[0]
         if method.trains:
             state = self.start(params, k_state, problem, hp, method)
             state, trace = run_chunks(
                 self._step(method),
                 state,
                 self._draw(problem),
-                lambda p: self.evaluate(p, problem),
+                lambda p: self.evaluate(p, problem, model),
                 cfg.steps // cfg.eval_every,
                 cfg.eval_every,
                 mesh=self.mesh,
             )
-            params, nonfinite = state.params, state.nonfinite_step
+            out, nonfinite = state.params, state.nonfinite_step
         if method.edit is not None:
-            params = method.edit(params, problem, hp, k_edit)
-        return {"params": params, "trace": trace, "nonfinite_step": nonfinite}
+            out = method.edit(out, problem, hp, k_edit)
+        merged = out if self.lora is None else lora.merge(self.lora, params, out)
+        return {"params": merged, "trace": trace, "nonfinite_step": nonfinite}

@@ -82,6 +82,10 @@ def update_mask(model, params_like, layer: int, span: int, names):
     model's stacked layer tensors get a per-layer (L, 1, ...) factor)."""
     if not hasattr(model, "nll"):
         return {k: jax.tree.map(lambda a: jnp.asarray(float(k != "head")), v) for k, v in params_like.items()}
+    if getattr(model, "lora", None) == "adapters":  # jaxcl.models.lora.adapt's model
+        raise ValueError(
+            "rmu selects a Llama's layer parameters by name: it does not run on LoRA adapters; set model.lora.rank=0"
+        )
     names = tuple(names)
     unknown = set(names) - set(llama.layer_shapes(model.cfg))
     if unknown:

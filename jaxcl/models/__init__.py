@@ -12,12 +12,16 @@ MODELS = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "vit": vit}
 
 def model_config(name: str, compute_dtype: str = "float32", **overrides) -> dict:
     """A config's ``model`` section: ``name``, ``compute_dtype`` (:data:`DTYPES`, see
-    :mod:`jaxcl.models.precision`; ``--set model.compute_dtype=bfloat16``) and one sub-section per
+    :mod:`jaxcl.models.precision`; ``--set model.compute_dtype=bfloat16``), ``lora``
+    (:func:`jaxcl.models.lora.section`; ``--set model.lora.rank=8``: the phases that start from
+    given weights train low-rank adapters, :class:`jaxcl.loops.Phase`) and one sub-section per
     model holding the keyword arguments of its builder with their defaults (``--set
     model.cnn.hidden=16``); ``overrides`` (e.g. ``{"mlp": {"hidden": (64,)}}``) are merged in."""
     import inspect
 
-    out = {"name": name, "compute_dtype": compute_dtype}
+    from .lora import section
+
+    out = {"name": name, "compute_dtype": compute_dtype, "lora": section()}
     for n, fn in MODELS.items():
         params = list(inspect.signature(fn).parameters.values())[2:]  # after input_shape, n_classes
         out[n] = {
@@ -43,14 +47,23 @@ def check_section(section: dict) -> None:
 def from_config(section: dict, input_shape: tuple, n_classes: int) -> PureModel:
     """The model a config's ``model`` section names, with its sub-section's arguments and its
     ``compute_dtype`` (float32 when the section has none)."""
+    from .lora import from_section
+
     check_section(section)
-    return make_model(
+    model = make_model(
         section["name"],
         input_shape,
         n_classes,
         compute_dtype=section.get("compute_dtype", "float32"),
         **section.get(section["name"], {}),
     )
+    spec = from_section(section.get("lora"), model)
+    if spec is None:
+        return model
+    out = model._replace(lora=spec)
+    for k, v in getattr(model, "__dict__", {}).items():  # a ResNet's apply_train and recalibrate
+        setattr(out, k, v)
+    return out
 
 
 def make_model(name: str, input_shape: tuple, n_classes: int, **kwargs) -> PureModel:

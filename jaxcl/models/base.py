@@ -22,6 +22,7 @@ class PureModel(NamedTuple):
     input_shape: tuple
     n_classes: int
     name: str
+    lora: object = None  # a LoraSpec (model.lora, jaxcl.models.lora), "adapters" (lora.adapt), or None
 
 
 def pure(build: Callable[[nnx.Rngs], nnx.Module], input_shape: tuple, n_classes: int, name: str) -> PureModel:

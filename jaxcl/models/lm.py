@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import llama, precision
+from . import lora as lora_mod
 
 DIMS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 TOKENIZERS = ("byte", "smollm2")  # jaxcl.data.text's: bytes, or SmolLM2's (restricted to a run's ids)
@@ -33,7 +34,13 @@ SIZES = {
 
 
 def section(
-    name="scratch", *, tokenizer: str = "byte", compute_dtype: str = "float32", remat: bool = False, **dims
+    name="scratch",
+    *,
+    tokenizer: str = "byte",
+    compute_dtype: str = "float32",
+    remat: bool = False,
+    lora: dict | None = None,
+    **dims,
 ) -> dict:
     """The one shape of a config's ``model`` section, in every language-model study:
 
@@ -48,7 +55,10 @@ def section(
     - ``compute_dtype``: the matmuls' dtype (:data:`DTYPES`);
     - ``remat``: recompute each layer's activations in the backward pass (``jax.checkpoint`` per
       layer) instead of keeping them: activation memory of one layer instead of all, for about
-      one more forward pass of compute (what a 1B model needs to train on a 16 GiB chip)."""
+      one more forward pass of compute (what a 1B model needs to train on a 16 GiB chip);
+    - ``lora``: ``{rank, alpha, targets}`` (:func:`jaxcl.models.lora.section`; rank 0, the
+      default: off): train low-rank adapters on a frozen base, merged for evaluation and export
+      (targets: names of :data:`jaxcl.models.lora.LLAMA_ALL`, default ``layers/wq, layers/wv``)."""
     return {
         "name": name,
         **SIZES["xs"],
@@ -56,6 +66,7 @@ def section(
         "tokenizer": tokenizer,
         "compute_dtype": compute_dtype,
         "remat": remat,
+        "lora": {**lora_mod.section(), **(lora or {})},
     }
 
 
@@ -72,6 +83,7 @@ def check(model: dict, *, names: tuple | None = None, tokenizers: tuple = TOKENI
         raise ConfigError(f"model.compute_dtype={model['compute_dtype']!r}; valid: {', '.join(DTYPES)}")
     if not isinstance(model["remat"], bool):
         raise ConfigError(f"model.remat={model['remat']!r} must be true or false")
+    lora_mod.spec_of(model["lora"], "llama", lora_mod.LLAMA_ALL)
     given = model["name"] if isinstance(model["name"], (list, tuple)) else (model["name"],)
     if not given:
         raise ConfigError("model.name is empty; set model.name=scratch or a size of " + ", ".join(SIZES))
@@ -117,6 +129,7 @@ class LanguageModel(NamedTuple):
     nll: Callable  # (params, sub) -> (nll_B, count_B)
     cfg: llama.LlamaConfig
     name: str
+    lora: object = None  # a LoraSpec (model.lora, jaxcl.models.lora), "adapters" (lora.adapt), or None
 
 
 def language_model(cfg: llama.LlamaConfig, name: str = "llama", *, padded: bool = False) -> LanguageModel:
@@ -176,9 +189,10 @@ def load(
             raise ValueError("a scratch model needs its tokenizer and max_seq_len")
         dims = SIZES[name] if name in SIZES else {k: model[k] for k in DIMS}
         lc = llama.LlamaConfig(vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, **kw, **dims)
-        return language_model(lc, model.get("label", name), padded=padded), None, tokenizer
+        return _lora(language_model(lc, model.get("label", name), padded=padded), model), None, tokenizer
     if shapes_only and name in SHAPES:
-        return abstract_pretrained(name, padded=padded, label=model.get("label", name), **kw)
+        out = abstract_pretrained(name, padded=padded, label=model.get("label", name), **kw)
+        return (_lora(out[0], model), *out[1:])
     if name == "tiny":
         tok = hf.ByteTokenizer()
         lc = llama.tiny(vocab_size=tok.vocab_size, **kw)
@@ -191,7 +205,12 @@ def load(
         lc, params, tok = hf.load_hf(name, **kw)
     if shapes_only:
         params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-    return language_model(lc, model.get("label", name), padded=padded), params, tok
+    return _lora(language_model(lc, model.get("label", name), padded=padded), model), params, tok
+
+
+def _lora(lm: LanguageModel, model: dict) -> LanguageModel:
+    """``lm`` with the :class:`jaxcl.models.lora.LoraSpec` of ``model['lora']`` (None: off)."""
+    return lm._replace(lora=lora_mod.from_section(model.get("lora"), lm))
 
 
 def abstract_pretrained(

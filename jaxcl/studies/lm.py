@@ -249,7 +249,7 @@ class Program(LMProgram):
         state, trace = self.call(
             state, hp, {"stream": stream, "t": t}, tr["steps_per_domain"] // tr["eval_every"]
         )
-        method = self.method(hp)
+        method = self.method(hp, state.frozen)
         if method.consolidate is not None:
             k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
             batch = text.draw(stream, t, k, tr["consolidate_samples"])
@@ -257,7 +257,7 @@ class Program(LMProgram):
         return state, trace
 
     def initial_losses(self, state, stream):
-        return _losses_program(self.model)(state.params, stream)
+        return _losses_program(self.model)(self.params(state), stream)
 
 
 @functools.cache
@@ -507,7 +507,13 @@ def programs(cfg: dict, mesh) -> list:
             state = jax.eval_shape(jax.vmap(prog._init, in_axes=(None, 0, None)), pre, keys, st)
             state = C.abstract(state, mesh, sp)
             if i == 0:
-                out.append(C.Program(f"{size}: held-out losses", _losses_program(model), (state.params, st)))
+                out.append(
+                    C.Program(
+                        f"{size}: held-out losses",
+                        _losses_program(model),
+                        (C.abstract(jax.eval_shape(jax.vmap(prog.params), state), mesh, sp), st),
+                    )
+                )
             step = jit_seeds(prog.one_step, (0, None, None), mesh)
             out += [
                 C.Program(f"{name}: init", prog.init, (pre, keys, st)),

@@ -46,7 +46,7 @@ from ..data import text
 from ..driver import Report, Run, Study
 from ..engine import check_finite
 from ..lmprogram import LMProgram
-from ..loops import method_state, seeds_keys
+from ..loops import seeds_keys
 from ..models import lm
 from ..parallel import jit_seeds, shard_batch
 
@@ -126,7 +126,7 @@ def programs(cfg, model, stream, probe, groups, mesh=None, *, one_steps=False):
     }
     mixture = lambda B: lambda w, k: shard_batch(text.draw_mixture(stream, w, k, B), mesh)
     pre = LMProgram(
-        model,
+        model._replace(lora=None),  # the base pre-training, from a random initialisation: every weight
         cfg,
         eval_every=b["steps"],
         hp={"lr": b["lr"]},
@@ -148,7 +148,7 @@ def programs(cfg, model, stream, probe, groups, mesh=None, *, one_steps=False):
 
     def junk(params, key, r):
         w = junk_data.group_weights(groups, K, {"junk": r, "control": 1.0 - r})
-        state = method_state(cpt.method(cpt.hp), params, key, mesh=mesh)
+        state = cpt.start(params, key, cpt.hp)
         state, trace = cpt.call(state, cpt.hp, w, j["steps"] // j["eval_every"])
         return trace, state.nonfinite_step
 
@@ -161,7 +161,7 @@ def programs(cfg, model, stream, probe, groups, mesh=None, *, one_steps=False):
             lambda state: pre.one_step(state, pre.hp, base_w()),
             lambda state, r: cpt.one_step(state, cpt.hp, junk_w(r)),
             lambda key: pre.init(key, None, pre.hp),
-            lambda params, key: method_state(cpt.method(cpt.hp), params, key),
+            lambda params, key: cpt.start(params, key, cpt.hp),
         )
     if mesh is None:
         base_fn = jax.jit(jax.vmap(base))

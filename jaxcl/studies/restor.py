@@ -104,7 +104,8 @@ def phases(cfg: dict, model, data, mesh=None) -> list:
     from the previous training phase's parameters (the methods: from the corrupted model's)."""
     empty = {k: v[:1] for k, v in data["wrong"].items()}
     rows = restor_data.mix(data["clean"], cfg["clean"]["repeats"], data["windows"])
-    phase, hp = trainer(model, cfg, rows["tokens"].shape[0], mesh)
+    # from a random initialisation every weight trains (model.lora: the later phases only)
+    phase, hp = trainer(model._replace(lora=None), cfg, rows["tokens"].shape[0], mesh)
     problem = LMProblem(forget=empty, forget_alt=empty, retain=rows)
     out = [("clean", CLEAN, phase, hp, problem)]
     win = {k: v[: cfg["corrupt"]["n_windows"]] for k, v in data["windows"].items()}

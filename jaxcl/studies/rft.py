@@ -116,6 +116,11 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.tasks={d['tasks']!r}: a continual study needs at least 2 tasks")
     config.check_choice(cfg, "data.corpus", CORPORA)
     lm.check(m, names=MODELS, tokenizers=("byte",))
+    if m["lora"]["rank"]:
+        raise ConfigError(
+            f"model.lora.rank={m['lora']['rank']}: the rft-continual study's SFT and GRPO programs "
+            "train every weight (LoRA there is not built yet); set model.lora.rank=0"
+        )
     config.check_each(
         cfg,
         "rows",

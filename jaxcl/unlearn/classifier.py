@@ -93,6 +93,8 @@ def trainer(model, cfg: dict, spec: MethodSpec | None = None, mesh=None) -> Call
     training mode, then BatchNorm recalibration on that data. ``mesh``: batches over its ``data``
     axis."""
     view = model._replace(apply=model.apply_train) if hasattr(model, "apply_train") else model
+    # from a random initialisation every weight trains (model.lora: the unlearning phases only)
+    view = view._replace(lora=None)
     phase = Phase(
         view,
         spec or get_method("finetune"),

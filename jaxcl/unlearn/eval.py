@@ -203,7 +203,10 @@ def relearn(
         x_forget=held_out[0], y_forget=held_out[1]
     )
     finetune = get_method("finetune")
-    phase = AttackPhase(model, finetune, PhaseConfig(steps, min(batch_size, n), every, eval_cap))
+    # the attacker fine-tunes every weight, whatever model.lora the unlearning used
+    phase = AttackPhase(
+        model._replace(lora=None), finetune, PhaseConfig(steps, min(batch_size, n), every, eval_cap)
+    )
     trace = phase.run(params, key, problem, as_hparams(finetune, {"lr": lr}))["trace"]
     acc0 = accuracy(model.apply, params, *held_out)
     return jnp.concatenate([acc0[None], trace["forget_acc"]])
@@ -213,5 +216,6 @@ class AttackPhase(Phase):
     """A :class:`jaxcl.loops.Phase` whose continual evaluation is the accuracy on the problem's
     forget set (the relearning attack's held-out forget examples)."""
 
-    def evaluate(self, params, problem):
-        return {"forget_acc": accuracy(self.model.apply, params, problem.x_forget, problem.y_forget)}
+    def evaluate(self, params, problem, model=None):
+        model = model or self.model
+        return {"forget_acc": accuracy(model.apply, params, problem.x_forget, problem.y_forget)}
