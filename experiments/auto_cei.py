@@ -1,6 +1,6 @@
 """Auto-CEI (Zhao et al., "Automatic Curriculum Expert Iteration for Reliable LLM Reasoning", ICLR
 2025) against SFT, plain expert iteration and GRPO with a fixed "I don't know" reward, on the chain
-task (multi-step addition mod 10 with written steps) at 1-6 steps, after a base SFT of a small
+task (a running sum of 0/1 terms with written steps) at 1-6 steps, after a base SFT of a small
 Llama trained from scratch (byte tokenizer) whose mix answers IDK on 10 % of the rows.
 
     jaxcl run auto-cei --tiny                      # seconds; what the tests run

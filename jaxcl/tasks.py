@@ -21,12 +21,12 @@ rev         ``rev 4785=``               ``5874``
 sort        ``sort 4785=``              ``4578``
 count       ``count 7 in 47757=``       ``3``
 lineq       ``solve 3x+5=26 x=``        ``7``
-chain       ``chain 3+5+2=``            ``8,0,=0``
+chain       ``chain 1+0+1=``            ``1,2,=2``
 ==========  ==========================  ===========
 
-``chain`` is multi-step addition modulo 10 with its reasoning written out: ``digits`` additions
-of one-digit terms, each running sum (mod 10) followed by ``,`` (one reasoning step), then ``=``
-and the final answer. Its difficulty is the number of steps (``digits``); the Auto-CEI study
+``chain`` is a running sum (mod 10) of 0/1 terms with its reasoning written out: ``digits``
+additions, each running sum followed by ``,`` (one reasoning step), then ``=`` and the final
+answer. Its difficulty is the number of steps (``digits``); the Auto-CEI study
 (:mod:`jaxcl.auto_cei`) reads the steps and the answer after ``=`` from a completion.
 """
 
@@ -84,7 +84,7 @@ def _lineq(rng, n, d):
 
 def _chain(rng, n, d):
     out = []
-    for terms in rng.integers(0, 10, (n, d + 1)):
+    for terms in rng.integers(0, 2, (n, d + 1)):
         sums = np.cumsum(terms)[1:] % 10
         trace = "".join(f"{v}," for v in sums) + f"={sums[-1]}"
         out.append((f"chain {'+'.join(map(str, terms))}=", trace))

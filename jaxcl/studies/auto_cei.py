@@ -4,7 +4,7 @@ GRPO with a fixed "I don't know" reward, refusing mostly the hard items?
 
 Protocol:
 
-1. **data**: the ``chain`` task of :mod:`jaxcl.tasks` (multi-step addition mod 10, each running sum
+1. **data**: the ``chain`` task of :mod:`jaxcl.tasks` (a running sum of 0/1 terms, each partial sum
    written as a reasoning step) at ``data.levels`` numbers of steps (the difficulty);
 2. **base**: a small Llama (byte tokenizer) trained from scratch by SFT on a mix of every level,
    where a ``data.idk_fraction`` of the rows stop after a random number of steps and answer IDK
