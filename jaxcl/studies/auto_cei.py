@@ -55,7 +55,7 @@ DEFAULTS = {
         "idk_fraction": 0.1,  # base SFT rows that answer IDK after a random number of steps
         "idk_fixed_reward": 0.5,  # grpo-idk: the IDK answer's reward (correct 1, wrong 0)
     },
-    "base": {"steps": 800, "batch_size": 32, "lr": 3e-3},
+    "base": {"steps": 500, "batch_size": 32, "lr": 3e-3},
     "post": {"rounds": 4, "iterations": 10, "batch_size": 8},  # batch_size: prompts per iteration
     "curriculum": {"lam": 0.2},  # the objective's lambda (the authors' scripts: 0.2)
     "rows": ROWS,
