@@ -7,8 +7,9 @@ Llama trained from scratch (byte tokenizer) whose mix answers IDK on 10 % of the
     jaxcl run auto-cei                             # the default size (2-core CPU: see below)
     jaxcl run auto-cei --set rows=ei,auto-cei --set curriculum.lam=0.5
 
-Expected runtime (2-core CPU): --tiny ~30 s (mostly compiling); default: see the README section
-"Reliable reasoning: Auto-CEI" once measured.
+Expected runtime (2-core CPU): --tiny ~35-60 s (mostly compiling); default (8 seeds) 6.4 min on the
+shared CPU. Result and its reading: README, "Reliable reasoning: Auto-CEI"
+(results/studies/auto-cei.json).
 
 Writes runs/auto-cei[-tiny]/results.json.
 """
