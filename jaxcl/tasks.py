@@ -21,7 +21,13 @@ rev         ``rev 4785=``               ``5874``
 sort        ``sort 4785=``              ``4578``
 count       ``count 7 in 47757=``       ``3``
 lineq       ``solve 3x+5=26 x=``        ``7``
+chain       ``chain 1+0+1=``            ``1,2,=2``
 ==========  ==========================  ===========
+
+``chain`` is a running sum (mod 10) of 0/1 terms with its reasoning written out: ``digits``
+additions, each running sum followed by ``,`` (one reasoning step), then ``=`` and the final
+answer. Its difficulty is the number of steps (``digits``); the Auto-CEI study
+(:mod:`jaxcl.auto_cei`) reads the steps and the answer after ``=`` from a completion.
 """
 
 from __future__ import annotations
@@ -76,6 +82,15 @@ def _lineq(rng, n, d):
     return [(f"solve {p}x+{q}={p * r + q} x=", str(r)) for p, r, q in zip(a, x, b)]
 
 
+def _chain(rng, n, d):
+    out = []
+    for terms in rng.integers(0, 2, (n, d + 1)):
+        sums = np.cumsum(terms)[1:] % 10
+        trace = "".join(f"{v}," for v in sums) + f"={sums[-1]}"
+        out.append((f"chain {'+'.join(map(str, terms))}=", trace))
+    return out
+
+
 TASKS: dict[str, Callable] = {
     "add": _add,
     "sub": _sub,
@@ -84,6 +99,7 @@ TASKS: dict[str, Callable] = {
     "sort": _sort,
     "count": _count,
     "lineq": _lineq,
+    "chain": _chain,
 }
 
 

@@ -37,6 +37,7 @@ RESUME_TESTS = {
 
 # where each config's tiny run is run end to end (the configs not listed run here, below)
 TINY_RUNS = {
+    "auto-cei": "tests/test_auto_cei.py",
     "cl-order": "tests/test_cl_order.py::test_orders_in_one_program_equal_each_order_run_alone",
     "cl-zoo": "tests/test_cl_zoo.py",
     "lm-cpt": "tests/test_lm_study.py",

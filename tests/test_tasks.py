@@ -23,6 +23,10 @@ def solve(prompt: str) -> str:
         return rest.rstrip("=")[::-1]
     if name == "sort":
         return "".join(sorted(rest.rstrip("=")))
+    if name == "chain":  # running sums mod 10, each followed by ",", then "=" and the last
+        terms = [int(t) for t in rest.rstrip("=").split("+")]
+        sums = [sum(terms[: i + 1]) % 10 for i in range(1, len(terms))]
+        return "".join(f"{v}," for v in sums) + f"={sums[-1]}"
     if name == "count":
         c, s = re.match(r"(\d) in (\d+)=", rest).groups()
         return str(s.count(c))

@@ -220,8 +220,9 @@ def _method(loss, opt, hp, data, consolidate, options, cfg) -> Method:
 
 
 def prompt_rows(options: dict, batch: int) -> int:
-    """How many prompts a runner draws per iteration for a batch of ``batch`` prompts."""
-    return batch * (int(options["rif_pool"]) if options["rif"] else 1)
+    """How many prompts a runner draws per iteration for a batch of ``batch`` prompts (an RL
+    method without RIF's pool, e.g. auto_cei: ``batch``)."""
+    return batch * (int(options["rif_pool"]) if options.get("rif", False) else 1)
 
 
 HPARAMS = {

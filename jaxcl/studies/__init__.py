@@ -21,6 +21,7 @@ STUDIES = {
     "lm-junk": "jaxcl.studies.lm_junk",
     "sort": "jaxcl.studies.sort",
     "cl-order": "jaxcl.studies.cl_order",
+    "auto-cei": "jaxcl.studies.auto_cei",
 }
 
 

@@ -1,0 +1,50 @@
+"""Auto-CEI (Zhao et al., "Automatic Curriculum Expert Iteration for Reliable LLM Reasoning", ICLR
+2025) against SFT, plain expert iteration and GRPO with a fixed "I don't know" reward, on the chain
+task (a running sum of 0/1 terms with written steps) at 1-6 steps, after a base SFT of a small
+Llama trained from scratch (byte tokenizer) whose mix answers IDK on 10 % of the rows.
+
+    jaxcl run auto-cei --tiny                      # seconds; what the tests run
+    jaxcl run auto-cei                             # the default size (2-core CPU: see below)
+    jaxcl run auto-cei --set rows=ei,auto-cei --set curriculum.lam=0.5
+
+Expected runtime (2-core CPU): --tiny ~35-60 s (mostly compiling); default (8 seeds) 6.4 min on the
+shared CPU. Result and its reading: README, "Reliable reasoning: Auto-CEI"
+(results/studies/auto-cei.json).
+
+Writes runs/auto-cei[-tiny]/results.json.
+"""
+
+
+def get_config(tiny: bool = False) -> dict:
+    cfg = {
+        "study": "auto-cei",
+        "finetune": {"lr": 1e-4},
+        # kl none: TRL's beta = 0, no reference forward (the rows compare the IDK rewards, not the KL)
+        "grpo": {"lr": 1e-4, "group_size": 8, "max_new_tokens": 16, "kl": "none"},
+        "auto_cei": {"lr": 1e-4, "group_size": 8, "max_new_tokens": 16},
+    }
+    if tiny:
+        cfg.update(
+            model={
+                "name": "scratch",
+                "d_model": 32,
+                "n_layers": 1,
+                "n_heads": 2,
+                "n_kv_heads": 1,
+                "d_ff": 64,
+            },
+            data={
+                "levels": (1, 2),
+                "n_train": 32,
+                "n_val": 4,
+                "n_eval": 4,
+                "prompt_len": 12,
+                "answer_len": 8,
+            },
+            base={"steps": 20, "batch_size": 16, "lr": 3e-3},
+            post={"rounds": 2, "iterations": 2, "batch_size": 2},
+            seeds=2,
+        )
+        cfg["grpo"].update(group_size=2, max_new_tokens=8)
+        cfg["auto_cei"].update(group_size=2, max_new_tokens=8)
+    return cfg
