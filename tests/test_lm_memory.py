@@ -153,7 +153,7 @@ def test_schedule_caps_rows_per_step_and_moves_exposures_earlier():
         (["data.domains=bible:lawz"], "unknown text domain 'bible:lawz'.*did you mean bible:law"),
         (["inject.last_step=12"], "inject.last_step=12 is beyond the run"),
         (["inject.spacing=6"], "starts at step -1, before the first evaluation"),
-        (["methods=er"], "unknown method 'er' for a lm-memory study; valid: finetune$"),
+        (["methods=er"], "unknown method 'er' for a lm-memory study; valid: finetune, or a chain"),
         (["fewshot.per_condition=2", "fewshot.source=bible:ruth"], "is a training domain"),
         (["train.checkpoint_every=5"], "checkpoint_every=5 must be 0"),
     ],

@@ -253,9 +253,9 @@ class RelearnPhase(Phase):
     """A :class:`jaxcl.loops.Phase` whose continual evaluation is the forget metrics on the
     problem's forget rows (the attack's held-out forget rows): NLL, EM and ES."""
 
-    def evaluate(self, params, problem):
+    def evaluate(self, params, problem, model=None):
         rows = problem.forget
-        logits = self.model.apply(params, rows["tokens"])
+        logits = (model or self.model).apply(params, rows["tokens"])
         t, m = rows["tokens"], rows["mask"]
         return {
             "forget_nll": loss_score(logits, t, m).mean(),
