@@ -31,10 +31,10 @@ Expected runtime: --tiny (a random 2-layer byte-level model, 10 forget / 30 reta
 questions, 8 evaluation questions per set; fine-tuning 12 epochs at lr 3e-3, unlearning 12 steps
 at lr 1e-3, GU rank 2) 61 s on the idle 2-core CPU, 45 s of it compiling the ten phase programs (4-5 s each;
 the 2-layer model's gradient alone takes 3 s to compile there); 140 s at load ~4.
-Default (pretrained, subset): 25 + 23 fine-tuning steps of 8 x 128 tokens at about 14 s a step
-on the loaded 2-core CPU, then 21 methods of 5 steps (or one edit) and 23 evaluations; a smoke
-run of 1 fine-tuning epoch and 4 methods took 44 min, most of it evaluation before each chunk of
-evaluation rows was cut to the rows it holds (`jaxcl.tofu.metrics.chunk_rows`).
+Default (pretrained, subset): fine-tuning 25 + 22 steps of 8 x 128 tokens (391 s and 304 s on the
+shared 2-core CPU), then per method 5 steps (19-140 s) and an evaluation of 97-246 s (the forward
+passes over 5 perturbed answers a question dominate); six methods took 41 min
+(results/studies/tofu-smollm2-subset.json, the README's table), so all 21 take about 1.5 hours.
 
 Measured result, --tiny (results/studies/tofu-tiny.json, commit 976f80a plus the holdout change,
 2-core CPU at load ~3; ROUGE and so model utility are 0 for every row: a random 0.1M-parameter
