@@ -7,6 +7,11 @@ import tempfile
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# The scripts and CLIs the tests start as subprocesses import this checkout's jaxcl, whatever
+# the environment's installed copy points at (an editable install of another clone, or none).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+
 # Compile with most XLA optimisations off (jax_disable_most_optimizations): the suite's time is
 # mostly compiling small programs, this cuts its CPU time by about 40 %, and no value a test
 # checks depends on it. JAXCL_TEST_OPTIMIZE=1 compiles as users' runs do (scripts/test.sh's Python
