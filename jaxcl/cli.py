@@ -54,8 +54,17 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
             "--mesh", default="auto", help="auto | none | seeds=S,data=D over the target's devices (auto)"
         )
     elif cmd == "run":
-        p.add_argument("--checkpoint-every", type=int, default=None, help="= --set loop.checkpoint_every=N")
-        p.add_argument("--no-checkpoint", action="store_true", help="= --set loop.checkpoint=false")
+        p.add_argument(
+            "--checkpoint-every",
+            type=int,
+            default=None,
+            help="= --set <section>.checkpoint_every=N (the study's checkpoint section)",
+        )
+        p.add_argument(
+            "--no-checkpoint",
+            action="store_true",
+            help="= --set <section>.checkpoint=false (none to switch off: no-op)",
+        )
         p.add_argument("--resume", default=None, metavar="DIR", help="continue the run whose --out was DIR")
         p.add_argument("--fresh", action="store_true", help="ignore cached results under the output folder")
         p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
@@ -80,7 +89,7 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
     return p
 
 
-def _sets(args, cfg: dict) -> list[str]:
+def _sets(args, cfg: dict, study=None) -> list[str]:
     """The short flags as ``--set`` items (applied before the explicit ``--set``s)."""
     sets = []
     if args.method:
@@ -93,10 +102,19 @@ def _sets(args, cfg: dict) -> list[str]:
         sets.append("loop.skip_nonfinite=true")
     if args.model is not None:
         sets.append(f"model.name={args.model}")
+    # the checkpoint flags set the study's own checkpoint switch (``Study.checkpoint_key``)
+    key = getattr(study, "checkpoint_key", None)
     if getattr(args, "checkpoint_every", None) is not None:
-        sets.append(f"loop.checkpoint_every={args.checkpoint_every}")
-    if getattr(args, "no_checkpoint", False):
-        sets.append("loop.checkpoint=false")
+        if not key:
+            from .config import ConfigError
+
+            raise ConfigError(
+                f"--checkpoint-every: the {cfg.get('study')!r} study writes no checkpoints; drop the flag"
+            )
+        every = key.rsplit(".", 1)[0] + ".checkpoint_every"
+        sets.append(f"{every}={args.checkpoint_every}")
+    if getattr(args, "no_checkpoint", False) and key:
+        sets.append(f"{key}=false")
     if args.lr is not None:
         methods = cfg.get("methods", ())
         for item in sets:  # --method given: the learning rate of those
@@ -126,7 +144,7 @@ def _prepare(cmd: str, argv: list[str]):
         study.refuse("resume")
     if getattr(args, "mesh", None) and cmd != "compile":
         study.refuse("mesh")
-    cfg = config.resolve(cfg, _sets(args, cfg), study=study)
+    cfg = config.resolve(cfg, _sets(args, cfg, study), study=study)
     study.validate(cfg)
     return args, cfg, study
 

@@ -272,3 +272,26 @@ def test_truncated_tokenizer_json_names_the_file(tmp_path):
     p.write_text(p.read_text()[:25])
     with pytest.raises(CorruptFileError, match=f"{p}: truncated or corrupt"):
         hf.load_tokenizer_dir(str(tmp_path))
+
+
+# -- the checkpoint flags --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, key", [("rft-continual", ("post", "checkpoint")), ("lm-facts", ("train", "checkpoint"))]
+)
+def test_no_checkpoint_switches_the_studys_own_checkpoint_key(name, key, monkeypatch):
+    """``--no-checkpoint`` / ``--checkpoint-every`` set the study's checkpoint section (they set
+    ``loop.*`` for every study, which only the classifier streams have: 'unknown config key')."""
+    from jaxcl import driver
+
+    seen = {}
+    monkeypatch.setattr(driver.Study, "run", lambda self, cfg, out, **kw: seen.update(cfg=cfg))
+    assert cli.main(["run", name, "--tiny", "--no-checkpoint", "--checkpoint-every", "0", "--out", "x"]) == 0
+    assert seen["cfg"][key[0]][key[1]] is False and seen["cfg"][key[0]]["checkpoint_every"] == 0
+
+
+def test_checkpoint_every_on_a_study_without_checkpoints_is_one_line_exit_2(capsys):
+    assert cli.main(["run", "auto-cei", "--tiny", "--checkpoint-every", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint-every" in err[0] and "auto-cei" in err[0], err
