@@ -487,7 +487,7 @@ def body(cfg: dict, run: Run) -> Report:
                     per = {k: (v if k == "diag_loss" else [float("nan")] * S) for k, v in per.items()}
                 per["order_gain"] = [float("nan")] * S
                 if prog.kind == "pretrain":  # one training set: only the end losses mean something
-                    keep = ("final_loss", "final_ppl", "max_loss")
+                    keep = ("final_loss", "final_ppl")
                     per = {k: (v if k in keep else [float("nan")] * S) for k, v in per.items()}
                     if rand is not None:  # > 0: lower final loss than reading the pool in random order
                         L_rand = done[rand][2]["loss"][:, -1, -1, :].mean(-1)
