@@ -32,6 +32,14 @@ in ``extra``). Its loss matrix is in its own order. Column ``vs stand-alone``
 domains j >= 1 of the stand-alone loss on j minus the row's loss on j right after training on it,
 paired by seed (> 0: the earlier domains helped).
 
+DELT (Dai et al., "Data Efficacy for Language Model Training", 2025): row ``pretrain@random``,
+``pretrain@delt`` or ``pretrain@delt-select`` pre-trains once on one pool of
+``steps_per_domain x domains x batch_size`` windows of all the domains (:func:`pretrain_reading`),
+read in order at the step counter: a random order, DELT's LQS folding order, or the top
+``data.delt_select`` share by LQS in folding order (read cyclically, the same number of steps);
+only its final losses are reported, and column ``vs random order`` is the random row's final loss
+minus this row's, paired by seed (> 0: the order helped).
+
 Reported per row, mean ± std over seeds (``vmap``): the loss-matrix metrics of
 :func:`jaxcl.metrics.loss_metrics` (final loss, BWT, FWT, forgetting, worst-case loss), the final
 perplexity, and time. One program per (size, row) trains one domain (the domain index traced); a
