@@ -215,7 +215,9 @@ def order_windows(
     ``proxy_steps`` SGD steps (``lr``, ``batch`` windows a step) from ``params`` (a fresh
     initialisation); the target set is ``target`` windows of the same pool, drawn with ``seed``."""
     if checkpoints < 2:
-        raise ValueError(f"delt checkpoints={checkpoints} must be >= 2 (LQS compares consecutive checkpoints)")
+        raise ValueError(
+            f"delt checkpoints={checkpoints} must be >= 2 (LQS compares consecutive checkpoints)"
+        )
     loss = lm_loss(nll)
     w = jnp.asarray(windows_NxT)
     n = w.shape[0]
