@@ -1,15 +1,15 @@
 """Random-label forgetting on a language model ("Unforgettable Generalization in Language
 Models", Zhang et al. 2024): a small Llama trained from scratch on two procedural text tasks
-(count a digit's occurrences: 10 labels, mostly 0-2; reverse a number), then the first 256 of the count task's
-2048 training rows fine-tuned on random labels (another forget row's answer). Does the forgetting
-spread to the retained and held-out rows of the task, to the other task, and does a linear probe
-on the hidden states still decode the true labels?
+(reverse a number; sort its digits), then the first 256 of the reversal task's 2048 training rows
+fine-tuned on random labels (another forget row's answer). Does the forgetting spread to the
+retained and held-out rows of the task, to the other task, and does a linear probe on the hidden
+states still decode the true answer's first digit?
 
     jaxcl run lm-unforget --tiny                # seconds; what the tests run
-    jaxcl run lm-unforget --seeds 16            # the committed result
+    jaxcl run lm-unforget --seeds 8             # the committed result
 
-Expected runtime (2-core CPU): --tiny ~20 s (mostly compiling); default a few minutes.
-README: "Language-model memory studies" (results/studies/lm-unforget.json).
+Expected runtime (2-core CPU): --tiny ~40 s (mostly compiling); 8 seeds 3.6 min at load 5-6.
+README: "Language models and TOFU" (results/studies/lm-unforget.json).
 
 Writes runs/lm-unforget[-tiny]/results.json.
 """

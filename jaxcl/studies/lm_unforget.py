@@ -8,9 +8,10 @@ held-out examples of the same task varies widely between tasks, and a linear pro
 states still decodes the true labels after forgetting (the forgetting is shallow).
 
 Protocol: a small Llama (byte tokenizer) is trained from scratch (:func:`jaxcl.unlearn.lm.trainer`)
-on two procedural text tasks of :mod:`jaxcl.tasks` at once: the classification-style task
-``data.task`` (``count``: ``count 7 in 477577=`` -> ``3``, one digit; a string of
-``data.digits + 3`` digits, so ``data.digits + 4`` labels, most rows 0-2) and ``data.other`` (``rev``: a reversed number). Then every method of ``methods``
+on two procedural text tasks of :mod:`jaxcl.tasks` at once: ``data.task`` (``rev``: ``rev 4785=``
+-> ``5874``, the answer's first digit, 10 labels, is what the probe decodes; ``count``:
+``count 7 in 477577=`` -> ``3``, a string of ``data.digits + 3`` digits, so ``data.digits + 4``
+labels, most rows 0-2) and ``data.other`` (``sort``: the digits sorted). Then every method of ``methods``
 (the registry's ``random_label``: each forget row's answer replaced by another forget row's,
 :mod:`jaxcl.methods.random_label`) unlearns the first ``data.n_forget`` training rows of the task
 (:func:`jaxcl.unlearn.lm.unlearner`; retain rows: the rest of both tasks' training rows, used
@@ -42,16 +43,16 @@ from ..unlearn.eval import linear_probe
 from ..unlearn.lm import LMProblem, trainer, unlearner
 
 METHODS = ("random_label",)
-TASKS = ("count",)  # one-digit answers: a label per row
-OTHERS = ("rev", "sort")  # answers of data.other_digits digits
+TASKS = ("rev", "sort", "count")  # the probe's label: the answer's first digit (count: the answer)
+OTHERS = ("rev", "sort", "count")
 TRAIN, UNLEARN = 1, 2  # key roles
 
 DEFAULTS = {
     "model": lm.section(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
     "data": {
-        "task": "count",
-        "digits": 6,  # the count task's strings have digits + 3 digits: labels 0 .. digits + 3
-        "other": "rev",
+        "task": "rev",
+        "digits": 4,  # the task's size (count: strings of digits + 3 digits, labels 0 .. digits + 3)
+        "other": "sort",
         "other_digits": 4,
         "n_train": 2048,  # training rows per task
         "n_test": 256,  # held-out rows per task
@@ -95,7 +96,9 @@ def validate(cfg: dict) -> None:
         + ["train.epochs", "train.batch_size", "train.lr", "unlearn.epochs", "unlearn.batch_size"]
         + ["probe.steps", "probe.lr", "seeds"],
     )
-    if d["digits"] > 6:
+    if d["task"] == d["other"]:
+        raise ConfigError(f"data.other={d['other']!r} is data.task: give another task ({', '.join(OTHERS)})")
+    if d["task"] == "count" and d["digits"] > 6:
         raise ConfigError(f"data.digits={d['digits']}: the count answer must be one digit; give 1 to 6")
     if not 2 <= d["n_forget"] < d["n_train"]:
         raise ConfigError(
@@ -143,7 +146,7 @@ def build(cfg: dict, tok) -> dict:
     T = max(len(tok.encode(p + a)) + 1 for p, a in main + other)
     pad = vocab.pad_id(tok)
     A, B = encode(main, T, tok, pad), encode(other, T, tok, pad)
-    labels = np.array([int(a) for _, a in main], np.int32)
+    labels = np.array([int(a) if d["task"] == "count" else int(a[0]) for _, a in main], np.int32)
     tr, te, f = slice(0, d["n_train"]), slice(d["n_train"], n), d["n_forget"]
     cut = lambda rows, sl: {k: v[sl] for k, v in rows.items()}  # noqa: E731
     out = {
@@ -207,7 +210,7 @@ def body(cfg: dict, run: Run) -> Report:
     data, prompt_len, T = build(cfg, tok)
     model = lm.load(cfg["model"], max_seq_len=T + 8, tokenizer=tok)[0]
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
-    n_classes = cfg["data"]["digits"] + 4
+    n_classes = cfg["data"]["digits"] + 4 if cfg["data"]["task"] == "count" else 10
     score = jit_seeds(lambda p, d: scores(model, p, d, prompt_len, n_classes, cfg["probe"]), (0, None), mesh)
     both = lambda a, b: jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)  # noqa: E731
     train_rows = both(both(data["forget"], data["retain"]), data["other_train"])
