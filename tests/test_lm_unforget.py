@@ -50,7 +50,7 @@ def test_tiny_study_runs_random_label_and_the_probe():
     forget rows' exact match changes from the original's."""
     cfg = config.resolve(config.load("lm-unforget", tiny=True), ["random_label.lr=0.05", "unlearn.epochs=8"])
     res = lm_unforget.run(cfg, None, verbose=False)
-    assert list(res["rows"]) == ["original", "random_label"]
+    assert list(res["rows"]) == ["untrained", "original", "random_label"]
     for row in res["rows"].values():
         for k in ("forget", "retain", "test", "other", "probe_forget", "probe_test"):
             v = np.asarray(row["per_seed"][k])

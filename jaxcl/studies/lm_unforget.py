@@ -21,7 +21,8 @@ forgotten), ``test`` (held-out rows of the task: does the forgetting generalise?
 (held-out rows of the other task); and a linear probe (:func:`jaxcl.unlearn.eval.linear_probe`,
 softmax regression on the final hidden state at the last prompt token) trained on the retained
 rows' true labels, its accuracy on the forget rows (``probe_forget``) and held-out rows
-(``probe_test``). Rows: ``original``, then each method.
+(``probe_test``). Rows: ``untrained`` (the initialisation: the probe's control, what the input
+alone gives away), ``original``, then each method.
 """
 
 from __future__ import annotations
@@ -226,10 +227,11 @@ def body(cfg: dict, run: Run) -> Report:
         return o, t_s
 
     init = jax.vmap(model.init)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
+    evaluated = {"untrained": (score(init, data), 0.0)}  # the probe's control: nothing learned yet
     phase, hp = trainer(model, cfg, train_rows["tokens"].shape[0], mesh)
     o, t_s = phase_run(phase, hp, init, TRAIN, LMProblem(forget=empty, forget_alt=empty, retain=train_rows))
     original = o["params"]
-    evaluated = {"original": (score(original, data), t_s)}
+    evaluated["original"] = (score(original, data), t_s)
     say(f"original: {phase.phase.steps} steps ({t_s:.1f}s)")
     for name in cfg["methods"]:
         phase, hp = unlearner(model, cfg, name, cfg["data"]["n_forget"], mesh)
