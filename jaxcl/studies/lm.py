@@ -256,7 +256,12 @@ class Program(LMProgram):
             norms=False,  # the grad/param norm metrics are unused here and re-read every parameter
         )
         self.init = jit_seeds(self._init, (None, 0, None), mesh)
-        self.domain = jit_seeds(self._domain, (0, None, None, None, None), mesh, donate_argnums=0)
+        # the jitted domain program; domain(state, t, hp, stream[, reading]) calls it
+        self.domain_program = jit_seeds(self._domain, (0, None, None, None, None), mesh, donate_argnums=0)
+
+    def domain(self, state, t, hp, stream, reading=None):
+        """:meth:`_domain` of every seed, compiled (``reading``: row ``pretrain``'s only)."""
+        return self.domain_program(state, t, hp, stream, reading)
 
     def draw(self, data, key):
         """A batch of domain ``data["t"]``; ``joint``: of every domain seen so far, uniformly."""
@@ -630,7 +635,7 @@ def programs(cfg: dict, mesh) -> list:
                 rd = C.abstract({"pairs": jnp.zeros((P, 2), jnp.int32), "n": jnp.int32(P)}, mesh)
             out += [
                 C.Program(f"{name}: init", prog.init, (pre, keys, st)),
-                C.Program(f"{name}: a domain", prog.domain, (state, t, hp, st, rd)),
+                C.Program(f"{name}: a domain", prog.domain_program, (state, t, hp, st, rd)),
                 C.Program(
                     f"{name}: one step", step, (state, hp, {"stream": st, "t": t, "reading": rd}), steps=1
                 ),
