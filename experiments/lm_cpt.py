@@ -8,12 +8,16 @@ re-warming the learning rate at each domain, and of model size.
     jaxcl run lm-cpt --set model.name=smollm2-135m --set model.tokenizer=smollm2 --set data.seq_len=256  # GPU
     jaxcl run lm-cpt --seeds 16 --set rows=finetune@similar,finetune@dissimilar,standalone  # orders (18.6 min)
     jaxcl run lm-cpt --set methods=finetune,kappatune,gere --set rows=kappatune,gere  # KappaTune, GeRe
+    jaxcl run lm-cpt --seeds 16 --set rows=pretrain@random,pretrain@delt,pretrain@delt-select  # DELT (17 min)
 
 Rows (Yildiz et al. 2024): `standalone` trains on each domain alone from the same start;
 `<row>@similar` / `<row>@dissimilar` take the domains in a greedy chain of nearest / farthest
 unigram Jensen-Shannon divergence from the first (the default order is the similar one); column
 `vs stand-alone` is the continual row's gain over it on each new domain. README: 16-seed numbers
 (results/studies/lm-cpt-orders.json).
+Rows `pretrain@<order>` (DELT, Dai et al. 2025) pre-train once on one pool of windows of all the
+domains, read in a random order, DELT's LQS folding order, or its top-LQS half (`delt-select`);
+README: results/studies/lm-cpt-delt.json.
 
 Expected runtime (2-core CPU): --tiny ~30 s (mostly compiling); default 13.8 min with the machine
 loaded (load 5-10; about 2.5 min per row).

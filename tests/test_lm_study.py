@@ -290,6 +290,10 @@ def test_bf16_run_stays_within_tolerance_of_float32(tiny_run):
         (["rows=finetune@random"], "unknown row 'finetune@random'"),
         (["rows=joint@similar"], "unknown row 'joint@similar'"),
         (["rows=standalone+rewarm"], "unknown row 'standalone\\+rewarm'"),
+        (["rows=pretrain@similar"], "unknown row 'pretrain@similar'"),
+        (["rows=finetune@delt"], "unknown row 'finetune@delt'"),
+        (["rows=pretrain@delt", "data.delt_select=0"], "data.delt_select=0"),
+        (["rows=pretrain@delt", "data.delt_checkpoints=1"], "data.delt_checkpoints=1"),
         (["model.name=xl"], "model.name='xl' is not valid here; valid: scratch, xs, s, m, smollm2-135m"),
         (["model.tokenizer=smollm2"], "model.tokenizer='smollm2' is not valid here; valid: byte"),
         (["model.name=xs,smollm2-135m"], "tokenizer mismatch; set model.tokenizer=smollm2"),
@@ -310,3 +314,87 @@ def test_unknown_domain_is_a_clear_error():
     cfg = config.resolve(config.load("lm-cpt", tiny=True), ["data.domains=zen,bible:laws"])
     with pytest.raises(config.ConfigError, match="did you mean bible:law"):
         lm.run(cfg, verbose=False)
+
+
+# -- DELT on the language-model stream: one pool of windows read in a random or LQS folding order --
+
+
+def test_pool_and_sequential_read_by_hand():
+    from jaxcl.data import text
+
+    train = np.arange(2 * 3 * 4).reshape(2, 3, 4)  # domain 1 has 2 real rows, row 2 repeats row 0
+    train[1, 2] = train[1, 0]
+    s = text.TextStream(
+        train=jnp.asarray(train), n_train=jnp.asarray([3, 2]), eval=jnp.zeros((2, 1, 4), jnp.int32)
+    )
+    pairs = text.pool(s, 4, seed=0)
+    real = {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)}
+    assert pairs.shape == (4, 2) and len({tuple(p) for p in pairs}) == 4 and {tuple(p) for p in pairs} <= real
+    assert {tuple(p) for p in text.pool(s, 99, seed=1)} == real  # capped at the real rows
+    for step in range(4):  # reading the first 3 pairs, 2 a step: (2s, 2s+1) mod 3
+        got = np.asarray(text.read(s, jnp.asarray(pairs), 3, step, 2)["tokens"])
+        idx = [(2 * step) % 3, (2 * step + 1) % 3]
+        np.testing.assert_array_equal(got, train[pairs[idx, 0], pairs[idx, 1]])
+
+
+def test_lqs_of_language_model_windows_against_numpy():
+    from jaxcl.data import delt
+    from jaxcl.models import llama
+    from jaxcl.models.lm import language_model
+
+    cfg = llama.tiny(vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=16, max_seq_len=8)
+    model = language_model(cfg, "tiny")
+    p0 = model.init(jax.random.key(0))
+    p1 = jax.tree.map(lambda a: a * 0.8 + 0.01, p0)
+    ckpts = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
+    w = jnp.asarray(np.random.default_rng(0).integers(0, 16, (5, 6)), jnp.int32)
+    target = w[:3]
+    loss = delt.lm_loss(model.nll)
+    got = np.asarray(delt.lqs(loss, ckpts, w, target, chunk=2))
+    flat = lambda g: np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(g)])  # noqa: E731
+    lam = flat(jax.grad(loss)(p0, target))
+    want = []
+    for i in range(5):
+        g0, g1 = flat(jax.grad(loss)(p0, w[i : i + 1])), flat(jax.grad(loss)(p1, w[i : i + 1]))
+        cos = g0 @ lam / (np.linalg.norm(g0) * np.linalg.norm(lam))
+        want.append(np.linalg.norm(lam) * np.linalg.norm(g0) / np.linalg.norm(g1) * cos)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6)
+
+
+def test_pretrain_rows_read_one_pool_in_their_orders():
+    """``pretrain@random`` / ``@delt`` read the same windows (one pass each), ``@delt-select`` the
+    top-LQS half of them, in folds that each ascend through the scores; the rows train and the
+    order changes the held-out losses."""
+    cfg = config.resolve(
+        config.load("lm-cpt", tiny=True),
+        [
+            "rows=pretrain@random,pretrain@delt,pretrain@delt-select",
+            "data.delt_proxy_steps=4",
+            "data.delt_target=8",
+        ],
+    )
+    stream = lm.build_stream(cfg)
+    model, _ = lm.load_model(cfg, "xs")
+    r, _ = lm.pretrain_reading(cfg, model, stream, "random")
+    d, sd = lm.pretrain_reading(cfg, model, stream, "delt")
+    h, _ = lm.pretrain_reading(cfg, model, stream, "delt-select")
+    P = cfg["train"]["steps_per_domain"] * 2 * cfg["train"]["batch_size"]
+    pr, pd, ph = (np.asarray(x["pairs"]) for x in (r, d, h))
+    assert int(r["n"]) == int(d["n"]) == P and int(h["n"]) == P // 2
+    assert sorted(map(tuple, pr)) == sorted(map(tuple, pd))  # the same windows
+    pool = lm.text.pool(stream, P, cfg["seed"])  # the order the scores are in
+    pos = {tuple(p): i for i, p in enumerate(pool)}
+    s_of = lambda pairs: sd[[pos[tuple(p)] for p in pairs]]  # noqa: E731
+    assert len(pool) == P and set(map(tuple, ph)) <= set(map(tuple, pd))
+    assert s_of(ph).min() >= np.sort(sd)[P // 2 - 1]  # the top half by LQS
+    for f in np.array_split(s_of(pd), cfg["data"]["delt_layers"]):
+        assert np.all(np.diff(f) >= 0)
+    res = lm.run(cfg, None, verbose=False)
+    rows = res["rows"]
+    L = {k: np.asarray(v["L_per_seed"])[:, -1] for k, v in rows.items()}
+    b = np.asarray(rows["pretrain@random"]["b_mean"])
+    assert (L["pretrain@random"].mean(0) < b).all()  # every domain learned
+    assert not np.allclose(L["pretrain@random"], L["pretrain@delt"])
+    gain = L["pretrain@random"].mean(-1) - L["pretrain@delt"].mean(-1)
+    np.testing.assert_allclose(rows["pretrain@delt"]["per_seed"]["order_gain"], gain, rtol=1e-5)
+    assert np.isnan(rows["pretrain@delt"]["per_seed"]["bwt"]).all()

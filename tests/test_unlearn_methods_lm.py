@@ -212,7 +212,7 @@ def trained(model, params, batch, steps, lr):
 LR_OVER = {"lr": 3e-3}
 
 
-@pytest.mark.parametrize("name", [*NEW, "gu-simnpo", "gu-dpo"])
+@pytest.mark.parametrize("name", [*NEW, "gu-simnpo", "gu-dpo", "random_label"])
 def test_lm_unlearning_raises_forget_nll_more_than_retain(name):
     f, r, alt = lm_rows(10), lm_rows(11), lm_rows(12)
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), f, r)
@@ -266,3 +266,32 @@ def test_lm_edit_methods_forget_more_than_retain(name):
     d_f = float(nll(p1, f) - nll(p0, f))
     d_r = float(nll(p1, r) - nll(p0, r))
     assert np.isfinite(d_f) and d_f > 0 and d_f > d_r, (d_f, d_r)
+
+
+# -- random labels on the Llama: each answer replaced by another row's --------------------------
+
+
+def test_relabel_tokens_by_hand():
+    from jaxcl.methods.random_label import relabel_tokens
+
+    tokens = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    mask = np.array([[0, 1, 1], [0, 1, 1], [0, 0, 1]], bool)
+    got = np.asarray(relabel_tokens(jnp.asarray(tokens), jnp.asarray(mask), 1))
+    np.testing.assert_array_equal(got, [[1, 8, 9], [4, 2, 3], [7, 8, 6]])
+
+
+def test_lm_random_label_is_the_nll_of_another_rows_answer():
+    f = lm_rows(7)
+    f = {"tokens": f["tokens"], "mask": f["mask"].at[0, 8:].set(True)}  # aligned answers
+    loss_fn, _ = forget_loss("random_label", LM)
+    tok, m = np.asarray(f["tokens"]), np.asarray(f["mask"])
+
+    def np_nll(shift):
+        t = np.where(m, np.roll(tok, shift, 0), tok)
+        _, _, lp, mm = np_token_logprobs(LM_PARAMS, {"tokens": jnp.asarray(t), "mask": m})
+        return -(mm * lp).sum() / mm.sum()
+
+    for k in range(4):
+        got = float(loss_fn(LM_PARAMS, {"forget": f}, jax.random.key(k))[0])
+        diffs = [abs(got - np_nll(s)) / np_nll(s) for s in range(4)]
+        assert min(diffs[1:]) < 2e-5 and diffs[0] > 1e-3, diffs  # a real shift, never the true answers

