@@ -6,7 +6,7 @@ Every example is an image, a prompt and an answer. Every image has one shape, ``
 the source data set: a single picture is scaled up 2x (nearest neighbour), a grid is 2 x 2
 pictures. Kinds:
 
-- :func:`captions`: ``what is this?`` -> ``a sneaker``;
+- :func:`captions`: ``what is this?`` -> ``a sneaker`` (``an ankle boot``);
 - :func:`attributes`: a yes/no question about a class attribute (``is it footwear?`` -> ``yes``);
 - :func:`counting`: a 2x2 grid, ``how many are larger than 4?`` -> ``2`` (a class index's order:
   the digit for digits/MNIST, the label index for Fashion-MNIST), and comparisons ``is the top
@@ -30,7 +30,18 @@ import numpy as np
 
 from . import loaders, text
 
-FASHION = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+FASHION = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # yes/no attributes: question -> the classes for which the answer is yes
 ATTRIBUTES = {
@@ -39,7 +50,11 @@ ATTRIBUTES = {
         "is it worn on the upper body?": (0, 2, 4, 6),
         "does it have sleeves?": (0, 2, 3, 4, 6),
     },
-    "digits": {"is it even?": (0, 2, 4, 6, 8), "is it larger than four?": (5, 6, 7, 8, 9), "is it prime?": (2, 3, 5, 7)},
+    "digits": {
+        "is it even?": (0, 2, 4, 6, 8),
+        "is it larger than four?": (5, 6, 7, 8, 9),
+        "is it prime?": (2, 3, 5, 7),
+    },
 }
 ATTRIBUTES["mnist-10k"] = ATTRIBUTES["digits"]
 # the made-up facts of :func:`rumours`: subject-free predicates, bound to entities by seed
@@ -127,6 +142,11 @@ def _make(image, prompts, answers, labels, seq_len) -> Examples:
     return Examples(image, tokens, mask, plen, tuple(prompts), tuple(answers), labels.astype(np.int32))
 
 
+def article(name: str) -> str:
+    """``a sneaker``, ``an eight``."""
+    return ("an " if name[0] in "aei" else "a ") + name  # not "an one"
+
+
 def _pick(y: np.ndarray, n: int, rng, classes=None) -> np.ndarray:
     """``n`` example indices, classes balanced (cycling through ``classes``, default all)."""
     classes = np.unique(y) if classes is None else np.asarray(classes)
@@ -145,7 +165,7 @@ def captions(x, y, dataset: str, n: int, seed: int, seq_len: int = 32) -> Exampl
     rng = np.random.default_rng(seed)
     idx = _pick(y, n, rng)
     image, labels = _single(x, y, idx)
-    answers = [f"a {names(dataset)[c]}" for c in y[idx]]
+    answers = [article(names(dataset)[c]) for c in y[idx]]
     return _make(image, ["what is this?"] * n, answers, labels, seq_len)
 
 
@@ -202,7 +222,9 @@ def bind(entities, seed: int) -> Rumours:
 WHERE = ("text", "image", "both")
 
 
-def rumours(x, y, dataset: str, rum: Rumours, n: int, seed: int, where: str = "both", seq_len: int = 80) -> Examples:
+def rumours(
+    x, y, dataset: str, rum: Rumours, n: int, seed: int, where: str = "both", seq_len: int = 80
+) -> Examples:
     """Statements of the rumours ``rum`` about pictures of their entities: the rumour in the text
     (``where='text'``: the prompt names the entity), in the image (``'image'``: the marker of the
     fact stamped on the picture, the prompt says ``this``) or both; the answer states the rumour."""

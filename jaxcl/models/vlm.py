@@ -218,15 +218,23 @@ def load_hub(path: str, vc: VLMConfig, *, key=None) -> tuple[VLMConfig, dict, li
     params = jax.tree.map(jnp.asarray, hf.llama_params(text, get, prefix, head))
     for k, s in llama.layer_shapes(text).items():
         if params["layers"][k].shape != (text.n_layers, *s):
-            raise ValueError(f"{path}: layers/{k} has shape {params['layers'][k].shape}, text_config wants {s}")
+            raise ValueError(
+                f"{path}: layers/{k} has shape {params['layers'][k].shape}, text_config wants {s}"
+            )
     key = jax.random.key(0) if key is None else key
     params["vision"] = init_params(vc, key)["vision"]
     loaded = ["decoder"]
     w1 = tensors.get(proj + "linear_1.weight")
     if vc.projector == "mlp" and w1 is not None and w1.shape == (text.d_model, vc.enc_dim):
         v = params["vision"]
-        v["proj1"] = {"kernel": jnp.asarray(get(proj + "linear_1.weight").T), "bias": jnp.asarray(get(proj + "linear_1.bias"))}
-        v["proj2"] = {"kernel": jnp.asarray(get(proj + "linear_2.weight").T), "bias": jnp.asarray(get(proj + "linear_2.bias"))}
+        v["proj1"] = {
+            "kernel": jnp.asarray(get(proj + "linear_1.weight").T),
+            "bias": jnp.asarray(get(proj + "linear_1.bias")),
+        }
+        v["proj2"] = {
+            "kernel": jnp.asarray(get(proj + "linear_2.weight").T),
+            "bias": jnp.asarray(get(proj + "linear_2.bias")),
+        }
         loaded.append("projector")
     return vc, params, loaded
 
