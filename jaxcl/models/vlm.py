@@ -171,6 +171,72 @@ def generate(vc: VLMConfig, params, image_BxHxWxC, prompts, *, max_new_tokens: i
     return gen(vc.text, params, prompts, max_new_tokens=max_new_tokens, prefix=prefix_BxNxD, **kw)
 
 
+# ----------------------------------------------------------------------------- config section
+
+DIMS = (
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_ff",
+    "patch",
+    "enc_dim",
+    "enc_depth",
+    "enc_heads",
+    "enc_mlp",
+)
+
+
+def section(**kw) -> dict:
+    """A study config's ``model`` section for a scratch VLM: the decoder's dimensions (default
+    :data:`jaxcl.models.lm.SIZES`' ``xs``), the encoder's (``patch``, ``enc_*``), ``projector``
+    (:data:`PROJECTORS`), ``compute_dtype`` and ``lora`` (:func:`jaxcl.models.lora.section`;
+    rank 0: off; targets: the decoder's linears)."""
+    from . import lm
+    from . import lora as lora_mod
+
+    base = {**lm.SIZES["xs"], "patch": 4, "enc_dim": 32, "enc_depth": 1, "enc_heads": 2, "enc_mlp": 64}
+    out = {**base, "projector": "mlp", "compute_dtype": "float32", "lora": lora_mod.section()}
+    out.update({k: v for k, v in kw.items() if k != "lora"})
+    out["lora"] = {**out["lora"], **kw.get("lora", {})}
+    return out
+
+
+def from_section(sec: dict, image_shape: tuple, vocab_size: int, max_seq_len: int) -> VisionLanguageModel:
+    """The scratch VLM of a ``model`` section (:func:`section`) for images of ``image_shape`` and
+    text of ``max_seq_len`` tokens; a :class:`jaxcl.config.ConfigError` (one line) for a bad key."""
+    from ..config import ConfigError
+    from . import lora as lora_mod
+
+    if set(sec) != set(section()):
+        raise ConfigError(
+            f"model: keys {sorted(set(sec) ^ set(section()))} differ from {', '.join(section())}"
+        )
+    for k in DIMS:
+        if not isinstance(sec[k], int) or sec[k] <= 0:
+            raise ConfigError(f"model.{k}={sec[k]!r} must be a positive integer")
+    if sec["projector"] not in PROJECTORS:
+        raise ConfigError(f"model.projector={sec['projector']!r}; valid: {', '.join(PROJECTORS)}")
+    if (
+        sec["d_model"] % sec["n_heads"]
+        or sec["n_heads"] % sec["n_kv_heads"]
+        or sec["enc_dim"] % sec["enc_heads"]
+    ):
+        raise ConfigError("model.n_heads must divide model.d_model, n_kv_heads n_heads, enc_heads enc_dim")
+    h, w, _ = image_shape
+    if h % sec["patch"] or w % sec["patch"]:
+        raise ConfigError(f"model.patch={sec['patch']} does not divide the {h}x{w} images; pick a divisor")
+    text = llama.LlamaConfig(
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len + (h // sec["patch"]) * (w // sec["patch"]),
+        compute_dtype=sec["compute_dtype"],
+        **{k: sec[k] for k in DIMS[:5]},
+    )
+    vc = VLMConfig(text, tuple(image_shape), projector=sec["projector"], **{k: sec[k] for k in DIMS[5:]})
+    model = vision_language_model(vc, f"vlm-d{sec['d_model']}-l{sec['n_layers']}")
+    return model._replace(lora=lora_mod.from_section(sec["lora"], model))
+
+
 # ----------------------------------------------------------------------------- hub weights
 
 # where a LLaVA-family checkpoint keeps its parts (transformers < 4.52, then >= 4.52)
@@ -243,10 +309,12 @@ __all__ = [
     "VLMConfig",
     "VisionLanguageModel",
     "forward",
+    "from_section",
     "generate",
     "image_tokens",
     "init_params",
     "load_hub",
+    "section",
     "tiny",
     "token_logprobs",
     "vision_language_model",
