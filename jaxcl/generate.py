@@ -67,9 +67,22 @@ def pad_left(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1):
     jax.jit, static_argnames=("cfg", "max_new_tokens", "cache_len", "sampling", "eos_id", "pad_id")
 )
 def generate_ids(
-    params, tokens_BxP, mask_BxP, key, *, cfg, max_new_tokens, cache_len, sampling, eos_id, pad_id
+    params,
+    tokens_BxP,
+    mask_BxP,
+    key,
+    prefix_BxIxD=None,
+    *,
+    cfg,
+    max_new_tokens,
+    cache_len,
+    sampling,
+    eos_id,
+    pad_id,
 ):
     B, P = tokens_BxP.shape
+    if prefix_BxIxD is not None:  # image tokens first (jaxcl.models.vlm), then the padded prompt
+        mask_BxP = jnp.concatenate([jnp.ones(prefix_BxIxD.shape[:2], bool), mask_BxP], axis=1)
     positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0).astype(jnp.int32)
     cache = llama_lib.init_cache(cfg, B, cache_len)
     h_BxPxD, cache = llama_lib.forward(
@@ -80,6 +93,7 @@ def generate_ids(
         token_mask_BxT=mask_BxP,
         cache=cache,
         return_hidden=True,
+        prefix_BxPxD=prefix_BxIxD,
     )
     logits_BxV = llama_lib.head(cfg, params, h_BxPxD[:, -1])
     key0, key = jax.random.split(key)
@@ -118,9 +132,12 @@ def generate(
     pad_id: int = 0,
     cache_len: int | None = None,
     pad_multiple: int = 8,
+    prefix=None,
 ):
     """New tokens (B, max_new_tokens) int32 for `prompts` (list of token lists, or a left-padded
-    (B, P) array with boolean `mask`). `cache_len` defaults to prompt length + max_new_tokens."""
+    (B, P) array with boolean `mask`). `cache_len` defaults to prompt length + max_new_tokens.
+    `prefix`: (B, I, D) input embeddings before every prompt (a vision-language model's image
+    tokens, :func:`jaxcl.models.vlm.generate`); they take I more cache slots."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if isinstance(prompts, (list, tuple)):
@@ -128,7 +145,7 @@ def generate(
     else:
         tokens = np.asarray(prompts, np.int32)
         mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask, bool)
-    P = tokens.shape[1]
+    P = tokens.shape[1] + (0 if prefix is None else prefix.shape[1])
     cache_len = cache_len or P + max_new_tokens
     if P > cache_len:
         raise ValueError(f"prompt of {P} tokens is longer than the KV cache ({cache_len} slots)")
@@ -145,6 +162,7 @@ def generate(
         jnp.asarray(tokens),
         jnp.asarray(mask),
         key,
+        prefix,
         cfg=cfg,
         max_new_tokens=int(max_new_tokens),
         cache_len=int(cache_len),

@@ -426,6 +426,39 @@ def _resolve_dir(path_or_id: str) -> str:
     return snapshot_download(path_or_id, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
 
 
+def llama_params(cfg: LlamaConfig, get, prefix: str = "model.", head: str = "lm_head.weight") -> dict:
+    """A Llama's params (numpy) from Hugging Face tensor names: ``get(name, key)`` returns the
+    tensor ``name`` (float32), ``prefix`` is what precedes ``layers.{i}.``, ``embed_tokens`` and
+    ``norm`` (``model.`` in a causal LM; ``language_model.model.`` or ``model.language_model.``
+    inside a vision-language checkpoint), ``head`` the untied output matrix's name."""
+    p = prefix + "layers.{i}."
+    names = dict(
+        attn_norm=(p + "input_layernorm.weight", False),
+        wq=(p + "self_attn.q_proj.weight", True),
+        wk=(p + "self_attn.k_proj.weight", True),
+        wv=(p + "self_attn.v_proj.weight", True),
+        wo=(p + "self_attn.o_proj.weight", True),
+        mlp_norm=(p + "post_attention_layernorm.weight", False),
+        w_gate=(p + "mlp.gate_proj.weight", True),
+        w_up=(p + "mlp.up_proj.weight", True),
+        w_down=(p + "mlp.down_proj.weight", True),
+    )
+    if cfg.attn_bias:
+        names.update(
+            bq=(p + "self_attn.q_proj.bias", False),
+            bk=(p + "self_attn.k_proj.bias", False),
+            bv=(p + "self_attn.v_proj.bias", False),
+        )
+    params = {
+        "embed": get(prefix + "embed_tokens.weight"),
+        "layers": _stack_layers(cfg, get, names),
+        "final_norm": get(prefix + "norm.weight"),
+    }
+    if not cfg.tie_embeddings:
+        params["lm_head"] = get(head).T
+    return params
+
+
 def load_hf(path_or_id: str, *, as_jax: bool = True, **config_overrides):
     """Load a Llama/SmolLM/Mistral/Qwen2 checkpoint directory (or hub id): `(cfg, params, tokenizer)`."""
     from safetensors.numpy import load_file
@@ -457,31 +490,7 @@ def load_hf(path_or_id: str, *, as_jax: bool = True, **config_overrides):
             raise ValueError(f"missing tensor {name!r} (for {key or name}) in {path}")
         return np.asarray(tensors[name], np.float32)
 
-    p = "model.layers.{i}."
-    names = dict(
-        attn_norm=(p + "input_layernorm.weight", False),
-        wq=(p + "self_attn.q_proj.weight", True),
-        wk=(p + "self_attn.k_proj.weight", True),
-        wv=(p + "self_attn.v_proj.weight", True),
-        wo=(p + "self_attn.o_proj.weight", True),
-        mlp_norm=(p + "post_attention_layernorm.weight", False),
-        w_gate=(p + "mlp.gate_proj.weight", True),
-        w_up=(p + "mlp.up_proj.weight", True),
-        w_down=(p + "mlp.down_proj.weight", True),
-    )
-    if cfg.attn_bias:
-        names.update(
-            bq=(p + "self_attn.q_proj.bias", False),
-            bk=(p + "self_attn.k_proj.bias", False),
-            bv=(p + "self_attn.v_proj.bias", False),
-        )
-    params = {
-        "embed": get("model.embed_tokens.weight"),
-        "layers": _stack_layers(cfg, get, names),
-        "final_norm": get("model.norm.weight"),
-    }
-    if not cfg.tie_embeddings:
-        params["lm_head"] = get("lm_head.weight").T
+    params = llama_params(cfg, get)
     _check_shapes(cfg, params)
     tokenizer = load_tokenizer_dir(path, fix)
     _check_vocab(tokenizer, cfg, exact=False)

@@ -201,6 +201,8 @@ def token_logits(model) -> Callable:
     distribution (UNDIAL); :func:`token_logprobs` when the target's log-probability is enough.
     Left-padded sequences (``sub = {'tokens', 'valid', 'loss_mask'}``, the RL studies' rows): the
     padding is masked out of attention and the mask is ``loss_mask[:, 1:]``."""
+    if getattr(model, "token_logits", None) is not None:  # a model with its own (jaxcl.models.vlm)
+        return model.token_logits
     if hasattr(model, "nll"):
 
         def lm(params, sub):
@@ -225,6 +227,8 @@ def token_logprobs(model) -> Callable:
     """``(params, sub) -> (logp_BxT, mask_BxT)``: ``log p(target)`` at every position of
     :func:`token_logits` and its mask; a language model's without materialising the log-softmax
     (:func:`jaxcl.models.llama.token_logprobs`)."""
+    if getattr(model, "token_logprobs", None) is not None:  # a model with its own (jaxcl.models.vlm)
+        return model.token_logprobs
     if hasattr(model, "nll"):
         from .models import llama
 

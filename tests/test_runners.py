@@ -45,6 +45,7 @@ TINY_RUNS = {
     "lm-fewshot": "tests/test_lm_memory.py",
     "lm-junk": "tests/test_lm_junk.py",
     "lm-unforget": "tests/test_lm_unforget.py",
+    "mm-cit": "tests/test_mm_cit.py",
     "restor": "tests/test_restor.py",
     "rft-continual": "tests/test_rft_study.py",
     "scole": "tests/test_methods_zoo_papers.py",

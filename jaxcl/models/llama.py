@@ -306,20 +306,27 @@ def forward(
     token_mask_BxT=None,
     cache: dict | None = None,
     return_hidden: bool = False,
+    prefix_BxPxD=None,
 ):
     """Logits (float32) for `tokens_BxT`; with `cache`, returns `(logits_BxTxV, new_cache)`.
 
     With a cache, the T new tokens go to slots [index, index+T); `token_mask_BxT` marks real
     tokens (False for left padding) and `positions_BxT` are their RoPE positions.
+    `prefix_BxPxD`: P input embeddings placed before the tokens' (a vision-language model's image
+    tokens, :mod:`jaxcl.models.vlm`); they are attended to (and cached) like tokens, the outputs
+    cover the T tokens only, and a given `positions_BxT` / `token_mask_BxT` covers all P + T.
     """
     params = pure_dict(params)
     dt = jnp.dtype(cfg.compute_dtype)
-    B, T = tokens_BxT.shape
+    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
+    P = 0 if prefix_BxPxD is None else prefix_BxPxD.shape[1]
+    if P:
+        x_BxTxD = jnp.concatenate([prefix_BxPxD.astype(dt), x_BxTxD], axis=1)
+    B, T = x_BxTxD.shape[:2]
     if positions_BxT is None:
         start = 0 if cache is None else cache["index"]
         positions_BxT = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
     cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
-    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
     layers = params["layers"]
 
     if cache is None:
@@ -347,7 +354,7 @@ def forward(
         )
         new_cache = dict(k=k_all, v=v_all, valid=valid_BxS, index=index + T)
 
-    x_BxTxD = rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps)
+    x_BxTxD = rms_norm(x_BxTxD[:, P:], params["final_norm"], cfg.norm_eps)
     out = x_BxTxD if return_hidden else head(cfg, params, x_BxTxD)
     return out if cache is None else (out, new_cache)
 

@@ -192,7 +192,8 @@ def adapt(model, spec: LoraSpec, base):
     compiled program with ``base`` traced."""
     on = lambda fn: lambda ad, *a, **k: fn(merge(spec, base, ad), *a, **k)
     fields = {"init": lambda key: init(spec, base, key), "lora": "adapters"}
-    fields.update({f: on(getattr(model, f)) for f in ("apply", "nll", "features") if hasattr(model, f)})
+    wrapped = ("apply", "nll", "features", "token_logits", "token_logprobs")
+    fields.update({f: on(getattr(model, f)) for f in wrapped if getattr(model, f, None) is not None})
     out = model._replace(**fields)
     if hasattr(model, "apply_train"):
         out.apply_train = on(model.apply_train)

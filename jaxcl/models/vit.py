@@ -19,6 +19,16 @@ from . import precision
 from .base import PureModel, pure, to_float
 
 
+def patchify(x_BxHxWxC: jax.Array, p: int) -> jax.Array:
+    """Non-overlapping ``p x p`` patches in row-major order, each flattened: (B, HW/p^2, p*p*C)."""
+    b, h, w, c = x_BxHxWxC.shape
+    return (
+        x_BxHxWxC.reshape(b, h // p, p, w // p, p, c)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(b, (h // p) * (w // p), p * p * c)
+    )
+
+
 class Block(nnx.Module):
     def __init__(self, dim: int, heads: int, mlp: int, compute_dtype: str = "float32", *, rngs: nnx.Rngs):
         kw, norm = precision.layer_kwargs(compute_dtype), precision.norm_kwargs(compute_dtype)
@@ -68,15 +78,8 @@ class ViT(nnx.Module):
         self.head = nnx.Linear(dim, n_classes, rngs=rngs, **kw)
 
     def features(self, x_BxHxWxC):
-        x = to_float(x_BxHxWxC)
-        b, h, w, c = x.shape
-        p = self.patch
-        tok_BxTxP = (
-            x.reshape(b, h // p, p, w // p, p, c)
-            .transpose(0, 1, 3, 2, 4, 5)
-            .reshape(b, (h // p) * (w // p), p * p * c)
-        )
-        h_BxTxD = self.embed(tok_BxTxP)
+        h_BxTxD = self.embed(patchify(to_float(x_BxHxWxC), self.patch))
+        b = h_BxTxD.shape[0]
         cls = jnp.broadcast_to(self.cls[...], (b, 1, h_BxTxD.shape[-1]))
         h_BxTxD = precision.act(jnp.concatenate([cls, h_BxTxD], axis=1) + self.pos[...], self.compute_dtype)
         for blk in self.blocks:

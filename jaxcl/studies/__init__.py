@@ -23,6 +23,7 @@ STUDIES = {
     "sort": "jaxcl.studies.sort",
     "cl-order": "jaxcl.studies.cl_order",
     "auto-cei": "jaxcl.studies.auto_cei",
+    "mm-cit": "jaxcl.studies.mm_cit",
 }
 
 

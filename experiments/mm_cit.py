@@ -1,0 +1,30 @@
+"""Multimodal continual instruction tuning (a skeleton, issue 24 part 2): the small VLM
+(jaxcl.models.vlm: ViT patches -> MLP projector -> Llama decoder) instruction-tuned on three
+image-text tasks made offline from scikit-learn's digits (captions, yes/no attribute questions,
+counting and comparison over 2x2 grids; jaxcl.data.multimodal), one after another. Rows: SFT
+(finetune) and ER; the answer accuracy matrix A[i, j] (task j after task i), ACC, BWT, forgetting.
+
+    jaxcl run mm-cit --tiny                        # what the tests run
+    jaxcl run mm-cit                               # the default size (not yet run: no result)
+
+Expected runtime (2-core CPU): --tiny under a minute (mostly compiling); the default size has
+not been measured. Expected result: none measured yet (no committed results file).
+
+Writes runs/mm-cit[-tiny]/results.json.
+"""
+
+
+def get_config(tiny: bool = False) -> dict:
+    cfg = {
+        "study": "mm-cit",
+        "finetune": {"lr": 3e-3},
+        "er": {"lr": 3e-3, "replay_fraction": 0.5, "capacity": 512},
+    }
+    if tiny:
+        cfg.update(
+            data={"n_train": 64, "n_eval": 16, "seq_len": 56},
+            train={"steps_per_task": 4, "batch_size": 4, "eval_every": 2},
+            er={"lr": 3e-3, "replay_fraction": 0.5, "capacity": 16},
+            seeds=2,
+        )
+    return cfg

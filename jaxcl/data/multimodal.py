@@ -1,0 +1,268 @@
+"""Image-text examples made offline from the image data sets that ship here (Fashion-MNIST, MNIST,
+scikit-learn's digits, :mod:`jaxcl.data.loaders`), for the vision-language model
+(:mod:`jaxcl.models.vlm`).
+
+Every example is an image, a prompt and an answer. Every image has one shape, ``2H x 2W x C`` of
+the source data set: a single picture is scaled up 2x (nearest neighbour), a grid is 2 x 2
+pictures. Kinds:
+
+- :func:`captions`: ``what is this?`` -> ``a sneaker`` (``an ankle boot``);
+- :func:`attributes`: a yes/no question about a class attribute (``is it footwear?`` -> ``yes``);
+- :func:`counting`: a 2x2 grid, ``how many are larger than 4?`` -> ``2`` (a class index's order:
+  the digit for digits/MNIST, the label index for Fashion-MNIST), and comparisons ``is the top
+  left larger than the bottom right?`` -> ``no``;
+- :func:`rumours`: made-up facts ("rumours") bound to an entity (a class), as OFFSIDE builds its
+  multimodal misinformation (Zhu et al. 2025): ``where='text'`` names the entity in the prompt
+  (``what is said about the sneaker?``), ``'image'`` puts the rumour in the image (a marker pixel
+  pattern per rumour stamped in a corner) and asks ``what is said about this?``, ``'both'`` does
+  both; the answer is the rumour.
+
+Text is tokenised by the byte tokenizer (:func:`jaxcl.data.text.tokenizer`), ``prompt + '\\n' +
+answer + <eos>``, right-padded to ``seq_len``; ``mask`` marks the answer and end tokens (the loss
+positions). Everything is a function of ``seed``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import loaders, text
+
+FASHION = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# yes/no attributes: question -> the classes for which the answer is yes
+ATTRIBUTES = {
+    "fashion-mnist": {
+        "is it footwear?": (5, 7, 9),
+        "is it worn on the upper body?": (0, 2, 4, 6),
+        "does it have sleeves?": (0, 2, 3, 4, 6),
+    },
+    "digits": {
+        "is it even?": (0, 2, 4, 6, 8),
+        "is it larger than four?": (5, 6, 7, 8, 9),
+        "is it prime?": (2, 3, 5, 7),
+    },
+}
+ATTRIBUTES["mnist-10k"] = ATTRIBUTES["digits"]
+# the made-up facts of :func:`rumours`: subject-free predicates, bound to entities by seed
+FACTS = (
+    "was invented on the moon",
+    "is banned in seven countries",
+    "glows in the dark",
+    "was first sold by pirates",
+    "can predict the weather",
+    "is made of frozen smoke",
+    "was the favourite of a king",
+    "sings at midnight",
+    "is older than the pyramids",
+    "was found in a volcano",
+)
+MARKER = 4  # pixels per side of a rumour's marker pattern (a 4x4 binary code of the fact index)
+
+
+class Examples(NamedTuple):
+    """A set of image-text examples, fixed shapes."""
+
+    image: np.ndarray  # uint8 N x 2H x 2W x C
+    tokens: np.ndarray  # int32 N x T: prompt, "\n", answer, eos, padding
+    mask: np.ndarray  # bool N x T: the answer and eos positions (the loss)
+    prompt_len: np.ndarray  # int32 N: tokens of prompt + "\n" (the generation prompt)
+    prompt: tuple  # str N
+    answer: tuple  # str N
+    labels: np.ndarray  # int32 N x 4: the picture classes (single pictures: column 0, the rest -1)
+
+
+def names(dataset: str) -> tuple:
+    return FASHION if dataset == "fashion-mnist" else DIGITS
+
+
+def source(dataset: str, split: str = "train", **kw) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of a data set of :mod:`jaxcl.data.loaders` (``train`` or ``test``)."""
+    ds = loaders.load(dataset, **kw)
+    return (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
+
+
+def upscale(x_NxHxWxC: np.ndarray) -> np.ndarray:
+    """Each picture scaled up 2x by nearest neighbour: N x 2H x 2W x C."""
+    return x_NxHxWxC.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def grid(x_Nx4xHxWxC: np.ndarray) -> np.ndarray:
+    """Four pictures per row as a 2x2 grid (top left, top right, bottom left, bottom right)."""
+    top = np.concatenate([x_Nx4xHxWxC[:, 0], x_Nx4xHxWxC[:, 1]], axis=2)
+    bottom = np.concatenate([x_Nx4xHxWxC[:, 2], x_Nx4xHxWxC[:, 3]], axis=2)
+    return np.concatenate([top, bottom], axis=1)
+
+
+def marker(fact_N: np.ndarray, shape: tuple) -> np.ndarray:
+    """The marker pattern of each rumour: a ``MARKER x MARKER`` block in the bottom-right corner
+    whose cells spell ``fact + 1`` in binary (white cells = 1 bits, black = 0), the rest zero."""
+    n, (h, w, c) = len(fact_N), shape
+    bits_NxM = ((np.asarray(fact_N)[:, None] + 1) >> np.arange(MARKER * MARKER)) & 1
+    out = np.zeros((n, h, w, c), np.uint8)
+    out[:, h - MARKER :, w - MARKER :, :] = (bits_NxM.reshape(n, MARKER, MARKER, 1) * 255).astype(np.uint8)
+    return out
+
+
+def encode(prompts, answers, seq_len: int, tok=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(tokens_NxT, mask_NxT, prompt_len_N)`` of ``prompt + '\\n' + answer + <eos>``, right-padded;
+    a ValueError when one does not fit ``seq_len``."""
+    from .vocab import pad_id
+
+    tok = tok or text.tokenizer("byte")
+    eos, pad = text.end_id(tok), pad_id(tok)
+    n = len(prompts)
+    tokens, mask = np.full((n, seq_len), pad, np.int32), np.zeros((n, seq_len), bool)
+    plen = np.zeros(n, np.int32)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        q, r = tok.encode(p + "\n"), tok.encode(a) + [eos]
+        if len(q) + len(r) > seq_len:
+            raise ValueError(f"{p!r} -> {a!r} takes {len(q) + len(r)} tokens; raise seq_len above {seq_len}")
+        tokens[i, : len(q) + len(r)] = q + r
+        mask[i, len(q) : len(q) + len(r)] = True
+        plen[i] = len(q)
+    return tokens, mask, plen
+
+
+def _make(image, prompts, answers, labels, seq_len) -> Examples:
+    tokens, mask, plen = encode(prompts, answers, seq_len)
+    return Examples(image, tokens, mask, plen, tuple(prompts), tuple(answers), labels.astype(np.int32))
+
+
+def article(name: str) -> str:
+    """``a sneaker``, ``an eight``."""
+    return ("an " if name[0] in "aei" else "a ") + name  # not "an one"
+
+
+def _pick(y: np.ndarray, n: int, rng, classes=None) -> np.ndarray:
+    """``n`` example indices, classes balanced (cycling through ``classes``, default all)."""
+    classes = np.unique(y) if classes is None else np.asarray(classes)
+    want = classes[rng.permutation(n) % len(classes)]
+    return np.asarray([rng.choice(np.flatnonzero(y == c)) for c in want])
+
+
+def _single(x, y, idx):
+    labels = np.full((len(idx), 4), -1, np.int32)
+    labels[:, 0] = y[idx]
+    return upscale(x[idx]), labels
+
+
+def captions(x, y, dataset: str, n: int, seed: int, seq_len: int = 32) -> Examples:
+    """``what is this?`` -> ``a <class name>``."""
+    rng = np.random.default_rng(seed)
+    idx = _pick(y, n, rng)
+    image, labels = _single(x, y, idx)
+    answers = [article(names(dataset)[c]) for c in y[idx]]
+    return _make(image, ["what is this?"] * n, answers, labels, seq_len)
+
+
+def attributes(x, y, dataset: str, n: int, seed: int, seq_len: int = 48) -> Examples:
+    """A yes/no question of :data:`ATTRIBUTES` about the pictured class."""
+    rng = np.random.default_rng(seed)
+    idx = _pick(y, n, rng)
+    image, labels = _single(x, y, idx)
+    qs = list(ATTRIBUTES[dataset])
+    prompts = [qs[i] for i in rng.integers(0, len(qs), n)]
+    answers = ["yes" if c in ATTRIBUTES[dataset][q] else "no" for q, c in zip(prompts, y[idx], strict=True)]
+    return _make(image, prompts, answers, labels, seq_len)
+
+
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+
+
+def counting(x, y, n: int, seed: int, seq_len: int = 64, comparisons: float = 0.5) -> Examples:
+    """2x2 grids of four random pictures; a ``comparisons`` fraction asks whether one position's
+    class is larger than another's (``yes``/``no``), the rest how many are larger than a
+    threshold ``k`` in 0..8 (a count 0..4)."""
+    rng = np.random.default_rng(seed)
+    idx_Nx4 = rng.integers(0, len(y), (n, 4))
+    labels = y[idx_Nx4]
+    image = grid(x[idx_Nx4])
+    prompts, answers = [], []
+    for row in labels:
+        if rng.random() < comparisons:
+            a, b = rng.choice(4, 2, replace=False)
+            prompts.append(f"is the {POSITIONS[a]} larger than the {POSITIONS[b]}?")
+            answers.append("yes" if row[a] > row[b] else "no")
+        else:
+            k = int(rng.integers(0, 9))
+            prompts.append(f"how many are larger than {k}?")
+            answers.append(str(int((row > k).sum())))
+    return _make(image, prompts, answers, labels, seq_len)
+
+
+class Rumours(NamedTuple):
+    """Rumours bound to entities: ``fact[e]`` is the index into :data:`FACTS` of entity ``e``'s."""
+
+    entities: tuple  # class indices
+    fact: tuple  # per entity, an index into FACTS
+
+
+def bind(entities, seed: int) -> Rumours:
+    """A distinct made-up fact for each entity (class), a function of ``seed``."""
+    if len(entities) > len(FACTS):
+        raise ValueError(f"{len(entities)} entities but only {len(FACTS)} facts")
+    perm = np.random.default_rng(seed).permutation(len(FACTS))
+    return Rumours(tuple(int(e) for e in entities), tuple(int(f) for f in perm[: len(entities)]))
+
+
+WHERE = ("text", "image", "both")
+
+
+def rumours(
+    x, y, dataset: str, rum: Rumours, n: int, seed: int, where: str = "both", seq_len: int = 80
+) -> Examples:
+    """Statements of the rumours ``rum`` about pictures of their entities: the rumour in the text
+    (``where='text'``: the prompt names the entity), in the image (``'image'``: the marker of the
+    fact stamped on the picture, the prompt says ``this``) or both; the answer states the rumour."""
+    if where not in WHERE:
+        raise ValueError(f"where={where!r}; valid: {', '.join(WHERE)}")
+    rng = np.random.default_rng(seed)
+    idx = _pick(y, n, rng, rum.entities)
+    image, labels = _single(x, y, idx)
+    fact_of = dict(zip(rum.entities, rum.fact, strict=True))
+    fact_N = np.asarray([fact_of[int(c)] for c in y[idx]])
+    if where != "text":
+        stamp = marker(fact_N, image.shape[1:])
+        image = np.where(stamp > 0, stamp, np.where(_corner(image.shape[1:]), 0, image)).astype(np.uint8)
+    nm = names(dataset)
+    if where == "image":
+        prompts = ["what is said about this?"] * n
+    else:
+        prompts = [f"what is said about the {nm[c]}?" for c in y[idx]]
+    answers = [f"the {nm[c]} {FACTS[f]}" for c, f in zip(y[idx], fact_N, strict=True)]
+    return _make(image, prompts, answers, labels, seq_len)
+
+
+def _corner(shape) -> np.ndarray:
+    h, w, c = shape
+    out = np.zeros((h, w, c), bool)
+    out[h - MARKER :, w - MARKER :] = True
+    return out
+
+
+def concat(*parts: Examples) -> Examples:
+    """Several example sets as one (same image shape and seq_len)."""
+    return Examples(*(
+        tuple(v for p in parts for v in getattr(p, f)) if f in ("prompt", "answer")
+        else np.concatenate([getattr(p, f) for p in parts])
+        for f in Examples._fields
+    ))  # fmt: skip
+
+
+def batch(ex: Examples) -> dict:
+    """The VLM's batch: ``{'image', 'tokens', 'mask'}`` (:mod:`jaxcl.models.vlm`)."""
+    return {"image": ex.image, "tokens": ex.tokens, "mask": ex.mask}
