@@ -42,7 +42,8 @@ def test_edit_matches_numpy_and_mass_limits():
     a = ua @ np.diag([4.0, 2.0, 1.0, 0.25]) @ ua.T
     g = ug @ np.diag([3.0, 1.0, 0.1]) @ ug.T
     w = rng.normal(size=(2, d_in, d_out))  # two stacked layers, the second with other factors
-    a2, g2 = 2 * np.eye(d_in) + 0.3 * np.ones((d_in, d_in)), np.diag([1.0, 5.0, 2.0])
+    ub = _basis(rng, d_in)  # distinct eigenvalues and products: the selection has no ties
+    a2, g2 = ub @ np.diag([5.0, 1.5, 0.7, 0.13]) @ ub.T, np.diag([1.0, 5.3, 2.1])
     f = {
         "w": {
             "A": jnp.asarray(np.stack([a, a2]), jnp.float32),
@@ -160,3 +161,22 @@ def test_method_edits_only_its_targets_and_layers():
         assert (moved[1] > 0) == (name in ("w_up", "wo")), name
     with pytest.raises(ValueError, match="curvature.targets"):
         build_method(spec, model, as_hparams(spec), {**opts, "targets": ("w_nope",)})
+
+
+def test_lm_memory_edit_rows(tmp_path):
+    """The study's edit rows (lm-recite --tiny): keeping all the curvature mass leaves every
+    number unchanged; the control (keep 0.8) changes the held-out NLL."""
+    from jaxcl import config
+    from jaxcl.studies import lm_memory as LM
+
+    cfg = config.load("lm-recite", tiny=True)
+    cfg = config.resolve(cfg, ["train.checkpoint=false", "curvature.keep=1.0"], study=LM.STUDY)
+    rows = LM.STUDY.run(cfg, str(tmp_path), verbose=False)["rows"]
+    for name in ("curvature: memories x1", "curvature: memories x2", "curvature: held-out text"):
+        s = rows[name]["per_seed"]
+        np.testing.assert_allclose(s["nll_after"], s["nll_before"], rtol=1e-4)
+        assert s.get("recite_after") == s.get("recite_before")
+    s = rows["curvature-random: held-out text"]["per_seed"]
+    assert np.abs(np.subtract(s["nll_after"], s["nll_before"])).min() > 1e-4
+    with pytest.raises(config.ConfigError, match="edits"):
+        LM.validate(config.resolve(cfg, ["edits=ssd"], study=LM.STUDY))
