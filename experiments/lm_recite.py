@@ -40,11 +40,25 @@ def get_config(tiny: bool = False) -> dict:
     }
     if tiny:
         cfg.update(
-            model={"tokenizer": "byte", "d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64},
+            model={
+                "tokenizer": "byte",
+                "d_model": 32,
+                "n_layers": 1,
+                "n_heads": 2,
+                "n_kv_heads": 1,
+                "d_ff": 64,
+            },
             data={"domains": ("bible:ruth",), "seq_len": 32, "n_eval": 2},
             train={"steps": 12, "batch_size": 4, "eval_every": 4, "checkpoint_every": 12},
             inject={"last_step": 9, "spacing": 2, "per_step": 2},
-            fewshot={"per_condition": 2, "exposures": (1, 2), "n_novel": 2, "source": "random", "length": 16, "cue_len": 6},
+            fewshot={
+                "per_condition": 2,
+                "exposures": (1, 2),
+                "n_novel": 2,
+                "source": "random",
+                "length": 16,
+                "cue_len": 6,
+            },
             edit_windows=16,
             seeds=2,
         )
