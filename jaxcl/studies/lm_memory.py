@@ -265,9 +265,7 @@ def edit_rows(name: str, conds, before: dict, after: dict) -> dict:
     """Rows ``<name>: <condition>`` (recitation and NLL of its items before / after the edit)
     and ``<name>: held-out text`` (the domains' mean held-out NLL)."""
     rows = {}
-    for c in conds:
-        if not c.rows:
-            continue
+    for c in conds:  # never-injected conditions too: the control
         per = {}
         for tag, t in (("before", before), ("after", after)):
             if c.kind == "fewshot":
