@@ -17,7 +17,9 @@ Expected runtime (2-core CPU, load ~4): --tiny about 1 min (compiling); default 
 The paper's claim: the edit removes far more recitation of memorised data than it costs in
 perplexity (and more than the random-basis control). Measured (results/studies/lm-recite.json,
 README "Language-model memory studies", with the table): recitation not shown, because at this
-scale nothing is recited verbatim before the edit.
+scale nothing is recited verbatim before the edit; the memorised sequences' NLL rises about twice
+as much as never-seen sequences' (3 of 3 seeds), the held-out text's NLL rises too (perplexity
+kept: not reproduced at keep 0.8).
 
 Writes runs/lm-recite[-tiny]/{results.json, retention.png}.
 """
