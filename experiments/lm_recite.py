@@ -2,8 +2,7 @@
 :mod:`jaxcl.methods.curvature`): a small Llama trained from scratch (bytes) on the books of the
 law (KJV) with 8 random sequences of 32 bytes injected 8 times and 8 injected 32 times; after
 training, the curvature edit (K-FAC of the MLP projections of both layers on 128 training
-windows, keep 0.8 of the curvature mass) is applied to every seed's model (the tiny run adds its
-control: as many components removed in random bases). Rows ``<edit>: memories xN`` (and the
+windows, keep 0.8 of the curvature mass) is applied to every seed's model. Rows ``<edit>: memories xN`` (and the
 never-seen ones): exact recitation of the 24 bytes after an 8-byte cue (greedy) and their NLL,
 before / after; ``<edit>: held-out text``: the held-out NLL of the law, before / after.
 
@@ -13,8 +12,8 @@ before / after; ``<edit>: held-out text``: the held-out NLL of the law, before /
     jaxcl run lm-recite --set edits=curvature,curvature-random   # + the control: hangs here (below)
 
 The control's program (random bases: eigh of random symmetric matrices, a permutation) hung
-XLA:CPU at this size in 2 of 2 runs on this machine (jax 0.10.2; idle threads, no CPU used); the
-tiny run (the tests) finishes. Not diagnosed.
+XLA:CPU in 3 of 5 runs on this machine, tiny or default (jax 0.10.2; idle threads, no CPU
+used). Not diagnosed.
 
 Expected runtime (2-core CPU, load ~4): --tiny about 1 min (compiling); default about 1-2 min
 (3 seeds vmapped; K-FAC and the edit compile in seconds).
@@ -71,7 +70,6 @@ def get_config(tiny: bool = False) -> dict:
                 "length": 16,
                 "cue_len": 6,
             },
-            edits=("curvature", "curvature-random"),
             edit_windows=16,
             seeds=2,
         )
