@@ -215,7 +215,7 @@ def resolve(cfg: dict, sets: list[str] | tuple = (), *, study=None) -> dict:
         set_value(out, item)
     out["methods"] = tuple(out["methods"])
     check_methods(out, runnable)
-    used = {p for m in out["methods"] for p in m.split("+")}
+    used = {p for m in out["methods"] for p in m.split("+")} | set(out.get("edits", ()))
     for item in sets:
         head = item.split("=", 1)[0].strip().split(".", 1)[0]
         if head in METHODS and head not in used:

@@ -112,6 +112,9 @@ class Study:
     checkpoint_key: str | None = None  # the config key that switches checkpoints (and --resume) on
     # the compiled calls of a run, abstract (jaxcl.compile.Program): ``programs(cfg, mesh)``
     programs: Callable | None = None
+    # registry edit methods (``trains=False``) it applies after training, listed in the config's
+    # ``edits`` (each with its section, e.g. ``curvature.keep``)
+    edits: tuple[str, ...] = ()
 
     @property
     def verbs(self) -> tuple[str, ...]:
@@ -137,7 +140,8 @@ class Study:
 
         runnable = self.runnable()
         joinable = modifiers({METHODS[n].kind for n in runnable})
-        return runnable + tuple(n for n in joinable if n not in runnable)
+        out = runnable + tuple(n for n in joinable if n not in runnable)
+        return out + tuple(n for n in self.edits if n not in out)
 
     def refuse(self, verb: str) -> None:
         """A :class:`ConfigError` (exit 2, one line) when ``verb`` is not one the study supports."""

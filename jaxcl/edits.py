@@ -3,6 +3,8 @@ training (hyperparameters may be traced, so an edit sweeps under ``vmap``).
 
 * :func:`ssd_dampen`: Selective Synaptic Dampening's edit (the SSD method is
   :mod:`jaxcl.methods.ssd`).
+* :func:`curvature_edit`: the loss-curvature memorisation edit (Merullo et al. 2025; the method
+  is :mod:`jaxcl.methods.curvature`), :func:`curvature_mask` its selection.
 * :func:`interpolate`, :func:`shrink_perturb`: weight averaging and shrink-and-perturb.
 """
 
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def interpolate(params, other, alpha):
@@ -53,3 +56,64 @@ def ssd_dampen(params, imp_forget, imp_train, *, alpha=10.0, lam=1.0, exclude: S
         return jnp.where(sel, p * beta, p).astype(p.dtype)
 
     return jax.tree_util.tree_map_with_path(edit, params, imp_forget, imp_train)
+
+
+def curvature_mask(l_in, l_out, keep):
+    """Which components ``(i, j)`` of a linear's K-FAC eigenbasis the curvature edit keeps:
+    the largest curvatures ``l_in[i] * l_out[j]`` (eigenvalues clipped at 0) in decreasing order
+    until their sum reaches ``keep`` times the total, the component that crosses it included
+    (the authors' greedy selection); ``keep >= 1`` keeps all, ``keep = 0`` none. ``keep`` may
+    be traced. Returns a (len(l_in), len(l_out)) float mask."""
+    p = jnp.maximum(l_in, 0.0)[:, None] * jnp.maximum(l_out, 0.0)[None, :]
+    flat = p.reshape(-1)
+    order = jnp.argsort(-flat)
+    before = jnp.cumsum(flat[order]) - flat[order]  # mass of the larger components
+    sel = (before < keep * flat.sum()) | (keep >= 1.0)
+    return jnp.zeros_like(flat).at[order].set(sel.astype(flat.dtype)).reshape(p.shape)
+
+
+def _random_orthogonal(key, n):
+    """A Haar-random orthogonal basis: the eigenvectors of a GOE matrix (eigh, not QR: batched
+    QR deadlocked XLA:CPU's LAPACK calls on this machine, jax 0.10.2)."""
+    m = jax.random.normal(key, (n, n), jnp.float32)
+    return jnp.linalg.eigh((m + m.T) / 2)[1]
+
+
+def curvature_edit(weights: dict, factors: dict, *, keep=0.8, random_key=None) -> dict:
+    """The loss-curvature edit (Merullo, Vatsavaya, Bushnaq and Lewis, "From Memorization to
+    Reasoning in the Spectrum of Loss Curvature", 2025) of every linear weight in ``weights``.
+
+    ``weights[name]``: (..., in, out), the ``x @ W^T`` layout (the paper's ``W`` is out x in;
+    leading axes, e.g. the Llama's stacked layers, are edited one by one);
+    ``factors[name] = {"A": (..., in, in), "G": (..., out, out)}``. With ``A = U_A diag(l_A) U_A^T``
+    and ``G = U_G diag(l_G) U_G^T``:
+
+        C = U_A^T W^T U_G,   W'^T = U_A (C * M) U_G^T,   M = curvature_mask(l_A, l_G, keep)
+
+    (component ``(i, j)`` has curvature ``l_A[i] l_G[j]`` under ``F ~ G (x) A``). Returns the
+    edited ``weights``. ``random_key``: the paper's control instead, as many components removed
+    at random positions of random orthogonal bases. ``keep`` may be traced (a sweep)."""
+
+    def one(w, a, g, key):
+        l_a, u_a = jnp.linalg.eigh(a.astype(jnp.float32))
+        l_g, u_g = jnp.linalg.eigh(g.astype(jnp.float32))
+        m = curvature_mask(l_a, l_g, keep)
+        if key is not None:
+            k_a, k_g, k_m = jax.random.split(key, 3)
+            u_a, u_g = _random_orthogonal(k_a, a.shape[0]), _random_orthogonal(k_g, g.shape[0])
+            m = jax.random.permutation(k_m, m.reshape(-1)).reshape(m.shape)
+        c = u_a.T @ w.astype(jnp.float32) @ u_g
+        return (u_a @ (c * m) @ u_g.T).astype(w.dtype)
+
+    out = {}
+    for i, name in enumerate(sorted(weights)):
+        w, f = weights[name], factors[name]
+        lead = w.shape[:-2]
+        n = int(np.prod(lead, dtype=int))
+        flat = lambda x: x.reshape((n,) + x.shape[len(lead) :])  # noqa: E731
+        keys = None if random_key is None else jax.random.split(jax.random.fold_in(random_key, i), n)
+        new = jax.vmap(one, in_axes=(0, 0, 0, None if keys is None else 0))(
+            flat(w), flat(f["A"]), flat(f["G"]), keys
+        )
+        out[name] = new.reshape(w.shape)
+    return out

@@ -303,6 +303,8 @@ MUTATIONS = {
     "gu-dpo": [("GU's projection", {}, "gu")],
     "ssd": [("SSD's dampening", {}, "edit"), ("SSD's selection (alpha = 1e30)", {"alpha": 1e30}, None)],
     "iau": [("IAU's edit", {}, "edit")],
+    "curvature": [("the curvature edit", {}, "edit"), ("all the curvature mass kept", {"keep": 1.0}, None)],
+    "curvature-random": [("the random-basis edit", {}, "edit")],
     "grpo": [("GRPO's KL penalty", {"beta": 0.0}, None), ("GRPO's advantages", {}, "rollout")],
     # c1 = 1e6: every IDK reward is -1, so the steered completions are dropped (plain EI)
     "auto_cei": [("Auto-CEI's IDK steering and reward", {"c1": 1e6}, None)],

@@ -44,6 +44,7 @@ TINY_RUNS = {
     "lm-facts": "tests/test_lm_memory.py",
     "lm-fewshot": "tests/test_lm_memory.py",
     "lm-junk": "tests/test_lm_junk.py",
+    "lm-recite": "tests/test_curvature.py::test_lm_memory_edit_rows",
     "lm-unforget": "tests/test_lm_unforget.py",
     "mm-cit": "tests/test_mm_cit.py",
     "restor": "tests/test_restor.py",

@@ -231,16 +231,28 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
     )
 
 
-def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS):
+def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS, tap=None):
+    """One decoder layer: ``(x, new_kv)``; with ``tap`` (no cache) ``tap[name]`` (B*T, out) is
+    added to the output of each linear ``name`` it holds and the second output is the inputs of
+    those linears (``{name: (B*T, in)}``: K-FAC's statistics, :mod:`jaxcl.methods.curvature`)."""
     B, T, D = x_BxTxD.shape
     H, K, hd = cfg.n_heads, cfg.n_kv_heads, cfg.hd
     lp = jax.tree.map(lambda a: a.astype(dt), lp)
+    seen = {}
+
+    def mm(a_NxI, name):
+        y_NxO = a_NxI @ lp[name]
+        if tap is not None and name in tap:
+            seen[name] = a_NxI
+            y_NxO = y_NxO + tap[name].astype(y_NxO.dtype)
+        return y_NxO
+
     # the matmuls see 2-D (tokens, features) activations: autodiff of a dot over a 3-D (B, T, D)
     # operand makes XLA:CPU copy activations transposed for the weight gradients (the same
     # numbers; the LM step ~5-10% faster on CPU, benchmarks_speed/README.md, llm_step)
     x_NxD = x_BxTxD.reshape(B * T, D)
     h = rms_norm(x_NxD, lp["attn_norm"], cfg.norm_eps)
-    q, k, v = h @ lp["wq"], h @ lp["wk"], h @ lp["wv"]
+    q, k, v = mm(h, "wq"), mm(h, "wk"), mm(h, "wv")
     if cfg.attn_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     q_BxTxHxE = apply_rope(q.reshape(B, T, H, hd), cos, sin)
@@ -261,10 +273,10 @@ def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS):
             q_BxTxHxE, k_BxSxKxE.astype(dt), v_BxSxKxE.astype(dt), mask=mask_Bx1xTxS
         )
         new_kv = (k_BxSxKxE, v_BxSxKxE)
-    x_NxD = x_NxD + o.reshape(B * T, H * hd) @ lp["wo"]
+    x_NxD = x_NxD + mm(o.reshape(B * T, H * hd), "wo")
     h = rms_norm(x_NxD, lp["mlp_norm"], cfg.norm_eps)
-    x_NxD = x_NxD + (jax.nn.silu(h @ lp["w_gate"]) * (h @ lp["w_up"])) @ lp["w_down"]
-    return x_NxD.reshape(B, T, D), new_kv
+    x_NxD = x_NxD + mm(jax.nn.silu(mm(h, "w_gate")) * mm(h, "w_up"), "w_down")
+    return x_NxD.reshape(B, T, D), (seen if tap is not None else new_kv)
 
 
 def _run_layers(cfg, dt, x_BxTxD, layers, cos, sin):
@@ -276,6 +288,29 @@ def _run_layers(cfg, dt, x_BxTxD, layers, cos, sin):
     if cfg.remat:
         body = jax.checkpoint(body)
     return jax.lax.scan(body, x_BxTxD, layers)[0]
+
+
+def tapped_hidden(cfg: LlamaConfig, params, tokens_BxT, taps: dict):
+    """``(h_BxTxD, inputs)``: the final-norm hidden states of :func:`forward` (no cache) with
+    ``taps[name]`` (L, B*T, out), stacked per layer, added to the output of every linear ``name``
+    of :data:`LINEARS` it holds, and ``inputs[name]`` (L, B*T, in) the inputs of those linears.
+    With zero taps the forward is :func:`forward`'s; the gradient of a loss with respect to the
+    taps is the gradient with respect to each linear's output (hook-free K-FAC statistics)."""
+    params = pure_dict(params)
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, T = tokens_BxT.shape
+    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
+    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
+
+    def body(x, xs):
+        lp, tap = xs
+        return _block(cfg, dt, x, lp, cos, sin, None, None, tap)
+
+    if cfg.remat:
+        body = jax.checkpoint(body)
+    x_BxTxD, inputs = jax.lax.scan(body, x_BxTxD, (params["layers"], taps))
+    return rms_norm(x_BxTxD, params["final_norm"], cfg.norm_eps), inputs
 
 
 def hidden_at(cfg: LlamaConfig, params, tokens_BxT, layer: int):

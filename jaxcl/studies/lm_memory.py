@@ -22,6 +22,13 @@ Forecasts?" (2025; study 7). Protocol:
    greedy recall from a cue of ``fewshot.cue_len`` tokens with the KV cache; the held-out NLL of
    every domain.
 
+After training, every edit of ``edits`` (registry edit methods: ``curvature``, its control
+``curvature-random``; each with its config section) is applied to every seed's final model,
+its statistics drawn from ``edit_windows`` training windows of the stream (the unlabelled
+training data); rows ``<edit>: <condition>`` give each condition's recitation (few-shot: exact
+and token recall from the cue; facts, numeric: exact match of the target span) and NLL before /
+after the edit, ``<edit>: held-out text`` the domains' held-out NLL before / after.
+
 Reported per seed (seeds vmapped), one row per (condition, probe kind), by :mod:`jaxcl.retention`:
 exact match before the first exposure, right after the last one and at the end; the gain per
 target token of log p(true value) - log p(never-seen value in the same context), from before the
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,11 +51,13 @@ import numpy as np
 
 from .. import config, driver, plots, probes, results
 from .. import retention as R
+from ..config import method_settings
 from ..data import injection as I
 from ..data import text, vocab
 from ..driver import Report, Run
 from ..lmprogram import LMProgram
-from ..loops import seeds_keys
+from ..loops import as_hparams, build_method, seeds_keys
+from ..methods import get_method
 from ..models import lm
 from ..parallel import shard_batch
 from ..sweep import SweepPlan
@@ -75,6 +85,8 @@ DEFAULTS = {
     },
     "numeric": {"per_kind": 0, "exposures": 4, "digits": 6},
     "methods": ("finetune",),
+    "edits": (),  # edit methods applied after training (e.g. curvature, curvature-random)
+    "edit_windows": 128,  # training windows the edits' statistics are computed on
     "seeds": 3,
     "seed": 0,
 }
@@ -102,6 +114,15 @@ COLUMNS = [
     ("r2_recall", "R² recall", "float"),
     ("time_s", "time (s)", "seconds"),
 ]
+EDITS = ("curvature", "curvature-random")
+EDIT_COLUMNS = [
+    ("recite_before", "recitation before", "pct"),
+    ("recite_after", "recitation after", "pct"),
+    ("tok_before", "recall tok before", "pct"),
+    ("tok_after", "recall tok after", "pct"),
+    ("nll_before", "NLL before", "float"),
+    ("nll_after", "NLL after", "float"),
+]
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -119,6 +140,12 @@ def validate(cfg: dict) -> None:
         + ["train.eval_every", "inject.spacing", "inject.per_step", "seeds"],
     )
     config.check_nonnegative(cfg, ["data.max_train"], "every window")
+    config.check_positive(cfg, ["edit_windows"])
+    for e in cfg["edits"]:
+        if e not in EDITS:
+            raise config.ConfigError(
+                f"edits: {e!r} is not an edit method of lm-memory; valid: {', '.join(EDITS)}"
+            )
     config.check_multiple(cfg, "train.steps", "train.eval_every")
     config.check_checkpoint_every(cfg, "train.checkpoint_every", "train.eval_every", "train.steps")
     I.check_config(cfg)
@@ -196,10 +223,64 @@ def train(study: Study, keys, *, ckpt_dir=None, resume=False, progress=None) -> 
     """Every seed (vmapped) through ``train.steps`` steps in calls of ``train.checkpoint_every``
     steps, a checkpoint after each (:func:`jaxcl.driver.train_calls`); returns the traces
     (``(S, evaluations, ...)``, split per probe set) and the time."""
-    _, traces, seconds = driver.train_calls(
+    state, traces, seconds = driver.train_calls(
         study, keys, study.data, study.cfg, DEFAULTS, ckpt_dir=ckpt_dir, resume=resume, progress=progress
     )
-    return {"traces": I.split_spans(traces, study.span_offsets), "seconds": seconds}
+    return {"traces": I.split_spans(traces, study.span_offsets), "seconds": seconds, "state": state}
+
+
+class EditData(NamedTuple):
+    """What an edit method reads: ``train_set``, training windows of the stream."""
+
+    train_set: dict
+
+
+def edit_evaluations(study: Study, state, keys, name: str) -> tuple[dict, dict]:
+    """``(before, after)``: the in-loop evaluation of every seed's final model and of the model
+    edited by the registry edit method ``name`` (its config section), its statistics from
+    ``edit_windows`` windows of the stream drawn with the seed's key (vmapped over seeds)."""
+    cfg = study.cfg
+    spec = get_method(name)
+    values, opts = method_settings(cfg, name)
+    hp = as_hparams(spec, values)
+    method = build_method(spec, study.model, hp, opts)
+    W = cfg["edit_windows"]
+
+    def edited(s, key, data):
+        k_rows, k_edit = jax.random.split(jax.random.fold_in(key, 0xED17))
+        K = data["stream"].n_domains
+        rows = text.draw_mixture(data["stream"], jnp.ones((K,)), k_rows, W)
+        return method.edit(study.params(s), EditData(rows), hp, k_edit)
+
+    ev = jax.jit(jax.vmap(study.evaluate, in_axes=(0, None)))
+    params = jax.jit(jax.vmap(study.params))(state)
+    before = ev(params, study.data)
+    after = ev(jax.jit(jax.vmap(edited, in_axes=(0, 0, None)))(state, keys, study.data), study.data)
+    before, after = jax.device_get((before, after))
+    split = lambda t: I.split_spans(jax.tree.map(lambda a: np.asarray(a)[:, None], t), study.span_offsets)  # noqa: E731
+    return split(before), split(after)
+
+
+def edit_rows(name: str, conds, before: dict, after: dict) -> dict:
+    """Rows ``<name>: <condition>`` (recitation and NLL of its items before / after the edit)
+    and ``<name>: held-out text`` (the domains' mean held-out NLL)."""
+    rows = {}
+    for c in conds:  # never-injected conditions too: the control
+        per = {}
+        for tag, t in (("before", before), ("after", after)):
+            if c.kind == "fewshot":
+                idx = c.probe_rows["fewshot"]
+                per[f"recite_{tag}"] = t["fewshot_recall_exact"][:, 0, idx].mean(-1)
+                per[f"tok_{tag}"] = t["fewshot_recall_tok"][:, 0, idx].mean(-1)
+                per[f"nll_{tag}"] = t["fewshot_nll"][:, 0, idx].mean(-1)
+            else:
+                key, idx = next(iter(c.probe_rows.items()))
+                per[f"recite_{tag}"] = t[f"{key}_exact"][:, 0, idx].mean(-1)
+                per[f"nll_{tag}"] = -t[f"{key}_logp"][:, 0, idx].mean(-1)
+        rows[f"{name}: {c.name}"] = results.row(per, kind=c.kind, exposures=c.exposures, curves_mean={})
+    held = {f"nll_{tag}": t["domain_nll"][:, 0].mean(-1) for tag, t in (("before", before), ("after", after))}
+    rows[f"{name}: held-out text"] = results.row(held, kind="text", exposures=0, curves_mean={})
+    return rows
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -229,7 +310,10 @@ def body(cfg: dict, run: Run) -> Report:
                 **idx,
                 curves_mean={k: v.mean(0).tolist() for k, v in cur.items()},
             )
-    cols = [col for col in COLUMNS if any(col[0] in row["summary"] for row in rows.values())]
+    for name in cfg["edits"]:
+        before, after = edit_evaluations(study, r["state"], keys, name)
+        rows.update(edit_rows(name, study.conds, before, after))
+    cols = [col for col in COLUMNS + EDIT_COLUMNS if any(col[0] in row["summary"] for row in rows.values())]
     res = results.make(
         "lm-memory",
         cfg,
@@ -368,5 +452,6 @@ STUDY = driver.Study(
     mesh_batches=MESH_BATCHES,
     checkpoint_key="train.checkpoint",
     programs=programs,
+    edits=EDITS,
 )
 run, sweep = STUDY.run, STUDY.sweep
