@@ -5,10 +5,11 @@ counting and comparison over 2x2 grids; jaxcl.data.multimodal), one after anothe
 (finetune) and ER; the answer accuracy matrix A[i, j] (task j after task i), ACC, BWT, forgetting.
 
     jaxcl run mm-cit --tiny                        # what the tests run
-    jaxcl run mm-cit                               # the default size (not yet run: no result)
+    jaxcl run mm-cit --seeds 8                     # the README's run
 
-Expected runtime (2-core CPU): --tiny under a minute (mostly compiling); the default size has
-not been measured. Expected result: none measured yet (no committed results file).
+Expected runtime (2-core CPU): --tiny under a minute (mostly compiling); 8 seeds 15.7 min at
+load 3. Expected result: ER forgets less than SFT (README, "Vision-language model";
+results/studies/mm-cit.json).
 
 Writes runs/mm-cit[-tiny]/results.json.
 """
