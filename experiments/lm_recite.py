@@ -11,9 +11,10 @@ before / after; ``<edit>: held-out text``: the held-out NLL of the law, before /
     jaxcl run lm-recite --set curvature.keep=0.6
     jaxcl run lm-recite --set edits=curvature,curvature-random   # + the control: hangs here (below)
 
-The control's program (random bases: eigh of random symmetric matrices, a permutation) hung
-XLA:CPU in 3 of 5 runs on this machine, tiny or default (jax 0.10.2; idle threads, no CPU
-used). Not diagnosed.
+The control's edit program hung XLA:CPU in most runs on this machine, tiny or default (jax
+0.10.2; every thread idle, the main thread waiting for the edit's result), with its random bases
+from LAPACK's qr or eigh and also from Gram-Schmidt without LAPACK (jaxcl.edits.haar_orthogonal),
+and also when run alone (not beside another program). Not diagnosed.
 
 Expected runtime (2-core CPU, load ~4): --tiny about 1 min (compiling); default about 1-2 min
 (3 seeds vmapped; K-FAC and the edit compile in seconds).

@@ -5,6 +5,7 @@ training (hyperparameters may be traced, so an edit sweeps under ``vmap``).
   :mod:`jaxcl.methods.ssd`).
 * :func:`curvature_edit`: the loss-curvature memorisation edit (Merullo et al. 2025; the method
   is :mod:`jaxcl.methods.curvature`), :func:`curvature_mask` its selection.
+* :func:`haar_orthogonal`: a Haar-random orthogonal basis (the curvature edit's control).
 * :func:`interpolate`, :func:`shrink_perturb`: weight averaging and shrink-and-perturb.
 """
 
@@ -72,11 +73,20 @@ def curvature_mask(l_in, l_out, keep):
     return jnp.zeros_like(flat).at[order].set(sel.astype(flat.dtype)).reshape(p.shape)
 
 
-def _random_orthogonal(key, n):
-    """A Haar-random orthogonal basis: the eigenvectors of a GOE matrix (eigh, not QR: batched
-    QR deadlocked XLA:CPU's LAPACK calls on this machine, jax 0.10.2)."""
+def haar_orthogonal(key, n):
+    """A Haar-random orthogonal basis: the Q of a Gaussian matrix's QR with R's diagonal positive
+    (Mezzadri 2007), by Gram-Schmidt (each column orthogonalised twice against the ones before) in
+    plain array operations. No LAPACK call: the programs of the control that called ``qr`` or
+    ``eigh`` here for the random bases hung idle on XLA:CPU (jax 0.10.2) in 3 of 5 runs."""
     m = jax.random.normal(key, (n, n), jnp.float32)
-    return jnp.linalg.eigh((m + m.T) / 2)[1]
+
+    def column(j, q):
+        v = m[:, j]
+        for _ in range(2):
+            v = v - q @ (q.T @ v)  # columns >= j of q are still zero
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros((n, n), jnp.float32))
 
 
 def curvature_edit(weights: dict, factors: dict, *, keep=0.8, random_key=None) -> dict:
@@ -100,7 +110,7 @@ def curvature_edit(weights: dict, factors: dict, *, keep=0.8, random_key=None) -
         m = curvature_mask(l_a, l_g, keep)
         if key is not None:
             k_a, k_g, k_m = jax.random.split(key, 3)
-            u_a, u_g = _random_orthogonal(k_a, a.shape[0]), _random_orthogonal(k_g, g.shape[0])
+            u_a, u_g = haar_orthogonal(k_a, a.shape[0]), haar_orthogonal(k_g, g.shape[0])
             m = jax.random.permutation(k_m, m.reshape(-1)).reshape(m.shape)
         c = u_a.T @ w.astype(jnp.float32) @ u_g
         return (u_a @ (c * m) @ u_g.T).astype(w.dtype)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxcl import edits
 from jaxcl.edits import curvature_edit, curvature_mask
 from jaxcl.methods import curvature as C
 from jaxcl.models import llama, mlp
@@ -170,7 +171,8 @@ def test_lm_memory_edit_rows(tmp_path):
     from jaxcl.studies import lm_memory as LM
 
     cfg = config.load("lm-recite", tiny=True)
-    cfg = config.resolve(cfg, ["train.checkpoint=false", "curvature.keep=1.0"], study=LM.STUDY)
+    sets = ["train.checkpoint=false", "curvature.keep=1.0", "curvature-random.keep=1.0"]
+    cfg = config.resolve(cfg, sets, study=LM.STUDY)
     rows = LM.STUDY.run(cfg, str(tmp_path), verbose=False)["rows"]
     names = ("curvature: memories x1", "curvature: memories x2", "curvature: memories novel")
     for name in names + ("curvature: held-out text",):
@@ -179,3 +181,14 @@ def test_lm_memory_edit_rows(tmp_path):
         assert s.get("recite_after") == s.get("recite_before")
     with pytest.raises(config.ConfigError, match="edits"):
         LM.validate(config.resolve(cfg, ["edits=ssd"], study=LM.STUDY))
+
+
+def test_random_bases_are_numpys_qr_of_the_same_gaussian_matrix():
+    """The control's random bases: Q of the Gaussian matrix's QR with R's diagonal positive (Haar),
+    against numpy's QR of the same matrix, built without LAPACK calls (see edits.haar_orthogonal)."""
+    for n in (3, 17, 64):
+        key = jax.random.key(n)
+        q = np.asarray(jax.jit(edits.haar_orthogonal, static_argnums=1)(key, n))
+        qq, r = np.linalg.qr(np.asarray(jax.random.normal(key, (n, n), jnp.float32), np.float64))
+        np.testing.assert_allclose(q, qq * np.sign(np.diag(r)), atol=2e-5)
+        np.testing.assert_allclose(q.T @ q, np.eye(n), atol=2e-5)
