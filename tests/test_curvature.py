@@ -171,7 +171,7 @@ def test_lm_memory_edit_rows(tmp_path):
     from jaxcl.studies import lm_memory as LM
 
     cfg = config.load("lm-recite", tiny=True)
-    sets = ["train.checkpoint=false", "curvature.keep=1.0", "curvature-random.keep=1.0"]
+    sets = ["train.checkpoint=false", "curvature.keep=1.0"]
     cfg = config.resolve(cfg, sets, study=LM.STUDY)
     rows = LM.STUDY.run(cfg, str(tmp_path), verbose=False)["rows"]
     names = ("curvature: memories x1", "curvature: memories x2", "curvature: memories novel")
