@@ -15,7 +15,7 @@ Writes runs/lm-unforget[-tiny]/results.json.
 """
 
 
-def get_config(tiny: bool = False, size: str | None = None) -> dict:
+def get_config(tiny: bool = False) -> dict:
     cfg = {"study": "lm-unforget"}
     if tiny:
         cfg.update(
