@@ -20,8 +20,11 @@ def get_config(tiny: bool = False) -> dict:
         "study": "auto-cei",
         "finetune": {"lr": 1e-4},
         # kl none: TRL's beta = 0, no reference forward (the rows compare the IDK rewards, not the KL)
-        "grpo": {"lr": 1e-4, "group_size": 8, "max_new_tokens": 16, "kl": "none"},
-        "auto_cei": {"lr": 1e-4, "group_size": 8, "max_new_tokens": 16},
+        "grpo": {"lr": 1e-4, "group_size": 8, "max_new_tokens": 36, "kl": "none"},
+        "auto_cei": {"lr": 1e-4, "group_size": 8, "max_new_tokens": 36},
+        # 2-16 steps: at 1-6 the base model already answered ~98 % (no boundary for IDK to find)
+        "data": {"levels": (2, 4, 8, 12, 16), "prompt_len": 40, "answer_len": 36},
+        "seeds": 16,
     }
     if tiny:
         cfg.update(
