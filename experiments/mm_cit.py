@@ -20,12 +20,15 @@ def get_config(tiny: bool = False) -> dict:
         "study": "mm-cit",
         "finetune": {"lr": 3e-3},
         "er": {"lr": 3e-3, "replay_fraction": 0.5, "capacity": 512},
+        "ewc": {"lr": 3e-3},
+        "kl": {"beta": 1.0},
     }
     if tiny:
         cfg.update(
             data={"n_train": 64, "n_eval": 16, "seq_len": 56},
             train={"steps_per_task": 4, "batch_size": 4, "eval_every": 2},
             er={"lr": 3e-3, "replay_fraction": 0.5, "capacity": 16},
+            methods=("er", "finetune+kl"),  # replay's and a consolidating method's paths
             seeds=2,
         )
     return cfg

@@ -1,5 +1,7 @@
-"""The multimodal continual-instruction-tuning study (``mm-cit``, a skeleton): its tiny run writes
-an answer-accuracy matrix per row, and the accuracy it reports is what greedy decoding gets."""
+"""The multimodal continual-instruction-tuning study (``mm-cit``): its tiny run writes an
+answer-accuracy and a knowledge-accuracy matrix per row, the accuracy it reports is what greedy
+decoding gets, the knowledge accuracy is the option with the lowest NLL (scored one option at a
+time by the model's own ``nll``), and its KL row consolidates at task ends."""
 
 import json
 
@@ -18,11 +20,65 @@ def test_tiny_run_writes_accuracy_matrices(tmp_path):
     out = tmp_path / "o"
     assert cli.main(["run", "mm-cit", "--tiny", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["rows"]) == {"finetune", "er"}
+    assert set(res["rows"]) == {"er", "finetune+kl"}
     for row in res["rows"].values():
-        A = np.asarray(row["A_per_seed"])
-        assert A.shape == (2, 3, 3) and ((A >= 0) & (A <= 1)).all()
+        A, Kn = np.asarray(row["A_per_seed"]), np.asarray(row["K_per_seed"])
+        assert (
+            A.shape == Kn.shape == (2, 3, 3) and ((A >= 0) & (A <= 1)).all() and ((Kn >= 0) & (Kn <= 1)).all()
+        )
         np.testing.assert_allclose(row["summary"]["acc"]["mean"], A[:, -1].mean(), atol=1e-6)
+        np.testing.assert_allclose(row["summary"]["k_acc"]["mean"], Kn[:, -1].mean(), atol=1e-6)
+        sup = row["summary"]["superficial"]["mean"]
+        np.testing.assert_allclose(
+            sup, row["summary"]["forgetting"]["mean"] - row["summary"]["k_forgetting"]["mean"], atol=1e-6
+        )
+
+
+def test_choices_are_the_kinds_options_with_the_own_answer_marked():
+    x, y = MM.source("digits", "test")
+    ex = MM.counting(x, y, 24, seed=3, seq_len=56)
+    ch = MM.choices(ex, 56)
+    N, C, T = ch["tokens"].shape
+    assert (N, T) == (24, 56) and C == len({a for a in ex.answer if a not in ("yes", "no")})
+    for i in range(N):
+        yn = ex.answer[i] in ("yes", "no")
+        assert ch["valid"][i].sum() == (2 if yn else C)
+        # the own option is the example itself; every option keeps the prompt
+        np.testing.assert_array_equal(ch["tokens"][i, ch["answer"][i]], ex.tokens[i])
+        P = int(ex.prompt_len[i])
+        assert (ch["tokens"][i, :, :P] == ex.tokens[i, :P]).all()
+    padded = mm_cit.pad_choices(ch, C + 2)
+    assert padded["tokens"].shape[1] == C + 2 and not padded["valid"][:, C:].any()
+
+
+def test_knowledge_accuracy_is_the_least_nll_option():
+    """Against the model's own per-example NLL, one option at a time, argmin in numpy; on a
+    briefly trained model whose picks are a mix of right and wrong."""
+    x, y = MM.source("digits")
+    ex = MM.captions(x, y, "digits", 12, seed=2, seq_len=40)
+    ch = mm_cit.pad_choices(MM.choices(ex, 40), 12)  # two padded options that must never win
+    vc = vlm.tiny(text=llama.tiny(vocab_size=260))
+    model = vlm.vision_language_model(vc)
+    params = model.init(jax.random.key(1))
+    sub = jax.tree.map(jnp.asarray, MM.batch(ex))
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def step(p, o):
+        g = jax.grad(lambda q: model.nll(q, sub)[0].mean())(p)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    opt = tx.init(params)
+    for _ in range(15):
+        params, opt = step(params, opt)
+    got = float(jax.jit(lambda p: mm_cit.knowledge_accuracy(model, p, {**sub, "choices": ch}))(params))
+    nll = jax.jit(lambda p, t, m: model.nll(p, {"image": sub["image"], "tokens": t, "mask": m})[0])
+    nll_NxC = np.stack([np.asarray(nll(params, ch["tokens"][:, c], ch["mask"][:, c])) for c in range(12)], 1)
+    pick = np.argmin(np.where(ch["valid"], nll_NxC, np.inf), 1)
+    want = float((pick == ch["answer"]).mean())
+    assert 0 < want < 1, want
+    assert abs(got - want) < 1e-6  # the same picks (float32 mean)
 
 
 def test_bad_task_is_one_line_exit_2(capsys, tmp_path):

@@ -263,6 +263,41 @@ def concat(*parts: Examples) -> Examples:
     ))  # fmt: skip
 
 
+YES_NO = ("yes", "no")
+
+
+def choices(ex: Examples, seq_len: int) -> dict:
+    """The answer options of every example, for scoring knowledge apart from the answer's form
+    (SEFE's essential vs superficial forgetting, Chen et al. 2025): an example's options are the
+    answers of its own kind (``yes``/``no`` questions: those two; the rest: every distinct other
+    answer of ``ex``, e.g. the ten captions or the counts 0..4), each written after the
+    example's prompt as :func:`encode` writes the answer.
+
+    Returns ``{'tokens': N x C x T, 'mask': N x C x T, 'valid': N x C, 'answer': N}``: ``C`` the
+    most options of a kind, ``valid`` the real options of each row (the rest copy option 0 and are
+    masked out of the choice), ``answer`` the index of the example's own answer."""
+    yn = np.asarray([a in YES_NO for a in ex.answer])
+    kinds = {True: list(YES_NO), False: sorted({a for a, y in zip(ex.answer, yn, strict=True) if not y})}
+    C = max(len(v) for v in kinds.values())
+    N = len(ex.answer)
+    prompts, answers = [], []
+    valid, answer = np.zeros((N, C), bool), np.zeros(N, np.int32)
+    for i, (p, a) in enumerate(zip(ex.prompt, ex.answer, strict=True)):
+        opts = kinds[bool(yn[i])]
+        valid[i, : len(opts)] = True
+        answer[i] = opts.index(a)
+        prompts += [p] * C
+        answers += [opts[j] if j < len(opts) else opts[0] for j in range(C)]
+    tokens, mask, _ = encode(prompts, answers, seq_len)
+    T = tokens.shape[1]
+    return {
+        "tokens": tokens.reshape(N, C, T),
+        "mask": mask.reshape(N, C, T),
+        "valid": valid,
+        "answer": answer,
+    }
+
+
 def batch(ex: Examples) -> dict:
     """The VLM's batch: ``{'image', 'tokens', 'mask'}`` (:mod:`jaxcl.models.vlm`)."""
     return {"image": ex.image, "tokens": ex.tokens, "mask": ex.mask}

@@ -1,14 +1,23 @@
-"""Multimodal continual instruction tuning (``study: mm-cit``), a skeleton: the small VLM
+"""Multimodal continual instruction tuning (``study: mm-cit``): the small VLM
 (:mod:`jaxcl.models.vlm`) instruction-tuned on a stream of image-text tasks with different answer
 styles (:mod:`jaxcl.data.multimodal`: ``captions`` (a short phrase), ``attributes`` (yes / no),
 ``counting`` (a number, or yes / no comparing two grid cells)), one task after another.
 
 Papers: MLLM-CTBench (continual instruction tuning of multimodal LLMs: answer accuracy per task
-after each task, CL algorithms against sequential fine-tuning) and SEFE (Chen et al. 2025: the
-answer-format forgetting of a task stream whose answer styles differ). This skeleton has the
-protocol's first rows only: ``finetune`` (SFT: sequential fine-tuning) and ``er`` (reservoir
-replay of earlier tasks' examples); the reasoning-quality matrix, RFT rows, and the superficial /
-essential split of SEFE are not built yet (issue 24, part 2).
+after each task, CL algorithms against sequential fine-tuning) and SEFE (Chen et al. 2025:
+superficial forgetting, the answers' form drifting to a later task's style, vs essential
+forgetting, the knowledge lost). Rows: ``finetune`` (SFT), ``finetune+kl`` (KL to the model at
+the previous task's end: LwF for a language model), ``er`` (reservoir replay), ``ewc`` (Fisher
+at each task's end), ``joint`` (multi-task: every task seen so far, the upper bound). Not built
+yet (issue 24): a reasoning-quality matrix, RFT rows, DER++ (stored logits of a VLM batch).
+
+Superficial vs essential: besides the answer accuracy (greedy writes the answer exactly), the
+**knowledge accuracy** of a task after each task is the fraction of its held-out examples whose
+own answer has the highest likelihood among the options of its kind
+(:func:`jaxcl.data.multimodal.choices`: the ten captions, yes / no, the counts), whatever form
+greedy decoding would give. ``knowledge forgetting`` is the forgetting of that matrix (essential),
+``superficial forgetting`` = answer forgetting - knowledge forgetting (what is lost in the form
+only).
 
 Protocol: each task has ``data.n_train`` training and ``data.n_eval`` held-out examples (the
 data set's train and test splits) of one image shape and ``data.seq_len`` text tokens; a VLM is
@@ -41,13 +50,14 @@ from ..models import vlm
 
 TASKS = ("captions", "attributes", "counting")
 DATASETS = ("digits", "mnist-10k", "fashion-mnist")
-CIT_METHODS = ("finetune", "er")
+CIT_METHODS = ("finetune", "er", "ewc", "joint")
 
 DEFAULTS = {
     "model": vlm.section(),
     "data": {"dataset": "digits", "tasks": TASKS, "n_train": 512, "n_eval": 128, "seq_len": 56},
-    "train": {"steps_per_task": 300, "batch_size": 32, "eval_every": 50},
-    "methods": CIT_METHODS,
+    "train": {"steps_per_task": 300, "batch_size": 32, "eval_every": 50, "consolidate_samples": 64},
+    # finetune+kl: KL to the model at the previous task's end, i.e. LwF for a language model
+    "methods": ("finetune", "finetune+kl", "er", "ewc", "joint"),
     "seeds": 3,
     "seed": 0,
 }
@@ -56,6 +66,9 @@ COLUMNS = [
     ("acc", "ACC", "pct"),
     ("bwt", "BWT", "pct"),
     ("forgetting", "forgetting", "pct"),
+    ("k_acc", "knowledge ACC", "pct"),
+    ("k_forgetting", "knowledge forgetting", "pct"),
+    ("superficial", "superficial forgetting", "pct"),
     ("time_s", "time (s)", "seconds"),
 ]
 
@@ -77,6 +90,7 @@ def validate(cfg: dict) -> None:
             "train.steps_per_task",
             "train.batch_size",
             "train.eval_every",
+            "train.consolidate_samples",
             "seeds",
         ],
     )
@@ -85,9 +99,12 @@ def validate(cfg: dict) -> None:
 
 def build_tasks(cfg: dict) -> tuple[dict, dict]:
     """``(train, eval)``: each ``{'image': K x N x H x W x C, 'tokens': K x N x T, 'mask'}``, one
-    entry per task of ``data.tasks``, from the data set's train and test splits."""
+    entry per task of ``data.tasks``, from the data set's train and test splits; ``eval`` also
+    ``'choices'``: the options of every held-out example (:func:`jaxcl.data.multimodal.choices`,
+    ``K x N x C x T`` tokens and mask, ``K x N x C`` valid, ``K x N`` answer; ``C`` padded to the
+    most options of a task)."""
     d = cfg["data"]
-    parts = {"train": [], "eval": []}
+    parts, opts = {"train": [], "eval": []}, []
     for split, n, key in (("train", d["n_train"], "train"), ("test", d["n_eval"], "eval")):
         x, y = MM.source(d["dataset"], split)
         for i, task in enumerate(d["tasks"]):
@@ -97,8 +114,20 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
             else:
                 ex = getattr(MM, task)(x, y, d["dataset"], n, seed, d["seq_len"])
             parts[key].append(MM.batch(ex))
-    stack = lambda rows: {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-    return stack(parts["train"]), stack(parts["eval"])
+            if key == "eval":
+                opts.append(MM.choices(ex, d["seq_len"]))
+    C = max(o["valid"].shape[1] for o in opts)
+    opts = [pad_choices(o, C) for o in opts]
+    stack = lambda rows: {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
+    return stack(parts["train"]), {**stack(parts["eval"]), "choices": stack(opts)}
+
+
+def pad_choices(opts: dict, C: int) -> dict:
+    """``opts`` with ``C`` options per example: the added ones copy option 0, not valid."""
+    extra = C - opts["valid"].shape[1]
+    copy = lambda a: np.concatenate([a, np.repeat(a[:, :1], extra, 1)], 1)  # noqa: E731
+    valid = np.concatenate([opts["valid"], np.zeros((len(opts["valid"]), extra), bool)], 1)
+    return {**opts, "tokens": copy(opts["tokens"]), "mask": copy(opts["mask"]), "valid": valid}
 
 
 def answer_accuracy(model, params, sub) -> jax.Array:
@@ -109,36 +138,99 @@ def answer_accuracy(model, params, sub) -> jax.Array:
     return ok_BxT.all(-1).mean()
 
 
+def option_scores(model, params, image, tokens_NxCxT, mask_NxCxT) -> jax.Array:
+    """``N x C``: the log-likelihood of each option's answer tokens given the image and prompt."""
+
+    def one(tm):
+        logits_NxTxV, t_NxT, m_NxT = model.token_logits(
+            params, {"image": image, "tokens": tm[0], "mask": tm[1]}
+        )
+        logp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32), -1)
+        lp_NxT = jnp.take_along_axis(logp_NxTxV, t_NxT[..., None], -1)[..., 0]
+        return (lp_NxT * m_NxT).sum(-1)
+
+    return jax.lax.map(one, (tokens_NxCxT.swapaxes(0, 1), mask_NxCxT.swapaxes(0, 1))).T
+
+
+def knowledge_accuracy(model, params, sub) -> jax.Array:
+    """The fraction of ``sub``'s examples whose own answer is the likeliest of their options
+    (``sub['choices']``): what the model knows, whatever form its greedy answer takes."""
+    ch = sub["choices"]
+    scores_NxC = option_scores(model, params, sub["image"], ch["tokens"], ch["mask"])
+    pick_N = jnp.argmax(jnp.where(ch["valid"], scores_NxC, -jnp.inf), -1)
+    return (pick_N == ch["answer"]).mean()
+
+
 def make_program(cfg: dict, model, method: str) -> LMProgram:
+    """Row ``method``'s program; ``joint`` (the multi-task upper bound) fine-tunes on batches of
+    every task seen so far, uniformly."""
     B = cfg["train"]["batch_size"]
 
     def draw(data, key):
         n = data["train"]["tokens"].shape[1]
-        i = jax.random.randint(key, (B,), 0, n)
-        return jax.tree.map(lambda a: a[data["t"], i], data["train"])
+        ki, kt = jax.random.split(key)
+        i = jax.random.randint(ki, (B,), 0, n)
+        t = jax.random.randint(kt, (B,), 0, data["t"] + 1) if method == "joint" else data["t"]
+        return jax.tree.map(lambda a: a[t, i], data["train"])
 
     def evaluate(params, data):
-        return {"acc": jax.lax.map(lambda sub: answer_accuracy(model, params, sub), data["eval"])}
+        ev = {k: v for k, v in data["eval"].items() if k != "choices"}
+        return {"acc": jax.lax.map(lambda sub: answer_accuracy(model, params, sub), ev)}
 
-    return LMProgram(model, cfg, method, eval_every=cfg["train"]["eval_every"], draw=draw, evaluate=evaluate)
+    name = "finetune" if method == "joint" else method
+    return LMProgram(
+        model,
+        cfg,
+        name,
+        eval_every=cfg["train"]["eval_every"],
+        draw=draw,
+        evaluate=evaluate,
+        handles=("consolidate",),
+    )
+
+
+def task_end(prog: LMProgram, cfg: dict, state, data):
+    """After task ``data['t']``: the method's consolidate (EWC's Fisher, the KL reference) on
+    ``train.consolidate_samples`` of the task's training examples."""
+    method = prog.method(prog.hp, state.frozen)
+    if method.consolidate is None:
+        return state
+    n, t = data["train"]["tokens"].shape[1], data["t"]
+    k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
+    i = jax.random.randint(k, (cfg["train"]["consolidate_samples"],), 0, n)
+    return method.consolidate(state, jax.tree.map(lambda a: a[t, i], data["train"]), k)
 
 
 def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar) -> dict:
-    """Every task in order for all seeds: ``trace`` (S x K x E x K) of the tasks' accuracies."""
+    """Every task in order for all seeds: ``trace`` (S x K x E x K) of the tasks' accuracies,
+    ``know`` (S x K x K) of their knowledge accuracies after each task, ``b`` / ``kb`` (S x K)
+    both at initialisation."""
     K, t0 = data["train"]["tokens"].shape[0], time.perf_counter()
     E = cfg["train"]["steps_per_task"] // cfg["train"]["eval_every"]
-    at = lambda t: {**data, "t": jnp.int32(t)}
+    at = lambda t: {**data, "t": jnp.int32(t)}  # noqa: E731
+    model = prog.model
     init = jax.jit(jax.vmap(lambda k, d: prog.init(k, None, prog.hp, d), in_axes=(0, None)))
     ev = jax.jit(jax.vmap(lambda s, d: prog.evaluate(prog.params(s), d)["acc"], in_axes=(0, None)))
+    kev = jax.jit(
+        jax.vmap(
+            lambda s, d: jax.lax.map(lambda sub: knowledge_accuracy(model, prog.params(s), sub), d["eval"]),
+            in_axes=(0, None),
+        )
+    )
     call = jax.jit(jax.vmap(lambda s, d: prog.call(s, prog.hp, d, E), in_axes=(0, None)))
+    end = jax.jit(jax.vmap(lambda s, d: task_end(prog, cfg, s, d), in_axes=(0, None)))
     state = init(keys, at(0))
-    b = np.asarray(ev(state, at(0)))
+    b, kb = np.asarray(ev(state, at(0))), np.asarray(kev(state, at(0)))
     trace = np.zeros((len(keys), K, E, K), np.float32)
+    know = np.zeros((len(keys), K, K), np.float32)
     for t in range(K):
         state, tr = call(state, at(t))
         trace[:, t] = np.asarray(tr["acc"])
+        know[:, t] = np.asarray(kev(state, at(t)))
+        if t < K - 1:
+            state = end(state, at(t))
         bar.update(1)
-    return {"trace": trace, "b": b, "seconds": time.perf_counter() - t0}
+    return {"trace": trace, "know": know, "b": b, "kb": kb, "seconds": time.perf_counter() - t0}
 
 
 def body(cfg: dict, run: Run) -> Report:
@@ -152,11 +244,14 @@ def body(cfg: dict, run: Run) -> Report:
     with run.progress(len(cfg["methods"]) * K, "task") as bar:
         for method in cfg["methods"]:
             r = run_row(cfg, make_program(cfg, model, method), data, keys, bar)
-            A = r["trace"][:, :, -1, :]  # S x K x K
+            A, Kn = r["trace"][:, :, -1, :], r["know"]  # S x K x K
             per = {
                 "acc": [M.acc(a) for a in A],
                 "bwt": [M.bwt(a) for a in A],
                 "forgetting": [M.forgetting(a) for a in A],
+                "k_acc": [M.acc(a) for a in Kn],
+                "k_forgetting": [M.forgetting(a) for a in Kn],
+                "superficial": [M.forgetting(a) - M.forgetting(k) for a, k in zip(A, Kn, strict=True)],
                 "time_s": [r["seconds"]],
             }
             timing[method] = r["seconds"]
@@ -165,6 +260,9 @@ def body(cfg: dict, run: Run) -> Report:
                 A_mean=A.mean(0).tolist(),
                 A_per_seed=A.tolist(),
                 b_mean=r["b"].mean(0).tolist(),
+                K_mean=Kn.mean(0).tolist(),
+                K_per_seed=Kn.tolist(),
+                kb_mean=r["kb"].mean(0).tolist(),
                 acc_trace_mean=r["trace"].mean(0).tolist(),
             )
     d = cfg["data"]
