@@ -290,6 +290,17 @@ def _run_layers(cfg, dt, x_BxTxD, layers, cos, sin):
     return jax.lax.scan(body, x_BxTxD, layers)[0]
 
 
+def embed_tokens(cfg: LlamaConfig, params, tokens_BxT):
+    """``(dt, x_BxTxD, cos, sin)``: the compute dtype, the token embeddings in it and the RoPE
+    tables of positions ``0 .. T-1`` (no cache, no prefix): the start of :func:`tapped_hidden`
+    and :func:`hidden_at`, as :func:`forward` starts without a cache."""
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, T = tokens_BxT.shape
+    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
+    return dt, jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt), cos, sin
+
+
 def tapped_hidden(cfg: LlamaConfig, params, tokens_BxT, taps: dict):
     """``(h_BxTxD, inputs)``: the final-norm hidden states of :func:`forward` (no cache) with
     ``taps[name]`` (L, B*T, out), stacked per layer, added to the output of every linear ``name``
@@ -297,11 +308,7 @@ def tapped_hidden(cfg: LlamaConfig, params, tokens_BxT, taps: dict):
     With zero taps the forward is :func:`forward`'s; the gradient of a loss with respect to the
     taps is the gradient with respect to each linear's output (hook-free K-FAC statistics)."""
     params = pure_dict(params)
-    dt = jnp.dtype(cfg.compute_dtype)
-    B, T = tokens_BxT.shape
-    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
-    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
+    dt, x_BxTxD, cos, sin = embed_tokens(cfg, params, tokens_BxT)
 
     def body(x, xs):
         lp, tap = xs
@@ -323,11 +330,7 @@ def hidden_at(cfg: LlamaConfig, params, tokens_BxT, layer: int):
     if not 0 <= layer < cfg.n_layers:
         raise ValueError(f"layer={layer} is out of range; valid: 0 .. {cfg.n_layers - 1}")
     params = pure_dict(params)
-    dt = jnp.dtype(cfg.compute_dtype)
-    B, T = tokens_BxT.shape
-    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    cos, sin = rope_tables(positions_BxT, cfg.hd, cfg.rope_theta)
-    x_BxTxD = jnp.take(params["embed"], tokens_BxT, axis=0).astype(dt)
+    dt, x_BxTxD, cos, sin = embed_tokens(cfg, params, tokens_BxT)
     layers = jax.tree.map(lambda a: a[: layer + 1], params["layers"])
     return _run_layers(cfg, dt, x_BxTxD, layers, cos, sin)
 
