@@ -349,6 +349,12 @@ def body(cfg: dict, run: Run) -> Report:
         },
         first="row",
     )
+    # the per-level columns (not in the printed table): their format, for the docs' tables
+    res["columns"] += [
+        [f"{k}_{j}", f"{k} at {lv} steps", "pct"]
+        for k in ("acc", "precision", "refusal")
+        for j, lv in enumerate(cfg["data"]["levels"])
+    ]
     header = (
         f"\n{cfg['name']}: chain task at {', '.join(map(str, cfg['data']['levels']))} steps; {S} seeds, "
         f"{cfg['post']['rounds']} rounds x {cfg['post']['iterations']} iterations per row; in %, mean ± std "
