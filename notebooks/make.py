@@ -215,6 +215,14 @@ NOTEBOOKS = {
         needs=("bible", "smollm2"),
         study=("restor", [], [], "restor_out", True),
     ),
+    "mm_cit": dict(
+        title="Continual instruction tuning of a small vision-language model",
+        text="A ViT + projector + Llama VLM trained from scratch on image-text tasks made from scikit-learn's "
+        "digits (captions, yes/no attributes, counting over 2x2 grids), one after another: SFT, LwF-style KL, "
+        "ER, EWC and multi-task rows; answer accuracy and knowledge accuracy (the own answer likeliest among "
+        "its options), so forgetting splits into superficial (the answer's form) and essential (knowledge).",
+        study=("mm-cit", [], [], "mm_out", False),
+    ),
 }
 
 SWEEP = """\
