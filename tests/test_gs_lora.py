@@ -201,3 +201,41 @@ def test_tiny_vit_forgets_the_class_keeps_the_rest_and_the_lasso_switches_groups
     share = {a: t["group_norm_max"] / t["group_lasso"] for a, t in tr.items()}
     assert share[0.1] > 0.4 > 0.3 > share[0.0], share
     assert tr[0.0]["groups_off"] == 0.0 and tr[1.0]["groups_off"] > 0.3, tr
+
+
+def test_runs_on_resnet_and_llama_adapters():
+    """The loss on a ResNet's adapters (convolution taps summed into their group: blocks/7 and
+    the head) and on the Llama's (stacked layers: one group per layer): finite, every group seen."""
+    from jaxcl.models import lm
+
+    sec = model_config("resnet18", resnet18={"width": 8})
+    sec["lora"] = lora.section(2)  # the head has C = 3 outputs
+    res = from_config(sec, (8, 8, 1), C)
+    base = res.init(jax.random.key(0))
+    ad = lora.init(res.lora, base, jax.random.key(1))
+    m = build_method(
+        METHODS["gs_lora"], lora.adapt(res, res.lora, base), hp(), METHODS["gs_lora"].split({})[1]
+    )
+    prob = _problem()
+    b = prob.draw(jax.random.key(2), 4)
+    loss, aux = jax.jit(m.loss_fn)(ad, b, None)
+    assert np.isfinite(float(loss)) and gs.group_sq_norms(ad, "block", False).shape == (2,)
+    llm, params, _ = lm.load({**lm.section("tiny", compute_dtype="float32"), "lora": lora.section(2)})
+    ad = lora.init(llm.lora, params, jax.random.key(1))
+    m = build_method(
+        METHODS["gs_lora"], lora.adapt(llm, llm.lora, params), hp(), METHODS["gs_lora"].split({})[1]
+    )
+    sub = {
+        "tokens": jnp.arange(24, dtype=jnp.int32).reshape(2, 12) % 250,
+        "mask": jnp.ones((2, 12), jnp.int32),
+    }
+    loss, aux = jax.jit(m.loss_fn)(ad, {**sub, "forget": sub}, None)
+    assert np.isfinite(float(loss)) and float(aux["retain_ce"]) == float(aux["forget_ce"])
+    assert gs.group_sq_norms(ad, "block", True).shape == (llm.cfg.n_layers,)
+    with pytest.raises(ValueError, match="classifier"):
+        build_method(
+            METHODS["gs_lora_pp"],
+            lora.adapt(llm, llm.lora, params),
+            as_hparams(METHODS["gs_lora_pp"]),
+            METHODS["gs_lora_pp"].split({})[1],
+        )
