@@ -36,8 +36,10 @@ drawn so far (retain and forget rows; :func:`prototypes`), the same means as the
 Defaults from the authors' code (github.com/bjzhb666/GS-LoRA: ``engine.py``,
 ``train/train_own_forget.py``, ``scripts/run_forget.sh``): AdamW, weight decay 0.05, lr 1e-2,
 beta 0.15, alpha 0.01 (the scripts; argparse defaults 0.03 / 0.1), grouping ``block``, sparsity
-warm-up over the first 20 of 100 epochs (here ``warmup_steps``, a number of steps: set it to a
-fifth of the phase), ``BND = 10`` (argparse default; the scripts use 110 with CosFace logits of
+warm-up over the first 20 of 100 epochs (here ``warmup_steps``, a number of steps, default 0
+because a method does not know its phase's length: set it to a fifth of the phase; without it
+Adam shrinks the A factors to zero before B has moved and nothing is forgotten, measured on the
+tiny ViT of ``tests/test_gs_lora.py``), ``BND = 10`` (argparse default; the scripts use 110 with CosFace logits of
 scale 64, which a softmax classifier has not), GS-LoRA++ ``w_f = 0.5``, ``w_r = 0`` (the script;
 0.001 in its 12-layer variant), ``BND_pro = 18`` (``engine.py``). Not here: the cosine learning
 rate schedule and the weight averaging (EMA) of the authors' later epochs. The metrics
