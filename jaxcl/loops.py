@@ -446,6 +446,10 @@ class Phase:
         self.model, self.spec, self.mesh = model, method, mesh
         spec = getattr(model, "lora", None)
         self.lora = spec if isinstance(spec, lora.LoraSpec) else None
+        if method.needs_lora and self.lora is None:
+            raise ValueError(
+                f"{method.name} trains LoRA adapters only and the model has none: set model.lora.rank=8"
+            )
 
     def bound(self, frozen):
         """The model the method trains: ``self.model``, or with LoRA (the model's ``lora``, a

@@ -28,12 +28,18 @@ from jaxcl.loops import Experiment, LoopConfig, Phase, PhaseConfig, as_hparams, 
 from jaxcl.losses import mean_nll, supervised_loss
 from jaxcl.methods import METHODS
 from jaxcl.methods import grpo as grpo_method
-from jaxcl.models import llama, mlp
+from jaxcl.models import llama, lora, mlp
 from jaxcl.models.lm import language_model as lm_model
 from jaxcl.unlearn.common import UnlearnData
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "methods")
 MODEL = mlp((4, 4, 1), 3, hidden=(8,))
+# methods that train LoRA adapters only (``needs_lora``: GS-LoRA) run on MODEL with model.lora on
+LORA_MODEL = MODEL._replace(lora=lora.LoraSpec(("*kernel",), 2, 2.0))
+
+
+def model_of(name):
+    return LORA_MODEL if METHODS[name].needs_lora else MODEL
 
 
 @struct.dataclass
@@ -92,6 +98,8 @@ def rl_one_step(spec, key):
 
 
 def init_params(name: str):
+    if METHODS[name].needs_lora:  # the adapters over MODEL's initial params
+        return lora.init(LORA_MODEL.lora, MODEL.init(jax.random.key(0)), jax.random.key(0))
     return (RL_MODEL if METHODS[name].kind == "rl" else MODEL).init(jax.random.key(0))
 
 
@@ -102,8 +110,11 @@ def one_step(name: str, key):
         return rl_one_step(spec, key)
     hp = as_hparams(spec)
     _, opts = spec.split({})
-    method = build_method(spec, MODEL, hp, opts)
-    params = MODEL.init(jax.random.key(0))
+    model = MODEL
+    if spec.needs_lora:
+        model = lora.adapt(MODEL, LORA_MODEL.lora, MODEL.init(jax.random.key(0)))
+    method = build_method(spec, model, hp, opts)
+    params = init_params(name)
     if not method.trains:
         return method.edit(params, PROBLEM, hp, key), {}, None
     batch = CL_BATCH if spec.kind == "cl" else PROBLEM.draw(jax.random.key(3), 6)
@@ -154,7 +165,7 @@ def test_two_seeds_batched_equal_separate_runs(name):
     _, opts = spec.split({})
     if "rank" in opts:
         opts["rank"] = 2
-    phase = Phase(MODEL, spec, PhaseConfig(steps=4, batch_size=6, eval_every=2, eval_size=8), **opts)
+    phase = Phase(model_of(name), spec, PhaseConfig(steps=4, batch_size=6, eval_every=2, eval_size=8), **opts)
     params = MODEL.init(jax.random.key(0))
     hp = as_hparams(spec)
     keys = jax.random.split(jax.random.key(5), 2)
@@ -301,6 +312,11 @@ MUTATIONS = {
     "gu-satimp": [("GU's projection", {}, "gu")],
     "gu-undial": [("GU's projection", {}, "gu")],
     "gu-dpo": [("GU's projection", {}, "gu")],
+    "gs_lora": [("the bounded forget term", {"beta": 0.0}, None), ("the group lasso", {"alpha": 0.0}, None)],
+    "gs_lora_pp": [
+        ("the prototype push", {"pro_f_weight": 0.0}, None),
+        ("the group lasso", {"alpha": 0.0}, None),
+    ],
     "ssd": [("SSD's dampening", {}, "edit"), ("SSD's selection (alpha = 1e30)", {"alpha": 1e30}, None)],
     "iau": [("IAU's edit", {}, "edit")],
     "curvature": [("the curvature edit", {}, "edit"), ("all the curvature mass kept", {"keep": 1.0}, None)],
@@ -478,7 +494,7 @@ def original_params(problem):
 
 def unlearn_golden_run(name, static_off, key, problem, hp):
     spec = _spec(name, static_off)
-    phase = Phase(MODEL, spec, UNLEARN_PHASE, **_options(spec, UNLEARN_OPTIONS))
+    phase = Phase(model_of(name), spec, UNLEARN_PHASE, **_options(spec, UNLEARN_OPTIONS))
     p0 = original_params(problem)
     p1 = phase.run(p0, key, problem, hp)["params"]
     forget = problem.forget_set

@@ -121,6 +121,8 @@ class MethodSpec:
     paper: str = ""
     choices: dict[str, tuple] = dataclasses.field(default_factory=dict)  # valid values of options
     joins: Joins | None = None  # its modifier form in a chain ``base+this`` (None: a base only)
+    # it trains LoRA adapters only (GS-LoRA): a phase refuses a model without ``model.lora``
+    needs_lora: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:

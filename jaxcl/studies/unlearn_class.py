@@ -159,6 +159,8 @@ def check_methods(cfg: dict, methods) -> None:
                 f"method {m!r} needs alternative answers for the forget set, which a classifier "
                 f"problem has none of (use random_label); valid here: {', '.join(valid)}"
             )
+        if m in REGISTRY and REGISTRY[m].needs_lora and not cfg["model"].get("lora", {}).get("rank"):
+            raise ConfigError(f"{m} trains LoRA adapters only and the model has none: set model.lora.rank=8")
         rank = method_settings(cfg, m)[1].get("rank", 0)
         if rank > cfg["unlearn"]["steps"]:
             raise ConfigError(
