@@ -2,23 +2,26 @@
 
 Paper: Kowalczuk et al., "Finding Dori: Memorization in Text-to-Image Diffusion Models Is Less
 Local Than Assumed" (2025): pruning the weights that localise a memorised image hides it from the
-training prompt, but an adversarial search over the text embeddings finds inputs that make the
-pruned model produce it again, so the mitigation hid the content rather than removed it. The text
-analogue here: after unlearning, search a soft prompt (``P`` continuous input embeddings placed
-before the tokens, :func:`jaxcl.models.llama.forward`'s ``prefix_BxPxD``; the model frozen) that
-maximises the likelihood of the forget answers on a *search* half of the forget set,
+training prompt, but small adversarial changes to the prompt's text embeddings make the pruned
+model produce it again, so the mitigation hid the content rather than removed it. The text
+analogue here: after unlearning, search a trigger ``z`` (``P`` vectors; the model frozen) that
+maximises the likelihood of the forget answers on a *search* half ``S`` of the forget set,
 
     z* = argmin_z (1/|S|) sum_{r in S} L(theta; z, r),
     L(theta; z, r) = -(1/n_r) sum_{i in answer(r)} log p_theta(t_{i+1} | z, t_{<=i}),
 
-by Adam on ``z`` only (``steps`` steps over the whole search half, one ``lax.scan``; ``z``
-initialised at the embeddings of ``P`` vocabulary tokens drawn with the key), then score the
-*held-out* half with and without ``z`` (answer NLL, exact memorisation, extraction strength of
-:mod:`jaxcl.unlearn.attacks`). What the trigger recovers on held-out rows it was not fitted to
-is content the model still holds; the same search against a model that never saw the forget set
-(the retain-only oracle) measures what a trigger can teach by itself: recovery beyond the
-oracle's is what unlearning hid. Everything here is pure and jittable; ``vmap`` over seeds
-(params and keys) works.
+by Adam on ``z`` only (``steps`` full-batch steps, one ``lax.scan``), then score the *held-out*
+half with and without ``z`` (answer NLL, exact memorisation, extraction strength of
+:mod:`jaxcl.unlearn.attacks`). Two places for ``z``: ``mode='edit'`` (the paper's: ``z`` is added
+to the embeddings of every row's first ``P`` prompt tokens, initialised at 0 so the search starts
+at the plain model; with a shared prompt template it edits the template) and ``mode='prefix'`` (a
+soft prompt: ``P`` vectors before the tokens, :func:`jaxcl.models.llama.forward`'s
+``prefix_BxPxD``, initialised at the embeddings of ``P`` vocabulary tokens drawn with the key; a
+model never trained with anything before its prompts is out of distribution there). What the
+trigger recovers on held-out rows it was not fitted to is content the model still holds; the
+same search against a model that never saw the forget set (the retain-only oracle) measures what
+a trigger can teach by itself: recovery beyond the oracle's is what unlearning hid. Everything
+here is pure and jittable; ``vmap`` over seeds (params and keys) works.
 """
 
 from __future__ import annotations
