@@ -103,6 +103,7 @@ COLUMNS = [
 TRIGGER_COLUMNS = [  # the held-out half of the forget rows, without / with the searched trigger
     ("held_nll", "held-out forget NLL", "float"),
     ("trig_nll", "with trigger", "float"),
+    ("trig_gain", "NLL drop by the trigger", "float"),
     ("held_exact", "held-out forget exact", "pct"),
     ("trig_exact", "exact with trigger", "pct"),
     ("trig_em", "token match with trigger", "pct"),
@@ -325,6 +326,7 @@ def body(cfg: dict, run: Run) -> Report:
         per["time_s"] = [t_s]
         if name in audits:
             a = audits[name]
+            a = {**a, "trig_gain": a["nll"] - a["trig_nll"]}
             per.update({k: np.asarray(a[AUDIT_KEYS.get(k, k)]) for k, _, _ in TRIGGER_COLUMNS})
         rows[name] = results.row(per)
     res = results.make(
