@@ -97,7 +97,7 @@ def test_tiny_study_with_the_trigger_audit():
             r"attack.trigger.steps=-1: give an integer >= 0 \(0: no trigger audit\)",
         ),
         (["attack.trigger.length=0"], "attack.trigger.length=0: give an integer >= 1"),
-        (["attack.trigger.lr=0"], "attack.trigger.lr=0: give a positive learning rate"),
+        (["attack.trigger.lr=0"], r"attack.trigger.lr=0\.0: give a positive learning rate"),
         (["attack.trigger.mode=suffix"], "attack.trigger.mode='suffix' is not valid"),
     ],
 )
