@@ -7,6 +7,8 @@ states still decode the true answer's first digit?
 
     jaxcl run lm-unforget --tiny                # seconds; what the tests run
     jaxcl run lm-unforget --seeds 8             # the committed result
+    jaxcl run lm-unforget --seeds 8 --set attack.trigger.steps=200 --set data.task=lookup ...
+        # the trigger-search audit (Finding Dori); the full command: results/studies/lm-unforget-trigger.json
 
 Expected runtime (2-core CPU): --tiny ~40 s (mostly compiling); 8 seeds 2.1 min at load 2-4 (3.6 min at load 5-6).
 README: "Language models and TOFU" (results/studies/lm-unforget.json).

@@ -60,6 +60,30 @@ def test_tiny_study_runs_random_label_and_the_probe():
     assert not np.allclose(a, b), (a, b)  # the relabelled rows are answered differently
 
 
+def test_lookup_answers_are_memorised_not_computed():
+    a, b = lm_unforget.lookup(200, 0, 2), lm_unforget.lookup(200, 1, 2)
+    assert a == lm_unforget.lookup(200, 0, 2) and a != b
+    assert all(p.startswith("key ") and p.endswith("=") and len(p) == 9 and len(x) == 4 for p, x in a)
+    # the answer is no function of the key: its first digit is near-uniform given the key's first digit
+    first = np.array([[int(p[4]), int(x[0])] for p, x in a + b])
+    assert abs(np.corrcoef(first.T)[0, 1]) < 0.2
+
+
+def test_tiny_study_with_the_trigger_audit():
+    """The trigger audit adds the retain-only oracle and its columns to every row."""
+    sets = ["attack.trigger.steps=3", "data.task=lookup", "seeds=1", "methods=random_label"]
+    cfg = config.resolve(config.load("lm-unforget", tiny=True), sets)
+    res = lm_unforget.run(cfg, None, verbose=False)
+    assert list(res["rows"]) == ["untrained", "original", lm_unforget.ORACLE, "random_label"]
+    for row in res["rows"].values():
+        for k, _, fmt in lm_unforget.TRIGGER_COLUMNS:
+            v = np.asarray(row["per_seed"][k])
+            assert v.shape == (1,) and np.isfinite(v).all()
+            assert fmt != "pct" or ((v >= 0) & (v <= 1)).all()
+    o = res["rows"]["original"]["per_seed"]
+    assert o["trig_nll"] != o["held_nll"]  # the trigger moved the scores
+
+
 @pytest.mark.parametrize(
     "sets, match",
     [
@@ -68,6 +92,13 @@ def test_tiny_study_runs_random_label_and_the_probe():
         (["data.digits=12"], "data.digits=12"),
         (["data.n_forget=32"], "data.n_forget=32"),
         (["methods=ssd"], "ssd"),
+        (
+            ["attack.trigger.steps=-1"],
+            r"attack.trigger.steps=-1: give an integer >= 0 \(0: no trigger audit\)",
+        ),
+        (["attack.trigger.length=0"], "attack.trigger.length=0: give an integer >= 1"),
+        (["attack.trigger.lr=0"], r"attack.trigger.lr=0\.0: give a positive learning rate"),
+        (["attack.trigger.mode=suffix"], "attack.trigger.mode='suffix' is not valid"),
     ],
 )
 def test_bad_configs_are_clear_errors(sets, match):

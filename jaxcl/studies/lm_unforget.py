@@ -23,6 +23,14 @@ softmax regression on the final hidden state at the last prompt token) trained o
 rows' true labels, its accuracy on the forget rows (``probe_forget``) and held-out rows
 (``probe_test``). Rows: ``untrained`` (the initialisation: the probe's control, what the input
 alone gives away), ``original``, then each method.
+
+``data.task=lookup`` (``key 4785=`` -> four random digits, drawn independently of the key) has
+answers only memorisation gives. The trigger-search audit (``attack.trigger.steps > 0``,
+:func:`jaxcl.unlearn.trigger.trigger_attack`; Kowalczuk et al., "Finding Dori", 2025) adds the
+row ``oracle (retain only)`` (the same training without the forget rows: what a model that never
+saw them knows) and, for every row, the held-out half of the forget rows' answer NLL and exact
+match without and with a trigger fitted (Adam, ``attack.trigger.lr``, ``steps``, ``length``
+vectors, ``mode``) to the first half's true answers, seeds vmapped.
 """
 
 from __future__ import annotations
@@ -40,13 +48,17 @@ from ..engine import check_finite
 from ..loops import seeds_keys
 from ..models import llama, lm
 from ..parallel import jit_seeds, place_seeds, seeds_map
+from ..unlearn import trigger
 from ..unlearn.eval import linear_probe
 from ..unlearn.lm import LMProblem, trainer, unlearner
 
 METHODS = ("random_label",)
-TASKS = ("rev", "sort", "count")  # the probe's label: the answer's first digit (count: the answer)
+# the probe's label: the answer's first digit (count: the answer); lookup: a random answer per
+# prompt (memorised, not computable: a model that never saw a row cannot know its answer)
+TASKS = ("rev", "sort", "count", "lookup")
 OTHERS = ("rev", "sort", "count")
-TRAIN, UNLEARN = 1, 2  # key roles
+ORACLE = "oracle (retain only)"  # the row trained without the forget rows (with the trigger audit)
+TRAIN, UNLEARN, TRIGGER = 1, 2, 3  # key roles
 
 DEFAULTS = {
     "model": lm.section(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
@@ -70,6 +82,10 @@ DEFAULTS = {
     "unlearn": {"epochs": 10.0, "batch_size": 16, "eval_every": 0, "eval_size": 32},
     "random_label": {"lr": 1e-3, "retain_weight": 0.0},  # the paper fine-tunes on the forget set only
     "probe": {"steps": 300, "lr": 0.05},
+    # the trigger-search audit (jaxcl.unlearn.trigger; steps 0: off): Adam on `length` embedding
+    # vectors (mode edit: added to the prompt's first tokens; prefix: a soft prompt) that fits the
+    # first half of the forget rows' true answers, scored on the other half; adds the oracle row
+    "attack": {"trigger": {"steps": 0, "length": 4, "lr": 0.01, "mode": "edit"}},
     "methods": METHODS,
     "seeds": 3,
     "seed": 0,
@@ -84,6 +100,16 @@ COLUMNS = [
     ("probe_test", "probe on held-out rows", "pct"),
     ("time_s", "time (s)", "seconds"),
 ]
+TRIGGER_COLUMNS = [  # the held-out half of the forget rows, without / with the searched trigger
+    ("held_nll", "held-out forget NLL", "float"),
+    ("trig_nll", "with trigger", "float"),
+    ("trig_gain", "NLL drop by the trigger", "float"),
+    ("held_exact", "held-out forget exact", "pct"),
+    ("trig_exact", "exact with trigger", "pct"),
+    ("trig_em", "token match with trigger", "pct"),
+    ("search_nll", "search-half NLL with trigger", "float"),
+]
+AUDIT_KEYS = {"held_nll": "nll", "held_exact": "exact"}  # column -> trigger.trigger_attack's key
 
 
 def validate(cfg: dict) -> None:
@@ -97,6 +123,16 @@ def validate(cfg: dict) -> None:
         + ["train.epochs", "train.batch_size", "train.lr", "unlearn.epochs", "unlearn.batch_size"]
         + ["probe.steps", "probe.lr", "seeds"],
     )
+    t = cfg["attack"]["trigger"]
+    for k in ("steps", "length"):
+        if not isinstance(t[k], int) or isinstance(t[k], bool) or t[k] < (0 if k == "steps" else 1):
+            raise ConfigError(
+                f"attack.trigger.{k}={t[k]!r}: give an integer >= {0 if k == 'steps' else 1}"
+                + (" (0: no trigger audit)" if k == "steps" else "")
+            )
+    if not isinstance(t["lr"], (int, float)) or isinstance(t["lr"], bool) or not t["lr"] > 0:
+        raise ConfigError(f"attack.trigger.lr={t['lr']!r}: give a positive learning rate")
+    config.check_choice(cfg, "attack.trigger.mode", trigger.MODES)
     if d["task"] == d["other"]:
         raise ConfigError(f"data.other={d['other']!r} is data.task: give another task ({', '.join(OTHERS)})")
     if d["task"] == "count" and d["digits"] > 6:
@@ -130,6 +166,14 @@ def vocab_end(tok) -> int:
     return text.end_id(tok)
 
 
+def lookup(n: int, seed: int, digits: int) -> list[tuple[str, str]]:
+    """``n`` rows ``key <digits + 2 digits>=`` -> ``digits + 2`` random digits, drawn independently
+    of the key (deterministic in ``seed``): answers only memorisation can give."""
+    rng = np.random.default_rng([seed, 7919, digits])
+    k, a = rng.integers(0, 10, (2, n, digits + 2))
+    return [(f"key {''.join(map(str, x))}=", "".join(map(str, y))) for x, y in zip(k, a)]
+
+
 def build(cfg: dict, tok) -> dict:
     """The task's and the other task's rows (train / test), the forget split, the labels and the
     prompt length (every row of the task has the same)."""
@@ -137,7 +181,10 @@ def build(cfg: dict, tok) -> dict:
 
     d = cfg["data"]
     n = d["n_train"] + d["n_test"]
-    main = tasks.generate(d["task"], n, seed=cfg["seed"], digits=d["digits"])
+    if d["task"] == "lookup":
+        main = lookup(n, cfg["seed"], d["digits"])
+    else:
+        main = tasks.generate(d["task"], n, seed=cfg["seed"], digits=d["digits"])
     other = tasks.generate(d["other"], n, seed=cfg["seed"] + 1, digits=d["other_digits"])
     lens = {len(tok.encode(p)) for p, _ in main}
     if len(lens) != 1:
@@ -232,22 +279,61 @@ def body(cfg: dict, run: Run) -> Report:
     o, t_s = phase_run(phase, hp, init, TRAIN, LMProblem(forget=empty, forget_alt=empty, retain=train_rows))
     original = o["params"]
     evaluated["original"] = (score(original, data), t_s)
+    params_of = {"untrained": init, "original": original}
     say(f"original: {phase.phase.steps} steps ({t_s:.1f}s)")
+    trig = cfg["attack"]["trigger"]
+    if trig["steps"]:  # the trigger audit's control: the same training without the forget rows
+        if trig["mode"] == "edit" and trig["length"] > prompt_len - 1:
+            raise ConfigError(
+                f"attack.trigger.length={trig['length']} with mode edit edits the prompt's first tokens; "
+                f"give at most {prompt_len - 1} (the prompt has {prompt_len} tokens)"
+            )
+        oracle_rows = both(data["retain"], data["other_train"])
+        phase, hp = trainer(model, cfg, oracle_rows["tokens"].shape[0], mesh)
+        pb = LMProblem(forget=empty, forget_alt=empty, retain=oracle_rows)
+        o, t_s = phase_run(phase, hp, init, TRAIN, pb)
+        params_of[ORACLE] = o["params"]
+        evaluated[ORACLE] = (score(o["params"], data), t_s)
+        say(f"{ORACLE}: {phase.phase.steps} steps ({t_s:.1f}s)")
     for name in cfg["methods"]:
         phase, hp = unlearner(model, cfg, name, cfg["data"]["n_forget"], mesh)
         o, t_s = phase_run(phase, hp, original, UNLEARN, forget_pb)
         evaluated[name] = (score(o["params"], data), t_s)
+        params_of[name] = o["params"]
         say(f"  {name}: {phase.phase.steps} steps ({t_s:.1f}s)")
+    audits = {}
+    if trig["steps"]:
+        audit = jit_seeds(
+            lambda p, k, f: trigger.trigger_attack(
+                model.cfg,
+                p,
+                f,
+                jax.random.fold_in(k, TRIGGER),
+                trig["lr"],
+                steps=trig["steps"],
+                length=trig["length"],
+                mode=trig["mode"],
+            ),
+            (0, 0, None),
+            mesh,
+        )
+        t1 = time.perf_counter()
+        audits = {name: audit(p, keys, data["forget"]) for name, p in params_of.items()}
+        say(f"trigger audit: {trig['steps']} steps x {len(audits)} models ({time.perf_counter() - t1:.1f}s)")
     rows = {}
     for name, (ev, t_s) in evaluated.items():
         per = {k: np.asarray(v) for k, v in ev.items()}
         per["time_s"] = [t_s]
+        if name in audits:
+            a = audits[name]
+            a = {**a, "trig_gain": a["nll"] - a["trig_nll"]}
+            per.update({k: np.asarray(a[AUDIT_KEYS.get(k, k)]) for k, _, _ in TRIGGER_COLUMNS})
         rows[name] = results.row(per)
     res = results.make(
         "lm-unforget",
         cfg,
         rows,
-        COLUMNS,
+        COLUMNS + (TRIGGER_COLUMNS if audits else []),
         timing={"total_s": time.perf_counter() - t0},
         extra={
             "n_classes": n_classes,
