@@ -431,7 +431,9 @@ class Phase:
     the method's edit (SSD, IAU). A model with a ``lora`` spec (``model.lora.rank > 0``): the
     method trains and edits low-rank adapters over the frozen ``params``
     (:func:`jaxcl.models.lora.adapt`; the base travels in ``TrainState.frozen``, an argument),
-    and ``run`` returns the merged params.
+    and ``run`` returns the merged params; a method that edits the weights themselves
+    (``MethodSpec.full_weights``: SSD, the curvature edit) gets the full ``params`` instead, since
+    fresh adapters (B = 0) would leave its edit nothing to change.
     """
 
     def __init__(self, model, method: MethodSpec, phase: PhaseConfig, *, mesh=None, **options: Any):
@@ -445,7 +447,8 @@ class Phase:
             )
         self.model, self.spec, self.mesh = model, method, mesh
         spec = getattr(model, "lora", None)
-        self.lora = spec if isinstance(spec, lora.LoraSpec) else None
+        # an edit of the model's own weights (SSD) gets them whole: on fresh adapters it is a no-op
+        self.lora = spec if isinstance(spec, lora.LoraSpec) and not method.full_weights else None
         if method.needs_lora and self.lora is None:
             raise ValueError(
                 f"{method.name} trains LoRA adapters only and the model has none: set model.lora.rank=8"

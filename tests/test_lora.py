@@ -188,8 +188,10 @@ def test_merged_params_give_the_logits_of_base_plus_adapters(phase_run):
 
 
 def test_ssd_on_adapters_changes_only_adapters(phase_run):
-    """SSD's edit (an edit on params) sees the adapters: it dampens adapter entries, the merged
-    model differs only in the targets; from fresh adapters (B = 0) it is a no-op on the model."""
+    """SSD's edit (an edit on params) sees the adapters it is given: it dampens adapter entries,
+    the merged model differs only in the targets. In a phase, where the adapters would be fresh
+    (B = 0, nothing to dampen), SSD edits the full weights: the same model as SSD without LoRA,
+    and not the unedited base."""
     model, problem, phase, base, base_copy, start, state, out = phase_run
     spec = get_method("ssd")
     hp = as_hparams(spec, {"alpha": 1.0})
@@ -208,9 +210,12 @@ def test_ssd_on_adapters_changes_only_adapters(phase_run):
     merged = lora.merge(model.lora, base, new)
     np.testing.assert_array_equal(merged["head"]["bias"], base_copy["head"]["bias"])
     ssd = Phase(model, spec, PhaseConfig(6, 8, 3, 8), batch_size=4)
-    fresh = jax.jit(ssd.run)(base, jax.random.key(1), problem, hp)["params"]
-    for u, v in zip(jax.tree.leaves(fresh), jax.tree.leaves(base_copy)):
+    got = jax.jit(ssd.run)(base, jax.random.key(1), problem, hp)["params"]
+    plain = Phase(model._replace(lora=None), spec, PhaseConfig(6, 8, 3, 8), batch_size=4)
+    want = jax.jit(plain.run)(base, jax.random.key(1), problem, hp)["params"]
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(u, v)
+    assert any(not np.array_equal(u, v) for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(base_copy)))
 
 
 def test_gu_projects_adapter_gradients(phase_run):

@@ -123,6 +123,10 @@ class MethodSpec:
     joins: Joins | None = None  # its modifier form in a chain ``base+this`` (None: a base only)
     # it trains LoRA adapters only (GS-LoRA): a phase refuses a model without ``model.lora``
     needs_lora: bool = False
+    # it edits the model's own weights (SSD's dampening, the curvature edit's projections): with
+    # ``model.lora`` a phase gives it the full weights, as fresh adapters (B = 0) leave it nothing to
+    # edit (the merged model would be the unedited one)
+    full_weights: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -191,6 +191,7 @@ def _spec(name: str, basis: str, summary: str) -> MethodSpec:
             kind="unlearn",
             paper="Merullo et al. 2025, From Memorization to Reasoning in the Spectrum of Loss Curvature",
             choices={"labels": ("sampled", "true")},
+            full_weights=True,
         )
     )
 

@@ -52,5 +52,6 @@ SPEC = register(
         kind="unlearn",
         paper="Foster, Schoepf and Brintrup 2024, Selective Synaptic Dampening",
         choices={"per_example": (False, True)},
+        full_weights=True,
     )
 )
