@@ -91,7 +91,9 @@ def test_every_study_is_one_contract(name):
     assert study.verbs[0] == "run"
     runnable = study.runnable()
     assert runnable and all(n in METHODS for n in runnable)
-    assert set(study.defaults["methods"]) <= set(runnable), "a default method the study cannot run"
+    for m in study.defaults["methods"]:  # a chain base+modifier: its base runnable, its modifiers joinable
+        base, *mods = m.split("+")
+        assert base in runnable and set(mods) <= set(study.sections()), f"default method {m!r} cannot run"
     if study.checkpoint_key:
         assert name in RESUME_TESTS, f"add the test proving resume == uninterrupted for {name}"
         path = RESUME_TESTS[name].split("::")[0]
