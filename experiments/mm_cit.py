@@ -1,15 +1,18 @@
-"""Multimodal continual instruction tuning (a skeleton, issue 24 part 2): the small VLM
-(jaxcl.models.vlm: ViT patches -> MLP projector -> Llama decoder) instruction-tuned on three
-image-text tasks made offline from scikit-learn's digits (captions, yes/no attribute questions,
-counting and comparison over 2x2 grids; jaxcl.data.multimodal), one after another. Rows: SFT
-(finetune) and ER; the answer accuracy matrix A[i, j] (task j after task i), ACC, BWT, forgetting.
+"""Multimodal continual instruction tuning: the small VLM (jaxcl.models.vlm: ViT patches -> MLP
+projector -> Llama decoder) instruction-tuned on three image-text tasks made offline from
+scikit-learn's digits (captions, yes/no attribute questions, counting and comparison over 2x2
+grids; jaxcl.data.multimodal), one after another. Rows: SFT (finetune), KL to the previous task's
+model (finetune+kl, LwF for an LM), ER, EWC and multi-task (joint); answer accuracy and knowledge
+accuracy matrices (A[i, j]: task j after task i), ACC, BWT, forgetting, and forgetting split into
+essential (knowledge) and superficial (answer form) as SEFE does.
 
-    jaxcl run mm-cit --tiny                        # what the tests run
+    jaxcl run mm-cit --tiny                        # what the tests run (rows er, finetune+kl)
     jaxcl run mm-cit --seeds 8                     # the README's run
+    jaxcl run mm-cit --set methods=finetune,er --set kl.beta=0.5
 
-Expected runtime (2-core CPU): --tiny under a minute (mostly compiling); 8 seeds 15.7 min at
-load 3. Expected result: ER forgets less than SFT (README, "Vision-language model";
-results/studies/mm-cit.json).
+Expected runtime (2-core CPU): --tiny about a minute (mostly compiling); 8 seeds 66 min at load
+3.5-4 with other jobs. Expected result: ER forgets far less than SFT, a third of SFT's forgetting is
+superficial (README, "Vision-language model"; results/studies/mm-cit.json).
 
 Writes runs/mm-cit[-tiny]/results.json.
 """
