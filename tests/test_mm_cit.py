@@ -57,21 +57,7 @@ def test_knowledge_accuracy_is_the_least_nll_option():
     x, y = MM.source("digits")
     ex = MM.captions(x, y, "digits", 12, seed=2, seq_len=40)
     ch = mm_cit.pad_choices(MM.choices(ex, 40), 12)  # two padded options that must never win
-    vc = vlm.tiny(text=llama.tiny(vocab_size=260))
-    model = vlm.vision_language_model(vc)
-    params = model.init(jax.random.key(1))
-    sub = jax.tree.map(jnp.asarray, MM.batch(ex))
-    tx = optax.adam(1e-2)
-
-    @jax.jit
-    def step(p, o):
-        g = jax.grad(lambda q: model.nll(q, sub)[0].mean())(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o
-
-    opt = tx.init(params)
-    for _ in range(15):
-        params, opt = step(params, opt)
+    vc, model, params, sub = briefly_trained(ex, key=1, steps=15)
     got = float(jax.jit(lambda p: mm_cit.knowledge_accuracy(model, p, {**sub, "choices": ch}))(params))
     nll = jax.jit(lambda p, t, m: model.nll(p, {"image": sub["image"], "tokens": t, "mask": m})[0])
     nll_NxC = np.stack([np.asarray(nll(params, ch["tokens"][:, c], ch["mask"][:, c])) for c in range(12)], 1)
@@ -90,14 +76,11 @@ def test_bad_task_is_one_line_exit_2(capsys, tmp_path):
     assert err.count("\n") == 0 and "data.tasks" in err
 
 
-def test_answer_accuracy_is_greedy_decoding_exactness():
-    """answer_accuracy counts an example right exactly when greedy generation from its prompt
-    writes its answer, on a model that gets some answers right and some wrong (40 Adam steps)."""
-    x, y = MM.source("digits")
-    ex = MM.attributes(x, y, "digits", 16, seed=1, seq_len=40)
+def briefly_trained(ex, *, key: int, steps: int):
+    """A tiny VLM after ``steps`` Adam steps on ``ex``: ``(vc, model, params, batch)``."""
     vc = vlm.tiny(text=llama.tiny(vocab_size=260))
     model = vlm.vision_language_model(vc)
-    params = model.init(jax.random.key(0))
+    params = model.init(jax.random.key(key))
     sub = jax.tree.map(jnp.asarray, MM.batch(ex))
     tx = optax.adam(1e-2)
 
@@ -108,8 +91,17 @@ def test_answer_accuracy_is_greedy_decoding_exactness():
         return optax.apply_updates(p, u), o
 
     opt = tx.init(params)
-    for _ in range(40):
+    for _ in range(steps):
         params, opt = step(params, opt)
+    return vc, model, params, sub
+
+
+def test_answer_accuracy_is_greedy_decoding_exactness():
+    """answer_accuracy counts an example right exactly when greedy generation from its prompt
+    writes its answer, on a model that gets some answers right and some wrong (40 Adam steps)."""
+    x, y = MM.source("digits")
+    ex = MM.attributes(x, y, "digits", 16, seed=1, seq_len=40)
+    vc, model, params, sub = briefly_trained(ex, key=0, steps=40)
     one = jax.jit(lambda p, s: mm_cit.answer_accuracy(model, p, s))
     got = [float(one(params, jax.tree.map(lambda a: a[i : i + 1], sub))) for i in range(16)]
     assert 0 < sum(got) < 16, got  # a mix: the check below sees both outcomes
