@@ -5,6 +5,7 @@
                      [--resume DIR] [--fresh] [--tensorboard] [--mesh auto|seeds=S,data=D,model=M]
     jaxcl sweep CONFIG --grid <method>.<hparam>=v1,v2 [--grid ...] [--tiny] [--set ...] [--seeds N] [--chunk K]
     jaxcl compile CONFIG --target tpu-v5e-8|cpu|... [--size tiny|default|accel] [--mesh ...] [--set ...]
+    jaxcl repro CONFIG --vary <key>=v1,v2 [--devices 1,8] [--mesh auto] [--out DIR] [--fresh] [run flags]
 
 CONFIG is a config file's name in ``experiments/`` (``split-fashion-mnist``, ``unlearn-class``,
 ``tofu`` ...) or a path. ``--set`` reaches any key of the config (``er.replay_fraction=0.3``,
@@ -198,6 +199,40 @@ def _compile(argv: list[str]) -> int:
     return 0
 
 
+def _repro(argv: list[str]) -> int:
+    """``jaxcl repro``: the study at every value of ``--vary`` x every device count (``jaxcl.repro``);
+    every other flag is passed to each cell's ``jaxcl run``, checked here first."""
+    from . import repro
+
+    p = argparse.ArgumentParser(
+        prog="jaxcl repro",
+        description="how much a study's numbers move with a config value (the batch size) and the "
+        "device count; other flags go to each cell's `jaxcl run` (see `jaxcl run --help`)",
+    )
+    p.add_argument("config", help="a config name from experiments/ or a path to one")
+    p.add_argument("--vary", required=True, help="<key>=v1,v2,... e.g. unlearn.batch_size=32,64,128")
+    p.add_argument("--devices", default="1,8", help="forced host device counts, 1 first (default 1,8)")
+    p.add_argument("--mesh", default="auto", help="the mesh of the cells with more than one device")
+    p.add_argument("--out", default=None, help="output folder (default runs/repro-<config>)")
+    p.add_argument("--fresh", action="store_true", help="rerun cells whose results.json exists")
+    args, rest = p.parse_known_args(argv)
+    for flag in ("--resume", "--mesh", "--out", "--checkpoint-every"):
+        if any(a == flag or a.startswith(flag + "=") for a in rest):
+            raise ValueError(f"jaxcl repro: {flag} is not a flag of a cell's run; drop it")
+    key, values = repro.parse_vary(args.vary)
+    devices = repro.parse_devices(args.devices)
+    for v in values:  # every cell's config checked before any runs (errors name the key, exit 2)
+        _prepare("run", [args.config, *rest, "--set", f"{key}={v}"])
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    out = args.out or os.path.join("runs", f"repro-{name}")
+    try:
+        repro.run(args.config, rest, key, values, devices, out, mesh=args.mesh, fresh=args.fresh)
+    except RuntimeError as e:  # a cell's run failed: its own error is printed above
+        print(f"error: {e}; the finished cells are kept, rerun to continue", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _record_compiles(out: str, stats) -> None:
     """Print what the run compiled and add it to ``results.json`` under ``timing.xla``."""
     import json
@@ -243,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    commands = {"list": lambda a: _list(), "run": _run, "sweep": _sweep, "compile": _compile}
+    commands = {"list": lambda a: _list(), "run": _run, "sweep": _sweep, "compile": _compile, "repro": _repro}
     if argv[0] not in commands:
         print(
             f"error: unknown command {argv[0]!r}; use one of: {', '.join(commands)}\n{USAGE}", file=sys.stderr

@@ -59,6 +59,8 @@ def row(per_seed: dict, **extra) -> dict:
 
 def _cell(stat: dict, fmt: str, seeds: int) -> str:
     m, s = stat["mean"], stat["std"]
+    if m is None or not np.isfinite(m):  # a column the row does not have (e.g. no stand-alone row ran)
+        return "-"
     if fmt == "pct":
         return f"{100 * m:5.1f} ± {100 * s:4.1f}" if seeds > 1 else f"{100 * m:5.1f}"
     if fmt == "float":

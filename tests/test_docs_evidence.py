@@ -13,7 +13,10 @@ maps a table row to a summary row by its first cell (or ``rows=``, in order) and
 summarised key by its header label (or ``cols=``, in order, ``-`` for a column that holds no
 result, ``key:ci95`` for ``mean ± the 95 % interval's half-width``); a cell ``m ± s`` must equal
 the key's mean and std to the printed digits (``pct`` keys in %); ``section=comparisons`` reads
-the summary's paired differences between rows instead of its rows; ``info.<list>[a:b]*100`` is
+the summary's paired differences between rows instead of its rows; a pivot table (one row per
+method, one column per benchmark) names its columns by row templates, ``fmnist-class-il/*@acc``
+(key ``acc`` of summary row ``fmnist-class-il/<the table row's first cell>``), and
+``extra.mean_rank.*`` reads a per-row scalar of the summary's ``extra``; ``info.<list>[a:b]*100`` is
 the mean of a slice of a row's short list, found by a dotted path (SCoLe's accuracy after tasks
 a..b-1; ``info.curves_mean.auc[11:12]``: one evaluation), scaled. A JSON-lines file maps table
 row i to line ``lines[i]`` (1-based) and column j to ``cols[j]``: ``-`` or ``+``-joined dotted
@@ -156,12 +159,30 @@ def _check_study(where, path, opts, header, body) -> list[str]:
         return [f"{where}: rows= names {len(names)} rows for a table of {len(body)}"]
     section = opts.get("section", "rows")
     errs = []
+    pivot = any("*" in k for k in keys)  # a table with one row per method over several summary rows
     for name, cells in zip(names, body):
-        if name not in s.get(section, {}):
+        if not pivot and name not in s.get(section, {}):
             errs.append(f"{where}: row {name!r} is not in {path} {section} ({', '.join(s.get(section, {}))})")
             continue
-        row = s[section][name]["columns"]
+        row = s[section].get(name, {}).get("columns", {})
         for key, cell in zip(keys, cells[1:]):
+            r = row
+            if key.startswith("extra.") and "*" in key:  # "extra.mean_rank.*": a per-row scalar
+                v = s.get("extra", {})
+                for part in key[len("extra.") :].replace("*", name).split("."):
+                    v = v.get(part) if isinstance(v, dict) else None
+                if not isinstance(v, (int, float)):
+                    errs.append(f"{where}: {path} has no {key.replace('*', name)!r}")
+                else:
+                    errs += _check_cell(f"{where} {name}/{key}", cell, [float(v)])
+                continue
+            if "@" in key:  # "fmnist-class-il/*@acc": key acc of the summary row named by the template
+                tmpl, _, key = key.partition("@")
+                rname = tmpl.replace("*", name)
+                if rname not in s.get(section, {}):
+                    errs.append(f"{where}: row {rname!r} is not in {path} {section}")
+                    continue
+                r = s[section][rname]["columns"]
             if key == "-" or not _numbers(cell):  # a text cell ("-", "no decay") holds no claim
                 if key == "-" and _numbers(cell):
                     errs.append(f"{where}: {cell!r} in a column with no source key")
@@ -183,12 +204,12 @@ def _check_study(where, path, opts, header, body) -> list[str]:
                 )
                 continue
             key, _, spread = key.partition(":")  # "forgetting:ci95": mean ± the 95 % half-width
-            if key not in row:
+            if key not in r:
                 errs.append(f"{where}: row {name!r} of {path} has no {key!r}")
                 continue
             scale = 100.0 if fmt_of.get(key) == "pct" else 1.0
-            sd = row[key].get(spread or "std")
-            vals = [scale * row[key]["mean"], float("nan") if sd is None else scale * sd]
+            sd = r[key].get(spread or "std")
+            vals = [scale * r[key]["mean"], float("nan") if sd is None else scale * sd]
             n = len(_numbers(cell))
             errs += _check_cell(f"{where} {name}/{key}", cell, vals[: max(1, min(n, 2))])
     return errs
@@ -361,3 +382,23 @@ def test_study_summaries_are_consistent():
                     s["rows"][a]["columns"][key]["per_seed"], s["rows"][b]["columns"][key]["per_seed"]
                 )
                 np.testing.assert_allclose(c["per_seed"], d, rtol=1e-12, err_msg=f"{fname} {name}/{key}")
+
+
+def test_pivot_table_reads_each_column_from_its_row(tmp_path):
+    """A method x benchmark table: each cell from ``<benchmark>/<method>``; a wrong cell is caught."""
+    s = {
+        "columns": [["acc", "ACC", "pct"]],
+        "rows": {
+            "a/er": {"columns": {"acc": {"mean": 0.7404, "std": 0.012}}},
+            "b/er": {"columns": {"acc": {"mean": 0.213, "std": 0.011}}},
+        },
+        "extra": {"mean_rank": {"er": 13.0}},
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(s))
+    opts = {"cols": "a/*@acc,b/*@acc,extra.mean_rank.*"}
+    header = ["method", "A", "B", "mean rank"]
+    assert not _check_study("t", str(path), opts, header, [["er", "74.0 ± 1.2", "21.3 ± 1.1", "13.0"]])
+    assert _check_study("t", str(path), opts, header, [["er", "21.3 ± 1.1", "74.0 ± 1.2", "13.0"]])
+    assert _check_study("t", str(path), opts, header, [["er", "74.0 ± 1.2", "21.3 ± 1.1", "12.0"]])
+    assert _check_study("t", str(path), opts, header, [["gem", "74.0 ± 1.2", "21.3 ± 1.1", "13.0"]])
