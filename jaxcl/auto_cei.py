@@ -26,10 +26,16 @@ objective (``get_objective_function``; ``lambda`` = 0.2 in the authors' scripts)
 
     f = (1 - lambda) precision + lambda (1 - refusal rate),   precision = correct / answered
 
-``c1 <- c1 + s`` when ``f`` improved on the best so far, else ``c1 <- c1 - s``; it starts at the
-mean steps of the IDK answers plus ``s``, with ``s = min(0.2 std(t), 0.5)`` and
-``c2 = -ln(0.1) / (4 std(t))`` (``test_c1``; ``t`` over all sampled answers). The authors also stop
-when both neighbours of the best ``c1`` were worse; a compiled run does a fixed number of rounds.
+Hill climbing on ``c1`` with the paper's stop rule (Section 3.3; ``auto_cei_hill_climbing``):
+``c1`` starts at the mean steps of the IDK answers plus ``s``, with ``s = min(0.2 std(t), 0.5)``
+and ``c2 = -ln(0.1) / (4 std(t))`` (``test_c1``; ``t`` over all sampled answers), and moves up by
+``s`` while a round's ``f`` beats the best so far (the first round is always accepted: the authors'
+best starts at 0). A round that does not improve is discarded: training restarts from the best
+model, and the climb turns to the other side of the best ``c1`` when that side is still unknown
+(only possible right after the first round); otherwise both neighbours of the best ``c1`` are worse
+and the climb stops (:attr:`Curriculum.done`). The result is the best model (the authors keep the
+best iteration). A compiled run does a fixed number of rounds; the rounds after the stop change
+nothing.
 """
 
 from __future__ import annotations
@@ -111,32 +117,59 @@ def objective(precision, refusal, lam):
 
 
 class Curriculum(NamedTuple):
-    """The curriculum's state: the IDK threshold ``c1``, its slope ``c2``, the step size and the
-    best objective so far (arrays, so a seed batch carries one curriculum per seed)."""
+    """The curriculum's state (arrays, so a seed batch carries one curriculum per seed): the IDK
+    threshold ``c1`` of the next round, its slope ``c2``, the step size, the best objective so far
+    and its ``c1``, the direction of the climb (+1 / -1) and how many neighbours of the best ``c1``
+    are known to be worse (2: stopped)."""
 
     c1: jax.Array
     c2: jax.Array
     step: jax.Array
     best_f: jax.Array
+    best_c1: jax.Array
+    direction: jax.Array
+    worse: jax.Array
+
+    @property
+    def done(self) -> jax.Array:
+        return self.worse >= 2
 
 
-def curriculum_init(steps_B, idk_B, f0, *, min_std: float = 0.5) -> Curriculum:
-    """The authors' start from sampled answers (``steps_B``, ``idk_B``) and the objective ``f0``
-    of the starting model: ``c1`` = mean steps of the IDK answers (of all answers when there is
-    none) + ``s``; ``std`` floored at ``min_std`` so that ``c2`` stays finite."""
+def curriculum_init(steps_B, idk_B, *, min_std: float = 0.5) -> Curriculum:
+    """The authors' start from sampled answers (``steps_B``, ``idk_B``): ``c1`` = mean steps of
+    the IDK answers (of all answers when there is none) + ``s``; ``std`` floored at ``min_std`` so
+    that ``c2`` stays finite; no best yet (``best_f = -1``, below any objective), climbing up."""
     t = steps_B.astype(jnp.float32)
     std = jnp.maximum(t.std(), min_std)
     step = jnp.minimum(0.2 * std, 0.5)
     n_idk = idk_B.sum()
     mean_idk = jnp.where(n_idk > 0, (t * idk_B).sum() / jnp.maximum(n_idk, 1), t.mean())
     c2 = -jnp.log(0.1) / (4.0 * std)
-    return Curriculum(mean_idk + step, c2, step, jnp.asarray(f0, jnp.float32))
+    c1 = mean_idk + step
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return Curriculum(c1, c2, step, f32(-1.0), c1, f32(1.0), jnp.asarray(0, jnp.int32))
 
 
-def curriculum_update(cur: Curriculum, f) -> Curriculum:
-    """One hill-climbing move of ``c1`` after an expert-iteration round with objective ``f``."""
-    better = f > cur.best_f
-    return cur._replace(c1=cur.c1 + jnp.where(better, cur.step, -cur.step), best_f=jnp.maximum(cur.best_f, f))
+def curriculum_update(cur: Curriculum, f) -> tuple[Curriculum, jax.Array]:
+    """One hill-climbing move after a round trained at ``cur.c1`` reached objective ``f``:
+    ``(next curriculum, accepted)``; a stopped curriculum stays as it is (never accepts).
+
+    Accepted (``f > best_f``): the round's model and ``c1`` are the new best, the neighbour behind
+    is worse (unless this was the first round) and ``c1`` moves on by ``direction * step``.
+    Rejected: one more worse neighbour; with fewer than two the climb turns (``c1 = best_c1 -
+    direction * step``), with two it stops at the best ``c1``."""
+    live = ~cur.done
+    acc = live & (f > cur.best_f)
+    had_best = cur.best_f > -1.0
+    worse_rej = cur.worse + 1
+    turn = ~acc & live & (worse_rej < 2)
+    direction = jnp.where(turn, -cur.direction, cur.direction)
+    best_c1 = jnp.where(acc, cur.c1, cur.best_c1)
+    worse = jnp.where(acc, had_best.astype(jnp.int32), jnp.where(live, worse_rej, cur.worse))
+    c1 = jnp.where(acc, cur.c1 + direction * cur.step, best_c1 + direction * cur.step)
+    c1 = jnp.where(worse >= 2, best_c1, c1)
+    best_f = jnp.where(acc, f, cur.best_f)
+    return cur._replace(c1=c1, best_f=best_f, best_c1=best_c1, direction=direction, worse=worse), acc
 
 
 class Tokens(NamedTuple):

@@ -44,25 +44,55 @@ def test_idk_reward_schedule_against_numpy():
     np.testing.assert_array_equal(A.rewards(correct, steps, 3.0, 0.4, steer=False), [1.0, -1.0, -1.0])
 
 
+def ref_climb(c1, s, fs):
+    """The hill climb with the stop rule, written out: ``[(c1 after the round, accepted)]``."""
+    best_f, best_c1, d, worse, out = -1.0, c1, 1.0, 0, []
+    for f in fs:
+        if worse >= 2:  # stopped
+            out.append((c1, False))
+            continue
+        if f > best_f:
+            worse = 1 if best_f > -1 else 0  # the neighbour behind is worse (not after round one)
+            best_f, best_c1 = f, c1
+            c1 += d * s
+            out.append((c1, True))
+        else:
+            worse += 1
+            if worse < 2:
+                d = -d
+                c1 = best_c1 + d * s
+            else:
+                c1 = best_c1
+            out.append((c1, False))
+    return out
+
+
 def test_curriculum_start_and_moves_against_numpy():
     steps = np.array([1, 2, 2, 4, 6, 3])
     idk = np.array([0, 1, 0, 1, 1, 0], bool)
-    cur = A.curriculum_init(jnp.asarray(steps), jnp.asarray(idk), 0.6)
+    cur = A.curriculum_init(jnp.asarray(steps), jnp.asarray(idk))
     std = steps.std()
     s = min(0.2 * std, 0.5)
     np.testing.assert_allclose(cur.step, s, rtol=1e-6)
     np.testing.assert_allclose(cur.c1, steps[idk].mean() + s, rtol=1e-6)
     np.testing.assert_allclose(cur.c2, -math.log(0.1) / std / 4, rtol=1e-6)
     # no IDK answer: the mean of all steps; one step count: std floored, c2 finite
-    cur0 = A.curriculum_init(jnp.asarray([3, 3]), jnp.asarray([False, False]), 0.0)
+    cur0 = A.curriculum_init(jnp.asarray([3, 3]), jnp.asarray([False, False]))
     np.testing.assert_allclose([cur0.c1, cur0.c2], [3 + 0.1, -math.log(0.1) / 2.0], rtol=1e-6)
-    # hill climbing: up while f improves on the best so far, down otherwise
-    c1, best = float(cur.c1), 0.6
-    for f in (0.7, 0.65, 0.8, 0.8, 0.9):
-        cur = A.curriculum_update(cur, jnp.float32(f))
-        c1 += s if f > best else -s
-        best = max(best, f)
-        np.testing.assert_allclose([cur.c1, cur.best_f], [c1, best], rtol=1e-6)
+    # the climb: up while f improves; after round one a worse round turns it to the other side,
+    # later a worse round stops it (both neighbours of the best c1 worse); stopped, nothing moves
+    for fs in (
+        (0.7, 0.65, 0.8, 0.75, 0.9, 0.95),  # turn after round 2, down once, stop
+        (0.5, 0.6, 0.7, 0.6, 0.99),  # up twice, stop at the third
+        (0.7, 0.6, 0.6, 0.9),  # both sides of the first c1 worse: stop there
+    ):
+        c = cur
+        want = ref_climb(float(cur.c1), s, fs)
+        for f, (c1, acc) in zip(fs, want):
+            c, accepted = A.curriculum_update(c, jnp.float32(f))
+            np.testing.assert_allclose(float(c.c1), c1, rtol=1e-6, err_msg=str(fs))
+            assert bool(accepted) == acc, fs
+        assert bool(c.done)
     # the objective
     np.testing.assert_allclose(A.objective(0.9, 0.25, 0.2), 0.8 * 0.9 + 0.2 * 0.75, rtol=1e-6)
 
@@ -165,6 +195,12 @@ def test_tiny_study_runs_through_the_driver(tmp_path, capsys):
             assert all(0 <= v <= 1 for v in r["per_seed"][k]), (name, k)
     c1 = res["rows"]["auto-cei"]["c1_trace_mean"]
     np.testing.assert_allclose(c1[0], np.mean(res["extra"]["c1_start_per_seed"]), rtol=1e-5)
+    # the climb: round one always accepted; once stopped a seed stays stopped; the row reports its
+    # best round's model, whose c1 is one the climb tried
+    r = res["rows"]["auto-cei"]
+    assert r["accepted_trace_mean"][0] == 1.0 and r["active_trace_mean"][0] == 1.0
+    assert all(a >= b for a, b in zip(r["active_trace_mean"], r["active_trace_mean"][1:]))
+    assert len(r["per_seed"]["best_c1"]) == 2 and all(np.isfinite(r["per_seed"]["best_c1"]))
     # a config error: one line naming the key and the fix, exit 2
     assert (
         cli.main(["run", "auto-cei", "--tiny", "--set", "data.answer_len=4", "--out", str(tmp_path / "e")])

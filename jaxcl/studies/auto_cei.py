@@ -15,7 +15,8 @@ Protocol:
    ``grpo``, reward 1 correct, ``data.idk_fixed_reward`` IDK, 0 wrong) and ``auto-cei``
    (``auto_cei``, its curriculum moving ``c1`` after every round from the precision and refusal
    rate measured on ``data.n_val`` held-out prompts per level; started from the base model's
-   sampled answers as the authors do);
+   sampled answers as the authors do; a round that does not improve the objective is discarded
+   and the climb turns or stops, :mod:`jaxcl.auto_cei`; the row reports the best round's model);
 4. after every round, greedy answers to ``data.n_eval`` test prompts per level: accuracy, precision
    (correct / answered) and refusal rate (IDK / all), per level and pooled.
 
@@ -223,11 +224,12 @@ class Programs:
         vc, vi, vs = self.answers(params, data["val"])
         vstats = A.answer_stats(vc, vi)
         f0 = A.objective(vstats["precision"], vstats["refusal"], self.cfg["curriculum"]["lam"])
-        cur = A.curriculum_init(vs.reshape(-1), vi.reshape(-1), f0)
+        cur = A.curriculum_init(vs.reshape(-1), vi.reshape(-1))
         return {
             "params": params,
             "stats": A.answer_stats(c, i),
             "cur": cur,
+            "f_val": f0,
             "nonfinite_step": state.nonfinite_step,
         }
 
@@ -270,7 +272,7 @@ class Programs:
         n_rows = p["batch_size"] * self.cfg["auto_cei"]["group_size"]
 
         def one_round(carry, _):
-            state, cur = carry
+            state, cur, best = carry
             m = method_of(cur)
             if rl:
                 step = grpo.make_iteration(m, env)
@@ -281,16 +283,24 @@ class Programs:
             state, tr = run_chunks(step, state, batches, lambda q: {}, 1, p["iterations"])
             c, i, _ = self.answers(state.params, data["eval"])
             out = {**{k: v[0] for k, v in tr.items()}, **A.answer_stats(c, i), "c1": cur.c1}
-            if curriculum:
+            if curriculum:  # the hill climb: keep the best round's state, restart a rejected round from it
                 vc, vi, _ = self.answers(state.params, data["val"])
                 v = A.answer_stats(vc, vi)
                 f = A.objective(v["precision"], v["refusal"], self.cfg["curriculum"]["lam"])
-                cur = A.curriculum_update(cur, f)
-                out["f_val"] = f
-            return (state, cur), out
+                out.update(f_val=f, active=(~cur.done).astype(jnp.float32))
+                cur, accepted = A.curriculum_update(cur, f)
+                out["accepted"] = accepted.astype(jnp.float32)
+                best = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), state, best)
+                state = best
+            return (state, cur, best), out
 
-        (state, _), trace = jax.lax.scan(one_round, (state, cur), None, length=p["rounds"])
-        return {**trace, "nonfinite_step": state.nonfinite_step}
+        (state, cur, best), trace = jax.lax.scan(one_round, (state, cur, state), None, length=p["rounds"])
+        final = {}
+        if curriculum:  # the result is the best round's model (the authors keep the best iteration)
+            c, i, _ = self.answers(best.params, data["eval"])
+            final = {f"final_{k}": v for k, v in A.answer_stats(c, i).items()}
+            final["final_c1"] = cur.best_c1
+        return {**trace, **final, "nonfinite_step": state.nonfinite_step}
 
 
 def seed_metrics(stats: dict, L: int) -> dict:
@@ -331,8 +341,11 @@ def body(cfg: dict, run: Run) -> Report:
             )
             check_finite(tr.pop("nonfinite_step"), where=f"(row {row})")
             timing[row] = time.perf_counter() - t1
-            last = {k: v[:, -1] for k, v in tr.items()}
+            final = {k[len("final_") :]: tr.pop(k) for k in [k for k in tr if k.startswith("final_")]}
+            last = final or {k: v[:, -1] for k, v in tr.items()}  # auto-cei: its best round's model
             per = {**seed_metrics(last, L), "time_s": [timing[row]]}
+            if final:  # the c1 of the best round (auto-cei)
+                per["best_c1"] = np.asarray(final["c1"]).tolist()
             curves = {f"{k}_trace_mean": v.mean(0).tolist() for k, v in tr.items() if v.ndim >= 2}
             rows[row] = results.row(per, **curves)
             bar.update(1)
