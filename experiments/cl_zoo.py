@@ -12,17 +12,12 @@ evaluation every 10 steps on 200 test examples per task; GEM's constraint set si
 Table: ACC, BWT, FWT, forgetting, min-ACC, WC-ACC, WF, rank by ACC within each benchmark and
 the per-method wall time (compilation included); mean rank over benchmarks; ``zoo.png``.
 
-Expected runtime: every registered method (28) was not run in one piece on the shared machine;
-measured in parts with this config: the first 17 methods 8 min 25 s; `--set methods=er,uer,gere,
-fpf,kfpf,er_refresh,derpp_refresh,kappatune,viewbatch,prd` 15 min 46 s wall at a 34 % share of
-the 2 cores (5 min 21 s of CPU time; load average 5-12); `--set methods=xder,derpp` 84 s. About
-25 min in total on that loaded machine (the refresh wrappers are the slowest, ~80 s per benchmark
-loaded); from the CPU times, about 15 min on the 2 cores alone (not measured in one piece).
-Measured result (README, method zoo; earlier commits' runs, not rerun, so not from a committed
-results file): FMNIST class-IL ACC X-DER 78.4, joint 78.1, GEM 77.3,
-GDumb 77.2, FPF 76.7, ER-ACE 76.6, UER 75.8, DER++ 75.8, ER 74.0, iCaRL 72.9, fine-tune 19.9;
-task-IL 98.8 (X-DER, BiC) to 83.7 (LwF). --tiny: DER++ and iCaRL on two benchmarks, 2 seeds, well
-under a minute.
+Expected runtime: all 28 registered methods in one run, 16 min 28 s on the 2-core CPU shared with
+one other study (load 0.7 -> 3.4), compilation included; the refresh wrappers are the slowest.
+Measured result (README, method zoo; results/studies/cl-zoo.json): FMNIST class-IL ACC X-DER 78.3,
+joint 78.1, GEM 77.3, GDumb 77.2, FPF 76.7, ER-ACE 76.6, UER 75.8, DER++ 75.7, ER 74.0, iCaRL 73.0,
+fine-tune 19.9; task-IL 98.8 (X-DER, BiC) to 83.6 (LwF). --tiny: DER++ and iCaRL on two
+benchmarks, 2 seeds, well under a minute.
 Writes runs/cl-zoo/{results.json, zoo.png, <benchmark>/...}.
 """
 
