@@ -16,8 +16,8 @@ seeds, and reports, per row and per summarised column,
 Device counts are forced host (CPU) devices (``--xla_force_host_platform_device_count``), the
 same on every machine; every cell runs on the CPU backend so that the cells compare like with
 like. Each cell is a separate process (the device count is fixed when jax starts) writing its
-own folder under ``OUT/cells/``; a cell whose ``results.json`` exists is read, not rerun, so an
-interrupted check continues where it stopped (``--fresh`` reruns every cell).
+own folder under ``OUT/cells/``; a cell that finished before with the same command is read, not
+rerun, so an interrupted check continues where it stopped (``--fresh`` reruns every cell).
 
 Writes ``OUT/results.json`` (rows ``"<row> [<cell>]"``, the cells' rows unchanged; ``extra``:
 the differences above and the ``compare`` list for :func:`jaxcl.results.write_summary`).
@@ -145,9 +145,18 @@ def differences(by_cell: dict[Cell, dict]) -> tuple[dict, list]:
                         compare.append((f"{row} [{c.label}]", f"{row} [{first.label}]", key))
             if dev:
                 entry["devices"] = max(dev)
+            d_first = [c for c in cs if c.devices > 1 and c.value == first.value]
+            if d_first:  # the paired shift of the mean at the first value, most devices vs one
+                x = _per_seed(by_cell[d_first[-1]], row, key)
+                if x is not None and x.shape == a.shape:
+                    entry["devices_paired"] = results.interval(x - a)
             if entry:
                 out[row][key] = entry
     return out, compare
+
+
+def _pm(iv: dict) -> str:
+    return f"{iv['mean']:+.2g}" + ("" if iv["ci95"] is None else f" ± {iv['ci95']:.2g}")
 
 
 def table(diff: dict, by_cell: dict[Cell, dict]) -> str:
@@ -166,11 +175,10 @@ def table(diff: dict, by_cell: dict[Cell, dict]) -> str:
                 [
                     row,
                     label.get(key, key),
-                    "-"
-                    if b is None
-                    else f"{b['mean']:+.4g}" + ("" if b["ci95"] is None else f" ± {b['ci95']:.2g}"),
+                    "-" if b is None else _pm(b),
                     f"{spread:.3g}",
                     "-" if "devices" not in e else f"{e['devices']:.2g}",
+                    "-" if "devices_paired" not in e else _pm(e["devices_paired"]),
                 ]
             )
     head = [
@@ -179,6 +187,7 @@ def table(diff: dict, by_cell: dict[Cell, dict]) -> str:
         f"{one[-1].label} - {one[0].label} (paired, 95 %)",
         "seeds' std",
         "max |devices - 1 dev| per seed",
+        f"{cs[-1].devices} dev - 1 dev at {one[0].label.split(',')[0]} (paired, 95 %)",
     ]
     return report.table(lines, head)
 
@@ -199,13 +208,18 @@ def run(
     by_cell = {}
     for cell in cells(key, values, devices):
         folder = os.path.join(out, "cells", cell.slug)
-        path = os.path.join(folder, "results.json")
-        if os.path.exists(path) and not fresh:
-            with open(path) as f:
-                by_cell[cell] = json.load(f)
-            print(f"== {cell.label}: read {path} (--fresh reruns it)")
-            continue
+        path, stamp = os.path.join(folder, "results.json"), os.path.join(folder, "cell.json")
+        what = {"config": config, "run_args": list(run_args), "mesh": mesh if cell.devices > 1 else None}
+        if os.path.exists(path) and os.path.exists(stamp) and not fresh:
+            with open(stamp) as f:
+                same = json.load(f) == what
+            if same:  # the same cell finished before (an interrupted check continues)
+                with open(path) as f:
+                    by_cell[cell] = json.load(f)
+                print(f"== {cell.label}: read {path} (--fresh reruns it)")
+                continue
         by_cell[cell] = runner(config, run_args, cell, folder, mesh)
+        report.write_json(stamp, what)
     diff, compare = differences(by_cell)
     rows = {f"{r} [{c.label}]": row for c, res in by_cell.items() for r, row in res["rows"].items()}
     first = by_cell[next(iter(by_cell))]

@@ -97,10 +97,21 @@ def test_differences_against_numpy(tmp_path, capsys):
     assert s["comparisons"]["npo [batch_size=128, 1 dev] - npo [batch_size=32, 1 dev]"]["columns"]["acc"][
         "mean"
     ] == pytest.approx(0.02, abs=1e-9)
-    # interrupted and rerun: finished cells are read, not rerun
+    assert d["acc"]["devices_paired"]["mean"] == pytest.approx(1e-7, rel=1e-3)
+    # interrupted and rerun: finished cells are read, not rerun; other flags: every cell reruns
     again = []
     repro.run("fake", [], "unlearn.batch_size", ["32", "128"], [1, 8], str(tmp_path), runner=_runner(again))
     assert again == []
+    repro.run(
+        "fake",
+        ["--seeds", "3"],
+        "unlearn.batch_size",
+        ["32", "128"],
+        [1, 8],
+        str(tmp_path),
+        runner=_runner(again),
+    )
+    assert len(again) == 4
 
 
 def test_cli_refuses_bad_input_in_one_line(capsys):
