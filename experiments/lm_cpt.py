@@ -7,7 +7,7 @@ re-warming the learning rate at each domain, and of model size.
     jaxcl sweep lm-cpt --grid er.replay_fraction=0,0.1,0.25,0.5 --set model.name=xs   # one program
     jaxcl run lm-cpt --set model.name=smollm2-135m --set model.tokenizer=smollm2 --set data.seq_len=256  # GPU
     jaxcl run lm-cpt --seeds 16 --set rows=finetune@similar,finetune@dissimilar,standalone  # orders (18.6 min)
-    jaxcl run lm-cpt --set methods=finetune,kappatune,gere --set rows=kappatune,gere  # KappaTune, GeRe
+    jaxcl run lm-cpt --set methods=finetune,kappatune,gere --set rows=kappatune,gere  # KappaTune, GeRe (README: 16 seeds)
     jaxcl run lm-cpt --seeds 16 --set rows=pretrain@random,pretrain@delt,pretrain@delt-select  # DELT (17 min)
 
 Rows (Yildiz et al. 2024): `standalone` trains on each domain alone from the same start;
@@ -22,17 +22,20 @@ README: results/studies/lm-cpt-delt.json.
 Expected runtime (2-core CPU): --tiny ~30 s (mostly compiling); default 13.8 min with the machine
 loaded (load 5-10; about 2.5 min per row).
 
-Measured result, default, at an earlier commit and not rerun since, so not from a committed
-results file (xs: 0.12M parameters, 3 seeds, held-out NLL per token in nats, mean):
+Measured (xs: 0.12M parameters, 16 seeds, with `--set methods=finetune,er,kappatune,gere --set
+rows=finetune,finetune+rewarm,er,er+rewarm,joint,kappatune,gere`; 52.8 min with one other study on
+the 2 cores; held-out NLL per token in nats, mean ± std; results/studies/lm-cpt.json):
 
-    <!-- results: none: not rerun for results/studies (about 50 min on the shared CPU); an earlier commit's run -->
-    | row | final loss | BWT | forgetting | worst loss |
-    |---|---|---|---|---|
-    | finetune | 2.396 | -0.451 | 0.451 | 2.523 |
-    | finetune+rewarm | 2.421 | -0.284 | 0.339 | 2.580 |
-    | er | 2.164 | -0.159 | 0.178 | 2.226 |
-    | er+rewarm | 2.218 | -0.038 | 0.130 | 2.394 |
-    | joint | 2.116 | 0.153 | -0.046 | 2.190 |
+    <!-- results: results/studies/lm-cpt.json -->
+    | row             | final loss     | BWT            | forgetting     | worst loss     |
+    |-----------------|----------------|----------------|----------------|----------------|
+    | finetune        |  2.383 ± 0.040 | -0.425 ± 0.054 |  0.430 ± 0.039 |  2.505 ± 0.046 |
+    | finetune+rewarm |  2.417 ± 0.029 | -0.279 ± 0.052 |  0.336 ± 0.034 |  2.571 ± 0.036 |
+    | er              |  2.177 ± 0.039 | -0.132 ± 0.040 |  0.159 ± 0.030 |  2.243 ± 0.049 |
+    | er+rewarm       |  2.231 ± 0.052 | -0.012 ± 0.053 |  0.105 ± 0.028 |  2.412 ± 0.075 |
+    | joint           |  2.082 ± 0.049 |  0.158 ± 0.030 | -0.043 ± 0.024 |  2.152 ± 0.059 |
+    | kappatune       |  2.626 ± 0.020 | -0.177 ± 0.013 |  0.179 ± 0.014 |  2.603 ± 0.022 |
+    | gere            |  2.689 ± 0.013 | -0.022 ± 0.007 |  0.035 ± 0.006 |  2.643 ± 0.017 |
 
 --size accel: SmolLM2-135M (pretrained, its tokenizer, bf16), the four domains in 256-token
 windows, 1000 steps of 16 per domain, ER with 4000 windows, 8 seeds (one per chip). `init` holds
