@@ -7,25 +7,26 @@ dose-response of task accuracy and general-text loss over the junk ratio, and He
     jaxcl run lm-junk                             # the default size (2-core CPU: see below)
     jaxcl run lm-junk --set junk.ratios=0,1 --set seeds=10
 
-Expected runtime (2-core CPU): --tiny ~45 s (compiling); default 12.0 min with other jobs running
-(load ~5; 42 s of it compiling 17 programs): base 800 steps x 5 seeds, then 5 ratios x 5 seeds x
-300 steps in one program.
+Expected runtime (2-core CPU): --tiny ~45 s (compiling); default (5 seeds) 7.8 min with one other
+study on the 2 cores; 16 seeds 32.0 min with the test suite alongside: base 800 steps x S seeds,
+then 5 ratios x S seeds x 300 steps in one program.
 
-Measured result, default, at an earlier commit and not rerun since, so not from a committed
-results file (5 seeds, mean ± std; task accuracy: teacher-forced exact match on 64
-held-out prompts of each of add, rev, sort, count; the base model had 20.7 %):
+Measured, `jaxcl run lm-junk --seeds 16` (mean ± std; task accuracy: teacher-forced exact match on
+64 held-out prompts of each of add, rev, sort, count; the base model had 18.5 %;
+results/studies/lm-junk.json):
 
-    <!-- results: none: not rerun for results/studies (about 45 min on the shared CPU); an earlier commit's run -->
-    | condition | task acc | Δ task acc | base-domain loss | control loss | junk loss |
-    |---|---|---|---|---|---|
-    | junk 0% | 14.8 ± 6.3 | -5.9 ± 6.3 | 2.105 ± 0.023 | 1.810 | 2.434 |
-    | junk 20% | 18.5 ± 1.3 | -2.2 ± 1.1 | 2.079 ± 0.026 | 1.813 | 2.233 |
-    | junk 50% | 14.7 ± 6.8 | -6.0 ± 6.8 | 2.062 ± 0.016 | 1.856 | 2.126 |
-    | junk 80% | 16.5 ± 2.9 | -4.2 ± 2.7 | 2.077 ± 0.018 | 1.969 | 2.073 |
-    | junk 100% | 15.1 ± 6.0 | -5.6 ± 6.0 | 2.110 ± 0.020 | 2.259 | 2.055 |
+    <!-- results: results/studies/lm-junk.json -->
+    | condition | task acc     | Δ task acc   | base-domain loss | control loss   | junk loss      |
+    |-----------|--------------|--------------|------------------|----------------|----------------|
+    | junk 0%   |  10.3 ±  6.2 |  -8.2 ±  6.0 |  2.120 ± 0.018   |  1.809 ± 0.020 |  2.453 ± 0.017 |
+    | junk 20%  |  10.3 ±  6.2 |  -8.3 ±  6.1 |  2.082 ± 0.016   |  1.814 ± 0.020 |  2.246 ± 0.014 |
+    | junk 50%  |   9.9 ±  6.0 |  -8.6 ±  6.1 |  2.072 ± 0.020   |  1.860 ± 0.019 |  2.137 ± 0.012 |
+    | junk 80%  |  11.5 ±  5.3 |  -7.0 ±  5.3 |  2.083 ± 0.021   |  1.962 ± 0.020 |  2.082 ± 0.014 |
+    | junk 100% |   9.0 ±  6.8 |  -9.5 ±  7.2 |  2.116 ± 0.021   |  2.263 ± 0.025 |  2.062 ± 0.012 |
 
-Hedges' g (100 % vs 0 % junk): task accuracy -0.03, base-domain loss 0.16: no dose-response at
-this scale (every continual pre-training condition loses ~5 points of task accuracy).
+Hedges' g (100 % vs 0 % junk): task accuracy 0.19, base-domain loss -0.22; paired 100 % - 0 %
+task accuracy -1.3 ± 4.2 points (95 %): no dose-response at this scale (every continual
+pre-training condition loses ~8 points of task accuracy). README: the reading.
 
 --size accel: a scratch Llama of SmolLM2-135M's shape (30 layers, d 576) over bytes, bf16,
 base pre-training 5000 steps of 16 x 128 bytes, then every junk ratio 2000 steps of 8, 2 seeds (a
