@@ -221,15 +221,12 @@ class Programs:
             state, _ = run_chunks(step, state, rows, lambda p: {}, 1, b["steps"])
         params = state.params
         c, i, _ = self.answers(params, data["eval"])
-        vc, vi, vs = self.answers(params, data["val"])
-        vstats = A.answer_stats(vc, vi)
-        f0 = A.objective(vstats["precision"], vstats["refusal"], self.cfg["curriculum"]["lam"])
+        _, vi, vs = self.answers(params, data["val"])
         cur = A.curriculum_init(vs.reshape(-1), vi.reshape(-1))
         return {
             "params": params,
             "stats": A.answer_stats(c, i),
             "cur": cur,
-            "f_val": f0,
             "nonfinite_step": state.nonfinite_step,
         }
 
@@ -272,7 +269,8 @@ class Programs:
         n_rows = p["batch_size"] * self.cfg["auto_cei"]["group_size"]
 
         def one_round(carry, _):
-            state, cur, best = carry
+            state, cur = carry
+            prev = state  # the best round's state so far (auto-cei: a rejected round restarts from it)
             m = method_of(cur)
             if rl:
                 step = grpo.make_iteration(m, env)
@@ -290,14 +288,15 @@ class Programs:
                 out.update(f_val=f, active=(~cur.done).astype(jnp.float32))
                 cur, accepted = A.curriculum_update(cur, f)
                 out["accepted"] = accepted.astype(jnp.float32)
-                best = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), state, best)
-                state = best
-            return (state, cur, best), out
+                kept = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), state, prev)
+                # a discarded round's non-finite loss is still reported
+                state = kept.replace(nonfinite_step=state.nonfinite_step)
+            return (state, cur), out
 
-        (state, cur, best), trace = jax.lax.scan(one_round, (state, cur, state), None, length=p["rounds"])
+        (state, cur), trace = jax.lax.scan(one_round, (state, cur), None, length=p["rounds"])
         final = {}
         if curriculum:  # the result is the best round's model (the authors keep the best iteration)
-            c, i, _ = self.answers(best.params, data["eval"])
+            c, i, _ = self.answers(state.params, data["eval"])
             final = {f"final_{k}": v for k, v in A.answer_stats(c, i).items()}
             final["final_c1"] = cur.best_c1
         return {**trace, **final, "nonfinite_step": state.nonfinite_step}
