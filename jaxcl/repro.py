@@ -107,7 +107,7 @@ def _keys(res: dict) -> list[str]:
 
 
 def _per_seed(res: dict, row: str, key: str):
-    v = res["rows"][row].get("per_seed", {}).get(key)
+    v = res["rows"].get(row, {}).get("per_seed", {}).get(key)
     return None if v is None else np.asarray(v, np.float64)
 
 
@@ -128,7 +128,7 @@ def differences(by_cell: dict[Cell, dict]) -> tuple[dict, list]:
             if a is None or not np.all(np.isfinite(a)):
                 continue
             entry = {}
-            if last != first and row in by_cell[last]["rows"]:
+            if last != first:
                 b = _per_seed(by_cell[last], row, key)
                 if b is not None and b.shape == a.shape:
                     entry["batch"] = results.interval(b - a)
@@ -141,15 +141,11 @@ def differences(by_cell: dict[Cell, dict]) -> tuple[dict, list]:
                 x, y = _per_seed(by_cell[c], row, key), _per_seed(base, row, key)
                 if x is not None and y is not None and x.shape == y.shape:
                     dev.append(float(np.max(np.abs(x - y))))
-                    if c.value == first.value:
+                    if c.value == first.value:  # the paired shift of the mean (the most devices last)
+                        entry["devices_paired"] = results.interval(x - y)
                         compare.append((f"{row} [{c.label}]", f"{row} [{first.label}]", key))
             if dev:
                 entry["devices"] = max(dev)
-            d_first = [c for c in cs if c.devices > 1 and c.value == first.value]
-            if d_first:  # the paired shift of the mean at the first value, most devices vs one
-                x = _per_seed(by_cell[d_first[-1]], row, key)
-                if x is not None and x.shape == a.shape:
-                    entry["devices_paired"] = results.interval(x - a)
             if entry:
                 out[row][key] = entry
     return out, compare
