@@ -172,6 +172,16 @@ def curriculum_update(cur: Curriculum, f) -> tuple[Curriculum, jax.Array]:
     return cur._replace(c1=c1, best_f=best_f, best_c1=best_c1, direction=direction, worse=worse), acc
 
 
+def restart(trained, best, accepted):
+    """The state the next round starts from: the round's ``trained`` state when it was
+    ``accepted``, else the ``best`` round's (the paper's hill climb discards a worse round). The
+    step counter and the first non-finite step always come from ``trained``: per-step randomness is
+    ``fold_in(key, step)`` (:mod:`jaxcl.engine`), so the round after a discarded one draws new
+    prompts and samples instead of replaying the discarded round's."""
+    kept = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), trained, best)
+    return kept.replace(step=trained.step, nonfinite_step=trained.nonfinite_step)
+
+
 class Tokens(NamedTuple):
     """The token ids Auto-CEI reads: step terminator, answer marker, IDK answer."""
 

@@ -97,6 +97,28 @@ def test_curriculum_start_and_moves_against_numpy():
     np.testing.assert_allclose(A.objective(0.9, 0.25, 0.2), 0.8 * 0.9 + 0.2 * 0.75, rtol=1e-6)
 
 
+def test_a_discarded_round_restarts_from_the_best_state_with_fresh_randomness():
+    from jaxcl.engine import TrainState
+
+    def state(step, w, nonfinite=-1):
+        return TrainState(
+            step=jnp.int32(step),
+            params={"w": jnp.full(3, w)},
+            opt_state=(jnp.float32(w),),
+            data_state=(),
+            key=jax.random.key(7),
+            nonfinite_step=jnp.int32(nonfinite),
+        )
+
+    best, trained = state(10, 1.0), state(20, 2.0, nonfinite=15)
+    for accepted, w in ((True, 2.0), (False, 1.0)):
+        s = A.restart(trained, best, jnp.asarray(accepted))
+        np.testing.assert_array_equal(s.params["w"], np.full(3, w))
+        assert float(s.opt_state[0]) == w
+        # the step counter (hence fold_in(key, step), the next round's draws) goes on either way
+        assert int(s.step) == 20 and int(s.nonfinite_step) == 15
+
+
 def _batch(texts, N=10):
     comp = np.full((len(texts), N), TOK.pad_id, np.int32)
     for i, t in enumerate(texts):

@@ -288,9 +288,7 @@ class Programs:
                 out.update(f_val=f, active=(~cur.done).astype(jnp.float32))
                 cur, accepted = A.curriculum_update(cur, f)
                 out["accepted"] = accepted.astype(jnp.float32)
-                kept = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), state, prev)
-                # a discarded round's non-finite loss is still reported
-                state = kept.replace(nonfinite_step=state.nonfinite_step)
+                state = A.restart(state, prev, accepted)
             return (state, cur), out
 
         (state, cur), trace = jax.lax.scan(one_round, (state, cur), None, length=p["rounds"])
