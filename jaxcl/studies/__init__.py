@@ -21,6 +21,7 @@ STUDIES = {
     "lm": "jaxcl.studies.lm",
     "lm-junk": "jaxcl.studies.lm_junk",
     "sort": "jaxcl.studies.sort",
+    "unlearn-stream": "jaxcl.studies.unlearn_stream",
     "cl-order": "jaxcl.studies.cl_order",
     "auto-cei": "jaxcl.studies.auto_cei",
     "mm-cit": "jaxcl.studies.mm_cit",

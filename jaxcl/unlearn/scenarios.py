@@ -108,3 +108,36 @@ def make(
         forget_idx = rng.permutation(len(ytr))[:n_f]
         tfm = np.ones(len(yte), bool)
     return from_indices(xtr, ytr, xte, yte, forget_idx, tfm, seed=seed)
+
+
+def stream(ds, requests, *, n_per_class=None, n_test=None, seed: int = 0):
+    """Continual forgetting: one :class:`UnlearnData` per request of ``requests`` (a class each,
+    in order) and the whole test set ``(x, y)``. Request ``t``'s training data holds the classes
+    not requested before it (its forget set: class ``requests[t]``, its retain set: the classes
+    never requested up to ``t``); the subsample is :func:`make`'s for the same ``seed``, so the
+    original is trained on the data of ``unlearn-class``."""
+    requests = [int(c) for c in requests]
+    if (
+        not requests
+        or len(set(requests)) != len(requests)
+        or not all(0 <= c < ds.n_classes for c in requests)
+    ):
+        raise ValueError(f"requests must be distinct classes in [0, {ds.n_classes}), got {requests}")
+    if len(requests) >= ds.n_classes:
+        raise ValueError(f"{len(requests)} requests leave no class to retain")
+    rng = np.random.default_rng(seed)
+    xtr, ytr = _subsample(ds.x_train, ds.y_train, n_per_class, rng)
+    xte, yte = ds.x_test, ds.y_test
+    if n_test is not None:
+        sel = rng.permutation(len(yte))[:n_test]
+        xte, yte = xte[sel], yte[sel]
+    out = []
+    for t, c in enumerate(requests):
+        keep, keep_te = ~np.isin(ytr, requests[:t]), ~np.isin(yte, requests[:t])
+        x, y = xtr[keep], ytr[keep]
+        out.append(
+            from_indices(
+                x, y, xte[keep_te], yte[keep_te], np.flatnonzero(y == c), yte[keep_te] == c, seed=seed
+            )
+        )
+    return out, (jnp.asarray(xte), jnp.asarray(yte))
