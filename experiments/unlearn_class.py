@@ -62,11 +62,25 @@ and is the one method that keeps retain accuracy which the relearning attack doe
 (0.24). The linear probe does not separate methods: dress is linearly decodable even from the
 oracle's features (0.79).
 
-Expected result, --tiny (one seed; not from a committed results file): oracle forget 0.00 /
-retain 0.90 / test 0.79; original
-forget 0.90 / retain 0.89; fine-tune 0.04 / 0.91, NPO 0.02 / 0.85, GU-NPO 0.05 / 0.84, random
-labels 0.21 / 0.91, IAU 0.24 / 0.89, GradDiff 0.46 and GU-GradDiff 0.51, GA and GU-GA 0.78 at
-retain 0.89 / 0.88, SSD 0.04 / 0.69.
+Measured result, --tiny (results/studies/unlearn-class-tiny.json, one seed, 115 s with two
+studies on the 2-core CPU; accuracies as fractions):
+
+    <!-- results: results/studies/unlearn-class-tiny.json cols=forget_acc,retain_acc,test_acc,gap,relearn_acc -->
+    | method       | forget | retain | test   | gap    | relearn |
+    |--------------|--------|--------|--------|--------|---------|
+    | oracle       |  0.000 |  0.901 |  0.793 |  0.000 |  0.000  |
+    | original     |  0.900 |  0.891 |  0.749 |  0.318 |  0.985  |
+    | finetune     |  0.040 |  0.909 |  0.775 |  0.022 |  0.691  |
+    | ga           |  0.780 |  0.892 |  0.758 |  0.275 |  0.971  |
+    | graddiff     |  0.460 |  0.894 |  0.766 |  0.164 |  0.882  |
+    | npo          |  0.020 |  0.852 |  0.742 |  0.040 |  0.603  |
+    | random_label |  0.210 |  0.911 |  0.793 |  0.073 |  0.853  |
+    | ssd          |  0.040 |  0.689 |  0.657 |  0.129 |  0.662  |
+    | gu-ga        |  0.780 |  0.881 |  0.751 |  0.280 |  0.971  |
+    | gu-graddiff  |  0.510 |  0.889 |  0.773 |  0.181 |  0.926  |
+    | gu-npo       |  0.050 |  0.838 |  0.718 |  0.063 |  0.735  |
+    | iau          |  0.240 |  0.890 |  0.782 |  0.087 |  0.824  |
+
 Writes runs/unlearn-class[-tiny]/{results.json, forget_vs_retain.png, relearn.png} and <out>/cache.
 
 --size accel: CIFAR-10 (32x32x3, 10 classes, every training and test example; $JAXCL_DATA/cifar10
