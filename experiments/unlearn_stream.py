@@ -20,6 +20,10 @@ Acc_f old (on the classes of the requests before the last), Acc_r (on the classe
 requested), GS-LoRA's H-Mean of Acc_r and the drop of Acc_f from the original, the gap to the
 last oracle. Writes runs/unlearn-stream[-tiny]/{results.json, stream.png}.
 
+--size accel: CIFAR-10 (every example), a ViT of d 384, 6 blocks (ViT-S width) in bf16, original
+20000 steps of 256, 100 unlearning steps of 256 per request, 8 seeds (one per chip); compiled for
+a TPU v5e-8 by `python scripts/compile_check.py --only unlearn-stream-cifar10-vit` (no run).
+
 --tiny: a ViT of d 16 and 2 blocks, 50 examples per class, 100 training steps, 2 requests of 20
 steps, 2 seeds; what the tests run.
 """
@@ -28,6 +32,23 @@ LORA_LR = {"finetune": 1e-2, "gu-npo": 1e-3}
 
 
 def get_config(tiny: bool = False, size: str | None = None) -> dict:
+    if size == "accel":  # CIFAR-10, a ViT of d 384 / 6 blocks / 6 heads in bf16, 8 seeds (one per v5e chip)
+        cfg = get_config()
+        cfg.update(
+            data={"dataset": "cifar10", "requests": (3, 5, 7), "n_per_class": 0, "n_test": 0},
+            model={
+                "name": "vit",
+                "vit": {"patch": 4, "dim": 384, "depth": 6, "heads": 6, "mlp": 1536},
+                "lora": {"rank": 8},
+                "compute_dtype": "bfloat16",
+            },
+            train={"steps": 20000, "lr": 1e-3, "batch_size": 256, "eval_every": 1000},
+            unlearn={"steps": 100, "batch_size": 256, "eval_every": 20, "eval_size": 1000},
+            seeds=8,
+            gs_lora={"warmup_steps": 20},
+            gs_lora_pp={"warmup_steps": 20},
+        )
+        return cfg
     cfg = {
         "study": "unlearn-stream",
         "data": {"requests": (3, 5, 7), "n_per_class": 500, "n_test": 1000},

@@ -292,6 +292,50 @@ def plot(res: dict, out_dir: str) -> list[str]:
     return [path]
 
 
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``): training the original (every seed), and
+    each method's unlearning phase of the first request with its first step, on the config's
+    problem (zero images of the data set's shapes: no data needed). The later requests' phases are
+    the same programs on one class fewer; the oracles are the original's program on less data."""
+    from ..compile import Program, abstract, placed, seeds_spec
+    from ..data import loaders
+    from ..loops import build_method
+
+    d = cfg["data"]
+    ds = loaders.placeholder(d["dataset"])
+    problems, _ = scenarios.stream(
+        ds, d["requests"], n_per_class=d["n_per_class"] or None, n_test=d["n_test"] or None
+    )
+    model = from_config(cfg["model"], problems[0].x_train.shape[1:], ds.n_classes)
+    keys = abstract(jax.eval_shape(lambda: role_keys(cfg, ORIGINAL)), mesh, seeds_spec(mesh))
+    train = jax.jit(seeds_map(trainer(model, cfg, mesh=mesh), (0, None, None), mesh, model=model))
+    hp = abstract(as_hparams(get_method("finetune"), {"lr": cfg["train"]["lr"]}), mesh)
+    full = problems[0].learning(problems[0].x_train, problems[0].y_train)
+    out = [Program("train the original", train, (keys, abstract(full, mesh), hp))]
+    params = placed(
+        jax.eval_shape(jax.vmap(model.init), jax.eval_shape(lambda: role_keys(cfg, ORIGINAL))),
+        mesh,
+        seeds=True,
+    )
+    problem, axes = abstract(problems[0], mesh), (0, 0, None, None)
+    for name in cfg["methods"]:
+        phase, mhp = unlearner(model, cfg, name, mesh)
+        first = lambda p, k, d, h, phase=phase: phase.one_step(phase.start(p, k, d, h), d, h)  # noqa: E731
+        args = (params, keys, problem, abstract(mhp, mesh))
+        out.append(
+            Program(
+                f"{name}, request 1 ({phase.phase.steps} steps)",
+                jax.jit(seeds_map(phase.run, axes, mesh, model=model)),
+                args,
+            )
+        )
+        like = jax.eval_shape(model.init, jax.random.key(0))
+        if build_method(phase.spec, phase.bound(like), mhp, phase.options).trains:
+            step = jax.jit(seeds_map(first, axes, mesh, model=model))
+            out.append(Program(f"{name}: one step", step, args, steps=1))
+    return out
+
+
 STUDY = Study(
     "unlearn-stream",
     kinds=("unlearn",),
@@ -300,5 +344,6 @@ STUDY = Study(
     body=body,
     methods=METHODS_HERE,
     mesh_batches=("train.batch_size", "unlearn.batch_size"),
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep
