@@ -22,7 +22,15 @@ last oracle. Writes runs/unlearn-stream[-tiny]/{results.json, stream.png}.
 
 --size accel: CIFAR-10 (every example), a ViT of d 384, 6 blocks (ViT-S width) in bf16, original
 20000 steps of 256, 100 unlearning steps of 256 per request, 8 seeds (one per chip); compiled for
-a TPU v5e-8 by `python scripts/compile_check.py --only unlearn-stream-cifar10-vit` (no run).
+a TPU v5e-8 by `python scripts/compile_check.py --only unlearn-stream-cifar10-vit` (no run; not in
+CI: 14 min of compiling on a shared 2-core CPU).
+
+    <!-- results: results/compile/unlearn-stream-cifar10-vit-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
+    | program                        | MiB per device | of its HBM | GFLOP per call | roofline bound (ms) |
+    |--------------------------------|----------------|------------|----------------|---------------------|
+    | train the original             | 2970.146       |  18.1      | 1106.742       | 46.040              |
+    | gs_lora, request 1 (100 steps) | 4624.924       |  28.2      | 4763.542       | 188.428             |
+    | gs_lora: one step              | 3671.583       |  22.4      | 1884.394       | 80.303              |
 
 --tiny: a ViT of d 16 and 2 blocks, 50 examples per class, 100 training steps, 2 requests of 20
 steps, 2 seeds; what the tests run.
