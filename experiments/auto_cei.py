@@ -7,7 +7,7 @@ Llama trained from scratch (byte tokenizer) whose mix answers IDK on 10 % of the
     jaxcl run auto-cei                             # the default size (2-core CPU: see below)
     jaxcl run auto-cei --set rows=ei,auto-cei --set curriculum.lam=0.5
 
-Expected runtime (2-core CPU): --tiny ~35-60 s (mostly compiling); default (16 seeds) 27.9 min
+Expected runtime (2-core CPU): --tiny ~35-60 s (mostly compiling); default (16 seeds) 33.9 min
 with one other study on the 2 cores. Result and its reading (the paper's claim not reproduced:
 Auto-CEI's refusals concentrate on the long chains but its precision stays below SFT's, and it
 refuses a quarter of the easiest chains): README, "Reliable reasoning: Auto-CEI"
