@@ -34,7 +34,9 @@ the 2-layer model's gradient alone takes 3 s to compile there); 140 s at load ~4
 Default (pretrained, subset): fine-tuning 25 + 22 steps of 8 x 128 tokens (391 s and 304 s on the
 shared 2-core CPU), then per method 5 steps (19-140 s) and an evaluation of 97-246 s (the forward
 passes over 5 perturbed answers a question dominate); six methods took 41 min
-(results/studies/tofu-smollm2-subset.json, the README's table), so all 21 take about 1.5 hours.
+(results/studies/tofu-smollm2-subset.json, the README's table) and the other fifteen 108 min
+with another study alongside (results/studies/tofu-smollm2-subset-rest.json), so all 21 take
+about 2.5 hours on this CPU.
 
 Measured result, --tiny (results/studies/tofu-tiny.json, commit 976f80a plus the holdout change,
 2-core CPU at load ~3; ROUGE and so model utility are 0 for every row: a random 0.1M-parameter
