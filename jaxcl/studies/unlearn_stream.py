@@ -137,32 +137,27 @@ def stream_metrics(acc_StK, acc0_SK, requests, oracle_SK=None) -> dict:
     the original's ``acc0_SK``); see the module docstring. Also ``h_mean_curve`` ``(S, T)``."""
     acc_StK = np.asarray(acc_StK, np.float64)
     acc0 = np.asarray(acc0_SK, np.float64)
-    K = acc_StK.shape[-1]
-    req = list(requests)
-    rest = [c for c in range(K) if c not in req]
+    K, req = acc_StK.shape[-1], list(requests)
 
-    def at(acc, t):  # forget / retain accuracy after request t (1-based) of acc (S, K)
-        gone = req[:t]
-        f = acc[:, gone].mean(-1)
-        r = acc[:, [c for c in range(K) if c not in gone]].mean(-1)
+    def after(acc_SK, gone):  # (Acc_f, Acc_r, H) once the classes ``gone`` were requested
+        f = acc_SK[:, gone].mean(-1)
+        r = acc_SK[:, [c for c in range(K) if c not in gone]].mean(-1)
         drop = acc0[:, gone].mean(-1) - f
-        h = np.where(r + drop > 0, 2 * r * drop / np.where(r + drop > 0, r + drop, 1.0), 0.0)
-        return f, r, h
+        return f, r, np.where(r + drop > 0, 2 * r * drop / np.where(r + drop > 0, r + drop, 1.0), 0.0)
 
     last = acc_StK[:, -1]
-    f = last[:, req].mean(-1)
-    r = last[:, rest].mean(-1)
-    drop = acc0[:, req].mean(-1) - f
+    f, r, h = after(last, req)
     out = {
         "forget_acc": f,
         "old_forget_acc": last[:, req[:-1]].mean(-1) if len(req) > 1 else np.full(len(f), np.nan),
         "retain_acc": r,
-        "h_mean": np.where(r + drop > 0, 2 * r * drop / np.where(r + drop > 0, r + drop, 1.0), 0.0),
-        "h_mean_curve": np.stack([at(acc_StK[:, t], t)[2] for t in range(1, len(req) + 1)], 1),
+        "h_mean": h,
+        "h_mean_curve": np.stack([after(acc_StK[:, t], req[:t])[2] for t in range(1, len(req) + 1)], 1),
     }
     if oracle_SK is not None:
         o = np.asarray(oracle_SK, np.float64)
-        out["gap"] = (np.abs(f - o[:, req].mean(-1)) + np.abs(r - o[:, rest].mean(-1))) / 2
+        o_f, o_r, _ = after(o, req)
+        out["gap"] = (np.abs(f - o_f) + np.abs(r - o_r)) / 2
     return out
 
 

@@ -30,6 +30,16 @@ def _subsample(x, y, n_per_class, rng):
     return x[idx], y[idx]
 
 
+def _subsets(ds, n_per_class, n_test, rng):
+    """The training subsample (``n_per_class`` per class) and the test subsample (``n_test``)."""
+    xtr, ytr = _subsample(ds.x_train, ds.y_train, n_per_class, rng)
+    xte, yte = ds.x_test, ds.y_test
+    if n_test is not None:
+        sel = rng.permutation(len(yte))[:n_test]
+        xte, yte = xte[sel], yte[sel]
+    return xtr, ytr, xte, yte
+
+
 def from_indices(
     x_train, y_train, x_test, y_test, forget_idx, test_forget_mask, *, seed: int = 0
 ) -> UnlearnData:
@@ -85,11 +95,7 @@ def make(
     if not 0 < random_fraction < 1:
         raise ValueError(f"random_fraction must be in (0, 1), got {random_fraction}")
     rng = np.random.default_rng(seed)
-    xtr, ytr = _subsample(ds.x_train, ds.y_train, n_per_class, rng)
-    xte, yte = ds.x_test, ds.y_test
-    if n_test is not None:
-        sel = rng.permutation(len(yte))[:n_test]
-        xte, yte = xte[sel], yte[sel]
+    xtr, ytr, xte, yte = _subsets(ds, n_per_class, n_test, rng)
     if scenario == "full-class":
         forget_idx = np.flatnonzero(ytr == forget_class)
         tfm = yte == forget_class
@@ -126,11 +132,7 @@ def stream(ds, requests, *, n_per_class=None, n_test=None, seed: int = 0):
     if len(requests) >= ds.n_classes:
         raise ValueError(f"{len(requests)} requests leave no class to retain")
     rng = np.random.default_rng(seed)
-    xtr, ytr = _subsample(ds.x_train, ds.y_train, n_per_class, rng)
-    xte, yte = ds.x_test, ds.y_test
-    if n_test is not None:
-        sel = rng.permutation(len(yte))[:n_test]
-        xte, yte = xte[sel], yte[sel]
+    xtr, ytr, xte, yte = _subsets(ds, n_per_class, n_test, rng)
     out = []
     for t, c in enumerate(requests):
         keep, keep_te = ~np.isin(ytr, requests[:t]), ~np.isin(yte, requests[:t])
