@@ -115,6 +115,9 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "methods": every,
         **{m: {"rank": 4} for m in every if m.startswith("gu-")},
         "npo": {"retain_weight": 1.0},  # open-unlearning's NPO has the retain term
+        # SSD's selection I_Df > alpha * I_D needs alpha below |D| / |D_f| = 10 here (D holds D_f):
+        # the paper's ViT value, 5, not its ResNet-18 default 10
+        "ssd": {"alpha": 5.0},
     }
     cfg["gu-npo"]["retain_weight"] = 1.0
     if tiny:  # seconds on a CPU: a random byte-level model, larger learning rates

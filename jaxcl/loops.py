@@ -419,6 +419,14 @@ class PhaseConfig:
         return self
 
 
+def changed_fraction(before, after):
+    """The fraction of parameter entries that differ between two trees of the same structure: what
+    an edit (SSD, IAU, the curvature edit) changed, so an edit that selects nothing is seen."""
+    diff = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.sum(a != b, dtype=jnp.float32), before, after))
+    size = sum(a.size for a in jax.tree.leaves(before))
+    return sum(diff) / max(size, 1)
+
+
 class Phase:
     """A model, a method and a :class:`PhaseConfig` as one pure function
     ``run(params, key, problem, hp) -> {'params', 'trace', 'nonfinite_step'}``.
@@ -510,7 +518,8 @@ class Phase:
 
     def run(self, params, key, problem, hp: dict) -> dict:
         """With LoRA, the method trains (and edits) adapters over the frozen ``params``; the
-        returned params are merged."""
+        returned params are merged. ``edit_changed``: the fraction of the (trained) parameters the
+        method's edit changed (:func:`changed_fraction`; -1 for a method without an edit)."""
         cfg = self.phase
         model = self.bound(params)
         method = build_method(self.spec, model, hp, self.options)
@@ -529,7 +538,10 @@ class Phase:
                 mesh=self.mesh,
             )
             out, nonfinite = state.params, state.nonfinite_step
+        changed = jnp.full((), -1.0, jnp.float32)
         if method.edit is not None:
-            out = method.edit(out, problem, hp, k_edit)
+            edited = method.edit(out, problem, hp, k_edit)
+            changed = changed_fraction(out, edited)
+            out = edited
         merged = out if self.lora is None else lora.merge(self.lora, params, out)
-        return {"params": merged, "trace": trace, "nonfinite_step": nonfinite}
+        return {"params": merged, "trace": trace, "nonfinite_step": nonfinite, "edit_changed": changed}

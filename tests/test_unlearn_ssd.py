@@ -106,3 +106,34 @@ def test_bad_hyperparameters_are_refused_before_compute(alpha, lam):
         config.resolve(config.load("unlearn-class", tiny=True), [f"ssd.alpha={alpha}", f"ssd.lambda={lam}"])
     with pytest.raises(ValueError, match=match):
         as_hparams(get_method("ssd"), {"alpha": alpha, "lambda": lam})
+
+
+def test_forget_set_smaller_than_a_minibatch_is_compared_at_its_own_size():
+    """SSD's two importances average squared means of equally large minibatches: a forget set of 4
+    rows (smaller than ``batch_size`` 64) is compared with 4-row minibatches of the training set,
+    as the PyTorch reference computes them. A forget set drawn from the training distribution then
+    selects few weights at alpha 10; the unequal comparison (4-row forget mean against 48-row
+    training means: the squared mean's noise term is ~1/B) selects many times more, which is
+    what collapsed SmolLM2 on TOFU's 4 forget rows."""
+    from collections import namedtuple
+
+    from jaxcl.loops import build_method, changed_fraction
+
+    model, params, x, y = _problem()
+    data = namedtuple("Data", "forget_set train_set")({"x": x[:4], "y": y[:4]}, {"x": x, "y": y})
+    spec = get_method("ssd")
+    hp = as_hparams(spec, {"alpha": 10.0, "lambda": 1.0})
+    method = build_method(spec, model, hp, {"per_example": False, "exclude": (), "batch_size": 64})
+    new = jax.jit(lambda p: method.edit(p, data, hp, jax.random.key(1)))(params)
+    f_ref, d_ref = _torch_importance(params, x[:4], y[:4], 4), _torch_importance(params, x, y, 4)
+    unequal = _torch_importance(params, x, y, 48)
+    sel = sel_unequal = total = 0
+    for k, p in _flat(params).items():
+        p = np.asarray(p)
+        s = f_ref[k] > 10.0 * d_ref[k]
+        want = np.where(s, p * np.minimum(d_ref[k] / np.where(s, f_ref[k], 1.0), 1.0), p)
+        np.testing.assert_allclose(np.asarray(_flat(new)[k]), want, rtol=1e-4, atol=1e-7)
+        sel, total = sel + s.sum(), total + s.size
+        sel_unequal += (f_ref[k] > 10.0 * unequal[k]).sum()
+    assert float(changed_fraction(params, new)) == pytest.approx(sel / total, abs=1e-6)
+    assert sel / total < 0.05 and sel_unequal > 3 * max(sel, 1), (sel, sel_unequal, total)

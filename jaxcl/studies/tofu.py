@@ -272,7 +272,7 @@ def body(cfg: dict, run: Run) -> Report:
     the parameters replicated."""
     t_start = time.perf_counter()
     model, problem, ev, params, models_timing, mia = prepare(cfg, run.say, run.mesh)
-    evaluated, timing, traces, nonfinite, mias = {}, {}, {}, {}, {}
+    evaluated, timing, traces, nonfinite, mias, changed = {}, {}, {}, {}, {}, {}
     for name, which, fn in ((REFERENCE, "retain", ev.reference), (TARGET, "target", ev.evaluate)):
         t0 = time.perf_counter()
         evaluated[name] = fn(params[which])
@@ -286,6 +286,7 @@ def body(cfg: dict, run: Run) -> Report:
         args = place_seeds((params["target"], key, problem, hp), (None,) * 4, run.mesh)
         o, c_s, t_s = report.timed_jit(phase.run, *args)
         nonfinite[name] = int(o["nonfinite_step"])
+        changed[name] = float(o["edit_changed"])
         if nonfinite[name] >= 0:
             run.say(f"  note: {name}: the loss became non-finite at step {nonfinite[name]}")
         traces[name] = {k: np.asarray(v, np.float64).tolist() for k, v in o["trace"].items()}
@@ -300,6 +301,7 @@ def body(cfg: dict, run: Run) -> Report:
         run.say(
             f"  {name:12s} "
             + (f"{phase.phase.steps} steps" if trains else "an edit")
+            + (f" changing {100 * changed[name]:.2f} % of the weights" if changed[name] >= 0 else "")
             + (f", forget NLL -> {f[-1]:.3f}" if f else "")
             + f": FQ {res['forget_quality']:.2e}, MU {res['model_utility']:.3f}, F.prob {res['forget']['prob']:.3f} "
             f"({t_s:.1f}s + {c_s:.1f}s compile, eval {timing[name]['eval_s']:.1f}s)"
@@ -311,7 +313,11 @@ def body(cfg: dict, run: Run) -> Report:
             leak = attacks.privleak(mias[name]["mia_min_k"], mias[REFERENCE]["mia_min_k"])
             per_seed.update(mias[name], privleak=float(leak))
         extra = (
-            {"settings": method_section(cfg, name), "nonfinite_step": nonfinite[name]}
+            {
+                "settings": method_section(cfg, name),
+                "nonfinite_step": nonfinite[name],
+                **({"edit_changed": changed[name]} if changed[name] >= 0 else {}),
+            }
             if name in nonfinite
             else {}
         )
