@@ -227,8 +227,9 @@ def resolve(cfg: dict, sets: list[str] | tuple = (), *, study=None) -> dict:
 
 
 def check_methods(cfg: dict, runnable) -> None:
-    """Every listed method is one the study can run; every method section's values are valid."""
-    if not cfg["methods"]:
+    """Every listed method is one the study can run; every method section's values are valid (a
+    study that runs no method, such as a probe of a pretrained model, has no ``runnable``)."""
+    if not cfg["methods"] and runnable:
         raise ConfigError("no methods to run; set methods=<name>[,<name>...]")
     from .methods.compose import alone_error, compose, settings_section
 

