@@ -49,7 +49,7 @@ def test_items_and_counterfactual_pairs():
         (" ninety and five", True),
         (" years and begat Cainan", False),
     ]
-    found = [[("ctx %d" % i, False), (" v%d" % (i % 3), True), (".", False)] for i in range(7)]
+    found = [[(f"ctx {i}", False), (f" v{i % 3}", True), (".", False)] for i in range(7)]
     cf = recall.pair_counterfactuals(found, seed=1)
     for a, b in zip(found, cf):
         assert b[0] == a[0] and b[2] == a[2] and recall.target(b) != recall.target(a)
