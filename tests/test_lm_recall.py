@@ -39,6 +39,9 @@ def test_entity_span_skips_stop_words_early_words_and_names_in_the_context():
     a, b = recall.entity_span(v, "Moses went up")
     assert v[a:b] == "Pharaoh"  # Moses is in the previous verse: copyable
     assert recall.entity_span("And Adam knew Eve his wife", "") is None  # fewer than 5 words before
+    v = "And unto the man he said, Because thou hast hearkened unto Eve"
+    a, b = recall.entity_span(v, "")
+    assert v[a:b] == "Eve"  # not Because: a capital after punctuation starts a clause
 
 
 def test_items_and_counterfactual_pairs():

@@ -11,7 +11,8 @@ target as context, the target span, the rest of the verse. Kinds:
   the value is a multi-token span the context does not give away;
 * ``entities``: the first capitalised name of a verse that occurs neither earlier in the verse
   nor in the previous one, after at least ``min_context`` words (not a stop word such as God,
-  LORD or I), so it cannot be copied from the context.
+  LORD or I, and not right after punctuation, where a capital starts a clause or a quotation), so
+  it cannot be copied from the context.
 
 :func:`pair_counterfactuals` pairs every item with another item's target of the same kind
 (:func:`jaxcl.probes.counterfactual`): the same context with a value of the same corpus and kind
@@ -65,13 +66,16 @@ def number_spans(verse: str, min_words: int = 2) -> list[tuple[int, int]]:
 
 
 def entity_span(verse: str, previous: str, min_context: int = 5) -> tuple[int, int] | None:
-    """The character span of the verse's first name (a capitalised word that is no stop word)
-    after ``min_context`` words that appears neither earlier in the verse nor in ``previous``."""
+    """The character span of the verse's first name (a capitalised word that is no stop word and
+    follows a word, not punctuation) after ``min_context`` words that appears neither earlier in
+    the verse nor in ``previous``."""
     words = list(_WORD.finditer(verse))
     for k, m in enumerate(words):
         w = m.group()
         if k < min_context or not w[0].isupper() or w in STOP or len(w) < 3:
             continue
+        if not verse[words[k - 1].end() : m.start()].isspace():
+            continue  # after punctuation: the first word of a clause or a quotation, not a name
         before = verse[: m.start()]
         if re.search(rf"\b{w}\b", before) or re.search(rf"\b{w}\b", previous):
             continue

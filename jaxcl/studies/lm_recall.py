@@ -191,13 +191,14 @@ def body(cfg: dict, run: Run) -> Report:
         true, ctrl = (score(model.apply, params, p, cfg["eval"]["batch_size"]) for p in (true_p, ctrl_p))
         s = summary(true, ctrl)
         rows[name] = results.row(s, timing={"eval_s": time.perf_counter() - t1})
-        examples[name] = [
+        hit, miss = np.flatnonzero(true["exact"] > 0), np.flatnonzero(true["exact"] == 0)
+        examples[name] = [  # every exactly recalled item (up to 12), then the first misses
             {
                 "context": items[i][0][0][-120:],
                 "target": recall.target(items[i]),
                 "exact": bool(true["exact"][i]),
             }
-            for i in range(min(8, len(items)))
+            for i in [*hit[:12], *miss[:4]]
         ]
         run.say(
             f"  {name:28s} {s['n']:4d} items: exact {100 * s['exact']:5.1f} % (control value "
