@@ -7,7 +7,7 @@ carried, and against fictional values that exist nowhere.
     jaxcl run lm-recall                        # pretrained SmolLM2-135M, the books of the law
     jaxcl run lm-recall --set data.source=bible:gospels --set data.kinds=entities
 
-Expected runtime (2-core CPU): --tiny ~10 s; default 9.6 min beside another heavy job (the
+Expected runtime (2-core CPU): --tiny seconds; default 9.6 min beside another heavy job (the
 forward passes of 2 x 599 probes of <= 128 tokens through the 135M model; no training).
 
 Measured result, default (results/studies/lm-recall.json; 95 % intervals over items, one model):
