@@ -14,7 +14,9 @@ evaluation questions per set, 128 tokens a row. The target (forget + retain) and
 batch 8, weight decay 0.01, warm-up + cosine, clipping at 1; then every method of the study (the
 eight below, SimNPO, WGA, SatImp, UNDIAL, IdkDPO, their GU variants at rank 4, RMU, SSD, IAU)
 unlearns the 4 forget rows from the target for 5 epochs of batch 4 (5 steps) at the registry's
-learning rates (open-unlearning's). TOFU's and open-unlearning's full recipe (the whole forget01
+learning rates (open-unlearning's; SSD at alpha 5, since its selection needs alpha below |D| / |D_f|
+= 10 here; RMU barely moves in 5 steps: README, "RMU and SSD on the pretrained model, looked at
+closely"). TOFU's and open-unlearning's full recipe (the whole forget01
 split, batch 32, lr 1e-5, 10 unlearning epochs, GA / GradDiff / NPO / IDK with and without GU) is
 `paper_recipe()` below: the accelerator size at SmolLM2's scale, a GPU job.
 Columns: FQ (forget quality, KS p-value against the retain model), MU (model utility), and the
