@@ -15,7 +15,7 @@ batch 8, weight decay 0.01, warm-up + cosine, clipping at 1; then every method o
 eight below, SimNPO, WGA, SatImp, UNDIAL, IdkDPO, their GU variants at rank 4, RMU, SSD, IAU)
 unlearns the 4 forget rows from the target for 5 epochs of batch 4 (5 steps) at the registry's
 learning rates (open-unlearning's; SSD at alpha 5, since its selection needs alpha below |D| / |D_f|
-= 10 here; RMU barely moves in 5 steps: README, "RMU and SSD on the pretrained model, looked at
+= 10 here, with the norms and the embedding excluded; RMU barely moves in 5 steps: README, "RMU and SSD on the pretrained model, looked at
 closely"). TOFU's and open-unlearning's full recipe (the whole forget01
 split, batch 32, lr 1e-5, 10 unlearning epochs, GA / GradDiff / NPO / IDK with and without GU) is
 `paper_recipe()` below: the accelerator size at SmolLM2's scale, a GPU job.
@@ -119,7 +119,8 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "npo": {"retain_weight": 1.0},  # open-unlearning's NPO has the retain term
         # SSD's selection I_Df > alpha * I_D needs alpha below |D| / |D_f| = 10 here (D holds D_f):
         # the paper's ViT value, 5, not its ResNet-18 default 10
-        "ssd": {"alpha": 5.0},
+        # and leaves the norms and the embedding alone (dampening them collapses the model)
+        "ssd": {"alpha": 5.0, "exclude": ("norm", "embed")},
     }
     cfg["gu-npo"]["retain_weight"] = 1.0
     if tiny:  # seconds on a CPU: a random byte-level model, larger learning rates
