@@ -29,6 +29,7 @@ half-width of the 95 % interval over items (normal approximation; paired for
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -120,9 +121,16 @@ def encode(tok, items, controls, length: int, pad_id: int) -> tuple[dict, dict]:
     return out[0], out[1]
 
 
+@functools.cache
+def scorer(apply):
+    """:func:`jaxcl.probes.span_scores` of ``apply``, jitted once per model (every item set and
+    both sides of it share the compiled program: the batches have one shape)."""
+    return jax.jit(lambda p, b: probes.span_scores(apply, p, b))
+
+
 def score(apply, params, probe: dict, batch_size: int) -> dict:
     """:func:`jaxcl.probes.span_scores` over ``probe`` in batches (the last one padded), as numpy."""
-    fn = jax.jit(lambda p, b: probes.span_scores(apply, p, b))
+    fn = scorer(apply)
     n = probe["tokens"].shape[0]
     pad = -n % batch_size
     padded = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) for k, v in probe.items()}
