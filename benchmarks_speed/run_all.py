@@ -16,8 +16,8 @@ matmul peak measured at the start of the same run, where the benchmark counts it
 **Which peers run** (``peer_mode``): on ``cpu`` every peer, on the CPU. On ``gpu``, where
 PyTorch sees a CUDA device, the peers run on it (``PEER_ARGS[...]['cuda']``: PyTorch on CUDA for
 er_stream, ssd and gu_overhead, plus the ``torch.compile`` rows of er_stream and llm_step;
-llm_step's and rft_step's peers pick CUDA themselves); a peer with no CUDA version (replay_zoo's)
-and every peer where PyTorch sees no GPU is left out *before* the script runs (``--no-torch`` /
+llm_step's, lora_step's and rft_step's peers pick CUDA themselves); a peer with no CUDA version
+(replay_zoo's) and every peer where PyTorch sees no GPU is left out *before* the script runs (``--no-torch`` /
 ``--no-trl``), so no host-sized PyTorch run eats the accelerator's budget (``--peer-on-cpu``
 keeps the CPU peers). On ``tpu``: jaxcl rows only.
 
@@ -92,6 +92,11 @@ BENCHES = {
         "cpu": ["--repeats", "2", "--seq", "128"],
         "accel": ["--layers", "30", "--batch", "8", "--seq", "512", "--dtype", "bfloat16", "--repeats", "3"],
     },
+    "lora_step": {
+        "tiny": ["--tiny", "--repeats", "1"],
+        "cpu": ["--repeats", "2", "--seq", "128"],
+        "accel": ["--layers", "30", "--batch", "8", "--seq", "512", "--dtype", "bfloat16", "--repeats", "3"],
+    },
     "rft_step": {
         "tiny": ["--tiny", "--no-trl", "--repeats", "1"],
         "cpu": ["--shape", "small", "--repeats", "2"],
@@ -105,6 +110,7 @@ KNOBS = {
     "ssd": ("--n-train", 256, 20000, False),
     "gu_overhead": ("--steps", 4, 500, False),
     "llm_step": ("--steps", 1, 50, False),
+    "lora_step": ("--steps", 1, 50, False),
     "rft_step": ("--iters", 1, 20, True),
 }
 SAFETY = 0.5
@@ -115,6 +121,7 @@ PEER_ARGS = {
     "ssd": {"none": ["--no-torch"], "cuda": ["--torch-device", "cuda"]},
     "gu_overhead": {"none": ["--no-torch"], "cuda": ["--torch-device", "cuda"]},
     "llm_step": {"none": ["--no-torch"], "cuda": ["--compile"]},
+    "lora_step": {"none": ["--no-torch"], "cuda": []},
     "rft_step": {"none": ["--no-trl"], "cuda": []},
 }
 FAIL_ENV = "JAXCL_BENCH_FAIL"
@@ -299,6 +306,9 @@ ADAPTERS = {
     "ssd": lambda lines: _by_side(lines),
     "gu_overhead": lambda lines: _by_side(lines),
     "llm_step": lambda lines: _by_side(lines),
+    # workloads llm_train_lora / llm_train_full: jaxcl-lora against torch-peft-lora, jaxcl-full
+    # against torch-full
+    "lora_step": lambda lines: _by_side(lines),
     "rft_step": _rft_step,
 }
 
@@ -362,7 +372,7 @@ def peer_versions() -> dict:
     from importlib import metadata
 
     out = {}
-    for name in ("torch", "transformers", "trl"):
+    for name in ("torch", "transformers", "trl", "peft"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -109,6 +109,7 @@ def test_run_all_device_filter_runs_peers_only_where_they_can_use_the_device():
         "ssd": "cuda",
         "gu_overhead": "cuda",
         "llm_step": "cuda",
+        "lora_step": "cuda",
         "rft_step": "cuda",
     }
     assert ra.peer_mode("replay_zoo", "gpu", True, peer_on_cpu=True) == "cpu"
@@ -122,7 +123,7 @@ def test_run_all_device_filter_runs_peers_only_where_they_can_use_the_device():
         assert not {"--no-torch", "--no-trl", "--torch-device"} & set(a), n
 
 
-@pytest.mark.parametrize("name", ["ssd", "gu_overhead", "replay_zoo", "llm_step"])
+@pytest.mark.parametrize("name", ["ssd", "gu_overhead", "replay_zoo", "llm_step", "lora_step"])
 def test_every_peer_option_run_all_passes_exists_in_the_script(name):
     src = open(os.path.join(ROOT, "benchmarks_speed", f"{name}.py")).read()
     src += open(os.path.join(ROOT, "benchmarks_speed", "_unlearn_common.py")).read()
@@ -246,3 +247,53 @@ def test_llm_step_tiny_writes_float32_and_bf16_sides_in_one_process(tmp_path):
     assert loss["jaxcl"] == pytest.approx(loss["torch-eager"], abs=1e-3)
     assert loss["jaxcl-bf16"] == pytest.approx(loss["torch-eager-bf16"], abs=0.05)
     assert 0 < abs(loss["jaxcl-bf16"] - loss["jaxcl"]) < 0.05
+
+
+def test_lora_step_tiny_writes_four_sides_that_start_at_the_same_loss(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    out = tmp_path / "lora.jsonl"
+    script = os.path.join(ROOT, "benchmarks_speed", "lora_step.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = {r["side"]: r for r in lines}
+    assert list(rows) == ["jaxcl-lora", "jaxcl-full", "torch-peft-lora", "torch-full"]
+    for r in rows.values():
+        assert r["steps_per_s"] > 0 and r["tokens_per_s"] > 0 and r["first_call_s"] > 0
+        assert len(r["loadavg_1min"]) == 2 and r["git_commit"] and r["device"]["device_kind"]
+        assert {"jax", "torch", "peft"} <= set(r["versions"])
+        assert r["memory"]["optimizer_state_bytes"] > 0 and r["memory"]["trainable_params"] > 0
+    # B = 0 on both LoRA sides: every side's first step is the base model's loss on the same batch
+    first = [r["first_loss"] for r in rows.values()]
+    assert max(first) - min(first) < 1e-4, first
+    # the two LoRA sides train the same adapters (jaxcl's A copied into PEFT) on the same targets
+    lo, peft_lo = rows["jaxcl-lora"], rows["torch-peft-lora"]
+    assert lo["loss_after_first_call"] == pytest.approx(peft_lo["loss_after_first_call"], abs=1e-4)
+    assert lo["lora_targets"] == peft_lo["lora_targets"] and len(lo["lora_targets"]) == 7
+    assert lo["memory"]["trainable_params"] == peft_lo["memory"]["trainable_params"]
+    assert lo["memory"]["trainable_params"] < rows["jaxcl-full"]["memory"]["trainable_params"]
+    assert (
+        rows["jaxcl-full"]["memory"]["trainable_params"] == rows["torch-full"]["memory"]["trainable_params"]
+    )
+    assert lo["memory"]["xla_memory_analysis_bytes"]["temp_argument_output"] > 0
+    assert peft_lo["ratio_peer_over_jaxcl"] == pytest.approx(peft_lo["median_s"] / lo["median_s"])
+    assert rows["torch-full"]["ratio_peer_over_jaxcl"] == pytest.approx(
+        rows["torch-full"]["median_s"] / rows["jaxcl-full"]["median_s"]
+    )
+    # run_all pairs each jaxcl side with the peer of its own mode
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks_speed"))
+    import run_all
+
+    pairs = {r["workload"]: r["peer"] for r in run_all.ADAPTERS["lora_step"](lines)}
+    assert pairs == {
+        "llm_train_lora [jaxcl-lora]": "torch-peft-lora",
+        "llm_train_full [jaxcl-full]": "torch-full",
+    }
