@@ -49,6 +49,7 @@ def _run_all():
         ("er_stream", "er_stream_cpu"),
         ("rft_step", "rft_step_cpu"),
         ("replay_zoo", "replay_zoo_cpu"),
+        ("lora_step", "lora_step_cpu"),
     ],
 )
 def test_run_all_reads_every_benchmarks_committed_lines(name, file):
