@@ -352,6 +352,17 @@ def cpu_matmul_peaks(shapes):
 SUFFIX = {"float32": "", "bfloat16": "-bf16"}
 
 
+def append_rows(out, rows, log) -> None:
+    """Append ``rows`` as JSON lines to ``out`` (nothing when ``out`` is empty) and say so."""
+    if not out:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+    log(f"appended {len(rows)} rows to {out}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=4, help="SmolLM2-135M has 30")
@@ -538,12 +549,7 @@ def main(argv=None):
             f"CPU matmul peak in this run: float32 {cpu_peaks['float32']} GFLOP/s, bf16 {cpu_peaks['bfloat16']}"
         )
     log(f"1-minute load average: {load}")
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r, default=str) + "\n")
-        log(f"appended {len(rows)} rows to {a.out}")
+    append_rows(a.out, rows, log)
     return rows
 
 

@@ -55,7 +55,6 @@ import argparse
 import ctypes
 import functools
 import gc
-import json
 import os
 import sys
 import threading
@@ -70,7 +69,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llm_step import JaxTrain, TorchTrain, bench, cpu_matmul_peaks, meta, model_flops_per_token
+from llm_step import JaxTrain, TorchTrain, append_rows, bench, cpu_matmul_peaks, meta, model_flops_per_token
 
 # jaxcl's stacked Llama weights -> the transformers module names PEFT targets
 HF_MODULE = {
@@ -448,12 +447,7 @@ def main(argv=None):
             f"CPU matmul peak in this run: float32 {cpu_peaks['float32']} GFLOP/s, bf16 {cpu_peaks['bfloat16']}"
         )
     log(f"1-minute load average: {load}")
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r, default=str) + "\n")
-        log(f"appended {len(rows)} rows to {a.out}")
+    append_rows(a.out, rows, log)
     return rows
 
 
