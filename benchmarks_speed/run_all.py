@@ -15,7 +15,7 @@ matmul peak measured at the start of the same run, where the benchmark counts it
 
 **Which peers run** (``peer_mode``): on ``cpu`` every peer, on the CPU. On ``gpu``, where
 PyTorch sees a CUDA device, the peers run on it (``PEER_ARGS[...]['cuda']``: PyTorch on CUDA for
-er_stream, ssd and gu_overhead, plus the ``torch.compile`` rows of er_stream and llm_step;
+er_stream, ssd, gu_overhead and shadow_models, plus the ``torch.compile`` rows of er_stream and llm_step;
 llm_step's, lora_step's and rft_step's peers pick CUDA themselves); a peer with no CUDA version
 (replay_zoo's) and every peer where PyTorch sees no GPU is left out *before* the script runs (``--no-torch`` /
 ``--no-trl``), so no host-sized PyTorch run eats the accelerator's budget (``--peer-on-cpu``
@@ -102,6 +102,13 @@ BENCHES = {
         "cpu": ["--shape", "small", "--repeats", "2"],
         "accel": ["--shape", "medium", "--layers", "8", "--d-model", "1024", "--batch", "16", "--new", "64"],
     },
+    # U-LiRA's shadow models: S seeds in one program vs one after another (MLP, S 16 on the CPU;
+    # the study's ResNet-18 recipe, S 4, on an accelerator, which has no PyTorch side)
+    "shadow_models": {
+        "tiny": ["--tiny"],
+        "cpu": ["--repeats", "2"],
+        "accel": ["--model", "resnet", "--repeats", "3"],
+    },
 }
 # script -> (option, k0: pilot size, k_max, times are per unit of the knob rather than per call)
 KNOBS = {
@@ -112,6 +119,7 @@ KNOBS = {
     "llm_step": ("--steps", 1, 50, False),
     "lora_step": ("--steps", 1, 50, False),
     "rft_step": ("--iters", 1, 20, True),
+    "shadow_models": ("--steps", 10, 500, False),
 }
 SAFETY = 0.5
 # script -> how its peer is left out ("none") or put on CUDA ("cuda"; None: no CUDA version)
@@ -123,6 +131,7 @@ PEER_ARGS = {
     "llm_step": {"none": ["--no-torch"], "cuda": ["--compile"]},
     "lora_step": {"none": ["--no-torch"], "cuda": []},
     "rft_step": {"none": ["--no-trl"], "cuda": []},
+    "shadow_models": {"none": ["--no-torch"], "cuda": ["--torch-device", "cuda"]},
 }
 FAIL_ENV = "JAXCL_BENCH_FAIL"
 
@@ -310,6 +319,8 @@ ADAPTERS = {
     # against torch-full
     "lora_step": lambda lines: _by_side(lines),
     "rft_step": _rft_step,
+    # workload shadow_models: jaxcl-vmapped and jaxcl-sequential, each against torch-sequential
+    "shadow_models": lambda lines: _by_side(lines),
 }
 
 

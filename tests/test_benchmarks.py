@@ -112,6 +112,7 @@ def test_run_all_device_filter_runs_peers_only_where_they_can_use_the_device():
         "llm_step": "cuda",
         "lora_step": "cuda",
         "rft_step": "cuda",
+        "shadow_models": "cuda",
     }
     assert ra.peer_mode("replay_zoo", "gpu", True, peer_on_cpu=True) == "cpu"
     argv = {n: a for n, _, a in ra.plan("gpu", torch_cuda=True)}
@@ -124,7 +125,9 @@ def test_run_all_device_filter_runs_peers_only_where_they_can_use_the_device():
         assert not {"--no-torch", "--no-trl", "--torch-device"} & set(a), n
 
 
-@pytest.mark.parametrize("name", ["ssd", "gu_overhead", "replay_zoo", "llm_step", "lora_step"])
+@pytest.mark.parametrize(
+    "name", ["ssd", "gu_overhead", "replay_zoo", "llm_step", "lora_step", "shadow_models"]
+)
 def test_every_peer_option_run_all_passes_exists_in_the_script(name):
     src = open(os.path.join(ROOT, "benchmarks_speed", f"{name}.py")).read()
     src += open(os.path.join(ROOT, "benchmarks_speed", "_unlearn_common.py")).read()
@@ -297,4 +300,46 @@ def test_lora_step_tiny_writes_four_sides_that_start_at_the_same_loss(tmp_path):
     assert pairs == {
         "llm_train_lora [jaxcl-lora]": "torch-peft-lora",
         "llm_train_full [jaxcl-full]": "torch-full",
+    }
+
+
+def test_shadow_models_tiny_vmapped_seeds_are_the_sequential_models(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "shadow.jsonl"
+    script = os.path.join(ROOT, "benchmarks_speed", "shadow_models.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = {r["side"]: r for r in lines}
+    assert list(rows) == ["jaxcl-vmapped", "jaxcl-sequential", "torch-sequential"]
+    for r in rows.values():
+        assert r["workload"] == "shadow_models" and r["model"] == "mlp-128-64" and r["n_train"] == 1000
+        assert (r["seeds"], r["steps"], r["batch"]) == (4, 20, 64)
+        assert r["first_call_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["models_per_minute"] == pytest.approx(r["seeds"] / r["median_s"] * 60)
+        assert r["ratio"] == pytest.approx(r["median_s"] / rows["jaxcl-vmapped"]["median_s"])
+        assert len(r["loadavg_1min"]) == 2 and r["git_commit"] and r["device"]["device_kind"]
+        assert {"jax", "torch"} <= set(r["versions"]) and 0 < r["test_acc_mean"] <= 1
+    assert rows["jaxcl-vmapped"]["seed_batching"] == "vmap" and rows["jaxcl-vmapped"]["ratio"] == 1.0
+    assert rows["jaxcl-vmapped"]["flops"] > 0 and rows["torch-sequential"]["check"] is None
+    # the one vmapped program trains the same models as S one-seed calls: seed i against seed i
+    check = rows["jaxcl-vmapped"]["check"]
+    assert check == rows["jaxcl-sequential"]["check"] and check["same_models"]
+    assert check["max_abs_diff_train_loss"] <= 1e-4 and 0 < check["tol_test_acc"] < 0.01  # one example
+    assert check["max_abs_diff_test_acc"] <= check["tol_test_acc"]
+    assert rows["jaxcl-vmapped"]["train_loss_mean"] == pytest.approx(
+        rows["jaxcl-sequential"]["train_loss_mean"], abs=1e-4
+    )
+    assert "same models (vmapped seed i vs sequential seed i)" in proc.stdout
+    # run_all pairs both jaxcl sides with the PyTorch one
+    pairs = {r["workload"]: r["peer"] for r in _run_all().ADAPTERS["shadow_models"](lines)}
+    assert pairs == {
+        "shadow_models [jaxcl-vmapped]": "torch-sequential",
+        "shadow_models [jaxcl-sequential]": "torch-sequential",
     }
