@@ -278,14 +278,14 @@ def main(argv=None):
         for u, v in zip(jax.tree.leaves(pv), jax.tree.leaves(ps))
     )
     dq = np.abs(q["jaxcl-vmapped"] - q["jaxcl-sequential"]).max(0)
-    acc_tol = 1.0 / int(data.x_test.shape[0])  # one test example
+    acc_tol = 1.0 / int(data.x_test.shape[0])  # one test example (float32 accuracies: a relative slack)
     check = {
         "max_abs_diff_params": pdiff,
         "max_abs_diff_train_loss": float(dq[0]),
         "max_abs_diff_test_acc": float(dq[1]),
         "tol_train_loss": a.tol,
         "tol_test_acc": acc_tol,
-        "same_models": bool(dq[0] <= a.tol and dq[1] <= acc_tol + 1e-9),
+        "same_models": bool(dq[0] <= a.tol and dq[1] <= acc_tol * (1 + 1e-4)),
     }
     if use_torch:
         import torch

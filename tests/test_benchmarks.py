@@ -50,6 +50,7 @@ def _run_all():
         ("rft_step", "rft_step_cpu"),
         ("replay_zoo", "replay_zoo_cpu"),
         ("lora_step", "lora_step_cpu"),
+        ("shadow_models", "shadow_models_cpu"),
     ],
 )
 def test_run_all_reads_every_benchmarks_committed_lines(name, file):
