@@ -75,3 +75,19 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_row(tiny_run):
 def test_bad_configs_are_clear_errors(sets, match):
     with pytest.raises(config.ConfigError, match=match):  # refused when resolved or validated
         rft.validate(config.resolve(config.load("rft-continual", tiny=True), sets))
+
+
+def test_a_base_model_that_answers_nothing_warns_that_grpo_has_no_reward():
+    """Zero base accuracy on every task and seed with an RL row: a verifiable reward is 0 for every
+    rollout, so GRPO would silently leave the model unchanged (SmolLM2 zero-shot,
+    results/studies/rft-continual-smollm2-nobase.json); the run says so. One correct answer, or
+    SFT rows only, give no warning."""
+    cfg = config.resolve(config.load("rft-continual", tiny=True), ["rows=sft,rft,mtl-sft"], study=rft.STUDY)
+    zero = np.zeros((2, len(cfg["data"]["tasks"])))
+    w = rft.no_reward_warning(cfg, zero)
+    assert w and "rft" in w and "base.steps" in w and "sft," not in w
+    one = zero.copy()
+    one[1, 0] = 1 / 8
+    assert rft.no_reward_warning(cfg, one) is None
+    sft_only = config.resolve(config.load("rft-continual", tiny=True), ["rows=sft,mtl-sft"], study=rft.STUDY)
+    assert rft.no_reward_warning(sft_only, zero) is None

