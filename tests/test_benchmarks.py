@@ -10,18 +10,23 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_conv_cpu_tiny_writes_json_lines(tmp_path):
-    out = tmp_path / "conv.jsonl"
-    script = os.path.join(ROOT, "benchmarks_speed", "conv_cpu.py")
+def _tiny(tmp_path, script, *argv):
+    """``(json lines, stdout)`` of ``benchmarks_speed/<script> *argv --out <tmp file>``; its exit
+    status 0 (else its output's tail)."""
+    out = tmp_path / "rows.jsonl"
     proc = subprocess.run(
-        [sys.executable, script, "--tiny", "--out", str(out)],
+        [sys.executable, os.path.join(ROOT, "benchmarks_speed", script), *argv, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    return [json.loads(l) for l in out.read_text().splitlines()], proc.stdout
+
+
+def test_conv_cpu_tiny_writes_json_lines(tmp_path):
+    rows, stdout = _tiny(tmp_path, "conv_cpu.py", "--tiny")
     assert [r["variant"] for r in rows] == [
         "conv-lax-1seed",
         "conv-canonical-1seed",
@@ -30,7 +35,7 @@ def test_conv_cpu_tiny_writes_json_lines(tmp_path):
     ]
     assert [r["seeds"] for r in rows] == [1, 1, 2, 2]
     assert all(r["s_per_step_per_seed"] > 0 and r["width"] == 4 for r in rows)
-    assert "speed-up in a scan" in proc.stdout
+    assert "speed-up in a scan" in stdout
 
 
 def _run_all():
@@ -232,14 +237,8 @@ def test_llm_step_float32_and_bf16_sides_are_paired_within_their_dtype():
 def test_llm_step_tiny_writes_float32_and_bf16_sides_in_one_process(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    out = tmp_path / "llm.jsonl"
-    script = os.path.join(ROOT, "benchmarks_speed", "llm_step.py")
-    argv = ["--tiny", "--dtype", "float32", "bfloat16", "--no-generate", "--no-variants", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, script, *argv], capture_output=True, text=True, timeout=600, cwd=ROOT
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = {r["side"]: r for r in map(json.loads, out.read_text().splitlines())}
+    argv = ["--tiny", "--dtype", "float32", "bfloat16", "--no-generate", "--no-variants"]
+    rows = {r["side"]: r for r in _tiny(tmp_path, "llm_step.py", *argv)[0]}
     assert list(rows) == ["jaxcl", "torch-eager", "jaxcl-bf16", "torch-eager-bf16"]
     assert [r["dtype"] for r in rows.values()] == ["float32"] * 2 + ["bfloat16"] * 2
     for r in rows.values():
@@ -258,17 +257,7 @@ def test_lora_step_tiny_writes_four_sides_that_start_at_the_same_loss(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    out = tmp_path / "lora.jsonl"
-    script = os.path.join(ROOT, "benchmarks_speed", "lora_step.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    lines = _tiny(tmp_path, "lora_step.py", "--tiny")[0]
     rows = {r["side"]: r for r in lines}
     assert list(rows) == ["jaxcl-lora", "jaxcl-full", "torch-peft-lora", "torch-full"]
     for r in rows.values():
@@ -306,17 +295,7 @@ def test_lora_step_tiny_writes_four_sides_that_start_at_the_same_loss(tmp_path):
 
 def test_shadow_models_tiny_vmapped_seeds_are_the_sequential_models(tmp_path):
     pytest.importorskip("torch")
-    out = tmp_path / "shadow.jsonl"
-    script = os.path.join(ROOT, "benchmarks_speed", "shadow_models.py")
-    proc = subprocess.run(
-        [sys.executable, script, "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    lines = [json.loads(l) for l in out.read_text().splitlines()]
+    lines, stdout = _tiny(tmp_path, "shadow_models.py", "--tiny")
     rows = {r["side"]: r for r in lines}
     assert list(rows) == ["jaxcl-vmapped", "jaxcl-sequential", "torch-sequential"]
     for r in rows.values():
@@ -337,7 +316,7 @@ def test_shadow_models_tiny_vmapped_seeds_are_the_sequential_models(tmp_path):
     assert rows["jaxcl-vmapped"]["train_loss_mean"] == pytest.approx(
         rows["jaxcl-sequential"]["train_loss_mean"], abs=1e-4
     )
-    assert "same models (vmapped seed i vs sequential seed i)" in proc.stdout
+    assert "same models (vmapped seed i vs sequential seed i)" in stdout
     # run_all pairs both jaxcl sides with the PyTorch one
     pairs = {r["workload"]: r["peer"] for r in _run_all().ADAPTERS["shadow_models"](lines)}
     assert pairs == {

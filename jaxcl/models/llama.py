@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import lora
+
 Params = dict[str, Any]
 
 
@@ -241,7 +243,7 @@ def _block(cfg, dt, x_BxTxD, lp, cos, sin, kv, mask_Bx1xTxS, tap=None):
     seen = {}
 
     def mm(a_NxI, name):
-        y_NxO = a_NxI @ lp[name]
+        y_NxO = lora.matmul(a_NxI, lp[name])  # a weight, or a LoRA adapter's unmerged LowRank
         if tap is not None and name in tap:
             seen[name] = a_NxI
             y_NxO = y_NxO + tap[name].astype(y_NxO.dtype)

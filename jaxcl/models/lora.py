@@ -9,7 +9,7 @@ written for ``x @ W`` with ``W`` of shape (in, out))
 
 so training starts at the base model. :func:`adapt` turns a model into one whose ``params`` are
 the adapters (its ``init`` gives fresh adapters, its ``apply`` / ``nll`` / ``features`` merge them
-into the base first), so every jaxcl method (loss wrappers, optax transforms such as GU's
+into the base first; a Llama's adapters stay unmerged, :class:`LowRank`), so every jaxcl method (loss wrappers, optax transforms such as GU's
 projection, data transforms, edits such as SSD's dampening) runs on the adapters unchanged. The
 base is an *argument*: :func:`adapt` is called inside the compiled program with the base as a
 traced value (the frozen base travels in ``TrainState.frozen``, see :func:`jaxcl.loops.Phase`
@@ -172,6 +172,49 @@ def delta(spec: LoraSpec, ad: dict[str, jax.Array]):
     return spec.scale * jnp.einsum("...ir,...ro->...io", ad["a"], ad["b"])
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LowRank:
+    """A frozen weight ``w`` (..., in, out) with its adapter, unmerged: :func:`matmul` computes
+    ``x @ (w + scale A B)`` as ``x @ w + scale (x @ A) @ B`` (the paper's Eq. 3 as written, and
+    PEFT's order). The gradient with respect to the adapters then never forms the full
+    (in, out) weight gradient that differentiating a merged weight does (``x^T dy``: as many
+    FLOPs as the forward matmul), and no merged copy of ``w`` is kept for the backward."""
+
+    w: jax.Array
+    a: jax.Array
+    b: jax.Array
+    scale: float = dataclasses.field(metadata={"static": True})
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+
+def matmul(x, w):
+    """``x @ w`` for a weight or a :class:`LowRank` (all operands in ``x``'s dtype)."""
+    if isinstance(w, LowRank):
+        dt = x.dtype
+        return x @ w.w.astype(dt) + w.scale * ((x @ w.a.astype(dt)) @ w.b.astype(dt))
+    return x @ w
+
+
+def attach(spec: LoraSpec, base, adapters):
+    """:func:`merge`, except that a Llama's stacked linears (:data:`LLAMA_ALL`) become
+    :class:`LowRank` leaves that its forward multiplies unmerged (:func:`matmul`); the same
+    function of the adapters to rounding."""
+    llama = {n: ad for n, ad in adapters.items() if n in LLAMA_ALL}
+    rest = {n: ad for n, ad in adapters.items() if n not in LLAMA_ALL}
+    out = merge(spec, base, rest) if rest else base
+    if not llama:
+        return out
+    layers = dict(out["layers"])
+    for n, ad in llama.items():
+        k = n.split("/", 1)[1]
+        layers[k] = LowRank(layers[k], ad["a"], ad["b"], spec.scale)
+    return {**out, "layers": layers}
+
+
 def merge(spec: LoraSpec, base, adapters):
     """Params with every target replaced by `W + scale * A @ B` (pure, differentiable in both)."""
 
@@ -188,9 +231,10 @@ def adapt(model, spec: LoraSpec, base):
     """``model`` (a :class:`jaxcl.models.lm.LanguageModel` or :class:`jaxcl.models.PureModel`)
     whose params are ``spec``'s adapters over ``base``: ``init(key)`` fresh adapters, ``apply`` /
     ``nll`` / ``features`` (and a ResNet's ``apply_train``) of the merged params; its ``lora`` is
-    ``"adapters"`` (a method that reads a Llama's params by name refuses it). Call it inside the
-    compiled program with ``base`` traced."""
-    on = lambda fn: lambda ad, *a, **k: fn(merge(spec, base, ad), *a, **k)
+    ``"adapters"`` (a method that reads a Llama's params by name refuses it). A Llama's adapters
+    are not merged: its forward computes ``x @ W0 + s (x @ A) @ B`` (:func:`attach`). Call it
+    inside the compiled program with ``base`` traced."""
+    on = lambda fn: lambda ad, *a, **k: fn(attach(spec, base, ad), *a, **k)
     fields = {"init": lambda key: init(spec, base, key), "lora": "adapters"}
     wrapped = ("apply", "nll", "features", "token_logits", "token_logprobs")
     fields.update({f: on(getattr(model, f)) for f in wrapped if getattr(model, f, None) is not None})
@@ -201,22 +245,23 @@ def adapt(model, spec: LoraSpec, base):
 
 
 def wrap_apply(spec: LoraSpec, apply: Callable) -> Callable:
-    """`apply(params, *a, **k)` -> `apply_lora(adapters, base, *a, **k)`."""
+    """`apply(params, *a, **k)` -> `apply_lora(adapters, base, *a, **k)` (over :func:`attach`)."""
 
     def apply_lora(adapters, base, *args, **kwargs):
-        return apply(merge(spec, base, adapters), *args, **kwargs)
+        return apply(attach(spec, base, adapters), *args, **kwargs)
 
     return apply_lora
 
 
 def wrap_loss(spec: LoraSpec, loss_fn: Callable, base) -> Callable:
-    """A `LossFn` over the adapters: `(adapters, batch, key) -> loss_fn(merge(base, adapters), ...)`.
+    """A `LossFn` over the adapters: `(adapters, batch, key) -> loss_fn(attach(base, adapters), ...)`
+    (a Llama's adapters unmerged, :func:`attach`: ``loss_fn`` passes the params to the model).
 
     Call it where `base` is a traced value (inside the jitted run), not a global array.
     """
 
     def lora_loss(adapters, batch, key):
-        return loss_fn(merge(spec, base, adapters), batch, key)
+        return loss_fn(attach(spec, base, adapters), batch, key)
 
     return lora_loss
 
