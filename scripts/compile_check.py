@@ -34,6 +34,14 @@ CHECKS = [
         "seeds=1,data=1,model=8",
         None,
     ),
+    (
+        "tofu-1b-gu-rank8-lora8-sharded",
+        "tofu",
+        "accel",
+        ["methods=gu-npo", "gu-npo.rank=8", "model.lora.rank=8"],
+        "seeds=1,data=1,model=8",
+        None,
+    ),
     # the other studies at their accelerator sizes: 8 seeds, one per chip (--mesh auto)
     ("unlearn-class-cifar10-resnet18", "unlearn-class", "accel", ["methods=ga"], "auto", True),
     ("lm-cpt-smollm2-135m", "lm-cpt", "accel", ["rows=er", "methods=er"], "auto", True),

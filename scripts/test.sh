@@ -22,7 +22,7 @@ CORE=(tests/test_compile_check.py tests/test_registry.py tests/test_llama.py tes
 TWICE=()
 for f in "${CORE[@]}"; do TWICE+=("--ignore=$f"); done
 [ -n "${JAXCL_SKIP_312:-}" ] && TWICE=()
-python3 -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${TWICE[@]}" tests "$@"
+python3 -m pytest -p no:cacheprovider -rs --durations=20 -n "$WORKERS" --dist loadfile "${TWICE[@]}" tests "$@"
 
 PY312="${PY312:-/root/.pyenv/versions/3.12.1/bin/python3}"
 if [ -n "${JAXCL_SKIP_312:-}" ]; then
@@ -40,6 +40,6 @@ PYTHON="$VENV/bin/python" EXTRAS="dev,torch,tpu" bash scripts/setup.sh
 # compiled as users' runs are (the suite above ran with most optimisations off, for speed): every
 # golden and its mutation check, the PyTorch / transformers parity checks, bit-exact resume,
 # CLI == API, 1-vs-8-device and multi-host agreement, and the core of every level
-JAXCL_TPU_COMPILER=required JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -n "$WORKERS" --dist loadfile "${CORE[@]}" \
+JAXCL_TPU_COMPILER=required JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs --durations=20 -n "$WORKERS" --dist loadfile "${CORE[@]}" \
   "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots" \
   "tests/test_cl_study.py::test_cli_python_api_and_no_checkpoint_give_the_same_numbers"
