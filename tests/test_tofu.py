@@ -205,6 +205,7 @@ def test_tiny_study_end_to_end(tmp_path):
         s = {k: v["mean"] for k, v in row["summary"].items()}
         assert 0.0 <= s["forget_quality"] <= 1.0 and 0.0 <= s["model_utility"] <= 1.0
         assert len(res["extra"]["generations"][name]["forget"]) == 8
+        assert 0.0 <= s["forget_refusal"] <= 1.0 and 0.0 <= s["sarr"] <= 1.0  # refusal rates
     f_prob = {n: r["summary"]["forget_prob"]["mean"] for n, r in res["rows"].items()}
     assert res["rows"][T.REFERENCE]["summary"]["forget_quality"]["mean"] == pytest.approx(1.0)
     # fine-tuning worked: the target answers the forget questions far better than its random init

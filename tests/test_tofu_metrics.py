@@ -159,3 +159,53 @@ def test_evaluation_chunks_pad_a_few_rows_to_a_power_of_two_not_a_whole_batch():
     )
     np.testing.assert_allclose(tm.avg_nll(cfg, params, tokens, mask, 32), one_by_one, rtol=1e-5)
     np.testing.assert_allclose(tm.avg_nll(cfg, params, tokens, mask, 2), one_by_one, rtol=1e-5)
+
+
+def test_refusals_are_tofus_refusal_sentences_and_no_gold_answer():
+    """SafeEraser's refusal measure here (a keyword stand-in for its judge): every refusal
+    sentence of TOFU's idontknow.txt, as a model would emit it (other case, curly apostrophes,
+    no final period, followed by more text), is a refusal; none of TOFU's 4000 gold answers nor
+    the evaluation sets' answers is; the rate is the hand count."""
+    from jaxcl.tofu import data as tdata
+
+    if tdata.data_dir() is None:
+        pytest.skip("TOFU jsonl folder not found (set JAXCL_TOFU_DIR)")
+    idk = tdata.idk_answers()
+    assert len(idk) == 100
+    for s in idk:
+        variant = s.upper().replace("'", "\u2019").rstrip(".") + " about that author, sadly."
+        assert tm.is_refusal(variant, idk), s
+    # the markers alone (no sentence list) catch only some of TOFU's varied refusals
+    assert 0 < tm.refusal_rate(idk) < 0.5
+    for split in ("full", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        answers = [r["answer"] for r in tdata.load_split(split)]
+        assert tm.refusal_rate(answers, idk) == 0.0, split
+    answers = ["Paris.", "I'm not sure.", "She wrote novels.", idk[7], "i don't know"]
+    assert tm.refusal_rate(answers, idk) == pytest.approx(3 / 5)
+    assert tm.refusal_rate([], idk) == 0.0
+
+
+def test_sarr_pools_the_harmless_sets_answers(monkeypatch):
+    """The evaluator's SARR is the refusal fraction over the retain, real-author and world-fact
+    answers pooled (not a mean of the three rates), the forget set apart."""
+    from jaxcl.tofu.eval import Evaluator, scores
+
+    gens = {
+        "forget": ["I don't know.", "x"],
+        "retain": ["a", "b", "c", "I'm not sure."],  # 1 / 4
+        "real_authors": ["I don't know."],  # 1 / 1
+        "world_facts": ["a", "b", "c"],  # 0 / 3
+    }
+
+    def evaluate(cfg, params, tok, sets, **kw):
+        res = {k: {"generations": gens[k], "prob": 0.5, "rouge": 0.5, "truth_ratio": 0.5} for k in sets}
+        return {**res, "model_utility": 0.5}
+
+    monkeypatch.setattr(tm, "evaluate", evaluate)
+    ev = Evaluator(None, None, {k: [] for k in gens}, 8, 1, 1, 1)
+    res = ev.metrics(None)
+    assert res["retain"]["refusal"] == 0.25 and res["forget"]["refusal"] == 0.5
+    assert res["sarr"] == pytest.approx(2 / 8)  # a mean of the three rates would be 5 / 12
+    res["forget_quality"] = 1.0
+    s = scores(res)
+    assert s["sarr"] == pytest.approx(0.25) and s["forget_refusal"] == 0.5

@@ -15,7 +15,10 @@ forget split (1/5/10 % of the 200 authors' 4000 question/answer pairs) and ``D_r
    ratio and ROUGE-L recall of greedy answers on the forget / retain / real-authors /
    world-facts sets, forget quality ``FQ = p-value of KS(TR_model(D_f), TR_retain(D_f))`` and
    model utility ``MU = harmonic mean of the nine (prob, TR, ROUGE) values on retain, real
-   authors and world facts``;
+   authors and world facts``; the refusal rates of the greedy answers
+   (:func:`jaxcl.tofu.metrics.is_refusal`: TOFU's refusal sentences or a refusal phrase): on the
+   forget set (``forget_refusal``) and on the three harmless sets pooled (``sarr``, SafeEraser's
+   safe answer refusal rate, Chen et al. 2025: over-forgetting as refusals, lower is better);
 4. membership inference (:mod:`jaxcl.unlearn.attacks`, open-unlearning's signs) of every model,
    the forget rows (members of the target) against the holdout: ``data.n_holdout`` QA rows cut
    from the END of the retain split before ``n_retain`` is applied (default ``-1``:
@@ -112,6 +115,10 @@ COLUMNS = [
     ("retain_rouge", "R.rouge", "float"),
     ("real_authors_rouge", "RA.rouge", "float"),
     ("world_facts_rouge", "WF.rouge", "float"),
+    # refusal rates of the greedy answers (jaxcl.tofu.metrics.is_refusal): on the forget set, and
+    # SARR on the harmless sets (SafeEraser's over-forgetting measure, lower is better)
+    ("forget_refusal", "F.refusal", "pct"),
+    ("sarr", "SARR", "pct"),
     ("time_s", "time (s)", "seconds"),
 ]
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")  # cheap: one forward pass per row
@@ -263,7 +270,8 @@ def prepare(cfg: dict, say, mesh=None) -> tuple:
             f"({t_s:.1f}s + {c_s:.1f}s compile)"
         )
     mia = None if holdout is None else MIA(model, problem.forget, holdout, tok)
-    return model, problem, Evaluator.from_config(cfg, model.cfg, tok, evals), params, timing, mia
+    idk = tdata.idk_answers(cfg["data"]["data_dir"] or None)
+    return model, problem, Evaluator.from_config(cfg, model.cfg, tok, evals, idk), params, timing, mia
 
 
 def body(cfg: dict, run: Run) -> Report:

@@ -33,10 +33,12 @@ class Evaluator:
     max_new_tokens: int
     prompt_len: int
     ref_tr: np.ndarray | None = None  # (n_forget,) the reference's forget-set truth ratios
+    idk: tuple = ()  # TOFU's refusal sentences, for the refusal rates (tmetrics.is_refusal)
 
     @classmethod
-    def from_config(cls, cfg: dict, model_cfg, tok, sets: dict) -> Evaluator:
-        """The evaluator of a TOFU config: its ``eval`` section and ``data.max_len``."""
+    def from_config(cls, cfg: dict, model_cfg, tok, sets: dict, idk=()) -> Evaluator:
+        """The evaluator of a TOFU config: its ``eval`` section and ``data.max_len``; ``idk``
+        the refusal sentences the refusal rates also match."""
         e = cfg["eval"]
         return cls(
             model_cfg,
@@ -46,6 +48,7 @@ class Evaluator:
             batch_size=e["batch_size"],
             max_new_tokens=e["max_new_tokens"],
             prompt_len=e["prompt_len"],
+            idk=tuple(idk),
         )
 
     def reference(self, params) -> dict:
@@ -65,9 +68,12 @@ class Evaluator:
         return res
 
     def metrics(self, params) -> dict:
-        """``{set: {prob, truth_ratio, rouge, truth_ratios, generations}, model_utility}``
-        (:func:`jaxcl.tofu.metrics.evaluate`), without forget quality."""
-        return tmetrics.evaluate(
+        """``{set: {prob, truth_ratio, rouge, truth_ratios, generations, refusal},
+        model_utility, sarr}`` (:func:`jaxcl.tofu.metrics.evaluate`), without forget quality:
+        ``refusal`` the fraction of a set's greedy answers that refuse, ``sarr`` that fraction
+        over the harmless sets' answers pooled (retain, real authors, world facts:
+        :data:`jaxcl.tofu.metrics.UTILITY_SETS`; SafeEraser's safe answer refusal rate)."""
+        res = tmetrics.evaluate(
             self.model_cfg,
             params,
             self.tok,
@@ -77,10 +83,19 @@ class Evaluator:
             max_new_tokens=self.max_new_tokens,
             prompt_len=self.prompt_len,
         )
+        for name in self.sets:
+            res[name]["refusal"] = tmetrics.refusal_rate(res[name]["generations"], self.idk)
+        harmless = [
+            g for name in tmetrics.UTILITY_SETS if name in self.sets for g in res[name]["generations"]
+        ]
+        res["sarr"] = tmetrics.refusal_rate(harmless, self.idk)
+        return res
 
 
 def scores(res: dict) -> dict:
-    """One model's per-seed values: FQ, MU and (prob, rouge, truth ratio) of every set."""
+    """One model's per-seed values: FQ, MU, (prob, rouge, truth ratio) of every set, the forget
+    set's refusal rate and SARR."""
     out = {"forget_quality": res["forget_quality"], "model_utility": res["model_utility"]}
+    out.update(forget_refusal=res["forget"]["refusal"], sarr=res["sarr"])
     out.update({f"{s}_{m}": res[s][m] for s in EVAL_SETS for m in ("prob", "rouge", "truth_ratio")})
     return out
