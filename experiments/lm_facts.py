@@ -7,6 +7,7 @@ injected 4 times beside as many never seen.
     jaxcl run lm-facts --tiny                       # seconds; what the tests run
     jaxcl run lm-facts                              # the default size (2-core CPU: see below)
     jaxcl run lm-facts --set train.batch_size=32    # the batch-size effect
+    jaxcl run lm-facts --set train.batch_size=32 --set train.steps=200 --set train.eval_every=10 --set inject.last_step=109 --set inject.spacing=4   # ... at equal tokens
     jaxcl run lm-facts --set data.duplication=8     # the duplication effect (1/8 of the windows)
     jaxcl sweep lm-facts --grid finetune.lr=1e-3,3e-3
     jaxcl run lm-facts --set model.name=smollm2-135m --set data.seq_len=64   # an accelerator run

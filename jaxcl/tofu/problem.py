@@ -12,6 +12,8 @@ training set: the non-members of the membership-inference attacks (:func:`load_h
 
 from __future__ import annotations
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -56,6 +58,28 @@ def split_retain(cfg: dict) -> tuple[list[dict], list[dict]]:
     return full[:cut][: d["n_retain"] or None], full[cut:]
 
 
+def _template_words(question: str) -> frozenset:
+    words = re.findall(r"[A-Za-z']+", question)
+    return frozenset(w.lower() for i, w in enumerate(words) if i == 0 or not w[0].isupper())
+
+
+def decoupled(forget: list[dict], pool: list[dict]) -> list[dict]:
+    """SafeEraser's prompt-decouple rows in text (:mod:`jaxcl.methods.pd`), one per forget row:
+    the ``pool`` row whose question has the most words in common with the forget question once
+    names are set aside (Jaccard similarity of the lower-cased words, capitalised words after the
+    first dropped; the first best on ties), i.e. the same question about another author, with
+    that author's answer ("What gender is author A?" -> "What gender is the author B?")."""
+    if not pool:
+        raise ValueError("no rows to draw prompt-decouple rows from")
+    cands = [(_template_words(r["question"]), r) for r in pool]
+
+    def best(q):
+        w = _template_words(q)
+        return max(cands, key=lambda c: len(w & c[0]) / max(1, len(w | c[0])))[1]
+
+    return [best(r["question"]) for r in forget]
+
+
 def load_holdout(cfg: dict, tok) -> dict | None:
     """The encoded holdout rows (non-members of both models), or None with ``n_holdout=0``."""
     rows = split_retain(cfg)[1]
@@ -64,7 +88,9 @@ def load_holdout(cfg: dict, tok) -> dict | None:
 
 def load_problem(cfg: dict, tok) -> tuple[LMProblem, dict]:
     """The encoded problem and the evaluation sets (rows with paraphrased / perturbed answers).
-    The refusal answers of ``forget_alt`` are drawn from ``idontknow.txt`` with ``seed``."""
+    The refusal answers of ``forget_alt`` are drawn from ``idontknow.txt`` with ``seed``; the
+    prompt-decouple rows of ``forget_pd`` (:func:`decoupled`) from the retain split less the
+    holdout and the retain evaluation questions."""
     d = cfg["data"]
     root = d["data_dir"] or None
     forget = tdata.load_split(d["split"], root)[: d["n_forget"] or None]
@@ -78,9 +104,13 @@ def load_problem(cfg: dict, tok) -> tuple[LMProblem, dict]:
     }
     idk = tdata.idk_answers(root)
     pick = np.random.default_rng(cfg["seed"]).integers(0, len(idk), len(forget))
+    full = tdata.load_split(tdata.retain_for(d["split"]), root)
+    asked = {r["question"] for r in evals["retain"]}
+    pool = [r for r in full[: len(full) - n_holdout(cfg)] if r["question"] not in asked]
     problem = LMProblem(
         forget=encode(tok, forget, d["max_len"]),
         forget_alt=encode(tok, forget, d["max_len"], answers=[idk[i] for i in pick]),
         retain=encode(tok, retain, d["max_len"]),
+        forget_pd=encode(tok, decoupled(forget, pool), d["max_len"]),
     )
     return problem, evals

@@ -25,6 +25,8 @@ class LMProblem:
     forget: dict
     forget_alt: dict  # the forget questions with refusal answers, row for row (IDK's targets)
     retain: dict
+    # SafeEraser's prompt-decouple rows, row for row with ``forget`` (jaxcl.methods.pd), or None
+    forget_pd: dict | None = None
 
     @property
     def forget_set(self) -> dict:
@@ -40,15 +42,19 @@ class LMProblem:
 
     def draw(self, key, n: int) -> dict:
         """``n`` retain rows at the top level, ``n`` forget rows in ``'forget'`` and the same rows
-        (the same indices) with refusal answers in ``'forget_alt'``; uniform with replacement."""
+        (the same indices) with refusal answers in ``'forget_alt'`` and, where the problem has
+        them, their prompt-decouple rows in ``'forget_pd'``; uniform with replacement."""
         k_r, k_f = jax.random.split(key)
         idx = jax.random.randint(k_f, (n,), 0, self.forget["tokens"].shape[0])
         take = lambda sub: jax.tree.map(lambda a: a[idx], sub)
-        return {
+        out = {
             **sample(self.retain, k_r, n),
             "forget": take(self.forget),
             "forget_alt": take(self.forget_alt),
         }
+        if self.forget_pd is not None:
+            out["forget_pd"] = take(self.forget_pd)
+        return out
 
     def learning(self, tokens, mask) -> LMProblem:
         """The problem whose retain rows are ``(tokens, mask)``: fine-tuning the target on
