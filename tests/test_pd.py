@@ -3,7 +3,6 @@
 what the term is for (the decoupled rows keep their answers through unlearning)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -57,7 +56,9 @@ def test_base_plus_pd_is_the_base_loss_plus_w_times_the_decoupled_rows_nll(lm, w
     chain = build_method(spec, model, hp, spec.split({})[1])
     plain = build_method(base, model, as_hparams(base), base.split({})[1])
     got, aux = chain.loss_fn(params, batch, jax.random.key(0))
-    want = plain.loss_fn(params, batch, jax.random.key(0))[0] + w * numpy_nll(model.cfg, params, batch["forget_pd"])
+    want = plain.loss_fn(params, batch, jax.random.key(0))[0] + w * numpy_nll(
+        model.cfg, params, batch["forget_pd"]
+    )
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     assert float(aux["pd_nll"]) == pytest.approx(numpy_nll(model.cfg, params, batch["forget_pd"]), rel=1e-5)
 
