@@ -186,10 +186,6 @@ class LowRank:
     b: jax.Array
     scale: float = dataclasses.field(metadata={"static": True})
 
-    @property
-    def shape(self):
-        return self.w.shape
-
 
 def matmul(x, w):
     """``x @ w`` for a weight or a :class:`LowRank` (all operands in ``x``'s dtype)."""
