@@ -18,6 +18,7 @@ per step. MaxText's ``train_compile.py`` does the same for its models.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import time
@@ -69,12 +70,15 @@ TARGETS = {
 class Program:
     """One compiled call of a study: ``fn`` (jitted) on ``args`` (``jax.ShapeDtypeStruct`` trees,
     with shardings on a mesh); ``steps``: the training steps one loop iteration of it runs (0: not
-    a training step, e.g. an evaluation or a whole run whose estimate is not per step)."""
+    a training step, e.g. an evaluation or a whole run whose estimate is not per step);
+    ``called``: False for a program declared for its figures only (the one-step program beside a
+    whole run), which a run never calls."""
 
     name: str
     fn: Callable
     args: tuple
     steps: int = 0
+    called: bool = True
 
 
 LOCAL = "local"  # the devices this process runs on (the check jaxcl run makes first on an accelerator)
@@ -179,14 +183,21 @@ def seeds_spec(mesh) -> P:
     return P("seeds") if mesh is not None and "seeds" in mesh.axis_names else P()
 
 
-def analyse(p: Program, t: Target, n_devices: int) -> dict:
+def analyse(p: Program, t: Target, n_devices: int, seen: dict | None = None) -> dict:
     """Compile ``p`` for its arguments' devices; its row of memory and cost figures: XLA's time
     estimate where it gives one (``optimal_seconds``; it gives none, a negative value, for some
     programs), and the roofline bound ``max(FLOPs / peak, bytes / HBM bandwidth)`` of a device
-    (a lower bound: bf16 peak, perfect overlap)."""
+    (a lower bound: bf16 peak, perfect overlap). ``seen``: the rows of programs compiled before
+    (filled here, keyed by the program's text with its shardings, the target and the devices): a
+    program seen before is not compiled again, its row names the first (``same_as``)."""
     hbm = hbm_bytes(t, n_devices)
     t0 = time.perf_counter()
     lowered = p.fn.lower(*p.args)
+    # two checks of a study share its fine-tuning phases: the figures (and compile time) of the
+    # first compile, under this program's name
+    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), t.name, n_devices)
+    if seen is not None and key in seen:
+        return {**seen[key], "program": p.name, "steps": p.steps, "same_as": seen[key]["program"]}
     try:
         compiled = lowered.compile()
     except Exception as e:  # the TPU compiler refuses a program that cannot fit its HBM
@@ -202,7 +213,7 @@ def analyse(p: Program, t: Target, n_devices: int) -> dict:
     code, alias = m.generated_code_size_in_bytes, m.alias_size_in_bytes
     total = arg + out + temp + code - alias
     est = cost.get("optimal_seconds")
-    return {
+    row = {
         "program": p.name,
         "arguments_bytes": int(arg),
         "outputs_bytes": int(out),
@@ -219,6 +230,9 @@ def analyse(p: Program, t: Target, n_devices: int) -> dict:
         "steps": p.steps,
         "compile_s": compile_s,
     }
+    if seen is not None:
+        seen[key] = row
+    return row
 
 
 COLUMNS = [

@@ -216,13 +216,23 @@ class Study:
             return sweep_mod.run_plan(plan, cfg, method, grid, chunk, out or None, verbose)
 
     def compile(
-        self, cfg: dict, target: str, *, mesh: str | None = "auto", out: str | None = None, check: bool = True
+        self,
+        cfg: dict,
+        target: str,
+        *,
+        mesh: str | None = "auto",
+        out: str | None = None,
+        check: bool = True,
+        called_only: bool = False,
+        seen: dict | None = None,
     ) -> dict:
         """Compile every program a run of ``cfg`` makes for ``target`` (:mod:`jaxcl.compile`)
         on the mesh ``mesh`` of the target's devices, without running anything: the results
         (a row per program: memory per device against its HBM, FLOPs, the compiler's estimate),
         printed and written to ``out``; ``check``: a ConfigError naming the first program that
-        does not fit."""
+        does not fit; ``called_only``: leave out the programs declared for their figures only
+        (the one-step programs, whose step the whole-run program holds: the fit check of CI);
+        ``seen``: programs compiled before are not compiled again (:func:`jaxcl.compile.analyse`)."""
         from . import compile as C
 
         self.refuse("compile")
@@ -234,7 +244,8 @@ class Study:
 
             m = meshing.study_mesh(cfg, mesh, devices=devs)
         self.checks(cfg, m)
-        analysed = [C.analyse(p, t, len(devs)) for p in self.programs(cfg, m)]
+        progs = [p for p in self.programs(cfg, m) if p.called or not called_only]
+        analysed = [C.analyse(p, t, len(devs), seen) for p in progs]
         res = results.make(
             "compile",
             cfg,

@@ -157,7 +157,7 @@ class LMProgram:
         out = [
             Program(f"{label}init", init, (keys, pre, hp)),
             Program(f"{label}train call ({C} x {self.eval_every} steps)", call, (state, hp, data)),
-            Program(f"{label}one step", step, (state, hp, data), steps=1),
+            Program(f"{label}one step", step, (state, hp, data), steps=1, called=False),
         ]
         if initial:
             out.append(Program(f"{label}evaluate", ev, (state, data)))

@@ -221,7 +221,7 @@ NOTEBOOKS = {
         "digits (captions, yes/no attributes, counting over 2x2 grids), one after another: SFT, LwF-style KL, "
         "ER, EWC and multi-task rows; answer accuracy and knowledge accuracy (the own answer likeliest among "
         "its options), so forgetting splits into superficial (the answer's form) and essential (knowledge).",
-        study=("mm-cit", [], [], "mm_out", False),
+        study=("mm-cit", [], [], "mm_out", True),
     ),
 }
 

@@ -19,9 +19,12 @@ def _check(name: str, batch_key: str, *sets: str):
     with ``batch_key`` (that step's batch) doubled does about twice the work."""
     cfg = config.resolve(config.load(name, tiny=True), sets)
     study = get_study(cfg["study"])
-    names = [p.name for p in study.programs(cfg, None)]
+    progs = study.programs(cfg, None)
+    names = [p.name for p in progs]
     res = study.compile(cfg, "cpu", mesh=None)
     assert list(res["rows"]) == names and len(set(names)) == len(names)
+    # the programs declared for their figures only (a run never calls them) are the one-step ones
+    assert [p.name for p in progs if not p.called] == [n for n in names if n.endswith("one step")] != []
     for row in res["rows"].values():
         a = row["analysis"]
         assert a["total_bytes"] > 0 and a["fits"] and a["flops"] > 0, a
@@ -79,6 +82,33 @@ def test_programs_rft_continual():
     _check("rft-continual", "post.batch_size")
 
 
+def test_programs_mm_cit():
+    _check("mm-cit", "train.batch_size", "methods=er")
+
+
+def test_the_fit_check_compiles_what_a_run_calls_and_each_program_once():
+    """CI's fit check (``called_only``) leaves out the one-step programs; a program compiled
+    before (``seen``) is not compiled again and gets the first one's figures, whatever its name."""
+    cfg = config.resolve(config.load("unlearn-class", tiny=True), ["methods=ga"])
+    study = get_study(cfg["study"])
+    progs = study.programs(cfg, None)
+    seen = {}
+    called = study.compile(cfg, "cpu", mesh=None, called_only=True, seen=seen)["rows"]
+    assert list(called) == [p.name for p in progs if p.called] and 0 < len(called) < len(progs)
+    assert len(seen) == len(called) and not any("same_as" in r["analysis"] for r in called.values())
+    full = study.compile(cfg, "cpu", mesh=None, seen=seen)["rows"]
+    assert list(full) == [p.name for p in progs] and len(seen) == len(progs)
+    for name, row in full.items():
+        a = row["analysis"]
+        if name in called:  # compiled once, in the first call
+            assert a["same_as"] == name and a == {**called[name]["analysis"], "same_as": name}
+        else:
+            assert "same_as" not in a and a["total_bytes"] > 0
+    # a program under another name (the same function on the same arguments) is found too
+    again = C.analyse(C.Program("renamed", progs[0].fn, progs[0].args), C.target("cpu"), 1, seen)
+    assert again["same_as"] == progs[0].name and again["flops"] == full[progs[0].name]["analysis"]["flops"]
+
+
 def _compile_checks():
     """scripts/compile_check.py's CHECKS (the script is not a module of the package)."""
     import importlib.util
@@ -114,8 +144,9 @@ def test_every_accelerator_size_is_valid_and_compile_checked():
         study.validate(cfg)
         assert name in checked, f"{name}: its accelerator size is not in scripts/compile_check.py's CHECKS"
         m = cfg["model"]
-        if "d_model" in m:  # a language model
-            names = m["name"] if isinstance(m["name"], (list, tuple)) else (m["name"],)
+        if "d_model" in m:  # a language model, or a VLM's decoder (from scratch: no name)
+            name_ = m.get("name", "scratch")
+            names = name_ if isinstance(name_, (list, tuple)) else (name_,)
             for n in names:
                 if n in lm.SHAPES:
                     assert lm.SHAPES[n]().d_model >= smol.d_model, (name, n)
@@ -125,7 +156,17 @@ def test_every_accelerator_size_is_valid_and_compile_checked():
                         smol.n_layers,
                         smol.d_ff,
                     ), (name, m)
-    for name in ("unlearn-class", "lm-cpt", "lm-facts", "sort", "lm-junk", "restor", "rft-continual", "tofu"):
+    for name in (
+        "unlearn-class",
+        "lm-cpt",
+        "lm-facts",
+        "sort",
+        "lm-junk",
+        "restor",
+        "rft-continual",
+        "tofu",
+        "mm-cit",
+    ):
         assert name in accel, f"{name} has no accelerator size"
 
 

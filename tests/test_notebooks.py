@@ -54,6 +54,16 @@ def test_every_notebook_runs_on_eight_host_devices(tmp_path):
         assert mesh is not None and mesh["seeds"] * mesh["data"] == 8, done[n]
     # every other study runner takes the mesh too (jaxcl.studies.meshing.study_mesh: the largest that
     # divides the tiny config's seeds and batch sizes)
-    for n in ("unlearn_class", "tofu", "rft_continual", "lm_cpt", "lm_junk", "lm_facts", "restor", "sort"):
+    for n in (
+        "unlearn_class",
+        "tofu",
+        "rft_continual",
+        "lm_cpt",
+        "lm_junk",
+        "lm_facts",
+        "restor",
+        "sort",
+        "mm_cit",
+    ):
         assert done[f"{n}.ipynb"]["mesh"] is not None, done[f"{n}.ipynb"]
     assert done["lm_cpt.ipynb"]["mesh"] == {"seeds": 2, "data": 4, "model": 1}, done["lm_cpt.ipynb"]

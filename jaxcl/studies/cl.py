@@ -410,7 +410,11 @@ def programs(cfg: dict, mesh) -> list:
         hp = abstract(hp, mesh)
         state = placed(jax.eval_shape(seeds(exp.init), keys, st, hp), mesh, seeds=True)
         out.append(Program(f"{method}: the stream", jax.jit(seeds(exp.run)), (keys, st, hp)))
-        out.append(Program(f"{method}: one step", jax.jit(seeds(exp.one_step)), (state, st, hp), steps=1))
+        out.append(
+            Program(
+                f"{method}: one step", jax.jit(seeds(exp.one_step)), (state, st, hp), steps=1, called=False
+            )
+        )
     return out
 
 

@@ -135,7 +135,7 @@ def programs(cfg: dict, mesh) -> list:
         step = jax.jit(jax.vmap(jax.vmap(exp.one_step, (0, None, None)), (0, None, None)))
         out += [
             C.Program(f"{name}: every order x seed", jax.jit(over_orders(exp.run)), (keys, perms, st, hp)),
-            C.Program(f"{name}: one step", step, (state, st, hp), steps=1),
+            C.Program(f"{name}: one step", step, (state, st, hp), steps=1, called=False),
         ]
     return out
 

@@ -637,7 +637,11 @@ def programs(cfg: dict, mesh) -> list:
                 C.Program(f"{name}: init", prog.init, (pre, keys, st)),
                 C.Program(f"{name}: a domain", prog.domain_program, (state, t, hp, st, rd)),
                 C.Program(
-                    f"{name}: one step", step, (state, hp, {"stream": st, "t": t, "reading": rd}), steps=1
+                    f"{name}: one step",
+                    step,
+                    (state, hp, {"stream": st, "t": t, "reading": rd}),
+                    steps=1,
+                    called=False,
                 ),
             ]
     return out

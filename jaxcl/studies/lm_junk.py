@@ -289,9 +289,11 @@ def compile_programs(cfg: dict, mesh) -> list:
     r = C.abstract(jnp.float32(0), mesh)
     return [
         C.Program("base pre-training", base_fn, (keys,)),
-        C.Program("base: one step", jit_seeds(base_step, (0,), mesh), (s_base,), steps=1),
+        C.Program("base: one step", jit_seeds(base_step, (0,), mesh), (s_base,), steps=1, called=False),
         C.Program("junk phase (every ratio)", junk_fn, (params, keys, ratios)),
-        C.Program("junk: one step", jit_seeds(junk_step, (0, None), mesh), (s_junk, r), steps=1),
+        C.Program(
+            "junk: one step", jit_seeds(junk_step, (0, None), mesh), (s_junk, r), steps=1, called=False
+        ),
     ]
 
 

@@ -28,6 +28,10 @@ every answer token is the argmax given the image, the prompt and the answer's ea
 which is exactly when greedy decoding writes the answer. ``A[i, j]`` is task ``j``'s accuracy
 after training task ``i``; reported per row: ACC (the mean of the last row of ``A``), BWT and
 forgetting (:mod:`jaxcl.metrics`), the matrix and the per-step curves in the results.
+
+Devices: ``--mesh`` shards the seeds over the mesh's ``seeds`` axis and each batch over ``data``
+(the same numbers as one device); ``jaxcl compile mm-cit --size accel`` compiles a run's calls
+(:func:`calls`, :func:`programs`) for an accelerator without one.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ..driver import Report, Run, Study
 from ..lmprogram import LMProgram
 from ..loops import seeds_keys
 from ..models import vlm
+from ..parallel import jit_seeds, shard_batch
 
 TASKS = ("captions", "attributes", "counting")
 DATASETS = ("digits", "mnist-10k", "fashion-mnist")
@@ -161,9 +166,10 @@ def knowledge_accuracy(model, params, sub) -> jax.Array:
     return (pick_N == ch["answer"]).mean()
 
 
-def make_program(cfg: dict, model, method: str) -> LMProgram:
-    """Row ``method``'s program; ``joint`` (the multi-task upper bound) fine-tunes on batches of
-    every task seen so far, uniformly."""
+def make_program(cfg: dict, model, method: str, mesh=None) -> LMProgram:
+    """Row ``method``'s program (``mesh``: seeds over its ``seeds`` axis, each batch over
+    ``data``); ``joint`` (the multi-task upper bound) fine-tunes on batches of every task seen so
+    far, uniformly."""
     B = cfg["train"]["batch_size"]
 
     def draw(data, key):
@@ -171,7 +177,7 @@ def make_program(cfg: dict, model, method: str) -> LMProgram:
         ki, kt = jax.random.split(key)
         i = jax.random.randint(ki, (B,), 0, n)
         t = jax.random.randint(kt, (B,), 0, data["t"] + 1) if method == "joint" else data["t"]
-        return jax.tree.map(lambda a: a[t, i], data["train"])
+        return shard_batch(jax.tree.map(lambda a: a[t, i], data["train"]), mesh)
 
     def evaluate(params, data):
         ev = {k: v for k, v in data["eval"].items() if k != "choices"}
@@ -186,6 +192,7 @@ def make_program(cfg: dict, model, method: str) -> LMProgram:
         draw=draw,
         evaluate=evaluate,
         handles=("consolidate",),
+        mesh=mesh,
     )
 
 
@@ -201,6 +208,30 @@ def task_end(prog: LMProgram, cfg: dict, state, data):
     return method.consolidate(state, jax.tree.map(lambda a: a[t, i], data["train"]), k)
 
 
+def calls(prog: LMProgram, cfg: dict) -> dict:
+    """A row's compiled calls, every seed at once (seeds sharded over the program's mesh), the
+    task ``data['t']`` an argument (one program for every task): ``init(keys, data)``,
+    ``evaluate(state, data)`` (answer and knowledge accuracy of every task, ``S x K`` each),
+    ``task(state, data)`` (``train.steps_per_task`` steps with the answer accuracy every
+    ``train.eval_every``) and, for a method that consolidates, ``end(state, data)``
+    (:func:`task_end`). The run calls these and ``jaxcl compile`` compiles them (:func:`programs`)."""
+    E, m, model = cfg["train"]["steps_per_task"] // cfg["train"]["eval_every"], prog.mesh, prog.model
+
+    def evaluate(state, data):
+        params = prog.params(state)
+        know = jax.lax.map(lambda sub: knowledge_accuracy(model, params, sub), data["eval"])
+        return prog.evaluate(params, data)["acc"], know
+
+    out = {
+        "init": jit_seeds(lambda k, d: prog.init(k, None, prog.hp, d), (0, None), m),
+        "evaluate": jit_seeds(evaluate, (0, None), m),
+        "task": jit_seeds(lambda s, d: prog.call(s, prog.hp, d, E), (0, None), m),
+    }
+    if prog.method(prog.hp).consolidate is not None:
+        out["end"] = jit_seeds(lambda s, d: task_end(prog, cfg, s, d), (0, None), m)
+    return out
+
+
 def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar) -> dict:
     """Every task in order for all seeds: ``trace`` (S x K x E x K) of the tasks' accuracies,
     ``know`` (S x K x K) of their knowledge accuracies after each task, ``b`` / ``kb`` (S x K)
@@ -208,42 +239,65 @@ def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar) -> dict:
     K, t0 = data["train"]["tokens"].shape[0], time.perf_counter()
     E = cfg["train"]["steps_per_task"] // cfg["train"]["eval_every"]
     at = lambda t: {**data, "t": jnp.int32(t)}  # noqa: E731
-    model = prog.model
-    init = jax.jit(jax.vmap(lambda k, d: prog.init(k, None, prog.hp, d), in_axes=(0, None)))
-    ev = jax.jit(jax.vmap(lambda s, d: prog.evaluate(prog.params(s), d)["acc"], in_axes=(0, None)))
-    kev = jax.jit(
-        jax.vmap(
-            lambda s, d: jax.lax.map(lambda sub: knowledge_accuracy(model, prog.params(s), sub), d["eval"]),
-            in_axes=(0, None),
-        )
-    )
-    call = jax.jit(jax.vmap(lambda s, d: prog.call(s, prog.hp, d, E), in_axes=(0, None)))
-    end = jax.jit(jax.vmap(lambda s, d: task_end(prog, cfg, s, d), in_axes=(0, None)))
-    state = init(keys, at(0))
-    b, kb = np.asarray(ev(state, at(0))), np.asarray(kev(state, at(0)))
+    c = calls(prog, cfg)
+    state = c["init"](keys, at(0))
+    b, kb = map(np.asarray, c["evaluate"](state, at(0)))
     trace = np.zeros((len(keys), K, E, K), np.float32)
     know = np.zeros((len(keys), K, K), np.float32)
     for t in range(K):
-        state, tr = call(state, at(t))
+        state, tr = c["task"](state, at(t))
         trace[:, t] = np.asarray(tr["acc"])
-        know[:, t] = np.asarray(kev(state, at(t)))
-        if t < K - 1:
-            state = end(state, at(t))
+        know[:, t] = np.asarray(c["evaluate"](state, at(t))[1])
+        if t < K - 1 and "end" in c:
+            state = c["end"](state, at(t))
         bar.update(1)
     return {"trace": trace, "know": know, "b": b, "kb": kb, "seconds": time.perf_counter() - t0}
+
+
+def model_of(cfg: dict, image_shape: tuple):
+    """The scratch VLM of the config (byte-level text)."""
+    vocab = text.tokenizer("byte").vocab_size
+    return vlm.from_section(cfg["model"], image_shape, vocab, cfg["data"]["seq_len"])
+
+
+def programs(cfg: dict, mesh) -> list:
+    """The compiled calls of a run (``jaxcl compile``), per row: :func:`calls` on the config's
+    tasks (built on the host, abstract on the mesh) and one training step of every seed."""
+    from .. import compile as C
+
+    train, ev = build_tasks(cfg)
+    model = model_of(cfg, train["image"].shape[2:])
+    keys = C.abstract(jax.eval_shape(lambda: seeds_keys(cfg["seed"], cfg["seeds"])), mesh, C.seeds_spec(mesh))
+    data = C.abstract({"train": train, "eval": ev, "t": jnp.int32(0)}, mesh)
+    out = []
+    for method in cfg["methods"]:
+        prog = make_program(cfg, model, method, mesh)
+        c = calls(prog, cfg)
+        state = C.abstract(jax.eval_shape(c["init"], keys, data), mesh, C.seeds_spec(mesh))
+        steps = cfg["train"]["steps_per_task"]
+        step = jit_seeds(prog.one_step, (0, None, None), mesh)
+        out += [
+            C.Program(f"{method}: init", c["init"], (keys, data)),
+            C.Program(f"{method}: evaluate", c["evaluate"], (state, data)),
+            C.Program(f"{method}: a task ({steps} steps)", c["task"], (state, data)),
+            *([C.Program(f"{method}: task end", c["end"], (state, data))] if "end" in c else []),
+            C.Program(
+                f"{method}: one step", step, (state, C.abstract(prog.hp, mesh), data), steps=1, called=False
+            ),
+        ]
+    return out
 
 
 def body(cfg: dict, run: Run) -> Report:
     train, ev = build_tasks(cfg)
     data = {"train": train, "eval": ev}
     K, S = len(cfg["data"]["tasks"]), cfg["seeds"]
-    tok = text.tokenizer("byte")
-    model = vlm.from_section(cfg["model"], train["image"].shape[2:], tok.vocab_size, cfg["data"]["seq_len"])
+    model = model_of(cfg, train["image"].shape[2:])
     keys = seeds_keys(cfg["seed"], S)
     rows, timing = {}, {}
     with run.progress(len(cfg["methods"]) * K, "task") as bar:
         for method in cfg["methods"]:
-            r = run_row(cfg, make_program(cfg, model, method), data, keys, bar)
+            r = run_row(cfg, make_program(cfg, model, method, run.mesh), data, keys, bar)
             A, Kn = r["trace"][:, :, -1, :], r["know"]  # S x K x K
             per = {
                 "acc": [M.acc(a) for a in A],
@@ -284,6 +338,7 @@ STUDY = Study(
     validate=validate,
     body=body,
     methods=CIT_METHODS,
-    takes_mesh=False,
+    mesh_batches=("train.batch_size",),
+    programs=programs,
 )
 run, sweep = STUDY.run, STUDY.sweep

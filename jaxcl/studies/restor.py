@@ -214,6 +214,7 @@ def programs(cfg: dict, mesh) -> list:
                 jit_seeds(step, (0, None), mesh),
                 (C.abstract(state, mesh, sp), prob),
                 steps=1,
+                called=False,
             ),
         ]
     return out

@@ -462,7 +462,7 @@ def programs(cfg: dict, mesh) -> list:
         )
         out += [
             C.Program(f"{kind}: a task call ({n} {unit})", task, (state, t, hp, flag, flag, data)),
-            C.Program(f"{kind}: one step", step, (state, t, hp, flag, data), steps=1),
+            C.Program(f"{kind}: one step", step, (state, t, hp, flag, data), steps=1, called=False),
         ]
     return out
 

@@ -433,7 +433,7 @@ def programs(cfg: dict, mesh) -> list:
         step = jax.jit(lambda p, k, pr, phase=phase, hp=hp: first_step(phase)(p, k, pr, hp))
         out += [
             Program(f"fine-tune the {name} model ({phase.phase.steps} steps)", run, (p, key, prob)),
-            Program(f"fine-tune the {name} model: one step", step, (p, key, prob), steps=1),
+            Program(f"fine-tune the {name} model: one step", step, (p, key, prob), steps=1, called=False),
         ]
     prob = abstract(problem, mesh)
     for name in cfg["methods"]:
@@ -441,7 +441,9 @@ def programs(cfg: dict, mesh) -> list:
         hp = abstract(hp, mesh)
         out += [
             Program(f"{name} ({phase.phase.steps} steps)", jax.jit(phase.run), (p, key, prob, hp)),
-            Program(f"{name}: one step", jax.jit(first_step(phase)), (p, key, prob, hp), steps=1),
+            Program(
+                f"{name}: one step", jax.jit(first_step(phase)), (p, key, prob, hp), steps=1, called=False
+            ),
         ]
     return out
 

@@ -420,7 +420,7 @@ def programs(cfg: dict, mesh) -> list:
         out.append(Program(f"{name} ({phase.phase.steps} steps)", run, args))
         if build_method(phase.spec, model, mhp, phase.options).trains:  # an edit (SSD) has no steps
             step = jax.jit(seeds_map(first, axes, mesh, model=model))
-            out.append(Program(f"{name}: one step", step, args, steps=1))
+            out.append(Program(f"{name}: one step", step, args, steps=1, called=False))
     return out
 
 

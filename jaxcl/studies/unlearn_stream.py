@@ -327,7 +327,7 @@ def programs(cfg: dict, mesh) -> list:
         like = jax.eval_shape(model.init, jax.random.key(0))
         if build_method(phase.spec, phase.bound(like), mhp, phase.options).trains:
             step = jax.jit(seeds_map(first, axes, mesh, model=model))
-            out.append(Program(f"{name}: one step", step, args, steps=1))
+            out.append(Program(f"{name}: one step", step, args, steps=1, called=False))
     return out
 
 
