@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import time
@@ -183,21 +184,68 @@ def seeds_spec(mesh) -> P:
     return P("seeds") if mesh is not None and "seeds" in mesh.axis_names else P()
 
 
+def compiler_versions() -> str:
+    """The versions a compiled program's figures depend on: jax, jaxlib and libtpu (``-`` where
+    not installed)."""
+    import importlib.metadata as md
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "-"
+
+    return f"jax {jax.__version__} jaxlib {version('jaxlib')} libtpu {version('libtpu')}"
+
+
+def program_key(lowered, t: Target, n_devices: int) -> str:
+    """A compiled program's identity: the sha256 of its lowered text (with its shardings, without
+    source locations), the target, the device count and :func:`compiler_versions`. The compiler
+    is deterministic: one key, one set of figures."""
+    digest = hashlib.sha256(lowered.as_text().encode()).hexdigest()
+    return f"{digest} {t.name} x{n_devices} {compiler_versions()}"
+
+
+def load_fit_cache(path: str) -> dict:
+    """A ``seen`` of figures compiled before (:func:`save_fit_cache`), each row marked ``cached``;
+    empty when ``path`` does not exist."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    return {k: {**row, "cached": True} for k, row in data["programs"].items()}
+
+
+def save_fit_cache(path: str, seen: dict, keys) -> None:
+    """Write the rows of ``keys`` from ``seen`` (the programs a fit check compiled or found) to
+    ``path``: the next check with the same program text, target, devices and versions reads their
+    figures instead of compiling (:func:`analyse`)."""
+    keep = {"program", "same_as", "cached", "key", "steps"}
+    rows = {k: {f: v for f, v in seen[k].items() if f not in keep} for k in sorted(set(keys))}
+    for k in rows:
+        rows[k]["program"] = seen[k]["program"]
+    with open(path, "w") as f:
+        json.dump({"schema": "jaxcl-fit-cache/1", "programs": rows}, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def analyse(p: Program, t: Target, n_devices: int, seen: dict | None = None) -> dict:
     """Compile ``p`` for its arguments' devices; its row of memory and cost figures: XLA's time
     estimate where it gives one (``optimal_seconds``; it gives none, a negative value, for some
     programs), and the roofline bound ``max(FLOPs / peak, bytes / HBM bandwidth)`` of a device
     (a lower bound: bf16 peak, perfect overlap). ``seen``: the rows of programs compiled before
     (filled here, keyed by the program's text with its shardings, the target and the devices): a
-    program seen before is not compiled again, its row names the first (``same_as``)."""
+    program seen before is not compiled again, its row names the first (``same_as``; ``cached``
+    where the figures come from :func:`load_fit_cache`). Every row has its ``key``
+    (:func:`program_key`)."""
     hbm = hbm_bytes(t, n_devices)
     t0 = time.perf_counter()
     lowered = p.fn.lower(*p.args)
     # two checks of a study share its fine-tuning phases: the figures (and compile time) of the
     # first compile, under this program's name
-    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), t.name, n_devices)
+    key = program_key(lowered, t, n_devices)
     if seen is not None and key in seen:
-        return {**seen[key], "program": p.name, "steps": p.steps, "same_as": seen[key]["program"]}
+        return {**seen[key], "program": p.name, "steps": p.steps, "same_as": seen[key]["program"], "key": key}
     try:
         compiled = lowered.compile()
     except Exception as e:  # the TPU compiler refuses a program that cannot fit its HBM
@@ -229,6 +277,7 @@ def analyse(p: Program, t: Target, n_devices: int, seen: dict | None = None) -> 
         "roofline_s": roofline(t, n_devices, cost),
         "steps": p.steps,
         "compile_s": compile_s,
+        "key": key,
     }
     if seen is not None:
         seen[key] = row

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import jax
 import pytest
 
 from jaxcl import compile as C
@@ -107,6 +108,43 @@ def test_the_fit_check_compiles_what_a_run_calls_and_each_program_once():
     # a program under another name (the same function on the same arguments) is found too
     again = C.analyse(C.Program("renamed", progs[0].fn, progs[0].args), C.target("cpu"), 1, seen)
     assert again["same_as"] == progs[0].name and again["flops"] == full[progs[0].name]["analysis"]["flops"]
+
+
+def test_the_fit_cache_gives_a_programs_figures_without_compiling_and_misses_a_changed_program(
+    tmp_path, monkeypatch
+):
+    """scripts/compile_check.py's committed cache: a program with the same lowered text, target,
+    devices and versions gets the figures saved before (``cached``) and is not compiled; a program
+    whose text changed (another batch size) has another key and is compiled, one the change does not
+    touch keeps its key."""
+    cfg = config.resolve(config.load("unlearn-class", tiny=True), ["methods=ga"])
+    study = get_study(cfg["study"])
+    seen = {}
+    first = study.compile(cfg, "cpu", mesh=None, called_only=True, seen=seen)["rows"]
+    path = str(tmp_path / "fit-cache-cpu.json")
+    C.save_fit_cache(path, seen, [r["analysis"]["key"] for r in first.values()])
+    cache = C.load_fit_cache(path)
+    assert set(cache) == set(seen) and all(r["cached"] for r in cache.values())
+
+    def no_compile(*a, **k):
+        raise AssertionError("a cached program was compiled")
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", no_compile)
+    again = study.compile(cfg, "cpu", mesh=None, called_only=True, seen=dict(cache))["rows"]
+    for name, row in again.items():
+        a, b = row["analysis"], first[name]["analysis"]
+        assert a["cached"] and a["key"] == b["key"]
+        assert {k: a[k] for k in ("total_bytes", "temp_bytes", "flops", "fits")} == {
+            k: b[k] for k in ("total_bytes", "temp_bytes", "flops", "fits")
+        }
+    other = config.resolve(config.load("unlearn-class", tiny=True), ["methods=ga", "train.batch_size=4"])
+    assert other["train"]["batch_size"] != cfg["train"]["batch_size"]
+    t = C.target("cpu")
+    keys = {p.name: C.program_key(p.fn.lower(*p.args), t, 1) for p in study.programs(other, None) if p.called}
+    # training's batch changed its programs; the unlearning phase (its own batch) is the same program
+    assert keys["train the original"] not in cache and keys["train the oracle"] not in cache
+    assert keys["ga (15 steps)"] in cache
+    assert C.compiler_versions().startswith(f"jax {jax.__version__} ")
 
 
 def _compile_checks():
