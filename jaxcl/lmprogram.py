@@ -134,7 +134,7 @@ class LMProgram:
         """``(init(keys, params0, hp), evaluate(state, data), call(state, hp, data))``, ``call``
         of ``C`` chunks, jitted over seeds and kept (a resumed run compiles nothing new)."""
         if C not in self._programs:
-            init = jit_seeds(self.init, (0, None, None), self.mesh)
+            init = jit_seeds(self.init, (0, None, None), self.mesh, state=True)
             ev = jit_seeds(lambda s, d: self.evaluate(self.params(s), d), (0, None), self.mesh)
             call = jit_seeds(lambda s, h, d: self.call(s, h, d, C), (0, None, None), self.mesh)
             self._programs[C] = (init, ev, call)

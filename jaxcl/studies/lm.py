@@ -255,7 +255,7 @@ class Program(LMProgram):
             handles=("consolidate", "sample_seen"),
             norms=False,  # the grad/param norm metrics are unused here and re-read every parameter
         )
-        self.init = jit_seeds(self._init, (None, 0, None), mesh)
+        self.init = jit_seeds(self._init, (None, 0, None), mesh, state=True)
         # the jitted domain program; domain(state, t, hp, stream[, reading]) calls it
         self.domain_program = jit_seeds(self._domain, (0, None, None, None, None), mesh, donate_argnums=0)
 

@@ -223,7 +223,7 @@ def calls(prog: LMProgram, cfg: dict) -> dict:
         return prog.evaluate(params, data)["acc"], know
 
     out = {
-        "init": jit_seeds(lambda k, d: prog.init(k, None, prog.hp, d), (0, None), m),
+        "init": jit_seeds(lambda k, d: prog.init(k, None, prog.hp, d), (0, None), m, state=True),
         "evaluate": jit_seeds(evaluate, (0, None), m),
         "task": jit_seeds(lambda s, d: prog.call(s, prog.hp, d, E), (0, None), m),
     }
