@@ -50,7 +50,7 @@ row's roofline bound is per step):
     | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
     |---|---|---|---|---|
     | smollm2-135m: held-out losses | 3871.7 | 23.6 | 1052.7 | 14.10 |
-    | er: init | 13149.7 | 80.3 | 0.0 | 17.78 |
+    | er: init | 2104.3 | 12.8 | 0.0 | 3.64 |
     | er: a domain | 10257.6 | 62.6 | 1843.9 | 32.22 |
     | er: one step | 11216.3 | 68.5 | 791.1 | 20.57 |
 

@@ -46,7 +46,7 @@ row's roofline bound is per step):
     <!-- results: results/compile/lm-facts-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
     | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
     |---|---|---|---|---|
-    | init | 13110.8 | 80.0 | 0.0 | 17.73 |
+    | init | 2099.3 | 12.8 | 0.0 | 3.64 |
     | train call (10 x 50 steps) | 10944.7 | 66.8 | 2373.3 | 67.51 |
     | one step | 10325.3 | 63.0 | 785.2 | 21.30 |
 

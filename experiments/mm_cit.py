@@ -22,7 +22,7 @@ row's roofline bound is per step):
     <!-- results: results/compile/mm-cit-vlm-135m-fashion-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
     | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
     |---|---|---|---|---|
-    | er: init | 7852.1 | 47.9 | 19.9 | 10.06 |
+    | er: init | 1392.4 | 8.5 | 19.9 | 1.79 |
     | er: evaluate | 3136.1 | 19.1 | 6892.7 | 110.00 |
     | er: a task (2000 steps) | 9921.2 | 60.6 | 3771.9 | 87.59 |
     | er: one step | 9701.6 | 59.2 | 325.5 | 24.01 |

@@ -42,7 +42,7 @@ row's roofline bound is per step):
     <!-- results: results/compile/sort-smollm2-135m-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
     | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
     |---|---|---|---|---|
-    | init | 13110.8 | 80.0 | 0.0 | 17.73 |
+    | init | 2099.3 | 12.8 | 0.0 | 3.64 |
     | train call (5 x 200 steps) | 14882.5 | 90.8 | 2000.3 | 53.80 |
     | one step | 14265.3 | 87.1 | 1001.8 | 22.92 |
     | evaluate | 4810.4 | 29.4 | 998.4 | 23.33 |
