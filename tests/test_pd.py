@@ -63,6 +63,23 @@ def test_base_plus_pd_is_the_base_loss_plus_w_times_the_decoupled_rows_nll(lm, w
     assert float(aux["pd_nll"]) == pytest.approx(numpy_nll(model.cfg, params, batch["forget_pd"]), rel=1e-5)
 
 
+def test_pd_weight_defaults_to_the_authors_value_for_its_base():
+    """SafeEraser's forget.py: 0.5 after GA and GradDiff, 1 after IDK and KL; a set value wins."""
+    for chain, w in (
+        ("ga+pd", 0.5),
+        ("graddiff+pd", 0.5),
+        ("gu-graddiff+pd", 0.5),
+        ("idk+pd", 1.0),
+        ("npo+pd", 1.0),
+    ):
+        spec = get_method(chain, "unlearn")
+        assert spec.hparams["pd.weight"].default == w, chain
+        assert float(as_hparams(spec)["pd.weight"]) == w, chain
+    spec = get_method("ga+pd", "unlearn")
+    assert float(as_hparams(spec, {"pd.weight": 2.0})["pd.weight"]) == 2.0
+    assert spec.defaults()["pd.weight"] == 0.5
+
+
 def test_pd_is_refused_alone_and_without_decoupled_rows(lm):
     model, params = lm
     with pytest.raises(ValueError, match="is a modifier"):
@@ -93,17 +110,18 @@ def test_decoupled_rows_are_the_same_question_about_another_author():
 
 def test_pd_keeps_the_decoupled_answers_through_gradient_ascent(lm):
     """What PD is for: 8 steps of gradient ascent on the forget rows also unlearn the look-alike
-    questions; with ``+pd`` they keep their answers."""
+    questions; with ``+pd`` at weight 1 they keep their answers, at the authors' GA weight (0.5,
+    the default after GA) the spread is smaller."""
     model, params = lm
     pb = problem()
     after = {}
-    for name in ("ga", "ga+pd"):
+    for name, sets in (("ga", {}), ("ga+pd", {}), ("ga+pd", {"pd.weight": 1.0})):
         spec = get_method(name, "unlearn")
         phase = Phase(model, spec, PhaseConfig(steps=8, batch_size=4, eval_every=8, eval_size=4))
-        hp = as_hparams(spec, {"lr": 3e-3})
+        hp = as_hparams(spec, {"lr": 3e-3, **sets})
         out = jax.jit(phase.run)(params, jax.random.key(0), pb, hp)["params"]
-        after[name] = numpy_nll(model.cfg, out, pb.forget_pd)
+        after[name + "".join(f" {k}={v}" for k, v in sets.items())] = numpy_nll(model.cfg, out, pb.forget_pd)
     before = numpy_nll(model.cfg, params, pb.forget_pd)
     # ascent on the forget rows spreads to the look-alike questions (5.50 -> 7.59 nats/token here);
-    # with +pd they end below where they started (5.01)
-    assert after["ga+pd"] < before < after["ga"], (before, after)
+    # with +pd at weight 1 they end below where they started (5.01), at 0.5 above (7.41)
+    assert after["ga+pd pd.weight=1.0"] < before < after["ga+pd"] < after["ga"], (before, after)

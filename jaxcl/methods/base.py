@@ -101,13 +101,16 @@ class Joins:
     False for a piece that is only a modifier (refused alone and as a base). ``rows``: its data
     transform replaces rows of the batch (replay), so it runs before every other piece's data
     transform (which then see the replayed rows). ``conflicts``: ``fnmatch`` patterns of pieces it
-    cannot share a chain with, and why."""
+    cannot share a chain with, and why. ``base_defaults``: ``(pattern, hparam, value)``, its own
+    default of ``hparam`` in a chain whose base matches the ``fnmatch`` pattern (a paper's value
+    per base method)."""
 
     build: Callable
     kinds: tuple[str, ...]
     alone: bool = True
     rows: bool = False
     conflicts: tuple[tuple[str, str], ...] = ()
+    base_defaults: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,11 +116,15 @@ def parse(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _own(spec: MethodSpec, base: bool) -> tuple[dict, dict]:
-    """The hparams and options a piece brings to a composite (a modifier: not its optimizer's)."""
+def _own(spec: MethodSpec, base: bool, base_name: str = "") -> tuple[dict, dict]:
+    """The hparams and options a piece brings to a composite (a modifier: not its optimizer's;
+    its defaults for the chain's base ``base_name``, :attr:`Joins.base_defaults`)."""
     if base:
         return dict(spec.hparams), dict(spec.options)
     hp = {k: h for k, h in spec.hparams.items() if k != "lr"}
+    for pattern, k, v in spec.joins.base_defaults if spec.joins else ():
+        if k in hp and fnmatch.fnmatchcase(base_name, pattern):
+            hp[k] = dataclasses.replace(hp[k], default=v)
     return hp, {k: v for k, v in spec.options.items() if k not in OPTIMIZER_OPTIONS}
 
 
@@ -149,9 +153,11 @@ class Composite(MethodSpec):
         hp, opts = {}, {}
         for i, p in enumerate(self.pieces):
             pre = _prefix(p, i)
-            h, o = METHODS[p].split(_sub(section, pre))
-            own_h, own_o = _own(METHODS[p], i == 0)
-            hp.update({pre + k: v for k, v in h.items() if k in own_h})
+            sub = _sub(section, pre)
+            h, o = METHODS[p].split(sub)
+            own_h, own_o = _own(METHODS[p], i == 0, self.pieces[0])
+            h = {k: v if k in sub else own_h[k].default for k, v in h.items() if k in own_h}
+            hp.update({pre + k: v for k, v in h.items()})
             opts.update({pre + k: v for k, v in o.items() if k in own_o})
         return hp, opts
 
@@ -160,8 +166,9 @@ def settings_section(cfg: dict, name: str) -> dict:
     """A chain's settings gathered from its pieces' config sections (the base's under their own
     names, a modifier's as ``<piece>.<name>``)."""
     out = {}
-    for i, p in enumerate(parse(name)):
-        own_h, own_o = _own(METHODS[p], i == 0)
+    parts = parse(name)
+    for i, p in enumerate(parts):
+        own_h, own_o = _own(METHODS[p], i == 0, parts[0])
         out.update({_prefix(p, i) + k: v for k, v in cfg.get(p, {}).items() if k in own_h or k in own_o})
     return out
 
@@ -173,7 +180,7 @@ def _compose(name: str) -> Composite:
     hparams, options, choices = {}, {}, {}
     for i, (p, s) in enumerate(zip(parts, specs)):
         pre = _prefix(p, i)
-        own_h, own_o = _own(s, i == 0)
+        own_h, own_o = _own(s, i == 0, parts[0])
         hparams.update({pre + k: h for k, h in own_h.items()})
         options.update({pre + k: v for k, v in own_o.items()})
         choices.update({pre + k: v for k, v in s.choices.items() if k in own_o})

@@ -14,8 +14,9 @@ whose helpful answer is the target (the authors' ``forget.py``: ``w = 0.5`` with
 ``w = 1`` with KL and IDK; the weight is hard-coded per method there, an option here). In text
 (TOFU, :func:`jaxcl.tofu.problem.decoupled`) the question is kept and the entity is swapped: the
 retained question about another author with the most words in common once names are set aside,
-with that author's answer. Default ``weight = 1`` (SafeEraser's IDK and KL value; ``--set
-pd.weight=0.5`` is its GA / GradDiff value). Its effect is measured by SARR, the refusal rate on
+with that author's answer. Default ``weight``: the authors' per base, 0.5 after GA and GradDiff
+(``ga+pd``, ``graddiff+pd`` and their GU forms), 1 after every other base (IDK, KL, NPO, ...);
+``--set pd.weight=...`` overrides it. Its effect is measured by SARR, the refusal rate on
 harmless questions (:func:`jaxcl.tofu.metrics.refusal_rate`). Only a modifier: alone it is
 refused; a problem without PD rows is refused when the step is built.
 """
@@ -59,6 +60,11 @@ SPEC = register(
         "SafeEraser's prompt-decouple loss: NLL of normal answers to decoupled forget prompts (modifier)",
         kind="unlearn",
         paper="Chen et al. 2025, SafeEraser",
-        joins=Joins(modifier, kinds=("unlearn",), alone=False),
+        joins=Joins(
+            modifier,
+            kinds=("unlearn",),
+            alone=False,
+            base_defaults=tuple((base, "weight", 0.5) for base in ("ga", "graddiff", "gu-ga", "gu-graddiff")),
+        ),
     )
 )
