@@ -38,10 +38,9 @@ the 2 cores; held-out NLL per token in nats, mean ± std; results/studies/lm-cpt
     | gere            |  2.689 ± 0.013 | -0.022 ± 0.007 |  0.035 ± 0.006 |  2.643 ± 0.017 |
 
 --size accel: SmolLM2-135M (pretrained, its tokenizer, bf16), the four domains in 256-token
-windows, 1000 steps of 16 per domain, ER with 4000 windows, 8 seeds (one per chip). `init` holds
-every seed's state on each chip (its output, broadcast from the shared pretrained parameters, is
-not sharded over the seeds yet): the largest row, though the training programs need less.
-Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
+windows, 1000 steps of 16 per domain, ER with 4000 windows, 8 seeds (one per chip). `init` puts
+each seed's state on its own chip (``jit_seeds(state=True)``: its output, a broadcast of the
+shared pretrained parameters, came out with every seed's state on every chip before). Compiled for a TPU v5e-8 without one, per chip (the compiler's figures, not a run; a "one step"
 row's roofline bound is per step):
 
     jaxcl compile lm-cpt --size accel --target tpu-v5e-8 --set rows=er --set methods=er
