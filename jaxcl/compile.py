@@ -229,6 +229,17 @@ def save_fit_cache(path: str, seen: dict, keys) -> None:
         f.write("\n")
 
 
+FIGURES = ("total_bytes", "temp_bytes", "arguments_bytes", "flops")
+
+
+def stale(cached: dict, fresh: dict) -> list[str]:
+    """The figures in which a cached row differs from a fresh compile of the same key (a NaN
+    FLOP count, a compiler that gives none, equals itself): non-empty means the cache is stale."""
+    return [
+        f for f in FIGURES if cached[f] != fresh[f] and not (cached[f] != cached[f] and fresh[f] != fresh[f])
+    ]
+
+
 def analyse(p: Program, t: Target, n_devices: int, seen: dict | None = None) -> dict:
     """Compile ``p`` for its arguments' devices; its row of memory and cost figures: XLA's time
     estimate where it gives one (``optimal_seconds``; it gives none, a negative value, for some

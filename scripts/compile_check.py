@@ -122,12 +122,7 @@ def main(argv=None) -> int:
                 continue
             used.append(a["key"])
             if fresh is not seen:
-                old = seen.setdefault(a["key"], a)
-                differ = [
-                    f
-                    for f in ("total_bytes", "temp_bytes", "arguments_bytes", "flops")
-                    if old[f] != a[f] and old[f] == old[f]
-                ]
+                differ = C.stale(seen.setdefault(a["key"], a), a)
                 if differ:
                     failed.append(
                         f"{name}: {a['program']}: the cache's {', '.join(differ)} differ from a fresh compile of the "

@@ -145,6 +145,11 @@ def test_the_fit_cache_gives_a_programs_figures_without_compiling_and_misses_a_c
     assert keys["train the original"] not in cache and keys["train the oracle"] not in cache
     assert keys["ga (15 steps)"] in cache
     assert C.compiler_versions().startswith(f"jax {jax.__version__} ")
+    # scripts/compile_check.py's VERIFY: a fresh compile that differs from the cache is seen
+    row = first["train the original"]["analysis"]
+    assert C.stale(cache[row["key"]], row) == []
+    assert C.stale({**cache[row["key"]], "temp_bytes": row["temp_bytes"] + 1}, row) == ["temp_bytes"]
+    assert C.stale({**row, "flops": float("nan")}, {**row, "flops": float("nan")}) == []
 
 
 def _compile_checks():
