@@ -10,8 +10,7 @@ python3 -m ruff check .
 python3 -m ruff format --check .
 bash scripts/docs.sh "$(mktemp -d)"
 # two workers (one per core of the CI machine): most of the suite's time is compiling small XLA
-# programs, which uses one core; tests of one file stay in one worker (module fixtures; a file's
-# tests may name their own xdist_group: tests/conftest.py)
+# programs, which uses one core; tests of one file stay in one worker (module fixtures)
 WORKERS="${JAXCL_TEST_WORKERS:-2}"
 # the files the optimised Python 3.12 part below runs (every method's golden and mutation, the
 # mesh, multi-host and resume subprocesses, the core of every level) run there only, once; the
@@ -23,7 +22,7 @@ CORE=(tests/test_compile_check.py tests/test_registry.py tests/test_llama.py tes
 TWICE=()
 for f in "${CORE[@]}"; do TWICE+=("--ignore=$f"); done
 [ -n "${JAXCL_SKIP_312:-}" ] && TWICE=()
-python3 -m pytest -p no:cacheprovider -rs --durations=20 -n "$WORKERS" --dist loadgroup "${TWICE[@]}" tests "$@"
+python3 -m pytest -p no:cacheprovider -rs --durations=20 -n "$WORKERS" --dist loadfile "${TWICE[@]}" tests "$@"
 
 PY312="${PY312:-/root/.pyenv/versions/3.12.1/bin/python3}"
 if [ -n "${JAXCL_SKIP_312:-}" ]; then
@@ -41,6 +40,6 @@ PYTHON="$VENV/bin/python" EXTRAS="dev,torch,tpu" bash scripts/setup.sh
 # compiled as users' runs are (the suite above ran with most optimisations off, for speed): every
 # golden and its mutation check, the PyTorch / transformers parity checks, bit-exact resume,
 # CLI == API, 1-vs-8-device and multi-host agreement, and the core of every level
-JAXCL_TPU_COMPILER=required JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs --durations=20 -n "$WORKERS" --dist loadgroup "${CORE[@]}" \
+JAXCL_TPU_COMPILER=required JAXCL_TEST_OPTIMIZE=1 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs --durations=20 -n "$WORKERS" --dist loadfile "${CORE[@]}" \
   "tests/test_cl_study.py::test_main_job_tiny_writes_results_and_plots" \
   "tests/test_cl_study.py::test_cli_python_api_and_no_checkpoint_give_the_same_numbers"

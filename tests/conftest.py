@@ -3,8 +3,6 @@ import os
 import shutil
 import tempfile
 
-import pytest
-
 # keep tests deterministic and light on the 2-core CI machine
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -32,15 +30,9 @@ if not os.environ.get("JAXCL_TEST_NO_XLA_CACHE") and "JAX_COMPILATION_CACHE_DIR"
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     """The notebooks run last: they run the studies' tiny variants again, and so find most of
-    their programs in the session's compilation cache, compiled by the studies' own tests.
-
-    Under ``--dist loadgroup`` (scripts/test.sh) a test file is one group, run by one worker (its
-    module fixtures built once), unless its tests name their own ``xdist_group``: the notebooks'
-    two halves run on the two workers at once."""
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_notebooks.py"))
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    their programs in the session's compilation cache, compiled by the studies' own tests. Their
+    two halves are two files (tests/test_notebooks.py, tests/test_notebooks_second_half.py), so
+    the two workers of ``--dist loadfile`` run them at once."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_notebooks"))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "notebooks"))
@@ -25,12 +24,13 @@ def test_committed_notebooks_are_what_the_generator_writes():
         assert nb.cells[1].metadata["tags"] == ["install"] and 'JAXCL_SOURCE = ""\n' in nb.cells[1].source
 
 
-@pytest.mark.parametrize(
-    "part", [pytest.param(k, marks=pytest.mark.xdist_group(f"notebooks-{k}")) for k in (0, 1)]
-)
-def test_every_notebook_runs_on_eight_host_devices(tmp_path, part):
-    """Half the notebooks per part, each part a subprocess: the two xdist workers run one each
-    (``--dist loadgroup``, tests/conftest.py), at the end of the session."""
+def test_the_first_half_of_the_notebooks_runs_on_eight_host_devices(tmp_path):
+    check_half(tmp_path, 0)
+
+
+def check_half(tmp_path, part):
+    """Every other notebook from the ``part``-th, in one subprocess: the halves are two files' tests
+    (the second in tests/test_notebooks_second_half.py), run by the two workers at once."""
     names = sorted(make.build())[part::2]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "MPLBACKEND": "Agg"}
     env.pop("JAXCL_SOURCE", None)  # the install cells are tests/test_notebook_install.py's
