@@ -2,7 +2,8 @@
 projector -> Llama decoder) instruction-tuned on three image-text tasks made offline from
 scikit-learn's digits (captions, yes/no attribute questions, counting and comparison over 2x2
 grids; jaxcl.data.multimodal), one after another. Rows: SFT (finetune), KL to the previous task's
-model (finetune+kl, LwF for an LM), ER, EWC and multi-task (joint); answer accuracy and knowledge
+model (finetune+kl, LwF for an LM), ER, DER++ (every answer position's stored logits), EWC and
+multi-task (joint); answer accuracy and knowledge
 accuracy matrices (A[i, j]: task j after task i), ACC, BWT, forgetting, and forgetting split into
 essential (knowledge) and superficial (answer form) as SEFE does.
 
@@ -40,6 +41,8 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "study": "mm-cit",
         "finetune": {"lr": 3e-3},
         "er": {"lr": 3e-3, "replay_fraction": 0.5, "capacity": 512},
+        "der": {"lr": 3e-3, "capacity": 512, "memory_batch": 32},
+        "derpp": {"lr": 3e-3, "capacity": 512, "memory_batch": 32},
         "ewc": {"lr": 3e-3},
         "kl": {"beta": 1.0},
     }
@@ -62,6 +65,8 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
             train={"steps_per_task": 2000, "batch_size": 16, "eval_every": 250, "consolidate_samples": 128},
             finetune={"lr": 3e-4},
             er={"lr": 3e-4, "replay_fraction": 0.5, "capacity": 4096},
+            der={"lr": 3e-4, "capacity": 4096, "memory_batch": 16},
+            derpp={"lr": 3e-4, "capacity": 4096, "memory_batch": 16},
             ewc={"lr": 3e-4},
             seeds=8,
         )

@@ -319,3 +319,59 @@ def test_bic_bias_layer_matches_scipy_and_corrects_new_class_bias():
     pred = lambda z: z.argmax(-1)[old_rows] == y[old_rows]
     fixed = np.where(new, got[0] * logits + got[1], logits)
     assert pred(fixed).mean() > pred(logits).mean() + 0.2
+
+
+def test_der_on_a_language_model_by_hand_and_the_buffer_keeps_every_positions_logits():
+    """DER++ on a tiny Llama: the loss against numpy from the model's logits (token-mean NLL of the
+    answers, the squared error averaged over the vocabulary on the stored rows' answer positions,
+    weighted by row; the replayed answers' NLL), and the buffer holding each sequence's
+    ``(T - 1) x V`` logits from before the update."""
+    from jaxcl.methods.der import der_lm_loss
+    from jaxcl.models import llama
+    from jaxcl.models.lm import language_model
+
+    lm = language_model(llama.tiny(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=32, max_seq_len=16))
+    params, T, V = lm.init(jax.random.key(0)), 9, lm.cfg.vocab_size
+
+    def seqs(seed, n):
+        r = np.random.default_rng(seed)
+        mask = np.zeros((n, T), np.int32)
+        for i in range(n):
+            mask[i, r.integers(3, 6) :] = 1  # answers of different lengths
+        return {"tokens": jnp.asarray(r.integers(0, 256, (n, T)), jnp.int32), "mask": jnp.asarray(mask)}
+
+    cur, m1, m2 = seqs(1, 4), seqs(2, 3), seqs(3, 3)
+    z1 = RNG.normal(size=(3, T - 1, V)).astype(np.float32)
+    w1, w2 = np.array([1, 0, 1], np.float32), np.array([1, 1, 0], np.float32)
+    batch = {**cur, "memory": {**m1, "logits": z1, "weight": w1}, "memory2": {**m2, "weight": w2}}
+    loss, aux = jax.jit(der_lm_loss(lm, 0.3, 0.7))(params, batch, None)
+
+    def f(b):  # the model's logits of every position, then numpy
+        return np.asarray(lm.apply(params, b["tokens"][:, :-1]), np.float64)
+
+    def nll(b, w_row):
+        lp = np.log(np_softmax(f(b)))
+        t = np.asarray(b["tokens"])[:, 1:]
+        w = np.asarray(b["mask"])[:, 1:] * w_row[:, None]
+        return -(np.take_along_axis(lp, t[..., None], -1)[..., 0] * w).sum() / w.sum()
+
+    w_pos = np.asarray(m1["mask"])[:, 1:] * w1[:, None]
+    mse = (((f(m1) - z1) ** 2).mean(-1) * w_pos).sum() / w_pos.sum()
+    want = nll(cur, np.ones(4)) + 0.3 * mse + 0.7 * nll(m2, w2)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(aux["store_logits"], f(cur), rtol=1e-4, atol=1e-5)
+
+    spec = METHODS["derpp"]
+    _, opts = spec.split({"capacity": 12, "memory_batch": 3})
+    m = build_method(spec, lm, as_hparams(spec, {"lr": 0.05}), opts)
+    state = init_state(params, m.tx, jax.random.key(0), m.data, cur)
+    assert state.data_state["buffer"]["logits"].shape == (12, T - 1, V)
+    step = jax.jit(make_step(m.loss_fn, m.tx, m.data))
+    s1, _ = step(state, cur)
+    buf = s1.data_state["buffer"]
+    np.testing.assert_allclose(buf["logits"][:4], f(cur), rtol=1e-4, atol=1e-5)  # before the update
+    np.testing.assert_array_equal(buf["tokens"][:4], cur["tokens"])
+    np.testing.assert_array_equal(buf["mask"][:4], cur["mask"])
+    s2, metrics = step(s1, seqs(4, 4))
+    assert float(metrics["loss"]) > 0 and np.isfinite(float(metrics["loss"]))
+    assert not np.allclose(np.asarray(s2.data_state["buffer"]["logits"][4:8]), f(seqs(4, 4)), atol=1e-4)

@@ -111,3 +111,43 @@ def test_answer_accuracy_is_greedy_decoding_exactness():
             vlm.generate(vc, params, ex.image[i : i + 1], [list(ex.tokens[i, :P])], max_new_tokens=n)
         )
         assert got[i] == float((gen[0] == ex.tokens[i, P : P + n]).all()), i
+
+
+def test_replay_keeps_each_rows_image_and_derpp_trains_the_vlm():
+    """ER's and DER++'s buffers store a VLM row's image with its tokens (a replayed answer is asked
+    about its own image, not the current batch's), and DER++'s step on the VLM stores every
+    position's logits and changes the loss once its memory has rows."""
+    from jaxcl.engine import init_state, make_step
+    from jaxcl.loops import as_hparams, build_method
+    from jaxcl.methods import METHODS
+
+    x, y = MM.source("digits")
+    old = jax.tree.map(jnp.asarray, MM.batch(MM.captions(x, y, "digits", 4, seed=1, seq_len=40)))
+    new = jax.tree.map(jnp.asarray, MM.batch(MM.attributes(x, y, "digits", 4, seed=2, seq_len=40)))
+    model = vlm.vision_language_model(vlm.tiny(text=llama.tiny(vocab_size=260)))
+
+    def built(name, **opts):
+        spec = METHODS[name]
+        hp, o = spec.split(opts)
+        return build_method(spec, model, as_hparams(spec, hp), o)
+
+    er = built("er", replay_fraction=1.0, capacity=4)
+    state = er.data.init(old)
+    _, state = er.data.update(old, state, jax.random.key(0))
+    mixed, _ = er.data.update(new, state, jax.random.key(1))
+    for i in range(4):  # every row replayed: its tokens and image are one old example's
+        j = int(np.flatnonzero((np.asarray(old["tokens"]) == np.asarray(mixed["tokens"][i])).all(-1))[0])
+        np.testing.assert_array_equal(mixed["image"][i], old["image"][j])
+
+    d = built("derpp", capacity=8, memory_batch=2, lr=1e-2)
+    params = model.init(jax.random.key(0))
+    st = init_state(params, d.tx, jax.random.key(0), d.data, old)
+    step = jax.jit(make_step(d.loss_fn, d.tx, d.data))
+    st, m1 = step(st, old)
+    buf = st.data_state["buffer"]
+    np.testing.assert_array_equal(buf["image"][:4], old["image"])
+    want = model.token_logits(params, old)[0]
+    assert buf["logits"].shape[1:] == want.shape[1:]
+    np.testing.assert_allclose(buf["logits"][:4], want, rtol=1e-4, atol=1e-4)
+    st, m2 = step(st, new)
+    assert float(m1["der_mse"]) == 0.0 and float(m2["der_mse"]) > 0.0

@@ -10,23 +10,35 @@ to a uniformly random slot ``r ~ U{0..i}`` when ``r < capacity``.
 ``update`` adds ``draws`` independent memory batches of ``memory_size`` rows as ``batch['memory']``
 (and ``batch['memory2']``, ... for the next draws), each with the stored ``logits`` and a per-row
 ``weight`` (0 while the buffer is empty).
+
+A classifier's logits are one row of ``n_logits`` per example; a language model's are every
+position's (``T - 1 x V`` per sequence, with its ``tokens``, ``mask`` and, for the VLM, its
+``image``): ``n_logits`` is then a function of the example batch giving that shape, and the buffer
+holds ``capacity x (T - 1) x V`` floats (0.03 GB per 512 sequences of 56 byte tokens).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from ..engine import DataTransform
+from .replay import EXAMPLE_FIELDS
 
-FIELDS = ("x", "y", "t", "mask")
+FIELDS = EXAMPLE_FIELDS
 
 
 def memory_key(i: int) -> str:
     return "memory" if i == 0 else f"memory{i + 1}"
 
 
-def logit_reservoir(capacity: int, n_logits: int, *, memory_size: int = 32, draws: int = 1) -> DataTransform:
+def logit_reservoir(
+    capacity: int, n_logits: int | Callable, *, memory_size: int = 32, draws: int = 1
+) -> DataTransform:
+    """The buffer of ``capacity`` examples with their logits: ``n_logits`` per example, or
+    ``n_logits(example_batch) -> shape`` of one example's logits (a language model's ``(T - 1, V)``)."""
     if capacity <= 0:
         raise ValueError(f"logit buffer: capacity must be positive, got {capacity}")
     if memory_size <= 0:
@@ -36,7 +48,8 @@ def logit_reservoir(capacity: int, n_logits: int, *, memory_size: int = 32, draw
         buf = {
             k: jnp.zeros((capacity,) + example[k].shape[1:], example[k].dtype) for k in FIELDS if k in example
         }
-        buf["logits"] = jnp.zeros((capacity, n_logits), jnp.float32)
+        shape = tuple(n_logits(example)) if callable(n_logits) else (n_logits,)
+        buf["logits"] = jnp.zeros((capacity, *shape), jnp.float32)
         return {"buffer": buf, "seen": jnp.zeros((), jnp.int32)}
 
     def update(batch, state, key):

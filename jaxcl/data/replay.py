@@ -29,6 +29,12 @@ import numpy as np
 
 from ..engine import DataTransform
 
+# The per-example entries of any model's batch: a classifier's input ``x``, label ``y``, task ``t``
+# and class ``mask``; a language model's ``tokens`` and answer ``mask``; the VLM's ``image``
+# (jaxcl.models.vlm). A buffer that replays language-model or VLM rows stores all of them, so a
+# replayed answer keeps its own image.
+EXAMPLE_FIELDS = ("x", "y", "t", "mask", "tokens", "image")
+
 
 def _count(name: str, value, valid: str) -> int:
     """A positive whole number (``200`` or ``200.0``), or a ValueError naming ``name``."""

@@ -11,6 +11,16 @@ trained on it (:func:`jaxcl.data.logit_replay.logit_reservoir`). With ``(x', z')
 (the squared error as a mean over rows and logits, as Mammoth's ``F.mse_loss``). One forward pass
 over the current batch and the memory draws together. Defaults: Mammoth's Split-CIFAR-10 settings
 at buffer 200 (DER alpha = 0.3; DER++ alpha = 0.1, beta = 0.5), memory draws of the batch size.
+
+Language models (the Llama, the VLM of :mod:`jaxcl.models.vlm`): an example is a sequence, its
+"logits" those of every position (``(T - 1) x V``, :func:`jaxcl.losses.token_logits`), stored with
+its tokens, answer mask and image. CE is the token-mean NLL of the answer tokens, and the logit
+term the squared error averaged over the vocabulary and the stored rows' answer positions:
+
+    || f(x') - z' ||^2 = sum_{i, t} w_i m_it mean_v (f(x')_itv - z'_itv)^2 / sum_{i, t} w_i m_it
+
+(``m`` the answer mask, ``w`` the row's weight: 0 for an empty buffer); DER++'s replayed-label term
+the NLL of the replayed answers. Memory: ``capacity x (T - 1) x V`` float32 logits.
 """
 
 import jax
@@ -18,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from ..data.logit_replay import logit_reservoir
-from ..losses import masked_logits
+from ..losses import masked_logits, token_logits
 from .base import (
     LR,
     OPTIMIZER_OPTIONS,
@@ -67,14 +77,57 @@ def der_loss(apply_fn, alpha, beta=None):
     return loss_fn
 
 
+def _token_nll(logits_NxTxV, t_NxT, w_NxT):
+    """Weighted mean NLL of the targets over the weighted positions."""
+    lp_NxTxV = jax.nn.log_softmax(logits_NxTxV.astype(jnp.float32), -1)
+    lp_NxT = jnp.take_along_axis(lp_NxTxV, t_NxT[..., None], -1)[..., 0]
+    return -(lp_NxT * w_NxT).sum() / jnp.maximum(w_NxT.sum(), 1.0)
+
+
+def der_lm_loss(model, alpha, beta=None):
+    """The DER / DER++ loss of a language model (the module docstring): the current batch and
+    the memory draws in one forward pass of :func:`jaxcl.losses.token_logits`."""
+    logits = token_logits(model)
+    draws = ["memory"] + ([] if beta is None else ["memory2"])
+
+    def loss_fn(params, batch, key):
+        del key
+        mems = [batch[k] for k in draws]
+        fields = [k for k in mems[0] if k not in ("logits", "weight")]
+        sizes = [batch[fields[0]].shape[0]] + [m[fields[0]].shape[0] for m in mems]
+        rows = {k: jnp.concatenate([batch[k]] + [m[k] for m in mems]) for k in fields}
+        logits_NxTxV, t_NxT, m_NxT = logits(params, rows)
+        cut = lambda a, i: a[sum(sizes[:i]) : sum(sizes[: i + 1])]  # noqa: E731
+        cur = cut(logits_NxTxV, 0)
+        ce = _token_nll(cur, cut(t_NxT, 0), cut(m_NxT, 0))
+        w1_NxT = cut(m_NxT, 1) * mems[0]["weight"][:, None]
+        sq_NxT = ((cut(logits_NxTxV, 1).astype(jnp.float32) - mems[0]["logits"]) ** 2).mean(-1)
+        mse = (sq_NxT * w1_NxT).sum() / jnp.maximum(w1_NxT.sum(), 1.0)
+        loss = ce + alpha * mse
+        aux = {"ce": ce, "der_mse": mse, "store_logits": jax.lax.stop_gradient(cur)}
+        if beta is not None:
+            w2_NxT = cut(m_NxT, 2) * mems[1]["weight"][:, None]
+            ce2 = _token_nll(cut(logits_NxTxV, 2), cut(t_NxT, 2), w2_NxT)
+            loss = loss + beta * ce2
+            aux["der_ce"] = ce2
+        return loss, aux
+
+    return loss_fn
+
+
 def _build(plus):
     def build(model, hp, params_like, **options):
-        del params_like
         opt = pop_optimizer(options)
+        beta = hp["der_beta"] if plus else None
+        if hasattr(model, "nll"):  # a language model: every position's logits per sequence
+            logits = token_logits(model)
+            shape = lambda ex: jax.eval_shape(logits, params_like, ex)[0].shape[1:]  # noqa: E731
+            loss = der_lm_loss(model, hp["der_alpha"], beta)
+        else:
+            shape, loss = model.n_classes, der_loss(model.apply, hp["der_alpha"], beta)
         data = logit_reservoir(
-            options["capacity"], model.n_classes, memory_size=options["memory_batch"], draws=2 if plus else 1
+            options["capacity"], shape, memory_size=options["memory_batch"], draws=2 if plus else 1
         )
-        loss = der_loss(model.apply, hp["der_alpha"], hp["der_beta"] if plus else None)
         return Method(loss, optimizer_from(opt, hp["lr"]), data=data)
 
     return build

@@ -12,7 +12,7 @@ advantages they were scored with (with ``grpo.mu = 1`` the policy loss of a repl
 its policy gradient at the current parameters; a rollout is stored once per inner step).
 """
 
-from ..data.replay import reservoir
+from ..data.replay import EXAMPLE_FIELDS, reservoir
 from ..losses import supervised_loss
 from .base import (
     LR,
@@ -28,7 +28,7 @@ from .base import (
 )
 from .compose import Modifier
 
-FIELDS = ("x", "y", "t", "mask", "tokens")
+FIELDS = EXAMPLE_FIELDS  # a replayed row keeps every field of its example (a VLM row its image)
 RL_FIELDS = ("valid", "completion_mask", "adv", "weight", "old_logp")  # a GRPO rollout's rows
 
 

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..data.replay import EXAMPLE_FIELDS
 from ..engine import DataTransform
 from ..losses import supervised_loss
 from .base import LR, Method, MethodSpec, register
 
-FIELDS = ("x", "y", "t", "mask")
+FIELDS = EXAMPLE_FIELDS
 
 
 def greedy_balanced(capacity: int, n_classes: int) -> DataTransform:

@@ -24,7 +24,7 @@ order.
 
 import jax
 
-from ..data.replay import reservoir
+from ..data.replay import EXAMPLE_FIELDS, reservoir
 from ..engine import DataTransform
 from ..losses import mean_nll
 from ..transforms import project_out
@@ -60,7 +60,7 @@ SPECS = {
 }
 
 
-MEMORY_FIELDS = ("x", "y", "t", "mask", "tokens", "valid", "loss_mask")
+MEMORY_FIELDS = (*EXAMPLE_FIELDS, "valid", "loss_mask")
 
 
 def modifier(model, hp, params_like, **options) -> Modifier:

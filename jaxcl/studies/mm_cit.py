@@ -7,9 +7,11 @@ Papers: MLLM-CTBench (continual instruction tuning of multimodal LLMs: answer ac
 after each task, CL algorithms against sequential fine-tuning) and SEFE (Chen et al. 2025:
 superficial forgetting, the answers' form drifting to a later task's style, vs essential
 forgetting, the knowledge lost). Rows: ``finetune`` (SFT), ``finetune+kl`` (KL to the model at
-the previous task's end: LwF for a language model), ``er`` (reservoir replay), ``ewc`` (Fisher
-at each task's end), ``joint`` (multi-task: every task seen so far, the upper bound). Not built
-yet (issue 24): a reasoning-quality matrix, RFT rows, DER++ (stored logits of a VLM batch).
+the previous task's end: LwF for a language model), ``er`` (reservoir replay: a replayed answer
+with its own image), ``der`` / ``derpp`` (DER / DER++: the buffer keeps every answer position's
+logits, matched by squared error; :mod:`jaxcl.methods.der`), ``ewc`` (Fisher at each task's end),
+``joint`` (multi-task: every task seen so far, the upper bound). Not built yet (issue 24): a
+reasoning-quality matrix, RFT rows.
 
 Superficial vs essential: besides the answer accuracy (greedy writes the answer exactly), the
 **knowledge accuracy** of a task after each task is the fraction of its held-out examples whose
@@ -55,14 +57,14 @@ from ..parallel import jit_seeds, shard_batch
 
 TASKS = ("captions", "attributes", "counting")
 DATASETS = ("digits", "mnist-10k", "fashion-mnist")
-CIT_METHODS = ("finetune", "er", "ewc", "joint")
+CIT_METHODS = ("finetune", "er", "der", "derpp", "ewc", "joint")
 
 DEFAULTS = {
     "model": vlm.section(),
     "data": {"dataset": "digits", "tasks": TASKS, "n_train": 512, "n_eval": 128, "seq_len": 56},
     "train": {"steps_per_task": 300, "batch_size": 32, "eval_every": 50, "consolidate_samples": 64},
     # finetune+kl: KL to the model at the previous task's end, i.e. LwF for a language model
-    "methods": ("finetune", "finetune+kl", "er", "ewc", "joint"),
+    "methods": ("finetune", "finetune+kl", "er", "derpp", "ewc", "joint"),
     "seeds": 3,
     "seed": 0,
 }
