@@ -48,6 +48,7 @@ TINY_RUNS = {
     "lm-recite": "tests/test_curvature.py::test_lm_memory_edit_rows",
     "lm-unforget": "tests/test_lm_unforget.py",
     "mm-cit": "tests/test_mm_cit.py",
+    "mm-unlearn": "tests/test_mm_unlearn.py",
     "restor": "tests/test_restor.py",
     "rft-continual": "tests/test_rft_study.py",
     "scole": "tests/test_methods_zoo_papers.py",

@@ -25,6 +25,7 @@ STUDIES = {
     "cl-order": "jaxcl.studies.cl_order",
     "auto-cei": "jaxcl.studies.auto_cei",
     "mm-cit": "jaxcl.studies.mm_cit",
+    "mm-unlearn": "jaxcl.studies.mm_unlearn",
     "lm-recall": "jaxcl.studies.lm_recall",
 }
 

@@ -137,12 +137,18 @@ def pad_choices(opts: dict, C: int) -> dict:
     return {**opts, "tokens": copy(opts["tokens"]), "mask": copy(opts["mask"]), "valid": valid}
 
 
+def answer_correct(model, params, sub) -> jax.Array:
+    """``B`` booleans: each of ``sub``'s examples has every answer token the argmax (greedy
+    decoding writes the answer exactly)."""
+    logits_BxTxV, t_BxT, m_BxT = model.token_logits(params, sub)
+    ok_BxT = (jnp.argmax(logits_BxTxV, -1) == t_BxT) | (m_BxT == 0)
+    return ok_BxT.all(-1)
+
+
 def answer_accuracy(model, params, sub) -> jax.Array:
     """The fraction of ``sub``'s examples whose every answer token is the argmax (greedy writes
     the answer exactly)."""
-    logits_BxTxV, t_BxT, m_BxT = model.token_logits(params, sub)
-    ok_BxT = (jnp.argmax(logits_BxTxV, -1) == t_BxT) | (m_BxT == 0)
-    return ok_BxT.all(-1).mean()
+    return answer_correct(model, params, sub).mean()
 
 
 def option_scores(model, params, image, tokens_NxCxT, mask_NxCxT) -> jax.Array:
