@@ -23,10 +23,10 @@ row's roofline bound is per step):
     <!-- results: results/compile/mm-cit-vlm-135m-fashion-tpu-v5e-8.json cols=total_mib,hbm_frac,gflop,roofline_ms -->
     | program | MiB per chip | % of its 16 GiB | GFLOP per call | roofline bound (ms) |
     |---|---|---|---|---|
-    | er: init | 1392.4 | 8.5 | 19.9 | 1.79 |
+    | er: init | 1404.7 | 8.6 | 19.9 | 1.81 |
     | er: evaluate | 3136.1 | 19.1 | 6892.7 | 110.00 |
-    | er: a task (2000 steps) | 9921.2 | 60.6 | 3771.9 | 87.59 |
-    | er: one step | 9701.6 | 59.2 | 325.5 | 24.01 |
+    | er: a task (2000 steps) | 10002.6 | 61.1 | 3771.9 | 87.77 |
+    | er: one step | 9754.5 | 59.5 | 325.5 | 24.41 |
 
 Expected runtime (2-core CPU): --tiny about a minute (mostly compiling); 8 seeds 66 min at load
 3.5-4 with other jobs. Expected result: ER forgets far less than SFT, a third of SFT's forgetting is
