@@ -28,9 +28,9 @@ row's roofline bound is per step):
     | er: a task (2000 steps) | 10002.6 | 61.1 | 3771.9 | 87.77 |
     | er: one step | 9754.5 | 59.5 | 325.5 | 24.41 |
 
-Expected runtime (2-core CPU): --tiny about a minute (mostly compiling); 8 seeds 66 min at load
-3.5-4 with other jobs. Expected result: ER forgets far less than SFT, a third of SFT's forgetting is
-superficial (README, "Vision-language model"; results/studies/mm-cit.json).
+Expected runtime (2-core CPU): --tiny about a minute (mostly compiling); 8 seeds about two hours
+(five rows 66 min, DER++ 51 min) at load 3.5-5 with other jobs. Expected result: ER and DER++ forget
+far less than SFT, a third of SFT's forgetting is superficial (README, "Vision-language model"; results/studies/mm-cit.json).
 
 Writes runs/mm-cit[-tiny]/results.json.
 """
