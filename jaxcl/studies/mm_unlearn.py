@@ -358,5 +358,6 @@ STUDY = Study(
     validate=validate,
     body=body,
     methods=UNLEARN_METHODS,
+    takes_mesh=False,  # its phases run every seed on one device; --mesh is refused in one line
 )
 run, sweep = STUDY.run, STUDY.sweep
