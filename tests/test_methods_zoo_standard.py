@@ -375,3 +375,13 @@ def test_der_on_a_language_model_by_hand_and_the_buffer_keeps_every_positions_lo
     s2, metrics = step(s1, seqs(4, 4))
     assert float(metrics["loss"]) > 0 and np.isfinite(float(metrics["loss"]))
     assert not np.allclose(np.asarray(s2.data_state["buffer"]["logits"][4:8]), f(seqs(4, 4)), atol=1e-4)
+
+
+def test_a_logit_buffer_too_large_is_refused_in_one_line():
+    """SmolLM2's vocabulary at DER's default capacity: 1000 x 127 x 49152 float32 = 23 GiB a seed."""
+    from jaxcl.data.logit_replay import logit_reservoir
+
+    t = logit_reservoir(1000, lambda ex: (127, 49152))
+    with pytest.raises(ValueError, match=r"need 23\.3 GiB per seed .*lower the method's capacity"):
+        t.init({"tokens": jnp.zeros((2, 128), jnp.int32)})
+    assert logit_reservoir(1, lambda ex: (127, 49152)).init({"tokens": jnp.zeros((2, 128), jnp.int32)})

@@ -19,6 +19,7 @@ holds ``capacity x (T - 1) x V`` floats (0.03 GB per 512 sequences of 56 byte to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -28,6 +29,7 @@ from ..engine import DataTransform
 from .replay import EXAMPLE_FIELDS
 
 FIELDS = EXAMPLE_FIELDS
+MAX_GIB = 8  # a buffer larger than this per seed is refused (a language model's vocabulary adds up)
 
 
 def memory_key(i: int) -> str:
@@ -49,6 +51,12 @@ def logit_reservoir(
             k: jnp.zeros((capacity,) + example[k].shape[1:], example[k].dtype) for k in FIELDS if k in example
         }
         shape = tuple(n_logits(example)) if callable(n_logits) else (n_logits,)
+        gib = capacity * math.prod(shape) * 4 / 2**30
+        if gib > MAX_GIB:
+            raise ValueError(
+                f"logit buffer: {capacity} examples x {shape} float32 logits need {gib:.1f} GiB per seed "
+                f"(more than {MAX_GIB}); lower the method's capacity (e.g. derpp.capacity)"
+            )
         buf["logits"] = jnp.zeros((capacity, *shape), jnp.float32)
         return {"buffer": buf, "seen": jnp.zeros((), jnp.int32)}
 
