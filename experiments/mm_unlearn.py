@@ -21,8 +21,7 @@ Writes runs/mm-unlearn[-tiny]/results.json.
 METHODS = ("ga", "graddiff", "npo", "idk")
 
 
-def get_config(tiny: bool = False, size: str | None = None) -> dict:
-    del size
+def get_config(tiny: bool = False) -> dict:
     # one unlearning lr for every method, a tenth of the scratch model's training lr (3e-3); the
     # registry's defaults (set for TOFU's pretrained models) barely move it
     cfg = {"study": "mm-unlearn", **{m: {"lr": 3e-4} for m in METHODS}}
