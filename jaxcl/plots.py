@@ -85,19 +85,19 @@ def stability_gap(
     what: str = "task",
     labels=None,
 ) -> str:
-    """``trace_by_method[name]``: S x T x E x T per-seed accuracies (task trained, evaluation,
-    task evaluated); one panel per method, one line per evaluated task (``labels``: their names),
+    """``trace_by_method[name]``: S x T x E x J per-seed accuracies (task trained, evaluation,
+    set evaluated: the T tasks' own, then any held-out ones); one panel per method, one line per evaluated task (``labels``: their names),
     ± std bands."""
     names = list(trace_by_method)
     title = title or "per-iteration accuracy of every task (mean ± std over seeds)"
     with figure(path, (9, 2.4 * len(names)), len(names), title=title, vertical=True, sharex=True) as axes:
         for ax, name in zip(axes, names):
             tr = np.asarray(trace_by_method[name])
-            S, T, E, _ = tr.shape
-            A = tr.reshape(S, T * E, T)
+            S, T, E, J = tr.shape  # J >= T: sets no task trains may follow the tasks' own
+            A = tr.reshape(S, T * E, J)
             steps = (np.arange(T * E) + 1) * eval_every
             mean, std = A.mean(0), A.std(0)
-            for j in range(T):
+            for j in range(J):
                 ax.plot(steps, mean[:, j], lw=1, label=labels[j] if labels else f"{what} {j}")
                 ax.fill_between(steps, mean[:, j] - std[:, j], mean[:, j] + std[:, j], alpha=0.2)
             for i in range(1, T):
@@ -107,7 +107,7 @@ def stability_gap(
             ax.set_ylabel(ylabel)
             ax.set_title(name, fontsize=9)
         axes[-1].set_xlabel(f"training step (dashed: {what} boundaries)")
-        axes[0].legend(fontsize=7, ncol=min(T, 10), loc="lower left" if ylim is not None else "upper right")
+        axes[0].legend(fontsize=7, ncol=min(J, 10), loc="lower left" if ylim is not None else "upper right")
     return path
 
 

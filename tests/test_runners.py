@@ -49,6 +49,7 @@ TINY_RUNS = {
     "lm-unforget": "tests/test_lm_unforget.py",
     "mm-cit": "tests/test_mm_cit.py",
     "mm-unlearn": "tests/test_mm_unlearn.py",
+    "mm-domains": "tests/test_mm_domains.py",
     "restor": "tests/test_restor.py",
     "rft-continual": "tests/test_rft_study.py",
     "scole": "tests/test_methods_zoo_papers.py",

@@ -95,6 +95,19 @@ def source(dataset: str, split: str = "train", **kw) -> tuple[np.ndarray, np.nda
     return (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
 
 
+def resize(x_NxHxWxC: np.ndarray, side: int) -> np.ndarray:
+    """Pictures resampled to ``side x side`` (bilinear, antialiased when shrinking; uint8), so
+    that data sets of different shapes can be domains of one model (e.g. scikit-learn's 8 x 8
+    digits and MNIST's 28 x 28 at 16 x 16)."""
+    import jax
+
+    n, h, w, c = x_NxHxWxC.shape
+    if (h, w) == (side, side):
+        return x_NxHxWxC
+    out = jax.image.resize(x_NxHxWxC.astype(np.float32), (n, side, side, c), "linear", antialias=True)
+    return np.clip(np.round(np.asarray(out)), 0, 255).astype(np.uint8)
+
+
 def upscale(x_NxHxWxC: np.ndarray) -> np.ndarray:
     """Each picture scaled up 2x by nearest neighbour: N x 2H x 2W x C."""
     return x_NxHxWxC.repeat(2, axis=1).repeat(2, axis=2)

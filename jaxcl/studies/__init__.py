@@ -26,6 +26,7 @@ STUDIES = {
     "auto-cei": "jaxcl.studies.auto_cei",
     "mm-cit": "jaxcl.studies.mm_cit",
     "mm-unlearn": "jaxcl.studies.mm_unlearn",
+    "mm-domains": "jaxcl.studies.mm_domains",
     "lm-recall": "jaxcl.studies.lm_recall",
 }
 

@@ -240,19 +240,24 @@ def calls(prog: LMProgram, cfg: dict) -> dict:
     return out
 
 
-def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar) -> dict:
-    """Every task in order for all seeds: ``trace`` (S x K x E x K) of the tasks' accuracies,
-    ``know`` (S x K x K) of their knowledge accuracies after each task, ``b`` / ``kb`` (S x K)
-    both at initialisation."""
+def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar, fresh: bool = False) -> dict:
+    """Every task in order for all seeds: ``trace`` (S x K x E x J) of the ``J`` held-out sets'
+    accuracies (one per task here; :mod:`jaxcl.studies.mm_domains` adds sets no task trains),
+    ``know`` (S x K x J) of their knowledge accuracies after each task, ``b`` / ``kb`` (S x J)
+    both at initialisation. ``fresh``: every task from a new initialisation (a stand-alone model
+    per task; the same keys, so each task's model starts where the sequence's first did)."""
     K, t0 = data["train"]["tokens"].shape[0], time.perf_counter()
+    J = data["eval"]["tokens"].shape[0]
     E = cfg["train"]["steps_per_task"] // cfg["train"]["eval_every"]
     at = lambda t: {**data, "t": jnp.int32(t)}  # noqa: E731
     c = calls(prog, cfg)
     state = c["init"](keys, at(0))
     b, kb = map(np.asarray, c["evaluate"](state, at(0)))
-    trace = np.zeros((len(keys), K, E, K), np.float32)
-    know = np.zeros((len(keys), K, K), np.float32)
+    trace = np.zeros((len(keys), K, E, J), np.float32)
+    know = np.zeros((len(keys), K, J), np.float32)
     for t in range(K):
+        if fresh and t:
+            state = c["init"](keys, at(t))
         state, tr = c["task"](state, at(t))
         trace[:, t] = np.asarray(tr["acc"])
         know[:, t] = np.asarray(c["evaluate"](state, at(t))[1])
