@@ -151,12 +151,12 @@ def build_domains(cfg: dict) -> tuple[dict, dict]:
     d = cfg["data"]
     held = held_out(cfg)
     train, ev = [], []
-    for i, dom in enumerate(d["domains"]):
+    for dom in d["domains"]:  # a domain's examples do not depend on its place in the order
         kinds = [k for k in d["kinds"] if (k, dom) not in held]
-        train.append(examples(cfg, dom, kinds, "train", d["n_train"], i))
-        ev.append(examples(cfg, dom, kinds, "test", d["n_eval"], i))
+        train.append(examples(cfg, dom, kinds, "train", d["n_train"], DOMAINS.index(dom)))
+        ev.append(examples(cfg, dom, kinds, "test", d["n_eval"], DOMAINS.index(dom)))
     for kind, dom in held:
-        ev.append(examples(cfg, dom, [kind], "test", d["n_eval"], d["domains"].index(dom)))
+        ev.append(examples(cfg, dom, [kind], "test", d["n_eval"], DOMAINS.index(dom)))
     opts = [MM.choices(e, d["seq_len"]) for e in ev]
     C = max(o["valid"].shape[1] for o in opts)
     opts = [mm_cit.pad_choices(o, C) for o in opts]
