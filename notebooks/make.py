@@ -223,6 +223,22 @@ NOTEBOOKS = {
         "its options), so forgetting splits into superficial (the answer's form) and essential (knowledge).",
         study=("mm-cit", [], [], "mm_out", True),
     ),
+    "mm_domains": dict(
+        title="Domain-sequence rehearsal for a small vision-language model",
+        text="Scikit-learn's digits, MNIST and Fashion-MNIST as three domains of one VLM (captions and yes/no "
+        "attribute questions), one after another: a stand-alone model per domain, sequential fine-tuning, "
+        "sequential with rehearsal (ER) and joint training; accuracy on every domain after each, on domains a "
+        "model has not seen (cross-domain) and on MNIST's attribute questions, never trained on MNIST "
+        "(cross-task).",
+        study=("mm-domains", [], [], "domains_out", True),
+    ),
+    "mm_unlearn": dict(
+        title="Multimodal misinformation unlearning (OFFSIDE's protocol)",
+        text="Made-up rumours about pictured entities, stated in the text, in the image or both, trained into a "
+        "small VLM, then unlearned with text-only or multimodal forget sets (GA, GradDiff, NPO, IDK, ...): "
+        "forget efficacy, paraphrases and attacks, corrective relearning, utility and the rumours kept.",
+        study=("mm-unlearn", [], [], "unlearn_out", False),
+    ),
 }
 
 SWEEP = """\

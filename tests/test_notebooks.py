@@ -71,6 +71,7 @@ def check_half(tmp_path, part):
         "restor",
         "sort",
         "mm_cit",
+        "mm_domains",
     ):
         if f"{n}.ipynb" in done:
             assert done[f"{n}.ipynb"]["mesh"] is not None, done[f"{n}.ipynb"]

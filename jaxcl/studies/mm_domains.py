@@ -34,7 +34,8 @@ training domain ``i``; ``X[i, h]`` that of cross-task set ``h``):
 - ``cross_domain``: mean of ``A[i, j]`` over the domains ``j`` the model of row ``i`` has not
   trained on (``standalone``: every ``j != i``; sequential rows: ``j > i``);
 - ``cross_task``: mean over the cross-task sets of the final model's ``X`` (``standalone``: the
-  model of the set's own domain);
+  model of the set's own domain); beside it in ``extra['cross_task_majority']`` what always giving
+  a set's most frequent answer scores (yes / no questions: about a half);
 - ``k_acc``: the final model's knowledge accuracy (the likeliest option, :mod:`jaxcl.studies.mm_cit`).
 """
 
@@ -220,6 +221,10 @@ def body(cfg: dict, run: Run) -> Report:
                 acc_trace_mean=r["trace"].mean(0).tolist(),
             )
     sets = [*d["domains"], *d["held_out"]]
+    majority = {}  # a cross-task set's majority answer rate: what always giving one answer scores
+    for (kind, dom), h in zip(held_out(cfg), d["held_out"], strict=True):
+        answers = examples(cfg, dom, [kind], "test", d["n_eval"], DOMAINS.index(dom)).answer
+        majority[h] = max(answers.count(a) for a in set(answers)) / len(answers)
     res = results.make(
         "mm-domains",
         cfg,
@@ -230,6 +235,7 @@ def body(cfg: dict, run: Run) -> Report:
             "domains": list(d["domains"]),
             "held_out": list(d["held_out"]),
             "sets": sets,
+            "cross_task_majority": majority,
             "model": model.name,
         },
     )
