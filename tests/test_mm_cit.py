@@ -151,3 +151,58 @@ def test_replay_keeps_each_rows_image_and_derpp_trains_the_vlm():
     np.testing.assert_allclose(buf["logits"][:4], want, rtol=1e-4, atol=1e-4)
     st, m2 = step(st, new)
     assert float(m1["der_mse"]) == 0.0 and float(m2["der_mse"]) > 0.0
+
+
+def test_step_accuracies_are_greedy_steps_and_the_final_answer_given_them():
+    """With reasoning answers (``it is an eight, so yes``; ``3 and 9, so no``): ``reason`` is
+    whether greedy generation from the prompt writes the steps exactly, ``final`` whether greedy
+    generation from the prompt and the right steps writes the final answer exactly; checked
+    example by example with vlm.generate on a briefly trained model that gets some right."""
+    x, y = MM.source("digits")
+    ex = MM.concat(
+        MM.attributes(x, y, "digits", 8, seed=1, seq_len=68, reasoning=True),
+        MM.counting(x, y, 8, seed=2, seq_len=68, reasoning=True),
+    )
+    vc, model, params, sub = briefly_trained(ex, key=0, steps=150)
+    sub = {**sub, "steps": jnp.asarray(ex.steps)}
+    one = jax.jit(lambda p, s: mm_cit.step_accuracies(model, p, s))
+    got = [jax.tree.map(float, one(params, jax.tree.map(lambda a: a[i : i + 1], sub))) for i in range(16)]
+    reason, final = [g["reason"] for g in got], [g["final"] for g in got]
+    assert 0 < sum(reason) < 16 and 0 < sum(final) < 16, (reason, final)  # both outcomes seen
+    for i in range(16):
+        P, n, ns = int(ex.prompt_len[i]), int(ex.mask[i].sum()), int(ex.steps[i].sum())
+        gen = np.asarray(
+            vlm.generate(vc, params, ex.image[i : i + 1], [list(ex.tokens[i, :P])], max_new_tokens=ns)
+        )
+        assert reason[i] == float((gen[0] == ex.tokens[i, P : P + ns]).all()), i
+        Q = P + ns  # the prompt and the right steps
+        gen = np.asarray(
+            vlm.generate(vc, params, ex.image[i : i + 1], [list(ex.tokens[i, :Q])], max_new_tokens=n - ns)
+        )
+        assert final[i] == float((gen[0] == ex.tokens[i, Q : P + n]).all()), i
+    # a batch without steps has no reasoning score
+    no_steps = {**sub, "steps": jnp.zeros_like(sub["steps"])}
+    assert np.isnan(float(one(params, no_steps)["reason"]))
+
+
+def test_column_forgetting_is_forgetting_on_the_chosen_tasks():
+    from jaxcl import metrics as M
+
+    R = np.random.default_rng(0).random((4, 4))
+    assert mm_cit.column_forgetting(R, range(4)) == M.forgetting(R)
+    want = np.mean([R[:3, j].max() - R[3, j] for j in (1, 2)])
+    assert abs(mm_cit.column_forgetting(R, [1, 2, 3]) - want) < 1e-12
+
+
+def test_tiny_reasoning_run_reports_steps_and_final_answers_apart(tmp_path):
+    out = tmp_path / "o"
+    sets = ["--set", "data.reasoning=true", "--set", "data.seq_len=68", "--set", "methods=finetune"]
+    assert cli.main(["run", "mm-cit", "--tiny", *sets, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["extra"]["reasoning_tasks"] == ["attributes", "counting"]
+    row = res["rows"]["finetune"]
+    R, F = np.asarray(row["R_per_seed"]), np.asarray(row["F_per_seed"])
+    assert R.shape == F.shape == (2, 3, 2) and np.isfinite(R).all()
+    np.testing.assert_allclose(row["per_seed"]["r_acc"], R[:, -1].mean(-1), atol=1e-6)
+    np.testing.assert_allclose(row["per_seed"]["f_acc"], F[:, -1].mean(-1), atol=1e-6)
+    assert "reasoning ACC" in res["table"]

@@ -83,6 +83,7 @@ class Examples(NamedTuple):
     prompt: tuple  # str N
     answer: tuple  # str N
     labels: np.ndarray  # int32 N x 4: the picture classes (single pictures: column 0, the rest -1)
+    steps: np.ndarray  # bool N x T: the answer's reasoning steps (``reasoning=True``), before ", so "
 
 
 def names(dataset: str) -> tuple:
@@ -150,9 +151,22 @@ def encode(prompts, answers, seq_len: int, tok=None) -> tuple[np.ndarray, np.nda
     return tokens, mask, plen
 
 
-def _make(image, prompts, answers, labels, seq_len) -> Examples:
+SO = ", so "  # between an answer's reasoning steps and its final answer (``reasoning=True``)
+
+
+def _make(image, prompts, answers, labels, seq_len, rationales=None) -> Examples:
+    """``rationales``: per example the reasoning steps written before :data:`SO` and the final
+    answer (``None``: answers without steps)."""
+    if rationales is not None:
+        answers = [f"{r}{SO}{a}" for r, a in zip(rationales, answers, strict=True)]
     tokens, mask, plen = encode(prompts, answers, seq_len)
-    return Examples(image, tokens, mask, plen, tuple(prompts), tuple(answers), labels.astype(np.int32))
+    steps = np.zeros_like(mask)
+    if rationales is not None:
+        tok = text.tokenizer("byte")
+        for i, r in enumerate(rationales):
+            steps[i, plen[i] : plen[i] + len(tok.encode(r))] = True
+    labels = labels.astype(np.int32)
+    return Examples(image, tokens, mask, plen, tuple(prompts), tuple(answers), labels, steps)
 
 
 def article(name: str) -> str:
@@ -182,39 +196,46 @@ def captions(x, y, dataset: str, n: int, seed: int, seq_len: int = 32) -> Exampl
     return _make(image, ["what is this?"] * n, answers, labels, seq_len)
 
 
-def attributes(x, y, dataset: str, n: int, seed: int, seq_len: int = 48) -> Examples:
-    """A yes/no question of :data:`ATTRIBUTES` about the pictured class."""
+def attributes(x, y, dataset: str, n: int, seed: int, seq_len: int = 48, reasoning: bool = False) -> Examples:
+    """A yes/no question of :data:`ATTRIBUTES` about the pictured class; ``reasoning``: the answer
+    first names what is shown (``it is an eight, so yes``)."""
     rng = np.random.default_rng(seed)
     idx = _pick(y, n, rng)
     image, labels = _single(x, y, idx)
     qs = list(ATTRIBUTES[dataset])
     prompts = [qs[i] for i in rng.integers(0, len(qs), n)]
     answers = ["yes" if c in ATTRIBUTES[dataset][q] else "no" for q, c in zip(prompts, y[idx], strict=True)]
-    return _make(image, prompts, answers, labels, seq_len)
+    steps = [f"it is {article(names(dataset)[c])}" for c in y[idx]] if reasoning else None
+    return _make(image, prompts, answers, labels, seq_len, steps)
 
 
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 
 
-def counting(x, y, n: int, seed: int, seq_len: int = 64, comparisons: float = 0.5) -> Examples:
+def counting(
+    x, y, n: int, seed: int, seq_len: int = 64, comparisons: float = 0.5, reasoning: bool = False
+) -> Examples:
     """2x2 grids of four random pictures; a ``comparisons`` fraction asks whether one position's
     class is larger than another's (``yes``/``no``), the rest how many are larger than a
-    threshold ``k`` in 0..8 (a count 0..4)."""
+    threshold ``k`` in 0..8 (a count 0..4). ``reasoning``: the answer first reads the classes it
+    needs (``3 and 9, so no``; ``3 7 1 9, so 2``)."""
     rng = np.random.default_rng(seed)
     idx_Nx4 = rng.integers(0, len(y), (n, 4))
     labels = y[idx_Nx4]
     image = grid(x[idx_Nx4])
-    prompts, answers = [], []
+    prompts, answers, steps = [], [], []
     for row in labels:
         if rng.random() < comparisons:
             a, b = rng.choice(4, 2, replace=False)
             prompts.append(f"is the {POSITIONS[a]} larger than the {POSITIONS[b]}?")
             answers.append("yes" if row[a] > row[b] else "no")
+            steps.append(f"{row[a]} and {row[b]}")
         else:
             k = int(rng.integers(0, 9))
             prompts.append(f"how many are larger than {k}?")
             answers.append(str(int((row > k).sum())))
-    return _make(image, prompts, answers, labels, seq_len)
+            steps.append(" ".join(str(int(c)) for c in row))
+    return _make(image, prompts, answers, labels, seq_len, steps if reasoning else None)
 
 
 class Rumours(NamedTuple):
@@ -284,23 +305,25 @@ def choices(ex: Examples, seq_len: int) -> dict:
     (SEFE's essential vs superficial forgetting, Chen et al. 2025): an example's options are the
     answers of its own kind (``yes``/``no`` questions: those two; the rest: every distinct other
     answer of ``ex``, e.g. the ten captions or the counts 0..4), each written after the
-    example's prompt as :func:`encode` writes the answer.
+    example's prompt as :func:`encode` writes the answer; an answer with reasoning steps keeps its
+    own steps in every option, only the final answer after :data:`SO` varies.
 
     Returns ``{'tokens': N x C x T, 'mask': N x C x T, 'valid': N x C, 'answer': N}``: ``C`` the
     most options of a kind, ``valid`` the real options of each row (the rest copy option 0 and are
     masked out of the choice), ``answer`` the index of the example's own answer."""
-    yn = np.asarray([a in YES_NO for a in ex.answer])
-    kinds = {True: list(YES_NO), False: sorted({a for a, y in zip(ex.answer, yn, strict=True) if not y})}
+    final = [a.split(SO)[-1] for a in ex.answer]  # the final answers; options keep each one's steps
+    yn = np.asarray([a in YES_NO for a in final])
+    kinds = {True: list(YES_NO), False: sorted({a for a, y in zip(final, yn, strict=True) if not y})}
     C = max(len(v) for v in kinds.values())
     N = len(ex.answer)
     prompts, answers = [], []
     valid, answer = np.zeros((N, C), bool), np.zeros(N, np.int32)
-    for i, (p, a) in enumerate(zip(ex.prompt, ex.answer, strict=True)):
-        opts = kinds[bool(yn[i])]
+    for i, (p, a, f) in enumerate(zip(ex.prompt, ex.answer, final, strict=True)):
+        opts, head = kinds[bool(yn[i])], a[: len(a) - len(f)]
         valid[i, : len(opts)] = True
-        answer[i] = opts.index(a)
+        answer[i] = opts.index(f)
         prompts += [p] * C
-        answers += [opts[j] if j < len(opts) else opts[0] for j in range(C)]
+        answers += [head + (opts[j] if j < len(opts) else opts[0]) for j in range(C)]
     tokens, mask, _ = encode(prompts, answers, seq_len)
     T = tokens.shape[1]
     return {

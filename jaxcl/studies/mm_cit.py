@@ -61,7 +61,14 @@ CIT_METHODS = ("finetune", "er", "der", "derpp", "ewc", "joint")
 
 DEFAULTS = {
     "model": vlm.section(),
-    "data": {"dataset": "digits", "tasks": TASKS, "n_train": 512, "n_eval": 128, "seq_len": 56},
+    "data": {
+        "dataset": "digits",
+        "tasks": TASKS,
+        "n_train": 512,
+        "n_eval": 128,
+        "seq_len": 56,
+        "reasoning": False,
+    },
     "train": {"steps_per_task": 300, "batch_size": 32, "eval_every": 50, "consolidate_samples": 64},
     # finetune+kl: KL to the model at the previous task's end, i.e. LwF for a language model
     "methods": ("finetune", "finetune+kl", "er", "derpp", "ewc", "joint"),
@@ -78,6 +85,14 @@ COLUMNS = [
     ("superficial", "superficial forgetting", "pct"),
     ("time_s", "time (s)", "seconds"),
 ]
+# with data.reasoning: the reasoning steps and the final answer (given the steps) apart, over the
+# tasks whose answers have steps (attributes, counting)
+REASONING_COLUMNS = [
+    ("r_acc", "reasoning ACC", "pct"),
+    ("r_forgetting", "reasoning forgetting", "pct"),
+    ("f_acc", "final-answer ACC", "pct"),
+    ("f_forgetting", "final-answer forgetting", "pct"),
+]
 
 
 def validate(cfg: dict) -> None:
@@ -87,6 +102,10 @@ def validate(cfg: dict) -> None:
     bad = [t for t in d["tasks"] if t not in TASKS]
     if bad or len(d["tasks"]) < 2:
         raise ConfigError(f"data.tasks={tuple(d['tasks'])!r}: give 2 or more of {', '.join(TASKS)}")
+    if not isinstance(d["reasoning"], bool):
+        raise ConfigError(f"data.reasoning={d['reasoning']!r}: give true or false")
+    if d["reasoning"] and not set(d["tasks"]) & {"attributes", "counting"}:
+        raise ConfigError("data.reasoning: only attributes and counting write steps; add one to data.tasks")
     config.check_nonempty(cfg, ["methods"], "set methods=finetune,er")
     config.check_positive(
         cfg,
@@ -107,7 +126,7 @@ def validate(cfg: dict) -> None:
 def build_tasks(cfg: dict) -> tuple[dict, dict]:
     """``(train, eval)``: each ``{'image': K x N x H x W x C, 'tokens': K x N x T, 'mask'}``, one
     entry per task of ``data.tasks``, from the data set's train and test splits; ``eval`` also
-    ``'choices'``: the options of every held-out example (:func:`jaxcl.data.multimodal.choices`,
+    ``'steps'`` (``K x N x T``, the answers' reasoning steps: ``data.reasoning``) and ``'choices'``: the options of every held-out example (:func:`jaxcl.data.multimodal.choices`,
     ``K x N x C x T`` tokens and mask, ``K x N x C`` valid, ``K x N`` answer; ``C`` padded to the
     most options of a task)."""
     d = cfg["data"]
@@ -117,10 +136,12 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
         for i, task in enumerate(d["tasks"]):
             seed = cfg["seed"] * 1000 + 10 * i + (split == "test")
             if task == "counting":
-                ex = MM.counting(x, y, n, seed, d["seq_len"])
+                ex = MM.counting(x, y, n, seed, d["seq_len"], reasoning=d["reasoning"])
+            elif task == "attributes":
+                ex = MM.attributes(x, y, d["dataset"], n, seed, d["seq_len"], reasoning=d["reasoning"])
             else:
-                ex = getattr(MM, task)(x, y, d["dataset"], n, seed, d["seq_len"])
-            parts[key].append(MM.batch(ex))
+                ex = MM.captions(x, y, d["dataset"], n, seed, d["seq_len"])
+            parts[key].append({**MM.batch(ex), **({"steps": ex.steps} if key == "eval" else {})})
             if key == "eval":
                 opts.append(MM.choices(ex, d["seq_len"]))
     C = max(o["valid"].shape[1] for o in opts)
@@ -143,6 +164,22 @@ def answer_correct(model, params, sub) -> jax.Array:
     logits_BxTxV, t_BxT, m_BxT = model.token_logits(params, sub)
     ok_BxT = (jnp.argmax(logits_BxTxV, -1) == t_BxT) | (m_BxT == 0)
     return ok_BxT.all(-1)
+
+
+def step_accuracies(model, params, sub) -> dict:
+    """The reasoning steps and the final answer apart (``sub['steps']``, the answers' step
+    tokens): ``reason``, the fraction of the examples with steps whose every step token is the
+    argmax (greedy writes the steps exactly; NaN when no example has steps), and ``final``, the
+    fraction whose every answer token after the steps is the argmax given the right steps."""
+    logits_BxTxV, t_BxT, m_BxT = model.token_logits(params, sub)
+    ok_BxT = jnp.argmax(logits_BxTxV, -1) == t_BxT
+    st_BxT = sub["steps"][:, 1:]  # aligned with the targets (tokens[:, 1:])
+    has_B = st_BxT.any(-1)
+    reason_B = (ok_BxT | ~st_BxT).all(-1)
+    final_B = (ok_BxT | ~((m_BxT > 0) & ~st_BxT)).all(-1)
+    n = has_B.sum()
+    reason = jnp.where(n > 0, (reason_B & has_B).sum() / jnp.maximum(n, 1), jnp.nan)
+    return {"reason": reason, "final": final_B.mean()}
 
 
 def answer_accuracy(model, params, sub) -> jax.Array:
@@ -189,7 +226,10 @@ def make_program(cfg: dict, model, method: str, mesh=None) -> LMProgram:
 
     def evaluate(params, data):
         ev = {k: v for k, v in data["eval"].items() if k != "choices"}
-        return {"acc": jax.lax.map(lambda sub: answer_accuracy(model, params, sub), ev)}
+        out = {"acc": jax.lax.map(lambda sub: answer_accuracy(model, params, sub), ev)}
+        if cfg["data"].get("reasoning"):
+            out.update(jax.lax.map(lambda sub: step_accuracies(model, params, sub), ev))
+        return out
 
     name = "finetune" if method == "joint" else method
     return LMProgram(
@@ -253,18 +293,29 @@ def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar, fresh: bool = Fal
     c = calls(prog, cfg)
     state = c["init"](keys, at(0))
     b, kb = map(np.asarray, c["evaluate"](state, at(0)))
-    trace = np.zeros((len(keys), K, E, J), np.float32)
+    traces = {}  # every quantity of the in-loop evaluation: S x K x E x J
     know = np.zeros((len(keys), K, J), np.float32)
     for t in range(K):
         if fresh and t:
             state = c["init"](keys, at(t))
         state, tr = c["task"](state, at(t))
-        trace[:, t] = np.asarray(tr["acc"])
+        for k, v in tr.items():
+            if k in ("acc", "reason", "final"):
+                traces.setdefault(k, np.zeros((len(keys), K, E, J), np.float32))[:, t] = np.asarray(v)
         know[:, t] = np.asarray(c["evaluate"](state, at(t))[1])
         if t < K - 1 and "end" in c:
             state = c["end"](state, at(t))
         bar.update(1)
-    return {"trace": trace, "know": know, "b": b, "kb": kb, "seconds": time.perf_counter() - t0}
+    out = {"trace": traces["acc"], "know": know, "b": b, "kb": kb, "seconds": time.perf_counter() - t0}
+    return out | ({"reason": traces["reason"], "final": traces["final"]} if "reason" in traces else {})
+
+
+def column_forgetting(R: np.ndarray, cols) -> float:
+    """:func:`jaxcl.metrics.forgetting` of the tasks ``cols`` of ``R`` (K x K): the mean over those
+    before the last of the drop from their best earlier accuracy to the final one."""
+    K = R.shape[0]
+    drops = [R[: K - 1, j].max() - R[-1, j] for j in cols if j < K - 1]
+    return float(np.mean(drops)) if drops else 0.0
 
 
 def model_of(cfg: dict, image_shape: tuple):
@@ -304,7 +355,7 @@ def programs(cfg: dict, mesh) -> list:
 def body(cfg: dict, run: Run) -> Report:
     train, ev = build_tasks(cfg)
     data = {"train": train, "eval": ev}
-    K, S = len(cfg["data"]["tasks"]), cfg["seeds"]
+    K, S, d = len(cfg["data"]["tasks"]), cfg["seeds"], cfg["data"]
     model = model_of(cfg, train["image"].shape[2:])
     keys = seeds_keys(cfg["seed"], S)
     rows, timing = {}, {}
@@ -321,6 +372,20 @@ def body(cfg: dict, run: Run) -> Report:
                 "superficial": [M.forgetting(a) - M.forgetting(k) for a, k in zip(A, Kn, strict=True)],
                 "time_s": [r["seconds"]],
             }
+            more = {}
+            if "reason" in r:
+                cols = [j for j, task in enumerate(d["tasks"]) if task in ("attributes", "counting")]
+                R, F = r["reason"][:, :, -1, :], r["final"][:, :, -1, :]
+                per |= {
+                    "r_acc": R[:, -1, cols].mean(-1),
+                    "r_forgetting": [column_forgetting(a, cols) for a in R],
+                    "f_acc": F[:, -1, cols].mean(-1),
+                    "f_forgetting": [column_forgetting(a, cols) for a in F],
+                }
+                # the matrices of the tasks with steps (columns: results' extra.reasoning_tasks)
+                R, F = R[:, :, cols], F[:, :, cols]
+                more = {"R_mean": R.mean(0).tolist(), "R_per_seed": R.tolist(), "F_mean": F.mean(0).tolist()}
+                more["F_per_seed"] = F.tolist()
             timing[method] = r["seconds"]
             rows[method] = results.row(
                 per,
@@ -331,10 +396,20 @@ def body(cfg: dict, run: Run) -> Report:
                 K_per_seed=Kn.tolist(),
                 kb_mean=r["kb"].mean(0).tolist(),
                 acc_trace_mean=r["trace"].mean(0).tolist(),
+                **more,
             )
-    d = cfg["data"]
+    columns = COLUMNS[:-1] + (REASONING_COLUMNS if d["reasoning"] else []) + COLUMNS[-1:]
     res = results.make(
-        "mm-cit", cfg, rows, COLUMNS, timing=timing, extra={"tasks": list(d["tasks"]), "model": model.name}
+        "mm-cit",
+        cfg,
+        rows,
+        columns,
+        timing=timing,
+        extra={
+            "tasks": list(d["tasks"]),
+            "model": model.name,
+            **({"reasoning_tasks": [t for t in d["tasks"] if t != "captions"]} if d["reasoning"] else {}),
+        },
     )
     header = (
         f"\n{cfg['name']}: {model.name} on {d['dataset']} image-text tasks {', '.join(d['tasks'])}; "
