@@ -10,6 +10,8 @@ essential (knowledge) and superficial (answer form) as SEFE does.
     jaxcl run mm-cit --tiny                        # what the tests run (rows er, finetune+kl)
     jaxcl run mm-cit --seeds 8                     # the README's run
     jaxcl run mm-cit --set methods=finetune,er --set kl.beta=0.5
+    jaxcl run mm-cit --seeds 8 --set data.reasoning=true --set data.seq_len=68 \
+        --set methods=finetune,finetune+kl,er      # the reasoning-quality matrix (README)
     jaxcl compile mm-cit --size accel --target tpu-v5e-8   # the accelerator size, compiled here
 
 --size accel: a VLM with SmolLM2-135M's decoder shape (trained from scratch, byte tokens, bf16) and

@@ -137,6 +137,7 @@ def test_tiny_run_writes_every_row(tmp_path):
         for k, _, _ in mm_unlearn.COLUMNS:
             v = np.asarray(row["per_seed"][k])
             assert v.shape == (2,) and ((v >= 0) & (v <= 1)).all(), k
+    assert res["plots"] == ["unlearning.png"] and (out / "unlearning.png").exists()
 
 
 def test_bad_forget_set_is_one_line_exit_2(capsys, tmp_path):

@@ -10,8 +10,16 @@ forgetting, the knowledge lost). Rows: ``finetune`` (SFT), ``finetune+kl`` (KL t
 the previous task's end: LwF for a language model), ``er`` (reservoir replay: a replayed answer
 with its own image), ``der`` / ``derpp`` (DER / DER++: the buffer keeps every answer position's
 logits, matched by squared error; :mod:`jaxcl.methods.der`), ``ewc`` (Fisher at each task's end),
-``joint`` (multi-task: every task seen so far, the upper bound). Not built yet (issue 24): a
-reasoning-quality matrix, RFT rows.
+``joint`` (multi-task: every task seen so far, the upper bound). Not built yet (issue 24): RFT
+rows.
+
+Reasoning quality (MLLM-CTBench tracks it apart from the final answer; ``data.reasoning: true``):
+the attribute and counting answers write their steps first, what the picture shows or the grid
+cells the question needs (``it is an eight, so yes``; ``3 and 9, so no``; ``3 7 1 9, so 2``),
+then the final answer. Per task with steps: the **reasoning accuracy** (every step token greedy-
+correct: greedy decoding writes the steps exactly) and the **final-answer accuracy** given the
+right steps (:func:`step_accuracies`), each a matrix (``R``, ``F``) with its forgetting
+(columns ``reasoning ACC`` / ``reasoning forgetting`` / ``final-answer ...``, over those tasks).
 
 Superficial vs essential: besides the answer accuracy (greedy writes the answer exactly), the
 **knowledge accuracy** of a task after each task is the fraction of its held-out examples whose

@@ -47,6 +47,7 @@ with a loss of utility (catastrophic forgetting).
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -348,7 +349,38 @@ def body(cfg: dict, run: Run) -> Report:
         f"{len(MM.names(d['dataset']))} entities unlearned, {S} seeds, {cfg['unlearn']['steps']} unlearning "
         "steps; answer accuracy on the test sets (greedy writes the answer exactly), mean ± std\n"
     )
-    return Report(res, header)
+    return Report(res, header, plots=(lambda res, out: plot(res, os.path.join(out, "unlearning.png")),))
+
+
+def plot(res: dict, path: str) -> str:
+    """Every row's accuracy on the forget-side test sets (left: the rumours asked as trained, in
+    paraphrase, under prompt attacks and after relearning; lower is more forgotten) and on what
+    should stay (right), mean ± std over seeds as grouped bars."""
+    from .. import plots
+
+    panels = (
+        (
+            "the unlearned rumours (lower: forgotten)",
+            ["f_text", "f_image", "f_both", "f_para", "attack", "relearn"],
+        ),
+        ("what should stay", ["r_rumour", "utility", "f_caption"]),
+    )
+    label = {k: lab for k, lab, _ in COLUMNS}
+    names = list(res["rows"])
+    with plots.figure(path, (13, 4.2), 2, title=f"{res['name']}: answer accuracy by row") as axes:
+        for ax, (title, keys) in zip(axes, panels, strict=True):
+            width = 0.8 / len(names)
+            for i, name in enumerate(names):
+                summ = res["rows"][name]["summary"]
+                xs = np.arange(len(keys)) + (i - (len(names) - 1) / 2) * width
+                means = [summ[k]["mean"] for k in keys]
+                ax.bar(xs, means, width, yerr=[summ[k]["std"] for k in keys], label=name, capsize=1.5)
+            ax.set_xticks(np.arange(len(keys)), [label[k] for k in keys], rotation=20, fontsize=8)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(title, fontsize=9)
+        axes[0].set_ylabel("answer accuracy")
+        axes[1].legend(fontsize=6, loc="upper right", ncol=2)
+    return path
 
 
 STUDY = Study(
