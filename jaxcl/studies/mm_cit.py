@@ -114,10 +114,17 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.reasoning={d['reasoning']!r}: give true or false")
     if d["reasoning"] and not set(d["tasks"]) & {"attributes", "counting"}:
         raise ConfigError("data.reasoning: only attributes and counting write steps; add one to data.tasks")
+    validate_schedule(cfg)
+
+
+def validate_schedule(cfg: dict, more: tuple = ()) -> None:
+    """The rows, sizes and schedule keys this study shares with :mod:`jaxcl.studies.mm_domains`
+    (``more``: that study's own positive keys)."""
     config.check_nonempty(cfg, ["methods"], "set methods=finetune,er")
     config.check_positive(
         cfg,
         [
+            *more,
             "data.n_train",
             "data.n_eval",
             "data.seq_len",

@@ -46,8 +46,8 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, plots, results
 from .. import metrics as M
+from .. import plots, results
 from ..config import ConfigError
 from ..data import multimodal as MM
 from ..driver import Report, Run, Study
@@ -114,22 +114,7 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"data.held_out holds every kind of {dom}: leave it one to train on")
     if not isinstance(cfg["standalone"], bool):
         raise ConfigError(f"standalone={cfg['standalone']!r}: give true or false")
-    config.check_nonempty(cfg, ["methods"], "set methods=finetune,er")
-    config.check_positive(
-        cfg,
-        [
-            "data.side",
-            "data.n_train",
-            "data.n_eval",
-            "data.seq_len",
-            "train.steps_per_task",
-            "train.batch_size",
-            "train.eval_every",
-            "train.consolidate_samples",
-            "seeds",
-        ],
-    )
-    config.check_multiple(cfg, "train.steps_per_task", "train.eval_every")
+    mm_cit.validate_schedule(cfg, ("data.side",))
 
 
 def examples(cfg: dict, dom: str, kinds, split: str, n: int, salt: int) -> MM.Examples:

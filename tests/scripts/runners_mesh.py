@@ -1,7 +1,7 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 by tests/test_runners_mesh.py.
 
-The unlearn-class and lm runners at small sizes, once without a mesh and once on a mesh of
-2 seeds x 4 data devices: the per-seed results of both and their differences (per value, and in
+The unlearn-class and lm runners at small sizes, and mm-cit's VLM (its ER row's compiled calls),
+once without a mesh and once on a mesh of 2 seeds x 4 data devices: the per-seed results of both and their differences (per value, and in
 examples for accuracies), what exchanging the two seeds would change (the difference a seed
 mix-up on the mesh would show), whether the mesh was really used (the
 compiled unlearning program all-reduces gradients over the data axis and its outputs span the 8
@@ -13,10 +13,12 @@ import json
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxcl import config, parallel, report
-from jaxcl.studies import lm, unlearn_class
+from jaxcl.loops import seeds_keys
+from jaxcl.studies import lm, mm_cit, unlearn_class
 
 assert jax.device_count() == 8, jax.devices()
 MESH = parallel.make_mesh(data=4, seeds=2)
@@ -136,6 +138,35 @@ for name, runner, cfg in (("unlearn_class", unlearn_class, uc), ("lm", lm, lc)):
     }
     if name == "unlearn_class":  # a weight that moved: the runs did something
         out[name]["ga_forget_acc"] = [one["ga"]["forget_acc"], many["ga"]["forget_acc"]]
+# the VLM (mm-cit's ER row: replay of images and tokens) for its three tasks on one device and
+# on the mesh: the trained weights, the training loss per evaluation and the knowledge accuracies
+mc = config.resolve(config.load("mm-cit", tiny=True), ["methods=er", "seeds=2"], study=mm_cit.STUDY)
+train, ev = mm_cit.build_tasks(mc)
+vlm_model = mm_cit.model_of(mc, train["image"].shape[2:])
+
+
+def vlm_run(mesh):
+    c = mm_cit.calls(mm_cit.make_program(mc, vlm_model, "er", mesh), mc)
+    at = lambda t: {"train": train, "eval": ev, "t": jnp.int32(t)}  # noqa: E731
+    state, losses = c["init"](seeds_keys(0, 2), at(0)), []
+    for t in range(train["tokens"].shape[0]):
+        state, tr = c["task"](state, at(t))
+        losses.append(np.asarray(tr["loss"]))
+    leaves = jax.tree.leaves(state.params)
+    know = np.asarray(c["evaluate"](state, at(t))[1])
+    return [np.asarray(x) for x in leaves], np.stack(losses, 1), know, len(leaves[0].sharding.device_set)
+
+
+p1, l1, k1, _ = vlm_run(None)
+p8, l8, k8, devices = vlm_run(MESH)
+out["vlm"] = {
+    "param_maxdiff": max(float(np.abs(a - b).max()) for a, b in zip(p1, p8, strict=True)),
+    "loss_maxdiff": float(np.abs(l1 - l8).max()),
+    "n_losses": int(l1.size),
+    "know": [k1.tolist(), k8.tolist()],
+    "seed_swap": max(float(np.abs(a[0] - a[1]).max()) for a in p1),
+    "state_devices": devices,
+}
 errors = {}
 for key, runner, cfg in (
     ("seeds", unlearn_class, {**uc, "seeds": 3}),
