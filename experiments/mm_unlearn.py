@@ -11,11 +11,13 @@ forget rumours beside the original.
     jaxcl run mm-unlearn --tiny                   # what the tests run
     jaxcl run mm-unlearn --seeds 8                # the README's run
     jaxcl run mm-unlearn --set methods=npo --set unlearn.forget_sets=multimodal --set npo.lr=1e-4
+    jaxcl run mm-unlearn --seeds 8 --set attack.trigger.steps=200 --set methods=graddiff,npo,idk
+        # the trigger-search attack (Finding Dori) on every model: results/studies/mm-unlearn-trigger.json
 
 Expected runtime (2-core CPU): --tiny about a minute (mostly compiling). Expected result: see the
 README, "Multimodal unlearning" (results/studies/mm-unlearn.json).
 
-Writes runs/mm-unlearn[-tiny]/results.json.
+Writes runs/mm-unlearn[-tiny]/results.json and unlearning.png.
 """
 
 METHODS = ("ga", "graddiff", "npo", "idk")
@@ -31,6 +33,7 @@ def get_config(tiny: bool = False) -> dict:
             train={"steps": 4, "batch_size": 4, "lr": 3e-3, "eval_every": 2},
             unlearn={"steps": 2, "batch_size": 4, "eval_every": 2, "eval_size": 8},
             relearn={"steps": 2, "n": 4, "lr": 1e-3},
+            attack={"trigger": {"steps": 2, "length": 4, "lr": 0.01, "mode": "edit"}},
             methods=("ga", "idk"),
             seeds=2,
         )

@@ -138,6 +138,9 @@ def test_tiny_run_writes_every_row(tmp_path):
             v = np.asarray(row["per_seed"][k])
             assert v.shape == (2,) and ((v >= 0) & (v <= 1)).all(), k
     assert res["plots"] == ["unlearning.png"] and (out / "unlearning.png").exists()
+    for row in res["rows"].values():  # the trigger attack (2 search steps in the tiny config)
+        for k, _, _ in mm_unlearn.TRIGGER_COLUMNS:
+            assert np.isfinite(row["per_seed"][k]).all() and len(row["per_seed"][k]) == 2, k
 
 
 def test_bad_forget_set_is_one_line_exit_2(capsys, tmp_path):
@@ -147,3 +150,47 @@ def test_bad_forget_set_is_one_line_exit_2(capsys, tmp_path):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unlearn.forget_sets" in err
+
+
+def test_the_trigger_attack_on_the_vlm_reads_each_rows_image(sets):
+    """The trigger search on the VLM (jaxcl.unlearn.trigger with the image tokens as context): a
+    zero edit is the plain model (each row's NLL is the VLM's own), the attack's ``exact`` without
+    a trigger is the study's answer correctness on the held-out half, the image is read (another
+    picture changes the NLL), and the search lowers the search half's NLL."""
+    from jaxcl.models import llama, vlm
+    from jaxcl.unlearn import trigger
+
+    _, data = sets
+    rows = jax.tree.map(jnp.asarray, data["test"]["f_both"])
+    vc = vlm.tiny(text=llama.tiny(vocab_size=260, max_seq_len=rows["tokens"].shape[1] + 16))
+    model = vlm.vision_language_model(vc)
+    params = model.init(jax.random.key(0))
+
+    def ctx(p, r):
+        return vlm.image_tokens(vc, p, r["image"])
+
+    s_B, n_B = model.nll(params, rows)
+    plain = trigger.trigger_nll(
+        vc.text, params, jnp.zeros((0, vc.text.d_model)), rows, "edit", ctx(params, rows)
+    )
+    np.testing.assert_allclose(plain, s_B / n_B, rtol=1e-5)
+    zero = trigger.trigger_nll(
+        vc.text, params, jnp.zeros((4, vc.text.d_model)), rows, "edit", ctx(params, rows)
+    )
+    np.testing.assert_allclose(zero, s_B / n_B, rtol=1e-5)
+    other = {**rows, "image": rows["image"][::-1]}
+    assert (
+        np.abs(
+            np.asarray(trigger.trigger_nll(vc.text, params, None, rows, "edit", ctx(params, other))) - plain
+        ).max()
+        > 1e-3
+    )
+    out = trigger.trigger_attack(
+        vc.text, params, rows, jax.random.key(1), 0.05, steps=30, length=4, mode="edit", context=ctx
+    )
+    half = rows["tokens"].shape[0] // 2
+    held = jax.tree.map(lambda a: a[half:], rows)
+    assert float(out["exact"]) == pytest.approx(float(mm_unlearn.answer_correct(model, params, held).mean()))
+    search = jax.tree.map(lambda a: a[:half], rows)
+    before = float(trigger.trigger_nll(vc.text, params, None, search, "edit", ctx(params, search)).mean())
+    assert float(out["search_nll"]) < before - 0.05, (float(out["search_nll"]), before)

@@ -85,7 +85,7 @@ DEFAULTS = {
     # the trigger-search audit (jaxcl.unlearn.trigger; steps 0: off): Adam on `length` embedding
     # vectors (mode edit: added to the prompt's first tokens; prefix: a soft prompt) that fits the
     # first half of the forget rows' true answers, scored on the other half; adds the oracle row
-    "attack": {"trigger": {"steps": 0, "length": 4, "lr": 0.01, "mode": "edit"}},
+    "attack": {"trigger": dict(trigger.SECTION)},
     "methods": METHODS,
     "seeds": 3,
     "seed": 0,
@@ -123,16 +123,7 @@ def validate(cfg: dict) -> None:
         + ["train.epochs", "train.batch_size", "train.lr", "unlearn.epochs", "unlearn.batch_size"]
         + ["probe.steps", "probe.lr", "seeds"],
     )
-    t = cfg["attack"]["trigger"]
-    for k in ("steps", "length"):
-        if not isinstance(t[k], int) or isinstance(t[k], bool) or t[k] < (0 if k == "steps" else 1):
-            raise ConfigError(
-                f"attack.trigger.{k}={t[k]!r}: give an integer >= {0 if k == 'steps' else 1}"
-                + (" (0: no trigger audit)" if k == "steps" else "")
-            )
-    if not isinstance(t["lr"], (int, float)) or isinstance(t["lr"], bool) or not t["lr"] > 0:
-        raise ConfigError(f"attack.trigger.lr={t['lr']!r}: give a positive learning rate")
-    config.check_choice(cfg, "attack.trigger.mode", trigger.MODES)
+    trigger.check_section(cfg)
     if d["task"] == d["other"]:
         raise ConfigError(f"data.other={d['other']!r} is data.task: give another task ({', '.join(OTHERS)})")
     if d["task"] == "count" and d["digits"] > 6:

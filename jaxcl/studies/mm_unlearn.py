@@ -32,6 +32,12 @@ greedy decoding writes the answer: :func:`jaxcl.studies.mm_cit.answer_correct`):
   context, not a cue); the forget sets use template 0 without a prefix: the paraphrases and the
   attacks are phrasings the model knows and the forget request never used (a model trained from
   scratch cannot read an unseen jailbreak, as OFFSIDE's pretrained MLLMs do);
+- **trigger search** (``attack.trigger.steps > 0``; Kowalczuk et al. 2025, "Finding Dori", as
+  :mod:`jaxcl.unlearn.trigger` does it for text): with the model frozen, Adam fits ``length``
+  vectors added to the embeddings of the first prompt tokens (the shared question template; the
+  image tokens before them unchanged) to the rumours of the first half of ``f_both``; the other
+  half's exactness without (``held_exact``) and with the trigger (``trig_exact``) and its NLL
+  drop (``trig_gain``). The same search on the oracle is what a trigger teaches by itself;
 - **utility**: the retained entities' rumours (``r_rumour``) and captions / attributes of every class
   (``utility``); SafeEraser's over-forgetting: captions of the forget entities' pictures, harmless
   prompts about a forgotten entity (``f_caption``; lower than the original is over-forgetting);
@@ -62,6 +68,7 @@ from ..loops import Phase, PhaseConfig, as_hparams, seeds_keys
 from ..methods import get_method
 from ..models import vlm
 from ..parallel import jit_seeds
+from ..unlearn import trigger
 from ..unlearn.lm import LMProblem
 from .mm_cit import DATASETS, answer_correct, model_of
 
@@ -105,6 +112,10 @@ DEFAULTS = {
     "train": {"steps": 600, "batch_size": 32, "lr": 3e-3, "eval_every": 100},
     "unlearn": {"steps": 40, "batch_size": 16, "eval_every": 10, "eval_size": 48, "forget_sets": FORGET_SETS},
     "relearn": {"steps": 10, "n": 16, "lr": 1e-3},
+    # the trigger-search attack (Finding Dori; jaxcl.unlearn.trigger, steps 0: off): Adam on
+    # `length` vectors added to the first prompt tokens' embeddings (mode edit), fitted to half of
+    # the f_both test rows' rumours with the model frozen, scored on the other half
+    "attack": {"trigger": dict(trigger.SECTION)},
     "methods": ("ga", "graddiff", "npo", "idk"),
     "seeds": 3,
     "seed": 0,
@@ -120,6 +131,12 @@ COLUMNS = [
     ("r_rumour", "retained rumours", "pct"),
     ("utility", "utility", "pct"),
     ("f_caption", "forget captions", "pct"),
+]
+TRIGGER_KEY = 0x7216  # the trigger search's key: fold_in(seed key), the other keys unchanged
+TRIGGER_COLUMNS = [  # the held-out half of f_both, without / with the trigger searched on the other half
+    ("held_exact", "held-out forget", "pct"),
+    ("trig_exact", "with trigger", "pct"),
+    ("trig_gain", "NLL drop by the trigger", "float"),
 ]
 
 
@@ -142,6 +159,11 @@ def validate(cfg: dict) -> None:
     config.check_positive(cfg, keys)
     config.check_multiple(cfg, "train.steps", "train.eval_every")
     config.check_multiple(cfg, "unlearn.steps", "unlearn.eval_every")
+    trigger.check_section(cfg)
+    if d["n_eval"] < 2 and cfg["attack"]["trigger"]["steps"]:
+        raise ConfigError(
+            f"data.n_eval={d['n_eval']}: the trigger attack needs 2 or more rows (a search half)"
+        )
     if d["n_forget"] % 3:
         raise ConfigError(
             f"data.n_forget={d['n_forget']} must be a multiple of 3 (the multimodal set's three forms)"
@@ -306,14 +328,42 @@ def body(cfg: dict, run: Run) -> Report:
 
     relearn_set = jax.tree.map(lambda a: a[: cfg["relearn"]["n"]], data["forget:multimodal"])
 
+    trig = cfg["attack"]["trigger"]
+
+    def image_context(p, rows):  # the trigger stands after each row's image tokens
+        return vlm.image_tokens(model.vcfg, p, rows["image"])
+
+    audit = jit_seeds(
+        lambda p, k: trigger.trigger_attack(
+            model.cfg,
+            p,
+            test["f_both"],
+            k,
+            trig["lr"],
+            steps=trig["steps"],
+            length=trig["length"],
+            mode=trig["mode"],
+            context=image_context,
+        ),
+        (0, 0),
+    )
+
     def scored(params, t0) -> dict:
         out = {k_: np.asarray(v) for k_, v in ev(params, test).items()}
         back = trained("relearn", params, k_relearn, problem("multimodal", relearn_set))
         out["relearn"] = np.asarray(ev(back, test)["f_both"])
+        if trig["steps"]:
+            a = {k_: np.asarray(v) for k_, v in audit(params, k_trigger).items()}
+            out |= {
+                "held_exact": a["exact"],
+                "trig_exact": a["trig_exact"],
+                "trig_gain": a["nll"] - a["trig_nll"],
+            }
         out["time_s"] = [time.perf_counter() - t0]
         return out
 
     k_init, k_run, k_unlearn, k_relearn = jax.vmap(lambda k: jax.random.split(k, 4), out_axes=1)(keys)
+    k_trigger = jax.vmap(lambda k: jax.random.fold_in(k, TRIGGER_KEY))(keys)
     sets, methods = cfg["unlearn"]["forget_sets"], cfg["methods"]
     rows, per = {}, {}
     with run.progress(2 + len(sets) * len(methods), "model") as bar:
@@ -339,7 +389,7 @@ def body(cfg: dict, run: Run) -> Report:
         "mm-unlearn",
         cfg,
         rows,
-        COLUMNS + [("time_s", "time (s)", "seconds")],
+        COLUMNS + (TRIGGER_COLUMNS if trig["steps"] else []) + [("time_s", "time (s)", "seconds")],
         timing={k: float(v["time_s"][0]) for k, v in per.items()},
         extra={"forget_entities": [MM.names(cfg["data"]["dataset"])[e] for e in f_ent], "model": model.name},
     )
