@@ -13,7 +13,10 @@ domain accuracy (domains a model has not trained on), cross-task accuracy.
     jaxcl run mm-domains --set data.held_out=attributes@fashion-mnist
 
 Expected runtime (2-core CPU): --tiny about a minute (mostly compiling); the default run about
-an hour. Writes runs/mm-domains[-tiny]/results.json, accuracy_matrix.png, domains.png.
+an hour (55 min at load 1.4 -> 3.4). Expected result: rehearsal keeps 29 points more of the
+domains than fine-tuning and the cross-task answers fine-tuning loses (README, "Domain-sequence
+rehearsal"; results/studies/mm-domains.json). Writes runs/mm-domains[-tiny]/results.json,
+accuracy_matrix.png, domains.png.
 """
 
 
