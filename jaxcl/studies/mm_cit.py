@@ -141,7 +141,7 @@ def validate_schedule(cfg: dict, more: tuple = ()) -> None:
 def build_tasks(cfg: dict) -> tuple[dict, dict]:
     """``(train, eval)``: each ``{'image': K x N x H x W x C, 'tokens': K x N x T, 'mask'}``, one
     entry per task of ``data.tasks``, from the data set's train and test splits; ``eval`` also
-    ``'steps'`` (``K x N x T``, the answers' reasoning steps: ``data.reasoning``) and ``'choices'``: the options of every held-out example (:func:`jaxcl.data.multimodal.choices`,
+    ``'steps'`` (``K x N x T``, the answers' reasoning steps; only with ``data.reasoning``) and ``'choices'``: the options of every held-out example (:func:`jaxcl.data.multimodal.choices`,
     ``K x N x C x T`` tokens and mask, ``K x N x C`` valid, ``K x N`` answer; ``C`` padded to the
     most options of a task)."""
     d = cfg["data"]
@@ -156,7 +156,8 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
                 ex = MM.attributes(x, y, d["dataset"], n, seed, d["seq_len"], reasoning=d["reasoning"])
             else:
                 ex = MM.captions(x, y, d["dataset"], n, seed, d["seq_len"])
-            parts[key].append({**MM.batch(ex), **({"steps": ex.steps} if key == "eval" else {})})
+            steps = {"steps": ex.steps} if key == "eval" and d["reasoning"] else {}  # read by step_accuracies
+            parts[key].append({**MM.batch(ex), **steps})
             if key == "eval":
                 opts.append(MM.choices(ex, d["seq_len"]))
     C = max(o["valid"].shape[1] for o in opts)
