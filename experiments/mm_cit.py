@@ -47,6 +47,9 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "derpp": {"lr": 3e-3, "capacity": 512, "memory_batch": 32},
         "ewc": {"lr": 3e-3},
         "kl": {"beta": 1.0},
+        # RFT rows (methods=...,grpo; they need train.base_steps): completions long enough for
+        # Fashion-MNIST's longest caption and its end token
+        "grpo": {"lr": 1e-3, "group_size": 8, "max_new_tokens": 16},
     }
     if size == "accel":  # SmolLM2-135M's decoder shape from scratch, Fashion-MNIST, 8 seeds (one per chip)
         cfg.update(

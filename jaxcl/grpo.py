@@ -67,6 +67,12 @@ oversampling factor, as a compiled program needs: rows the pool cannot fill are 
 One RL iteration (rollout of ``B x G`` completions with the KV cache of :mod:`jaxcl.generate`,
 rewards in JAX, advantages, ``mu`` updates) is one pure function (:func:`make_iteration`) that
 :func:`jaxcl.loops.run_chunks` scans like any training step.
+
+A policy that reads more than the prompt's tokens (a vision-language model: the image tokens
+``H_v`` before the text, :mod:`jaxcl.models.vlm`) passes a :class:`Context`: every log-prob is
+``pi_theta(o_it | H_v(x), q, o_i<t)``, the rollouts sample with the same prefix in the KV cache, and
+the prefix is recomputed from the prompt rows' fields (the image) with the current parameters, so
+the policy gradient reaches the image encoder too.
 """
 
 from __future__ import annotations
@@ -80,6 +86,23 @@ import jax.numpy as jnp
 from .engine import LossFn
 from .generate import Sampling, generate_ids
 from .models import llama
+
+
+class Context(NamedTuple):
+    """Input embeddings placed before every prompt: ``prefix(params, rows) -> (B, I, D)`` from the
+    prompt rows' fields ``keys`` (a vision-language model's image tokens from ``rows['image']``,
+    :attr:`jaxcl.models.vlm.VisionLanguageModel.prefix`). The rollout carries those fields into its
+    batch, where the policy loss and the reference read them."""
+
+    prefix: Callable
+    keys: tuple[str, ...]
+
+
+def context_of(model) -> Context | None:
+    """The :class:`Context` of a model of the registry (a VLM's image tokens), or None (the Llama)."""
+    prefix = getattr(model, "prefix", None)
+    return None if prefix is None else Context(prefix, tuple(model.prefix_keys))
+
 
 SCALES = ("group", "batch", "none")  # TRL's scale_rewards
 BASELINES = ("mean", "rloo")
@@ -187,28 +210,40 @@ def kl_exact(logits_BxNxV, ref_logits_BxNxV):
     return (jnp.exp(logp) * (logp - ref)).sum(-1)
 
 
-def masked_forward(cfg, params, tokens_BxT, valid_BxT):
+def masked_forward(cfg, params, tokens_BxT, valid_BxT, prefix_BxIxD=None):
     """Logits of a left-padded batch: padded positions are masked out of attention and every row's
-    RoPE positions start at its first real token (as :func:`jaxcl.generate.generate` sees it)."""
+    RoPE positions start at its first real token (as :func:`jaxcl.generate.generate` sees it);
+    ``prefix_BxIxD``: input embeddings before the tokens (a VLM's image tokens, positions 0 .. I-1,
+    as :func:`jaxcl.generate.generate_ids` places them); the logits cover the T tokens."""
     B, T = tokens_BxT.shape
+    I = 0 if prefix_BxIxD is None else prefix_BxIxD.shape[1]  # noqa: E741
+    if I:
+        valid_BxT = jnp.concatenate([jnp.ones((B, I), bool), valid_BxT], axis=1)
     pos = jnp.maximum(jnp.cumsum(valid_BxT, axis=1) - 1, 0).astype(jnp.int32)
-    cache = llama.init_cache(cfg, B, T)
+    cache = llama.init_cache(cfg, B, I + T)
     logits, _ = llama.forward(
-        cfg, params, tokens_BxT, positions_BxT=pos, token_mask_BxT=valid_BxT, cache=cache
+        cfg,
+        params,
+        tokens_BxT,
+        positions_BxT=pos,
+        token_mask_BxT=valid_BxT,
+        cache=cache,
+        prefix_BxPxD=prefix_BxIxD,
     )
     return logits
 
 
-def completion_logits(cfg, params, tokens_BxT, valid_BxT, n_completion: int):
+def completion_logits(cfg, params, tokens_BxT, valid_BxT, n_completion: int, prefix_BxIxD=None):
     """Logits predicting the last ``n_completion`` tokens: ``(B, N, V)``."""
-    logits = masked_forward(cfg, params, tokens_BxT[:, :-1], valid_BxT[:, :-1])
+    logits = masked_forward(cfg, params, tokens_BxT[:, :-1], valid_BxT[:, :-1], prefix_BxIxD)
     return logits[:, -n_completion:]
 
 
-def completion_logp(cfg, params, tokens_BxT, valid_BxT, n_completion: int, *, logits=None):
-    """log pi(token) of the last ``n_completion`` tokens given everything before: ``(B, N)``."""
+def completion_logp(cfg, params, tokens_BxT, valid_BxT, n_completion: int, *, logits=None, prefix_BxIxD=None):
+    """log pi(token) of the last ``n_completion`` tokens given everything before (and the
+    ``prefix_BxIxD`` embeddings before that): ``(B, N)``."""
     if logits is None:
-        logits = completion_logits(cfg, params, tokens_BxT, valid_BxT, n_completion)
+        logits = completion_logits(cfg, params, tokens_BxT, valid_BxT, n_completion, prefix_BxIxD)
     lp = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(lp, tokens_BxT[:, -n_completion:, None], axis=-1)[..., 0]
 
@@ -221,18 +256,21 @@ def grpo_loss(
     loss_type: str = "bnpo",
     importance_sampling_level: str = "token",
     keep_logits: bool = False,
+    context: Context | None = None,
 ) -> LossFn:
     """The GRPO policy loss on a rollout batch ``{'tokens', 'valid', 'completion_mask', 'old_logp',
     'adv', 'weight'}`` (without ``old_logp`` (``mu = 1``) the ratio is taken against the policy's own
     log-probs with the gradient stopped: ratio 1, the same gradient, one forward pass fewer)
     (``weight``: 0 for rows RIF could not fill). ``aux`` carries the policy's ``logp`` (and
     ``logits`` with ``keep_logits``) and the ``mask`` for :func:`with_kl_penalty`; see
-    :func:`clipped_policy_loss` for the options (TRL's names)."""
+    :func:`clipped_policy_loss` for the options (TRL's names). ``context``: the prefix read from
+    the batch's context fields (:class:`Context`), with the gradient."""
 
     def loss_fn(params, batch, key):
         del key
         n = batch["completion_mask"].shape[1]
-        logits = completion_logits(cfg, params, batch["tokens"], batch["valid"], n)
+        prefix = None if context is None else context.prefix(params, batch)
+        logits = completion_logits(cfg, params, batch["tokens"], batch["valid"], n, prefix)
         logp = completion_logp(cfg, params, batch["tokens"], batch["valid"], n, logits=logits)
         mask = batch["completion_mask"] & (batch["weight"][:, None] > 0)
         loss, clipped = clipped_policy_loss(
@@ -384,6 +422,7 @@ def make_rollout(
     reward_funcs=("env",),
     reward_weights=(),
     soft_punish_cache: int = 0,
+    context: Context | None = None,
 ) -> Callable:
     """``rollout(params, prompts, key, env) -> (batch, metrics)``.
 
@@ -396,7 +435,9 @@ def make_rollout(
     ``reward_<name>`` when there are several. With ``rif`` (DAPO's dynamic sampling), the ``B``
     prompts are a pool of ``rif_pool`` batches: prompts with mixed rewards fill the
     ``B // rif_pool`` rows of the batch (mixed first, in pool order), rows left without one get
-    ``weight`` 0; ``filled`` reports the fraction filled."""
+    ``weight`` 0; ``filled`` reports the fraction filled. ``context`` (:class:`Context`): every
+    completion is sampled after its prompt's prefix (the image tokens of the sampling parameters)
+    and the prompt rows' ``context.keys`` fields go into the batch."""
     G = group_size
     if G < 2:
         raise ValueError(
@@ -427,23 +468,29 @@ def make_rollout(
 
     def rollout(params, prompts, key, env: Env):
         P = prompts["prompt"].shape[1]
-        if P + max_new_tokens > cfg.max_seq_len:
+        sampler = jax.lax.stop_gradient(params)
+        prefix = None if context is None else context.prefix(sampler, prompts)
+        I = 0 if prefix is None else prefix.shape[1]  # noqa: E741
+        if I + P + max_new_tokens > cfg.max_seq_len:
             raise ValueError(
-                f"prompt length {P} + max_new_tokens {max_new_tokens} exceeds the model's context "
-                f"(max_seq_len {cfg.max_seq_len}); shorten the prompts or max_new_tokens"
+                f"prompt length {P}{f' + {I} prefix tokens' if I else ''} + max_new_tokens "
+                f"{max_new_tokens} exceeds the model's context (max_seq_len {cfg.max_seq_len}); "
+                "shorten the prompts or max_new_tokens"
             )
         B = prompts["prompt"].shape[0]
         rep = lambda a: jnp.repeat(a, G, axis=0)
         tok = rep(prompts["prompt"])
         valid = rep(prompts["prompt_valid"])
+        prefix = None if prefix is None else rep(prefix)
         comp = generate_ids(
-            jax.lax.stop_gradient(params),
+            sampler,
             tok,
             valid,
             key,
+            prefix,
             cfg=cfg,
             max_new_tokens=max_new_tokens,
-            cache_len=P + max_new_tokens,
+            cache_len=I + P + max_new_tokens,
             sampling=sampling,
             eos_id=env.eos_id,
             pad_id=env.pad_id,
@@ -480,6 +527,8 @@ def make_rollout(
             weight_B = keep_B[order].astype(jnp.float32)
             sel = (order[:, None] * G + jnp.arange(G)).reshape(-1)
             tokens, full_valid, through = tokens[sel], full_valid[sel], through[sel]
+            rows = jax.tree.map(lambda a: a[sel], rows)
+            prefix = None if prefix is None else prefix[sel]
             adv_BxG, r_BxG = adv_BxG[order], r_BxG[order]
             metrics["reward_kept"] = (r_BxG.mean(-1) * weight_B).sum() / jnp.maximum(weight_B.sum(), 1)
             metrics["filled"] = weight_B.mean()
@@ -490,9 +539,12 @@ def make_rollout(
             "adv": adv_BxG.reshape(-1),
             "weight": jnp.repeat(weight_B, G),
         }
+        if context is not None:
+            batch.update({k: rows[k] for k in context.keys})
         if sampling_logp:
-            p = jax.lax.stop_gradient(params)
-            batch["old_logp"] = completion_logp(cfg, p, tokens, full_valid, max_new_tokens)
+            batch["old_logp"] = completion_logp(
+                cfg, sampler, tokens, full_valid, max_new_tokens, prefix_BxIxD=prefix
+            )
         metrics["completion_len"] = through.sum(-1).mean()
         return batch, metrics
 
@@ -535,15 +587,22 @@ def make_iteration(method, env: Env, *, skip_nonfinite: bool = False, mesh=None)
     return iteration
 
 
-def example_batch(prompts, *, group_size: int, max_new_tokens: int, pad_id: int, mu: int = 1):
-    """A rollout-shaped batch of zeros for ``init_state`` (sizes data-transform state)."""
+def example_batch(
+    prompts, *, group_size: int, max_new_tokens: int, pad_id: int, mu: int = 1, context_keys=()
+):
+    """A rollout-shaped batch of zeros for ``init_state`` (sizes data-transform state), with the
+    prompts' ``context_keys`` fields repeated per completion (:class:`Context`)."""
     B, P = prompts["prompt"].shape
     n = B * group_size
     T = P + max_new_tokens
-    return {
-        "tokens": jnp.full((n, T), pad_id, jnp.int32),
-        "valid": jnp.ones((n, T), bool),
-        "completion_mask": jnp.ones((n, max_new_tokens), bool),
-        "adv": jnp.zeros((n,), jnp.float32),
-        "weight": jnp.ones((n,), jnp.float32),
-    } | ({"old_logp": jnp.zeros((n, max_new_tokens), jnp.float32)} if mu > 1 else {})
+    return (
+        {k: jnp.repeat(prompts[k], group_size, axis=0) for k in context_keys}
+        | {
+            "tokens": jnp.full((n, T), pad_id, jnp.int32),
+            "valid": jnp.ones((n, T), bool),
+            "completion_mask": jnp.ones((n, max_new_tokens), bool),
+            "adv": jnp.zeros((n,), jnp.float32),
+            "weight": jnp.ones((n,), jnp.float32),
+        }
+        | ({"old_logp": jnp.zeros((n, max_new_tokens), jnp.float32)} if mu > 1 else {})
+    )

@@ -8,12 +8,18 @@ compiled loop with ``key = fold_in(fold_in(state.key, 0x5EED), state.step)``) an
 the methods; optionally ``wrap(step, data)`` around the registry's step (e.g. injected rows). The
 data is an argument of every program, never a constant inside it; the hyperparameters are traced
 where the study passes them (``hp``) and constants where it uses :attr:`LMProgram.hp` inside.
+
+An RL method of the registry (``grpo``) runs on the same loop when the study gives the reward
+environment (``env``, :class:`jaxcl.grpo.Env`): its ``draw`` then returns prompt rows
+(``prompt``, ``prompt_valid`` and what the reward and the model's context read) and a step is one
+RL iteration (:func:`jaxcl.grpo.make_iteration`: rollouts, rewards, the policy updates).
 """
 
 from __future__ import annotations
 
 import jax
 
+from . import grpo
 from .config import method_settings
 from .loops import as_hparams, build_method, method_state, method_step, run_chunks
 from .methods import get_method
@@ -48,6 +54,7 @@ class LMProgram:
         name: str | None = None,
         handles=(),
         norms: bool = True,
+        env=None,
     ):
         self.model, self.pretrained, self.mesh, self.eval_every = model, pretrained, mesh, eval_every
         spec = getattr(model, "lora", None)
@@ -57,6 +64,14 @@ class LMProgram:
         self.opts = {**options, **(opts or {})}
         self.hp = as_hparams(self.spec, {**values, **(hp or {})})
         self.name, self.handles, self.norms = name or self.spec.name, handles, norms
+        self.env = env
+        if self.spec.kind == "rl":
+            if env is None:
+                raise ValueError(
+                    f"{self.spec.name} is an RL method: give the study's reward environment (env)"
+                )
+            if self.lora is not None:
+                raise ValueError(f"{self.spec.name} on LoRA adapters is not built; set model.lora.rank=0")
         if draw is not None:
             self.draw = draw
         if evaluate is not None:
@@ -93,6 +108,15 @@ class LMProgram:
         k_init, k_run = jax.random.split(key)
         params = self.model.init(k_init) if params0 is None else params0
         example = None if data is None else self.draw(data, k_init)
+        if example is not None and self.spec.kind == "rl":  # a rollout-shaped batch of the prompts
+            example = grpo.example_batch(
+                example,
+                group_size=int(self.opts["group_size"]),
+                max_new_tokens=int(self.opts["max_new_tokens"]),
+                pad_id=self.env.pad_id,
+                mu=int(self.opts["mu"]),
+                context_keys=getattr(self.model, "prefix_keys", ()),
+            )
         return self.start(params, k_run, hp, example)
 
     def start(self, params, key, hp, example=None):
@@ -104,12 +128,18 @@ class LMProgram:
         adapters = lora.init(self.lora, params, jax.random.fold_in(key, lora.KEY))
         return method_state(method, adapters, key, example, mesh=self.mesh, frozen=params)
 
+    def step(self, hp, frozen=()):
+        """The step the loop runs before :meth:`wrap`: the registry's training step, or for an RL
+        method one iteration of rollouts and updates (:func:`jaxcl.grpo.make_iteration`)."""
+        method = self.method(hp, frozen)
+        if self.spec.kind == "rl":
+            return grpo.make_iteration(method, self.env, mesh=self.mesh)
+        return method_step(method, name=self.name, handles=self.handles, norms=self.norms)
+
     def call(self, state, hp, data, n_chunks: int):
         """``n_chunks`` chunks of ``eval_every`` steps of the method's step, each followed by
         :meth:`evaluate`: ``(state, trace)`` of :func:`jaxcl.loops.run_chunks`."""
-        step = method_step(
-            self.method(hp, state.frozen), name=self.name, handles=self.handles, norms=self.norms
-        )
+        step = self.step(hp, state.frozen)
         merged = (lambda p: p) if self.lora is None else (lambda p: lora.merge(self.lora, state.frozen, p))
         return run_chunks(
             self.wrap(step, data),
@@ -124,9 +154,7 @@ class LMProgram:
     def one_step(self, state, hp, data):
         """One training step, the batch drawn as :func:`jaxcl.loops.run_chunks` draws it: the
         per-step program of the compile check (:mod:`jaxcl.compile`)."""
-        step = method_step(
-            self.method(hp, state.frozen), name=self.name, handles=self.handles, norms=self.norms
-        )
+        step = self.step(hp, state.frozen)
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), state.step)
         return self.wrap(step, data)(state, self.draw(data, key))
 

@@ -18,7 +18,7 @@ WORKERS="${JAXCL_TEST_WORKERS:-2}"
 CORE=(tests/test_compile_check.py tests/test_registry.py tests/test_llama.py tests/test_engine.py tests/test_conv.py tests/test_unlearn_ssd.py
   tests/test_checkpoint.py tests/test_parallel.py tests/test_mesh_agreement.py tests/test_multihost.py
   tests/test_conformance.py tests/test_replay.py tests/test_project_losses.py tests/test_metrics.py
-  tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py)
+  tests/test_text.py tests/test_probes.py tests/test_grpo.py tests/test_grpo_vlm.py tests/test_tasks.py tests/test_cache.py tests/test_batching.py)
 TWICE=()
 for f in "${CORE[@]}"; do TWICE+=("--ignore=$f"); done
 [ -n "${JAXCL_SKIP_312:-}" ] && TWICE=()

@@ -337,3 +337,53 @@ def choices(ex: Examples, seq_len: int) -> dict:
 def batch(ex: Examples) -> dict:
     """The VLM's batch: ``{'image', 'tokens', 'mask'}`` (:mod:`jaxcl.models.vlm`)."""
     return {"image": ex.image, "tokens": ex.tokens, "mask": ex.mask}
+
+
+# -- reinforcement fine-tuning: prompts and a verifiable reward ------------------------------------
+
+
+def prompt_rows(batch: dict, prompt_len: int, answer_len: int, tok=None) -> dict:
+    """The RL prompt rows of a VLM batch (:func:`batch`'s ``{'image', 'tokens', 'mask'}``, N x T):
+    ``prompt`` (N x ``prompt_len``, the tokens before the answer, left-padded) with
+    ``prompt_valid``, and ``answer`` (N x ``answer_len``, the answer and end tokens, right-padded)
+    with ``answer_mask``, beside the ``image``. A ValueError names the size to raise when a prompt
+    or an answer does not fit."""
+    from .vocab import pad_id
+
+    pad = pad_id(tok or text.tokenizer("byte"))
+    toks, mask = np.asarray(batch["tokens"]), np.asarray(batch["mask"])
+    n = len(toks)
+    start_N, alen_N = mask.argmax(1), mask.sum(1)
+    if start_N.max() > prompt_len:
+        raise ValueError(f"a prompt takes {start_N.max()} tokens; raise the prompt length above {prompt_len}")
+    if alen_N.max() > answer_len:
+        raise ValueError(
+            f"an answer and its end token take {alen_N.max()} tokens; raise the completion length above "
+            f"{answer_len}"
+        )
+    prompt = np.full((n, prompt_len), pad, np.int32)
+    valid = np.zeros((n, prompt_len), bool)
+    answer = np.full((n, answer_len), pad, np.int32)
+    amask = np.zeros((n, answer_len), bool)
+    for i, (s, a) in enumerate(zip(start_N, alen_N, strict=True)):
+        prompt[i, prompt_len - s :], valid[i, prompt_len - s :] = toks[i, :s], True
+        answer[i, :a], amask[i, :a] = toks[i, s : s + a], True
+    return {
+        "image": np.asarray(batch["image"]),
+        "prompt": prompt,
+        "prompt_valid": valid,
+        "answer": answer,
+        "answer_mask": amask,
+    }
+
+
+def exact_answer_reward(comp_BxN, mask_BxN, rows):
+    """1 when a completion writes the answer and its end token exactly (every token of
+    ``rows['answer']`` under ``rows['answer_mask']``; what follows the end token is ignored), else
+    0: the verifiable reward of :func:`prompt_rows`' prompts (``mask_BxN``, the tokens before the
+    end token, is implied by the answer's own end token)."""
+    import jax.numpy as jnp
+
+    del mask_BxN
+    ok_BxN = (comp_BxN == rows["answer"]) | ~rows["answer_mask"]
+    return ok_BxN.all(-1).astype(jnp.float32)

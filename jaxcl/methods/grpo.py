@@ -154,6 +154,12 @@ def build(model, hp, params_like, **options):
     cfg = model.cfg
     n_new = int(options["max_new_tokens"])
     exact, use_ref = options["kl"] == "exact", options["kl"] != "none"
+    ctx = grpo.context_of(model)  # a VLM's image tokens before every prompt
+    if getattr(model, "lora", None) == "adapters":
+        raise ValueError(
+            "grpo on LoRA adapters is not built (its rollout and policy loss read the model's full "
+            "parameters); set model.lora.rank=0"
+        )
     loss = grpo.grpo_loss(
         cfg,
         clip_eps=hp["clip_eps"],
@@ -161,17 +167,21 @@ def build(model, hp, params_like, **options):
         loss_type=options["loss_type"],
         importance_sampling_level=options["importance_sampling_level"],
         keep_logits=exact,
+        context=ctx,
     )
     if not use_ref:  # TRL's beta = 0: no reference model, no reference forward, no KL term
-        return _method(grpo.without_kl(loss), opt, hp, None, lambda state, batch, key: state, options, cfg)
+        return _method(
+            grpo.without_kl(loss), opt, hp, None, lambda state, batch, key: state, options, cfg, ctx
+        )
     loss = grpo.with_kl_penalty(
         loss, beta=hp["beta"], estimator=options["kl"], loss_type=options["loss_type"]
     )
 
     def ref_fn(p, b):
+        prefix = None if ctx is None else ctx.prefix(p, b)
         if exact:
-            return grpo.completion_logits(cfg, p, b["tokens"], b["valid"], n_new)
-        return grpo.completion_logp(cfg, p, b["tokens"], b["valid"], n_new)
+            return grpo.completion_logits(cfg, p, b["tokens"], b["valid"], n_new, prefix)
+        return grpo.completion_logp(cfg, p, b["tokens"], b["valid"], n_new, prefix_BxIxD=prefix)
 
     data = reference(ref_fn, params_like, key="ref_logits" if exact else "ref_logp")
 
@@ -189,10 +199,10 @@ def build(model, hp, params_like, **options):
             }
         return state.replace(data_state=new)
 
-    return _method(loss, opt, hp, data, consolidate, options, cfg)
+    return _method(loss, opt, hp, data, consolidate, options, cfg, ctx)
 
 
-def _method(loss, opt, hp, data, consolidate, options, cfg) -> Method:
+def _method(loss, opt, hp, data, consolidate, options, cfg, ctx) -> Method:
     G, n_new = int(options["group_size"]), int(options["max_new_tokens"])
     rollout = grpo.make_rollout(
         cfg,
@@ -208,6 +218,7 @@ def _method(loss, opt, hp, data, consolidate, options, cfg) -> Method:
         reward_funcs=tuple(options["reward_funcs"]),
         reward_weights=tuple(float(w) for w in options["reward_weights"]),
         soft_punish_cache=int(options["soft_punish_cache"]),
+        context=ctx,
     )
 
     return Method(

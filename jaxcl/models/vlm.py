@@ -137,6 +137,11 @@ class VisionLanguageModel(NamedTuple):
     token_logits: Callable | None = None  # (params, sub) -> (logits_BxTxV, targets_BxT, mask_BxT)
     token_logprobs: Callable | None = None  # (params, sub) -> (logp_BxT, mask_BxT)
     vcfg: VLMConfig | None = None
+    # (params, rows) -> the image tokens H_v (B, N, d_model) of rows['image']: what a method that
+    # feeds the decoder itself (GRPO's rollouts and policy log-probs, jaxcl.grpo.Context) puts
+    # before the text
+    prefix: Callable | None = None
+    prefix_keys: tuple = ("image",)
 
 
 def vision_language_model(vc: VLMConfig, name: str = "vlm") -> VisionLanguageModel:
@@ -157,8 +162,11 @@ def vision_language_model(vc: VLMConfig, name: str = "vlm") -> VisionLanguageMod
         logits_BxTxV = apply(params, sub["image"], sub["tokens"][:, :-1])
         return logits_BxTxV, sub["tokens"][:, 1:], sub["mask"][:, 1:].astype(jnp.float32)
 
+    def prefix(params, rows):
+        return image_tokens(vc, params, rows["image"], graph)
+
     return VisionLanguageModel(
-        lambda key: init_params(vc, key), apply, nll, vc.text, name, None, logits, logprobs, vc
+        lambda key: init_params(vc, key), apply, nll, vc.text, name, None, logits, logprobs, vc, prefix
     )
 
 

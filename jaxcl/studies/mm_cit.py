@@ -10,8 +10,16 @@ forgetting, the knowledge lost). Rows: ``finetune`` (SFT), ``finetune+kl`` (KL t
 the previous task's end: LwF for a language model), ``er`` (reservoir replay: a replayed answer
 with its own image), ``der`` / ``derpp`` (DER / DER++: the buffer keeps every answer position's
 logits, matched by squared error; :mod:`jaxcl.methods.der`), ``ewc`` (Fisher at each task's end),
-``joint`` (multi-task: every task seen so far, the upper bound). Not built yet (issue 24): RFT
-rows.
+``joint`` (multi-task: every task seen so far, the upper bound), ``grpo`` (reinforcement
+fine-tuning, RFT: GRPO's rollouts with the image tokens before every prompt, a verifiable reward
+of 1 for the exact answer and end token, :func:`jaxcl.data.multimodal.exact_answer_reward`; its KL
+penalty to the model at the task's start, or none with ``grpo.kl=none``: MLLM-CTBench's RFT with
+and without KL). An iteration samples ``grpo.group_size`` completions for each of
+``train.batch_size / grpo.group_size`` prompts, as many sequences as an SFT step trains on.
+
+A base model (``train.base_steps`` > 0): before the stream, every seed's model is fine-tuned on the
+mix of every task for that many steps, and every row starts from it (RFT needs a model that
+sometimes answers in a task's form, or every reward is 0: a row ``grpo`` requires it).
 
 Reasoning quality (MLLM-CTBench tracks it apart from the final answer; ``data.reasoning: true``):
 the attribute and counting answers write their steps first, what the picture shows or the grid
@@ -37,7 +45,8 @@ answer accuracy of every task is measured inside the compiled loop: an example i
 every answer token is the argmax given the image, the prompt and the answer's earlier tokens,
 which is exactly when greedy decoding writes the answer. ``A[i, j]`` is task ``j``'s accuracy
 after training task ``i``; reported per row: ACC (the mean of the last row of ``A``), BWT and
-forgetting (:mod:`jaxcl.metrics`), the matrix and the per-step curves in the results.
+forgetting (:mod:`jaxcl.metrics`), ``just trained`` (the mean of ``A[i, i]``, each task right after
+training on it: plasticity), the matrix and the per-step curves in the results.
 
 Devices: ``--mesh`` shards the seeds over the mesh's ``seeds`` axis and each batch over ``data``
 (the same numbers as one device); ``jaxcl compile mm-cit --size accel`` compiles a run's calls
@@ -52,20 +61,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import config, results
+from .. import config, grpo, results
 from .. import metrics as M
 from ..config import ConfigError
 from ..data import multimodal as MM
-from ..data import text
+from ..data import text, vocab
 from ..driver import Report, Run, Study
 from ..lmprogram import LMProgram
 from ..loops import seeds_keys
+from ..methods import grpo as grpo_method
 from ..models import vlm
 from ..parallel import jit_seeds, shard_batch
 
 TASKS = ("captions", "attributes", "counting")
 DATASETS = ("digits", "mnist-10k", "fashion-mnist")
-CIT_METHODS = ("finetune", "er", "der", "derpp", "ewc", "joint")
+CIT_METHODS = ("finetune", "er", "der", "derpp", "ewc", "joint", "grpo")
+BASE = 0xBA5E  # folded into a seed's key for its base model
 
 DEFAULTS = {
     "model": vlm.section(),
@@ -77,7 +88,14 @@ DEFAULTS = {
         "seq_len": 56,
         "reasoning": False,
     },
-    "train": {"steps_per_task": 300, "batch_size": 32, "eval_every": 50, "consolidate_samples": 64},
+    # base_steps: SFT on the mix of every task before the stream, every row's start (0: none)
+    "train": {
+        "steps_per_task": 300,
+        "batch_size": 32,
+        "eval_every": 50,
+        "consolidate_samples": 64,
+        "base_steps": 0,
+    },
     # finetune+kl: KL to the model at the previous task's end, i.e. LwF for a language model
     "methods": ("finetune", "finetune+kl", "er", "derpp", "ewc", "joint"),
     "seeds": 3,
@@ -88,6 +106,7 @@ COLUMNS = [
     ("acc", "ACC", "pct"),
     ("bwt", "BWT", "pct"),
     ("forgetting", "forgetting", "pct"),
+    ("just_trained", "just trained", "pct"),
     ("k_acc", "knowledge ACC", "pct"),
     ("k_forgetting", "knowledge forgetting", "pct"),
     ("superficial", "superficial forgetting", "pct"),
@@ -115,6 +134,25 @@ def validate(cfg: dict) -> None:
     if d["reasoning"] and not set(d["tasks"]) & {"attributes", "counting"}:
         raise ConfigError("data.reasoning: only attributes and counting write steps; add one to data.tasks")
     validate_schedule(cfg)
+    tr = cfg["train"]
+    if not isinstance(tr["base_steps"], int) or tr["base_steps"] < 0 or tr["base_steps"] % tr["eval_every"]:
+        raise ConfigError(
+            f"train.base_steps={tr['base_steps']!r}: give 0 or a whole multiple of train.eval_every "
+            f"({tr['eval_every']})"
+        )
+    if any(m.split("+")[0] == "grpo" for m in cfg["methods"]):
+        if not tr["base_steps"]:
+            raise ConfigError(
+                "methods: grpo from a random initialisation never writes an answer, so every reward is 0 "
+                "and nothing is learned; set train.base_steps (e.g. 150: SFT on the mix of every task first)"
+            )
+        if cfg["model"]["lora"]["rank"]:
+            raise ConfigError("methods: grpo on LoRA adapters is not built; set model.lora.rank=0")
+        if tr["batch_size"] < cfg["grpo"]["group_size"]:
+            raise ConfigError(
+                f"train.batch_size={tr['batch_size']} < grpo.group_size={cfg['grpo']['group_size']}: an "
+                "iteration rolls out batch_size / group_size prompts; raise train.batch_size"
+            )
 
 
 def validate_schedule(cfg: dict, more: tuple = ()) -> None:
@@ -143,7 +181,8 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
     entry per task of ``data.tasks``, from the data set's train and test splits; ``eval`` also
     ``'steps'`` (``K x N x T``, the answers' reasoning steps; only with ``data.reasoning``) and ``'choices'``: the options of every held-out example (:func:`jaxcl.data.multimodal.choices`,
     ``K x N x C x T`` tokens and mask, ``K x N x C`` valid, ``K x N`` answer; ``C`` padded to the
-    most options of a task)."""
+    most options of a task). With a ``grpo`` row, ``train['rl']``: every training example as an RL
+    prompt row (:func:`jaxcl.data.multimodal.prompt_rows`, completions of ``grpo.max_new_tokens``)."""
     d = cfg["data"]
     parts, opts = {"train": [], "eval": []}, []
     for split, n, key in (("train", d["n_train"], "train"), ("test", d["n_eval"], "eval")):
@@ -163,7 +202,15 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
     C = max(o["valid"].shape[1] for o in opts)
     opts = [pad_choices(o, C) for o in opts]
     stack = lambda rows: {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
-    return stack(parts["train"]), {**stack(parts["eval"]), "choices": stack(opts)}
+    train = stack(parts["train"])
+    if any(m.split("+")[0] == "grpo" for m in cfg["methods"]):
+        P = max(int(r["mask"].argmax(1).max()) for r in parts["train"])
+        A = cfg["grpo"]["max_new_tokens"]
+        try:
+            train["rl"] = stack([MM.prompt_rows(r, P, A) for r in parts["train"]])
+        except ValueError as e:
+            raise ConfigError(f"grpo.max_new_tokens={A}: {e} (set grpo.max_new_tokens)") from None
+    return train, {**stack(parts["eval"]), "choices": stack(opts)}
 
 
 def pad_choices(opts: dict, C: int) -> dict:
@@ -233,12 +280,19 @@ def make_program(cfg: dict, model, method: str, mesh=None) -> LMProgram:
     far, uniformly."""
     B = cfg["train"]["batch_size"]
 
+    rl = method.split("+")[0] == "grpo"
+    if rl:  # prompts: as many completions per iteration as an SFT batch has rows
+        B = grpo_method.prompt_rows(cfg["grpo"], max(1, B // cfg["grpo"]["group_size"]))
+
     def draw(data, key):
         n = data["train"]["tokens"].shape[1]
         ki, kt = jax.random.split(key)
         i = jax.random.randint(ki, (B,), 0, n)
         t = jax.random.randint(kt, (B,), 0, data["t"] + 1) if method == "joint" else data["t"]
-        return shard_batch(jax.tree.map(lambda a: a[t, i], data["train"]), mesh)
+        if rl:  # make_iteration shards the prompts and the rollout batch
+            return jax.tree.map(lambda a: a[t, i], data["train"]["rl"])
+        rows = {k: v for k, v in data["train"].items() if k != "rl"}
+        return shard_batch(jax.tree.map(lambda a: a[t, i], rows), mesh)
 
     def evaluate(params, data):
         ev = {k: v for k, v in data["eval"].items() if k != "choices"}
@@ -257,7 +311,14 @@ def make_program(cfg: dict, model, method: str, mesh=None) -> LMProgram:
         evaluate=evaluate,
         handles=("consolidate",),
         mesh=mesh,
+        env=env() if rl else None,
     )
+
+
+def env() -> grpo.Env:
+    """The reward environment of the RL rows: the exact answer (byte tokens)."""
+    tok = text.tokenizer("byte")
+    return grpo.Env(MM.exact_answer_reward, text.end_id(tok), vocab.pad_id(tok))
 
 
 def task_end(prog: LMProgram, cfg: dict, state, data):
@@ -269,51 +330,78 @@ def task_end(prog: LMProgram, cfg: dict, state, data):
     n, t = data["train"]["tokens"].shape[1], data["t"]
     k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
     i = jax.random.randint(k, (cfg["train"]["consolidate_samples"],), 0, n)
-    return method.consolidate(state, jax.tree.map(lambda a: a[t, i], data["train"]), k)
+    rows = {k: v for k, v in data["train"].items() if k != "rl"}
+    return method.consolidate(state, jax.tree.map(lambda a: a[t, i], rows), k)
 
 
 def calls(prog: LMProgram, cfg: dict) -> dict:
     """A row's compiled calls, every seed at once (seeds sharded over the program's mesh), the
-    task ``data['t']`` an argument (one program for every task): ``init(keys, data)``,
+    task ``data['t']`` an argument (one program for every task): ``init(keys, params0, data)``
+    (``params0``: every seed's base model, or None for a random initialisation),
     ``evaluate(state, data)`` (answer and knowledge accuracy of every task, ``S x K`` each),
     ``task(state, data)`` (``train.steps_per_task`` steps with the answer accuracy every
-    ``train.eval_every``) and, for a method that consolidates, ``end(state, data)``
-    (:func:`task_end`). The run calls these and ``jaxcl compile`` compiles them (:func:`programs`)."""
+    ``train.eval_every``; an RL method's reference becomes the model at the task's start first) and,
+    for a method that consolidates at a task's end, ``end(state, data)`` (:func:`task_end`). The run
+    calls these and ``jaxcl compile`` compiles them (:func:`programs`)."""
     E, m, model = cfg["train"]["steps_per_task"] // cfg["train"]["eval_every"], prog.mesh, prog.model
+    rl = prog.spec.kind == "rl"
 
     def evaluate(state, data):
         params = prog.params(state)
         know = jax.lax.map(lambda sub: knowledge_accuracy(model, params, sub), data["eval"])
         return prog.evaluate(params, data)["acc"], know
 
+    def task(state, data):
+        if rl:  # GRPO's KL reference: the model at this task's start (the base model on the first)
+            state = prog.method(prog.hp, state.frozen).consolidate(state, None, None)
+        return prog.call(state, prog.hp, data, E)
+
     out = {
-        "init": jit_seeds(lambda k, d: prog.init(k, None, prog.hp, d), (0, None), m, state=True),
+        "init": jit_seeds(lambda k, p, d: prog.init(k, p, prog.hp, d), (0, 0, None), m, state=True),
         "evaluate": jit_seeds(evaluate, (0, None), m),
-        "task": jit_seeds(lambda s, d: prog.call(s, prog.hp, d, E), (0, None), m),
+        "task": jit_seeds(task, (0, None), m),
     }
-    if prog.method(prog.hp).consolidate is not None:
+    if not rl and prog.method(prog.hp).consolidate is not None:
         out["end"] = jit_seeds(lambda s, d: task_end(prog, cfg, s, d), (0, None), m)
     return out
 
 
-def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar, fresh: bool = False) -> dict:
+def train_base(cfg: dict, model, data: dict, keys, mesh=None) -> tuple:
+    """Every seed's base model: ``train.base_steps`` fine-tuning steps on batches of every task
+    (the ``joint`` row's draw over all of them; the seed's key folded with :data:`BASE`), one
+    program. ``(params, trace)``: the parameters (S leading) and the answer accuracy of every task
+    every ``train.eval_every`` steps (S x E x K)."""
+    prog = make_program(cfg, model, "joint", mesh)
+    E = cfg["train"]["base_steps"] // cfg["train"]["eval_every"]
+
+    def base(key, data):
+        state, trace = prog.call(prog.init(key, None, prog.hp, data), prog.hp, data, E)
+        return prog.params(state), trace["acc"]
+
+    K = data["train"]["tokens"].shape[0]
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, BASE))(keys)
+    return jit_seeds(base, (0, None), mesh)(keys, {**data, "t": jnp.int32(K - 1)})
+
+
+def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar, fresh: bool = False, base=None) -> dict:
     """Every task in order for all seeds: ``trace`` (S x K x E x J) of the ``J`` held-out sets'
     accuracies (one per task here; :mod:`jaxcl.studies.mm_domains` adds sets no task trains),
     ``know`` (S x K x J) of their knowledge accuracies after each task, ``b`` / ``kb`` (S x J)
     both at initialisation. ``fresh``: every task from a new initialisation (a stand-alone model
-    per task; the same keys, so each task's model starts where the sequence's first did)."""
+    per task; the same keys, so each task's model starts where the sequence's first did). ``base``:
+    every seed's starting parameters (:func:`train_base`; None: a random initialisation)."""
     K, t0 = data["train"]["tokens"].shape[0], time.perf_counter()
     J = data["eval"]["tokens"].shape[0]
     E = cfg["train"]["steps_per_task"] // cfg["train"]["eval_every"]
     at = lambda t: {**data, "t": jnp.int32(t)}  # noqa: E731
     c = calls(prog, cfg)
-    state = c["init"](keys, at(0))
+    state = c["init"](keys, base, at(0))
     b, kb = map(np.asarray, c["evaluate"](state, at(0)))
     traces = {}  # every quantity of the in-loop evaluation: S x K x E x J
     know = np.zeros((len(keys), K, J), np.float32)
     for t in range(K):
         if fresh and t:
-            state = c["init"](keys, at(t))
+            state = c["init"](keys, base, at(t))
         state, tr = c["task"](state, at(t))
         for k, v in tr.items():
             if k in ("acc", "reason", "final"):
@@ -335,9 +423,13 @@ def column_forgetting(R: np.ndarray, cols) -> float:
 
 
 def model_of(cfg: dict, image_shape: tuple):
-    """The scratch VLM of the config (byte-level text)."""
+    """The scratch VLM of the config (byte-level text; with an RL row, room for a left-padded
+    prompt and ``grpo.max_new_tokens`` sampled tokens)."""
     vocab = text.tokenizer("byte").vocab_size
-    return vlm.from_section(cfg["model"], image_shape, vocab, cfg["data"]["seq_len"])
+    T = cfg["data"]["seq_len"]
+    if any(m.split("+")[0] == "grpo" for m in cfg["methods"]):
+        T += cfg["grpo"]["max_new_tokens"]
+    return vlm.from_section(cfg["model"], image_shape, vocab, T)
 
 
 def programs(cfg: dict, mesh) -> list:
@@ -353,11 +445,11 @@ def programs(cfg: dict, mesh) -> list:
     for method in cfg["methods"]:
         prog = make_program(cfg, model, method, mesh)
         c = calls(prog, cfg)
-        state = C.abstract(jax.eval_shape(c["init"], keys, data), mesh, C.seeds_spec(mesh))
+        state = C.abstract(jax.eval_shape(c["init"], keys, None, data), mesh, C.seeds_spec(mesh))
         steps = cfg["train"]["steps_per_task"]
         step = jit_seeds(prog.one_step, (0, None, None), mesh)
         out += [
-            C.Program(f"{method}: init", c["init"], (keys, data)),
+            C.Program(f"{method}: init", c["init"], (keys, None, data)),
             C.Program(f"{method}: evaluate", c["evaluate"], (state, data)),
             C.Program(f"{method}: a task ({steps} steps)", c["task"], (state, data)),
             *([C.Program(f"{method}: task end", c["end"], (state, data))] if "end" in c else []),
@@ -374,15 +466,30 @@ def body(cfg: dict, run: Run) -> Report:
     K, S, d = len(cfg["data"]["tasks"]), cfg["seeds"], cfg["data"]
     model = model_of(cfg, train["image"].shape[2:])
     keys = seeds_keys(cfg["seed"], S)
-    rows, timing = {}, {}
+    rows, timing, base, extra = {}, {}, None, {}
+    if cfg["train"]["base_steps"]:
+        t0 = time.perf_counter()
+        base, base_trace = train_base(cfg, model, data, keys, run.mesh)
+        base_trace = np.asarray(base_trace)  # S x E x K
+        extra["base_seconds"] = time.perf_counter() - t0
+        extra["base_acc_mean"] = base_trace[:, -1].mean(0).tolist()
+        extra["base_acc_per_seed"] = base_trace[:, -1].tolist()
+        accs = ", ".join(
+            f"{t} {100 * a:.1f}%" for t, a in zip(d["tasks"], extra["base_acc_mean"], strict=True)
+        )
+        run.say(
+            f"base model ({cfg['train']['base_steps']} steps on every task): answer accuracy {accs}"
+            f" ({extra['base_seconds']:.0f} s)"
+        )
     with run.progress(len(cfg["methods"]) * K, "task") as bar:
         for method in cfg["methods"]:
-            r = run_row(cfg, make_program(cfg, model, method, run.mesh), data, keys, bar)
+            r = run_row(cfg, make_program(cfg, model, method, run.mesh), data, keys, bar, base=base)
             A, Kn = r["trace"][:, :, -1, :], r["know"]  # S x K x K
             per = {
                 "acc": [M.acc(a) for a in A],
                 "bwt": [M.bwt(a) for a in A],
                 "forgetting": [M.forgetting(a) for a in A],
+                "just_trained": [float(np.mean(np.diag(a))) for a in A],
                 "k_acc": [M.acc(a) for a in Kn],
                 "k_forgetting": [M.forgetting(a) for a in Kn],
                 "superficial": [M.forgetting(a) - M.forgetting(k) for a, k in zip(A, Kn, strict=True)],
@@ -424,6 +531,7 @@ def body(cfg: dict, run: Run) -> Report:
         extra={
             "tasks": list(d["tasks"]),
             "model": model.name,
+            **extra,
             **({"reasoning_tasks": [t for t in d["tasks"] if t != "captions"]} if d["reasoning"] else {}),
         },
     )
@@ -437,7 +545,7 @@ def body(cfg: dict, run: Run) -> Report:
 
 STUDY = Study(
     "mm-cit",
-    kinds=("cl",),
+    kinds=("cl", "rl"),
     defaults=DEFAULTS,
     validate=validate,
     body=body,
