@@ -34,7 +34,7 @@ def test_conv_cpu_tiny_writes_json_lines(tmp_path):
         "seeds-map",
     ]
     assert [r["seeds"] for r in rows] == [1, 1, 2, 2]
-    assert all(r["s_per_step_per_seed"] > 0 and r["width"] == 4 for r in rows)
+    assert all(r["s_per_step_per_seed"] > 0 and r["width"] == 4 and r["batch"] == 8 for r in rows)
     assert "speed-up in a scan" in stdout
 
 
