@@ -2,8 +2,9 @@
 projector -> Llama decoder) instruction-tuned on three image-text tasks made offline from
 scikit-learn's digits (captions, yes/no attribute questions, counting and comparison over 2x2
 grids; jaxcl.data.multimodal), one after another. Rows: SFT (finetune), KL to the previous task's
-model (finetune+kl, LwF for an LM), ER, DER++ (every answer position's stored logits), EWC and
-multi-task (joint); answer accuracy and knowledge
+model (finetune+kl, LwF for an LM), ER, DER++ (every answer position's stored logits), EWC,
+multi-task (joint) and RFT (grpo: GRPO with the image before every prompt and an exact-answer
+reward, from a base model trained on every task, train.base_steps); answer accuracy and knowledge
 accuracy matrices (A[i, j]: task j after task i), ACC, BWT, forgetting, and forgetting split into
 essential (knowledge) and superficial (answer form) as SEFE does.
 
@@ -12,6 +13,9 @@ essential (knowledge) and superficial (answer form) as SEFE does.
     jaxcl run mm-cit --set methods=finetune,er --set kl.beta=0.5
     jaxcl run mm-cit --seeds 8 --set data.reasoning=true --set data.seq_len=68 \
         --set methods=finetune,finetune+kl,er      # the reasoning-quality matrix (README)
+    jaxcl run mm-cit --seeds 8 --set train.base_steps=150 --set methods=finetune,grpo
+    jaxcl run mm-cit --seeds 8 --set train.base_steps=150 --set methods=grpo --set grpo.kl=none
+                                                   # RFT with and without its KL (README)
     jaxcl compile mm-cit --size accel --target tpu-v5e-8   # the accelerator size, compiled here
 
 --size accel: a VLM with SmolLM2-135M's decoder shape (trained from scratch, byte tokens, bf16) and
@@ -49,7 +53,7 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "kl": {"beta": 1.0},
         # RFT rows (methods=...,grpo; they need train.base_steps): completions long enough for
         # Fashion-MNIST's longest caption and its end token
-        "grpo": {"lr": 1e-3, "group_size": 8, "max_new_tokens": 16},
+        "grpo": {"lr": 3e-4, "group_size": 8, "max_new_tokens": 16},
     }
     if size == "accel":  # SmolLM2-135M's decoder shape from scratch, Fashion-MNIST, 8 seeds (one per chip)
         cfg.update(

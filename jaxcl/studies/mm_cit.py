@@ -406,11 +406,14 @@ def run_row(cfg: dict, prog: LMProgram, data: dict, keys, bar, fresh: bool = Fal
         for k, v in tr.items():
             if k in ("acc", "reason", "final"):
                 traces.setdefault(k, np.zeros((len(keys), K, E, J), np.float32))[:, t] = np.asarray(v)
+            elif k in ("reward", "kl"):  # an RL row's mean rollout reward and KL per chunk
+                traces.setdefault(k, np.zeros((len(keys), K, E), np.float32))[:, t] = np.asarray(v)
         know[:, t] = np.asarray(c["evaluate"](state, at(t))[1])
         if t < K - 1 and "end" in c:
             state = c["end"](state, at(t))
         bar.update(1)
     out = {"trace": traces["acc"], "know": know, "b": b, "kb": kb, "seconds": time.perf_counter() - t0}
+    out |= {k: traces[k] for k in ("reward", "kl") if k in traces}
     return out | ({"reason": traces["reason"], "final": traces["final"]} if "reason" in traces else {})
 
 
@@ -509,6 +512,7 @@ def body(cfg: dict, run: Run) -> Report:
                 R, F = R[:, :, cols], F[:, :, cols]
                 more = {"R_mean": R.mean(0).tolist(), "R_per_seed": R.tolist(), "F_mean": F.mean(0).tolist()}
                 more["F_per_seed"] = F.tolist()
+            more |= {f"{k}_trace_mean": r[k].mean(0).tolist() for k in ("reward", "kl") if k in r}
             timing[method] = r["seconds"]
             rows[method] = results.row(
                 per,
