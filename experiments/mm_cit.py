@@ -37,6 +37,8 @@ row's roofline bound is per step):
 Expected runtime (2-core CPU): --tiny about a minute (mostly compiling); 8 seeds about two hours
 (five rows 66 min, DER++ 51 min) at load 3.5-5 with other jobs. Expected result: ER and DER++ forget
 far less than SFT, a third of SFT's forgetting is superficial (README, "Vision-language model"; results/studies/mm-cit.json).
+The two RFT runs: 48 and 30 min (8 seeds, load 3-4); RFT forgets far less than SFT with or
+without its KL, and learns each task less (README; results/studies/mm-cit-rft.json).
 
 Writes runs/mm-cit[-tiny]/results.json.
 """
