@@ -148,7 +148,7 @@ vlm_model = mm_cit.model_of(mc, train["image"].shape[2:])
 def vlm_run(mesh):
     c = mm_cit.calls(mm_cit.make_program(mc, vlm_model, "er", mesh), mc)
     at = lambda t: {"train": train, "eval": ev, "t": jnp.int32(t)}  # noqa: E731
-    state, losses = c["init"](seeds_keys(0, 2), at(0)), []
+    state, losses = c["init"](seeds_keys(0, 2), None, at(0)), []
     for t in range(train["tokens"].shape[0]):
         state, tr = c["task"](state, at(t))
         losses.append(np.asarray(tr["loss"]))
