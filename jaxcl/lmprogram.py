@@ -65,13 +65,8 @@ class LMProgram:
         self.hp = as_hparams(self.spec, {**values, **(hp or {})})
         self.name, self.handles, self.norms = name or self.spec.name, handles, norms
         self.env = env
-        if self.spec.kind == "rl":
-            if env is None:
-                raise ValueError(
-                    f"{self.spec.name} is an RL method: give the study's reward environment (env)"
-                )
-            if self.lora is not None:
-                raise ValueError(f"{self.spec.name} on LoRA adapters is not built; set model.lora.rank=0")
+        if self.spec.kind == "rl" and env is None:
+            raise ValueError(f"{self.spec.name} is an RL method: give the study's reward environment (env)")
         if draw is not None:
             self.draw = draw
         if evaluate is not None:
