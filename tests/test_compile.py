@@ -63,6 +63,10 @@ def test_programs_restor():
     _check("restor", "train.batch_size", "methods=gu-npo")
 
 
+def test_programs_muse():
+    _check("muse", "train.batch_size")
+
+
 def test_programs_cl_zoo():
     _check("cl-zoo", "loop.batch_size", "methods=er", "benchmarks=mnist1d-class-il")
 

@@ -50,6 +50,7 @@ TINY_RUNS = {
     "mm-cit": "tests/test_mm_cit.py",
     "mm-unlearn": "tests/test_mm_unlearn.py",
     "mm-domains": "tests/test_mm_domains.py",
+    "muse": "tests/test_muse.py::test_tiny_run_through_the_cli",
     "restor": "tests/test_restor.py",
     "rft-continual": "tests/test_rft_study.py",
     "scole": "tests/test_methods_zoo_papers.py",

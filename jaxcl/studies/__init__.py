@@ -28,6 +28,7 @@ STUDIES = {
     "mm-unlearn": "jaxcl.studies.mm_unlearn",
     "mm-domains": "jaxcl.studies.mm_domains",
     "lm-recall": "jaxcl.studies.lm_recall",
+    "muse": "jaxcl.studies.muse",
 }
 
 
