@@ -8,7 +8,8 @@ computed inside the compiled unlearning loop.
     jaxcl run muse                           # the default size (2-core CPU: see below)
     jaxcl run muse --set methods=npo,simnpo --set npo.lr=3e-4
 
-Expected runtime (2-core CPU): --tiny about 40 s (mostly compiling); default: see README.
+Expected runtime (2-core CPU): --tiny about 1-2 min (mostly compiling); default about 32 min
+(4 seeds; README "MUSE-style six-way evaluation" has its table, results/studies/muse.json).
 
 Writes runs/muse[-tiny]/{results.json, criteria.png}.
 """

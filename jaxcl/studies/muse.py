@@ -362,7 +362,11 @@ def plot(res: dict, path: str) -> str:
             ax.set_title(f"{res['name']}: {t}", fontsize=9)
             ax.set_xlabel("folds of D_f at once" if ax is a5 else "requests served")
             ax.set_ylabel(y)
+        ref = res["rows"].get(ROW_RETRAIN)
+        if ref is not None:  # the model that never saw D_f: where an unlearned model should land
+            a1.axhline(100 * ref["summary"]["verbmem_f"]["mean"], color="k", ls="--", lw=0.8, label="retrain")
         a5.legend(fontsize=7)
+        a1.legend(fontsize=7)
     return path
 
 
