@@ -22,7 +22,7 @@ LR = 3e-4
 
 def get_config(tiny: bool = False) -> dict:
     cfg = {"study": "muse"}
-    for m in ("ga", "graddiff", "npo", "simnpo", "rmu", "gu-graddiff"):
+    for m in ("ga", "graddiff", "npo", "simnpo", "rmu", "gu-graddiff", "undial", "wga", "satimp"):
         cfg[m] = {"lr": LR}
     cfg["gu-graddiff"]["rank"] = 4  # at most the steps of one request (5)
     if tiny:  # byte tokens, 6 seeds: large enough that the target knows its facts (the tests check it)

@@ -52,6 +52,10 @@ from ..unlearn import muse as M
 from ..unlearn.lm import LMProblem, check_ranks, trainer, unlearner
 
 METHODS = ("ga", "graddiff", "npo", "simnpo", "rmu", "gu-graddiff")
+NEWER = ("undial", "wga", "satimp")  # open-unlearning's other recent methods, by --set methods=
+# what the study runs: every unlearning method whose forget rows need no alternative answer (IDK and
+# DPO prefer a refusal, which a corpus window has none of), and their GU versions
+CHOICES = METHODS + ("gu-ga", "gu-npo", "gu-simnpo") + NEWER + tuple(f"gu-{m}" for m in NEWER)
 TARGET, RETRAIN, UNLEARN = 1, 2, 3  # key roles
 ROW_TARGET, ROW_RETRAIN = "target (before unlearning)", "retrain (reference)"
 
@@ -377,7 +381,7 @@ STUDY = Study(
     validate=validate,
     body=body,
     no_sweep="compare settings with jaxcl run ... --set",
-    methods=METHODS,
+    methods=CHOICES,
     mesh_batches=MESH_BATCHES,
     programs=programs,
 )
