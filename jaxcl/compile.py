@@ -184,6 +184,32 @@ def seeds_spec(mesh) -> P:
     return P("seeds") if mesh is not None and "seeds" in mesh.axis_names else P()
 
 
+def phase_programs(label: str, phase, hp: dict, role: int, params, keys, problem, mesh) -> list[Program]:
+    """A :class:`jaxcl.loops.Phase`'s programs over every seed (``params`` / ``keys`` abstract with a
+    leading seed axis, ``problem`` abstract): the whole phase, its key folded with ``role`` as a
+    run folds it, and one training step (declared for its figures; a run never calls it)."""
+    from .parallel import jit_seeds
+
+    run = lambda p, k, pr: phase.run(p, jax.random.fold_in(k, role), pr, hp)  # noqa: E731
+    start = lambda p, k, pr: phase.start(p, k, pr, hp)  # noqa: E731
+    state = jax.eval_shape(jax.vmap(start, (0, 0, None)), params, keys, problem)
+    step = lambda s, pr: phase.one_step(s, pr, hp)  # noqa: E731
+    return [
+        Program(
+            f"{label}: the phase ({phase.phase.steps} steps)",
+            jit_seeds(run, (0, 0, None), mesh),
+            (params, keys, problem),
+        ),
+        Program(
+            f"{label}: one step",
+            jit_seeds(step, (0, None), mesh),
+            (abstract(state, mesh, seeds_spec(mesh)), problem),
+            steps=1,
+            called=False,
+        ),
+    ]
+
+
 def compiler_versions() -> str:
     """The versions a compiled program's figures depend on: jax, jaxlib and libtpu (``-`` where
     not installed)."""

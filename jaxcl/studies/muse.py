@@ -320,28 +320,8 @@ def programs(cfg: dict, mesh) -> list:
     for name, role, phase, hp, problem, kind in phases(cfg, model, data, mesh):
         if kind.startswith("request:") and kind != "request:1":
             continue  # the same program as the first request
-        prob = C.abstract(problem, mesh)
-        run = lambda p, k, pr, phase=phase, role=role, hp=hp: phase.run(
-            p, jax.random.fold_in(k, role), pr, hp
-        )  # noqa: E731
-        start = lambda p, k, pr, phase=phase, hp=hp: phase.start(p, k, pr, hp)  # noqa: E731
-        state = jax.eval_shape(jax.vmap(start, (0, 0, None)), params, keys, prob)
-        step = lambda s, pr, phase=phase, hp=hp: phase.one_step(s, pr, hp)  # noqa: E731
         label = name if role != UNLEARN else f"{name} {kind}"
-        out += [
-            C.Program(
-                f"{label}: the phase ({phase.phase.steps} steps)",
-                jit_seeds(run, (0, 0, None), mesh),
-                (params, keys, prob),
-            ),
-            C.Program(
-                f"{label}: one step",
-                jit_seeds(step, (0, None), mesh),
-                (C.abstract(state, mesh, sp), prob),
-                steps=1,
-                called=False,
-            ),
-        ]
+        out += C.phase_programs(label, phase, hp, role, params, keys, C.abstract(problem, mesh), mesh)
     return out
 
 

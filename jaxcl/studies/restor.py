@@ -196,27 +196,7 @@ def programs(cfg: dict, mesh) -> list:
     score = jit_seeds(lambda p, d: restor_data.scores(model, p, d), (0, None), mesh)
     out = [C.Program("scores", score, (params, C.abstract(data, mesh)))]
     for name, role, phase, hp, problem in phases(cfg, model, data, mesh):
-        prob = C.abstract(problem, mesh)
-        run = lambda p, k, pr, phase=phase, role=role, hp=hp: phase.run(
-            p, jax.random.fold_in(k, role), pr, hp
-        )  # noqa: E731
-        start = lambda p, k, pr, phase=phase, hp=hp: phase.start(p, k, pr, hp)  # noqa: E731
-        state = jax.eval_shape(jax.vmap(start, (0, 0, None)), params, keys, prob)
-        step = lambda s, pr, phase=phase, hp=hp: phase.one_step(s, pr, hp)  # noqa: E731
-        out += [
-            C.Program(
-                f"{name}: the phase ({phase.phase.steps} steps)",
-                jit_seeds(run, (0, 0, None), mesh),
-                (params, keys, prob),
-            ),
-            C.Program(
-                f"{name}: one step",
-                jit_seeds(step, (0, None), mesh),
-                (C.abstract(state, mesh, sp), prob),
-                steps=1,
-                called=False,
-            ),
-        ]
+        out += C.phase_programs(name, phase, hp, role, params, keys, C.abstract(problem, mesh), mesh)
     return out
 
 
