@@ -338,7 +338,9 @@ class TextStream:
         return self.train.shape[2]
 
 
-def _split(docs: list[str], every: int) -> tuple[list[str], list[str]]:
+def split_held_out(docs: list[str], every: int) -> tuple[list[str], list[str]]:
+    """``(training documents, held-out documents)``: every ``every``-th document is held out (the
+    last one when there are fewer; a single document is both)."""
     if len(docs) < 2:
         return docs, docs
     held = [d for i, d in enumerate(docs) if i % every == every - 1] or docs[-1:]
@@ -379,7 +381,7 @@ def build_stream(
         docs = [d for d in docs if d and d.strip()]
         if not docs:
             raise ConfigError(f"text domain {name!r} is empty: it has no documents")
-        train_docs, held_docs = _split(docs, held_out_every)
+        train_docs, held_docs = split_held_out(docs, held_out_every)
         tr = pack(encode_docs(tok, train_docs), seq_len)
         ev = pack(encode_docs(tok, held_docs), seq_len)
         if len(tr) == 0 or len(ev) == 0:

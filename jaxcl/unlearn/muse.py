@@ -233,10 +233,13 @@ def windows(cfg: dict, tok) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 
 def held_out(cfg: dict, tok) -> np.ndarray:
-    """The forget corpus's held-out windows (every tenth document, never trained on), unique."""
+    """The forget corpus's held-out windows: those of the documents :func:`jaxcl.data.text.build_stream`
+    holds out (every tenth), never trained on; none for a corpus of fewer than two documents."""
     d = cfg["data"]
     docs = [x for x in text.documents(d["corpora"][0]) if x and x.strip()]
-    held = [x for i, x in enumerate(docs) if i % 10 == 9]
+    if len(docs) < 2:  # its one document would be both trained on and held out
+        return np.zeros((0, d["seq_len"]), np.int32)
+    held = text.split_held_out(docs, 10)[1]
     return text.pack(text.encode_docs(tok, held), d["seq_len"])
 
 
