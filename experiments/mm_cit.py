@@ -53,6 +53,9 @@ def get_config(tiny: bool = False, size: str | None = None) -> dict:
         "derpp": {"lr": 3e-3, "capacity": 512, "memory_batch": 32},
         "ewc": {"lr": 3e-3},
         "kl": {"beta": 1.0},
+        # SEFE's rows (methods=finetune,reglora,finetune+asd,reglora+asd with model.lora.rank): the
+        # LoRA rows at fine-tuning's lr, so that they differ by RegLoRA's penalty only
+        "reglora": {"lr": 3e-3},
         # RFT rows (methods=...,grpo; they need train.base_steps): completions long enough for
         # Fashion-MNIST's longest caption and its end token
         "grpo": {"lr": 3e-4, "group_size": 8, "max_new_tokens": 16},

@@ -246,6 +246,7 @@ MUTATIONS = {
     "kappatune": [("KappaTune's mask (never set)", {}, "consolidate")],
     "kfpf": [("k-FPF's fine-tuning phases", {"fpf_lr": 0.0}, None)],
     "l2": [("the L2 penalty", {"l2_lambda": 0.0}, None)],
+    "reglora": [("RegLoRA's penalty on the key elements", {"reg_weight": 0.0}, None)],
     "lwf": [("LwF's distillation", {"lwf_alpha": 0.0}, None)],
     "mas": [("MAS's penalty", {"mas_lambda": 0.0}, None)],
     "mir": [("MIR's replay", {}, "memory")],
@@ -521,8 +522,38 @@ def rl_golden_run(name, static_off, key, prompts, hp):
     return _summary(p0, state.params, metrics["loss"][-1], logits)
 
 
+def lora_cl_golden_run(name, static_off, key, stream, hp):
+    """The continual-learning scenario of a method that trains LoRA adapters only (RegLoRA; a
+    classifier stream's Experiment trains from a random initialisation and refuses LoRA): rank-2
+    adapters on every kernel of CL_MODEL's fixed initial weights, 8 steps of 16 rows on each task in
+    order, the method's consolidate after every task but the last."""
+    spec = _spec(name, static_off)
+    base = CL_MODEL.init(jax.random.key(0))
+    model = lora.adapt(CL_MODEL, LORA_MODEL.lora, base)
+    method = build_method(spec, model, hp, spec.split({})[1])
+    p0 = lora.init(LORA_MODEL.lora, base, jax.random.key(0))
+    C = stream.task_classes.shape[1]
+
+    def batch(t, k):
+        i = jax.random.randint(k, (16,), 0, stream.train_x.shape[1])
+        y = stream.train_y[t, i]
+        return {"x": stream.train_x[t, i], "y": y, "t": jnp.full((16,), t), "mask": jnp.ones((16, C), bool)}
+
+    step = make_step(method.loss_fn, method.tx, method.data, extra_args=method.extra_args)
+    state = init_state(p0, method.tx, key, method.data, batch(0, key))
+    for t in range(stream.n_tasks):
+        state, m = jax.lax.scan(
+            lambda s, k, t=t: step(s, batch(t, k)), state, jax.random.split(jax.random.fold_in(key, t), 8)
+        )
+        if t < stream.n_tasks - 1:
+            state = method.consolidate(state, batch(t, key), key)
+    x = stream.test_x.reshape((-1,) + stream.test_x.shape[2:])
+    return _summary(p0, state.params, m["loss"][-1], model.apply(state.params, x))
+
+
 SCENARIOS = {
     "cl": (cl_golden_run, CL_STREAM),
+    "lora-cl": (lora_cl_golden_run, CL_STREAM),
     "unlearn": (unlearn_golden_run, PROBLEM),
     "rl": (rl_golden_run, RL_PROMPTS),
 }
@@ -530,6 +561,8 @@ GOLDEN_RUN = {k: jax.jit(fn, static_argnums=(0, 1)) for k, (fn, _) in SCENARIOS.
 
 
 def _kind(name):
+    if METHODS[name].needs_lora and METHODS[name].kind == "cl":
+        return "lora-cl"
     return "cl" if METHODS[name].kind == "any" else METHODS[name].kind
 
 

@@ -334,6 +334,72 @@ def choices(ex: Examples, seq_len: int) -> dict:
     }
 
 
+STYLES = ("phrase", "yes/no", "number", "choice")
+
+
+def style(answer: str) -> str:
+    """The answer style of a task's answer: ``yes/no``, ``number`` (a count) or ``phrase`` (a
+    caption); ``choice`` (a letter of a multiple-choice question) is only written by
+    :func:`diversify`."""
+    return "yes/no" if answer in YES_NO else "number" if answer.isdigit() else "phrase"
+
+
+def diversify(ex: Examples, fraction: float, seed: int, seq_len: int) -> Examples:
+    """Answer style diversification (ASD; SEFE, Chen et al. 2025): a ``fraction`` of the examples
+    (chosen by ``seed``) asked again in another of :data:`STYLES` than their own, the same image
+    and the same knowledge, so that every task's training set holds every style and a later
+    task's style is no cue to drop an earlier one's (superficial forgetting). The authors rewrite
+    X % of each task's training set (``train_x20.json``: X = 20) into yes/no, multiple-choice,
+    brief and detailed answers, shared out evenly; here the three styles of this stream's tasks
+    plus multiple choice, each example into one of those other than its own, uniformly:
+
+    - ``yes/no``: ``what is this? a seven?`` -> ``yes``; the candidate is the true answer or
+      another answer of its kind (:func:`choices`' options), half and half;
+    - ``number``: a caption's class index (``what is this? a number`` -> ``7``, the digit for
+      digits / MNIST), a yes/no answer as ``1`` / ``0`` (``is it even? 1 or 0`` -> ``1``);
+    - ``phrase``: a count in words (``how many are larger than 4? in words`` -> ``two``), a yes/no
+      answer as ``true`` / ``false``;
+    - ``choice``: the true answer and another of its kind, in random order (``is it even? a: no
+      b: yes`` -> ``b``).
+
+    Answers with reasoning steps are not rewritten (a ValueError)."""
+    if any(SO in a for a in ex.answer):
+        raise ValueError("answer style diversification of answers with reasoning steps is not built")
+    rng = np.random.default_rng(seed)
+    kinds = {}
+    for a in ex.answer:
+        kinds.setdefault(style(a), set()).add(a)
+    kinds = {k: sorted(v) for k, v in kinds.items()}
+    prompts, answers = list(ex.prompt), list(ex.answer)
+    chosen = rng.permutation(len(answers))[: int(round(fraction * len(answers)))]
+    for i in sorted(chosen):
+        p, a, own = prompts[i], answers[i], style(answers[i])
+        others = [o for o in kinds[own] if o != a]
+        to = rng.choice([s for s in STYLES if s != own])
+        if to == "yes/no":
+            c = a if rng.random() < 0.5 or not others else others[rng.integers(len(others))]
+            prompts[i], answers[i] = f"{p} {c}?", "yes" if c == a else "no"
+        elif to == "number":
+            if own == "phrase":
+                prompts[i], answers[i] = f"{p} a number", str(int(ex.labels[i, 0]))
+            else:
+                prompts[i], answers[i] = f"{p} 1 or 0", "1" if a == "yes" else "0"
+        elif to == "phrase":
+            if own == "number":
+                prompts[i], answers[i] = f"{p} in words", DIGITS[int(a)]
+            else:
+                prompts[i], answers[i] = f"{p} true or false", "true" if a == "yes" else "false"
+        else:
+            d = others[rng.integers(len(others))] if others else a
+            first = rng.random() < 0.5
+            o1, o2 = (a, d) if first else (d, a)
+            prompts[i], answers[i] = f"{p} a: {o1} b: {o2}", "a" if first else "b"
+    tokens, mask, plen = encode(prompts, answers, seq_len)
+    return ex._replace(
+        tokens=tokens, mask=mask, prompt_len=plen, prompt=tuple(prompts), answer=tuple(answers)
+    )
+
+
 def batch(ex: Examples) -> dict:
     """The VLM's batch: ``{'image', 'tokens', 'mask'}`` (:mod:`jaxcl.models.vlm`)."""
     return {"image": ex.image, "tokens": ex.tokens, "mask": ex.mask}

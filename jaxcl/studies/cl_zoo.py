@@ -38,8 +38,9 @@ PER_CLASS_MEMORY = ("gdumb", "icarl")  # methods whose memory needs a slot per c
 
 
 def all_cl_methods() -> tuple:
-    """Every registered method that applies to a continual-learning stream, sorted."""
-    return tuple(sorted(n for n, s in METHODS.items() if s.applies_to("cl")))
+    """Every registered method that applies to a continual-learning stream, sorted (not those that
+    train LoRA adapters only: a classifier stream trains its model from a random initialisation)."""
+    return tuple(sorted(n for n, s in METHODS.items() if s.applies_to("cl") and not s.needs_lora))
 
 
 CL = get_study("cl")  # every benchmark is one run of the cl study

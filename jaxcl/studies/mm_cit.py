@@ -14,12 +14,18 @@ logits, matched by squared error; :mod:`jaxcl.methods.der`), ``ewc`` (Fisher at 
 fine-tuning, RFT: GRPO's rollouts with the image tokens before every prompt, a verifiable reward
 of 1 for the exact answer and end token, :func:`jaxcl.data.multimodal.exact_answer_reward`; its KL
 penalty to the model at the task's start, or none with ``grpo.kl=none``: MLLM-CTBench's RFT with
-and without KL). An iteration samples ``grpo.group_size`` completions for each of
+and without KL), ``reglora`` (RegLoRA, SEFE's remedy for essential forgetting: LoRA adapters whose
+update is held at zero on the key elements of earlier tasks' updates; :mod:`jaxcl.methods.reglora`,
+with ``model.lora.rank``) and any row with ``+asd`` (SEFE's answer style diversification, its remedy
+for superficial forgetting: a fraction ``asd.fraction`` of every task's training examples asked in
+the other tasks' answer styles, :mod:`jaxcl.methods.asd`; ``reglora+asd`` is SEFE). An iteration samples ``grpo.group_size`` completions for each of
 ``train.batch_size / grpo.group_size`` prompts, as many sequences as an SFT step trains on.
 
 A base model (``train.base_steps`` > 0): before the stream, every seed's model is fine-tuned on the
 mix of every task for that many steps, and every row starts from it (RFT needs a model that
-sometimes answers in a task's form, or every reward is 0: a row ``grpo`` requires it).
+sometimes answers in a task's form, or every reward is 0: a row ``grpo`` requires it). The base
+model trains every weight; with ``model.lora`` the rows then train adapters over it (as SEFE's
+LoRA over a pretrained model), over a random initialisation without a base.
 
 Reasoning quality (MLLM-CTBench tracks it apart from the final answer; ``data.reasoning: true``):
 the attribute and counting answers write their steps first, what the picture shows or the grid
@@ -69,13 +75,14 @@ from ..data import text, vocab
 from ..driver import Report, Run, Study
 from ..lmprogram import LMProgram
 from ..loops import seeds_keys
+from ..methods import METHODS
 from ..methods import grpo as grpo_method
-from ..models import vlm
+from ..models import lora, vlm
 from ..parallel import jit_seeds, shard_batch
 
 TASKS = ("captions", "attributes", "counting")
 DATASETS = ("digits", "mnist-10k", "fashion-mnist")
-CIT_METHODS = ("finetune", "er", "der", "derpp", "ewc", "joint", "grpo")
+CIT_METHODS = ("finetune", "er", "der", "derpp", "ewc", "joint", "grpo", "reglora")
 BASE = 0xBA5E  # folded into a seed's key for its base model
 
 DEFAULTS = {
@@ -133,6 +140,16 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"data.reasoning={d['reasoning']!r}: give true or false")
     if d["reasoning"] and not set(d["tasks"]) & {"attributes", "counting"}:
         raise ConfigError("data.reasoning: only attributes and counting write steps; add one to data.tasks")
+    if d["reasoning"] and any(uses_asd(m) for m in cfg["methods"]):
+        raise ConfigError("methods: +asd rewrites answers without reasoning steps; set data.reasoning=false")
+    lora_only = [
+        m for m in cfg["methods"] if any(METHODS[p].needs_lora for p in m.split("+") if p in METHODS)
+    ]
+    if lora_only and not cfg["model"]["lora"]["rank"]:
+        raise ConfigError(
+            f"methods: {', '.join(lora_only)} train(s) LoRA adapters only and the model has none: set "
+            "model.lora.rank=8 (model.lora.targets picks the weights)"
+        )
     validate_schedule(cfg)
     tr = cfg["train"]
     if not isinstance(tr["base_steps"], int) or tr["base_steps"] < 0 or tr["base_steps"] % tr["eval_every"]:
@@ -153,6 +170,11 @@ def validate(cfg: dict) -> None:
                 f"train.batch_size={tr['batch_size']} < grpo.group_size={cfg['grpo']['group_size']}: an "
                 "iteration rolls out batch_size / group_size prompts; raise train.batch_size"
             )
+
+
+def uses_asd(method: str) -> bool:
+    """Whether row ``method`` trains on answer-style-diversified data (a ``+asd`` chain)."""
+    return "asd" in method.split("+")[1:]
 
 
 def validate_schedule(cfg: dict, more: tuple = ()) -> None:
@@ -196,12 +218,14 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
             else:
                 ex = MM.captions(x, y, d["dataset"], n, seed, d["seq_len"])
             steps = {"steps": ex.steps} if key == "eval" and d["reasoning"] else {}  # read by step_accuracies
+            if key == "train" and any(uses_asd(m) for m in cfg["methods"]):
+                steps = {"asd": diversified(ex, seed, d["seq_len"])}
             parts[key].append({**MM.batch(ex), **steps})
             if key == "eval":
                 opts.append(MM.choices(ex, d["seq_len"]))
     C = max(o["valid"].shape[1] for o in opts)
     opts = [pad_choices(o, C) for o in opts]
-    stack = lambda rows: {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
+    stack = lambda rows: jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *rows)  # noqa: E731
     train = stack(parts["train"])
     if any(m.split("+")[0] == "grpo" for m in cfg["methods"]):
         P = max(int(r["mask"].argmax(1).max()) for r in parts["train"])
@@ -211,6 +235,18 @@ def build_tasks(cfg: dict) -> tuple[dict, dict]:
         except ValueError as e:
             raise ConfigError(f"grpo.max_new_tokens={A}: {e} (set grpo.max_new_tokens)") from None
     return train, {**stack(parts["eval"]), "choices": stack(opts)}
+
+
+def diversified(ex, seed: int, seq_len: int) -> dict:
+    """Every example of ``ex`` asked in another answer style (:func:`jaxcl.data.multimodal.diversify`
+    at fraction 1) and a fixed uniform ``u`` per example: the ``asd`` rows a ``+asd`` chain draws
+    from (:mod:`jaxcl.methods.asd`: the rewritten form where ``u < asd.fraction``)."""
+    try:
+        alt = MM.diversify(ex, 1.0, seed + 0xA5D, seq_len)
+    except ValueError as e:
+        raise ConfigError(f"data.seq_len={seq_len}: {e} (the rewritten questions are longer)") from None
+    u = np.random.default_rng(seed + 0xA5D).random(len(ex.answer)).astype(np.float32)
+    return {"tokens": alt.tokens, "mask": alt.mask, "u": u}
 
 
 def pad_choices(opts: dict, C: int) -> dict:
@@ -280,7 +316,7 @@ def make_program(cfg: dict, model, method: str, mesh=None) -> LMProgram:
     far, uniformly."""
     B = cfg["train"]["batch_size"]
 
-    rl = method.split("+")[0] == "grpo"
+    rl, asd = method.split("+")[0] == "grpo", uses_asd(method)
     if rl:  # prompts: as many completions per iteration as an SFT batch has rows
         B = grpo_method.prompt_rows(cfg["grpo"], max(1, B // cfg["grpo"]["group_size"]))
 
@@ -291,7 +327,7 @@ def make_program(cfg: dict, model, method: str, mesh=None) -> LMProgram:
         t = jax.random.randint(kt, (B,), 0, data["t"] + 1) if method == "joint" else data["t"]
         if rl:  # make_iteration shards the prompts and the rollout batch
             return jax.tree.map(lambda a: a[t, i], data["train"]["rl"])
-        rows = {k: v for k, v in data["train"].items() if k != "rl"}
+        rows = {k: v for k, v in data["train"].items() if k != "rl" and (k != "asd" or asd)}
         return shard_batch(jax.tree.map(lambda a: a[t, i], rows), mesh)
 
     def evaluate(params, data):
@@ -330,7 +366,7 @@ def task_end(prog: LMProgram, cfg: dict, state, data):
     n, t = data["train"]["tokens"].shape[1], data["t"]
     k = jax.random.fold_in(jax.random.fold_in(state.key, 0x5EED), -1 - t)
     i = jax.random.randint(k, (cfg["train"]["consolidate_samples"],), 0, n)
-    rows = {k: v for k, v in data["train"].items() if k != "rl"}
+    rows = {k: v for k, v in data["train"].items() if k not in ("rl", "asd")}
     return method.consolidate(state, jax.tree.map(lambda a: a[t, i], rows), k)
 
 
@@ -361,7 +397,8 @@ def calls(prog: LMProgram, cfg: dict) -> dict:
         "evaluate": jit_seeds(evaluate, (0, None), m),
         "task": jit_seeds(task, (0, None), m),
     }
-    if not rl and prog.method(prog.hp).consolidate is not None:
+    frozen = jax.eval_shape(model.init, jax.random.key(0)) if prog.lora else ()  # LoRA: the base's shapes
+    if not rl and prog.method(prog.hp, frozen).consolidate is not None:
         out["end"] = jit_seeds(lambda s, d: task_end(prog, cfg, s, d), (0, None), m)
     return out
 
@@ -472,7 +509,10 @@ def body(cfg: dict, run: Run) -> Report:
     rows, timing, base, extra = {}, {}, None, {}
     if cfg["train"]["base_steps"]:
         t0 = time.perf_counter()
-        base, base_trace = train_base(cfg, model, data, keys, run.mesh)
+        # the base model is trained in full; with model.lora the rows adapt it (SEFE's LoRA on a
+        # pretrained model)
+        full = model_of({**cfg, "model": {**cfg["model"], "lora": lora.section()}}, train["image"].shape[2:])
+        base, base_trace = train_base(cfg, full, data, keys, run.mesh)
         base_trace = np.asarray(base_trace)  # S x E x K
         extra["base_seconds"] = time.perf_counter() - t0
         extra["base_acc_mean"] = base_trace[:, -1].mean(0).tolist()
