@@ -13,7 +13,8 @@ trains on the rewritten form of the examples with ``u < fraction``:
     tokens_i, mask_i = (asd_tokens_i, asd_mask_i) if u_i < X else (tokens_i, mask_i)
 
 so the same X of the data set is rewritten at every step, as in the authors' rewritten data set,
-and ``X`` (``asd.fraction``) is traced: a sweep of X is one program. Default X = 0.2 (the
+and ``X`` (``asd.fraction``) is a traced hyperparameter (an argument of the compiled program, not
+a constant; mm-cit has no sweep verb yet, so a sweep of X is one run per value). Default X = 0.2 (the
 authors' released training files ``train_x20.json``). It runs before every other piece's data
 transform (a replay buffer stores the rewritten rows, as it would store the authors' data set).
 Only a modifier; a study whose batches carry no ``asd`` rows (only ``mm-cit`` writes them) is
